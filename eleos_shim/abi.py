@@ -1,0 +1,58 @@
+"""The boundary ABI, Python side: OCALL numbers and the request layout.
+
+The C definition is ``eleos_shim/include/eleos_abi.h``; this module mirrors it and
+``tests/test_abi.py`` checks that both agree, so there is one ABI with two spellings.
+Both halves (trusted/ and untrusted/) import these names; neither imports the other.
+"""
+from __future__ import annotations
+
+import os
+import re
+
+INCLUDE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "include")
+HEADER = os.path.join(INCLUDE_DIR, "eleos_abi.h")
+
+OPS = (
+    "NOP", "READ", "WRITE", "PREAD", "PWRITE", "LSEEK", "CLOSE", "OPENAT", "FSTAT", "FSTATAT",
+    "FSYNC", "FTRUNCATE", "TRUNCATE", "UNLINKAT", "RENAMEAT", "MKDIRAT", "GETDENTS", "SENDFILE",
+    "SOCKET", "BIND", "LISTEN", "ACCEPT4", "CONNECT", "SENDTO", "RECVFROM", "SHUTDOWN",
+    "SETSOCKOPT", "GETSOCKOPT", "GETSOCKNAME", "GETPEERNAME", "POLL", "EPOLL_CREATE", "EPOLL_CTL",
+    "EPOLL_WAIT", "GETADDRINFO", "FCNTL", "DUP", "PIPE2", "SOCKETPAIR", "FDATASYNC", "IOCTL_INT",
+)
+OP = {name: number for number, name in enumerate(OPS)}
+OP_NAMES = dict(enumerate(OPS))
+globals().update({"OP_" + name: number for name, number in OP.items()})
+
+SLOT_FREE, SLOT_CLAIMED, SLOT_POSTED, SLOT_TAKEN, SLOT_DONE, SLOT_ABANDON = range(6)
+T_EENTER, T_EEXIT, T_AEX, T_ERESUME = range(4)
+
+# struct eleos_stat: 10 u64 then 3 i64.
+STAT_FORMAT = "=10Q3q"
+STAT_FIELDS = ("dev", "ino", "nlink", "mode", "uid", "gid", "rdev", "size", "blksize", "blocks",
+               "atime_ns", "mtime_ns", "ctime_ns")
+
+
+def header_ops() -> dict[str, int]:
+    """The OCALL numbers as the C header spells them (for the consistency test)."""
+    with open(HEADER) as f:
+        text = f.read()
+    return {m.group(1): int(m.group(2))
+            for m in re.finditer(r"#define ELEOS_OP_(\w+)\s+(\d+)", text) if m.group(1) != "COUNT"}
+
+
+def header_cdef() -> str:
+    """The struct and typedef declarations of the header, for cffi's ``cdef``."""
+    return """
+    struct eleos_stat {
+        uint64_t dev, ino, nlink, mode, uid, gid, rdev, size, blksize, blocks;
+        int64_t  atime_ns, mtime_ns, ctime_ns;
+    };
+    struct eleos_req {
+        uint32_t state; uint32_t op; int64_t args[6];
+        uint64_t buf; uint64_t buf_len; uint64_t buf2; uint64_t buf2_len;
+        int64_t ret; uint64_t out_len; uint64_t out2_len; uint64_t seq;
+    };
+    typedef void (*eleos_host_dispatch_fn)(struct eleos_req *req);
+    typedef void (*eleos_cpu_charge_fn)(int transition);
+    typedef void (*eleos_cpu_pollute_fn)(void);
+    """

@@ -1,0 +1,266 @@
+"""The one configuration parser (modeled CPU side, eleos_shim/).
+
+Every knob is an environment variable ``ELEOS_X`` and a flag ``--x``; a flag wins over the
+variable.  Nothing else in the project reads ``os.environ``: components receive the frozen
+:class:`Config` built here.  A bad value raises :class:`ConfigError` whose message is one line
+naming the variable, the value and what is allowed; the command line turns it into exit
+status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+MODES = ("native", "sgx", "eleos")
+SYSCALL_PATHS = ("direct", "ocall", "rpc")
+MEMORIES = ("native", "epc", "suvm")
+EVICTION_POLICIES = ("fifo", "lru", "clock", "random")
+COST_MODES = ("spin", "account")
+EPC_TRAPS = ("auto", "userfaultfd", "sigsegv")
+
+# The presets of ELEOS_MODE: (syscall path, heap).
+PRESETS = {
+    "native": ("direct", "native"),
+    "sgx": ("ocall", "epc"),
+    "eleos": ("rpc", "suvm"),
+}
+
+
+class ConfigError(ValueError):
+    """A bad setting; ``str()`` is the one line shown to the user."""
+
+
+def _choice(allowed: tuple[str, ...]) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in allowed:
+            raise ValueError("expected one of " + ", ".join(allowed))
+        return value
+    parse.allowed = "one of " + ", ".join(allowed)  # type: ignore[attr-defined]
+    return parse
+
+
+def _int(minimum: int = 0, maximum: int | None = None) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        t = text.strip().replace("_", "")
+        mult = 1
+        if t[-1:] in ("k", "K"):
+            mult, t = 1024, t[:-1]
+        try:
+            value = int(t, 0) * mult
+        except ValueError:
+            raise ValueError("expected an integer") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            hi = f" and <= {maximum}" if maximum is not None else ""
+            raise ValueError(f"expected an integer >= {minimum}{hi}")
+        return value
+    return parse
+
+
+def _mb(text: str) -> float:
+    try:
+        value = float(text.strip())
+    except ValueError:
+        raise ValueError("expected a positive number of MB (e.g. 93 or 0.5)") from None
+    if not value > 0 or value != value or value == float("inf"):
+        raise ValueError("expected a positive number of MB (e.g. 93 or 0.5)")
+    return value
+
+
+def _page_size(text: str) -> int:
+    value = _int(1)(text)
+    if value & (value - 1) or not 1024 <= value <= 65536:
+        raise ValueError("expected a power of two from 1024 to 65536 (1K..64K)")
+    return value
+
+
+def _subpage(text: str) -> int:
+    value = _int(0)(text)
+    if value and (value & (value - 1) or not 64 <= value <= 32768):
+        raise ValueError("expected 0 (off) or a power of two from 64 to 32768")
+    return value
+
+
+def _stats(text: str) -> str:
+    if not text.strip():
+        raise ValueError("expected a file path or '-' for a report on stderr")
+    return text
+
+
+def _tsc(text: str) -> float:
+    value = _mb(text)
+    return value
+
+
+@dataclass(frozen=True)
+class Option:
+    field: str
+    parse: Callable[[str], Any]
+    help: str
+    metavar: str = ""
+
+    @property
+    def env(self) -> str:
+        return "ELEOS_" + self.field.upper()
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.field.replace("_", "-")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("mode", _choice(MODES), "preset: native = no enclave; sgx = vanilla SGX (OCALL exits, "
+           "heap in the EPC with driver paging); eleos = exit-less RPC + SUVM heap (default eleos)"),
+    Option("syscalls", _choice(SYSCALL_PATHS), "override the preset's syscall path: direct, ocall, rpc"),
+    Option("memory", _choice(MEMORIES), "override the preset's heap: native, epc, suvm"),
+    Option("epc_mb", _mb, "usable EPC in MB (default 93, of 128 MB)"),
+    Option("suvm_cache_mb", _mb, "SUVM page cache (EPC++) in MB; must fit in the EPC "
+           "(default 64, or 3/4 of a smaller EPC)"),
+    Option("suvm_page_size", _page_size, "SUVM page size, a power of two 1K..64K (default 4096)"),
+    Option("suvm_subpage", _subpage, "SUVM sub-page size for direct backing-store reads, 0 = off"),
+    Option("suvm_eviction", _choice(EVICTION_POLICIES), "SUVM eviction policy: fifo, lru, clock, random"),
+    Option("suvm_store_mb", _mb, "limit of the SUVM backing store in untrusted memory (default 8192)"),
+    Option("rpc_workers", _int(0, 64), "untrusted RPC worker threads (default 1; 0 = every call falls back)"),
+    Option("rpc_spin", _int(0), "spins an enclave call waits for a worker before it falls back to "
+           "an OCALL (default 20000, as Intel's switchless calls)"),
+    Option("rpc_sleep", _int(0), "idle spins before a worker sleeps on a futex (default 20000)"),
+    Option("rpc_slots", _int(2, 1 << 16), "request slots in the RPC ring (default 1024)"),
+    Option("eenter_cycles", _int(0), "modeled EENTER cost in cycles (default 3300)"),
+    Option("eexit_cycles", _int(0), "modeled EEXIT cost in cycles (default 3800)"),
+    Option("aex_cycles", _int(0), "modeled AEX cost in cycles (default = EEXIT)"),
+    Option("eresume_cycles", _int(0), "modeled ERESUME cost in cycles (default = EENTER)"),
+    Option("pollute_kb", _int(0, 1 << 20), "KB of the pollution buffer touched after each exit: "
+           "the indirect cost (default 256, calibrated: see README)"),
+    Option("cost", _choice(COST_MODES), "spin = spend modeled cycles (default); account = only count them"),
+    Option("tsc_mhz", _tsc, "TSC frequency in MHz for cycle->time (default: measured)"),
+    Option("epc_trap", _choice(EPC_TRAPS), "EPC fault trap: auto, userfaultfd, sigsegv (default auto)"),
+    Option("stats", _stats, "at exit write stats as JSON to this path, or '-' for a report on stderr",
+           "PATH"),
+)
+
+_BY_FIELD = {o.field: o for o in OPTIONS}
+
+
+@dataclass(frozen=True)
+class Config:
+    """The typed, frozen configuration every component receives."""
+    mode: str = "eleos"
+    syscalls: str = "rpc"
+    memory: str = "suvm"
+    epc_mb: float = 93.0
+    suvm_cache_mb: float = 64.0
+    suvm_page_size: int = 4096
+    suvm_subpage: int = 0
+    suvm_eviction: str = "clock"
+    suvm_store_mb: float = 8192.0
+    rpc_workers: int = 1
+    rpc_spin: int = 20000
+    rpc_sleep: int = 20000
+    rpc_slots: int = 1024
+    eenter_cycles: int = 3300
+    eexit_cycles: int = 3800
+    aex_cycles: int = 3800
+    eresume_cycles: int = 3300
+    pollute_kb: int = 256
+    cost: str = "spin"
+    tsc_mhz: float | None = None
+    epc_trap: str = "auto"
+    stats: str | None = None
+
+    @property
+    def epc_bytes(self) -> int:
+        return int(self.epc_mb * 1024 * 1024) // 4096 * 4096
+
+    @property
+    def suvm_cache_bytes(self) -> int:
+        return int(self.suvm_cache_mb * 1024 * 1024) // self.suvm_page_size * self.suvm_page_size
+
+    @property
+    def suvm_store_bytes(self) -> int:
+        return int(self.suvm_store_mb * 1024 * 1024)
+
+    @property
+    def in_enclave(self) -> bool:
+        return self.syscalls != "direct" or self.memory != "native"
+
+    def replace(self, **changes: Any) -> "Config":
+        """A copy with ``changes`` applied and checked as :func:`resolve` checks them."""
+        raw = {k: v for k, v in dataclasses.asdict(self).items()}
+        raw.update(changes)
+        return _finish(raw, explicit=set(changes) | {"syscalls", "memory", "suvm_cache_mb",
+                                                     "aex_cycles", "eresume_cycles"})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **flags: Any) -> "Config":
+        """Build from the environment (default ``os.environ``) with ``flags`` (raw strings or
+        typed values, by field name) taking precedence."""
+        return resolve(environ, flags)
+
+
+def resolve(environ: Mapping[str, str] | None = None,
+            flags: Mapping[str, Any] | None = None) -> Config:
+    environ = os.environ if environ is None else environ
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    raw: dict[str, Any] = {}
+    explicit: set[str] = set()
+    for opt in OPTIONS:
+        if opt.field in flags:
+            value, where = flags[opt.field], opt.flag
+        elif opt.env in environ:
+            value, where = environ[opt.env], opt.env
+        else:
+            continue
+        if isinstance(value, str):
+            try:
+                value = opt.parse(value)
+            except ValueError as exc:
+                raise ConfigError(f"{where}={value!r}: {exc}") from None
+        raw[opt.field] = value
+        explicit.add(opt.field)
+    return _finish(raw, explicit)
+
+
+def _finish(raw: dict[str, Any], explicit: set[str]) -> Config:
+    defaults = Config()
+    mode = raw.get("mode", defaults.mode)
+    syscalls, memory = PRESETS[mode]
+    values = dataclasses.asdict(defaults)
+    values.update({"mode": mode, "syscalls": syscalls, "memory": memory})
+    values.update(raw)
+    if "aex_cycles" not in explicit:
+        values["aex_cycles"] = values["eexit_cycles"]
+    if "eresume_cycles" not in explicit:
+        values["eresume_cycles"] = values["eenter_cycles"]
+    if "suvm_cache_mb" not in explicit:
+        values["suvm_cache_mb"] = min(defaults.suvm_cache_mb, values["epc_mb"] * 0.75)
+    cfg = Config(**values)
+    if cfg.suvm_cache_mb > cfg.epc_mb:
+        raise ConfigError(f"ELEOS_SUVM_CACHE_MB={cfg.suvm_cache_mb:g}: the SUVM page cache must fit "
+                          f"in the EPC (ELEOS_EPC_MB={cfg.epc_mb:g})")
+    if cfg.suvm_cache_bytes < 4 * cfg.suvm_page_size:
+        raise ConfigError(f"ELEOS_SUVM_CACHE_MB={cfg.suvm_cache_mb:g}: the SUVM page cache must hold "
+                          f"at least 4 pages of {cfg.suvm_page_size} bytes")
+    if cfg.suvm_subpage and cfg.suvm_subpage >= cfg.suvm_page_size:
+        raise ConfigError(f"ELEOS_SUVM_SUBPAGE={cfg.suvm_subpage}: must be smaller than "
+                          f"ELEOS_SUVM_PAGE_SIZE={cfg.suvm_page_size} (or 0 = off)")
+    if cfg.epc_bytes < 16 * 4096:
+        raise ConfigError(f"ELEOS_EPC_MB={cfg.epc_mb:g}: the EPC must hold at least 16 pages (0.0625 MB)")
+    if cfg.rpc_slots & (cfg.rpc_slots - 1):
+        raise ConfigError(f"ELEOS_RPC_SLOTS={cfg.rpc_slots}: expected a power of two")
+    return cfg
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per option (raw strings; :func:`resolve` checks them)."""
+    group = parser.add_argument_group("enclave options (each also the environment variable shown)")
+    for opt in OPTIONS:
+        group.add_argument(opt.flag, dest=opt.field, default=None, metavar=opt.metavar or "VALUE",
+                           help=f"{opt.help} [{opt.env}]")
+
+
+def describe(cfg: Config) -> str:
+    return (f"mode={cfg.mode} syscalls={cfg.syscalls} memory={cfg.memory} "
+            f"epc={cfg.epc_mb:g}MB cost={cfg.cost}")

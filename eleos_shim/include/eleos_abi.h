@@ -1,0 +1,103 @@
+/*
+ * eleos_abi.h - what crosses the trust boundary, defined once.
+ *
+ * Both halves include this header: trusted/ (the enclave's OCALL and RPC stubs, SUVM) and
+ * untrusted/ (the host's OCALL handlers, the RPC worker pool, the EPC driver).  The Python
+ * mirror is eleos_shim/abi.py; tests/test_abi.py checks that the two agree.
+ *
+ * A request names an OCALL, carries up to six integer arguments and two buffers that live in
+ * untrusted memory (the enclave copies its data there first, as sgx_ocalloc does), and gets
+ * back a result (>= 0, or -errno) and how many bytes the host wrote into each buffer.  The
+ * host is hostile: the enclave checks every field it reads back (see trusted/syscall.py).
+ */
+#ifndef ELEOS_ABI_H
+#define ELEOS_ABI_H
+
+#include <stdint.h>
+
+/* OCALL numbers.  Keep in step with eleos_shim/abi.py (a test checks). */
+#define ELEOS_OP_NOP            0   /* nothing: the null call for benchmarks */
+#define ELEOS_OP_READ           1   /* a0=fd a1=n                     -> buf (out)            */
+#define ELEOS_OP_WRITE          2   /* a0=fd                          <- buf (in, buf_len)    */
+#define ELEOS_OP_PREAD          3   /* a0=fd a1=n a2=off              -> buf                  */
+#define ELEOS_OP_PWRITE         4   /* a0=fd a2=off                   <- buf                  */
+#define ELEOS_OP_LSEEK          5   /* a0=fd a1=off a2=whence                                 */
+#define ELEOS_OP_CLOSE          6   /* a0=fd                                                   */
+#define ELEOS_OP_OPENAT         7   /* a0=dirfd a1=flags a2=mode      <- buf path (NUL-ended)  */
+#define ELEOS_OP_FSTAT          8   /* a0=fd                          -> buf struct eleos_stat */
+#define ELEOS_OP_FSTATAT        9   /* a0=dirfd a1=flags              <- buf path, -> buf2 stat*/
+#define ELEOS_OP_FSYNC         10   /* a0=fd                                                   */
+#define ELEOS_OP_FTRUNCATE     11   /* a0=fd a1=length                                         */
+#define ELEOS_OP_TRUNCATE      12   /* a1=length                      <- buf path              */
+#define ELEOS_OP_UNLINKAT      13   /* a0=dirfd a1=flags              <- buf path              */
+#define ELEOS_OP_RENAMEAT      14   /* a0=olddirfd a1=newdirfd        <- buf old, buf2 new     */
+#define ELEOS_OP_MKDIRAT       15   /* a0=dirfd a1=mode               <- buf path              */
+#define ELEOS_OP_GETDENTS      16   /* a0=fd a1=n                     -> buf linux_dirent64s   */
+#define ELEOS_OP_SENDFILE      17   /* a0=out_fd a1=in_fd a2=off(-1: none) a3=count; a4 out: new off */
+#define ELEOS_OP_SOCKET        18   /* a0=family a1=type a2=proto                              */
+#define ELEOS_OP_BIND          19   /* a0=fd                          <- buf sockaddr          */
+#define ELEOS_OP_LISTEN        20   /* a0=fd a1=backlog                                        */
+#define ELEOS_OP_ACCEPT4       21   /* a0=fd a1=flags                 -> buf sockaddr          */
+#define ELEOS_OP_CONNECT       22   /* a0=fd                          <- buf sockaddr          */
+#define ELEOS_OP_SENDTO        23   /* a0=fd a1=flags                 <- buf data, buf2 addr (len 0: none) */
+#define ELEOS_OP_RECVFROM      24   /* a0=fd a1=n a2=flags            -> buf data, buf2 addr   */
+#define ELEOS_OP_SHUTDOWN      25   /* a0=fd a1=how                                            */
+#define ELEOS_OP_SETSOCKOPT    26   /* a0=fd a1=level a2=name         <- buf optval            */
+#define ELEOS_OP_GETSOCKOPT    27   /* a0=fd a1=level a2=name a3=optlen -> buf optval          */
+#define ELEOS_OP_GETSOCKNAME   28   /* a0=fd                          -> buf sockaddr          */
+#define ELEOS_OP_GETPEERNAME   29   /* a0=fd                          -> buf sockaddr          */
+#define ELEOS_OP_POLL          30   /* a0=nfds a1=timeout_ms          <-> buf struct pollfd[]  */
+#define ELEOS_OP_EPOLL_CREATE  31   /* a0=flags                                                */
+#define ELEOS_OP_EPOLL_CTL     32   /* a0=epfd a1=op a2=fd a3=events (data.u64 = fd)           */
+#define ELEOS_OP_EPOLL_WAIT    33   /* a0=epfd a1=maxevents a2=timeout_ms -> buf epoll_event[] */
+#define ELEOS_OP_GETADDRINFO   34   /* a0=family a1=type a2=proto a3=flags <- buf host\0port\0 -> buf2 records */
+#define ELEOS_OP_FCNTL         35   /* a0=fd a1=cmd a2=arg                                     */
+#define ELEOS_OP_DUP           36   /* a0=fd                                                   */
+#define ELEOS_OP_PIPE2         37   /* a0=flags                       -> buf int[2]            */
+#define ELEOS_OP_SOCKETPAIR    38   /* a0=family a1=type a2=proto     -> buf int[2]            */
+#define ELEOS_OP_FDATASYNC     39   /* a0=fd                                                   */
+#define ELEOS_OP_IOCTL_INT     40   /* a0=fd a1=request a2=int arg (FIONBIO, FIONREAD) -> a5 int out */
+#define ELEOS_OP_COUNT         41
+
+/* The stat record the host fills (fixed layout, independent of the libc's struct stat). */
+struct eleos_stat {
+    uint64_t dev, ino, nlink, mode, uid, gid, rdev, size, blksize, blocks;
+    int64_t  atime_ns, mtime_ns, ctime_ns;
+};
+
+/* One request.  In the RPC ring these are the slots; for an OCALL the enclave fills one on
+ * its untrusted staging area and passes it to the host handler. */
+struct eleos_req {
+    uint32_t state;         /* ring only: ELEOS_SLOT_*; accessed with __atomic builtins */
+    uint32_t op;            /* ELEOS_OP_* */
+    int64_t  args[6];
+    uint64_t buf;           /* address of buffer 1 in untrusted memory */
+    uint64_t buf_len;       /* in: bytes valid (input) or capacity (output) */
+    uint64_t buf2;          /* address of buffer 2 in untrusted memory */
+    uint64_t buf2_len;
+    int64_t  ret;           /* out: result >= 0, or -errno */
+    uint64_t out_len;       /* out: bytes the host wrote to buf */
+    uint64_t out2_len;      /* out: bytes the host wrote to buf2 */
+    uint64_t seq;           /* ring only: ticket of the producer that owns the slot */
+};
+
+/* Slot states of the RPC ring (issue: exit-less system calls). */
+#define ELEOS_SLOT_FREE    0u   /* empty, a producer may claim it */
+#define ELEOS_SLOT_CLAIMED 1u   /* a producer is filling it */
+#define ELEOS_SLOT_POSTED  2u   /* ready for a worker */
+#define ELEOS_SLOT_TAKEN   3u   /* a worker is running the call */
+#define ELEOS_SLOT_DONE    4u   /* result written; the producer reads it and frees the slot */
+#define ELEOS_SLOT_ABANDON 5u   /* the producer gave up waiting for a worker (fallback) */
+
+/* The host's OCALL entry point: runs req->op for real and fills ret/out_len/out2_len. */
+typedef void (*eleos_host_dispatch_fn)(struct eleos_req *req);
+
+/* The modeled CPU's transition charges, handed to the other halves as function pointers. */
+#define ELEOS_T_EENTER  0
+#define ELEOS_T_EEXIT   1
+#define ELEOS_T_AEX     2
+#define ELEOS_T_ERESUME 3
+typedef void (*eleos_cpu_charge_fn)(int transition);   /* count it and spend its cycles */
+typedef void (*eleos_cpu_pollute_fn)(void);             /* the indirect cost after an exit */
+
+#endif
