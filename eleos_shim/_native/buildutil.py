@@ -12,14 +12,15 @@ NATIVE_INCLUDE = os.path.join(ROOT, "eleos_shim", "_native")
 
 def _abi_cdef() -> str:
     # Read the ABI declarations without importing the eleos_shim package (build isolation).
-    ns: dict = {}
-    with open(os.path.join(ROOT, "eleos_shim", "abi.py")) as f:
-        exec(compile(f.read(), "abi.py", "exec"), ns)
+    path = os.path.join(ROOT, "eleos_shim", "abi.py")
+    ns: dict = {"__file__": path, "__name__": "eleos_shim_abi"}
+    with open(path) as f:
+        exec(compile(f.read(), path, "exec"), ns)
     return ns["header_cdef"]()
 
 
 def module_ffi(module: str, directory: str, skip: tuple[str, ...] = (), libraries=()) -> FFI:
-    sources, cdefs = [], [_abi_cdef()]
+    sources, cdefs, protos = [], [_abi_cdef()], []
     for path in sorted(glob.glob(os.path.join(directory, "*.c"))):
         name = os.path.basename(path)
         if name.startswith("_") or name.startswith(skip):
@@ -28,10 +29,13 @@ def module_ffi(module: str, directory: str, skip: tuple[str, ...] = (), librarie
         cdef = path[:-2] + ".cdef"
         if os.path.exists(cdef):
             with open(cdef) as f:
-                cdefs.append(f.read())
+                text = f.read()
+            cdefs.append(text)
+            protos.append(text)   # plain C prototypes: also declared for the generated C
     ffi = FFI()
     ffi.cdef("\n".join(cdefs))
-    ffi.set_source(module, '#include "eleos_abi.h"\n', sources=sources,
+    ffi.set_source(module, '#include <stdint.h>\n#include "eleos_abi.h"\n' + "\n".join(protos),
+                   sources=sources,
                    include_dirs=[INCLUDE, NATIVE_INCLUDE, directory],
                    libraries=list(libraries),
                    extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wno-unused-function"])

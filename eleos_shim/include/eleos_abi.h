@@ -50,7 +50,10 @@
 #define ELEOS_OP_EPOLL_CREATE  31   /* a0=flags                                                */
 #define ELEOS_OP_EPOLL_CTL     32   /* a0=epfd a1=op a2=fd a3=events (data.u64 = fd)           */
 #define ELEOS_OP_EPOLL_WAIT    33   /* a0=epfd a1=maxevents a2=timeout_ms -> buf epoll_event[] */
-#define ELEOS_OP_GETADDRINFO   34   /* a0=family a1=type a2=proto a3=flags <- buf host\0port\0 -> buf2 records */
+#define ELEOS_OP_GETADDRINFO   34   /* a0=family a1=type a2=proto a3=flags <- buf host\0port\0 (empty = NULL)
+                                      -> buf2 records "=iiiiI" (family,type,proto,addrlen,canonlen)
+                                      + addr + canonname; ret = count.  On a resolver error:
+                                      ret = 0, a5 = the EAI_* code, buf2 = gai_strerror text. */
 #define ELEOS_OP_FCNTL         35   /* a0=fd a1=cmd a2=arg                                     */
 #define ELEOS_OP_DUP           36   /* a0=fd                                                   */
 #define ELEOS_OP_PIPE2         37   /* a0=flags                       -> buf int[2]            */
