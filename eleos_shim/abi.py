@@ -25,6 +25,9 @@ globals().update({"OP_" + name: number for name, number in OP.items()})
 
 SLOT_FREE, SLOT_CLAIMED, SLOT_POSTED, SLOT_TAKEN, SLOT_DONE, SLOT_ABANDON = range(6)
 T_EENTER, T_EEXIT, T_AEX, T_ERESUME = range(4)
+PATH_DIRECT, PATH_OCALL, PATH_RPC, PATH_FALLBACK = range(4)
+PATH_NAMES = ("direct", "ocall", "rpc", "fallback")
+RPC_DONE, RPC_FALLBACK, RPC_CORRUPT = range(3)
 
 # struct eleos_stat: 10 u64 then 3 i64.
 STAT_FORMAT = "=10Q3q"
@@ -55,4 +58,5 @@ def header_cdef() -> str:
     typedef void (*eleos_host_dispatch_fn)(struct eleos_req *req);
     typedef void (*eleos_cpu_charge_fn)(int transition);
     typedef void (*eleos_cpu_pollute_fn)(void);
+    typedef int (*eleos_enclave_rpc_fn)(uintptr_t ring, struct eleos_req *req, uint64_t spin);
     """

@@ -103,4 +103,20 @@ typedef void (*eleos_host_dispatch_fn)(struct eleos_req *req);
 typedef void (*eleos_cpu_charge_fn)(int transition);   /* count it and spend its cycles */
 typedef void (*eleos_cpu_pollute_fn)(void);             /* the indirect cost after an exit */
 
+/* The paths a call can take (trusted/_native/enclave_ocalls.c counts each). */
+#define ELEOS_PATH_DIRECT   0
+#define ELEOS_PATH_OCALL    1
+#define ELEOS_PATH_RPC      2
+#define ELEOS_PATH_FALLBACK 3
+
+/* The enclave's RPC producer (trusted/_native/enclave_rpc.c): submit req to the ring at
+ * `ring`, spin up to `spin` iterations for a worker to take it.  Returns ELEOS_RPC_DONE with
+ * the results copied back into *req, ELEOS_RPC_FALLBACK if no worker took it (or the ring was
+ * full: the caller then makes an OCALL), or ELEOS_RPC_CORRUPT if what the host left in the
+ * slot is impossible (the caller raises IagoError). */
+#define ELEOS_RPC_DONE      0
+#define ELEOS_RPC_FALLBACK  1
+#define ELEOS_RPC_CORRUPT   2
+typedef int (*eleos_enclave_rpc_fn)(uintptr_t ring, struct eleos_req *req, uint64_t spin);
+
 #endif

@@ -1,0 +1,91 @@
+/*
+ * enclave_ocalls.c - TRUSTED side: the enclave's syscall stubs (the edger8r-style bridge).
+ *
+ * enclave_call() runs one request that trusted/syscall.py staged in untrusted memory, on the
+ * path the configuration chose:
+ *   direct - the host handler is called as a plain function (no enclave: the baseline);
+ *   ocall  - EEXIT, the host handler, EENTER, then the indirect cost (cache/TLB pollution),
+ *            all charged through the modeled CPU's function pointers;
+ *   rpc    - the request goes to the exit-less RPC ring (enclave_rpc.c); if no worker takes
+ *            it in time, or the ring is full, it falls back to an OCALL.
+ * It counts every call per OCALL number and path with atomics, so the stats are exact under
+ * many app threads.  Everything runs with the GIL released (cffi drops it around C calls).
+ */
+#include <stdint.h>
+#include <string.h>
+#include "eleos_abi.h"
+
+static eleos_host_dispatch_fn host_dispatch;
+static eleos_cpu_charge_fn cpu_charge;
+static eleos_cpu_pollute_fn cpu_pollute;
+static eleos_enclave_rpc_fn rpc_submit;
+static uintptr_t rpc_ring;
+static uint64_t rpc_spin;
+
+/* counts[op][path]: path 0 direct, 1 ocall, 2 rpc, 3 fallback */
+static uint64_t counts[ELEOS_OP_COUNT][4];
+
+void enclave_bind(uintptr_t dispatch, uintptr_t charge, uintptr_t pollute)
+{
+    host_dispatch = (eleos_host_dispatch_fn)dispatch;
+    cpu_charge = (eleos_cpu_charge_fn)charge;
+    cpu_pollute = (eleos_cpu_pollute_fn)pollute;
+}
+
+void enclave_bind_rpc(uintptr_t submit, uintptr_t ring, uint64_t spin)
+{
+    rpc_submit = (eleos_enclave_rpc_fn)submit;
+    rpc_ring = ring;
+    rpc_spin = spin;
+}
+
+static inline void count(uint32_t op, int path)
+{
+    if (op < ELEOS_OP_COUNT)
+        __atomic_add_fetch(&counts[op][path], 1, __ATOMIC_RELAXED);
+}
+
+static inline void ocall(struct eleos_req *req)
+{
+    cpu_charge(ELEOS_T_EEXIT);
+    host_dispatch(req);
+    cpu_charge(ELEOS_T_EENTER);
+    cpu_pollute();
+}
+
+/* Returns the path taken (0..3), or -1 if the RPC slot came back corrupted (Iago). */
+int enclave_call(int path, struct eleos_req *req)
+{
+    switch (path) {
+    case ELEOS_PATH_DIRECT:
+        host_dispatch(req);
+        count(req->op, ELEOS_PATH_DIRECT);
+        return ELEOS_PATH_DIRECT;
+    case ELEOS_PATH_RPC:
+        if (rpc_submit) {
+            int rc = rpc_submit(rpc_ring, req, rpc_spin);
+            if (rc == ELEOS_RPC_DONE) {
+                count(req->op, ELEOS_PATH_RPC);
+                return ELEOS_PATH_RPC;
+            }
+            if (rc != ELEOS_RPC_FALLBACK)
+                return -1;
+        }
+        ocall(req);
+        count(req->op, ELEOS_PATH_FALLBACK);
+        return ELEOS_PATH_FALLBACK;
+    default:
+        ocall(req);
+        count(req->op, ELEOS_PATH_OCALL);
+        return ELEOS_PATH_OCALL;
+    }
+}
+
+void enclave_counts(uint64_t *out, int n)
+{
+    for (int op = 0; op < ELEOS_OP_COUNT && op * 4 + 3 < n; op++)
+        for (int p = 0; p < 4; p++)
+            out[op * 4 + p] = __atomic_load_n(&counts[op][p], __ATOMIC_RELAXED);
+}
+
+void enclave_reset_counts(void) { memset(counts, 0, sizeof counts); }
