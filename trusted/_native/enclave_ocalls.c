@@ -89,3 +89,20 @@ void enclave_counts(uint64_t *out, int n)
 }
 
 void enclave_reset_counts(void) { memset(counts, 0, sizeof counts); }
+
+/* Stage and run in one crossing from Python: copy the inputs into the thread's untrusted
+ * buffers (the equivalent of sgx_ocalloc + memcpy), fill the request, run it. */
+int enclave_submit(int path, struct eleos_req *req, uint32_t op,
+                   int64_t a0, int64_t a1, int64_t a2, int64_t a3, int64_t a4, int64_t a5,
+                   const char *in, uint64_t n_in, uint64_t len1,
+                   const char *in2, uint64_t n_in2, uint64_t len2)
+{
+    if (n_in) memcpy((void *)(uintptr_t)req->buf, in, n_in);
+    if (n_in2) memcpy((void *)(uintptr_t)req->buf2, in2, n_in2);
+    req->op = op;
+    req->args[0] = a0; req->args[1] = a1; req->args[2] = a2;
+    req->args[3] = a3; req->args[4] = a4; req->args[5] = a5;
+    req->buf_len = len1;
+    req->buf2_len = len2;
+    return enclave_call(path, req);
+}

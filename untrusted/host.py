@@ -1,0 +1,42 @@
+"""UNTRUSTED side: the host process's half of the enclave.
+
+Owns the native OCALL handlers (untrusted/_native/host_ocalls.c) and the untrusted allocator
+the enclave stages its buffers in, and starts the RPC worker pool when the configuration asks
+for exit-less calls.  The loader reads the addresses it publishes (``bridge_addresses``) and
+hands them to the trusted half, which never imports this module.
+"""
+from __future__ import annotations
+
+from eleos_shim.config import Config
+from untrusted._native._host import lib
+
+
+class Host:
+    """The untrusted runtime: OCALL table, untrusted memory, optional RPC workers."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.rpc = None
+        if cfg.syscalls == "rpc":
+            from untrusted.rpc import RpcHost
+            self.rpc = RpcHost(cfg, lib.host_dispatch_fn())
+
+    def start(self) -> None:
+        if self.rpc is not None:
+            self.rpc.start()
+
+    def stop(self) -> None:
+        if self.rpc is not None:
+            self.rpc.stop()
+
+    def bridge_addresses(self) -> dict[str, int]:
+        out = {"dispatch": lib.host_dispatch_fn(), "alloc": lib.host_alloc_fn(),
+               "free": lib.host_free_fn()}
+        if self.rpc is not None:
+            out["rpc_ring"] = self.rpc.ring_addr
+        return out
+
+    def stats(self) -> dict:
+        if self.rpc is None:
+            return {"rpc": {"processed": 0, "fallbacks": 0, "worker_cpu_s": 0.0, "workers": 0}}
+        return {"rpc": self.rpc.stats()}
