@@ -1,0 +1,95 @@
+"""The enclave launcher (eleos_shim/: the only module that knows both halves).
+
+``Enclave(cfg)`` builds the host side (untrusted.Host: OCALL handlers, RPC workers, the EPC
+driver or the SUVM backing store), hands the enclave side its bridge (addresses only, as
+edger8r's generated code does for SGX SDK enclaves), installs the LibOS interposition, and on
+``close()`` stops the workers and collects the stats.  In native mode (direct syscalls, native
+memory) nothing is installed: the app runs as under plain ``python``.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+from eleos_shim.config import Config
+from eleos_shim.cpu import ModeledCPU
+
+
+class Enclave:
+    """One modeled enclave in this process.  Use ``start()`` / ``close()`` (or ``with``)."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.cpu = None
+        self.host = None
+        self.transport = None
+        self.libos = None
+        self.memory = None          # the EPC driver or the SUVM instance, if any
+        self._t0 = time.perf_counter()
+        self._closed = False
+        self._lock = threading.Lock()
+
+    @property
+    def active(self) -> bool:
+        return self.cfg.in_enclave
+
+    def start(self) -> "Enclave":
+        if not self.active:
+            return self
+        from trusted.syscall import Bridge, Transport
+        from untrusted.host import Host
+
+        self.cpu = ModeledCPU(self.cfg)
+        self.host = Host(self.cfg)
+        self.host.start()
+        addrs = self.host.bridge_addresses()
+        rpc_submit = 0
+        if self.cfg.syscalls == "rpc":
+            from trusted._native._enclave import ffi as eff, lib as elib
+            rpc_submit = int(eff.cast("uintptr_t", eff.addressof(elib, "enclave_rpc")))
+        bridge = Bridge(dispatch=addrs["dispatch"], alloc=addrs["alloc"], free=addrs["free"],
+                        charge=self.cpu.charge_fn, pollute=self.cpu.pollute_fn,
+                        rpc_submit=rpc_submit, rpc_ring=addrs.get("rpc_ring", 0))
+        # direct syscalls with an enclave heap still route (and count) the calls, without exits
+        self.transport = Transport(self.cfg.syscalls, bridge, rpc_spin=self.cfg.rpc_spin)
+        heap_factory = self._heap_factory()
+        from trusted.libos import LibOS
+        self.libos = LibOS(self.transport, heap_factory=heap_factory)
+        self.libos.install()
+        return self
+
+    def _heap_factory(self):
+        if self.cfg.memory == "suvm":
+            from eleos_shim import suvm
+            self.memory = suvm.install_default(self.cfg)
+            return suvm.heap_factory(self.memory)
+        if self.cfg.memory == "epc":
+            from eleos_shim import epc
+            self.memory = epc.install_default(self.cfg, self.cpu)
+            return epc.heap_factory(self.memory)
+        return None
+
+    def close(self) -> None:
+        """Stop the host's workers.  Idempotent; the LibOS stays installed (daemon threads and
+        later atexit handlers may still make calls: they fall back to OCALLs)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self.host is not None:
+            self.host.stop()
+
+    def uninstall(self) -> None:
+        if self.libos is not None:
+            self.libos.uninstall()
+
+    def stats(self) -> dict:
+        from eleos_shim.stats import collect
+        return collect(self, time.perf_counter() - self._t0)
+
+    def __enter__(self) -> "Enclave":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+        self.uninstall()

@@ -1,0 +1,113 @@
+"""Stats: the JSON of DESIGN.md section 4 and a readable report (eleos_shim/).
+
+``collect`` gathers the counters every component keeps (the modeled CPU's transitions, the
+enclave stubs' per-call counts, the RPC pool, the EPC driver, SUVM) into one dict; ``write``
+puts it where ``ELEOS_STATS`` says: a JSON file, or ``-`` for the report on stderr.
+"""
+from __future__ import annotations
+
+import json
+import posix  # the real syscalls: the LibOS patches ``os``, and the shim's own I/O is not the app's
+import sys
+
+EPC_KEYS = ("limit_bytes", "faults", "ewb", "eldu")
+SUVM_KEYS = ("hits", "faults", "evictions", "writebacks", "subpage_reads", "integrity_errors")
+
+
+def collect(enclave, wall_s: float) -> dict:
+    cfg = enclave.cfg
+    out = {
+        "mode": cfg.mode, "syscalls": cfg.syscalls, "memory": cfg.memory,
+        "cost": cfg.cost, "wall_s": wall_s,
+        "transitions": {"eenter": 0, "eexit": 0, "aex": 0, "eresume": 0,
+                        "modeled_cycles": 0, "modeled_s": 0.0, "pollutions": 0},
+        "calls": {},
+        "rpc": {"processed": 0, "fallbacks": 0, "worker_cpu_s": 0.0, "workers": 0},
+        "epc": {"limit_bytes": cfg.epc_bytes if cfg.memory == "epc" else 0,
+                "faults": 0, "ewb": 0, "eldu": 0},
+        "suvm": {k: 0 for k in SUVM_KEYS},
+    }
+    if enclave.cpu is not None:
+        out["transitions"] = enclave.cpu.counters()
+        out["tsc_mhz"] = enclave.cpu.tsc_hz / 1e6
+    if enclave.transport is not None:
+        out["calls"] = enclave.transport.counts()
+    if enclave.host is not None:
+        out.update(enclave.host.stats())
+    memory = enclave.memory
+    if memory is not None and hasattr(memory, "stats"):
+        part = memory.stats()
+        key = "suvm" if cfg.memory == "suvm" else "epc"
+        out[key].update(part.get(key, part) if isinstance(part, dict) else {})
+    out["exits"] = exits_summary(out)
+    return out
+
+
+def exits_summary(stats: dict) -> dict:
+    """How many exits the app paid and why (the report's answer to 'what is left?')."""
+    calls = stats["calls"]
+    ocall = sum(c.get("ocall", 0) for c in calls.values())
+    fallback = sum(c.get("fallback", 0) for c in calls.values())
+    why = {}
+    if stats["syscalls"] == "rpc":
+        why["blocking waits (poll/accept/... that would block go through an OCALL)"] = ocall
+        why["fallbacks (no RPC worker took the call in time, or the ring was full)"] = fallback
+    else:
+        why["ocalls"] = ocall + fallback
+    why["page faults (AEX)"] = stats["transitions"].get("aex", 0)
+    return {"total": stats["transitions"].get("eexit", 0) + stats["transitions"].get("aex", 0),
+            "why": why}
+
+
+def report(stats: dict) -> str:
+    t = stats["transitions"]
+    lines = [
+        f"eleos-shim stats: mode={stats['mode']} syscalls={stats['syscalls']} "
+        f"memory={stats['memory']} cost={stats['cost']} wall={stats['wall_s']:.3f}s",
+        f"transitions: eenter={t['eenter']} eexit={t['eexit']} aex={t['aex']} "
+        f"eresume={t['eresume']} modeled_cycles={t['modeled_cycles']} "
+        f"({t.get('modeled_s', 0.0) * 1e3:.3f} ms)",
+    ]
+    calls = stats["calls"]
+    if calls:
+        lines.append(f"  {'call':<14}{'count':>10}{'direct':>10}{'ocall':>10}{'rpc':>10}{'fallback':>10}")
+        for name in sorted(calls, key=lambda n: -calls[n]["count"]):
+            c = calls[name]
+            lines.append(f"  {name:<14}{c['count']:>10}{c['direct']:>10}{c['ocall']:>10}"
+                         f"{c['rpc']:>10}{c['fallback']:>10}")
+    else:
+        lines.append("  no routed calls" + (" (native mode: no enclave)" if stats["mode"] == "native"
+                                             and stats["syscalls"] == "direct" else ""))
+    if stats["syscalls"] == "rpc":
+        r = stats["rpc"]
+        lines.append(f"rpc: processed={r['processed']} fallbacks={r['fallbacks']} "
+                     f"workers={r.get('workers', 0)} worker_cpu={r['worker_cpu_s']:.3f}s")
+    ex = stats["exits"]
+    lines.append(f"exits remaining: {ex['total']}")
+    for why, n in ex["why"].items():
+        if n:
+            lines.append(f"  {n:>10}  {why}")
+    if stats["memory"] == "epc":
+        e = stats["epc"]
+        lines.append("epc: " + " ".join(f"{k}={e.get(k, 0)}" for k in EPC_KEYS))
+    if stats["memory"] == "suvm":
+        s = stats["suvm"]
+        lines.append("suvm: " + " ".join(f"{k}={s.get(k, 0)}" for k in SUVM_KEYS))
+    return "\n".join(lines)
+
+
+def write(stats: dict, where: str) -> None:
+    if where == "-":
+        sys.stderr.write(report(stats) + "\n")
+        sys.stderr.flush()
+        return
+    data = json.dumps(stats, indent=1, sort_keys=True, default=str).encode()
+    tmp = f"{where}.tmp{posix.getpid()}"
+    fd = posix.open(tmp, posix.O_WRONLY | posix.O_CREAT | posix.O_TRUNC | posix.O_CLOEXEC, 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[posix.write(fd, view):]
+    finally:
+        posix.close(fd)
+    posix.rename(tmp, where)
