@@ -188,6 +188,17 @@ class Transport:
             if ret > a3:
                 raise IagoError(f"host says sendfile moved {ret} bytes of {a3}")
 
+    def bench(self, n: int, op: int = abi.OP_NOP, a0: int = 0, path: str | None = None,
+              inbuf: bytes | None = None) -> float:
+        """Seconds per call for ``n`` back-to-back calls of one staged request, timed in C
+        (no Python in the loop): the floor of a path, for calibration and benchmarks."""
+        st = self._staging()
+        code = self._path_code if path is None else abi.PATH_NAMES.index(path)
+        n_in = len(inbuf) if inbuf else 0
+        lib.enclave_submit(code, st.req, op, a0, 0, 0, 0, 0, 0,
+                           inbuf if n_in else ffi.NULL, n_in, n_in, ffi.NULL, 0, 0)
+        return lib.enclave_bench(code, st.req, n) / 1e9 / n
+
     # -- stats -------------------------------------------------------------------------------
     def counts(self) -> dict[str, dict[str, int]]:
         """Per OCALL name: count and how many went direct / ocall / rpc / fallback."""
