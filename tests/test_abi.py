@@ -1,0 +1,27 @@
+"""One ABI, two spellings: the C header and eleos_shim/abi.py agree."""
+import re
+
+from eleos_shim import abi
+from trusted._native._enclave import ffi as enclave_ffi
+from untrusted._native._host import ffi as host_ffi
+
+
+def test_ocall_numbers_match_the_header():
+    assert abi.header_ops() == abi.OP
+
+
+def test_request_layout_is_the_same_for_both_halves():
+    for ffi in (enclave_ffi, host_ffi):
+        assert ffi.sizeof("struct eleos_req") == 8 + 6 * 8 + 4 * 8 + 3 * 8 + 8
+        assert ffi.offsetof("struct eleos_req", "args") == 8
+        assert ffi.sizeof("struct eleos_stat") == __import__("struct").calcsize(abi.STAT_FORMAT)
+
+
+def test_header_constants_match_python():
+    with open(abi.HEADER) as f:
+        text = f.read()
+    consts = {m.group(1): int(m.group(2)) for m in re.finditer(r"#define ELEOS_(\w+)\s+(\d+)u?\b", text)}
+    assert consts["PATH_RPC"] == abi.PATH_RPC and consts["PATH_FALLBACK"] == abi.PATH_FALLBACK
+    assert consts["RPC_FALLBACK"] == abi.RPC_FALLBACK and consts["RPC_CORRUPT"] == abi.RPC_CORRUPT
+    assert consts["SLOT_DONE"] == abi.SLOT_DONE and consts["T_AEX"] == abi.T_AEX
+    assert consts["OP_COUNT"] == len(abi.OPS)
