@@ -1,0 +1,75 @@
+"""Helpers every benchmark shares: the machine it ran on, medians, a table, JSON output.
+
+Benchmarks are programs, not tests: they compare configurations in the same run and report
+ratios with medians of several runs, print the machine, and write JSON under results/.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "results"
+
+
+def machine() -> dict:
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    try:
+        import psutil
+        load = os.getloadavg()[0]
+        mem_gb = psutil.virtual_memory().total / 2**30
+    except Exception:
+        load, mem_gb = float("nan"), float("nan")
+    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
+            "memory_gb": round(mem_gb, 1), "python": sys.version.split()[0],
+            "loadavg_1m": round(load, 2), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+
+
+def machine_line(m: dict | None = None) -> str:
+    m = m or machine()
+    return (f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB, {m['platform']}, "
+            f"Python {m['python']}, load {m['loadavg_1m']}")
+
+
+def median(xs) -> float:
+    return statistics.median(list(xs))
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    cells = [[h for h in headers]] + [[_fmt(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+             for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _fmt(c) -> str:
+    if isinstance(c, float):
+        if c == 0 or abs(c) >= 100:
+            return f"{c:,.0f}"
+        if abs(c) >= 10:
+            return f"{c:.1f}"
+        return f"{c:.2f}"
+    return str(c)
+
+
+def write_json(name: str, data: dict, path: str | None = None) -> Path:
+    out = Path(path) if path else RESULTS / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(data, f, indent=1, default=str)
+    return out
