@@ -29,6 +29,12 @@ PATH_DIRECT, PATH_OCALL, PATH_RPC, PATH_FALLBACK = range(4)
 PATH_NAMES = ("direct", "ocall", "rpc", "fallback")
 RPC_DONE, RPC_FALLBACK, RPC_CORRUPT = range(3)
 
+# The RPC ring (eleos_abi.h: struct eleos_ring, then the slots).
+RING_MAGIC = 0x676E6972736F656C
+RING_HDR_SIZE = 384
+RING_SLOT_SIZE = 128
+MAX_ERRNO = 4095
+
 # struct eleos_stat: 10 u64 then 3 i64.
 STAT_FORMAT = "=10Q3q"
 STAT_FIELDS = ("dev", "ino", "nlink", "mode", "uid", "gid", "rdev", "size", "blksize", "blocks",
@@ -58,5 +64,14 @@ def header_cdef() -> str:
     typedef void (*eleos_host_dispatch_fn)(struct eleos_req *req);
     typedef void (*eleos_cpu_charge_fn)(int transition);
     typedef void (*eleos_cpu_pollute_fn)(void);
+    struct eleos_ring {
+        uint64_t magic; uint32_t nslots; uint32_t slot_size; uint32_t workers_live;
+        uint32_t _r0; uint8_t _pad0[40];
+        uint64_t head; uint8_t _pad1[56];
+        uint64_t tail; uint8_t _pad2[56];
+        uint32_t futex; uint32_t sleepers; uint8_t _pad3[56];
+        uint64_t fallbacks; uint64_t wakeups; uint8_t _pad4[48];
+        uint8_t _pad5[64];
+    };
     typedef int (*eleos_enclave_rpc_fn)(uintptr_t ring, struct eleos_req *req, uint64_t spin);
     """

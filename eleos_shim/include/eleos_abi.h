@@ -119,4 +119,44 @@ typedef void (*eleos_cpu_pollute_fn)(void);             /* the indirect cost aft
 #define ELEOS_RPC_CORRUPT   2
 typedef int (*eleos_enclave_rpc_fn)(uintptr_t ring, struct eleos_req *req, uint64_t spin);
 
+/* ---- The RPC ring (exit-less system calls; untrusted/_native/rpc_workers.c allocates and
+ * serves it, trusted/_native/enclave_rpc.c produces into it).  One mapping in untrusted memory:
+ * this header, then `nslots` slots of ELEOS_RING_SLOT_SIZE bytes, each a struct eleos_req.
+ * A slot is free for producer ticket t when its `seq` == t; the producer that wins `head`
+ * from t to t+1 owns it, fills it and publishes POSTED; a worker that wins `tail` from t to
+ * t+1 moves it POSTED -> TAKEN, runs it and publishes DONE; the producer reads the result and
+ * frees the slot for ticket t + nslots.  A producer that waited too long moves it POSTED ->
+ * ABANDON and makes an OCALL instead; the worker that reaches it frees it.  Everything here
+ * is host-writable: the enclave indexes slots with the slot count it attached with, never
+ * with `nslots` below, and checks every field it reads back. */
+#define ELEOS_RING_MAGIC     0x676e6972736f656cull   /* "leosring" */
+#define ELEOS_RING_HDR_SIZE  384   /* six cache lines: slots start 128-aligned */
+#define ELEOS_RING_SLOT_SIZE 128   /* struct eleos_req (120 bytes) padded: no false sharing */
+#define ELEOS_MAX_ERRNO      4095  /* a result below -4095 is neither a result nor an errno */
+
+struct eleos_ring {
+    uint64_t magic;         /* ELEOS_RING_MAGIC */
+    uint32_t nslots;        /* informational (the enclave uses its own copy) */
+    uint32_t slot_size;     /* ELEOS_RING_SLOT_SIZE */
+    uint32_t workers_live;  /* running workers; 0: producers fall back without posting */
+    uint32_t _r0;
+    uint8_t  _pad0[40];
+    uint64_t head;          /* next producer ticket; own line: producers contend on it */
+    uint8_t  _pad1[56];
+    uint64_t tail;          /* next ticket a worker takes; own line: workers contend on it */
+    uint8_t  _pad2[56];
+    uint32_t futex;         /* bumped by a producer that wakes a sleeping worker */
+    uint32_t sleepers;      /* workers asleep or about to sleep on `futex` */
+    uint8_t  _pad3[56];
+    uint64_t fallbacks;     /* calls producers took back to make an OCALL (stats) */
+    uint64_t wakeups;       /* futex wakes producers made, each one an exit (stats) */
+    uint8_t  _pad4[48];
+    uint8_t  _pad5[64];
+};
+
+#define ELEOS_RING_SLOT(ring, i) \
+    ((struct eleos_req *)((char *)(ring) + ELEOS_RING_HDR_SIZE + (uint64_t)(i) * ELEOS_RING_SLOT_SIZE))
+_Static_assert(sizeof(struct eleos_ring) == ELEOS_RING_HDR_SIZE, "ring header size");
+_Static_assert(sizeof(struct eleos_req) <= ELEOS_RING_SLOT_SIZE, "a request fits a slot");
+
 #endif

@@ -1,0 +1,286 @@
+/*
+ * enclave_rpc.c - TRUSTED side: the enclave's RPC producer (exit-less system calls).
+ *
+ * enclave_rpc() hands one request to the untrusted workers (untrusted/_native/rpc_workers.c)
+ * through the ring in untrusted memory instead of exiting the enclave: claim a slot, copy the
+ * request in (its buffers already live in untrusted memory: only their addresses are copied),
+ * publish it, spin up to `spin` polls for a worker to take it, then wait for the result.
+ * Many app threads call it at once (the GIL is released around it).
+ *
+ * Return codes (eleos_abi.h), what the caller (enclave_ocalls.c) does with each:
+ *   ELEOS_RPC_DONE      a worker ran it: ret, out_len, out2_len and args are copied into *req.
+ *   ELEOS_RPC_FALLBACK  no worker took it: the ring is full, no worker is running, or the
+ *                       spin budget ran out (the slot was taken back: no worker will run it).
+ *                       *req is untouched; make the call as a regular OCALL.
+ *   ELEOS_RPC_CORRUPT   what the host left in the slot is impossible (a state that is not
+ *                       one, a seq that is not our ticket, more bytes than the buffer holds,
+ *                       a result below -MAX_ERRNO) or the ring was never attached: raise
+ *                       IagoError.  enclave_rpc_last_error() says which, for this thread.
+ *
+ * The ring is hostile memory.  The enclave indexes it only with the slot count it was given
+ * by enclave_rpc_attach() (from its own configuration), never with what the header says, so
+ * a lying header cannot steer its writes; every loop on host-written values is bounded except
+ * the wait for a TAKEN call (a taken call is running: as with an OCALL, a host that never
+ * answers can stall the thread, which SGX cannot prevent either).
+ *
+ * Waking a sleeping worker is a futex syscall: from a real enclave that is an OCALL, so it is
+ * charged as one (EEXIT + EENTER + the indirect cost) and counted.  It happens only when a
+ * worker sleeps, i.e. when calls come slower than the workers' idle budget.
+ */
+#define _GNU_SOURCE
+#include <linux/futex.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "eleos_abi.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+static inline void relax(void) { _mm_pause(); }
+#else
+static inline void relax(void) { __asm__ __volatile__("" ::: "memory"); }
+#endif
+
+#define LOAD(p)         __atomic_load_n((p), __ATOMIC_ACQUIRE)
+#define LOAD_RELAXED(p) __atomic_load_n((p), __ATOMIC_RELAXED)
+#define STORE(p, v)     __atomic_store_n((p), (v), __ATOMIC_RELEASE)
+#define CAS(p, expp, v) __atomic_compare_exchange_n((p), (expp), (v), 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)
+#define COUNT(x)        __atomic_add_fetch(&(x), 1, __ATOMIC_RELAXED)
+
+/* After this many polls waiting for a result the thread yields between polls: on a machine
+ * with fewer cores than app threads + workers, a spinning producer would otherwise hold the
+ * core the worker needs to finish its call (with dedicated cores, as in the paper, it never
+ * gets here: ~65k polls is tens of microseconds, more than a non-blocking syscall takes). */
+#define YIELD_AFTER_POLLS (1u << 16)
+
+/* Counters the enclave keeps itself (trusted; the ring header has the host's view). */
+enum { C_FALLBACK_FULL, C_FALLBACK_NO_WORKER, C_FALLBACK_TIMEOUT, C_WAKEUPS, C_CORRUPT, C_N };
+
+/* The enclave's own copy of what it knows about an attached ring. */
+struct ring_ref {
+    uintptr_t ring;                     /* 0: unused entry */
+    uint32_t nslots, mask;
+    eleos_cpu_charge_fn charge;         /* charge the exit of a futex wake (may be NULL) */
+    eleos_cpu_pollute_fn pollute;
+    uint64_t counters[C_N];
+} __attribute__((aligned(64)));
+
+#define MAX_RINGS 16
+static struct ring_ref refs[MAX_RINGS];
+
+static __thread char last_error[160];
+
+static inline struct ring_ref *lookup(uintptr_t ring)
+{
+    for (int i = 0; i < MAX_RINGS; i++)
+        if (LOAD(&refs[i].ring) == ring)
+            return &refs[i];
+    return NULL;
+}
+
+/* Tell the enclave about a ring: its untrusted address and the slot count from the enclave's
+ * configuration (a power of two); `charge`/`pollute` are the modeled CPU's functions, used to
+ * charge a worker wake-up as the exit it is.  Returns 0, or -1 (bad count / no room). */
+int enclave_rpc_attach(uintptr_t ring, uint32_t nslots, uintptr_t charge, uintptr_t pollute)
+{
+    if (!ring || nslots < 2 || (nslots & (nslots - 1)) || nslots > (1u << 16))
+        return -1;
+    struct ring_ref *ref = lookup(ring);
+    if (!ref) {
+        for (int i = 0; i < MAX_RINGS && !ref; i++) {
+            uintptr_t zero = 0;
+            /* Reserve a free entry with a placeholder so two attaches cannot share it. */
+            if (CAS(&refs[i].ring, &zero, (uintptr_t)1))
+                ref = &refs[i];
+        }
+        if (!ref) return -1;
+    } else {
+        STORE(&ref->ring, (uintptr_t)1);    /* hide it while it changes */
+    }
+    ref->nslots = nslots;
+    ref->mask = nslots - 1;
+    ref->charge = (eleos_cpu_charge_fn)charge;
+    ref->pollute = (eleos_cpu_pollute_fn)pollute;
+    memset(ref->counters, 0, sizeof ref->counters);
+    STORE(&ref->ring, ring);
+    return 0;
+}
+
+/* Forget a ring (no call may be in flight on it). */
+void enclave_rpc_detach(uintptr_t ring)
+{
+    struct ring_ref *ref = lookup(ring);
+    if (ref) STORE(&ref->ring, (uintptr_t)0);
+}
+
+/* The enclave's counters for a ring: fallback_full, fallback_no_worker, fallback_timeout,
+ * wakeups, corrupt.  Returns how many were written. */
+int enclave_rpc_counters(uintptr_t ring, uint64_t *out, int n)
+{
+    struct ring_ref *ref = lookup(ring);
+    int i;
+    for (i = 0; i < C_N && i < n; i++)
+        out[i] = ref ? __atomic_load_n(&ref->counters[i], __ATOMIC_RELAXED) : 0;
+    return i;
+}
+
+/* Why this thread's last ELEOS_RPC_CORRUPT happened, in words. */
+const char *enclave_rpc_last_error(void) { return last_error; }
+
+/* Record why (for this thread) and count it.  The reply is not copied to the caller. */
+static int corrupt(struct ring_ref *ref)
+{
+    if (ref) COUNT(ref->counters[C_CORRUPT]);
+    return ELEOS_RPC_CORRUPT;
+}
+
+static int fallback(struct ring_ref *ref, struct eleos_ring *r, int why)
+{
+    COUNT(ref->counters[why]);
+    __atomic_add_fetch(&r->fallbacks, 1, __ATOMIC_RELAXED);
+    return ELEOS_RPC_FALLBACK;
+}
+
+/* A sleeping worker must be woken with a syscall: an exit from a real enclave. */
+static void wake_worker(struct ring_ref *ref, struct eleos_ring *r)
+{
+    if (ref->charge) ref->charge(ELEOS_T_EEXIT);
+    __atomic_add_fetch(&r->futex, 1, __ATOMIC_SEQ_CST);
+    syscall(SYS_futex, &r->futex, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
+    if (ref->charge) ref->charge(ELEOS_T_EENTER);
+    if (ref->pollute) ref->pollute();
+    COUNT(ref->counters[C_WAKEUPS]);
+    __atomic_add_fetch(&r->wakeups, 1, __ATOMIC_RELAXED);
+}
+
+int enclave_rpc(uintptr_t ring, struct eleos_req *req, uint64_t spin)
+{
+    struct ring_ref *ref = lookup(ring);
+    if (!ref || ring <= 1) {
+        snprintf(last_error, sizeof last_error,
+                 "RPC ring %#lx was never attached by the enclave", (unsigned long)ring);
+        return corrupt(NULL);
+    }
+    struct eleos_ring *r = (struct eleos_ring *)ring;
+    const uint64_t nslots = ref->nslots, mask = ref->mask;
+
+    if (LOAD_RELAXED(&r->workers_live) == 0)
+        return fallback(ref, r, C_FALLBACK_NO_WORKER);
+
+    /* The request as the caller staged it, read once (the staging area is untrusted too). */
+    struct eleos_req in;
+    memcpy(&in, req, sizeof in);
+
+    /* Claim the slot of ticket `head`: free for it iff its seq equals the ticket. */
+    uint64_t t, budget = spin;
+    struct eleos_req *slot;
+    for (;;) {
+        t = LOAD_RELAXED(&r->head);
+        slot = ELEOS_RING_SLOT(r, t & mask);
+        int64_t d = (int64_t)(LOAD(&slot->seq) - t);
+        if (d == 0) {
+            if (CAS(&r->head, &t, t + 1)) break;
+        } else if (d < 0) {
+            /* Still in use by the previous lap: nslots calls in flight or abandoned. */
+            return fallback(ref, r, C_FALLBACK_FULL);
+        }
+        /* else another producer won this ticket; try the next one (bounded: the host could
+         * keep moving head to keep us here). */
+        if (budget-- == 0)
+            return fallback(ref, r, C_FALLBACK_FULL);
+    }
+
+    slot->op = in.op;
+    memcpy(slot->args, in.args, sizeof slot->args);
+    slot->buf = in.buf;
+    slot->buf_len = in.buf_len;
+    slot->buf2 = in.buf2;
+    slot->buf2_len = in.buf2_len;
+    slot->ret = 0;
+    slot->out_len = 0;
+    slot->out2_len = 0;
+    STORE(&slot->state, ELEOS_SLOT_POSTED);
+    /* Pairs with a worker's "sleepers++ then look at head": one of us sees the other. */
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    if (LOAD_RELAXED(&r->sleepers))
+        wake_worker(ref, r);
+
+    uint32_t st;
+    uint64_t polls = 0;
+    while ((st = LOAD(&slot->state)) == ELEOS_SLOT_POSTED) {
+        if (polls++ >= spin) {
+            uint32_t posted = ELEOS_SLOT_POSTED;
+            if (CAS(&slot->state, &posted, ELEOS_SLOT_ABANDON))
+                return fallback(ref, r, C_FALLBACK_TIMEOUT);   /* the worker that reaches it frees it */
+            st = posted;                                       /* taken at the last moment */
+            break;
+        }
+        relax();
+    }
+    /* Taken: the call is running; wait for it without a limit, as an OCALL would. */
+    polls = 0;
+    while (st == ELEOS_SLOT_TAKEN) {
+        if (++polls > YIELD_AFTER_POLLS) sched_yield(); else relax();
+        st = LOAD(&slot->state);
+    }
+
+    int rc = ELEOS_RPC_DONE;
+    int64_t ret = slot->ret;
+    unsigned long long out_len = slot->out_len, out2_len = slot->out2_len, seq = slot->seq;
+    const unsigned long long cap = in.buf_len, cap2 = in.buf2_len;
+    if (st != ELEOS_SLOT_DONE) {
+        snprintf(last_error, sizeof last_error,
+                 "slot state %u where a worker must publish DONE (%u)", st, ELEOS_SLOT_DONE);
+        rc = corrupt(ref);
+    } else if (seq != t) {
+        snprintf(last_error, sizeof last_error,
+                 "slot seq %llu is not the ticket %llu that posted it", seq, (unsigned long long)t);
+        rc = corrupt(ref);
+    } else if (out_len > cap) {
+        snprintf(last_error, sizeof last_error,
+                 "host wrote %llu bytes into a buffer of %llu", out_len, cap);
+        rc = corrupt(ref);
+    } else if (out2_len > cap2) {
+        snprintf(last_error, sizeof last_error,
+                 "host wrote %llu bytes into a second buffer of %llu", out2_len, cap2);
+        rc = corrupt(ref);
+    } else if (ret < -(int64_t)ELEOS_MAX_ERRNO) {
+        snprintf(last_error, sizeof last_error,
+                 "result %lld is neither a result nor an errno", (long long)ret);
+        rc = corrupt(ref);
+    }
+    if (rc == ELEOS_RPC_DONE) {
+        memcpy(req->args, slot->args, sizeof req->args);
+        req->ret = ret;
+        req->out_len = out_len;
+        req->out2_len = out2_len;
+    }
+    /* Give the slot back for ticket t + nslots.  Also after a corruption: the enclave stops
+     * trusting the reply, not the ring's bookkeeping, which only ever indexes with `mask`. */
+    slot->state = ELEOS_SLOT_FREE;
+    STORE(&slot->seq, t + nslots);
+    return rc;
+}
+
+uintptr_t enclave_rpc_fn(void) { return (uintptr_t)&enclave_rpc; }
+
+/* Benchmark: `n` NOP calls through the ring from C (no Python per call), to measure the
+ * cross-core hand-off itself.  Returns how many a worker ran (the rest fell back and were
+ * not run), or -1 on a corrupted reply. */
+int64_t enclave_rpc_nop_loop(uintptr_t ring, uint64_t n, uint64_t spin)
+{
+    struct eleos_req req;
+    int64_t done = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        memset(&req, 0, sizeof req);
+        req.op = ELEOS_OP_NOP;
+        int rc = enclave_rpc(ring, &req, spin);
+        if (rc == ELEOS_RPC_DONE) done++;
+        else if (rc == ELEOS_RPC_CORRUPT) return -1;
+    }
+    return done;
+}
