@@ -35,7 +35,7 @@ def per_call(fn, calls: int, runs: int) -> float:
 
 def measure(syscalls: str, cost: str, calls: int, runs: int) -> dict:
     cfg = Config.from_env({}, mode="native", syscalls=syscalls, cost=cost)
-    enclave = Enclave(cfg).start()
+    enclave = Enclave(cfg).start(route=True)
     try:
         fd = os.open(os.devnull, os.O_WRONLY)
         write_s = per_call(lambda: os.write(fd, b"x"), calls, runs)
