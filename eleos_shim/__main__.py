@@ -168,9 +168,8 @@ def run(cfg, module: str | None, script: str | None, args: list[str]) -> int:
 def _print_app_traceback() -> None:
     """The traceback python would print: without the loader's and runpy's frames."""
     etype, value, tb = sys.exc_info()
-    here = (os.path.dirname(os.path.abspath(__file__)), os.path.dirname(runpy.__file__))
-    while tb is not None and os.path.abspath(tb.tb_frame.f_code.co_filename).startswith(here) \
-            and (tb.tb_frame.f_code.co_filename.endswith(("__main__.py", "runpy.py"))):
+    ours = (os.path.abspath(__file__), os.path.abspath(runpy.__file__), "<frozen runpy>")
+    while tb is not None and tb.tb_frame.f_code.co_filename in ours:
         tb = tb.tb_next
     sys.stdout.flush()
     traceback.print_exception(etype, value, tb)
