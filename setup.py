@@ -6,5 +6,7 @@ setup(
         "eleos_shim/_native/cpu_build.py:ffi",
         "untrusted/_native/host_build.py:ffi",
         "trusted/_native/enclave_build.py:ffi",
+        "trusted/_native/suvm_build.py:ffi",
+        "untrusted/_native/store_build.py:ffi",
     ],
 )

@@ -1,0 +1,71 @@
+"""eleos_shim.suvm: the public SUVM module (eleos_shim/, knows both halves).
+
+Apps that opt in use it directly, as memcached did in the paper::
+
+    from eleos_shim.suvm import suvm_malloc, suvm_free, SecureMemory
+    p = suvm_malloc(4096); p[0:5] = b"hello"; suvm_free(p)
+
+The implementation is in trusted/suvm.py (enclave side) over untrusted/backing_store.py
+(host side).  This module is the bridge: it builds the backing store and hands the enclave
+its addresses, as the loader does for the OCALL table.  Outside the loader a default
+instance is built lazily from ``Config.from_env()`` on first use; the loader installs its
+own with :func:`install`.  :func:`heap_factory` is what the LibOS calls for an app's
+anonymous ``mmap.mmap(-1, n)`` under ``ELEOS_MEMORY=suvm``.
+"""
+from __future__ import annotations
+
+from eleos_shim.config import Config
+from trusted import suvm as _trusted
+from trusted.suvm import SecureMemory, SPointer, Suvm, suvm_free
+from untrusted.backing_store import BackingStore
+
+__all__ = ["SecureMemory", "SPointer", "Suvm", "create", "install", "instance", "heap_factory",
+           "suvm_malloc", "suvm_free", "stats", "BackingStore"]
+
+
+def create(cfg: Config | None = None, *, charge_fn: int = 0, **overrides) -> Suvm:
+    """A new SUVM instance with its own backing store, sized by ``cfg`` (default: from the
+    environment).  ``overrides`` replace config fields (``cfg.replace``).  ``charge_fn`` is the
+    modeled CPU's ``cpu_charge`` address, charged as an OCALL when the store grows."""
+    cfg = cfg or Config.from_env()
+    if overrides:
+        cfg = cfg.replace(**overrides)
+    store = BackingStore(cfg.suvm_store_bytes, cfg.suvm_page_size)
+    inst = Suvm(store.bridge(), cache_bytes=cfg.suvm_cache_bytes, page_size=cfg.suvm_page_size,
+                subpage=cfg.suvm_subpage, eviction=cfg.suvm_eviction, charge_fn=charge_fn)
+    inst.backing_store = store   # the host's side, for stats and the adversary API in tests
+    return inst
+
+
+def install(inst: Suvm | None) -> None:
+    """Make ``inst`` the instance that suvm_malloc and SecureMemory use (None: back to lazy)."""
+    _trusted.set_default(inst)
+
+
+def instance() -> Suvm:
+    """The current default instance (built on first use)."""
+    return _trusted.default()
+
+
+def suvm_malloc(n: int) -> SPointer:
+    """A zeroed SUVM allocation of n bytes from the default instance."""
+    return _trusted.default().malloc(n)
+
+
+def heap_factory(n: int, **kwargs) -> SecureMemory:
+    """An anonymous ``mmap.mmap(-1, n, ...)`` of the app, in SUVM.  Flags, prot and access do
+    not change anything for anonymous private memory in the enclave."""
+    return SecureMemory(n)
+
+
+def stats() -> dict:
+    """The ``suvm`` section of the stats (DESIGN.md section 4), plus the store's size."""
+    inst = _trusted.default()
+    d = inst.stats()
+    store = getattr(inst, "backing_store", None)
+    if store is not None:
+        d.update(store.stats())
+    return d
+
+
+_trusted.set_default_provider(lambda: create())

@@ -1,0 +1,819 @@
+/*
+ * suvm.c - SUVM, secure user-space virtual memory: the core (trusted/, inside the enclave).
+ *
+ * Eleos's second half (EuroSys'17, section 4).  SGX paging costs an enclave exit per fault
+ * (AEX + kernel EWB/ELDU + ERESUME, ~40,000 cycles); SUVM instead keeps a software page table
+ * and a page cache ("EPC++") inside the enclave and an AES-GCM-sealed backing store in
+ * untrusted memory, and handles a miss in the enclave without any exit.  Being software it
+ * picks its own page size, eviction policy (fifo, lru, clock, random), writes back only dirty
+ * pages, and can read one sub-page straight from the backing store.
+ *
+ * Trust: the backing store (store_base..) is host memory: the host may read or rewrite it
+ * at any time.  So every page written back is sealed with AES-128-GCM under this enclave's
+ * key (random, never leaves the enclave) with a fresh nonce; the additional data binds the
+ * page number, the sub-page index and a version; the tag and the version stay in the page
+ * table, here.  A flipped bit, two swapped pages or an old copy put back (replay) fail the
+ * tag check: SUVM_EINTEGRITY, the data is never returned.  Ciphertext is copied into enclave
+ * memory before it is opened, so the host cannot change it between the check and the use.
+ *
+ * Concurrency (no global lock on any path):
+ *  - hit: lock-free.  A frame's `pins` counts live accesses; an access pins the frame its PTE
+ *    names, re-checks that the frame still holds that page, copies, unpins.  A frame is never
+ *    evicted while pinned: the evictor claims it by CAS pins 0 -> PIN_EVICT (very negative),
+ *    which makes later pinners back off to the slow path.
+ *  - miss: a striped mutex (by page number) serialises faults on one page; the replacement
+ *    structures (free list, fifo/lru list, clock hand) have their own mutex, held only to pick
+ *    a victim; sealing and opening run with no lock but the two pages' stripes.  A victim
+ *    whose stripe is busy is skipped (trylock), never waited for, so there is no lock cycle.
+ *  - lru is exact: every hit moves the page to the front of the list, under the list mutex.
+ *    That per-hit cost is why clock exists (see benchmarks/suvm_micro.py).
+ * Nonces: 32-bit sub-page index || 64-bit version, where each write-back of a page takes a
+ * new version from one 64-bit counter of this instance, so no (key, nonce) pair repeats.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <openssl/rand.h>
+
+#include "eleos_abi.h"
+#include "seal.h"
+#include "suvm.h"
+
+#define NSTRIPES 1024                 /* page-fault locks: enough that 4..64 threads rarely share one */
+#define PT_CHUNK_SHIFT 10              /* page table chunks of 1024 PTEs, allocated as space is reserved */
+#define PT_CHUNK (1u << PT_CHUNK_SHIFT)
+#define PIN_EVICT (INT32_MIN / 2)      /* pins value of a frame being evicted, loaded, or free */
+#define BOUNCE (64 * 1024)             /* bounce buffer for SUVM->SUVM moves and sub-page reads */
+
+struct pte {
+    _Atomic int32_t frame;    /* frame in the page cache, or -1 */
+    uint32_t sealed;          /* a sealed copy is in the backing store (written under the stripe) */
+    uint64_t version;         /* version of that copy: part of its nonce and AAD */
+    uint8_t *tags;            /* nsub GCM tags of that copy */
+};
+
+struct frame_meta {
+    _Atomic int32_t pins;
+    _Atomic uint8_t dirty;
+    _Atomic uint8_t ref;      /* clock's reference bit */
+    _Atomic int64_t vpn;      /* page held, or -1 */
+    int32_t prev, next;       /* fifo/lru list (under cache_lock) */
+    uint8_t listed;
+};
+
+struct suvm {
+    uint32_t page_size, page_shift, subpage, nsub;
+    int policy;
+    uint32_t nframes;
+    uint8_t *frames;                  /* the page cache (EPC++) */
+    struct frame_meta *fm;
+
+    pthread_mutex_t cache_lock;       /* free list, fifo/lru list, clock hand */
+    int32_t *free_stack;
+    uint32_t nfree;
+    int32_t head, tail;               /* list: head = most recent (lru) / newest (fifo) */
+    uint32_t hand;
+
+    pthread_mutex_t stripes[NSTRIPES];
+
+    pthread_mutex_t pt_lock;          /* growth of the page table */
+    struct pte **dir;
+    uint64_t dir_len;
+    _Atomic uint64_t reserved;        /* bytes of SUVM space usable: [0, reserved) */
+
+    void *store;                      /* the host's backing store */
+    uint8_t *store_base;
+    uint64_t store_capacity, committed;
+    suvm_store_grow_fn grow;
+    suvm_store_discard_fn discard;
+    eleos_cpu_charge_fn charge;
+
+    uint8_t key[16];
+    _Atomic uint64_t seal_counter;
+    _Atomic uint64_t st[SUVM_ST_COUNT];
+};
+
+#define ST_ADD(s, i, v) atomic_fetch_add_explicit(&(s)->st[i], (v), memory_order_relaxed)
+
+static inline struct pte *pte_of(suvm_t *s, uint64_t vpn)
+{
+    struct pte *chunk = __atomic_load_n(&s->dir[vpn >> PT_CHUNK_SHIFT], __ATOMIC_ACQUIRE);
+    return &chunk[vpn & (PT_CHUNK - 1)];
+}
+
+static inline pthread_mutex_t *stripe_of(suvm_t *s, uint64_t vpn)
+{
+    return &s->stripes[(vpn * 0x9E3779B97F4A7C15ull) >> 54 & (NSTRIPES - 1)];
+}
+
+static inline uint8_t *frame_ptr(suvm_t *s, int32_t f) { return s->frames + (size_t)f * s->page_size; }
+
+static inline int range_ok(suvm_t *s, uint64_t addr, size_t n)
+{
+    uint64_t r = atomic_load_explicit(&s->reserved, memory_order_acquire);
+    return addr <= r && n <= r - addr;
+}
+
+/* ---- replacement structures (all under cache_lock) ---- */
+
+static void list_push_front(suvm_t *s, int32_t f)
+{
+    struct frame_meta *m = &s->fm[f];
+    m->prev = -1;
+    m->next = s->head;
+    if (s->head >= 0)
+        s->fm[s->head].prev = f;
+    s->head = f;
+    if (s->tail < 0)
+        s->tail = f;
+    m->listed = 1;
+}
+
+static void list_remove(suvm_t *s, int32_t f)
+{
+    struct frame_meta *m = &s->fm[f];
+    if (!m->listed)
+        return;
+    if (m->prev >= 0) s->fm[m->prev].next = m->next; else s->head = m->next;
+    if (m->next >= 0) s->fm[m->next].prev = m->prev; else s->tail = m->prev;
+    m->prev = m->next = -1;
+    m->listed = 0;
+}
+
+static void policy_insert(suvm_t *s, int32_t f)
+{
+    atomic_store_explicit(&s->fm[f].ref, 1, memory_order_relaxed);
+    if (s->policy == SUVM_FIFO || s->policy == SUVM_LRU)
+        list_push_front(s, f);
+}
+
+static inline void policy_touch(suvm_t *s, int32_t f)
+{
+    if (s->policy == SUVM_CLOCK) {
+        if (!atomic_load_explicit(&s->fm[f].ref, memory_order_relaxed))
+            atomic_store_explicit(&s->fm[f].ref, 1, memory_order_relaxed);
+    } else if (s->policy == SUVM_LRU) {
+        pthread_mutex_lock(&s->cache_lock);
+        if (s->fm[f].listed && s->head != f) {
+            list_remove(s, f);
+            list_push_front(s, f);
+        }
+        pthread_mutex_unlock(&s->cache_lock);
+    }
+}
+
+static uint64_t rand_next(void)
+{
+    static __thread uint64_t x;
+    if (!x)
+        x = (uint64_t)(uintptr_t)&x ^ (uint64_t)time(NULL) * 0x9E3779B97F4A7C15ull ^ 0x2545F4914F6CDD1Dull;
+    x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+    return x;
+}
+
+/* ---- pinning: the lock-free hit path ---- */
+
+static inline int32_t pin_resident(suvm_t *s, uint64_t vpn)
+{
+    struct pte *p = pte_of(s, vpn);
+    int32_t f = atomic_load_explicit(&p->frame, memory_order_acquire);
+    if (f < 0)
+        return -1;
+    struct frame_meta *m = &s->fm[f];
+    int32_t old = atomic_fetch_add(&m->pins, 1);
+    if (old < 0 || atomic_load_explicit(&m->vpn, memory_order_acquire) != (int64_t)vpn) {
+        atomic_fetch_sub(&m->pins, 1);
+        return -1;
+    }
+    return f;
+}
+
+static inline void unpin(suvm_t *s, int32_t f) { atomic_fetch_sub_explicit(&s->fm[f].pins, 1, memory_order_release); }
+
+/* ---- sealing ---- */
+
+static void make_nonce_aad(suvm_t *s, uint64_t vpn, uint32_t sub, uint64_t version,
+                           uint8_t nonce[12], uint8_t aad[24])
+{
+    eleos_nonce(nonce, sub, version);
+    for (int i = 0; i < 8; i++) aad[i] = (uint8_t)(vpn >> (8 * i));
+    for (int i = 0; i < 8; i++) aad[8 + i] = (uint8_t)(version >> (8 * i));
+    for (int i = 0; i < 4; i++) aad[16 + i] = (uint8_t)(sub >> (8 * i));
+    for (int i = 0; i < 4; i++) aad[20 + i] = (uint8_t)(s->subpage >> (8 * i));  /* binds the layout */
+}
+
+/* Seal page vpn from the enclave frame `src` into the store.  Called with vpn's stripe held. */
+static void seal_page(suvm_t *s, uint64_t vpn, struct pte *p, const uint8_t *src)
+{
+    uint8_t nonce[12], aad[24];
+    if (!p->tags) {
+        p->tags = malloc((size_t)s->nsub * 16);
+        if (!p->tags) {
+            fprintf(stderr, "eleos suvm: out of enclave memory for page tags\n");
+            abort();
+        }
+    }
+    uint64_t version = atomic_fetch_add(&s->seal_counter, 1) + 1;
+    uint8_t *dst = s->store_base + vpn * s->page_size;
+    for (uint32_t sub = 0; sub < s->nsub; sub++) {
+        make_nonce_aad(s, vpn, sub, version, nonce, aad);
+        if (eleos_seal(s->key, nonce, aad, sizeof aad, src + (size_t)sub * s->subpage, s->subpage,
+                       dst + (size_t)sub * s->subpage, p->tags + (size_t)sub * 16) != 0) {
+            /* Losing a dirty page silently would be worse than stopping. */
+            fprintf(stderr, "eleos suvm: libcrypto failed to seal a page; stopping\n");
+            abort();
+        }
+    }
+    p->version = version;
+    p->sealed = 1;
+    ST_ADD(s, SUVM_ST_BYTES_SEALED, s->page_size);
+}
+
+/* Copy sub-pages [first, first+count) of vpn's stored copy into enclave memory `dst` and open
+ * them in place.  0, or SUVM_EINTEGRITY.  Called with vpn's stripe held. */
+static int open_subpages(suvm_t *s, uint64_t vpn, struct pte *p, uint32_t first, uint32_t count,
+                         uint8_t *dst)
+{
+    uint8_t nonce[12], aad[24];
+    size_t len = (size_t)count * s->subpage;
+    memcpy(dst, s->store_base + vpn * s->page_size + (size_t)first * s->subpage, len);
+    for (uint32_t i = 0; i < count; i++) {
+        uint32_t sub = first + i;
+        make_nonce_aad(s, vpn, sub, p->version, nonce, aad);
+        uint8_t *d = dst + (size_t)i * s->subpage;
+        if (eleos_open(s->key, nonce, aad, sizeof aad, d, s->subpage, d, p->tags + (size_t)sub * 16) != 0) {
+            memset(dst, 0, len);   /* nothing of a failed page leaks into enclave use */
+            ST_ADD(s, SUVM_ST_INTEGRITY, 1);
+            return SUVM_EINTEGRITY;
+        }
+    }
+    ST_ADD(s, SUVM_ST_BYTES_UNSEALED, len);
+    return SUVM_OK;
+}
+
+/* ---- page faults ---- */
+
+/* Put frame f back on the free list; its pins must be PIN_EVICT. */
+static void free_frame(suvm_t *s, int32_t f)
+{
+    atomic_store(&s->fm[f].vpn, -1);
+    pthread_mutex_lock(&s->cache_lock);
+    list_remove(s, f);
+    s->free_stack[s->nfree++] = f;
+    pthread_mutex_unlock(&s->cache_lock);
+}
+
+/* Evict frame f (claimed: pins == PIN_EVICT) holding page v; v's stripe is held. */
+static void evict_frame(suvm_t *s, int32_t f, uint64_t v)
+{
+    struct pte *p = pte_of(s, v);
+    atomic_store_explicit(&p->frame, -1, memory_order_release);
+    if (atomic_load(&s->fm[f].dirty)) {
+        seal_page(s, v, p, frame_ptr(s, f));
+        ST_ADD(s, SUVM_ST_WRITEBACKS, 1);
+    } else {
+        ST_ADD(s, SUVM_ST_CLEAN_DROPS, 1);   /* clean: the stored copy (or zero) is still right */
+    }
+    atomic_store(&s->fm[f].dirty, 0);
+    atomic_store(&s->fm[f].vpn, -1);
+    ST_ADD(s, SUVM_ST_EVICTIONS, 1);
+}
+
+/* Next eviction candidate for the policy, or -1 when a round found nothing; *cursor walks. */
+static int32_t next_candidate(suvm_t *s, int32_t *cursor, uint32_t *steps)
+{
+    if (++*steps > 2 * s->nframes + 2)
+        return -1;
+    switch (s->policy) {
+    case SUVM_FIFO:
+    case SUVM_LRU: {
+        int32_t c = *cursor == -2 ? s->tail : (*cursor >= 0 ? s->fm[*cursor].prev : -1);
+        *cursor = c;
+        return c;   /* -1 at the head: round over */
+    }
+    case SUVM_CLOCK:
+        for (;;) {
+            int32_t c = (int32_t)(s->hand++ % s->nframes);
+            if (atomic_load_explicit(&s->fm[c].ref, memory_order_relaxed)) {
+                atomic_store_explicit(&s->fm[c].ref, 0, memory_order_relaxed);
+                if (++*steps > 2 * s->nframes + 2)
+                    return -1;
+                continue;
+            }
+            return c;
+        }
+    default:
+        return (int32_t)(rand_next() % s->nframes);
+    }
+}
+
+/* A frame for a page whose stripe `mine` we hold: free, or a victim evicted (written back if
+ * dirty).  Returned claimed (pins == PIN_EVICT).  -1: no victim could be taken this round. */
+static int32_t get_frame(suvm_t *s, pthread_mutex_t *mine)
+{
+    pthread_mutex_lock(&s->cache_lock);
+    if (s->nfree) {
+        int32_t f = s->free_stack[--s->nfree];
+        pthread_mutex_unlock(&s->cache_lock);
+        return f;
+    }
+    int32_t cursor = -2;
+    uint32_t steps = 0;
+    for (;;) {
+        int32_t c = next_candidate(s, &cursor, &steps);
+        if (c < 0)
+            break;
+        int32_t zero = 0;
+        if (!atomic_compare_exchange_strong(&s->fm[c].pins, &zero, PIN_EVICT))
+            continue;                                  /* pinned by a live access: never evicted */
+        int64_t v = atomic_load(&s->fm[c].vpn);
+        pthread_mutex_t *theirs = stripe_of(s, (uint64_t)v);
+        if (theirs != mine && pthread_mutex_trylock(theirs) != 0) {
+            atomic_fetch_sub(&s->fm[c].pins, PIN_EVICT);   /* someone is faulting it: skip */
+            continue;
+        }
+        list_remove(s, c);
+        pthread_mutex_unlock(&s->cache_lock);
+        evict_frame(s, c, (uint64_t)v);
+        if (theirs != mine)
+            pthread_mutex_unlock(theirs);
+        return c;
+    }
+    pthread_mutex_unlock(&s->cache_lock);
+    return -1;
+}
+
+/* Bring vpn in.  Returns its frame pinned by the caller (>= 0), or a SUVM_E* error. */
+static int32_t fault_in(suvm_t *s, uint64_t vpn)
+{
+    pthread_mutex_t *mine = stripe_of(s, vpn);
+    struct pte *p = pte_of(s, vpn);
+    for (;;) {
+        int32_t f = pin_resident(s, vpn);
+        if (f >= 0) {
+            ST_ADD(s, SUVM_ST_HITS, 1);
+            return f;
+        }
+        pthread_mutex_lock(mine);
+        if (atomic_load_explicit(&p->frame, memory_order_acquire) >= 0) {
+            pthread_mutex_unlock(mine);   /* another thread brought it in meanwhile */
+            continue;
+        }
+        f = get_frame(s, mine);
+        if (f < 0) {
+            /* Every victim is pinned or mid-fault: step back (drop our stripe so nobody waits
+             * on us) and retry; pins last one copy, so this ends. */
+            pthread_mutex_unlock(mine);
+            sched_yield();
+            continue;
+        }
+        uint8_t *dst = frame_ptr(s, f);
+        if (p->sealed) {
+            if (open_subpages(s, vpn, p, 0, s->nsub, dst) != SUVM_OK) {
+                free_frame(s, f);
+                pthread_mutex_unlock(mine);
+                return SUVM_EINTEGRITY;
+            }
+        } else {
+            memset(dst, 0, s->page_size);   /* never written back: zero, as fresh memory */
+        }
+        struct frame_meta *m = &s->fm[f];
+        atomic_store(&m->dirty, 0);
+        atomic_store_explicit(&m->vpn, (int64_t)vpn, memory_order_release);
+        pthread_mutex_lock(&s->cache_lock);
+        policy_insert(s, f);
+        pthread_mutex_unlock(&s->cache_lock);
+        atomic_fetch_add(&m->pins, 1 - PIN_EVICT);   /* claimed -> pinned once, by us */
+        atomic_store_explicit(&p->frame, f, memory_order_release);
+        pthread_mutex_unlock(mine);
+        ST_ADD(s, SUVM_ST_FAULTS, 1);
+        return f;
+    }
+}
+
+static __thread uint8_t *tls_bounce;
+
+static uint8_t *bounce_buf(void)
+{
+    if (!tls_bounce)
+        tls_bounce = malloc(BOUNCE);
+    return tls_bounce;
+}
+
+/* Sub-page direct read: vpn is not resident, has a sealed copy, and the read covers at most
+ * half of its sub-pages: open only those, straight from the store, without a frame.
+ * Returns 1 if done, 0 if the case does not apply (caller faults the page in), or an error. */
+static int subpage_read(suvm_t *s, uint64_t vpn, uint32_t off, uint8_t *dst, size_t n)
+{
+    uint32_t first = off / s->subpage, last = (uint32_t)((off + n - 1) / s->subpage);
+    uint32_t count = last - first + 1;
+    if (2 * count > s->nsub || (size_t)count * s->subpage > BOUNCE)
+        return 0;
+    struct pte *p = pte_of(s, vpn);
+    pthread_mutex_t *mine = stripe_of(s, vpn);
+    pthread_mutex_lock(mine);
+    if (!p->sealed || atomic_load_explicit(&p->frame, memory_order_acquire) >= 0) {
+        pthread_mutex_unlock(mine);
+        return 0;
+    }
+    uint8_t *tmp = bounce_buf();
+    if (!tmp) {
+        pthread_mutex_unlock(mine);
+        return 0;
+    }
+    int rc = open_subpages(s, vpn, p, first, count, tmp);
+    pthread_mutex_unlock(mine);
+    if (rc != SUVM_OK)
+        return rc;
+    memcpy(dst, tmp + (off - (size_t)first * s->subpage), n);
+    ST_ADD(s, SUVM_ST_SUBPAGE_READS, count);
+    return 1;
+}
+
+/* One access within one page.  op: 0 read into buf, 1 write from buf, 2 fill with *buf. */
+static int access_page(suvm_t *s, uint64_t vpn, uint32_t off, uint8_t *buf, size_t n, int op)
+{
+    int32_t f = pin_resident(s, vpn);
+    if (f >= 0) {
+        ST_ADD(s, SUVM_ST_HITS, 1);
+    } else {
+        if (op == 0 && s->nsub > 1) {
+            int rc = subpage_read(s, vpn, off, buf, n);
+            if (rc != 0)
+                return rc < 0 ? rc : SUVM_OK;
+        }
+        f = fault_in(s, vpn);
+        if (f < 0)
+            return f;
+    }
+    policy_touch(s, f);
+    uint8_t *page = frame_ptr(s, f) + off;
+    if (op == 0) {
+        memcpy(buf, page, n);
+    } else {
+        if (op == 1) memcpy(page, buf, n); else memset(page, buf[0], n);
+        if (!atomic_load_explicit(&s->fm[f].dirty, memory_order_relaxed))
+            atomic_store_explicit(&s->fm[f].dirty, 1, memory_order_relaxed);
+    }
+    unpin(s, f);
+    return SUVM_OK;
+}
+
+static int access_range(suvm_t *s, uint64_t addr, uint8_t *buf, size_t n, int op)
+{
+    if (!range_ok(s, addr, n))
+        return SUVM_ERANGE;
+    size_t done = 0;
+    while (done < n) {
+        uint64_t a = addr + done;
+        uint32_t off = (uint32_t)(a & (s->page_size - 1));
+        size_t chunk = s->page_size - off;
+        if (chunk > n - done)
+            chunk = n - done;
+        int rc = access_page(s, a >> s->page_shift, off, op == 2 ? buf : buf + done, chunk, op);
+        if (rc != SUVM_OK)
+            return rc;
+        done += chunk;
+    }
+    return SUVM_OK;
+}
+
+int suvm_read(suvm_t *s, uint64_t addr, void *dst, size_t n) { return access_range(s, addr, dst, n, 0); }
+int suvm_write(suvm_t *s, uint64_t addr, const void *src, size_t n) { return access_range(s, addr, (uint8_t *)src, n, 1); }
+
+int suvm_fill(suvm_t *s, uint64_t addr, int byte, size_t n)
+{
+    uint8_t b = (uint8_t)byte;
+    return access_range(s, addr, &b, n, 2);
+}
+
+size_t suvm_copy_resident(suvm_t *s, uint64_t addr, void *buf, size_t n, int write)
+{
+    if (!range_ok(s, addr, n))
+        return 0;
+    size_t done = 0;
+    while (done < n) {
+        uint64_t a = addr + done;
+        uint32_t off = (uint32_t)(a & (s->page_size - 1));
+        size_t chunk = s->page_size - off;
+        if (chunk > n - done)
+            chunk = n - done;
+        int32_t f = pin_resident(s, a >> s->page_shift);
+        if (f < 0)
+            break;
+        ST_ADD(s, SUVM_ST_HITS, 1);
+        policy_touch(s, f);
+        uint8_t *page = frame_ptr(s, f) + off;
+        if (write) {
+            memcpy(page, (uint8_t *)buf + done, chunk);
+            if (!atomic_load_explicit(&s->fm[f].dirty, memory_order_relaxed))
+                atomic_store_explicit(&s->fm[f].dirty, 1, memory_order_relaxed);
+        } else {
+            memcpy((uint8_t *)buf + done, page, chunk);
+        }
+        unpin(s, f);
+        done += chunk;
+    }
+    return done;
+}
+
+int suvm_move(suvm_t *s, uint64_t dst, uint64_t src, size_t n)
+{
+    if (!range_ok(s, dst, n) || !range_ok(s, src, n))
+        return SUVM_ERANGE;
+    uint8_t *tmp = malloc(n < BOUNCE ? (n ? n : 1) : BOUNCE);
+    if (!tmp)
+        return SUVM_EINVAL;
+    int rc = SUVM_OK;
+    int backward = dst > src && dst < src + n;   /* overlap: copy from the end, as memmove */
+    size_t done = 0;
+    while (done < n && rc == SUVM_OK) {
+        size_t chunk = n - done < BOUNCE ? n - done : BOUNCE;
+        uint64_t at = backward ? n - done - chunk : done;
+        rc = suvm_read(s, src + at, tmp, chunk);
+        if (rc == SUVM_OK)
+            rc = suvm_write(s, dst + at, tmp, chunk);
+        done += chunk;
+    }
+    free(tmp);
+    return rc;
+}
+
+int suvm_compare(suvm_t *s, uint64_t addr, const void *buf, size_t n, int *result)
+{
+    uint8_t tmp[4096];
+    *result = 0;
+    for (size_t done = 0; done < n; ) {
+        size_t chunk = n - done < sizeof tmp ? n - done : sizeof tmp;
+        int rc = suvm_read(s, addr + done, tmp, chunk);
+        if (rc != SUVM_OK)
+            return rc;
+        int c = memcmp(tmp, (const uint8_t *)buf + done, chunk);
+        if (c) {
+            *result = c < 0 ? -1 : 1;
+            return SUVM_OK;
+        }
+        done += chunk;
+    }
+    return SUVM_OK;
+}
+
+/* ---- space management ---- */
+
+int suvm_reserve(suvm_t *s, uint64_t end)
+{
+    int rc = SUVM_OK;
+    pthread_mutex_lock(&s->pt_lock);
+    if (end <= atomic_load(&s->reserved))
+        goto out;
+    uint64_t pages = (end + s->page_size - 1) >> s->page_shift;
+    uint64_t bytes = pages << s->page_shift;
+    if (bytes > s->store_capacity || (pages + PT_CHUNK - 1) >> PT_CHUNK_SHIFT > s->dir_len) {
+        rc = SUVM_ENOMEM;
+        goto out;
+    }
+    if (bytes > s->committed) {
+        /* Asking the host for memory is an OCALL: an exit and a re-entry. */
+        if (s->charge) s->charge(ELEOS_T_EEXIT);
+        int64_t got = s->grow(s->store, bytes);
+        if (s->charge) s->charge(ELEOS_T_EENTER);
+        if (got < 0 || (uint64_t)got < bytes) {   /* refused, or an impossible answer */
+            rc = SUVM_ENOMEM;
+            goto out;
+        }
+        s->committed = bytes;                     /* trust no more than we asked for */
+    }
+    for (uint64_t c = 0; c < (pages + PT_CHUNK - 1) >> PT_CHUNK_SHIFT; c++) {
+        if (s->dir[c])
+            continue;
+        struct pte *chunk = calloc(PT_CHUNK, sizeof *chunk);
+        if (!chunk) {
+            rc = SUVM_ENOMEM;
+            goto out;
+        }
+        for (uint32_t i = 0; i < PT_CHUNK; i++)
+            atomic_init(&chunk[i].frame, -1);
+        __atomic_store_n(&s->dir[c], chunk, __ATOMIC_RELEASE);
+    }
+    atomic_store_explicit(&s->reserved, bytes, memory_order_release);
+out:
+    pthread_mutex_unlock(&s->pt_lock);
+    return rc;
+}
+
+uint64_t suvm_reserved(suvm_t *s) { return atomic_load(&s->reserved); }
+
+int suvm_discard(suvm_t *s, uint64_t addr, uint64_t n)
+{
+    if ((addr | n) & (s->page_size - 1))
+        return SUVM_EINVAL;
+    if (!range_ok(s, addr, n))
+        return SUVM_ERANGE;
+    for (uint64_t vpn = addr >> s->page_shift; vpn < (addr + n) >> s->page_shift; vpn++) {
+        struct pte *p = pte_of(s, vpn);
+        pthread_mutex_t *mine = stripe_of(s, vpn);
+        pthread_mutex_lock(mine);
+        int32_t f = atomic_load(&p->frame);
+        if (f >= 0) {
+            int32_t zero = 0;
+            while (!atomic_compare_exchange_weak(&s->fm[f].pins, &zero, PIN_EVICT)) {
+                zero = 0;        /* a racing access to freed memory: let it finish its copy */
+                sched_yield();
+            }
+            atomic_store(&p->frame, -1);
+            atomic_store(&s->fm[f].dirty, 0);
+            free_frame(s, f);
+        }
+        p->sealed = 0;           /* the stored copy is garbage now; the page reads as zero */
+        pthread_mutex_unlock(mine);
+    }
+    if (n && s->discard)
+        s->discard(s->store, addr, n);
+    return SUVM_OK;
+}
+
+/* Write back (and, if `evict`, drop) every resident page. */
+static int sweep(suvm_t *s, int evict)
+{
+    for (uint32_t f = 0; f < s->nframes; f++) {
+        int64_t v = atomic_load(&s->fm[f].vpn);
+        if (v < 0)
+            continue;
+        pthread_mutex_t *st = stripe_of(s, (uint64_t)v);
+        pthread_mutex_lock(st);
+        struct pte *p = pte_of(s, (uint64_t)v);
+        if (atomic_load(&p->frame) != (int32_t)f) {   /* evicted meanwhile */
+            pthread_mutex_unlock(st);
+            continue;
+        }
+        int32_t zero = 0;
+        while (!atomic_compare_exchange_weak(&s->fm[f].pins, &zero, PIN_EVICT)) {
+            zero = 0;
+            sched_yield();
+        }
+        if (evict) {
+            evict_frame(s, (int32_t)f, (uint64_t)v);
+            free_frame(s, (int32_t)f);
+        } else {
+            if (atomic_load(&s->fm[f].dirty)) {
+                seal_page(s, (uint64_t)v, p, frame_ptr(s, (int32_t)f));
+                atomic_store(&s->fm[f].dirty, 0);
+                ST_ADD(s, SUVM_ST_WRITEBACKS, 1);
+            }
+            atomic_fetch_sub(&s->fm[f].pins, PIN_EVICT);
+        }
+        pthread_mutex_unlock(st);
+    }
+    return SUVM_OK;
+}
+
+int suvm_flush(suvm_t *s) { return sweep(s, 0); }
+int suvm_evict_all(suvm_t *s) { return sweep(s, 1); }
+
+/* ---- life cycle, stats, hooks ---- */
+
+suvm_t *suvm_new(uint64_t cache_bytes, uint32_t page_size, uint32_t subpage, int policy,
+                 uintptr_t store, uintptr_t store_base, uint64_t store_capacity,
+                 uintptr_t grow_fn, uintptr_t discard_fn, uintptr_t cpu_charge_fn)
+{
+    if (page_size < 1024 || page_size > 65536 || (page_size & (page_size - 1)))
+        return NULL;
+    if (subpage == 0)
+        subpage = page_size;
+    if (subpage > page_size || (subpage & (subpage - 1)) || subpage < 64)
+        return NULL;
+    if (policy < SUVM_FIFO || policy > SUVM_RANDOM || !grow_fn || !store_base)
+        return NULL;
+    uint64_t nframes = cache_bytes / page_size;
+    if (nframes < 4 || nframes > INT32_MAX / 2)
+        return NULL;
+    suvm_t *s = calloc(1, sizeof *s);
+    if (!s)
+        return NULL;
+    s->page_size = page_size;
+    s->page_shift = (uint32_t)__builtin_ctz(page_size);
+    s->subpage = subpage;
+    s->nsub = page_size / subpage;
+    s->policy = policy;
+    s->nframes = (uint32_t)nframes;
+    s->frames = aligned_alloc(4096, (size_t)nframes * page_size);
+    s->fm = calloc(nframes, sizeof *s->fm);
+    s->free_stack = malloc(nframes * sizeof(int32_t));
+    s->store = (void *)store;
+    s->store_base = (uint8_t *)store_base;
+    s->store_capacity = store_capacity / page_size * page_size;
+    s->dir_len = ((s->store_capacity >> s->page_shift) + PT_CHUNK - 1) >> PT_CHUNK_SHIFT;
+    s->dir = calloc(s->dir_len ? s->dir_len : 1, sizeof *s->dir);
+    s->grow = (suvm_store_grow_fn)grow_fn;
+    s->discard = (suvm_store_discard_fn)discard_fn;
+    s->charge = (eleos_cpu_charge_fn)cpu_charge_fn;
+    if (!s->frames || !s->fm || !s->free_stack || !s->dir || RAND_bytes(s->key, sizeof s->key) != 1) {
+        suvm_destroy(s);
+        return NULL;
+    }
+    memset(s->frames, 0, (size_t)nframes * page_size);   /* commit the EPC++ now, as an enclave would */
+    pthread_mutex_init(&s->cache_lock, NULL);
+    pthread_mutex_init(&s->pt_lock, NULL);
+    for (int i = 0; i < NSTRIPES; i++)
+        pthread_mutex_init(&s->stripes[i], NULL);
+    s->head = s->tail = -1;
+    for (uint32_t f = 0; f < nframes; f++) {
+        atomic_init(&s->fm[f].pins, PIN_EVICT);
+        atomic_init(&s->fm[f].vpn, -1);
+        s->fm[f].prev = s->fm[f].next = -1;
+        s->free_stack[s->nfree++] = (int32_t)(nframes - 1 - f);
+    }
+    return s;
+}
+
+void suvm_destroy(suvm_t *s)
+{
+    if (!s)
+        return;
+    if (s->dir) {
+        for (uint64_t c = 0; c < s->dir_len; c++) {
+            if (!s->dir[c])
+                continue;
+            for (uint32_t i = 0; i < PT_CHUNK; i++)
+                free(s->dir[c][i].tags);
+            free(s->dir[c]);
+        }
+    }
+    if (s->frames)
+        OPENSSL_cleanse(s->frames, (size_t)s->nframes * s->page_size);
+    OPENSSL_cleanse(s->key, sizeof s->key);
+    free(s->dir);
+    free(s->frames);
+    free(s->fm);
+    free(s->free_stack);
+    free(s);
+}
+
+void suvm_stats(suvm_t *s, uint64_t out[SUVM_ST_COUNT])
+{
+    for (int i = 0; i < SUVM_ST_COUNT; i++)
+        out[i] = atomic_load_explicit(&s->st[i], memory_order_relaxed);
+    pthread_mutex_lock(&s->cache_lock);
+    out[SUVM_ST_RESIDENT] = s->nframes - s->nfree;
+    pthread_mutex_unlock(&s->cache_lock);
+    out[SUVM_ST_FRAMES] = s->nframes;
+    pthread_mutex_lock(&s->pt_lock);
+    out[SUVM_ST_STORE_BYTES] = s->committed;
+    pthread_mutex_unlock(&s->pt_lock);
+}
+
+void suvm_reset_stats(suvm_t *s)
+{
+    for (int i = 0; i < SUVM_ST_COUNT; i++)
+        atomic_store(&s->st[i], 0);
+}
+
+/*
+ * The benchmark loop (benchmarks/suvm_micro.py, benchmarks/paging.py): n accesses of `item`
+ * bytes each at SUVM addresses offsets[0..n), reads (write == 0) or writes (write != 0)
+ * through the app's path (fast path, then the fault handler), with the GIL released by cffi.
+ * Returns SUVM_OK or the first error (SUVM_ERANGE if an access is out of the reserved space).
+ * Signature: int suvm_bench_access(suvm_t *s, const uint64_t *offsets, size_t n, size_t item,
+ *                                  int write)
+ */
+int suvm_bench_access(suvm_t *s, const uint64_t *offsets, size_t n, size_t item, int write)
+{
+    uint8_t *buf = malloc(item ? item : 1);
+    if (!buf)
+        return SUVM_EINVAL;
+    memset(buf, 0xA5, item);
+    int rc = SUVM_OK;
+    for (size_t i = 0; i < n && rc == SUVM_OK; i++) {
+        if (suvm_copy_resident(s, offsets[i], buf, item, write) == item)
+            continue;
+        rc = write ? suvm_write(s, offsets[i], buf, item) : suvm_read(s, offsets[i], buf, item);
+    }
+    free(buf);
+    return rc;
+}
+
+void suvm_test_key(suvm_t *s, uint8_t out[16]) { memcpy(out, s->key, 16); }
+
+int suvm_test_sealed(suvm_t *s, uint64_t vpn, uint32_t sub, uint8_t nonce[12], uint8_t aad[24],
+                     uint8_t tag[16])
+{
+    if (!range_ok(s, vpn << s->page_shift, s->page_size) || sub >= s->nsub)
+        return SUVM_ERANGE;
+    pthread_mutex_t *st = stripe_of(s, vpn);
+    pthread_mutex_lock(st);
+    struct pte *p = pte_of(s, vpn);
+    int rc = SUVM_ERANGE;
+    if (p->sealed) {
+        make_nonce_aad(s, vpn, sub, p->version, nonce, aad);
+        memcpy(tag, p->tags + (size_t)sub * 16, 16);
+        rc = SUVM_OK;
+    }
+    pthread_mutex_unlock(st);
+    return rc;
+}

@@ -1,0 +1,539 @@
+"""SUVM, secure user-space virtual memory: the Python API (trusted/, inside the enclave).
+
+Eleos's SUVM gives an enclave more memory than the EPC without exits: a software page table
+and page cache (EPC++) in the enclave, pages sealed with AES-GCM in an untrusted backing
+store, and a fault handler that runs in the enclave.  The core is C
+(trusted/_native/suvm.c); this module adds what the app sees:
+
+* :class:`Suvm` - one SUVM instance: the C core, its allocator and its stats.  It is given the
+  backing store as plain addresses (base, capacity, grow and discard entry points) by
+  eleos_shim/suvm.py, which alone knows the untrusted side.
+* :class:`SPointer` - a secure pointer (``suvm_malloc(n)``): indexing, slicing, ``p + k``,
+  ``p - k``, ``p - q``, comparisons, ``read(n)``, ``write(data)``, bulk copy/fill/compare.
+* :class:`SecureMemory` - an SUVM region with the ``mmap.mmap`` API; under
+  ``ELEOS_MEMORY=suvm`` an app's anonymous ``mmap.mmap(-1, n)`` is one of these.
+
+Neither has the buffer protocol (there is no stable address: every access is translated),
+so ``memoryview(m)`` or ``numpy.frombuffer(m)`` raise a TypeError that says so.
+
+The allocator's metadata (which ranges are in use) lives here, in enclave memory, never in
+the backing store the host can write.  Small requests (up to half a page) come from per-size
+slabs; larger ones get whole pages, whose freeing drops them from the cache and the store.
+Memory from :meth:`Suvm.malloc` reads as zero, as calloc.
+"""
+from __future__ import annotations
+
+import bisect
+import threading
+from typing import Callable
+
+from eleos_shim.errors import IntegrityError
+
+try:
+    from trusted._native import _suvm
+except ImportError as exc:  # pragma: no cover - a build problem, said clearly
+    raise ImportError("trusted._native._suvm is not built: run "
+                      "`.venv/bin/python trusted/_native/suvm_build.py`") from exc
+
+ffi, lib = _suvm.ffi, _suvm.lib
+if lib.suvm_region_register() != 0:  # pragma: no cover
+    raise ImportError("could not create the SUVM Region type")
+Region = _suvm.Region
+
+POLICIES = {"fifo": lib.SUVM_FIFO, "lru": lib.SUVM_LRU, "clock": lib.SUVM_CLOCK,
+            "random": lib.SUVM_RANDOM}
+
+# Names of the C counters, in the order of SUVM_ST_* (suvm.h); DESIGN.md section 4 keys first.
+STAT_KEYS = ("hits", "faults", "evictions", "writebacks", "subpage_reads", "integrity_errors",
+             "bytes_sealed", "bytes_unsealed", "clean_drops", "resident_pages", "cache_pages",
+             "store_bytes")
+
+_SMALL_MIN = 16  # smallest slab chunk: keeps the per-slab bitmaps short
+
+
+def _check(rc: int) -> None:
+    if rc == 0:
+        return
+    if rc == lib.SUVM_EINTEGRITY:
+        raise IntegrityError("SUVM page failed its integrity check (tampered, swapped or replayed "
+                             "by the host); no data returned")
+    if rc == lib.SUVM_ERANGE:
+        raise IndexError("SUVM access outside the allocated space")
+    if rc == lib.SUVM_ENOMEM:
+        raise MemoryError("SUVM backing store is full")
+    raise RuntimeError(f"SUVM internal error {rc}")
+
+
+class _Slab:
+    """One page cut into equal chunks of a small size class."""
+    __slots__ = ("page", "size", "free")
+
+    def __init__(self, page: int, size: int, page_size: int):
+        self.page, self.size = page, size
+        self.free = list(range(page_size // size - 1, -1, -1))
+
+
+class Suvm:
+    """One SUVM instance (the enclave's): the C core over a backing store, plus its allocator.
+
+    ``store`` is a mapping of plain integers the host side provides: ``handle``, ``base``,
+    ``capacity``, ``grow_fn``, ``discard_fn`` (see untrusted/backing_store.py).  ``charge_fn``
+    is the modeled CPU's ``cpu_charge`` address (0 = none), charged when the store must grow
+    (an OCALL).  Thread-safe."""
+
+    def __init__(self, store: dict, *, cache_bytes: int, page_size: int = 4096, subpage: int = 0,
+                 eviction: str = "clock", charge_fn: int = 0):
+        if eviction not in POLICIES:
+            raise ValueError(f"unknown SUVM eviction policy {eviction!r}: expected one of "
+                             + ", ".join(POLICIES))
+        h = lib.suvm_new(cache_bytes, page_size, subpage, POLICIES[eviction], store["handle"],
+                         store["base"], store["capacity"], store["grow_fn"], store["discard_fn"],
+                         charge_fn)
+        if h == ffi.NULL:
+            raise ValueError(f"bad SUVM parameters: cache {cache_bytes} B, page {page_size} B, "
+                             f"sub-page {subpage} B (need >= 4 pages, power-of-two sizes)")
+        self._h = h
+        self.addr = int(ffi.cast("uintptr_t", h))
+        self.store = store           # keeps the host's store (and its owner) alive
+        self.page_size, self.subpage, self.eviction = page_size, subpage, eviction
+        self.cache_bytes = cache_bytes // page_size * page_size
+        self.capacity = store["capacity"] // page_size * page_size
+        self._lock = threading.Lock()
+        self._top = 0                             # high-water mark (pages)
+        self._free_runs: list[tuple[int, int]] = []   # sorted (first page, npages)
+        self._large: dict[int, int] = {}          # address -> npages
+        self._slabs: dict[int, list[_Slab]] = {}  # size class -> slabs with free chunks
+        self._slab_of: dict[int, _Slab] = {}      # page -> slab
+        self._small: dict[int, int] = {}          # address -> size class
+        self.closed = False
+
+    # ---- allocator (metadata stays in the enclave) ----
+
+    def malloc(self, n: int) -> "SPointer":
+        """A zeroed allocation of n bytes as a secure pointer.  MemoryError when the backing
+        store cannot hold it."""
+        addr, size = self._alloc(n)
+        p = SPointer.__new__(SPointer)
+        p._bind(self.addr, addr, addr, addr + n)
+        p._suvm = self
+        return p
+
+    def _alloc(self, n: int) -> tuple[int, int]:
+        if not isinstance(n, int) or n < 0:
+            raise ValueError(f"SUVM allocation size must be a non-negative int, not {n!r}")
+        n = max(n, 1)
+        ps = self.page_size
+        with self._lock:
+            if self.closed:
+                raise ValueError("this SUVM instance is closed")
+            if n <= ps // 2:
+                size = max(_SMALL_MIN, 1 << (n - 1).bit_length())
+                slabs = self._slabs.setdefault(size, [])
+                if not slabs:
+                    page = self._pages(1)
+                    slab = _Slab(page, size, ps)
+                    self._slab_of[page] = slab
+                    slabs.append(slab)
+                slab = slabs[-1]
+                addr = slab.page * ps + slab.free.pop() * size
+                if not slab.free:
+                    slabs.pop()
+                self._small[addr] = size
+                _check(lib.suvm_fill(self._h, addr, 0, size))   # chunks are reused: zero them
+                return addr, size
+            npages = (n + ps - 1) // ps
+            page = self._pages(npages)
+            self._large[page * ps] = npages
+            return page * ps, npages * ps
+
+    def _pages(self, npages: int) -> int:
+        # First fit among freed runs (freed pages read as zero), else grow the high-water mark.
+        for i, (first, count) in enumerate(self._free_runs):
+            if count >= npages:
+                if count == npages:
+                    del self._free_runs[i]
+                else:
+                    self._free_runs[i] = (first + npages, count - npages)
+                return first
+        first = self._top
+        end = (first + npages) * self.page_size
+        if end > self.capacity:
+            raise MemoryError(f"SUVM backing store is full: {npages * self.page_size} more bytes "
+                              f"would exceed its limit of {self.capacity} bytes (ELEOS_SUVM_STORE_MB)")
+        rc = lib.suvm_reserve(self._h, end)
+        if rc == lib.SUVM_ENOMEM:
+            raise MemoryError(f"SUVM backing store is full: the host refused to grow it to {end} "
+                              f"bytes (limit {self.capacity} bytes, ELEOS_SUVM_STORE_MB)")
+        _check(rc)
+        self._top = first + npages
+        return first
+
+    def _release_pages(self, first: int, npages: int) -> None:
+        _check(lib.suvm_discard(self._h, first * self.page_size, npages * self.page_size))
+        runs = self._free_runs
+        i = bisect.bisect(runs, (first, npages))
+        # Coalesce with the neighbours so large allocations can reuse the space.
+        if i < len(runs) and runs[i][0] == first + npages:
+            npages += runs.pop(i)[1]
+        if i > 0 and runs[i - 1][0] + runs[i - 1][1] == first:
+            first, npages = runs[i - 1][0], runs[i - 1][1] + npages
+            runs[i - 1] = (first, npages)
+        else:
+            runs.insert(i, (first, npages))
+        if first + npages == self._top:     # the top run goes back to the bump pointer
+            runs.remove((first, npages))
+            self._top = first
+
+    def free(self, addr: int) -> None:
+        """Free the allocation that starts at SUVM address ``addr``."""
+        ps = self.page_size
+        with self._lock:
+            if addr in self._large:
+                self._release_pages(addr // ps, self._large.pop(addr))
+                return
+            size = self._small.pop(addr, None)
+            if size is None:
+                raise ValueError(f"SUVM free of {addr:#x}: not the start of a live allocation")
+            slab = self._slab_of[addr // ps]
+            if not slab.free:
+                self._slabs[size].append(slab)
+            slab.free.append((addr - slab.page * ps) // size)
+            if len(slab.free) == ps // size:        # slab empty: give its page back
+                self._slabs[size].remove(slab)
+                del self._slab_of[slab.page]
+                self._release_pages(slab.page, 1)
+
+    def allocated_bytes(self) -> int:
+        with self._lock:
+            return (sum(self._large.values()) * self.page_size) + sum(self._small.values())
+
+    # ---- whole-instance operations ----
+
+    def flush(self) -> None:
+        """Write back every dirty resident page (sealed); they stay resident."""
+        _check(lib.suvm_flush(self._h))
+
+    def evict_all(self) -> None:
+        """Write back every dirty page and empty the page cache."""
+        _check(lib.suvm_evict_all(self._h))
+
+    def stats(self) -> dict:
+        out = ffi.new("uint64_t[]", lib.SUVM_ST_COUNT)
+        lib.suvm_stats(self._h, out)
+        d = dict(zip(STAT_KEYS, out))
+        d.update(page_size=self.page_size, subpage=self.subpage, eviction=self.eviction,
+                 cache_bytes=self.cache_bytes, allocated_bytes=self.allocated_bytes())
+        return d
+
+    def reset_stats(self) -> None:
+        lib.suvm_reset_stats(self._h)
+
+    # Raw access by SUVM address, for bulk helpers and tests.
+    def read(self, addr: int, n: int) -> bytes:
+        buf = ffi.new("uint8_t[]", n)
+        _check(lib.suvm_read(self._h, addr, buf, n))
+        return ffi.buffer(buf, n)[:]
+
+    def write(self, addr: int, data) -> None:
+        _check(lib.suvm_write(self._h, addr, ffi.from_buffer(data), len(data)))
+
+    def close(self) -> None:
+        """Destroy the instance: the page cache and the key are wiped.  Pointers into it must
+        not be used afterwards."""
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+            lib.suvm_destroy(self._h)
+            self._h = ffi.NULL
+
+    @property
+    def handle(self):
+        """The C ``suvm_t *`` for C-level loops (suvm_bench_access)."""
+        return self._h
+
+
+class SPointer(Region):
+    """A secure pointer into one SUVM allocation (Eleos's spointer).
+
+    ``p[i]`` and ``p[a:b]`` index from where the pointer points, up to the end of its
+    allocation (``len(p)`` bytes); ``p + k`` / ``p - k`` move it within the allocation
+    (one past the end is allowed), ``p - q`` is the distance between two pointers into the same
+    allocation, and comparisons order pointers by address.  Every access is bounds-checked
+    against the allocation, translated by the software page table, and faulted in by the
+    enclave's own handler if needed."""
+
+    _suvm: Suvm
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("use suvm_malloc(n) to get an SPointer")
+
+    @property
+    def address(self) -> int:
+        """The SUVM address the pointer holds."""
+        return self._cur
+
+    def _moved(self, addr: int) -> "SPointer":
+        if not self._lo <= addr <= self._hi:
+            raise IndexError(f"SPointer arithmetic leaves its allocation ({addr - self._lo} bytes "
+                             f"from its start, size {self._hi - self._lo})")
+        p = SPointer.__new__(SPointer)
+        p._bind(self._suvm.addr, self._lo, addr, self._hi)
+        p._suvm = self._suvm
+        return p
+
+    def __add__(self, k: int) -> "SPointer":
+        if not isinstance(k, int):
+            return NotImplemented
+        return self._moved(self._cur + k)
+
+    __radd__ = __add__
+
+    def __sub__(self, other):
+        if isinstance(other, SPointer):
+            if other._suvm is not self._suvm or other._lo != self._lo:
+                raise ValueError("difference of pointers into different allocations")
+            return self._cur - other._cur
+        if isinstance(other, int):
+            return self._moved(self._cur - other)
+        return NotImplemented
+
+    def _key(self, other):
+        if not isinstance(other, SPointer) or other._suvm is not self._suvm:
+            return NotImplemented
+        return other._cur
+
+    def __eq__(self, other):
+        k = self._key(other)
+        return k if k is NotImplemented else self._cur == k
+
+    def __ne__(self, other):
+        k = self._key(other)
+        return k if k is NotImplemented else self._cur != k
+
+    def __lt__(self, other):
+        k = self._key(other)
+        return k if k is NotImplemented else self._cur < k
+
+    def __le__(self, other):
+        k = self._key(other)
+        return k if k is NotImplemented else self._cur <= k
+
+    def __gt__(self, other):
+        k = self._key(other)
+        return k if k is NotImplemented else self._cur > k
+
+    def __ge__(self, other):
+        k = self._key(other)
+        return k if k is NotImplemented else self._cur >= k
+
+    def __hash__(self):
+        return hash((id(self._suvm), self._cur))
+
+    def __repr__(self):
+        return (f"<SPointer {self._cur:#x} (+{self._cur - self._lo} of {self._hi - self._lo} B)"
+                f"{' freed' if self.closed else ''}>")
+
+    def read(self, n: int) -> bytes:  # type: ignore[override]
+        """The n bytes the pointer points at (pointer semantics, not a file position)."""
+        return self[0:n] if n <= len(self) else self._short(n)
+
+    def write(self, data) -> int:  # type: ignore[override]
+        """Store data where the pointer points; returns len(data)."""
+        n = len(data)
+        if n > len(self):
+            self._short(n)
+        self[0:n] = data
+        return n
+
+    def _short(self, n):
+        raise IndexError(f"{n} bytes from this SPointer overrun its allocation ({len(self)} left)")
+
+    def fill(self, byte: int, n: int) -> None:
+        """memset: n bytes of ``byte`` from the pointer."""
+        if n > len(self):
+            self._short(n)
+        _check(lib.suvm_fill(self._suvm._h, self._cur, byte, n))
+
+    def copy_from(self, src, n: int | None = None) -> None:
+        """memcpy/memmove into this pointer from bytes-like data or another SPointer of the
+        same SUVM (overlap allowed)."""
+        if isinstance(src, SPointer):
+            n = len(src) if n is None else n
+            if n > len(src):
+                src._short(n)
+            if n > len(self):
+                self._short(n)
+            _check(lib.suvm_move(self._suvm._h, self._cur, src._cur, n))
+        else:
+            data = memoryview(src)[:n] if n is not None else src
+            self.write(data)
+
+    def compare(self, other, n: int | None = None) -> int:
+        """memcmp with bytes-like data or another SPointer: -1, 0 or 1."""
+        if isinstance(other, SPointer):
+            n = min(len(self), len(other)) if n is None else n
+            other = other.read(n)
+        data = bytes(other if n is None else memoryview(other)[:n])
+        if len(data) > len(self):
+            self._short(len(data))
+        res = ffi.new("int *")
+        _check(lib.suvm_compare(self._suvm._h, self._cur, data, len(data), res))
+        return res[0]
+
+    def free(self) -> None:
+        """suvm_free(p): p must point at the start of its allocation."""
+        if self._cur != self._lo:
+            raise ValueError("suvm_free of a pointer that is not the start of its allocation")
+        self._suvm.free(self._lo)
+        self._mark_closed()
+
+
+class SecureMemory(Region):
+    """``mmap.mmap(-1, n)`` in SUVM: same API (len, item and slice access with steps,
+    read/write/seek/tell/find/rfind/flush/move/size/close, read_byte/write_byte, context
+    manager), no buffer protocol.  The memory is zero at first, like a fresh anonymous map;
+    ``close()`` frees it."""
+
+    _suvm: Suvm
+
+    def __init__(self, length: int, *args, suvm: Suvm | None = None, **kwargs):
+        if not isinstance(length, int):
+            raise TypeError(f"SecureMemory length must be an int, not {type(length).__name__}")
+        if length < 0:
+            raise OverflowError("memory mapped length must be positive")
+        if length == 0:
+            raise ValueError("cannot mmap an empty region")   # as mmap.mmap(-1, 0)
+        s = suvm if suvm is not None else default()
+        addr, _ = s._alloc(length)
+        self._bind(s.addr, addr, addr, addr + length)
+        self._suvm = s
+        self._length = length
+
+    def size(self) -> int:
+        return len(self)
+
+    def flush(self, offset: int = 0, size: int | None = None) -> None:
+        """Nothing to do: the memory is already protected (sealed when it leaves the cache)."""
+        if self.closed:
+            raise ValueError("mmap closed or invalid")
+
+    def move(self, dest: int, src: int, count: int) -> None:
+        n = len(self)
+        if min(dest, src, count) < 0 or src + count > n or dest + count > n:
+            raise ValueError("source, destination, or count out of range")
+        _check(lib.suvm_move(self._suvm._h, self._cur + dest, self._cur + src, count))
+
+    def _bounds(self, start, end):
+        n = len(self)
+        start = self.tell() if start is None else start
+        end = n if end is None else end
+        start, end, _ = slice(start, end).indices(n)
+        return start, end
+
+    def find(self, sub, start: int | None = None, end: int | None = None) -> int:
+        """Lowest index of ``sub`` in [start, end), or -1 (as mmap.find, which starts at the
+        current position when start is omitted)."""
+        sub = bytes(sub)
+        start, end = self._bounds(start, end)
+        chunk = max(1 << 16, 4 * len(sub))
+        at = start
+        while at + len(sub) <= end:
+            stop = min(end, at + chunk + len(sub) - 1)
+            i = self[at:stop].find(sub)
+            if i >= 0:
+                return at + i
+            if stop == end:
+                break
+            at += chunk
+        return -1
+
+    def rfind(self, sub, start: int | None = None, end: int | None = None) -> int:
+        """Highest index of ``sub`` in [start, end), or -1."""
+        sub = bytes(sub)
+        start, end = self._bounds(start, end)
+        chunk = max(1 << 16, 4 * len(sub))
+        hi = end
+        while hi - start >= len(sub):
+            lo = max(start, hi - chunk - len(sub) + 1)
+            i = self[lo:hi].rfind(sub)
+            if i >= 0:
+                return lo + i
+            if lo == start:
+                break
+            hi = lo + len(sub) - 1
+        return -1
+
+    def __iter__(self):
+        # As mmap: iterating yields one-byte bytes objects.
+        for i in range(len(self)):
+            yield self[i:i + 1]
+
+    def __contains__(self, sub) -> bool:
+        return self.find(sub, 0) >= 0
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self._mark_closed()
+        if not self._suvm.closed:
+            self._suvm.free(self._lo)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        # Return the memory when the app drops the map without closing it, as mmap does.
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self):
+        state = "closed" if self.closed else f"length={len(self)} pos={self.tell()}"
+        return f"<SecureMemory {state} (SUVM)>"
+
+
+# ---- the default instance (set by eleos_shim/suvm.py, which knows the backing store) ----
+
+_default: Suvm | None = None
+_default_lock = threading.Lock()
+_provider: Callable[[], Suvm] | None = None
+
+
+def set_default_provider(provider: Callable[[], Suvm]) -> None:
+    """Register the function that builds the default instance on first use."""
+    global _provider
+    _provider = provider
+
+
+def set_default(instance: Suvm | None) -> None:
+    global _default
+    with _default_lock:
+        _default = instance
+
+
+def default() -> Suvm:
+    global _default
+    inst = _default
+    if inst is not None:
+        return inst
+    with _default_lock:
+        if _default is None:
+            if _provider is None:
+                raise RuntimeError("no SUVM instance: import eleos_shim.suvm (it wires the default "
+                                   "one to its backing store) or run under `python -m eleos_shim`")
+            _default = _provider()
+        return _default
+
+
+def suvm_malloc(n: int, suvm: Suvm | None = None) -> SPointer:
+    """A zeroed SUVM allocation of n bytes, as a secure pointer."""
+    return (suvm or default()).malloc(n)
+
+
+def suvm_free(p: SPointer) -> None:
+    p.free()
