@@ -11,6 +11,10 @@ from eleos_shim.config import Config
 from untrusted._native._host import lib
 
 
+# The lies host_lie_next() can tell (untrusted/_native/host_ocalls.c).
+LIES = {"ret": 1, "out_len": 2, "out2_len": 3, "ret_add": 4}
+
+
 class Host:
     """The untrusted runtime: OCALL table, untrusted memory, optional RPC workers."""
 
@@ -35,6 +39,11 @@ class Host:
         if self.rpc is not None:
             out["rpc_ring"] = self.rpc.ring_addr
         return out
+
+    @staticmethod
+    def lie_next(kind: str, value: int, count: int = 1) -> None:
+        """Adversary API: the next ``count`` replies lie (``kind`` from LIES)."""
+        lib.host_lie_next(LIES[kind], value, count)
 
     def stats(self) -> dict:
         if self.rpc is None:

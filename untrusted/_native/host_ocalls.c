@@ -94,6 +94,37 @@ static int64_t do_getaddrinfo(struct eleos_req *req)
     return (int64_t)count;
 }
 
+/* The adversary's handle (tests, demos): make the next `count` replies lie.  A hostile host
+ * can write anything into the request; these are the lies the enclave must catch. */
+#define HOST_LIE_RET      1   /* ret = value */
+#define HOST_LIE_OUT_LEN  2   /* out_len = value */
+#define HOST_LIE_OUT2_LEN 3   /* out2_len = value */
+#define HOST_LIE_RET_ADD  4   /* ret += value, out_len follows it */
+static int lie_kind;
+static int64_t lie_value;
+static uint32_t lie_count;
+
+void host_lie_next(int kind, int64_t value, uint32_t count)
+{
+    lie_kind = kind;
+    lie_value = value;
+    __atomic_store_n(&lie_count, count, __ATOMIC_RELEASE);
+}
+
+static void host_lie(struct eleos_req *req)
+{
+    uint32_t n = __atomic_load_n(&lie_count, __ATOMIC_ACQUIRE);
+    while (n && !__atomic_compare_exchange_n(&lie_count, &n, n - 1, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        ;
+    if (!n) return;
+    switch (lie_kind) {
+    case HOST_LIE_RET: req->ret = lie_value; break;
+    case HOST_LIE_OUT_LEN: req->out_len = (uint64_t)lie_value; break;
+    case HOST_LIE_OUT2_LEN: req->out2_len = (uint64_t)lie_value; break;
+    case HOST_LIE_RET_ADD: req->ret += lie_value; req->out_len += (uint64_t)lie_value; break;
+    }
+}
+
 void host_dispatch(struct eleos_req *req)
 {
     int64_t r = -ENOSYS;
@@ -297,6 +328,8 @@ void host_dispatch(struct eleos_req *req)
         r = -ENOSYS;
     }
     req->ret = r;
+    if (__builtin_expect(__atomic_load_n(&lie_count, __ATOMIC_RELAXED) != 0, 0))
+        host_lie(req);
 }
 
 uintptr_t host_dispatch_fn(void) { return (uintptr_t)&host_dispatch; }

@@ -1,0 +1,100 @@
+"""The trusted transport: calls reach the host for real, results come back exact, and a host
+that lies about lengths or results is caught (IagoError) before the app sees anything."""
+import os
+
+import pytest
+
+from eleos_shim import abi
+from eleos_shim.config import Config
+from eleos_shim.cpu import ModeledCPU
+from eleos_shim.errors import IagoError
+from trusted.syscall import Bridge, Transport
+from untrusted.host import Host
+
+
+@pytest.fixture(params=["direct", "ocall"])
+def transport(request):
+    cfg = Config.from_env({}, mode="sgx", cost="account")
+    cpu = ModeledCPU(cfg)
+    host = Host(cfg.replace(syscalls="ocall"))
+    a = host.bridge_addresses()
+    t = Transport(request.param, Bridge(a["dispatch"], a["alloc"], a["free"], cpu.charge_fn,
+                                        cpu.pollute_fn))
+    yield t
+    Host.lie_next("ret", 0, 0)
+
+
+def test_read_and_write_go_through_for_real(transport, tmp_path):
+    path = str(tmp_path / "f").encode() + b"\0"
+    fd = transport.call(abi.OP_OPENAT, -100, os.O_RDWR | os.O_CREAT, 0o600, inbuf=path).ret
+    assert fd >= 0
+    assert transport.call(abi.OP_WRITE, fd, inbuf=b"hello world").ret == 11
+    assert transport.call(abi.OP_PREAD, fd, 5, 6, outcap=5).out == b"world"
+    big = os.urandom(300_000)   # larger than the initial staging buffer
+    assert transport.call(abi.OP_PWRITE, fd, 0, 0, inbuf=big).ret == len(big)
+    assert transport.call(abi.OP_PREAD, fd, len(big), 0, outcap=len(big)).out == big
+    assert transport.call(abi.OP_CLOSE, fd).ret == 0
+    assert transport.call(abi.OP_CLOSE, fd).ret == -9   # EBADF, as the kernel said
+
+
+def test_errors_come_back_as_negative_errno(transport, tmp_path):
+    r = transport.call(abi.OP_FSTATAT, -100, 0, inbuf=str(tmp_path / "nope").encode() + b"\0",
+                       out2cap=128)
+    assert r.ret == -2 and r.out2 == b""
+
+
+def test_read_into_a_callers_buffer(transport):
+    r, w = os.pipe()
+    os.write(w, b"abcdef")
+    buf = bytearray(6)
+    rep = transport.call(abi.OP_READ, r, 6, outcap=6, into=buf)
+    assert rep.ret == 6 and buf == b"abcdef" and rep.out == b""
+    os.close(r), os.close(w)
+
+
+def test_ocall_path_is_counted_exactly(transport):
+    transport.reset_counts()
+    fd = os.open(os.devnull, os.O_WRONLY)
+    for _ in range(37):
+        transport.call(abi.OP_WRITE, fd, inbuf=b"x")
+    os.close(fd)
+    c = transport.counts()["write"]
+    assert c["count"] == 37 and c[transport.path] == 37
+
+
+LIES = [
+    ("read returns more bytes than asked", "ret_add", 10),
+    ("a result below -4095 (not an errno)", "ret", -5000),
+    ("out_len larger than the buffer", "out_len", 1 << 40),
+    ("an error with data", "ret", -5),
+]
+
+
+@pytest.mark.parametrize("what,kind,value", LIES, ids=[x[0] for x in LIES])
+def test_a_lying_host_is_caught(transport, what, kind, value):
+    r, w = os.pipe()
+    os.write(w, b"0123456789")
+    Host.lie_next(kind, value, 1)
+    with pytest.raises(IagoError):
+        transport.call(abi.OP_READ, r, 4, outcap=4)
+    # the next call, with an honest host, works
+    assert transport.call(abi.OP_READ, r, 4, outcap=4).out in (b"0123", b"4567")
+    os.close(r), os.close(w)
+
+
+def test_write_that_claims_more_than_it_was_given_is_caught(transport):
+    fd = os.open(os.devnull, os.O_WRONLY)
+    Host.lie_next("ret", 100, 1)
+    with pytest.raises(IagoError, match="took 100 bytes of 3"):
+        transport.call(abi.OP_WRITE, fd, inbuf=b"abc")
+    os.close(fd)
+
+
+def test_recvfrom_out2_len_beyond_capacity_is_caught(transport):
+    import socket
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    a.send(b"ping")
+    Host.lie_next("out2_len", 4096, 1)
+    with pytest.raises(IagoError):
+        transport.call(abi.OP_RECVFROM, b.fileno(), 16, 0, outcap=16, out2cap=64)
+    a.close(), b.close()
