@@ -101,24 +101,27 @@ def probe_image(identity: int, genuine: bool, rng: np.random.Generator,
     return perturb(faces[source], rng)
 
 
-def _synthetic_frequencies(chunk: int, size: int, block: int, seed: int) -> np.ndarray:
-    """Per-block label frequencies of synthetic chunk ``chunk``, (SYNTH_CHUNK, blocks, bins).
+def _synthetic_frequencies(chunk: int, size: int, block: int, seed: int,
+                           rows: slice | int = slice(None)) -> np.ndarray:
+    """Per-block label frequencies of synthetic chunk ``chunk``, (SYNTH_CHUNK, blocks, bins),
+    or of only the given rows of it.
 
     A synthetic identity is a patchwork face: each block position takes the statistics of
     that block of a randomly chosen real face, mixed with a second one.  Drawing per block
     keeps two synthetic identities as far apart as two real faces (mixing whole faces instead
     averaged them all toward one mean face: a third of synthetic impostors were accepted).
-    The same chunk number always gives the same numbers, so clients can rebuild probes.
+    The same chunk number always gives the same numbers, so clients can rebuild probes; the
+    random draws are made for the whole chunk, and only the rows asked for are assembled.
     """
     real = face_templates(size, block, seed).astype(np.float64) / (block * block)
     real = real.reshape(N_FACES, -1, features.N_BINS)
     n_blocks = real.shape[1]
     rng = np.random.default_rng([seed, 0x5EED, chunk])
     cols = np.arange(n_blocks)[None, :]
-    a = real[rng.integers(0, N_FACES, size=(SYNTH_CHUNK, n_blocks)), cols]
-    b = real[rng.integers(0, N_FACES, size=(SYNTH_CHUNK, n_blocks)), cols]
-    w = rng.uniform(0.0, 0.3, size=(SYNTH_CHUNK, n_blocks, 1))
-    return (1.0 - w) * a + w * b
+    src_a = rng.integers(0, N_FACES, size=(SYNTH_CHUNK, n_blocks))[rows]
+    src_b = rng.integers(0, N_FACES, size=(SYNTH_CHUNK, n_blocks))[rows]
+    w = rng.uniform(0.0, 0.3, size=(SYNTH_CHUNK, n_blocks, 1))[rows]
+    return (1.0 - w) * real[src_a, cols] + w * real[src_b, cols]
 
 
 def synthetic_templates(chunk: int, size: int = FACE_SIZE, block: int = features.DEFAULT_BLOCK,
@@ -142,7 +145,7 @@ def synthetic_probe(identity: int, genuine: bool, rng: np.random.Generator,
         if source == identity:
             source += 1
     chunk, row = divmod(source - N_FACES, SYNTH_CHUNK)
-    freq = _synthetic_frequencies(chunk, size, block, seed)[row]
+    freq = _synthetic_frequencies(chunk, size, block, seed, rows=slice(row, row + 1))[0]
     freq /= freq.sum(axis=-1, keepdims=True)
     counts = rng.multinomial(block * block, freq)
     return counts.astype(features.TEMPLATE_DTYPE).ravel()
