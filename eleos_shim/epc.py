@@ -1,0 +1,256 @@
+"""The enclave heap under vanilla SGX: memory in the EPC, paged by the SGX driver (eleos_shim/).
+
+``EPC(cfg)`` joins the two halves as the loader does for the app: the modeled CPU's paging
+instructions (``eleos_shim._native._epcm``: EWB/ELDU under the CPU's key, the version array)
+and the host's driver (``untrusted.epc``: the EPC limit, userfaultfd or SIGSEGV traps,
+ksgxswapd-style reclaim), which gets EWB, ELDU and the transition charges as addresses.
+
+``EPC.map(n)`` returns a real :class:`mmap.mmap` (a subclass that releases its EPC frames on
+close) whose pages live in the EPC: slicing, the buffer protocol, memoryview and numpy work
+unchanged, and every access to a page that is not resident is a real page fault served by a
+driver thread.  :func:`heap_factory` is what the LibOS calls for an app's anonymous
+``mmap.mmap(-1, n)`` under ``ELEOS_MEMORY=epc``.
+
+Integrity, fail-stop: when ELDU finds a tampered, swapped or replayed page the CPU marks the
+enclave dead and trips a Python-level signal handler (a real-time signal number, handled only
+in Python: no signal is sent; ``PyErr_SetInterruptEx``) installed here; the handler raises
+:class:`eleos_shim.IntegrityError` in the main thread at its next bytecode boundary, and also
+in the faulting thread if that is another thread.  The faulting access itself never sees the
+bad plaintext (the CPU wiped it); the kernel holds the thread until the driver installs a zero
+page in its place, because a thread blocked in a fault cannot be unwound into Python.  Every
+later call of this API raises IntegrityError too (:meth:`EPC.check`).  If the EPC is created
+outside the main thread, the signal path is not available and only :meth:`EPC.check` reports.
+"""
+from __future__ import annotations
+
+import ctypes
+import mmap
+import signal
+import threading
+import weakref
+
+from eleos_shim._native._epcm import ffi as _epcm_ffi, lib as _epcm
+from eleos_shim.config import Config
+from eleos_shim.errors import IntegrityError
+
+PAGE = 4096
+DRIVER_THREADS = 4           # fault-handling threads: more than 2 lets faults overlap their waits
+# A real-time signal number for the Python-level delivery of an ELDU failure; glibc keeps the
+# first few real-time signals for itself, the last ones are free.
+INTEGRITY_SIGNAL = signal.SIGRTMAX - 3
+
+_REASONS = {1: "its version slot is occupied", 2: "no sealed copy may be loaded there (replayed)",
+            3: "its AES-GCM tag does not verify (tampered with, swapped or replayed)",
+            4: "bad version slot", 5: "libcrypto failed"}
+
+_current: "EPC | None" = None
+
+
+def _integrity_message() -> str:
+    st = _epcm_ffi.new("uint64_t[8]")
+    _epcm.epcm_status(st)
+    why = _REASONS.get(int(st[1]), "it failed to load")
+    return (f"ELDU of the EPC page at {int(st[2]):#x} failed: {why}; the enclave is dead "
+            "(the host tampered with its backing store)")
+
+
+def _on_integrity_failure(signum, frame):  # runs in the main thread, between bytecodes
+    inst = _current
+    if inst is not None and inst._driver is not None:
+        _dead, tid, _addr = inst._driver.failure()
+        for t in threading.enumerate():
+            if t.native_id == tid and t is not threading.main_thread():
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(t.ident),
+                                                           ctypes.py_object(IntegrityError))
+    raise IntegrityError(_integrity_message())
+
+
+class EPCMap(mmap.mmap):
+    """An anonymous-memory mmap whose pages live in the EPC.  Everything mmap.mmap offers works;
+    ``close()`` (or garbage collection) returns its frames to the EPC."""
+
+    def __new__(cls, epc: "EPC", length: int):
+        epc.check()
+        if length <= 0:
+            raise ValueError("memory mapped size must be positive")
+        npages = (length + PAGE - 1) // PAGE
+        va_first = _epcm.epcm_epa(npages)
+        if not va_first:
+            raise MemoryError("the CPU's version array is full")
+        driver = epc._driver
+        rid, memfd = driver.create_region(length, va_first)
+        try:
+            self = super().__new__(cls, memfd, length)
+        except BaseException:
+            driver.destroy(rid)
+            _epcm.epcm_eremove(va_first, npages)
+            raise
+        ffi = _driver_ffi()
+        buf = ffi.from_buffer(self)
+        try:
+            address = int(ffi.cast("uintptr_t", buf))
+        finally:
+            ffi.release(buf)
+        self._epc_region = rid
+        self._epc_pages = npages
+        self._epc_address = address
+        self._epc_release = weakref.finalize(self, epc._release, rid, va_first, npages)
+        driver.attach(rid, address)
+        return self
+
+    def close(self) -> None:
+        super().close()              # BufferError while views exist: then nothing changes
+        self._epc_release()
+
+
+def _driver_ffi():
+    from untrusted._native._epc import ffi
+    return ffi
+
+
+class EPC:
+    """The enclave's EPC with the SGX driver paging it (one per process at a time).
+
+    ``EPC(cfg, cpu)`` starts the driver with ``cfg.epc_bytes`` of EPC and ``cfg.epc_trap``;
+    ``cpu`` (eleos_shim.cpu.ModeledCPU) is charged AEX + ERESUME and the indirect cost per
+    fault (one is built from ``cfg`` if not given).  Use as a context manager or call close().
+    """
+
+    def __init__(self, cfg: Config | None = None, cpu=None, *, threads: int = DRIVER_THREADS):
+        global _current
+        from untrusted.epc import EPCDriver
+        if _current is not None:
+            raise RuntimeError("an EPC is already running in this process; close it first")
+        self.cfg = cfg = cfg or Config.from_env()
+        if cpu is None:
+            from eleos_shim.cpu import ModeledCPU
+            cpu = ModeledCPU(cfg)
+        self.cpu = cpu
+        if _epcm.epcm_init() != 0:
+            raise OSError("the CPU could not draw its paging key")
+        _epcm.epcm_reset()
+        self._regions: dict[int, tuple[int, int]] = {}
+        self._lock = threading.Lock()
+        self._driver = EPCDriver(cfg.epc_bytes, ewb_fn=_epcm.epcm_ewb_fn(),
+                                 eldu_fn=_epcm.epcm_eldu_fn(), charge_fn=cpu.charge_fn,
+                                 pollute_fn=cpu.pollute_fn, trap=cfg.epc_trap, threads=threads)
+        self.trap = self._driver.trap
+        self._old_handler = None
+        if threading.current_thread() is threading.main_thread():
+            self._old_handler = signal.signal(INTEGRITY_SIGNAL, _on_integrity_failure)
+            _epcm.epcm_arm(INTEGRITY_SIGNAL)
+        _current = self
+
+    # -- the explicit API --------------------------------------------------------------------
+
+    def map(self, length: int) -> EPCMap:
+        """``length`` bytes of zeroed enclave memory in the EPC, as a real mmap object."""
+        m = EPCMap(self, length)
+        with self._lock:
+            self._regions[m._epc_region] = (m._epc_address, m._epc_pages)
+        return m
+
+    def check(self) -> None:
+        """Raise IntegrityError if a page failed to load: the enclave is dead."""
+        if _epcm.epcm_dead():
+            raise IntegrityError(_integrity_message())
+
+    @property
+    def dead(self) -> bool:
+        return bool(_epcm.epcm_dead())
+
+    def evict(self, m: EPCMap, offset: int | None = None) -> int:
+        """EWB the page holding ``offset`` of ``m`` (every resident page if None), as the host
+        may at any time.  Returns how many pages were written back."""
+        self.check()
+        if offset is None:
+            return sum(self._driver.evict(m._epc_region, i) for i in range(m._epc_pages))
+        return int(self._driver.evict(m._epc_region, offset // PAGE))
+
+    def backing_store(self, m: EPCMap) -> tuple[memoryview, memoryview]:
+        """The sealed pages of ``m`` and their 16-byte tags, in the host's memory: what a hostile
+        host may tamper with or replay (tests do)."""
+        return self._driver.backing_store(m._epc_region)
+
+    def page_states(self, m: EPCMap) -> list[str]:
+        return self._driver.page_states(m._epc_region, m._epc_pages)
+
+    def stats(self) -> dict:
+        """The ``epc`` section of the stats (DESIGN.md section 4) with the per-fault breakdown."""
+        d = self._driver.raw_stats()
+        faults = d["faults"] or 1
+        cfg = self.cfg
+        per_fault = {
+            "handler_ns": d["fault_ns"] / faults,
+            "trap_ns": max(0.0, (d["fault_ns"] - d["eldu_ns"] - d["modeled_ns"] - d["frame_wait_ns"])
+                           / faults),
+            "crypto_ns": (d["eldu_ns"] + d["ewb_ns"]) / faults,
+            "eldu_ns": d["eldu_ns"] / max(1, d["eldu"] + d["integrity_errors"]),
+            "ewb_ns": d["ewb_ns"] / max(1, d["ewb"]),
+            "modeled_cycles": cfg.aex_cycles + cfg.eresume_cycles,
+            "modeled_ns": d["modeled_ns"] / faults,
+            "frame_wait_ns": d["frame_wait_ns"] / faults,
+        }
+        return {
+            "limit_bytes": d["limit_pages"] * PAGE,
+            "faults": d["faults"], "ewb": d["ewb"], "eldu": d["eldu"],
+            "zero_fills": d["zero_fills"], "integrity_errors": d["integrity_errors"],
+            "resident_bytes": d["resident_pages"] * PAGE,
+            "peak_resident_bytes": d["peak_resident_pages"] * PAGE,
+            "frame_waits": d["frame_waits"], "reclaim_batches": d["reclaim_batches"],
+            "scanned": d["scanned"], "second_chances": d["second_chances"],
+            "watermarks": [d["low_watermark"], d["high_watermark"]],
+            "trap": d["trap"], "regions": len(self._regions), "dead": bool(d["dead"]),
+            "per_fault": per_fault,
+        }
+
+    def close(self) -> None:
+        """Stop the driver.  Regions still mapped keep their resident pages readable; pages
+        that were evicted are lost, so close maps first."""
+        global _current
+        if self._driver is None:
+            return
+        self._driver.stop()
+        with self._lock:
+            for rid, (_addr, _n) in list(self._regions.items()):
+                self._driver_destroy(rid)
+            self._regions.clear()
+        _epcm.epcm_arm(0)
+        if self._old_handler is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(INTEGRITY_SIGNAL, self._old_handler)
+        self._driver = None
+        _current = None
+
+    def _driver_destroy(self, rid: int) -> None:
+        from untrusted._native._epc import lib
+        lib.epc_region_destroy(rid)
+
+    def _release(self, rid: int, va_first: int, npages: int) -> None:
+        # The enclave freed the region: EREMOVE its version slots (so nothing sealed for it can
+        # be loaded again) and give its frames back.
+        _epcm.epcm_eremove(va_first, npages)
+        with self._lock:
+            known = self._regions.pop(rid, None)
+        if known is not None and self._driver is not None:
+            self._driver.destroy(rid)
+
+    def __enter__(self) -> "EPC":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def install_default(cfg: Config, cpu=None) -> EPC:
+    """The loader's entry: the enclave's EPC for ``ELEOS_MEMORY=epc``."""
+    return EPC(cfg, cpu)
+
+
+def heap_factory(epc: EPC):
+    """The factory the LibOS calls for an app's anonymous ``mmap.mmap(-1, n, ...)``: a real
+    mmap whose pages live in ``epc``.  Flags, prot and access are accepted and ignored: an
+    enclave heap is private read-write memory (MAP_PRIVATE is served as MAP_SHARED of a memfd
+    nobody else maps, which behaves the same in one process)."""
+    def factory(n: int, **kwargs) -> EPCMap:
+        return epc.map(n)
+    return factory

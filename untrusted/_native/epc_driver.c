@@ -1,0 +1,802 @@
+/*
+ * epc_driver.c - the SGX driver model: EPC limit, page-fault traps, reclaim (untrusted/, host).
+ *
+ * Vanilla SGX keeps the enclave's memory in the EPC, a few dozen MB.  When an enclave touches
+ * more, the kernel driver pages: the access traps (AEX), the driver picks a victim, EWBs it
+ * (sealed by the CPU) to normal memory, ELDUs the wanted page back and the thread resumes
+ * (ERESUME).  This file is that driver, for real, over memory of this process:
+ *
+ *   enclave memory  a memfd per region.  The app maps it (a real mmap.mmap, created in Python);
+ *                   the driver maps it a second time, the "alias", which stands for the EPC frames
+ *                   as the CPU sees them: EWB reads the page there, ELDU writes it there, so the
+ *                   app never sees a half-loaded page.  A page is resident while it is in the
+ *                   memfd; EWB ends with a hole punched in it, so resident pages are real memory
+ *                   you can count with mincore(2) or /proc/self/smaps.
+ *   traps           userfaultfd (MISSING|MINOR on the app's view): a non-resident page or one
+ *                   being evicted blocks the thread in the kernel and a native driver thread gets
+ *                   the fault; it installs the page with UFFDIO_CONTINUE, which wakes the thread.
+ *                   Fallback (userfaultfd refused): the app's view is PROT_NONE where not
+ *                   resident; the SIGSEGV handler hands the fault to a driver thread through a
+ *                   lock-free queue and sleeps on a futex until the page is in; mprotect installs.
+ *   EBLOCK/ETRACK   before EWB the victim is unmapped from the app's view (MADV_DONTNEED, or
+ *                   mprotect PROT_NONE), which flushes every thread's TLB, so no write can slip in
+ *                   after EWB read the page (SGX's EBLOCK + ETRACK + IPI, with the same cost).
+ *   EWB/ELDU        function pointers into the modeled CPU (eleos_shim/_native/epcm.c): the
+ *                   driver moves ciphertext and names VA slots; it never sees the key or versions.
+ *   cost            every trap charges the modeled AEX and ERESUME cycles and the indirect cost
+ *                   (cpu_charge / cpu_pollute of eleos_shim/_native/cpu.c, function pointers).
+ *
+ * Reclaim: an approximation of the Intel SGX driver the paper measured (linux-sgx-driver,
+ * sgx_page_cache.c, 2017), whose policy survives in today's in-kernel driver:
+ *   - loaded pages join the tail of an active list (per enclave there; one enclave here);
+ *   - a reclaimer thread, ksgxswapd, runs while free frames < high watermark, woken when an
+ *     allocation leaves fewer than the low watermark (32 and 64 pages there; scaled down for
+ *     small EPCs: low = min(32, max(1, pages/64)), high = 2*low);
+ *   - each pass isolates up to 16 pages (SGX_NR_SWAP_CLUSTER_MAX) from the head of the list:
+ *     a page whose accessed bit is set gets it cleared and goes back to the tail (second chance),
+ *     the others are EBLOCKed together, ETRACKed, then EWBed and freed one by one;
+ *   - the fault path allocates without reclaiming (SGX_ALLOC_ATOMIC): with no free frame the
+ *     fault waits for ksgxswapd.  The real driver returns and lets the thread fault again;
+ *     we sleep on a condition variable instead and charge AEX/ERESUME once per trap.
+ * The approximation: the hardware accessed bit of a resident page cannot be read from user
+ * space on this kernel (no page_idle, no A bit in pagemap), so the driver sets it when it
+ * installs a page (the faulting access) and cannot see later hits; a page thus gets exactly one
+ * second chance.  Under the uniform random accesses of the paper's microbenchmark every policy
+ * that cannot predict the future hits equally often, so this changes nothing there; for skewed
+ * access it evicts hot pages that Linux would keep.
+ *
+ * The enclave's first touch of a page finds it neither resident nor sealed: the driver installs
+ * a zero page (as EAUG would on SGX2) and counts a fault but no ELDU.
+ *
+ * Integrity: if ELDU fails, the CPU has marked the enclave dead and raised IntegrityError
+ * towards the app (epcm.c); the driver installs a zero page so the faulting thread, which the
+ * kernel holds, can be released and reach the exception.  It never receives the bad plaintext.
+ * After the death, non-resident pages are installed as zero pages, never ELDUed.
+ *
+ * No GIL: everything here runs in native threads or in a signal handler, and takes no Python
+ * lock.  Python (untrusted/epc.py) calls in through cffi, which releases the GIL.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <linux/userfaultfd.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+#include "eleos_abi.h"
+#include "epc_driver.h"
+
+#define EPC_PAGE 4096u
+#define EPC_PCMD 16u                /* the tag of a sealed page (PCMD's MAC) */
+#define EPC_MAX_REGIONS 1024
+#define EPC_MAX_FAULT_THREADS 16
+#define EPC_NR_TO_SCAN 16           /* SGX_NR_SWAP_CLUSTER_MAX of the 2017 driver */
+#define EPC_NR_LOW 32               /* SGX_NR_LOW_EPC_PAGES_DEFAULT */
+
+/* The modeled CPU's paging instructions, as epcm.c defines them. */
+typedef int (*epc_ewb_fn)(const void *epc_page, uint64_t linaddr, uint64_t slot,
+                          void *out_page, void *out_pcmd);
+typedef int (*epc_eldu_fn)(void *epc_frame, uint64_t linaddr, uint64_t slot,
+                           const void *page, const void *pcmd);
+
+enum { PG_NEW, PG_RESIDENT, PG_LOADING, PG_EVICTING, PG_EVICTED };
+
+struct epc_region;
+
+struct epc_page {
+    struct epc_page *prev, *next;   /* active list, while resident and not isolated */
+    struct epc_region *region;
+    uint32_t index;
+    uint8_t state;
+    uint8_t accessed;               /* the modeled A bit: set on install, cleared by the scan */
+    uint8_t on_list;
+};
+
+struct epc_region {
+    uintptr_t app;                  /* the app's view; read lock-free by the SIGSEGV handler */
+    uint64_t len;                   /* bytes of the app's view (pages * 4096), 0 = no region */
+    int live;                       /* accepts faults */
+    int attached;
+    int memfd;
+    uint8_t *alias;                 /* the EPC frames as the CPU sees them */
+    uint8_t *store;                 /* backing store: sealed pages, untrusted memory */
+    uint8_t *pcmd;                  /* backing store: tags */
+    uint64_t npages;
+    uint64_t va_first;              /* first VA slot (the CPU's EPA) */
+    struct epc_page *pages;
+};
+
+struct fault_req {                  /* a SIGSEGV-mode fault, on the faulting thread's stack */
+    struct fault_req *next;
+    uintptr_t addr;
+    int tid;
+    uint32_t done;
+};
+
+struct epc_stats {
+    uint64_t faults, zero_fills, eldu, ewb, frame_waits, batches, scanned, second_chances;
+    uint64_t integrity_failures, ewb_failures, peak_resident, spurious;
+    uint64_t fault_ns, eldu_ns, ewb_ns, install_ns, modeled_ns, wait_ns, eblock_ns;
+};
+
+static struct {
+    int created;
+    int trap;
+    uint64_t limit, free_frames, resident, low, high;
+    int uffd, stopfd;
+    int nthreads;
+    pthread_t threads[EPC_MAX_FAULT_THREADS];
+    pthread_t swapd;
+    int running;
+    pthread_mutex_t lk;
+    pthread_cond_t changed;         /* a page changed state or a frame was freed */
+    pthread_cond_t swapd_cv;        /* work for ksgxswapd */
+    struct epc_page head;           /* active list sentinel */
+    struct epc_region regions[EPC_MAX_REGIONS];
+    epc_ewb_fn ewb;
+    epc_eldu_fn eldu;
+    eleos_cpu_charge_fn charge;
+    eleos_cpu_pollute_fn pollute;
+    struct epc_stats st;
+    int dead;
+    int dead_tid;
+    uint64_t dead_addr;
+    /* SIGSEGV mode */
+    struct fault_req *req_stack;    /* pushed by signal handlers (lock-free) */
+    struct fault_req *req_local;    /* taken by fault threads under qlock */
+    pthread_mutex_t qlock;
+    uint32_t req_seq;
+    struct sigaction old_segv;
+    int segv_installed;
+} D = {
+    .lk = PTHREAD_MUTEX_INITIALIZER,
+    .changed = PTHREAD_COND_INITIALIZER,
+    .swapd_cv = PTHREAD_COND_INITIALIZER,
+    .qlock = PTHREAD_MUTEX_INITIALIZER,
+    .uffd = -1,
+    .stopfd = -1,
+};
+
+static inline uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+#define ADD(field, v) __atomic_add_fetch(&D.st.field, (v), __ATOMIC_RELAXED)
+
+static long futex(uint32_t *addr, int op, uint32_t val)
+{
+    return syscall(SYS_futex, addr, op, val, NULL, NULL, 0);
+}
+
+/* ---- the active list (under D.lk) ---- */
+
+static void list_del(struct epc_page *p)
+{
+    if (!p->on_list) return;
+    p->prev->next = p->next;
+    p->next->prev = p->prev;
+    p->prev = p->next = NULL;
+    p->on_list = 0;
+}
+
+static void list_add_tail(struct epc_page *p)
+{
+    p->prev = D.head.prev;
+    p->next = &D.head;
+    D.head.prev->next = p;
+    D.head.prev = p;
+    p->on_list = 1;
+}
+
+static struct epc_region *find_region(uintptr_t addr)
+{
+    for (int i = 0; i < EPC_MAX_REGIONS; i++) {
+        struct epc_region *r = &D.regions[i];
+        uint64_t len = __atomic_load_n(&r->len, __ATOMIC_ACQUIRE);
+        uintptr_t app = __atomic_load_n(&r->app, __ATOMIC_ACQUIRE);
+        if (len && __atomic_load_n(&r->attached, __ATOMIC_ACQUIRE) && addr >= app && addr < app + len)
+            return r;
+    }
+    return NULL;
+}
+
+static inline void spend(int t)
+{
+    if (D.charge) D.charge(t);
+}
+
+/* ---- the two ways to make a page visible to / hidden from the app ---- */
+
+static int install(struct epc_region *r, uint64_t i)
+{
+    uintptr_t a = r->app + i * EPC_PAGE;
+    if (D.trap == TRAP_USERFAULTFD) {
+        struct uffdio_continue c = { .range = { .start = a, .len = EPC_PAGE }, .mode = 0 };
+        if (ioctl(D.uffd, UFFDIO_CONTINUE, &c) != 0) {
+            /* EEXIST: already mapped by another handler; wake whoever still waits (it will
+             * find the page).  Anything else: wake it so that it faults again. */
+            int err = errno;
+            struct uffdio_range w = { .start = a, .len = EPC_PAGE };
+            ioctl(D.uffd, UFFDIO_WAKE, &w);
+            return err == EEXIST ? 0 : -1;
+        }
+        return 0;
+    }
+    return mprotect((void *)a, EPC_PAGE, PROT_READ | PROT_WRITE);
+}
+
+static void eblock(struct epc_region *r, uint64_t i)
+{
+    void *a = (void *)(r->app + i * EPC_PAGE);
+    if (D.trap == TRAP_USERFAULTFD)
+        madvise(a, EPC_PAGE, MADV_DONTNEED);   /* page stays in the memfd; next touch: MINOR */
+    else
+        mprotect(a, EPC_PAGE, PROT_NONE);
+}
+
+static void punch(struct epc_region *r, uint64_t i)
+{
+    fallocate(r->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)(i * EPC_PAGE), EPC_PAGE);
+}
+
+static void fill_zero(struct epc_region *r, uint64_t i)
+{
+    /* Writing through the alias allocates the page in the memfd (and makes it up to date, which
+     * UFFDIO_CONTINUE needs) without touching the app's view. */
+    memset(r->alias + i * EPC_PAGE, 0, EPC_PAGE);
+}
+
+/* ---- the fault path ---- */
+
+/* Bring page i of r in and release the faulting thread(s).  `tid` is the faulting thread. */
+static void handle_fault(struct epc_region *r, uint64_t i, int tid, int charge_here)
+{
+    uint64_t t0 = now_ns();
+    ADD(faults, 1);
+    if (charge_here) spend(ELEOS_T_AEX);
+    uint64_t t_modeled = now_ns() - t0;
+    struct epc_page *p = &r->pages[i];
+    int load = 0, from = PG_NEW;
+    uint64_t tw = 0;
+
+    pthread_mutex_lock(&D.lk);
+    for (;;) {
+        if (!r->live || !D.running) break;
+        int s = p->state;
+        if (s == PG_RESIDENT) break;
+        if (s == PG_LOADING || s == PG_EVICTING) {
+            pthread_cond_wait(&D.changed, &D.lk);
+            continue;
+        }
+        if (D.free_frames == 0) {
+            /* SGX_ALLOC_ATOMIC failed: let ksgxswapd free frames, wait for one. */
+            uint64_t w0 = now_ns();
+            ADD(frame_waits, 1);
+            pthread_cond_signal(&D.swapd_cv);
+            pthread_cond_wait(&D.changed, &D.lk);
+            tw += now_ns() - w0;
+            continue;
+        }
+        D.free_frames--;
+        D.resident++;
+        if (D.resident > D.st.peak_resident) D.st.peak_resident = D.resident;
+        from = s;
+        p->state = PG_LOADING;
+        load = 1;
+        break;
+    }
+    if (D.free_frames < D.low) pthread_cond_signal(&D.swapd_cv);
+    pthread_mutex_unlock(&D.lk);
+
+    if (!load) {
+        if (!r->live || p->state == PG_RESIDENT) ADD(spurious, 1);
+    } else {
+        uint8_t *frame = r->alias + i * EPC_PAGE;
+        if (from == PG_EVICTED && !__atomic_load_n(&D.dead, __ATOMIC_ACQUIRE)) {
+            uint64_t c0 = now_ns();
+            /* The frame is a fresh (hole) page of the memfd: the alias write allocates it. */
+            int rc = D.eldu(frame, (uint64_t)(r->app + i * EPC_PAGE), r->va_first + i,
+                            r->store + i * EPC_PAGE, r->pcmd + i * EPC_PCMD);
+            ADD(eldu_ns, now_ns() - c0);
+            if (rc == 0) {
+                ADD(eldu, 1);
+            } else {
+                ADD(integrity_failures, 1);
+                if (!__atomic_exchange_n(&D.dead, 1, __ATOMIC_ACQ_REL)) {
+                    D.dead_tid = tid;
+                    D.dead_addr = (uint64_t)(r->app + i * EPC_PAGE);
+                }
+                memset(frame, 0, EPC_PAGE);   /* the CPU wiped it; keep it that way */
+            }
+        } else {
+            fill_zero(r, i);
+            ADD(zero_fills, 1);
+        }
+    }
+    uint64_t m0 = now_ns();
+    if (charge_here) {
+        spend(ELEOS_T_ERESUME);
+        if (D.pollute) D.pollute();
+    }
+    t_modeled += now_ns() - m0;
+    uint64_t i0 = now_ns();
+    if (r->live) install(r, i);
+    ADD(install_ns, now_ns() - i0);
+    if (load) {
+        pthread_mutex_lock(&D.lk);
+        p->state = PG_RESIDENT;
+        p->accessed = 1;
+        if (r->live) list_add_tail(p);
+        pthread_cond_broadcast(&D.changed);
+        pthread_mutex_unlock(&D.lk);
+    }
+    ADD(modeled_ns, t_modeled);
+    ADD(wait_ns, tw);
+    ADD(fault_ns, now_ns() - t0);
+}
+
+static struct epc_region *region_of(uintptr_t addr, uint64_t *index)
+{
+    struct epc_region *r = find_region(addr);
+    if (r) *index = (addr - r->app) / EPC_PAGE;
+    return r;
+}
+
+static void *uffd_thread(void *arg)
+{
+    (void)arg;
+    struct pollfd fds[2] = { { .fd = D.uffd, .events = POLLIN }, { .fd = D.stopfd, .events = POLLIN } };
+    for (;;) {
+        if (poll(fds, 2, -1) < 0) {
+            if (errno == EINTR) continue;
+            break;
+        }
+        if (fds[1].revents) break;
+        struct uffd_msg msg;
+        ssize_t n = read(D.uffd, &msg, sizeof msg);
+        if (n != (ssize_t)sizeof msg) continue;     /* EAGAIN: another thread took it */
+        if (msg.event != UFFD_EVENT_PAGEFAULT) continue;
+        uintptr_t addr = (uintptr_t)msg.arg.pagefault.address;
+        uint64_t i;
+        struct epc_region *r = region_of(addr, &i);
+        if (!r) {
+            struct uffdio_range w = { .start = addr & ~(uintptr_t)(EPC_PAGE - 1), .len = EPC_PAGE };
+            ioctl(D.uffd, UFFDIO_WAKE, &w);
+            continue;
+        }
+        handle_fault(r, i, (int)msg.arg.pagefault.feat.ptid, 1);
+    }
+    return NULL;
+}
+
+/* ---- SIGSEGV fallback ---- */
+
+static void segv_handler(int sig, siginfo_t *info, void *uctx)
+{
+    uintptr_t addr = (uintptr_t)info->si_addr;
+    uint64_t i;
+    struct epc_region *r = __atomic_load_n(&D.running, __ATOMIC_ACQUIRE) ? region_of(addr, &i) : NULL;
+    if (!r) {
+        /* Not ours: behave as if we were not here. */
+        struct sigaction *o = &D.old_segv;
+        if (o->sa_flags & SA_SIGINFO) {
+            o->sa_sigaction(sig, info, uctx);
+        } else if (o->sa_handler == SIG_DFL || o->sa_handler == SIG_IGN) {
+            signal(sig, SIG_DFL);           /* return: the access faults again and kills */
+        } else {
+            o->sa_handler(sig);
+        }
+        return;
+    }
+    int saved = errno;
+    spend(ELEOS_T_AEX);                     /* the faulting thread pays its own exit */
+    struct fault_req req = { .addr = addr, .tid = (int)syscall(SYS_gettid), .done = 0 };
+    struct fault_req *head = __atomic_load_n(&D.req_stack, __ATOMIC_RELAXED);
+    do {
+        req.next = head;
+    } while (!__atomic_compare_exchange_n(&D.req_stack, &head, &req, 1, __ATOMIC_RELEASE, __ATOMIC_RELAXED));
+    __atomic_add_fetch(&D.req_seq, 1, __ATOMIC_RELEASE);
+    futex(&D.req_seq, FUTEX_WAKE_PRIVATE, 1);
+    while (!__atomic_load_n(&req.done, __ATOMIC_ACQUIRE))
+        futex(&req.done, FUTEX_WAIT_PRIVATE, 0);
+    spend(ELEOS_T_ERESUME);
+    if (D.pollute) D.pollute();
+    errno = saved;
+}
+
+static struct fault_req *take_request(void)
+{
+    pthread_mutex_lock(&D.qlock);
+    if (!D.req_local) {
+        /* Take everything pushed so far, oldest first. */
+        struct fault_req *s = __atomic_exchange_n(&D.req_stack, NULL, __ATOMIC_ACQUIRE), *rev = NULL;
+        while (s) {
+            struct fault_req *n = s->next;
+            s->next = rev;
+            rev = s;
+            s = n;
+        }
+        D.req_local = rev;
+    }
+    struct fault_req *q = D.req_local;
+    if (q) D.req_local = q->next;
+    pthread_mutex_unlock(&D.qlock);
+    return q;
+}
+
+static void *segv_thread(void *arg)
+{
+    (void)arg;
+    for (;;) {
+        uint32_t seq = __atomic_load_n(&D.req_seq, __ATOMIC_ACQUIRE);
+        if (!__atomic_load_n(&D.running, __ATOMIC_ACQUIRE)) break;
+        struct fault_req *q = take_request();
+        if (!q) {
+            futex(&D.req_seq, FUTEX_WAIT_PRIVATE, seq);
+            continue;
+        }
+        uint64_t i;
+        struct epc_region *r = region_of(q->addr, &i);
+        if (r) handle_fault(r, i, q->tid, 0);
+        __atomic_store_n(&q->done, 1, __ATOMIC_RELEASE);
+        futex(&q->done, FUTEX_WAKE_PRIVATE, 1);
+    }
+    return NULL;
+}
+
+/* ---- reclaim ---- */
+
+/* EWB one isolated (PG_EVICTING, already EBLOCKed) page and free its frame. */
+static int write_page(struct epc_page *p)
+{
+    struct epc_region *r = p->region;
+    uint64_t i = p->index;
+    uint64_t c0 = now_ns();
+    int rc = D.ewb(r->alias + i * EPC_PAGE, (uint64_t)(r->app + i * EPC_PAGE), r->va_first + i,
+                   r->store + i * EPC_PAGE, r->pcmd + i * EPC_PCMD);
+    ADD(ewb_ns, now_ns() - c0);
+    pthread_mutex_lock(&D.lk);
+    if (rc == 0) {
+        pthread_mutex_unlock(&D.lk);
+        punch(r, i);
+        pthread_mutex_lock(&D.lk);
+        ADD(ewb, 1);
+        p->state = PG_EVICTED;
+        D.free_frames++;
+        D.resident--;
+    } else {
+        /* The CPU refused (cannot happen with a consistent VA): keep the page resident. */
+        ADD(ewb_failures, 1);
+        install(r, i);
+        p->state = PG_RESIDENT;
+        list_add_tail(p);
+    }
+    pthread_cond_broadcast(&D.changed);
+    pthread_mutex_unlock(&D.lk);
+    return rc;
+}
+
+/* One pass of sgx_swap_pages(): isolate, EBLOCK all, ETRACK, EWB each.  Under D.lk; returns
+ * with it held. */
+static void reclaim_pass(void)
+{
+    struct epc_page *batch[EPC_NR_TO_SCAN];
+    int n = 0;
+    ADD(batches, 1);
+    for (int k = 0; k < EPC_NR_TO_SCAN && D.head.next != &D.head; k++) {
+        struct epc_page *p = D.head.next;
+        list_del(p);
+        ADD(scanned, 1);
+        if (p->accessed) {
+            p->accessed = 0;
+            list_add_tail(p);
+            ADD(second_chances, 1);
+        } else {
+            p->state = PG_EVICTING;
+            batch[n++] = p;
+        }
+    }
+    if (!n) return;
+    pthread_mutex_unlock(&D.lk);
+    uint64_t b0 = now_ns();
+    for (int k = 0; k < n; k++)
+        eblock(batch[k]->region, batch[k]->index);
+    ADD(eblock_ns, now_ns() - b0);
+    for (int k = 0; k < n; k++)
+        write_page(batch[k]);
+    pthread_mutex_lock(&D.lk);
+}
+
+static void *swapd_thread(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&D.lk);
+    while (D.running) {
+        if (D.free_frames < D.high && D.head.next != &D.head) {
+            reclaim_pass();
+            continue;
+        }
+        pthread_cond_wait(&D.swapd_cv, &D.lk);
+    }
+    pthread_mutex_unlock(&D.lk);
+    return NULL;
+}
+
+/* ---- the API Python calls (through cffi, GIL released) ---- */
+
+/* Start the driver: `limit_pages` EPC frames, `trap` TRAP_USERFAULTFD or TRAP_SIGSEGV (0: try
+ * userfaultfd, fall back to SIGSEGV), `nthreads` fault-handling threads.  Returns the trap in
+ * use, or -errno. */
+int epc_driver_start(uint64_t limit_pages, int trap, int nthreads, uintptr_t ewb, uintptr_t eldu,
+                     uintptr_t charge, uintptr_t pollute)
+{
+    if (D.created) return -EBUSY;
+    if (!limit_pages || !ewb || !eldu) return -EINVAL;
+    if (nthreads < 1) nthreads = 1;
+    if (nthreads > EPC_MAX_FAULT_THREADS) nthreads = EPC_MAX_FAULT_THREADS;
+    memset(&D.st, 0, sizeof D.st);
+    memset(D.regions, 0, sizeof D.regions);
+    D.limit = D.free_frames = limit_pages;
+    D.resident = 0;
+    D.low = limit_pages / 64 < EPC_NR_LOW ? (limit_pages / 64 ? limit_pages / 64 : 1) : EPC_NR_LOW;
+    D.high = 2 * D.low;
+    D.head.next = D.head.prev = &D.head;
+    D.ewb = (epc_ewb_fn)ewb;
+    D.eldu = (epc_eldu_fn)eldu;
+    D.charge = (eleos_cpu_charge_fn)charge;
+    D.pollute = (eleos_cpu_pollute_fn)pollute;
+    D.dead = 0;
+    D.dead_tid = 0;
+    D.dead_addr = 0;
+    D.req_stack = D.req_local = NULL;
+    D.uffd = -1;
+
+    if (trap == 0 || trap == TRAP_USERFAULTFD) {
+        int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+        if (fd >= 0) {
+            struct uffdio_api api = { .api = UFFD_API,
+                .features = UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_MINOR_SHMEM | UFFD_FEATURE_THREAD_ID };
+            if (ioctl(fd, UFFDIO_API, &api) == 0) {
+                D.uffd = fd;
+            } else {
+                close(fd);
+            }
+        }
+        if (D.uffd < 0 && trap == TRAP_USERFAULTFD) return -EPERM;
+    }
+    D.trap = D.uffd >= 0 ? TRAP_USERFAULTFD : TRAP_SIGSEGV;
+    D.running = 1;
+    if (D.trap == TRAP_USERFAULTFD) {
+        D.stopfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    } else {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_sigaction = segv_handler;
+        sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_RESTART;
+        sigemptyset(&sa.sa_mask);
+        if (sigaction(SIGSEGV, &sa, &D.old_segv) != 0) {
+            D.running = 0;
+            return -errno;
+        }
+        D.segv_installed = 1;
+    }
+    D.nthreads = nthreads;
+    for (int k = 0; k < nthreads; k++)
+        pthread_create(&D.threads[k], NULL, D.trap == TRAP_USERFAULTFD ? uffd_thread : segv_thread, NULL);
+    pthread_create(&D.swapd, NULL, swapd_thread, NULL);
+    D.created = 1;
+    return D.trap;
+}
+
+void epc_driver_stop(void)
+{
+    if (!D.created) return;
+    pthread_mutex_lock(&D.lk);
+    D.running = 0;
+    pthread_cond_broadcast(&D.swapd_cv);
+    pthread_cond_broadcast(&D.changed);
+    pthread_mutex_unlock(&D.lk);
+    if (D.trap == TRAP_USERFAULTFD) {
+        uint64_t one = 1;
+        if (write(D.stopfd, &one, sizeof one) < 0) { /* the poll also ends on close */ }
+    } else {
+        __atomic_add_fetch(&D.req_seq, 1, __ATOMIC_RELEASE);
+        futex(&D.req_seq, FUTEX_WAKE_PRIVATE, INT32_MAX);
+    }
+    for (int k = 0; k < D.nthreads; k++)
+        pthread_join(D.threads[k], NULL);
+    pthread_join(D.swapd, NULL);
+    if (D.segv_installed) {
+        sigaction(SIGSEGV, &D.old_segv, NULL);
+        D.segv_installed = 0;
+    }
+    if (D.uffd >= 0) close(D.uffd);
+    if (D.stopfd >= 0) close(D.stopfd);
+    D.uffd = D.stopfd = -1;
+    D.created = 0;
+}
+
+/* Create a region of `npages` pages whose VA slots start at `va_first`.  Returns its id, and its
+ * memfd in *memfd (the app maps it), or -errno. */
+int epc_region_create(uint64_t npages, uint64_t nbytes, uint64_t va_first, int *memfd)
+{
+    if (!D.created) return -EINVAL;
+    if (!npages || nbytes > npages * EPC_PAGE) return -EINVAL;
+    pthread_mutex_lock(&D.lk);
+    int id = -1;
+    for (int k = 0; k < EPC_MAX_REGIONS; k++)
+        if (!D.regions[k].len && !D.regions[k].pages) { id = k; break; }
+    if (id < 0) {
+        pthread_mutex_unlock(&D.lk);
+        return -ENOSPC;
+    }
+    struct epc_region *r = &D.regions[id];
+    memset(r, 0, sizeof *r);
+    r->pages = calloc(npages, sizeof *r->pages);   /* reserves the slot */
+    pthread_mutex_unlock(&D.lk);
+    if (!r->pages) return -ENOMEM;
+    int err = 0;
+    r->memfd = memfd_create("eleos-epc", MFD_CLOEXEC);
+    if (r->memfd < 0) { err = -errno; goto fail; }
+    if (ftruncate(r->memfd, (off_t)nbytes) != 0) { err = -errno; goto fail; }
+    r->alias = mmap(NULL, npages * EPC_PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, r->memfd, 0);
+    if (r->alias == MAP_FAILED) { r->alias = NULL; err = -errno; goto fail; }
+    /* The backing store is ordinary untrusted memory; only written pages cost RAM. */
+    r->store = mmap(NULL, npages * (EPC_PAGE + EPC_PCMD), PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (r->store == MAP_FAILED) { r->store = NULL; err = -errno; goto fail; }
+    r->pcmd = r->store + npages * EPC_PAGE;
+    r->npages = npages;
+    r->va_first = va_first;
+    for (uint64_t i = 0; i < npages; i++) {
+        r->pages[i].region = r;
+        r->pages[i].index = (uint32_t)i;
+        r->pages[i].state = PG_NEW;
+    }
+    *memfd = r->memfd;
+    return id;
+fail:
+    if (r->alias) munmap(r->alias, npages * EPC_PAGE);
+    if (r->memfd >= 0) close(r->memfd);
+    free(r->pages);
+    memset(r, 0, sizeof *r);
+    return err;
+}
+
+/* The app mapped the memfd at `app`: start trapping its accesses. */
+int epc_region_attach(int id, uintptr_t app)
+{
+    if (id < 0 || id >= EPC_MAX_REGIONS || !D.regions[id].pages) return -EINVAL;
+    struct epc_region *r = &D.regions[id];
+    uint64_t len = r->npages * EPC_PAGE;
+    if (D.trap == TRAP_USERFAULTFD) {
+        struct uffdio_register reg = { .range = { .start = app, .len = len },
+            .mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_MINOR };
+        if (ioctl(D.uffd, UFFDIO_REGISTER, &reg) != 0) return -errno;
+    } else {
+        if (mprotect((void *)app, len, PROT_NONE) != 0) return -errno;
+    }
+    madvise((void *)app, len, MADV_NOHUGEPAGE);
+    r->live = 1;
+    __atomic_store_n(&r->app, app, __ATOMIC_RELEASE);
+    __atomic_store_n(&r->len, len, __ATOMIC_RELEASE);
+    __atomic_store_n(&r->attached, 1, __ATOMIC_RELEASE);
+    return 0;
+}
+
+/* The enclave freed the region (the app's view is gone or going): return its frames. */
+int epc_region_destroy(int id)
+{
+    if (id < 0 || id >= EPC_MAX_REGIONS || !D.regions[id].pages) return -EINVAL;
+    struct epc_region *r = &D.regions[id];
+    pthread_mutex_lock(&D.lk);
+    r->live = 0;
+    __atomic_store_n(&r->attached, 0, __ATOMIC_RELEASE);
+    for (uint64_t i = 0; i < r->npages; i++) {
+        struct epc_page *p = &r->pages[i];
+        while (p->state == PG_LOADING || p->state == PG_EVICTING)
+            pthread_cond_wait(&D.changed, &D.lk);
+        if (p->state == PG_RESIDENT) {
+            list_del(p);
+            D.free_frames++;
+            D.resident--;
+        }
+        p->state = PG_NEW;
+    }
+    __atomic_store_n(&r->len, 0, __ATOMIC_RELEASE);
+    pthread_cond_broadcast(&D.changed);
+    pthread_mutex_unlock(&D.lk);
+    munmap(r->alias, r->npages * EPC_PAGE);
+    munmap(r->store, r->npages * (EPC_PAGE + EPC_PCMD));
+    close(r->memfd);
+    pthread_mutex_lock(&D.lk);
+    free(r->pages);
+    memset(r, 0, sizeof *r);
+    pthread_mutex_unlock(&D.lk);
+    return 0;
+}
+
+/* Evict one page now (what the host may do at any time; tests use it to reach the backing
+ * store deterministically).  1 if it was resident and is now sealed, 0 if not resident. */
+int epc_evict(int id, uint64_t index)
+{
+    if (id < 0 || id >= EPC_MAX_REGIONS || !D.regions[id].pages) return -EINVAL;
+    struct epc_region *r = &D.regions[id];
+    if (index >= r->npages) return -EINVAL;
+    struct epc_page *p = &r->pages[index];
+    pthread_mutex_lock(&D.lk);
+    while (p->state == PG_LOADING || p->state == PG_EVICTING)
+        pthread_cond_wait(&D.changed, &D.lk);
+    if (p->state != PG_RESIDENT) {
+        pthread_mutex_unlock(&D.lk);
+        return 0;
+    }
+    list_del(p);
+    p->state = PG_EVICTING;
+    pthread_mutex_unlock(&D.lk);
+    eblock(r, index);
+    return write_page(p) == 0 ? 1 : -EIO;
+}
+
+/* Where the backing store of a region is: out = {store, pcmd, npages, va_first}. */
+int epc_region_info(int id, uint64_t out[4])
+{
+    if (id < 0 || id >= EPC_MAX_REGIONS || !D.regions[id].pages) return -EINVAL;
+    struct epc_region *r = &D.regions[id];
+    out[0] = (uint64_t)(uintptr_t)r->store;
+    out[1] = (uint64_t)(uintptr_t)r->pcmd;
+    out[2] = r->npages;
+    out[3] = r->va_first;
+    return 0;
+}
+
+/* The page states of a region, one byte each (0 new, 1 resident, 2 loading, 3 evicting,
+ * 4 evicted). */
+int epc_region_states(int id, uint8_t *out, uint64_t n)
+{
+    if (id < 0 || id >= EPC_MAX_REGIONS || !D.regions[id].pages) return -EINVAL;
+    struct epc_region *r = &D.regions[id];
+    pthread_mutex_lock(&D.lk);
+    for (uint64_t i = 0; i < n && i < r->npages; i++) out[i] = r->pages[i].state;
+    pthread_mutex_unlock(&D.lk);
+    return 0;
+}
+
+/* out: see EPC_STAT_FIELDS in untrusted/epc.py (same order). */
+void epc_driver_stats(uint64_t out[26])
+{
+    pthread_mutex_lock(&D.lk);
+    uint64_t *s = (uint64_t *)&D.st;
+    for (size_t k = 0; k < sizeof D.st / sizeof(uint64_t); k++)
+        out[k] = __atomic_load_n(&s[k], __ATOMIC_RELAXED);
+    size_t k = sizeof D.st / sizeof(uint64_t);
+    out[k++] = D.limit;
+    out[k++] = D.resident;
+    out[k++] = D.free_frames;
+    out[k++] = D.low;
+    out[k++] = D.high;
+    out[k++] = (uint64_t)D.trap;
+    out[k++] = (uint64_t)__atomic_load_n(&D.dead, __ATOMIC_ACQUIRE);
+    pthread_mutex_unlock(&D.lk);
+}
+
+/* The failed load, if any: out = {dead, tid, linaddr}. */
+void epc_driver_failure(uint64_t out[3])
+{
+    out[0] = (uint64_t)__atomic_load_n(&D.dead, __ATOMIC_ACQUIRE);
+    out[1] = (uint64_t)D.dead_tid;
+    out[2] = D.dead_addr;
+}

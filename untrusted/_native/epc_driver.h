@@ -1,0 +1,25 @@
+/*
+ * epc_driver.h - the SGX driver model's API (untrusted/, host).  Called from untrusted/epc.py
+ * through cffi (GIL released); see epc_driver.c for the design.
+ */
+#ifndef EPC_DRIVER_H
+#define EPC_DRIVER_H
+
+#include <stdint.h>
+
+#define TRAP_USERFAULTFD 1
+#define TRAP_SIGSEGV 2
+
+int epc_driver_start(uint64_t limit_pages, int trap, int nthreads, uintptr_t ewb,
+                     uintptr_t eldu, uintptr_t charge, uintptr_t pollute);
+void epc_driver_stop(void);
+int epc_region_create(uint64_t npages, uint64_t nbytes, uint64_t va_first, int *memfd);
+int epc_region_attach(int id, uintptr_t app);
+int epc_region_destroy(int id);
+int epc_evict(int id, uint64_t index);
+int epc_region_info(int id, uint64_t out[4]);
+int epc_region_states(int id, uint8_t *out, uint64_t n);
+void epc_driver_stats(uint64_t out[26]);
+void epc_driver_failure(uint64_t out[3]);
+
+#endif

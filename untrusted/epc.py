@@ -1,0 +1,114 @@
+"""The SGX driver model, Python side (untrusted/: the host).
+
+A thin wrapper over ``untrusted._native._epc`` (epc_driver.c, where the design is described):
+EPC frames limited to ``limit_bytes``, real page-fault traps (userfaultfd, or mprotect+SIGSEGV
+where userfaultfd is refused) handled by native driver threads that never take the GIL, and a
+ksgxswapd-style reclaimer that EWBs victims to an untrusted backing store.
+
+The driver is given the modeled CPU's EWB/ELDU and cost functions as addresses (integers) by
+the loader (eleos_shim/epc.py); it never sees the paging key or the version array.  One driver
+per process (it owns the process's SIGSEGV handler in the fallback mode).
+"""
+from __future__ import annotations
+
+from untrusted._native._epc import ffi, lib
+
+PAGE = 4096
+TRAPS = {"auto": 0, "userfaultfd": lib.TRAP_USERFAULTFD, "sigsegv": lib.TRAP_SIGSEGV}
+TRAP_NAMES = {lib.TRAP_USERFAULTFD: "userfaultfd", lib.TRAP_SIGSEGV: "sigsegv"}
+PAGE_STATES = ("new", "resident", "loading", "evicting", "evicted")
+
+# The order of epc_driver_stats()'s output (struct epc_stats, then the driver's state).
+STAT_FIELDS = (
+    "faults", "zero_fills", "eldu", "ewb", "frame_waits", "reclaim_batches", "scanned",
+    "second_chances", "integrity_errors", "ewb_failures", "peak_resident_pages", "spurious",
+    "fault_ns", "eldu_ns", "ewb_ns", "install_ns", "modeled_ns", "frame_wait_ns", "eblock_ns",
+    "limit_pages", "resident_pages", "free_pages", "low_watermark", "high_watermark", "trap",
+    "dead",
+)
+
+
+class DriverError(OSError):
+    """The driver could not do what was asked (the OS refused a mapping, a trap, ...)."""
+
+
+def _check(rc: int, what: str) -> int:
+    if rc < 0:
+        raise DriverError(-rc, f"{what}: {__import__('os').strerror(-rc)}")
+    return rc
+
+
+class EPCDriver:
+    """The host's SGX driver: ``limit_bytes`` of EPC shared by all regions of the enclave.
+
+    ``trap`` is ``auto`` (userfaultfd, else SIGSEGV), ``userfaultfd`` or ``sigsegv``;
+    ``threads`` native fault-handling threads serve traps concurrently.
+    """
+
+    def __init__(self, limit_bytes: int, *, ewb_fn: int, eldu_fn: int, charge_fn: int = 0,
+                 pollute_fn: int = 0, trap: str = "auto", threads: int = 4):
+        if trap not in TRAPS:
+            raise ValueError(f"trap must be one of {', '.join(TRAPS)}, not {trap!r}")
+        pages = limit_bytes // PAGE
+        rc = lib.epc_driver_start(pages, TRAPS[trap], threads, ewb_fn, eldu_fn, charge_fn, pollute_fn)
+        if rc == -1:  # -EPERM: userfaultfd explicitly asked for and refused
+            raise DriverError(1, "userfaultfd is refused here (ELEOS_EPC_TRAP=sigsegv works without it)")
+        _check(rc, "starting the EPC driver")
+        self.trap = TRAP_NAMES[rc]
+        self.limit_bytes = pages * PAGE
+        self._stopped = False
+
+    def create_region(self, nbytes: int, va_first: int) -> tuple[int, int]:
+        """A region of ``nbytes`` whose page i uses VA slot ``va_first + i``.  Returns
+        ``(region id, memfd)``; the caller maps the memfd and calls :meth:`attach`.  The
+        memfd stays the driver's (it punches holes in it to evict)."""
+        npages = (nbytes + PAGE - 1) // PAGE
+        fd = ffi.new("int *")
+        rid = _check(lib.epc_region_create(npages, nbytes, va_first, fd), "creating an EPC region")
+        return rid, fd[0]
+
+    def attach(self, rid: int, address: int) -> None:
+        """The app's view of the region is at ``address``: trap its accesses from now on."""
+        _check(lib.epc_region_attach(rid, address), "registering the region's traps")
+
+    def destroy(self, rid: int) -> None:
+        """Return the region's frames to the EPC and free its backing store."""
+        _check(lib.epc_region_destroy(rid), "destroying an EPC region")
+
+    def evict(self, rid: int, index: int) -> bool:
+        """EWB page ``index`` now, if resident (the host may do this at any time)."""
+        return bool(_check(lib.epc_evict(rid, index), "evicting a page"))
+
+    def backing_store(self, rid: int) -> tuple[memoryview, memoryview]:
+        """The region's sealed pages and their tags: untrusted memory the host (and a test
+        playing a hostile host) can read and write."""
+        out = ffi.new("uint64_t[4]")
+        _check(lib.epc_region_info(rid, out), "region info")
+        npages = out[2]
+        pages = ffi.buffer(ffi.cast("char *", out[0]), npages * PAGE)
+        tags = ffi.buffer(ffi.cast("char *", out[1]), npages * 16)
+        return memoryview(pages), memoryview(tags)
+
+    def page_states(self, rid: int, npages: int) -> list[str]:
+        out = ffi.new("uint8_t[]", npages)
+        _check(lib.epc_region_states(rid, out, npages), "region states")
+        return [PAGE_STATES[out[i]] for i in range(npages)]
+
+    def raw_stats(self) -> dict:
+        out = ffi.new("uint64_t[26]")
+        lib.epc_driver_stats(out)
+        d = dict(zip(STAT_FIELDS, (int(out[i]) for i in range(len(STAT_FIELDS)))))
+        d["trap"] = TRAP_NAMES.get(d["trap"], "none")
+        return d
+
+    def failure(self) -> tuple[bool, int, int]:
+        """``(dead, faulting thread id, page address)`` of the first failed ELDU."""
+        out = ffi.new("uint64_t[3]")
+        lib.epc_driver_failure(out)
+        return bool(out[0]), int(out[1]), int(out[2])
+
+    def stop(self) -> None:
+        """Join the driver's threads and restore the SIGSEGV handler.  Idempotent."""
+        if not self._stopped:
+            self._stopped = True
+            lib.epc_driver_stop()
