@@ -62,7 +62,7 @@ BAD_PAYLOAD = 2      # wrong kind, or a probe of the wrong size/shape
 
 # 1 MiB: a 512x512 grey image (the largest probe we accept) plus headers fits with room to spare.
 MAX_FRAME = 1 << 20
-MIN_REQUEST = REQ_HEAD.size + TAG_BYTES + PLAIN_HEAD.size
+MIN_REQUEST = REQ_HEAD.size + TAG_BYTES   # shorter cannot even hold a GCM tag
 
 REQUEST_AAD = b"FVQ1"
 REPLY_AAD = b"FVR1"
