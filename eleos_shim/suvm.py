@@ -19,7 +19,7 @@ from trusted import suvm as _trusted
 from trusted.suvm import SecureMemory, SPointer, Suvm, suvm_free
 from untrusted.backing_store import BackingStore
 
-__all__ = ["SecureMemory", "SPointer", "Suvm", "create", "install", "instance", "heap_factory",
+__all__ = ["SecureMemory", "SPointer", "Suvm", "create", "install", "install_default", "instance", "heap_factory",
            "suvm_malloc", "suvm_free", "stats", "BackingStore"]
 
 
@@ -52,10 +52,23 @@ def suvm_malloc(n: int) -> SPointer:
     return _trusted.default().malloc(n)
 
 
-def heap_factory(n: int, **kwargs) -> SecureMemory:
-    """An anonymous ``mmap.mmap(-1, n, ...)`` of the app, in SUVM.  Flags, prot and access do
-    not change anything for anonymous private memory in the enclave."""
-    return SecureMemory(n)
+def install_default(cfg: Config | None = None, cpu=None) -> Suvm:
+    """Build the enclave's SUVM from ``cfg`` and make it the default (the loader's entry).
+    ``cpu`` (eleos_shim.cpu.ModeledCPU) is charged an OCALL when the backing store grows."""
+    charge = int(getattr(cpu, "charge_fn", 0) or 0) if cpu is not None else 0
+    inst = create(cfg, charge_fn=charge)
+    install(inst)
+    return inst
+
+
+def heap_factory(inst: Suvm | None = None):
+    """The factory the LibOS calls for an app's anonymous ``mmap.mmap(-1, n, ...)`` under
+    ``ELEOS_MEMORY=suvm``: ``factory(n, **kw) -> SecureMemory(n)`` in ``inst`` (default: the
+    default instance).  Flags, prot and access change nothing for anonymous private memory in
+    the enclave, so they are accepted and ignored."""
+    def factory(n: int, **kwargs) -> SecureMemory:
+        return SecureMemory(n, suvm=inst)
+    return factory
 
 
 def stats() -> dict:
