@@ -1,0 +1,201 @@
+"""TRUSTED side: the LibOS's view of the host kernel (the enclave fd table and checked calls).
+
+Every routed call of the app ends here: :class:`Kernel` sends one ABI request through the
+transport (trusted/syscall.py: direct, ocall or rpc) and turns the reply into what CPython
+would have given the app: a value, or an ``OSError`` subclass with the same errno and filename.
+
+The host is hostile.  The transport already rejects generic lies (lengths above capacity,
+errnos out of range); this layer rejects the *semantic* ones, which need to know what the
+enclave did before: an fd the host hands back that is negative or already open in the enclave
+(the fd table below), a stat record whose mode names no file type.  Each raises
+:class:`eleos_shim.errors.IagoError` (fail-stop: the app never sees the lie).
+
+Socket fds are kept O_NONBLOCK in the host kernel (so no call on them can tie up an RPC
+worker); what the app believes about blocking lives here, per fd (``sock_blocking``), so that
+``os.read`` on a socket fd behaves as it would natively.
+"""
+from __future__ import annotations
+
+import errno as _errno
+import stat as _stat
+import struct
+import threading
+import time
+
+from eleos_shim import abi
+from eleos_shim.errors import IagoError
+
+AT_FDCWD = -100
+AT_SYMLINK_NOFOLLOW = 0x100
+AT_REMOVEDIR = 0x200
+O_CLOEXEC = 0o2000000
+O_NONBLOCK = 0o4000
+O_DIRECTORY = 0o200000
+F_GETFL, F_SETFL = 3, 4
+SOL_SOCKET = 1
+
+POLLIN, POLLPRI, POLLOUT, POLLERR, POLLHUP, POLLNVAL = 0x1, 0x2, 0x4, 0x8, 0x10, 0x20
+_POLLFD = struct.Struct("=ihh")
+
+STAT = struct.Struct(abi.STAT_FORMAT)
+# A file type the host may claim (S_IFMT values); anything else is a lie.
+_FILE_TYPES = frozenset({_stat.S_IFREG, _stat.S_IFDIR, _stat.S_IFCHR, _stat.S_IFBLK,
+                         _stat.S_IFIFO, _stat.S_IFLNK, _stat.S_IFSOCK})
+_NS = 1_000_000_000
+
+# How large one staged transfer may be; a longer read is a short read (POSIX allows it),
+# a longer write is a short write that the buffered layers above finish.
+MAX_IO = 64 << 20
+
+
+def _strerror(err: int) -> str:
+    import os  # the real module: strerror is a pure libc string lookup, no syscall
+    return os.strerror(err)
+
+
+def oserror(err: int, filename=None, filename2=None) -> OSError:
+    """The exception CPython raises for ``err`` (the errno picks the subclass)."""
+    if filename2 is not None:
+        return OSError(err, _strerror(err), filename, None, filename2)
+    if filename is not None:
+        return OSError(err, _strerror(err), filename)
+    return OSError(err, _strerror(err))
+
+
+def timeout_error() -> TimeoutError:
+    # CPython's socket.timeout is TimeoutError('timed out'), no errno.
+    return TimeoutError("timed out")
+
+
+def stat_result(raw: bytes, what: str):
+    """Build ``os.stat_result`` from a host ``struct eleos_stat`` exactly as CPython's
+    ``_pystat_fromstructstat`` does (int, float and ns times; blksize, blocks, rdev)."""
+    import os
+    if len(raw) != STAT.size:
+        raise IagoError(f"host returned a {len(raw)}-byte stat record for {what}, "
+                        f"expected {STAT.size}")
+    (dev, ino, nlink, mode, uid, gid, rdev, size, blksize, blocks,
+     atime_ns, mtime_ns, ctime_ns) = STAT.unpack(raw)
+    if mode > 0o177777 or _stat.S_IFMT(mode) not in _FILE_TYPES:
+        raise IagoError(f"host returned an impossible file mode {mode:#o} for {what}")
+    if size >= 1 << 63 or nlink >= 1 << 63:
+        raise IagoError(f"host returned an impossible size/link count for {what}")
+    times_i, times_f = [], []
+    for ns in (atime_ns, mtime_ns, ctime_ns):
+        sec, nsec = divmod(ns, _NS)
+        times_i.append(sec)
+        times_f.append(sec + nsec * 1e-9)
+    return os.stat_result((mode, ino, dev, nlink, uid, gid, size, *times_i, *times_f,
+                           atime_ns, mtime_ns, ctime_ns, blksize, blocks, rdev))
+
+
+class Kernel:
+    """Checked syscalls over a transport, plus the enclave's fd table.
+
+    The fd table holds 0, 1, 2 and every fd the shim obtained from the host and has not closed.
+    An fd is removed *before* its CLOSE is sent, so a concurrent open that gets the same number
+    back from the host is never mistaken for a lie.
+    """
+
+    def __init__(self, transport):
+        self.transport = transport
+        self._call = transport.call
+        self._lock = threading.Lock()
+        self.fds: set[int] = {0, 1, 2}
+        self.sock_blocking: dict[int, bool] = {}   # socket fd -> would it block natively
+
+    # -- the fd table --------------------------------------------------------------------------
+    def adopt_fd(self, fd: int, what: str) -> int:
+        """Record an fd the host just created; reject impossible ones (Iago)."""
+        if fd < 0 or fd >= 1 << 31:
+            raise IagoError(f"host returned an impossible fd {fd} for {what}")
+        with self._lock:
+            if fd in self.fds:
+                raise IagoError(f"host returned fd {fd} for {what}, but the enclave already "
+                                f"has fd {fd} open")
+            self.fds.add(fd)
+        return fd
+
+    def forget_fd(self, fd: int) -> None:
+        with self._lock:
+            self.fds.discard(fd)
+            self.sock_blocking.pop(fd, None)
+
+    # -- calls ----------------------------------------------------------------------------------
+    def call(self, op, *args, **kw):
+        return self._call(op, *args, **kw)
+
+    def check(self, op, *args, filename=None, filename2=None, **kw):
+        """Run ``op``; raise the matching OSError on failure, retrying EINTR (PEP 475)."""
+        while True:
+            r = self._call(op, *args, **kw)
+            if r.ret >= 0:
+                return r
+            if r.ret != -_errno.EINTR:
+                raise oserror(-r.ret, filename, filename2)
+
+    def close(self, fd: int) -> None:
+        self.forget_fd(fd)
+        r = self._call(abi.OP_CLOSE, fd)
+        # Linux frees the fd even when close reports EINTR; never retry a close.
+        if r.ret < 0 and r.ret != -_errno.EINTR:
+            raise oserror(-r.ret)
+
+    def fstat(self, fd: int, filename=None):
+        r = self.check(abi.OP_FSTAT, fd, outcap=STAT.size, filename=filename)
+        return stat_result(r.out, f"fstat({fd})")
+
+    # -- waiting on a non-blocking socket fd ---------------------------------------------------
+    def wait_fd(self, fd: int, events: int, deadline: float | None) -> bool:
+        """Wait (as an OCALL: it may take long) until ``fd`` has ``events``; False on timeout.
+
+        ``deadline`` is a time.monotonic() value, or None for no limit."""
+        pfd = _POLLFD.pack(fd, events, 0)
+        while True:
+            if deadline is None:
+                ms = -1
+            else:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                ms = max(1, int(-(-remaining * 1000 // 1)))   # round up, as CPython does
+            r = self._call(abi.OP_POLL, 1, ms, inbuf=pfd, outcap=_POLLFD.size, wait=True)
+            if r.ret == -_errno.EINTR:
+                continue
+            if r.ret < 0:
+                raise oserror(-r.ret)
+            if r.ret > 1 or len(r.out) != _POLLFD.size:
+                raise IagoError(f"host returned {r.ret} ready fds for a poll of one fd")
+            rfd, rev, revents = _POLLFD.unpack(r.out)
+            if rfd != fd or rev != events or revents & ~(events | POLLERR | POLLHUP | POLLNVAL):
+                raise IagoError(f"host's poll reply for fd {fd} names fd {rfd} with "
+                                f"events {revents:#x} (asked {events:#x})")
+            if r.ret == 1 and revents == 0:
+                raise IagoError("host's poll counted a ready fd without events")
+            if r.ret == 0:
+                if revents:
+                    raise IagoError("host's poll reported events on a timed-out wait")
+                if deadline is not None:
+                    continue   # re-check the clock; poll's ms may have rounded down
+                continue
+            return True
+
+    def blocking_io(self, fd: int, events: int, attempt, timeout: float | None):
+        """The socket rule: try ``attempt()`` (which returns a Reply, sent wait=False) and,
+        while it reports EAGAIN and the app's view is blocking (timeout None) or has a timeout,
+        wait through an OCALL and retry.  Returns the successful Reply; raises BlockingIOError
+        (timeout 0), TimeoutError('timed out') or the OSError of the failure."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            r = attempt()
+            ret = r.ret
+            if ret >= 0:
+                return r
+            if ret == -_errno.EINTR:
+                continue
+            if ret != -_errno.EAGAIN:
+                raise oserror(-ret)
+            if timeout == 0:
+                raise oserror(_errno.EAGAIN)
+            if not self.wait_fd(fd, events, deadline):
+                raise timeout_error()

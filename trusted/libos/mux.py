@@ -1,0 +1,298 @@
+"""TRUSTED side: ``select.select``, ``select.poll`` and ``select.epoll``, routed.
+
+All three wait in the host (OP_POLL / OP_EPOLL_WAIT).  A wait that may last (a timeout other
+than 0) is sent with ``wait=True``: it always leaves the enclave as an OCALL, so it never ties
+up an RPC worker; a zero-timeout check is an ordinary (RPC-able) call.
+
+What comes back is checked as hostile: a ready fd the enclave never asked about, a pollfd
+array reordered or resized, events that were not asked for (beyond ERR/HUP/NVAL, which the
+kernel always may report), more events than ``maxevents``: each raises IagoError.
+"""
+from __future__ import annotations
+
+import errno as _errno
+import math
+import select as _select
+import struct
+import threading
+import time
+
+from eleos_shim import abi
+from eleos_shim.errors import IagoError
+from trusted.libos._kernel import (POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT, POLLPRI,
+                                   Kernel, oserror)
+from trusted.libos.fs import _fildes
+
+_POLLFD = struct.Struct("=ihh")
+_EPOLL_EVENT = struct.Struct("=IQ")      # packed on x86_64
+FD_SETSIZE = 1024
+EPOLL_CLOEXEC = 0o2000000
+EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLL_CTL_MOD = 1, 2, 3
+EPOLLERR, EPOLLHUP = _select.EPOLLERR, _select.EPOLLHUP
+# Input-only epoll flags: they shape delivery and are never reported back.
+_EPOLL_INPUT_ONLY = (_select.EPOLLET | _select.EPOLLONESHOT | getattr(_select, "EPOLLEXCLUSIVE", 0)
+                     | (1 << 29))   # EPOLLWAKEUP
+_READ_SET = POLLIN | POLLHUP | POLLERR      # the kernel's select(): what makes an fd readable
+_WRITE_SET = POLLOUT | POLLERR
+_EXCEPT_SET = POLLPRI
+
+
+def _ms_from_seconds(timeout) -> int:
+    """Seconds (None: forever) to poll()'s milliseconds, rounding up as CPython does."""
+    if timeout is None:
+        return -1
+    return int(math.ceil(timeout * 1000))
+
+
+def poll_fds(kernel: Kernel, fds: list[tuple[int, int]], timeout_ms: int):
+    """One OP_POLL over (fd, events) pairs; returns (count, [revents per entry]), checked."""
+    inbuf = b"".join(_POLLFD.pack(fd, ev, 0) for fd, ev in fds)
+    r = kernel.call(abi.OP_POLL, len(fds), timeout_ms, inbuf=inbuf, outcap=len(inbuf),
+                    wait=timeout_ms != 0)
+    if r.ret < 0:
+        return r.ret, None
+    if len(r.out) != len(inbuf) or r.ret > len(fds):
+        raise IagoError(f"host's poll reply holds {len(r.out)} bytes and {r.ret} ready fds "
+                        f"for {len(fds)} fds")
+    revents, ready = [], 0
+    for i, (fd, ev) in enumerate(fds):
+        rfd, rev, rr = _POLLFD.unpack_from(r.out, i * _POLLFD.size)
+        if rfd != fd or rev != (ev if ev < 0x8000 else ev - 0x10000):
+            raise IagoError(f"host's poll reply rewrote entry {i} (fd {fd} -> {rfd})")
+        rr &= 0xFFFF
+        if fd < 0:
+            if rr:
+                raise IagoError(f"host's poll reports events on ignored entry {i}")
+        elif rr & ~((ev & 0xFFFF) | POLLERR | POLLHUP | POLLNVAL):
+            raise IagoError(f"host's poll reports events {rr:#x} on fd {fd}, which asked "
+                            f"only for {ev:#x}")
+        ready += rr != 0
+        revents.append(rr)
+    if ready != r.ret:
+        raise IagoError(f"host's poll says {r.ret} fds are ready but marks {ready}")
+    return r.ret, revents
+
+
+class Select:
+    """``select.select``: a callable object, not a function, so that a class attribute holding
+    it (``selectors.SelectSelector._select``) is not turned into a bound method."""
+
+    def __init__(self, kernel: Kernel):
+        self.kernel = kernel
+        self.__name__ = "select"
+        self.__doc__ = _select.select.__doc__
+
+    def __repr__(self):
+        return "<built-in function select (eleos-shim)>"
+
+    def __call__(self, rlist, wlist, xlist, timeout=None, /):
+        if timeout is not None:
+            if not isinstance(timeout, (int, float)):
+                raise TypeError("timeout must be a float or None")
+            if timeout < 0:
+                raise ValueError("timeout must be non-negative")
+        lists = []
+        for seq in (rlist, wlist, xlist):
+            try:
+                items = list(seq)
+            except TypeError:
+                raise TypeError("arguments 1-3 must be sequences") from None
+            entries = []
+            for obj in items:
+                fd = _fildes(obj)
+                if fd >= FD_SETSIZE:
+                    raise ValueError("filedescriptor out of range in select()")
+                entries.append((obj, fd))
+            lists.append(entries)
+        events: dict[int, int] = {}
+        for bit, entries in zip((POLLIN, POLLOUT, POLLPRI), lists):
+            for _, fd in entries:
+                events[fd] = events.get(fd, 0) | bit
+        fds = list(events.items())
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            ms = -1 if deadline is None else \
+                max(0, _ms_from_seconds(deadline - time.monotonic()))
+            n, revents = poll_fds(self.kernel, fds, ms)
+            if n == -_errno.EINTR:
+                continue
+            if n < 0:
+                raise oserror(-n)
+            break
+        got = {fd: rr for (fd, _), rr in zip(fds, revents)}
+        if any(rr & POLLNVAL for rr in got.values()):
+            raise oserror(_errno.EBADF)           # as the kernel's select() on a closed fd
+        out = []
+        for want, entries in zip((_READ_SET, _WRITE_SET, _EXCEPT_SET), lists):
+            out.append([obj for obj, fd in entries if got[fd] & want])
+        return tuple(out)
+
+
+class Poll:
+    """``select.poll()`` objects."""
+
+    def __init__(self, kernel: Kernel):
+        self._k = kernel
+        self._fds: dict[int, int] = {}
+        self._busy = threading.Lock()
+
+    def register(self, fd, eventmask=POLLIN | POLLPRI | POLLOUT, /):
+        fd = _fildes(fd)
+        if not 0 <= eventmask <= 0xFFFF:
+            raise OverflowError("Python int too large for C unsigned short")
+        self._fds[fd] = eventmask
+
+    def modify(self, fd, eventmask, /):
+        fd = _fildes(fd)
+        if fd not in self._fds:
+            raise oserror(_errno.ENOENT)
+        if not 0 <= eventmask <= 0xFFFF:
+            raise OverflowError("Python int too large for C unsigned short")
+        self._fds[fd] = eventmask
+
+    def unregister(self, fd, /):
+        fd = _fildes(fd)
+        if fd not in self._fds:
+            raise KeyError(fd)
+        del self._fds[fd]
+
+    def poll(self, timeout=None, /):
+        if timeout is None:
+            ms = -1
+        else:
+            if not isinstance(timeout, (int, float)):
+                raise TypeError("Timeout must be an integer or None")
+            ms = -1 if timeout < 0 else int(math.ceil(timeout))
+        if not self._busy.acquire(blocking=False):
+            raise RuntimeError("concurrent poll() invocation")
+        try:
+            fds = [(fd, ev if ev < 0x8000 else ev - 0x10000) for fd, ev in self._fds.items()]
+            deadline = None if ms < 0 else time.monotonic() + ms / 1000
+            while True:
+                n, revents = poll_fds(self._k, fds, ms)
+                if n == -_errno.EINTR:
+                    if deadline is not None:
+                        ms = max(0, int(math.ceil((deadline - time.monotonic()) * 1000)))
+                    continue
+                if n < 0:
+                    raise oserror(-n)
+                return [(fd, rr) for (fd, _), rr in zip(fds, revents) if rr]
+        finally:
+            self._busy.release()
+
+
+class Epoll:
+    """``select.epoll`` objects over a host epoll fd (``data.u64`` carries the fd)."""
+
+    _k: Kernel
+
+    def __init__(self, sizehint=-1, flags=0):
+        if sizehint == 0 or sizehint < -1:
+            raise ValueError("negative sizehint")
+        r = self._k.check(abi.OP_EPOLL_CREATE, EPOLL_CLOEXEC)
+        self._epfd = self._k.adopt_fd(r.ret, "epoll_create")
+        self._registered: dict[int, int] | None = {}
+
+    @classmethod
+    def fromfd(cls, fd, /):
+        self = cls.__new__(cls)
+        self._epfd = fd
+        self._registered = None      # registrations made elsewhere: only fd >= 0 is checkable
+        return self
+
+    def _check_open(self) -> int:
+        if self._epfd < 0:
+            raise ValueError("I/O operation on closed epoll object")
+        return self._epfd
+
+    @property
+    def closed(self) -> bool:
+        return self._epfd < 0
+
+    def fileno(self) -> int:
+        return self._check_open()
+
+    def close(self) -> None:
+        if self._epfd >= 0:
+            fd, self._epfd = self._epfd, -1
+            self._k.close(fd)
+
+    def __enter__(self):
+        self._check_open()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        if getattr(self, "_epfd", -1) >= 0:
+            try:
+                self.close()
+            except Exception:   # noqa: BLE001 - a finalizer must not raise
+                pass
+
+    def _ctl(self, op, fd, eventmask):
+        epfd = self._check_open()
+        fd = _fildes(fd)
+        self._k.check(abi.OP_EPOLL_CTL, epfd, op, fd, eventmask & 0xFFFFFFFF)
+        return fd
+
+    def register(self, fd, eventmask=_select.EPOLLIN | _select.EPOLLPRI | _select.EPOLLOUT):
+        fd = self._ctl(EPOLL_CTL_ADD, fd, eventmask)
+        if self._registered is not None:
+            self._registered[fd] = eventmask & 0xFFFFFFFF
+
+    def modify(self, fd, eventmask):
+        fd = self._ctl(EPOLL_CTL_MOD, fd, eventmask)
+        if self._registered is not None:
+            self._registered[fd] = eventmask & 0xFFFFFFFF
+
+    def unregister(self, fd):
+        fd = self._ctl(EPOLL_CTL_DEL, fd, 0)
+        if self._registered is not None:
+            self._registered.pop(fd, None)
+
+    def poll(self, timeout=None, maxevents=-1):
+        epfd = self._check_open()
+        if timeout is None or timeout < 0:
+            ms = -1
+        else:
+            ms = _ms_from_seconds(timeout)
+        if maxevents == -1:
+            maxevents = FD_SETSIZE - 1
+        elif maxevents < 1:
+            raise ValueError(f"maxevents must be greater than 0, got {maxevents}")
+        deadline = None if ms < 0 else time.monotonic() + ms / 1000
+        cap = maxevents * _EPOLL_EVENT.size
+        while True:
+            r = self._k.call(abi.OP_EPOLL_WAIT, epfd, maxevents, ms, outcap=cap,
+                             wait=ms != 0)
+            if r.ret == -_errno.EINTR:
+                if deadline is not None:
+                    ms = max(0, _ms_from_seconds(deadline - time.monotonic()))
+                continue
+            if r.ret < 0:
+                raise oserror(-r.ret)
+            break
+        if r.ret > maxevents or len(r.out) != r.ret * _EPOLL_EVENT.size:
+            raise IagoError(f"host's epoll_wait returned {r.ret} events in {len(r.out)} "
+                            f"bytes (maxevents {maxevents})")
+        out = []
+        for i in range(r.ret):
+            events, data = _EPOLL_EVENT.unpack_from(r.out, i * _EPOLL_EVENT.size)
+            if data >= 1 << 31:
+                raise IagoError(f"host's epoll_wait names an impossible fd {data}")
+            if self._registered is not None:
+                mask = self._registered.get(data)
+                if mask is None:
+                    raise IagoError(f"host's epoll_wait reports fd {data}, which was never "
+                                    f"registered")
+                if events & ~((mask & ~_EPOLL_INPUT_ONLY) | EPOLLERR | EPOLLHUP):
+                    raise IagoError(f"host's epoll_wait reports events {events:#x} on fd "
+                                    f"{data}, registered for {mask:#x}")
+            out.append((data, events))
+        return out
+
+
+def epoll_class(kernel: Kernel):
+    return type("epoll", (Epoll,), {"_k": kernel, "__module__": "select"})

@@ -1,0 +1,591 @@
+"""TRUSTED side: the app's sockets, routed through the transport.
+
+:class:`EnclaveSocket` is a subclass of ``socket.socket`` (so ``isinstance`` holds and the
+stdlib's Python-level helpers - ``makefile``, ``sendfile``, ``__repr__``, context managers -
+are inherited) whose every syscall is an ABI request.  The C base object is never given the
+fd: it stays at -1, so nothing can reach the kernel behind the shim's back.
+
+The blocking rule (issue 3, item 4): the host fd is always O_NONBLOCK; the app's blocking mode
+and timeout live in the socket object.  An operation is tried non-blocking (cheap, RPC-able);
+only if it would block and the app's socket may block does the thread wait, with OP_POLL as an
+OCALL (``wait=True``), and retry.  So no RPC worker is ever tied up by a blocking socket.
+
+Socket addresses cross the boundary as raw ``struct sockaddr_*`` bytes, built and parsed here
+as CPython's ``getsockaddrarg``/``makesockaddr`` do; a reply of the wrong family or length is
+an Iago attack.  Host names are resolved by OP_GETADDRINFO, whose records this module parses.
+"""
+from __future__ import annotations
+
+import _socket
+import errno as _errno
+import operator
+import os as _os
+import socket as _socketmod
+import struct
+import time
+
+from eleos_shim import abi
+from eleos_shim.errors import IagoError
+from trusted.libos._kernel import (F_GETFL, F_SETFL, MAX_IO, O_NONBLOCK, POLLIN, POLLOUT,
+                                   SOL_SOCKET, Kernel, oserror, timeout_error)
+
+AF_UNIX, AF_INET, AF_INET6 = _socket.AF_UNIX, _socket.AF_INET, _socket.AF_INET6
+SOCK_NONBLOCK, SOCK_CLOEXEC = _socket.SOCK_NONBLOCK, _socket.SOCK_CLOEXEC
+SO_TYPE, SO_ERROR, SO_PROTOCOL, SO_DOMAIN = 3, 4, 38, 39
+SOCKADDR_MAX = 128          # sizeof(struct sockaddr_storage)
+SUN_PATH_MAX = 108          # sizeof(sockaddr_un.sun_path)
+GAI_BUF = 64 << 10          # room for getaddrinfo records (a few dozen addresses)
+EAI_NONAME = _socket.EAI_NONAME
+_GAI_HEAD = struct.Struct("=iiiiI")   # family, socktype, protocol, addrlen, canonname length
+_ADDR_LEN = {AF_INET: 16, AF_INET6: 28}
+
+_RealSocket = _socketmod.socket         # the stdlib class, saved before anything is patched
+_intenum = _socketmod._intenum_converter
+
+
+# -- socket addresses ---------------------------------------------------------------------------
+def _idna(host, func) -> bytes:
+    if isinstance(host, str):
+        try:
+            return host.encode("ascii")
+        except UnicodeEncodeError:
+            return host.encode("idna")
+    if isinstance(host, (bytes, bytearray)):
+        return bytes(host)
+    raise TypeError(f"str, bytes or bytearray expected, not {type(host).__name__}")
+
+
+def decode_sockaddr(family: int, raw: bytes, what: str):
+    """The Python address for a host-returned sockaddr (None when empty), checked."""
+    if not raw:
+        return None
+    if len(raw) < 2:
+        raise IagoError(f"host returned a {len(raw)}-byte socket address for {what}")
+    fam = struct.unpack_from("=H", raw)[0]
+    if fam != family:
+        raise IagoError(f"host returned a family-{fam} address for a family-{family} socket "
+                        f"({what})")
+    if fam == AF_INET:
+        if len(raw) != 16:
+            raise IagoError(f"host returned a {len(raw)}-byte sockaddr_in for {what}")
+        return (_socket.inet_ntop(AF_INET, raw[4:8]), struct.unpack_from("!H", raw, 2)[0])
+    if fam == AF_INET6:
+        if len(raw) != 28:
+            raise IagoError(f"host returned a {len(raw)}-byte sockaddr_in6 for {what}")
+        port, flow = struct.unpack_from("!HI", raw, 2)
+        scope = struct.unpack_from("=I", raw, 24)[0]
+        return (_socket.inet_ntop(AF_INET6, raw[8:24]), port, flow, scope)
+    if fam == AF_UNIX:
+        if len(raw) > 2 + SUN_PATH_MAX:
+            raise IagoError(f"host returned a {len(raw)}-byte sockaddr_un for {what}")
+        path = raw[2:]
+        if path[:1] == b"\0":
+            return path                        # Linux abstract namespace: bytes, as CPython
+        return _os.fsdecode(path.split(b"\0", 1)[0])
+    return (fam, raw[2:])
+
+
+class Resolver:
+    """``getaddrinfo`` over OP_GETADDRINFO, and address encoding that needs it."""
+
+    def __init__(self, kernel: Kernel):
+        self.kernel = kernel
+
+    def getaddrinfo(self, host, port, family=0, type=0, proto=0, flags=0):
+        if host is None:
+            h = b""
+        elif isinstance(host, (str, bytes, bytearray)):
+            h = _idna(host, "getaddrinfo")
+            if not h:
+                # The wire format spells "no host" as an empty string; glibc answers a real
+                # empty host with EAI_NONAME, so give the app that without asking.
+                raise _socketmod.gaierror(EAI_NONAME, "Name or service not known")
+        else:
+            raise TypeError("getaddrinfo() argument 1 must be string or None")
+        if port is None:
+            p = b""
+        elif isinstance(port, int):
+            p = str(port).encode()
+        elif isinstance(port, str):
+            p = port.encode("utf-8")
+        elif isinstance(port, bytes):
+            p = port
+        else:
+            raise OSError("Int or String expected")
+        if b"\0" in h or b"\0" in p:
+            raise ValueError("embedded null character")
+        fam, typ, pro, fl = (operator.index(family), operator.index(type),
+                             operator.index(proto), operator.index(flags))
+        r = self.kernel.check(abi.OP_GETADDRINFO, fam, typ, pro, fl, 0, 0,
+                              inbuf=h + b"\0" + p + b"\0", out2cap=GAI_BUF)
+        if r.args[5]:
+            code = r.args[5]
+            if not -200 < code < 0 or r.ret != 0:
+                raise IagoError(f"host returned getaddrinfo error code {code}")
+            raise _socketmod.gaierror(code, r.out2.decode("utf-8", "replace"))
+        return self._parse(r.ret, r.out2)
+
+    @staticmethod
+    def _parse(count: int, data: bytes) -> list:
+        out, pos = [], 0
+        for _ in range(count):
+            if pos + _GAI_HEAD.size > len(data):
+                raise IagoError("host's getaddrinfo records overrun their buffer")
+            fam, typ, proto, alen, clen = _GAI_HEAD.unpack_from(data, pos)
+            pos += _GAI_HEAD.size
+            if fam in _ADDR_LEN and alen != _ADDR_LEN[fam] or not 2 <= alen <= SOCKADDR_MAX:
+                raise IagoError(f"host's getaddrinfo record has a {alen}-byte address of "
+                                f"family {fam}")
+            if pos + alen + clen > len(data):
+                raise IagoError("host's getaddrinfo record overruns its buffer")
+            addr = decode_sockaddr(fam, data[pos:pos + alen], "getaddrinfo")
+            pos += alen
+            canon = data[pos:pos + clen].decode("utf-8", "surrogateescape")
+            pos += clen
+            out.append((_intenum(fam, _socketmod.AddressFamily),
+                        _intenum(typ, _socketmod.SocketKind), proto, canon, addr))
+        if pos != len(data) or (count == 0 and data):
+            raise IagoError(f"host's getaddrinfo reply has {len(data) - pos} stray bytes")
+        if count == 0:
+            raise IagoError("host's getaddrinfo reported success with no address")
+        return out
+
+    def _resolve(self, host: bytes, family: int) -> bytes:
+        """A sockaddr for a host name that is not a numeric address (port filled in later)."""
+        r = self.kernel.check(abi.OP_GETADDRINFO, family, 0, 0, 0, 0, 0,
+                              inbuf=host + b"\0\0", out2cap=GAI_BUF)
+        if r.args[5]:
+            raise _socketmod.gaierror(r.args[5], r.out2.decode("utf-8", "replace"))
+        records = self._parse(r.ret, r.out2)
+        fam, _t, _p, _c, addr = records[0]
+        if fam != family:
+            raise IagoError(f"host resolved {host!r} to family {fam}, asked {family}")
+        return _socket.inet_pton(family, addr[0])
+
+    def encode(self, family: int, address, func: str) -> bytes:
+        """CPython's getsockaddrarg: the raw sockaddr for ``address``."""
+        if family == AF_UNIX:
+            path = _os.fsencode(address) if not isinstance(address, (bytes, bytearray)) \
+                else bytes(address)
+            if not path or path[:1] == b"\0":
+                if len(path) > SUN_PATH_MAX:
+                    raise OSError("AF_UNIX path too long")
+                return struct.pack("=H", AF_UNIX) + path
+            if len(path) >= SUN_PATH_MAX:
+                raise OSError("AF_UNIX path too long")
+            return struct.pack("=H", AF_UNIX) + path + b"\0"
+        if family == AF_INET:
+            if not isinstance(address, tuple):
+                raise TypeError(f"{func}(): AF_INET address must be tuple, not "
+                                f"{type(address).__name__}")
+            if len(address) != 2:
+                raise TypeError("AF_INET address must be a pair (host, port)")
+            host, port = address
+            h = _idna(host, func)
+            port = operator.index(port)
+            if not 0 <= port <= 0xFFFF:
+                raise OverflowError(f"{func}(): port must be 0-65535.")
+            if h == b"":
+                packed = b"\0\0\0\0"
+            elif h in (b"<broadcast>", b"255.255.255.255"):
+                packed = b"\xff\xff\xff\xff"
+            else:
+                try:
+                    packed = _socket.inet_pton(AF_INET, h.decode("ascii"))
+                except (OSError, UnicodeDecodeError):
+                    packed = self._resolve(h, AF_INET)
+            return struct.pack("=H", AF_INET) + struct.pack("!H", port) + packed + bytes(8)
+        if family == AF_INET6:
+            if not isinstance(address, tuple):
+                raise TypeError(f"{func}(): AF_INET6 address must be tuple, not "
+                                f"{type(address).__name__}")
+            if not 2 <= len(address) <= 4:
+                raise TypeError("AF_INET6 address must be a tuple (host, port[, flowinfo[, "
+                                "scopeid]])")
+            host, port = address[0], operator.index(address[1])
+            flow = operator.index(address[2]) if len(address) > 2 else 0
+            scope = operator.index(address[3]) if len(address) > 3 else 0
+            if not 0 <= port <= 0xFFFF:
+                raise OverflowError(f"{func}(): port must be 0-65535.")
+            if not 0 <= flow <= 0xFFFFF:
+                raise OverflowError(f"{func}(): flowinfo must be 0-1048575.")
+            h = _idna(host, func)
+            if h == b"":
+                packed = bytes(16)
+            else:
+                try:
+                    packed = _socket.inet_pton(AF_INET6, h.decode("ascii"))
+                except (OSError, UnicodeDecodeError):
+                    packed = self._resolve(h, AF_INET6)
+            return (struct.pack("=H", AF_INET6) + struct.pack("!HI", port, flow) + packed +
+                    struct.pack("=I", scope))
+        if isinstance(address, (bytes, bytearray)):
+            return struct.pack("=H", family) + bytes(address)
+        raise OSError(_errno.EAFNOSUPPORT, f"{func}(): bad family")
+
+
+class EnclaveSocket(_RealSocket):
+    """``socket.socket`` inside the enclave.  Subclassed per LibOS with ``_k``/``_res`` set."""
+    __slots__ = ("_fd", "_family", "_stype", "_proto", "_timeout")
+    _k: Kernel
+    _res: Resolver
+
+    def __init__(self, family=-1, type=-1, proto=-1, fileno=None):
+        # Not _socket.socket.__init__: the C object must never hold the real fd.
+        self._io_refs = 0
+        self._closed = False
+        self._fd = -1
+        k = self._k
+        family, type, proto = (operator.index(family), operator.index(type),
+                               operator.index(proto))
+        if fileno is None:
+            family = AF_INET if family == -1 else family
+            type = _socket.SOCK_STREAM if type == -1 else type
+            proto = 0 if proto == -1 else proto
+            r = k.check(abi.OP_SOCKET, family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, proto)
+            fd = k.adopt_fd(r.ret, "socket")
+        else:
+            fd = operator.index(fileno)
+            if fd < 0:
+                raise ValueError("negative file descriptor")
+            if family == -1:
+                family = self._getopt_int(fd, SO_DOMAIN)
+            if type == -1:
+                type = self._getopt_int(fd, SO_TYPE)
+            if proto == -1:
+                proto = self._getopt_int(fd, SO_PROTOCOL)
+            fl = k.check(abi.OP_FCNTL, fd, F_GETFL, 0).ret
+            if not fl & O_NONBLOCK:
+                k.check(abi.OP_FCNTL, fd, F_SETFL, fl | O_NONBLOCK)
+            with k._lock:
+                k.fds.add(fd)          # an fd the app handed us: the enclave's from now on
+        self._init_fd(fd, family, type, proto)
+
+    def _init_fd(self, fd, family, type, proto):
+        self._fd, self._family, self._proto = fd, family, proto
+        self._stype = type & ~(SOCK_NONBLOCK | SOCK_CLOEXEC)
+        self._timeout = 0.0 if type & SOCK_NONBLOCK else _socket.getdefaulttimeout()
+        self._k.sock_blocking[fd] = self._timeout is None
+
+    @classmethod
+    def _from_new_fd(cls, fd, family, type, proto):
+        """A socket for an fd the host just created (already O_NONBLOCK, in the fd table)."""
+        s = cls.__new__(cls)
+        s._io_refs = 0
+        s._closed = False
+        s._init_fd(fd, family, type, proto)
+        return s
+
+    def _getopt_int(self, fd, name):
+        r = self._k.check(abi.OP_GETSOCKOPT, fd, SOL_SOCKET, name, 4, outcap=4)
+        return int.from_bytes(r.out.ljust(4, b"\0"), "little", signed=True)
+
+    # -- identity ------------------------------------------------------------------------------
+    @property
+    def family(self):
+        return _intenum(self._family, _socketmod.AddressFamily)
+
+    @property
+    def type(self):
+        return _intenum(self._stype, _socketmod.SocketKind)
+
+    @property
+    def proto(self):
+        return self._proto
+
+    def fileno(self):
+        return self._fd
+
+    # -- blocking mode and timeout (enclave state; the host fd stays O_NONBLOCK) ----------
+    @property
+    def timeout(self):
+        return self._timeout
+
+    def gettimeout(self):
+        return self._timeout
+
+    def settimeout(self, value):
+        if value is not None:
+            if not isinstance(value, (int, float)):
+                raise TypeError("Timeout value must be int, float or None")
+            value = float(value)
+            if value < 0:
+                raise ValueError("Timeout value out of range")
+        if self._fd < 0:
+            raise oserror(_errno.EBADF)
+        self._timeout = value
+        self._k.sock_blocking[self._fd] = value is None
+
+    def setblocking(self, flag):
+        self.settimeout(None if flag else 0.0)
+
+    def getblocking(self):
+        return self._timeout != 0.0
+
+    # -- the blocking rule ---------------------------------------------------------------------
+    def _io(self, events, attempt, deadline=None):
+        fd = self._fd
+        if fd < 0:
+            raise oserror(_errno.EBADF)
+        timeout = self._timeout
+        if deadline is not None:
+            timeout = max(0.0, deadline - time.monotonic())
+            if timeout == 0.0:
+                raise timeout_error()
+        return self._k.blocking_io(fd, events, attempt, timeout)
+
+    # -- calls --------------------------------------------------------------------------------
+    def bind(self, address):
+        raw = self._res.encode(self._family, address, "bind")
+        self._k.check(abi.OP_BIND, self._fd, inbuf=raw)
+
+    def listen(self, backlog=min(_socket.SOMAXCONN, 128)):
+        self._k.check(abi.OP_LISTEN, self._fd, max(0, operator.index(backlog)))
+
+    def accept(self):
+        fd = self._fd
+        r = self._io(POLLIN, lambda: self._k.call(abi.OP_ACCEPT4, fd, SOCK_NONBLOCK |
+                                                  SOCK_CLOEXEC, outcap=SOCKADDR_MAX))
+        newfd = self._k.adopt_fd(r.ret, "accept")
+        try:
+            addr = decode_sockaddr(self._family, r.out, "accept")
+        except IagoError:
+            self._k.forget_fd(newfd)
+            raise
+        sock = self._from_new_fd(newfd, self._family, self._stype, self._proto)
+        return sock, addr
+
+    def _connect(self, address) -> int:
+        """0 or the errno of a failed connect; raises TimeoutError-as-EWOULDBLOCK via -1."""
+        raw = self._res.encode(self._family, address, "connect")
+        fd, k = self._fd, self._k
+        if fd < 0:
+            return _errno.EBADF
+        r = k.call(abi.OP_CONNECT, fd, inbuf=raw)
+        if r.ret >= 0:
+            return 0
+        err = -r.ret
+        if err not in (_errno.EINPROGRESS, _errno.EINTR):
+            return err
+        if self._timeout == 0.0:
+            return err
+        deadline = None if self._timeout is None else time.monotonic() + self._timeout
+        if not k.wait_fd(fd, POLLOUT, deadline):
+            return -1
+        return self._getopt_int(fd, SO_ERROR)
+
+    def connect(self, address):
+        err = self._connect(address)
+        if err == -1:
+            raise timeout_error()
+        if err:
+            raise oserror(err)
+
+    def connect_ex(self, address):
+        err = self._connect(address)
+        return _errno.EWOULDBLOCK if err == -1 else err
+
+    def send(self, data, flags=0):
+        m = memoryview(data).cast("B")
+        if len(m) > MAX_IO:
+            m = m[:MAX_IO]
+        fd, call = self._fd, self._k.call
+        return self._io(POLLOUT, lambda: call(abi.OP_SENDTO, fd, flags, inbuf=m)).ret
+
+    def sendall(self, data, flags=0):
+        m = memoryview(data).cast("B")
+        fd, call = self._fd, self._k.call
+        deadline = None if not self._timeout else time.monotonic() + self._timeout
+        while True:
+            chunk = m[:MAX_IO]
+            n = self._io(POLLOUT, lambda: call(abi.OP_SENDTO, fd, flags, inbuf=chunk),
+                         deadline).ret
+            m = m[n:]
+            if not len(m):
+                return None
+
+    def sendto(self, data, flags_or_addr, addr=None, /):
+        if addr is None:
+            flags, address = 0, flags_or_addr
+        else:
+            flags, address = operator.index(flags_or_addr), addr
+        raw = self._res.encode(self._family, address, "sendto")
+        m = memoryview(data).cast("B")
+        fd, call = self._fd, self._k.call
+        return self._io(POLLOUT, lambda: call(abi.OP_SENDTO, fd, flags, inbuf=m,
+                                              in2=raw)).ret
+
+    def recv(self, bufsize, flags=0):
+        if bufsize < 0:
+            raise ValueError("negative buffersize in recv")
+        n = min(bufsize, MAX_IO)
+        fd, call = self._fd, self._k.call
+        return self._io(POLLIN, lambda: call(abi.OP_RECVFROM, fd, n, flags, outcap=n)).out
+
+    def recv_into(self, buffer, nbytes=0, flags=0):
+        m = memoryview(buffer).cast("B")
+        if nbytes < 0:
+            raise ValueError("negative buffersize in recv_into")
+        if nbytes == 0:
+            nbytes = len(m)
+        if nbytes > len(m):
+            raise ValueError("buffer too small for requested bytes")
+        n = min(nbytes, MAX_IO)
+        fd, call = self._fd, self._k.call
+        return self._io(POLLIN, lambda: call(abi.OP_RECVFROM, fd, n, flags, outcap=n,
+                                             into=m)).ret
+
+    def recvfrom(self, bufsize, flags=0):
+        if bufsize < 0:
+            raise ValueError("negative buffersize in recvfrom")
+        n = min(bufsize, MAX_IO)
+        fd, call = self._fd, self._k.call
+        r = self._io(POLLIN, lambda: call(abi.OP_RECVFROM, fd, n, flags, outcap=n,
+                                          out2cap=SOCKADDR_MAX))
+        return r.out, decode_sockaddr(self._family, r.out2, "recvfrom")
+
+    def recvfrom_into(self, buffer, nbytes=0, flags=0):
+        m = memoryview(buffer).cast("B")
+        if nbytes < 0:
+            raise ValueError("negative buffersize in recvfrom_into")
+        if nbytes == 0:
+            nbytes = len(m)
+        if nbytes > len(m):
+            raise ValueError("nbytes is greater than the length of the buffer")
+        n = min(nbytes, MAX_IO)
+        fd, call = self._fd, self._k.call
+        r = self._io(POLLIN, lambda: call(abi.OP_RECVFROM, fd, n, flags, outcap=n,
+                                          out2cap=SOCKADDR_MAX, into=m))
+        return r.ret, decode_sockaddr(self._family, r.out2, "recvfrom_into")
+
+    def sendmsg(self, buffers, ancdata=(), flags=0, address=None, /):
+        """Without ancillary data only: SCM_RIGHTS and friends cannot cross this boundary."""
+        if ancdata:
+            raise OSError(_errno.EOPNOTSUPP, "ancillary data is not supported inside the "
+                          "enclave (eleos-shim routes sendmsg without it)")
+        data = b"".join(bytes(memoryview(b).cast("B")) for b in buffers)
+        if address is None:
+            return self.send(data, flags)
+        return self.sendto(data, flags, address)
+
+    def recvmsg(self, bufsize, ancbufsize=0, flags=0, /):
+        """Without ancillary data only; msg_flags is reported as 0."""
+        if ancbufsize:
+            raise OSError(_errno.EOPNOTSUPP, "ancillary data is not supported inside the "
+                          "enclave (eleos-shim routes recvmsg without it)")
+        data, addr = self.recvfrom(bufsize, flags)
+        return data, [], 0, addr
+
+    def shutdown(self, how):
+        self._k.check(abi.OP_SHUTDOWN, self._fd, operator.index(how))
+
+    def setsockopt(self, level, optname, value, optlen=None, /):
+        if optlen is not None:
+            if value is not None:
+                raise TypeError("setsockopt() takes 3 or 4 arguments with None as value")
+            raw = bytes(operator.index(optlen))
+        elif isinstance(value, int):
+            raw = struct.pack("=i", value)
+        else:
+            raw = bytes(memoryview(value).cast("B"))
+        self._k.check(abi.OP_SETSOCKOPT, self._fd, level, optname, inbuf=raw)
+
+    def getsockopt(self, level, optname, buflen=None, /):
+        if buflen is None:
+            r = self._k.check(abi.OP_GETSOCKOPT, self._fd, level, optname, 4, outcap=4)
+            return int.from_bytes(r.out.ljust(4, b"\0"), "little", signed=True)
+        if not 0 < buflen <= 1024:
+            raise OSError("getsockopt buflen out of range")
+        return self._k.check(abi.OP_GETSOCKOPT, self._fd, level, optname, buflen,
+                             outcap=buflen).out
+
+    def getsockname(self):
+        r = self._k.check(abi.OP_GETSOCKNAME, self._fd, outcap=SOCKADDR_MAX)
+        return decode_sockaddr(self._family, r.out, "getsockname")
+
+    def getpeername(self):
+        r = self._k.check(abi.OP_GETPEERNAME, self._fd, outcap=SOCKADDR_MAX)
+        return decode_sockaddr(self._family, r.out, "getpeername")
+
+    # -- lifetime ------------------------------------------------------------------------------
+    def _real_close(self, _ss=None):
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            try:
+                self._k.close(fd)
+            except ConnectionResetError:
+                pass           # as CPython: a reset peer is no error at close
+
+    def detach(self):
+        self._closed = True
+        fd, self._fd = self._fd, -1
+        return fd
+
+    def dup(self):
+        r = self._k.check(abi.OP_DUP, self._fd)
+        newfd = self._k.adopt_fd(r.ret, "dup")
+        sock = self._from_new_fd(newfd, self._family, self._stype, self._proto)
+        sock.settimeout(self._timeout)
+        return sock
+
+    def __del__(self):
+        if getattr(self, "_fd", -1) >= 0:
+            import warnings
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self)
+            try:
+                self._real_close()
+            except Exception:   # noqa: BLE001 - a finalizer must not raise
+                pass
+
+
+class SocketModule:
+    """The routed ``socket`` module functions."""
+
+    def __init__(self, kernel: Kernel, cls):
+        self.kernel = kernel
+        self.cls = cls
+        self.resolver = cls._res
+
+    def getaddrinfo(self, host, port, family=0, type=0, proto=0, flags=0):
+        return self.resolver.getaddrinfo(host, port, family, type, proto, flags)
+
+    def socketpair(self, family=None, type=_socket.SOCK_STREAM, proto=0):
+        if family is None:
+            family = AF_UNIX
+        k = self.kernel
+        r = k.check(abi.OP_SOCKETPAIR, family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, proto,
+                    outcap=8)
+        if len(r.out) != 8:
+            raise IagoError(f"host returned {len(r.out)} bytes for socketpair's two fds")
+        a, b = struct.unpack("=ii", r.out)
+        if a == b:
+            raise IagoError("host returned the same fd twice for socketpair")
+        k.adopt_fd(a, "socketpair")
+        k.adopt_fd(b, "socketpair")
+        return (self.cls._from_new_fd(a, family, type, proto),
+                self.cls._from_new_fd(b, family, type, proto))
+
+    def fromfd(self, fd, family, type, proto=0):
+        r = self.kernel.check(abi.OP_DUP, operator.index(fd))
+        nfd = self.kernel.adopt_fd(r.ret, "dup")
+        return self.cls(family, type, proto, nfd)
+
+    def close(self, fd, /):
+        self.kernel.close(operator.index(fd))
+
+    def dup(self, fd, /):
+        r = self.kernel.check(abi.OP_DUP, operator.index(fd))
+        return self.kernel.adopt_fd(r.ret, "dup")
+
+    def gethostbyname(self, hostname, /):
+        records = self.resolver.getaddrinfo(hostname, None, AF_INET)
+        return records[0][4][0]
+
+
+def socket_class(kernel: Kernel):
+    """The class patched in as ``socket.socket`` for this kernel.  Named like the stdlib's so
+    that reprs (``<socket.socket fd=...>``) read the same inside and outside the enclave."""
+    cls = type("socket", (EnclaveSocket,), {"__slots__": (), "_k": kernel,
+                                            "_res": Resolver(kernel), "__module__": "socket",
+                                            "__doc__": EnclaveSocket.__doc__})
+    return cls
