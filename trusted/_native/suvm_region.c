@@ -305,8 +305,9 @@ static PyObject *region_write_byte(Region *r, PyObject *arg)
     long v = PyLong_AsLong(arg);
     if (v == -1 && PyErr_Occurred())
         return NULL;
-    if (v < 0 || v > 255) {
-        PyErr_SetString(PyExc_ValueError, "byte must be in range(0, 256)");
+    if (v < 0 || v > 255) {   /* as mmap's "b" argument format */
+        PyErr_SetString(PyExc_OverflowError, v < 0 ? "unsigned byte integer is less than minimum"
+                                                   : "unsigned byte integer is greater than maximum");
         return NULL;
     }
     if (r->pos >= (Py_ssize_t)(r->hi - r->cur)) {
@@ -340,7 +341,11 @@ static PyObject *region_seek(Region *r, PyObject *args)
         return NULL;
     }
     r->pos = where;
-    return PyLong_FromSsize_t(where);
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyLong_FromSsize_t(where);   /* mmap.seek returns the position from 3.13 on */
+#else
+    Py_RETURN_NONE;
+#endif
 }
 
 static PyObject *region_tell(Region *r, PyObject *unused)
