@@ -369,8 +369,20 @@ class EnclaveSocket(_RealSocket):
             return err
         if self._timeout == 0.0:
             return err
-        deadline = None if self._timeout is None else time.monotonic() + self._timeout
-        if not k.wait_fd(fd, POLLOUT, deadline):
+        if self._timeout is None:
+            # A blocking connect natively ends inside the kernel, which also resets the
+            # socket's state on failure (a later connect then fails as natively, not with
+            # ECONNABORTED).  Asking connect again once the fd is writable gets exactly that:
+            # EISCONN on success, the pending error (state reset) on failure.
+            while True:
+                k.wait_fd(fd, POLLOUT, None)
+                r = k.call(abi.OP_CONNECT, fd, inbuf=raw)
+                if r.ret >= 0 or r.ret == -_errno.EISCONN:
+                    return 0
+                if r.ret not in (-_errno.EALREADY, -_errno.EINPROGRESS, -_errno.EINTR):
+                    return -r.ret
+        # With a timeout CPython itself connects non-blocking, polls and reads SO_ERROR.
+        if not k.wait_fd(fd, POLLOUT, time.monotonic() + self._timeout):
             return -1
         return self._getopt_int(fd, SO_ERROR)
 

@@ -1,0 +1,60 @@
+"""Helpers for the LibOS tests: a real transport over the real host handlers (no loader), an
+installed LibOS as a context manager, and a transport wrapper that lies (the hostile host)."""
+from __future__ import annotations
+
+import contextlib
+
+from eleos_shim.config import Config
+from eleos_shim.cpu import ModeledCPU
+from trusted.libos import LibOS
+from trusted.syscall import Bridge, Reply, Transport
+from untrusted.host import Host
+
+_CPU = None
+
+
+def make_transport(path: str = "ocall") -> Transport:
+    """A transport on ``path`` ("direct" or "ocall") with the cost model only counting."""
+    global _CPU
+    cfg = Config.from_env({}, mode="sgx", cost="account")
+    if _CPU is None:
+        _CPU = ModeledCPU(cfg)
+    host = Host(cfg.replace(syscalls="ocall"))
+    a = host.bridge_addresses()
+    return Transport(path, Bridge(a["dispatch"], a["alloc"], a["free"], _CPU.charge_fn,
+                                  _CPU.pollute_fn))
+
+
+@contextlib.contextmanager
+def installed(transport, heap_factory=None):
+    libos = LibOS(transport, heap_factory=heap_factory)
+    libos.install()
+    try:
+        yield libos
+    finally:
+        libos.uninstall()
+
+
+class LyingTransport:
+    """Wraps a real transport; ``lie(op, fn)`` makes the next reply to ``op`` pass through
+    ``fn(reply, args, kwargs) -> Reply`` first (the real call still happens)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.path = inner.path
+        self._lies: dict[int, object] = {}
+        self.told = 0
+
+    def lie(self, op: int, fn) -> None:
+        self._lies[op] = fn
+
+    def call(self, op, *args, **kwargs) -> Reply:
+        reply = self.inner.call(op, *args, **kwargs)
+        fn = self._lies.pop(op, None)
+        if fn is None:
+            return reply
+        self.told += 1
+        return fn(reply, args, kwargs)
+
+    def counts(self):
+        return self.inner.counts()

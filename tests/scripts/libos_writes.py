@@ -1,0 +1,11 @@
+"""Exactly N os.write calls of one byte to /dev/null (N = argv[1]), nothing else routed
+between opening and closing."""
+import os
+import sys
+
+n = int(sys.argv[1])
+fd = os.open(os.devnull, os.O_WRONLY)
+for _ in range(n):
+    os.write(fd, b"x")
+os.close(fd)
+print("wrote", n)

@@ -1,0 +1,79 @@
+"""Unmodified scripts (tests/scripts/libos_*.py) print the same thing natively and inside the
+enclave (sgx: OCALL exits; eleos: RPC), and the exits they cause are counted exactly."""
+import pytest
+
+from tests.conftest import SCRIPTS, run_shim
+
+SCRIPT_NAMES = ["files", "tcp", "udp", "mux", "socketserver", "http"]
+
+
+@pytest.fixture(scope="module")
+def native_output():
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            run = run_shim("native", SCRIPTS / f"libos_{name}.py", stats=False)
+            assert run.returncode == 0, run.stderr
+            assert run.stdout.strip()
+            cache[name] = run.stdout
+        return cache[name]
+    return get
+
+
+@pytest.mark.parametrize("mode", ["sgx", "eleos"])
+@pytest.mark.parametrize("name", SCRIPT_NAMES)
+def test_script_output_is_identical_inside_the_enclave(native_output, name, mode):
+    expected = native_output(name)
+    run = run_shim(mode, SCRIPTS / f"libos_{name}.py")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == expected
+    # and the script's calls really went through the enclave's transport
+    calls = run.stats["calls"]
+    assert sum(c["count"] for c in calls.values()) > 0
+    if mode == "sgx":
+        assert all(c["ocall"] == c["count"] for c in calls.values())
+        assert run.stats["transitions"]["eexit"] >= sum(c["count"] for c in calls.values())
+
+
+def test_n_os_writes_are_n_write_ocalls():
+    n = 137
+    run = run_shim("sgx", SCRIPTS / "libos_writes.py", n)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == f"wrote {n}\n"
+    write = run.stats["calls"]["write"]
+    assert write["ocall"] == n and write["count"] == n
+    assert run.stats["calls"]["openat"]["ocall"] == 1
+    assert run.stats["calls"]["close"]["ocall"] == 1
+    assert run.stats["transitions"]["eexit"] >= n + 2
+
+
+def test_n_os_writes_in_rpc_mode_are_n_write_calls_and_no_ocall():
+    n = 64
+    run = run_shim("eleos", SCRIPTS / "libos_writes.py", n)
+    assert run.returncode == 0, run.stderr
+    write = run.stats["calls"]["write"]
+    assert write["count"] == n
+    assert write["ocall"] == 0
+    assert write["rpc"] + write["fallback"] == n
+
+
+def test_native_mode_routes_nothing():
+    run = run_shim("native", SCRIPTS / "libos_writes.py", 10)
+    assert run.returncode == 0, run.stderr
+    assert run.stats["transitions"]["eexit"] == 0
+
+
+def test_fork_inside_the_enclave_fails_with_a_clear_error(tmp_path):
+    script = tmp_path / "forker.py"
+    script.write_text(
+        "import os, subprocess, sys\n"
+        "for f in (os.fork, lambda: subprocess.run([sys.executable, '-c', 'pass']),\n"
+        "          lambda: os.posix_spawn(sys.executable, [sys.executable], {})):\n"
+        "    try:\n"
+        "        f()\n"
+        "    except OSError as e:\n"
+        "        print(type(e).__name__, e.errno, 'cannot fork' in str(e))\n")
+    run = run_shim("sgx", script)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == ["EnclaveForkError 38 True"] * 3
