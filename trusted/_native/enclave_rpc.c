@@ -9,13 +9,14 @@
  *
  * Return codes (eleos_abi.h), what the caller (enclave_ocalls.c) does with each:
  *   ELEOS_RPC_DONE      a worker ran it: ret, out_len, out2_len and args are copied into *req.
- *   ELEOS_RPC_FALLBACK  no worker took it: the ring is full, no worker is running, or the
- *                       spin budget ran out (the slot was taken back: no worker will run it).
+ *   ELEOS_RPC_FALLBACK  no worker took it: the ring is full, no worker is running, every
+ *                       worker is asleep, the spin budget ran out (the slot was taken back:
+ *                       no worker will run it), or the enclave never attached this ring.
  *                       *req is untouched; make the call as a regular OCALL.
  *   ELEOS_RPC_CORRUPT   what the host left in the slot is impossible (a state that is not
  *                       one, a seq that is not our ticket, more bytes than the buffer holds,
- *                       a result below -MAX_ERRNO) or the ring was never attached: raise
- *                       IagoError.  enclave_rpc_last_error() says which, for this thread.
+ *                       a result below -MAX_ERRNO): raise IagoError.
+ *                       enclave_rpc_last_error() says which, for this thread.
  *
  * The ring is hostile memory.  The enclave indexes it only with the slot count it was given
  * by enclave_rpc_attach() (from its own configuration), never with what the header says, so
@@ -23,9 +24,13 @@
  * the wait for a TAKEN call (a taken call is running: as with an OCALL, a host that never
  * answers can stall the thread, which SGX cannot prevent either).
  *
- * Waking a sleeping worker is a futex syscall: from a real enclave that is an OCALL, so it is
- * charged as one (EEXIT + EENTER + the indirect cost) and counted.  It happens only when a
- * worker sleeps, i.e. when calls come slower than the workers' idle budget.
+ * Waking a sleeping worker is a futex syscall, which a real enclave can only make from an
+ * OCALL.  So the wake always rides on one: when every worker sleeps, the producer takes its
+ * request back, wakes a worker and returns FALLBACK, and the caller's OCALL is the exit that
+ * carries the wake (as the host side of that OCALL would do it).  Waiting for the worker
+ * instead would cost more than the OCALL: a futex wake-up takes 0.2-3 ms on this 2-vCPU VM.
+ * The calls that follow find the worker awake.  A producer that gives up on a busy pool
+ * wakes a sleeper the same way.  The wake is never charged apart: it is part of that OCALL.
  */
 #define _GNU_SOURCE
 #include <linux/futex.h>
@@ -58,14 +63,13 @@ static inline void relax(void) { __asm__ __volatile__("" ::: "memory"); }
 #define YIELD_AFTER_POLLS (1u << 16)
 
 /* Counters the enclave keeps itself (trusted; the ring header has the host's view). */
-enum { C_FALLBACK_FULL, C_FALLBACK_NO_WORKER, C_FALLBACK_TIMEOUT, C_WAKEUPS, C_CORRUPT, C_N };
+enum { C_FALLBACK_FULL, C_FALLBACK_NO_WORKER, C_FALLBACK_TIMEOUT, C_FALLBACK_ASLEEP,
+       C_WAKEUPS, C_CORRUPT, C_N };
 
 /* The enclave's own copy of what it knows about an attached ring. */
 struct ring_ref {
     uintptr_t ring;                     /* 0: unused entry */
     uint32_t nslots, mask;
-    eleos_cpu_charge_fn charge;         /* charge the exit of a futex wake (may be NULL) */
-    eleos_cpu_pollute_fn pollute;
     uint64_t counters[C_N];
 } __attribute__((aligned(64)));
 
@@ -73,6 +77,7 @@ struct ring_ref {
 static struct ring_ref refs[MAX_RINGS];
 
 static __thread char last_error[160];
+static uint64_t unattached_fallbacks;   /* calls on a ring the enclave does not know */
 
 static inline struct ring_ref *lookup(uintptr_t ring)
 {
@@ -83,9 +88,9 @@ static inline struct ring_ref *lookup(uintptr_t ring)
 }
 
 /* Tell the enclave about a ring: its untrusted address and the slot count from the enclave's
- * configuration (a power of two); `charge`/`pollute` are the modeled CPU's functions, used to
- * charge a worker wake-up as the exit it is.  Returns 0, or -1 (bad count / no room). */
-int enclave_rpc_attach(uintptr_t ring, uint32_t nslots, uintptr_t charge, uintptr_t pollute)
+ * own configuration (a power of two).  Until then calls on it fall back.
+ * Returns 0, or -1 (bad count / no room). */
+int enclave_rpc_attach(uintptr_t ring, uint32_t nslots)
 {
     if (!ring || nslots < 2 || (nslots & (nslots - 1)) || nslots > (1u << 16))
         return -1;
@@ -103,8 +108,6 @@ int enclave_rpc_attach(uintptr_t ring, uint32_t nslots, uintptr_t charge, uintpt
     }
     ref->nslots = nslots;
     ref->mask = nslots - 1;
-    ref->charge = (eleos_cpu_charge_fn)charge;
-    ref->pollute = (eleos_cpu_pollute_fn)pollute;
     memset(ref->counters, 0, sizeof ref->counters);
     STORE(&ref->ring, ring);
     return 0;
@@ -118,9 +121,14 @@ void enclave_rpc_detach(uintptr_t ring)
 }
 
 /* The enclave's counters for a ring: fallback_full, fallback_no_worker, fallback_timeout,
- * wakeups, corrupt.  Returns how many were written. */
+ * fallback_asleep, wakeups, corrupt; ring 0: calls on rings never attached (index 0 only).
+ * Returns how many were written. */
 int enclave_rpc_counters(uintptr_t ring, uint64_t *out, int n)
 {
+    if (!ring) {
+        if (n > 0) out[0] = __atomic_load_n(&unattached_fallbacks, __ATOMIC_RELAXED);
+        return n > 0;
+    }
     struct ring_ref *ref = lookup(ring);
     int i;
     for (i = 0; i < C_N && i < n; i++)
@@ -145,31 +153,40 @@ static int fallback(struct ring_ref *ref, struct eleos_ring *r, int why)
     return ELEOS_RPC_FALLBACK;
 }
 
-/* A sleeping worker must be woken with a syscall: an exit from a real enclave. */
+/* Wake one sleeping worker.  Called only on the way to a fallback OCALL, whose exit carries
+ * the syscall (see the top of the file). */
 static void wake_worker(struct ring_ref *ref, struct eleos_ring *r)
 {
-    if (ref->charge) ref->charge(ELEOS_T_EEXIT);
     __atomic_add_fetch(&r->futex, 1, __ATOMIC_SEQ_CST);
     syscall(SYS_futex, &r->futex, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
-    if (ref->charge) ref->charge(ELEOS_T_EENTER);
-    if (ref->pollute) ref->pollute();
     COUNT(ref->counters[C_WAKEUPS]);
     __atomic_add_fetch(&r->wakeups, 1, __ATOMIC_RELAXED);
+}
+
+/* Every running worker asleep (or about to be): a call would wait for a futex wake-up. */
+static inline int all_asleep(struct eleos_ring *r)
+{
+    uint32_t live = __atomic_load_n(&r->workers_live, __ATOMIC_SEQ_CST);
+    return __atomic_load_n(&r->sleepers, __ATOMIC_SEQ_CST) >= live;
 }
 
 int enclave_rpc(uintptr_t ring, struct eleos_req *req, uint64_t spin)
 {
     struct ring_ref *ref = lookup(ring);
     if (!ref || ring <= 1) {
-        snprintf(last_error, sizeof last_error,
-                 "RPC ring %#lx was never attached by the enclave", (unsigned long)ring);
-        return corrupt(NULL);
+        /* The enclave does not know this ring's geometry, so it does not touch it. */
+        COUNT(unattached_fallbacks);
+        return ELEOS_RPC_FALLBACK;
     }
     struct eleos_ring *r = (struct eleos_ring *)ring;
     const uint64_t nslots = ref->nslots, mask = ref->mask;
 
     if (LOAD_RELAXED(&r->workers_live) == 0)
         return fallback(ref, r, C_FALLBACK_NO_WORKER);
+    if (LOAD_RELAXED(&r->sleepers) && all_asleep(r)) {
+        wake_worker(ref, r);
+        return fallback(ref, r, C_FALLBACK_ASLEEP);
+    }
 
     /* The request as the caller staged it, read once (the staging area is untrusted too). */
     struct eleos_req in;
@@ -204,18 +221,25 @@ int enclave_rpc(uintptr_t ring, struct eleos_req *req, uint64_t spin)
     slot->out_len = 0;
     slot->out2_len = 0;
     STORE(&slot->state, ELEOS_SLOT_POSTED);
-    /* Pairs with a worker's "sleepers++ then look at head": one of us sees the other. */
+    /* Pairs with a worker's "sleepers++ then look at head": either it sees this post and
+     * stays up, or we see it asleep here, take the request back and wake it. */
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
-    if (LOAD_RELAXED(&r->sleepers))
-        wake_worker(ref, r);
+    int why = -1;
+    if (LOAD_RELAXED(&r->sleepers) && all_asleep(r))
+        why = C_FALLBACK_ASLEEP;
 
     uint32_t st;
     uint64_t polls = 0;
     while ((st = LOAD(&slot->state)) == ELEOS_SLOT_POSTED) {
-        if (polls++ >= spin) {
+        if (why >= 0 || polls++ >= spin) {
             uint32_t posted = ELEOS_SLOT_POSTED;
-            if (CAS(&slot->state, &posted, ELEOS_SLOT_ABANDON))
-                return fallback(ref, r, C_FALLBACK_TIMEOUT);   /* the worker that reaches it frees it */
+            if (CAS(&slot->state, &posted, ELEOS_SLOT_ABANDON)) {
+                /* Taken back (the worker that reaches it frees it).  The OCALL the caller
+                 * makes now can wake a sleeper for the calls that follow. */
+                if (LOAD_RELAXED(&r->sleepers))
+                    wake_worker(ref, r);
+                return fallback(ref, r, why >= 0 ? why : C_FALLBACK_TIMEOUT);
+            }
             st = posted;                                       /* taken at the last moment */
             break;
         }
