@@ -44,11 +44,32 @@ def enlarge(img: np.ndarray, size: int) -> np.ndarray:
     return np.clip(np.rint(out * 255.0), 0, 255).astype(np.uint8)
 
 
+def _lfw_subset() -> np.ndarray:
+    """skimage.data.lfw_subset(), read without importing scikit-image when we can.
+
+    The array ships inside the scikit-image package.  Reading its bytes with a plain open()
+    and parsing them from memory keeps start-up short (no scikit-image import) and keeps all
+    file access at the Python level: numpy's np.load(path) dups the file descriptor and
+    closes the copy from C, which a Python-level LibOS (the shim) cannot see.
+    """
+    import importlib.util
+    import io
+    import os
+    spec = importlib.util.find_spec("skimage")
+    if spec is not None and spec.submodule_search_locations:
+        for root in spec.submodule_search_locations:
+            path = os.path.join(root, "data", "lfw_subset.npy")
+            if os.path.exists(path):
+                with open(path, "rb") as f:
+                    return np.load(io.BytesIO(f.read()))
+    from skimage import data as skdata  # not bundled at the usual place: let skimage find it
+    return skdata.lfw_subset()
+
+
 @functools.lru_cache(maxsize=4)
 def lfw_faces(size: int = FACE_SIZE) -> np.ndarray:
     """The 100 lfw_subset faces, enlarged to size x size, uint8, shape (100, size, size)."""
-    from skimage import data as skdata  # only the data loader; bundled, no network
-    raw = skdata.lfw_subset()[:N_FACES]
+    raw = _lfw_subset()[:N_FACES]
     faces = np.stack([enlarge(f, size) for f in raw])
     faces.setflags(write=False)
     return faces
