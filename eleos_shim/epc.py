@@ -12,10 +12,11 @@ driver thread.  :func:`heap_factory` is what the LibOS calls for an app's anonym
 ``mmap.mmap(-1, n)`` under ``ELEOS_MEMORY=epc``.
 
 Integrity, fail-stop: when ELDU finds a tampered, swapped or replayed page the CPU marks the
-enclave dead and trips a Python-level signal handler (a real-time signal number, handled only
-in Python: no signal is sent; ``PyErr_SetInterruptEx``) installed here; the handler raises
-:class:`eleos_shim.IntegrityError` in the main thread at its next bytecode boundary, and also
-in the faulting thread if that is another thread.  The faulting access itself never sees the
+enclave dead and sends a real-time signal to the main thread (tgkill, from the native thread
+that ran ELDU: no GIL needed; a main thread blocked in a lock or a syscall is woken).  Its
+Python-level handler, installed here, raises :class:`eleos_shim.IntegrityError` in the main
+thread at its next bytecode boundary, and also in the faulting thread if that is another one
+(``PyThreadState_SetAsyncExc``).  The faulting access itself never sees the
 bad plaintext (the CPU wiped it); the kernel holds the thread until the driver installs a zero
 page in its place, because a thread blocked in a fault cannot be unwound into Python.  Every
 later call of this API raises IntegrityError too (:meth:`EPC.check`).  If the EPC is created
@@ -35,8 +36,8 @@ from eleos_shim.errors import IntegrityError
 
 PAGE = 4096
 DRIVER_THREADS = 4           # fault-handling threads: more than 2 lets faults overlap their waits
-# A real-time signal number for the Python-level delivery of an ELDU failure; glibc keeps the
-# first few real-time signals for itself, the last ones are free.
+# The real-time signal that delivers an ELDU failure to Python; glibc keeps the first few
+# real-time signals for itself, the last ones are free.
 INTEGRITY_SIGNAL = signal.SIGRTMAX - 3
 
 _REASONS = {1: "its version slot is occupied", 2: "no sealed copy may be loaded there (replayed)",
@@ -138,7 +139,7 @@ class EPC:
         self._old_handler = None
         if threading.current_thread() is threading.main_thread():
             self._old_handler = signal.signal(INTEGRITY_SIGNAL, _on_integrity_failure)
-            _epcm.epcm_arm(INTEGRITY_SIGNAL)
+            _epcm.epcm_arm(INTEGRITY_SIGNAL, threading.get_native_id())
         _current = self
 
     # -- the explicit API --------------------------------------------------------------------
@@ -215,7 +216,7 @@ class EPC:
             for rid, (_addr, _n) in list(self._regions.items()):
                 self._driver_destroy(rid)
             self._regions.clear()
-        _epcm.epcm_arm(0)
+        _epcm.epcm_arm(0, 0)
         if self._old_handler is not None and threading.current_thread() is threading.main_thread():
             signal.signal(INTEGRITY_SIGNAL, self._old_handler)
         self._driver = None

@@ -19,9 +19,10 @@
  * success, so an old copy can never be loaded again.
  *
  * Fail-stop: an ELDU whose tag does not verify marks the enclave dead (as the Linux driver kills
- * an enclave whose ELDU failed) and, if the loader armed it, trips a Python-level signal handler
- * (PyErr_SetInterruptEx: async-signal-safe, needs no GIL) that raises IntegrityError in the app;
- * the bad plaintext stays in the caller's private frame and is wiped here.  See eleos_shim/epc.py.
+ * an enclave whose ELDU failed) and, if the loader armed it, sends a real-time signal to the
+ * app's main thread, whose Python-level handler raises IntegrityError (a real signal, so that a
+ * main thread blocked in a lock or a syscall wakes up; tgkill needs no GIL); the bad plaintext
+ * never leaves the caller's frame and is wiped here.  See eleos_shim/epc.py.
  */
 #include <errno.h>
 #include <stdint.h>
@@ -29,10 +30,9 @@
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include "seal.h"
-
-/* CPython >= 3.10 exports it, but cffi builds against the limited API, which omits it. */
-extern int PyErr_SetInterruptEx(int signum);
 
 #define EPCM_PAGE 4096
 /* One VA page holds 512 eight-byte slots (SGX SDM 37.7); the VA grows by whole VA pages. */
@@ -59,6 +59,7 @@ static int enclave_dead;
 static uint64_t dead_linaddr;
 static int dead_reason;
 static int trip_signum;                    /* 0: not armed */
+static int trip_tid;                       /* the app's main thread */
 static uint64_t n_ewb, n_eldu, n_integrity_errors, ewb_ns, eldu_ns;
 
 static inline uint64_t mono_ns(void)
@@ -180,8 +181,9 @@ static void die(uint64_t linaddr, int reason)
         dead_reason = reason;
     }
     int sig = __atomic_load_n(&trip_signum, __ATOMIC_ACQUIRE);
-    if (sig)
-        (void)PyErr_SetInterruptEx(sig);   /* async-signal-safe; needs no GIL or thread state */
+    int tid = __atomic_load_n(&trip_tid, __ATOMIC_ACQUIRE);
+    if (sig && tid && !was)
+        (void)syscall(SYS_tgkill, getpid(), tid, sig);
 }
 
 /* ELDU: open the sealed page (`page`, `pcmd`, untrusted) into the EPC frame `epc_frame`, for
@@ -222,8 +224,12 @@ int epcm_eldu(void *epc_frame, uint64_t linaddr, uint64_t slot, const void *page
     return EPCM_OK;
 }
 
-/* Arm (signum > 0) or disarm (0) the Python-level delivery of an ELDU failure. */
-void epcm_arm(int signum) { __atomic_store_n(&trip_signum, signum, __ATOMIC_RELEASE); }
+/* Arm (signum > 0: send it to thread `tid` on the first ELDU failure) or disarm (0). */
+void epcm_arm(int signum, int tid)
+{
+    __atomic_store_n(&trip_tid, tid, __ATOMIC_RELEASE);
+    __atomic_store_n(&trip_signum, signum, __ATOMIC_RELEASE);
+}
 
 /* out: dead, reason, linaddr, ewb, eldu, integrity_errors, ewb_ns, eldu_ns */
 void epcm_status(uint64_t out[8])

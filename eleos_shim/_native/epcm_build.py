@@ -21,7 +21,7 @@ ffi.cdef("""
     void epcm_eremove(uint64_t first_slot, uint64_t n);
     int epcm_ewb(const void *epc_page, uint64_t linaddr, uint64_t slot, void *out_page, void *out_pcmd);
     int epcm_eldu(void *epc_frame, uint64_t linaddr, uint64_t slot, const void *page, const void *pcmd);
-    void epcm_arm(int signum);
+    void epcm_arm(int signum, int tid);
     void epcm_status(uint64_t out[8]);
     int epcm_dead(void);
     void epcm_reset(void);

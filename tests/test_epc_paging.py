@@ -1,0 +1,226 @@
+"""EPC paging under vanilla SGX: the driver keeps an enclave heap larger than the EPC correct.
+
+Real traps (userfaultfd, and the mprotect+SIGSEGV fallback), real AES-GCM EWB/ELDU, small EPCs
+so that every test pages heavily and stays fast.  Resident pages are measured independently of
+the driver's own accounting, with mincore(2) on the app's mappings.
+"""
+from __future__ import annotations
+
+import ctypes
+import mmap
+import threading
+
+import numpy as np
+import pytest
+
+from eleos_shim.config import Config
+from eleos_shim.epc import EPC, EPCMap
+
+PAGE = 4096
+EPC_MB = 1
+LIMIT = EPC_MB << 20
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+
+
+def resident_pages(maps) -> int:
+    """Pages of ``maps`` that are in memory, as the kernel sees it."""
+    total = 0
+    for m in maps:
+        npages = (len(m) + PAGE - 1) // PAGE
+        vec = (ctypes.c_ubyte * npages)()
+        if _libc.mincore(ctypes.c_void_p(m._epc_address), npages * PAGE, vec) != 0:
+            raise OSError(ctypes.get_errno(), "mincore")
+        total += sum(b & 1 for b in vec)
+    return total
+
+
+def make_cfg(trap: str, **kw) -> Config:
+    return Config.from_env({}, mode="sgx", epc_mb=EPC_MB, cost="account", epc_trap=trap, **kw)
+
+
+@pytest.fixture(params=["userfaultfd", "sigsegv"])
+def epc(request):
+    with EPC(make_cfg(request.param)) as e:
+        assert e.trap == request.param
+        yield e
+
+
+def test_map_is_a_real_zeroed_mmap(epc):
+    m = epc.map(3 * PAGE + 100)
+    assert isinstance(m, mmap.mmap) and isinstance(m, EPCMap)
+    assert len(m) == 3 * PAGE + 100
+    assert m[:] == bytes(len(m))
+    m.seek(PAGE - 2)
+    m.write(b"spans")
+    assert m.find(b"spans", 0) == PAGE - 2
+    assert memoryview(m)[PAGE - 2:PAGE + 3].tobytes() == b"spans"
+    m.close()
+    assert epc.stats()["resident_bytes"] == 0
+
+
+def test_region_three_times_the_epc_reads_back_what_numpy_and_slicing_wrote(epc):
+    size = 3 * LIMIT
+    m = epc.map(size)
+    ref = bytearray(size)
+    arr = np.frombuffer(m, dtype=np.uint8)
+    rng = np.random.default_rng(7)
+    peak = 0
+    for step in range(3000):
+        off = int(rng.integers(0, size - 300))
+        n = int(rng.integers(1, 300))
+        data = rng.integers(0, 256, n, dtype=np.uint8)
+        if step % 2:
+            arr[off:off + n] = data                 # numpy, through the buffer protocol
+        else:
+            m[off:off + n] = data.tobytes()         # mmap slicing
+        ref[off:off + n] = data.tobytes()
+        if step % 3 == 0:                           # read back at another random place
+            r = int(rng.integers(0, size - 300))
+            assert m[r:r + 256] == bytes(ref[r:r + 256])
+            assert arr[r:r + 256].tobytes() == bytes(ref[r:r + 256])
+        if step % 50 == 0:                          # the app is paused: an upper bound
+            peak = max(peak, resident_pages([m]))
+    assert m[:] == bytes(ref)
+    assert bytes(arr) == bytes(ref)
+    assert peak * PAGE <= LIMIT
+    st = epc.stats()
+    assert st["peak_resident_bytes"] <= LIMIT
+    assert st["faults"] > size // PAGE                 # it really paged
+    assert st["ewb"] > 0 and st["eldu"] > 0
+    assert st["integrity_errors"] == 0
+    del arr
+    m.close()
+
+
+def test_resident_pages_across_regions_never_exceed_the_epc(epc):
+    # Measured by the app's thread between its accesses: while it is paused no page can come
+    # in (only ksgxswapd's evictions can run), so each sample is an upper bound of the moment.
+    maps = [epc.map(LIMIT) for _ in range(3)]
+    samples = []
+    for rnd in range(3):
+        for k, m in enumerate(maps):
+            for off in range(0, LIMIT, PAGE):
+                m[off] = (rnd + k + off // PAGE) & 0xFF
+                if off % (16 * PAGE) == 0:
+                    samples.append(resident_pages(maps))
+    for k, m in enumerate(maps):
+        assert all(m[off] == (2 + k + off // PAGE) & 0xFF for off in range(0, LIMIT, PAGE))
+    assert max(samples) * PAGE <= LIMIT
+    assert max(samples) * PAGE > LIMIT // 2        # the EPC was really used, not bypassed
+    assert epc.stats()["peak_resident_bytes"] <= LIMIT
+    for m in maps:
+        m.close()
+    assert epc.stats()["resident_bytes"] == 0
+
+
+def test_four_threads_faulting_at_once_on_shared_pages_are_correct(epc):
+    size = 3 * LIMIT
+    m = epc.map(size)
+    base = m._epc_address
+    chunk = 64                                      # threads interleave inside every page
+    nthreads = 4
+    errors = []
+    barrier = threading.Barrier(nthreads)
+
+    def worker(k: int):
+        rng = np.random.default_rng(100 + k)
+        mine = {}
+        barrier.wait()
+        for _ in range(1500):
+            c = int(rng.integers(0, size // chunk // nthreads)) * nthreads + k
+            data = rng.integers(0, 256, chunk, dtype=np.uint8).tobytes()
+            ctypes.memmove(base + c * chunk, data, chunk)     # releases the GIL: real concurrency
+            mine[c] = data
+            probe = list(mine)[int(rng.integers(0, len(mine)))]
+            got = ctypes.string_at(base + probe * chunk, chunk)
+            if got != mine[probe]:
+                errors.append((k, probe))
+        for c, data in mine.items():
+            if ctypes.string_at(base + c * chunk, chunk) != data:
+                errors.append((k, c))
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(nthreads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads), "a faulting thread hung"
+    assert errors == []
+    st = epc.stats()
+    assert st["faults"] > 0 and st["ewb"] > 0 and st["peak_resident_bytes"] <= LIMIT
+    m.close()
+
+
+def test_each_fault_charges_aex_and_eresume():
+    from eleos_shim.cpu import ModeledCPU
+    cfg = make_cfg("auto")
+    cpu = ModeledCPU(cfg)
+    cpu.reset()
+    with EPC(cfg, cpu) as e:
+        m = e.map(2 * LIMIT)
+        for off in range(0, 2 * LIMIT, PAGE):
+            m[off] = 1
+        faults = e.stats()["faults"]
+        counters = cpu.counters()
+        m.close()
+    assert faults >= 2 * LIMIT // PAGE
+    assert counters["aex"] == faults and counters["eresume"] == faults
+    assert counters["modeled_cycles"] >= faults * (cfg.aex_cycles + cfg.eresume_cycles)
+
+
+def test_evicted_pages_come_back_sealed_and_loaded_by_eldu(epc):
+    m = epc.map(8 * PAGE)
+    for i in range(8):
+        m[i * PAGE:(i + 1) * PAGE] = bytes([i + 1]) * PAGE
+    assert epc.evict(m) == 8
+    assert epc.page_states(m) == ["evicted"] * 8
+    pages, _tags = epc.backing_store(m)
+    # The host only holds ciphertext: no page of plaintext is in the backing store.
+    assert all(bytes([i + 1]) * 64 not in pages[i * PAGE:(i + 1) * PAGE].tobytes() for i in range(8))
+    before = epc.stats()["eldu"]
+    assert all(m[i * PAGE + 17] == i + 1 for i in range(8))
+    assert epc.stats()["eldu"] == before + 8
+    m.close()
+
+
+def test_closing_a_map_returns_its_frames_and_its_pages_cannot_come_back(epc):
+    m = epc.map(LIMIT)
+    m[:PAGE] = b"x" * PAGE
+    m.close()
+    assert epc.stats()["resident_bytes"] == 0 and epc.stats()["regions"] == 0
+    again = epc.map(LIMIT)
+    assert again[:PAGE] == bytes(PAGE)
+    again.close()
+
+
+def test_map_garbage_collected_returns_its_frames(epc):
+    m = epc.map(LIMIT // 2)
+    m[0] = 1
+    del m
+    assert epc.stats()["resident_bytes"] == 0
+
+
+def test_close_with_an_exported_view_keeps_the_map_usable(epc):
+    m = epc.map(4 * PAGE)
+    view = memoryview(m)
+    with pytest.raises(BufferError):
+        m.close()
+    view[5] = 9
+    assert m[5] == 9
+    view.release()
+    m.close()
+
+
+def test_explicit_userfaultfd_or_sigsegv_is_what_runs():
+    with EPC(make_cfg("sigsegv")) as e:
+        assert e.stats()["trap"] == "sigsegv"
+    with EPC(make_cfg("auto")) as e:
+        assert e.stats()["trap"] in ("userfaultfd", "sigsegv")
+
+
+def test_only_one_epc_per_process():
+    with EPC(make_cfg("auto")):
+        with pytest.raises(RuntimeError):
+            EPC(make_cfg("auto"))
