@@ -56,6 +56,11 @@ def _path(func: str, path, allow_fd: bool = False, nullable: bool = False):
     return raw + b"\0", None
 
 
+def _fn(path):
+    """The filename an OSError carries, as CPython's path_t gives it (PathLike -> fspath)."""
+    return path if isinstance(path, (str, bytes, int)) or path is None else _os.fspath(path)
+
+
 def _dir_fd(dir_fd) -> int:
     if dir_fd is None:
         return AT_FDCWD
@@ -546,7 +551,7 @@ class FileSystem:
     def os_open(self, path, flags, mode=0o777, *, dir_fd=None):
         raw, _ = _path("open", path)
         r = self._check(abi.OP_OPENAT, _dir_fd(dir_fd), flags | O_CLOEXEC, mode, inbuf=raw,
-                        filename=path)
+                        filename=_fn(path))
         return self.kernel.adopt_fd(r.ret, "open")
 
     def close(self, fd):
@@ -614,7 +619,7 @@ class FileSystem:
         if fd is not None:
             self._check(abi.OP_FTRUNCATE, fd, length)
             return
-        self._check(abi.OP_TRUNCATE, 0, length, inbuf=raw, filename=path)
+        self._check(abi.OP_TRUNCATE, 0, length, inbuf=raw, filename=_fn(path))
 
     def dup(self, fd, /):
         r = self._check(abi.OP_DUP, fd)
@@ -688,36 +693,37 @@ class FileSystem:
             return self.kernel.fstat(fd)
         flags = 0 if follow_symlinks else AT_SYMLINK_NOFOLLOW
         r = self._check(abi.OP_FSTATAT, _dir_fd(dir_fd), flags, inbuf=raw, out2cap=STAT.size,
-                        filename=path)
+                        filename=_fn(path))
         return stat_result(r.out2, "stat")
 
     def lstat(self, path, *, dir_fd=None):
         raw, _ = _path("lstat", path)
         r = self._check(abi.OP_FSTATAT, _dir_fd(dir_fd), AT_SYMLINK_NOFOLLOW, inbuf=raw,
-                        out2cap=STAT.size, filename=path)
+                        out2cap=STAT.size, filename=_fn(path))
         return stat_result(r.out2, "lstat")
 
     def unlink(self, path, *, dir_fd=None):
         raw, _ = _path("unlink", path)
-        self._check(abi.OP_UNLINKAT, _dir_fd(dir_fd), 0, inbuf=raw, filename=path)
+        self._check(abi.OP_UNLINKAT, _dir_fd(dir_fd), 0, inbuf=raw, filename=_fn(path))
 
     def remove(self, path, *, dir_fd=None):
         raw, _ = _path("remove", path)
-        self._check(abi.OP_UNLINKAT, _dir_fd(dir_fd), 0, inbuf=raw, filename=path)
+        self._check(abi.OP_UNLINKAT, _dir_fd(dir_fd), 0, inbuf=raw, filename=_fn(path))
 
     def rmdir(self, path, *, dir_fd=None):
         raw, _ = _path("rmdir", path)
-        self._check(abi.OP_UNLINKAT, _dir_fd(dir_fd), AT_REMOVEDIR, inbuf=raw, filename=path)
+        self._check(abi.OP_UNLINKAT, _dir_fd(dir_fd), AT_REMOVEDIR, inbuf=raw,
+                    filename=_fn(path))
 
     def mkdir(self, path, mode=0o777, *, dir_fd=None):
         raw, _ = _path("mkdir", path)
-        self._check(abi.OP_MKDIRAT, _dir_fd(dir_fd), mode, inbuf=raw, filename=path)
+        self._check(abi.OP_MKDIRAT, _dir_fd(dir_fd), mode, inbuf=raw, filename=_fn(path))
 
     def _rename(self, func, src, dst, src_dir_fd, dst_dir_fd):
         a, _ = _path(func, src)
         b, _ = _path(func, dst)
         self._check(abi.OP_RENAMEAT, _dir_fd(src_dir_fd), _dir_fd(dst_dir_fd), inbuf=a, in2=b,
-                    filename=src, filename2=dst)
+                    filename=_fn(src), filename2=_fn(dst))
 
     def rename(self, src, dst, *, src_dir_fd=None, dst_dir_fd=None):
         self._rename("rename", src, dst, src_dir_fd, dst_dir_fd)
@@ -766,7 +772,7 @@ class FileSystem:
                 raise oserror(-r.ret)
             return newfd, True
         r = self._check(abi.OP_OPENAT, AT_FDCWD, _os.O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0,
-                        inbuf=raw, filename="." if path is None else path)
+                        inbuf=raw, filename="." if path is None else _fn(path))
         return self.kernel.adopt_fd(r.ret, func), False
 
     def listdir(self, path=None):
