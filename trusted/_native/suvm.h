@@ -80,6 +80,9 @@ void suvm_reset_stats(suvm_t *s);
  * write when write != 0), through the same path as the app.  Returns 0 or an error. */
 int suvm_bench_access(suvm_t *s, const uint64_t *offsets, size_t n, size_t item, int write);
 
+/* The yardstick of the miss cost: open one sealed page `iters` times.  0, or -1. */
+int suvm_bench_raw_open(uint32_t page_size, uint64_t iters);
+
 /* Test hooks: the enclave's key, and what it needs to open the stored copy of (vpn, sub)
  * (nonce 12 bytes, AAD 24 bytes, tag 16 bytes).  Return -2 if the page has no stored copy. */
 void suvm_test_key(suvm_t *s, uint8_t out[16]);

@@ -32,6 +32,7 @@ CDEF = """
     void suvm_test_key(suvm_t *s, uint8_t out[16]);
     int suvm_test_sealed(suvm_t *s, uint64_t vpn, uint32_t sub, uint8_t nonce[12], uint8_t aad[24],
                          uint8_t tag[16]);
+    int suvm_bench_raw_open(uint32_t page_size, uint64_t iters);
     int suvm_region_register(void);
     uintptr_t suvm_bench_access_fn(void);
 
