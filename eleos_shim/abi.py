@@ -66,7 +66,7 @@ def header_cdef() -> str:
     typedef void (*eleos_cpu_pollute_fn)(void);
     struct eleos_ring {
         uint64_t magic; uint32_t nslots; uint32_t slot_size; uint32_t workers_live;
-        uint32_t _r0; uint8_t _pad0[40];
+        uint32_t wake_pending; uint8_t _pad0[40];
         uint64_t head; uint8_t _pad1[56];
         uint64_t tail; uint8_t _pad2[56];
         uint32_t futex; uint32_t sleepers; uint8_t _pad3[56];

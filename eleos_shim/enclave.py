@@ -49,6 +49,10 @@ class Enclave:
         if self.cfg.syscalls == "rpc":
             from trusted._native._enclave import ffi as eff, lib as elib
             rpc_submit = int(eff.cast("uintptr_t", eff.addressof(elib, "enclave_rpc")))
+            # The enclave indexes the ring with the slot count of its own configuration,
+            # never with the host-writable header's (enclave_rpc.c); unattached = fall back.
+            if elib.enclave_rpc_attach(addrs["rpc_ring"], self.cfg.rpc_slots) != 0:
+                raise RuntimeError("the enclave could not attach the RPC ring")
         bridge = Bridge(dispatch=addrs["dispatch"], alloc=addrs["alloc"], free=addrs["free"],
                         charge=self.cpu.charge_fn, pollute=self.cpu.pollute_fn,
                         rpc_submit=rpc_submit, rpc_ring=addrs.get("rpc_ring", 0))

@@ -139,7 +139,7 @@ struct eleos_ring {
     uint32_t nslots;        /* informational (the enclave uses its own copy) */
     uint32_t slot_size;     /* ELEOS_RING_SLOT_SIZE */
     uint32_t workers_live;  /* running workers; 0: producers fall back without posting */
-    uint32_t _r0;
+    uint32_t wake_pending;  /* a producer woke a worker that has not come back yet */
     uint8_t  _pad0[40];
     uint64_t head;          /* next producer ticket; own line: producers contend on it */
     uint8_t  _pad1[56];

@@ -157,17 +157,20 @@ static int fallback(struct ring_ref *ref, struct eleos_ring *r, int why)
  * the syscall (see the top of the file). */
 static void wake_worker(struct ring_ref *ref, struct eleos_ring *r)
 {
+    __atomic_store_n(&r->wake_pending, 1, __ATOMIC_SEQ_CST);
     __atomic_add_fetch(&r->futex, 1, __ATOMIC_SEQ_CST);
     syscall(SYS_futex, &r->futex, FUTEX_WAKE_PRIVATE, 1, NULL, NULL, 0);
     COUNT(ref->counters[C_WAKEUPS]);
     __atomic_add_fetch(&r->wakeups, 1, __ATOMIC_RELAXED);
 }
 
-/* Every running worker asleep (or about to be): a call would wait for a futex wake-up. */
+/* Every running worker asleep (or about to be) and none on its way back: a call would wait
+ * for a futex wake-up.  (While a woken worker is on its way, calls post and spin as usual.) */
 static inline int all_asleep(struct eleos_ring *r)
 {
     uint32_t live = __atomic_load_n(&r->workers_live, __ATOMIC_SEQ_CST);
-    return __atomic_load_n(&r->sleepers, __ATOMIC_SEQ_CST) >= live;
+    return __atomic_load_n(&r->sleepers, __ATOMIC_SEQ_CST) >= live
+        && !__atomic_load_n(&r->wake_pending, __ATOMIC_SEQ_CST);
 }
 
 int enclave_rpc(uintptr_t ring, struct eleos_req *req, uint64_t spin)

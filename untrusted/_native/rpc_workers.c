@@ -193,12 +193,15 @@ static void *worker_main(void *arg)
          * and bumps `futex`, so the wait below returns at once or is woken. */
         uint32_t ticket = LOAD(&r->futex);
         __atomic_add_fetch(&r->sleepers, 1, __ATOMIC_SEQ_CST);
+        /* A wake-up flagged before this announcement was for an earlier sleep. */
+        __atomic_store_n(&r->wake_pending, 0, __ATOMIC_SEQ_CST);
         if (__atomic_load_n(&r->head, __ATOMIC_SEQ_CST) == __atomic_load_n(&r->tail, __ATOMIC_SEQ_CST)
             && !LOAD(&h->stop)) {
             __atomic_store_n(&w->sleeps, w->sleeps + 1, __ATOMIC_RELAXED);
             futex(&r->futex, FUTEX_WAIT_PRIVATE, ticket);
         }
         __atomic_sub_fetch(&r->sleepers, 1, __ATOMIC_SEQ_CST);
+        __atomic_store_n(&r->wake_pending, 0, __ATOMIC_SEQ_CST);
         idle = 0;
     }
     struct timespec ts;
