@@ -8,5 +8,7 @@ setup(
         "trusted/_native/enclave_build.py:ffi",
         "trusted/_native/suvm_build.py:ffi",
         "untrusted/_native/store_build.py:ffi",
+        "eleos_shim/_native/epcm_build.py:ffi",
+        "untrusted/_native/epc_build.py:ffi",
     ],
 )
