@@ -34,6 +34,7 @@ RING_MAGIC = 0x676E6972736F656C
 RING_HDR_SIZE = 384
 RING_SLOT_SIZE = 128
 MAX_ERRNO = 4095
+RPC_WHY = ("ring_full", "no_worker", "timeout", "workers_asleep")   # ELEOS_RPC_WHY_*
 
 # struct eleos_stat: 10 u64 then 3 i64.
 STAT_FORMAT = "=10Q3q"
@@ -70,7 +71,7 @@ def header_cdef() -> str:
         uint64_t head; uint8_t _pad1[56];
         uint64_t tail; uint8_t _pad2[56];
         uint32_t futex; uint32_t sleepers; uint8_t _pad3[56];
-        uint64_t fallbacks; uint64_t wakeups; uint8_t _pad4[48];
+        uint64_t fallbacks; uint64_t wakeups; uint64_t fallback_why[4]; uint8_t _pad4[16];
         uint8_t _pad5[64];
     };
     typedef int (*eleos_enclave_rpc_fn)(uintptr_t ring, struct eleos_req *req, uint64_t spin);

@@ -184,6 +184,7 @@ def test_zero_workers_every_call_falls_back_and_still_works(make_ring, pipe):
     assert os.read(rfd, 1000) == b"x" * 100
     assert ring.counters()[FALLBACK_NO_WORKER] == 100
     assert ring.host.stats()["fallbacks"] == 100
+    assert ring.host.stats()["fallback_why"]["no_worker"] == 100
     assert ring.host.stats()["processed"] == 0
 
 
@@ -216,6 +217,8 @@ def test_full_ring_and_busy_workers_fall_back(make_ring, pipe):
     assert tlib.enclave_rpc(ring.addr, nop, 1000) == abi.RPC_FALLBACK
     assert ring.counters()[FALLBACK_TIMEOUT] == 1
     assert ring.counters()[FALLBACK_FULL] == 1
+    assert ring.host.stats()["fallback_why"] == {"ring_full": 1, "no_worker": 0, "timeout": 1,
+                                                 "workers_asleep": 0}
     os.write(wfd, b"unblock")
     t.join()
     assert out == {"rc": abi.RPC_DONE, "ret": 7, "data": b"unblock"}
@@ -280,6 +283,7 @@ def test_a_call_to_a_sleeping_pool_falls_back_and_wakes_a_worker(make_ring):
     # The futex wake is a syscall: it rides on the OCALL this call falls back to.
     assert tlib.enclave_rpc(ring.addr, request(abi.OP_NOP), SPIN) == abi.RPC_FALLBACK
     assert ring.counters()[FALLBACK_ASLEEP] == 1
+    assert ring.host.stats()["fallback_why"]["workers_asleep"] == 1
     assert ring.counters()[WAKEUPS] == 1 == ring.host.stats()["wakeups"]
     wait_until(lambda: ring.header().sleepers == 0)
     # Awake now (for its idle budget): the next call is served by the ring.

@@ -12,6 +12,7 @@ and the next call pays one wake-up (an exit, charged by the enclave side).
 """
 from __future__ import annotations
 
+from eleos_shim import abi
 from eleos_shim.config import Config
 from untrusted._native._host import ffi, lib
 
@@ -85,10 +86,11 @@ class RpcHost:
 
     def stats(self) -> dict:
         """``processed`` (by the workers), ``fallbacks`` (calls producers took back to make an
-        OCALL, as the ring header counts them), ``worker_cpu_s``, ``workers``, and the exits
-        the ring still causes: ``wakeups`` (futex wakes of sleeping workers)."""
+        OCALL, as the ring header counts them), ``worker_cpu_s``, ``workers``, why the calls
+        fell back (``fallback_why``: ring_full, no_worker, timeout, workers_asleep), ``wakeups``
+        (futex wakes of sleeping workers, each riding on a fallback) and ``sleeps``."""
         per = self.per_worker()
-        ring = ffi.new("uint64_t[4]")
+        ring = ffi.new("uint64_t[8]")
         lib.rpc_host_ring_counters(self._h, ring)
         return {
             "processed": sum(w["processed"] for w in per),
@@ -97,6 +99,7 @@ class RpcHost:
             "workers": self.workers,
             "wakeups": ring[1],
             "sleeps": sum(w["sleeps"] for w in per),
+            "fallback_why": {why: ring[4 + i] for i, why in enumerate(abi.RPC_WHY)},
         }
 
     # -- the hostile-host fixture -----------------------------------------------------------

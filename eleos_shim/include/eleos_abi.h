@@ -133,6 +133,10 @@ typedef int (*eleos_enclave_rpc_fn)(uintptr_t ring, struct eleos_req *req, uint6
 #define ELEOS_RING_HDR_SIZE  384   /* six cache lines: slots start 128-aligned */
 #define ELEOS_RING_SLOT_SIZE 128   /* struct eleos_req (120 bytes) padded: no false sharing */
 #define ELEOS_MAX_ERRNO      4095  /* a result below -4095 is neither a result nor an errno */
+#define ELEOS_RPC_WHY_FULL      0   /* the slot of the next ticket was still in use */
+#define ELEOS_RPC_WHY_NO_WORKER 1   /* no worker running (0 configured, or stopped) */
+#define ELEOS_RPC_WHY_TIMEOUT   2   /* no worker took it within the spin budget */
+#define ELEOS_RPC_WHY_ASLEEP    3   /* every worker asleep: woken, the call exits meanwhile */
 
 struct eleos_ring {
     uint64_t magic;         /* ELEOS_RING_MAGIC */
@@ -149,8 +153,9 @@ struct eleos_ring {
     uint32_t sleepers;      /* workers asleep or about to sleep on `futex` */
     uint8_t  _pad3[56];
     uint64_t fallbacks;     /* calls producers took back to make an OCALL (stats) */
-    uint64_t wakeups;       /* futex wakes producers made, each one an exit (stats) */
-    uint8_t  _pad4[48];
+    uint64_t wakeups;       /* futex wakes producers made, each riding on a fallback OCALL */
+    uint64_t fallback_why[4];  /* fallbacks by reason: ELEOS_RPC_WHY_* (stats) */
+    uint8_t  _pad4[16];
     uint8_t  _pad5[64];
 };
 

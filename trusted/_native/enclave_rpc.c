@@ -63,7 +63,8 @@ static inline void relax(void) { __asm__ __volatile__("" ::: "memory"); }
 #define YIELD_AFTER_POLLS (1u << 16)
 
 /* Counters the enclave keeps itself (trusted; the ring header has the host's view). */
-enum { C_FALLBACK_FULL, C_FALLBACK_NO_WORKER, C_FALLBACK_TIMEOUT, C_FALLBACK_ASLEEP,
+enum { C_FALLBACK_FULL = ELEOS_RPC_WHY_FULL, C_FALLBACK_NO_WORKER = ELEOS_RPC_WHY_NO_WORKER,
+       C_FALLBACK_TIMEOUT = ELEOS_RPC_WHY_TIMEOUT, C_FALLBACK_ASLEEP = ELEOS_RPC_WHY_ASLEEP,
        C_WAKEUPS, C_CORRUPT, C_N };
 
 /* The enclave's own copy of what it knows about an attached ring. */
@@ -150,6 +151,7 @@ static int fallback(struct ring_ref *ref, struct eleos_ring *r, int why)
 {
     COUNT(ref->counters[why]);
     __atomic_add_fetch(&r->fallbacks, 1, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&r->fallback_why[why], 1, __ATOMIC_RELAXED);
     return ELEOS_RPC_FALLBACK;
 }
 

@@ -344,14 +344,17 @@ uint32_t rpc_host_worker_stats(struct rpc_host *h, uint64_t *processed, double *
     return h->nworkers;
 }
 
-/* The counters producers keep in the ring header: fallbacks, wakeups, sleepers now, live workers. */
-void rpc_host_ring_counters(struct rpc_host *h, uint64_t out[4])
+/* The counters producers keep in the ring header: fallbacks, wakeups, sleepers now, live
+ * workers, then the fallbacks by reason (ELEOS_RPC_WHY_*). */
+void rpc_host_ring_counters(struct rpc_host *h, uint64_t out[8])
 {
     struct eleos_ring *r = h->ring;
     out[0] = __atomic_load_n(&r->fallbacks, __ATOMIC_RELAXED);
     out[1] = __atomic_load_n(&r->wakeups, __ATOMIC_RELAXED);
     out[2] = __atomic_load_n(&r->sleepers, __ATOMIC_RELAXED);
     out[3] = __atomic_load_n(&r->workers_live, __ATOMIC_RELAXED);
+    for (int i = 0; i < 4; i++)
+        out[4 + i] = __atomic_load_n(&r->fallback_why[i], __ATOMIC_RELAXED);
 }
 
 /* Hostile-host fixture: the next `count` completions lie in the way `kind` says (see the enum
