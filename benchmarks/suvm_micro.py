@@ -7,6 +7,7 @@
 3. Policies (fifo, lru, clock, random), page sizes and sub-pages on uniform random and
    zipfian (s = 0.99, as YCSB) 64 B accesses, 10% writes, over a region 4x the page cache:
    hits, faults, write-backs and throughput, in C with the GIL released.
+4. The policies again with 4 threads on one instance (zipf): the cost of their locking.
 Medians of several runs; every configuration in the same run.  Prints tables and the machine,
 writes results/suvm_micro.json.
 
@@ -139,7 +140,8 @@ def zipf_pages(npages, count, s, rng):
     ranks = np.arange(1, npages + 1, dtype=np.float64)
     prob = ranks ** -s
     prob /= prob.sum()
-    perm = rng.permutation(npages)                # hot pages scattered over the region
+    # Hot pages scattered over the region, the same ones for every thread and run.
+    perm = np.random.default_rng(7).permutation(npages)
     return perm[rng.choice(npages, size=count, p=prob)]
 
 
@@ -209,12 +211,49 @@ def policies(runs, quick):
     return out
 
 
+def threaded(runs, quick, threads=4):
+    """Zipf mix from several threads at once on one instance: what each policy's locking costs
+    when threads contend (lru takes the list lock on every hit)."""
+    import threading
+    cache_mb, region, item = 4, 16 * MB, 64
+    count = 50_000 if quick else 150_000
+    rows, out = [], []
+    for pol in ("fifo", "lru", "clock", "random"):
+        thr, last = [], None
+        for _ in range(runs):
+            inst = make(policy=pol, cache_mb=cache_mb)
+            p = inst.malloc(region)
+            p.fill(1, region)
+            inst.evict_all()
+            loads = [workload("zipf", region, item, count, seed=100 + t) for t in range(threads)]
+            run_mix(inst, p.address, loads[0][0][: count // 4], loads[0][1][: count // 4], item)
+            inst.reset_stats()
+            ths = [threading.Thread(target=run_mix, args=(inst, p.address, o, w, item))
+                   for o, w in loads]
+            t0 = time.perf_counter()
+            for th in ths:
+                th.start()
+            for th in ths:
+                th.join()
+            thr.append(threads * count / (time.perf_counter() - t0))
+            last = inst.stats()
+            inst.close()
+        t = median(thr)
+        hit = last["hits"] / max(1, last["hits"] + last["faults"])
+        rows.append([pol, threads, t / 1e3, f"{hit:.3f}", last["faults"], last["writebacks"]])
+        out.append({"policy": pol, "threads": threads, "kaccess_per_s": t / 1e3, "hit_ratio": hit,
+                    "faults": last["faults"], "writebacks": last["writebacks"]})
+    print(f"\n4. Zipf mix from {threads} threads on one instance (4 KiB pages, median of {runs})")
+    print(table(["policy", "threads", "kacc/s", "hit ratio", "faults", "writebacks"], rows))
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer accesses (a smoke run)")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--json", default=None)
-    ap.add_argument("--only", choices=("fast", "miss", "policies"), default=None)
+    ap.add_argument("--only", choices=("fast", "miss", "policies", "threads"), default=None)
     args = ap.parse_args()
     m = machine()
     print(machine_line(m))
@@ -225,6 +264,8 @@ def main() -> int:
         result["miss"] = miss_cost(args.runs, args.quick)
     if args.only in (None, "policies"):
         result["policies"] = policies(max(1, args.runs // 2 + 1), args.quick)
+    if args.only in (None, "threads"):
+        result["threads"] = threaded(max(1, args.runs // 2 + 1), args.quick)
     path = write_json("suvm_micro", result, args.json)
     print(f"\nJSON: {path}")
     return 0

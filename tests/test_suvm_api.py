@@ -222,3 +222,35 @@ def test_unmodified_mmap_app_prints_the_same_on_suvm_in_process(inst):
     assert made and all(isinstance(m, suvm.SecureMemory) for m in made)
     s = inst.stats()
     assert s["faults"] > 0 and s["evictions"] > 0   # it really ran through the tiny page cache
+
+
+def test_unmodified_mmap_app_prints_the_same_under_the_loader_with_suvm_memory(shim):
+    native = shim("native", SCRIPTS / "suvm_mmap_app.py")
+    secure = shim("eleos", SCRIPTS / "suvm_mmap_app.py", env={"ELEOS_SUVM_CACHE_MB": "0.25"})
+    assert native.returncode == 0 and secure.returncode == 0, secure.stderr
+    assert secure.stdout == native.stdout and "checksum" in native.stdout
+    assert secure.stats["memory"] == "suvm"
+    s = secure.stats["suvm"]
+    assert s["faults"] > 0 and s["evictions"] > 0 and s["writebacks"] > 0
+    assert s["integrity_errors"] == 0
+
+
+def test_tampering_under_the_loader_stops_the_app_with_integrity_error(shim, tmp_path):
+    # The app itself plays the host here (it reaches the backing store through the instance
+    # the loader installed): after its data is paged out, one bit of it is flipped.
+    script = tmp_path / "tamper.py"
+    script.write_text(
+        "import mmap\n"
+        "from eleos_shim import suvm\n"
+        "m = mmap.mmap(-1, 1 << 20)\n"
+        "m[:] = b'x' * (1 << 20)\n"
+        "inst = suvm.instance()\n"
+        "inst.evict_all()\n"
+        "inst.backing_store.flip_bit(m._lo // inst.page_size + 3, 77)\n"
+        "print('before', m[0:4])\n"
+        "print('after', m[3 * inst.page_size:3 * inst.page_size + 4])\n")
+    run = shim("eleos", script)
+    assert run.returncode == 1
+    assert "before b'xxxx'" in run.stdout and "after" not in run.stdout
+    assert "IntegrityError" in run.stderr
+    assert run.stats["suvm"]["integrity_errors"] >= 1
