@@ -95,6 +95,13 @@ class Kernel:
     The fd table holds 0, 1, 2 and every fd the shim obtained from the host and has not closed.
     An fd is removed *before* its CLOSE is sent, so a concurrent open that gets the same number
     back from the host is never mistaken for a lie.
+
+    Fds handed to the app as bare integers (``os.open``, ``os.dup``, ``os.pipe``) are *raw*:
+    the app may give them to C code that closes them behind the shim's back (numpy's
+    ``np.load`` dups an fd with ``os.dup`` and ``fclose``s it in C), which a Python-level
+    LibOS cannot see.  A host reply naming a raw fd is therefore taken as proof that the old
+    one is gone; a reply naming an fd held by a shim object (file, socket, epoll, directory
+    iterator, or stdio) is a lie.  Wrapping a raw fd in such an object makes it owned.
     """
 
     def __init__(self, transport):
@@ -102,23 +109,38 @@ class Kernel:
         self._call = transport.call
         self._lock = threading.Lock()
         self.fds: set[int] = {0, 1, 2}
+        self.raw_fds: set[int] = set()             # subset of fds: bare ints the app holds
         self.sock_blocking: dict[int, bool] = {}   # socket fd -> would it block natively
 
     # -- the fd table --------------------------------------------------------------------------
-    def adopt_fd(self, fd: int, what: str) -> int:
-        """Record an fd the host just created; reject impossible ones (Iago)."""
+    def adopt_fd(self, fd: int, what: str, raw: bool = False) -> int:
+        """Record an fd the host just created; reject impossible ones (Iago).  ``raw``: it
+        goes to the app as a bare integer."""
         if fd < 0 or fd >= 1 << 31:
             raise IagoError(f"host returned an impossible fd {fd} for {what}")
         with self._lock:
             if fd in self.fds:
-                raise IagoError(f"host returned fd {fd} for {what}, but the enclave already "
-                                f"has fd {fd} open")
+                if fd not in self.raw_fds:
+                    raise IagoError(f"host returned fd {fd} for {what}, but the enclave "
+                                    f"already has fd {fd} open")
+                self.sock_blocking.pop(fd, None)   # closed unseen (see above): a new file
             self.fds.add(fd)
+            if raw:
+                self.raw_fds.add(fd)
+            else:
+                self.raw_fds.discard(fd)
         return fd
+
+    def own_fd(self, fd: int) -> None:
+        """A shim object now holds ``fd``: from here on only the shim closes it."""
+        with self._lock:
+            self.fds.add(fd)
+            self.raw_fds.discard(fd)
 
     def forget_fd(self, fd: int) -> None:
         with self._lock:
             self.fds.discard(fd)
+            self.raw_fds.discard(fd)
             self.sock_blocking.pop(fd, None)
 
     # -- calls ----------------------------------------------------------------------------------

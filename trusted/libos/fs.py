@@ -345,7 +345,11 @@ class ScandirIterator:
         while not self._pending:
             if self._fd < 0:
                 raise StopIteration
-            batch = self._fs._getdents(self._fd)
+            try:
+                batch = self._fs._getdents(self._fd)
+            except BaseException:
+                self.close()
+                raise
             if not batch:
                 self.close()
                 raise StopIteration
@@ -509,6 +513,8 @@ class FileSystem:
             if file < 0:
                 raise ValueError("negative file descriptor")
             fd, own = file, False
+            if closefd:
+                k.own_fd(fd)
         else:
             if not closefd:
                 raise ValueError("Cannot use closefd=False with file name")
@@ -552,7 +558,7 @@ class FileSystem:
         raw, _ = _path("open", path)
         r = self._check(abi.OP_OPENAT, _dir_fd(dir_fd), flags | O_CLOEXEC, mode, inbuf=raw,
                         filename=_fn(path))
-        return self.kernel.adopt_fd(r.ret, "open")
+        return self.kernel.adopt_fd(r.ret, "open", raw=True)
 
     def close(self, fd):
         self.kernel.close(fd.__index__())
@@ -623,7 +629,7 @@ class FileSystem:
 
     def dup(self, fd, /):
         r = self._check(abi.OP_DUP, fd)
-        newfd = self.kernel.adopt_fd(r.ret, "dup")
+        newfd = self.kernel.adopt_fd(r.ret, "dup", raw=True)
         if fd in self.kernel.sock_blocking:
             self.kernel.sock_blocking[newfd] = self.kernel.sock_blocking[fd]
         return newfd
@@ -634,9 +640,9 @@ class FileSystem:
         a, b = struct.unpack("=ii", r.out)
         if a == b:
             raise IagoError(f"host returned the same fd twice for {what}")
-        self.kernel.adopt_fd(a, what)
+        self.kernel.adopt_fd(a, what, raw=True)
         try:
-            self.kernel.adopt_fd(b, what)
+            self.kernel.adopt_fd(b, what, raw=True)
         except IagoError:
             self.kernel.forget_fd(a)
             raise

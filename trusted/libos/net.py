@@ -257,8 +257,7 @@ class EnclaveSocket(_RealSocket):
             fl = k.check(abi.OP_FCNTL, fd, F_GETFL, 0).ret
             if not fl & O_NONBLOCK:
                 k.check(abi.OP_FCNTL, fd, F_SETFL, fl | O_NONBLOCK)
-            with k._lock:
-                k.fds.add(fd)          # an fd the app handed us: the enclave's from now on
+            k.own_fd(fd)               # an fd the app handed us: the socket's from now on
         self._init_fd(fd, family, type, proto)
 
     def _init_fd(self, fd, family, type, proto):
@@ -531,6 +530,9 @@ class EnclaveSocket(_RealSocket):
     def detach(self):
         self._closed = True
         fd, self._fd = self._fd, -1
+        if fd >= 0:
+            with self._k._lock:
+                self._k.raw_fds.add(fd)   # a bare int in the app's hands from now on
         return fd
 
     def dup(self):
@@ -587,7 +589,7 @@ class SocketModule:
 
     def dup(self, fd, /):
         r = self.kernel.check(abi.OP_DUP, operator.index(fd))
-        return self.kernel.adopt_fd(r.ret, "dup")
+        return self.kernel.adopt_fd(r.ret, "dup", raw=True)
 
     def gethostbyname(self, hostname, /):
         records = self.resolver.getaddrinfo(hostname, None, AF_INET)
