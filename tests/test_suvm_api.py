@@ -254,3 +254,14 @@ def test_tampering_under_the_loader_stops_the_app_with_integrity_error(shim, tmp
     assert "before b'xxxx'" in run.stdout and "after" not in run.stdout
     assert "IntegrityError" in run.stderr
     assert run.stats["suvm"]["integrity_errors"] >= 1
+
+
+def test_memory_of_a_closed_instance_refuses_access_instead_of_crashing():
+    inst = suvm.create(Config().replace(suvm_cache_mb=0.0625, suvm_store_mb=4))
+    m = suvm.SecureMemory(10000, suvm=inst)
+    p = inst.malloc(100)
+    q = p + 5
+    inst.close()
+    for bad in (lambda: m[0], lambda: p[0:4], lambda: q[0]):
+        with pytest.raises(ValueError, match="closed"):
+            bad()

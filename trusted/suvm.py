@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import bisect
 import threading
+import weakref
 from typing import Callable
 
 from eleos_shim.errors import IntegrityError
@@ -105,6 +106,7 @@ class Suvm:
         self._slabs: dict[int, list[_Slab]] = {}  # size class -> slabs with free chunks
         self._slab_of: dict[int, _Slab] = {}      # page -> slab
         self._small: dict[int, int] = {}          # address -> size class
+        self._regions: weakref.WeakSet = weakref.WeakSet()   # closed with the instance
         self.closed = False
 
     # ---- allocator (metadata stays in the enclave) ----
@@ -116,6 +118,7 @@ class Suvm:
         p = SPointer.__new__(SPointer)
         p._bind(self.addr, addr, addr, addr + n)
         p._suvm = self
+        self._regions.add(p)
         return p
 
     def _alloc(self, n: int) -> tuple[int, int]:
@@ -244,8 +247,16 @@ class Suvm:
             if self.closed:
                 return
             self.closed = True
+            for r in list(self._regions):   # a later access raises ValueError, not a crash
+                r._mark_closed()
             lib.suvm_destroy(self._h)
             self._h = ffi.NULL
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
 
     @property
     def handle(self):
@@ -280,6 +291,7 @@ class SPointer(Region):
         p = SPointer.__new__(SPointer)
         p._bind(self._suvm.addr, self._lo, addr, self._hi)
         p._suvm = self._suvm
+        self._suvm._regions.add(p)
         return p
 
     def __add__(self, k: int) -> "SPointer":
@@ -408,7 +420,7 @@ class SecureMemory(Region):
         addr, _ = s._alloc(length)
         self._bind(s.addr, addr, addr, addr + length)
         self._suvm = s
-        self._length = length
+        s._regions.add(self)
 
     def size(self) -> int:
         return len(self)
