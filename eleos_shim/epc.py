@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import os
 import signal
 import threading
 import weakref
@@ -35,7 +36,9 @@ from eleos_shim.config import Config
 from eleos_shim.errors import IntegrityError
 
 PAGE = 4096
-DRIVER_THREADS = 4           # fault-handling threads: more than 2 lets faults overlap their waits
+# Fault-handling driver threads: enough for faults on different pages to be served at once,
+# no more than the cores (every trap wakes them all: userfaultfd readers are not exclusive).
+DRIVER_THREADS = max(2, min(4, os.cpu_count() or 2))
 # The real-time signal that delivers an ELDU failure to Python; glibc keeps the first few
 # real-time signals for itself, the last ones are free.
 INTEGRITY_SIGNAL = signal.SIGRTMAX - 3
@@ -98,6 +101,11 @@ class EPCMap(mmap.mmap):
         self._epc_release = weakref.finalize(self, epc._release, rid, va_first, npages)
         driver.attach(rid, address)
         return self
+
+    @property
+    def address(self) -> int:
+        """Where the app's view of the region starts (for C loops over it)."""
+        return self._epc_address
 
     def close(self) -> None:
         super().close()              # BufferError while views exist: then nothing changes
@@ -175,6 +183,10 @@ class EPC:
 
     def page_states(self, m: EPCMap) -> list[str]:
         return self._driver.page_states(m._epc_region, m._epc_pages)
+
+    def counters(self) -> dict:
+        """The driver's raw cumulative counters and nanosecond sums (benchmarks take deltas)."""
+        return self._driver.raw_stats()
 
     def stats(self) -> dict:
         """The ``epc`` section of the stats (DESIGN.md section 4) with the per-fault breakdown."""

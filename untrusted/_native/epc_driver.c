@@ -7,17 +7,19 @@
  * (ERESUME).  This file is that driver, for real, over memory of this process:
  *
  *   enclave memory  a memfd per region.  The app maps it (a real mmap.mmap, created in Python);
- *                   the driver maps it a second time, the "alias", which stands for the EPC frames
- *                   as the CPU sees them: EWB reads the page there, ELDU writes it there, so the
- *                   app never sees a half-loaded page.  A page is resident while it is in the
- *                   memfd; EWB ends with a hole punched in it, so resident pages are real memory
- *                   you can count with mincore(2) or /proc/self/smaps.
- *   traps           userfaultfd (MISSING|MINOR on the app's view): a non-resident page or one
- *                   being evicted blocks the thread in the kernel and a native driver thread gets
- *                   the fault; it installs the page with UFFDIO_CONTINUE, which wakes the thread.
- *                   Fallback (userfaultfd refused): the app's view is PROT_NONE where not
- *                   resident; the SIGSEGV handler hands the fault to a driver thread through a
- *                   lock-free queue and sleeps on a futex until the page is in; mprotect installs.
+ *                   the driver maps it a second time, the "alias", the EPC frames as the CPU
+ *                   sees them, where EWB reads a page.  ELDU decrypts into the handler thread's
+ *                   own staging frame, which is then put into the memfd in one step (UFFDIO_COPY,
+ *                   or pwrite), so the app never sees a half-loaded page.  A page is resident
+ *                   while it is in the memfd; EWB ends with a hole punched in it, so resident
+ *                   pages are real memory you can count with mincore(2) or /proc/self/smaps.
+ *   traps           userfaultfd (MISSING|MINOR on the app's view): a non-resident page, or one
+ *                   being evicted, blocks the thread in the kernel and a native driver thread
+ *                   reads the fault; UFFDIO_COPY (UFFDIO_CONTINUE for a page still in the memfd)
+ *                   installs the page and wakes the thread.  Fallback (userfaultfd refused):
+ *                   the app's view is PROT_NONE where not resident; the SIGSEGV handler hands
+ *                   the fault to a driver thread through a lock-free queue and sleeps on a
+ *                   futex until the page is in; mprotect installs it.
  *   EBLOCK/ETRACK   before EWB the victim is unmapped from the app's view (MADV_DONTNEED, or
  *                   mprotect PROT_NONE), which flushes every thread's TLB, so no write can slip in
  *                   after EWB read the page (SGX's EBLOCK + ETRACK + IPI, with the same cost).
@@ -252,12 +254,29 @@ static void punch(struct epc_region *r, uint64_t i)
     fallocate(r->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)(i * EPC_PAGE), EPC_PAGE);
 }
 
-static void fill_zero(struct epc_region *r, uint64_t i)
+/* Put the loaded content of page i (in `frame`, the handler's staging frame) into the memfd and
+ * map it for the app, which wakes the threads waiting on it.  userfaultfd: UFFDIO_COPY does all
+ * of it in one call (the kernel allocates the page and copies, no zeroing, no fault in the
+ * driver).  SIGSEGV: pwrite into the memfd, then open the app's view. */
+static int commit(struct epc_region *r, uint64_t i, const uint8_t *frame)
 {
-    /* Writing through the alias allocates the page in the memfd (and makes it up to date, which
-     * UFFDIO_CONTINUE needs) without touching the app's view. */
-    memset(r->alias + i * EPC_PAGE, 0, EPC_PAGE);
+    uintptr_t a = r->app + i * EPC_PAGE;
+    if (D.trap == TRAP_USERFAULTFD) {
+        struct uffdio_copy c = { .dst = a, .src = (uintptr_t)frame, .len = EPC_PAGE, .mode = 0 };
+        if (ioctl(D.uffd, UFFDIO_COPY, &c) == 0)
+            return 0;
+        /* EEXIST (cannot happen: the page is a hole while loading) or a signal: fall back. */
+        memcpy(r->alias + i * EPC_PAGE, frame, EPC_PAGE);
+        return install(r, i);
+    }
+    ssize_t n = pwrite(r->memfd, frame, EPC_PAGE, (off_t)(i * EPC_PAGE));
+    if (n != (ssize_t)EPC_PAGE)
+        memcpy(r->alias + i * EPC_PAGE, frame, EPC_PAGE);
+    return install(r, i);
 }
+
+/* The EPC frame a handler thread loads into before committing it (one per driver thread). */
+static __thread uint8_t staging[EPC_PAGE] __attribute__((aligned(4096)));
 
 /* ---- the fault path ---- */
 
@@ -303,28 +322,24 @@ static void handle_fault(struct epc_region *r, uint64_t i, int tid, int charge_h
 
     if (!load) {
         if (!r->live || p->state == PG_RESIDENT) ADD(spurious, 1);
-    } else {
-        uint8_t *frame = r->alias + i * EPC_PAGE;
-        if (from == PG_EVICTED && !__atomic_load_n(&D.dead, __ATOMIC_ACQUIRE)) {
-            uint64_t c0 = now_ns();
-            /* The frame is a fresh (hole) page of the memfd: the alias write allocates it. */
-            int rc = D.eldu(frame, (uint64_t)(r->app + i * EPC_PAGE), r->va_first + i,
-                            r->store + i * EPC_PAGE, r->pcmd + i * EPC_PCMD);
-            ADD(eldu_ns, now_ns() - c0);
-            if (rc == 0) {
-                ADD(eldu, 1);
-            } else {
-                ADD(integrity_failures, 1);
-                if (!__atomic_exchange_n(&D.dead, 1, __ATOMIC_ACQ_REL)) {
-                    D.dead_tid = tid;
-                    D.dead_addr = (uint64_t)(r->app + i * EPC_PAGE);
-                }
-                memset(frame, 0, EPC_PAGE);   /* the CPU wiped it; keep it that way */
-            }
+    } else if (from == PG_EVICTED && !__atomic_load_n(&D.dead, __ATOMIC_ACQUIRE)) {
+        uint64_t c0 = now_ns();
+        int rc = D.eldu(staging, (uint64_t)(r->app + i * EPC_PAGE), r->va_first + i,
+                        r->store + i * EPC_PAGE, r->pcmd + i * EPC_PCMD);
+        ADD(eldu_ns, now_ns() - c0);
+        if (rc == 0) {
+            ADD(eldu, 1);
         } else {
-            fill_zero(r, i);
-            ADD(zero_fills, 1);
+            ADD(integrity_failures, 1);
+            if (!__atomic_exchange_n(&D.dead, 1, __ATOMIC_ACQ_REL)) {
+                D.dead_tid = tid;
+                D.dead_addr = (uint64_t)(r->app + i * EPC_PAGE);
+            }
+            memset(staging, 0, EPC_PAGE);     /* the CPU wiped it; the app gets a zero page */
         }
+    } else {
+        memset(staging, 0, EPC_PAGE);         /* first touch (or a dead enclave): a zero page */
+        ADD(zero_fills, 1);
     }
     uint64_t m0 = now_ns();
     if (charge_here) {
@@ -333,7 +348,14 @@ static void handle_fault(struct epc_region *r, uint64_t i, int tid, int charge_h
     }
     t_modeled += now_ns() - m0;
     uint64_t i0 = now_ns();
-    if (r->live) install(r, i);
+    if (r->live) {
+        if (load) {
+            commit(r, i, staging);
+            memset(staging, 0, EPC_PAGE);     /* no plaintext stays in the driver's frame */
+        } else {
+            install(r, i);
+        }
+    }
     ADD(install_ns, now_ns() - i0);
     if (load) {
         pthread_mutex_lock(&D.lk);
