@@ -122,9 +122,15 @@ def _client(address: tuple[str, int], session: P.ClientSession, pool: list[Reque
 
 def run(address: tuple[str, int], identities: int, threads: int = 100, duration: float = 10.0,
         warmup: float = 2.0, genuine_share: float = 0.5, pool_size: int = 2048, seed: int = 1,
-        client_id: int = 1, master: bytes = P.DEMO_MASTER_KEY, mode: str = "template") -> dict:
-    """Drive the server for warmup + duration seconds; returns the summary dict."""
-    pool = build_pool(pool_size, identities, genuine_share, client_id, seed, master, mode=mode)
+        client_id: int = 1, master: bytes = P.DEMO_MASTER_KEY, mode: str = "template",
+        pool: list[Request] | None = None) -> dict:
+    """Drive the server for warmup + duration seconds; returns the summary dict.
+
+    ``pool``: requests already built by build_pool for this client id (a benchmark reuses
+    one pool across servers; otherwise one is built here)."""
+    if pool is None:
+        pool = build_pool(pool_size, identities, genuine_share, client_id, seed, master, mode=mode)
+    pool_size = len(pool)
     session = P.ClientSession(client_id, master)
     results = [ThreadResult() for _ in range(threads)]
     ready = threading.Barrier(threads + 1)

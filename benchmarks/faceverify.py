@@ -1,0 +1,208 @@
+"""The paper's face verification experiment: throughput under native, sgx and eleos.
+
+The unmodified server (apps/faceverify/server.py) runs under ``python -m eleos_shim --mode M``
+with its template database in one mmap arena, once with a database that fits in the EPC and
+once with one 5x the EPC (the paper: 450 MB in a ~93 MB EPC).  Scaled down by default so a
+run takes minutes: EPC 16 MB, databases of 8 MB (fits) and 80 MB (5x).  A closed-loop client
+(apps/faceverify/load.py, in this process) drives it for a fixed time.  Every run starts every
+configuration once, in a rotated order so drift on a shared machine spreads evenly; each
+mode's speedup over sgx is the median over runs of the ratio measured within the same run.
+
+The client shares the machine with the server (Eleos's ran on another host): on a 2-core box
+100 Python client threads cost the server CPU, so the default is 16 threads, enough to keep
+the single-threaded server busy (``--threads 100`` for the paper's number).
+
+    python benchmarks/faceverify.py [--runs 3] [--duration 5] [--epc-mb 16] [--json PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import ROOT, machine, machine_line, median, table, write_json  # noqa: E402
+from apps.faceverify import load  # noqa: E402
+from apps.faceverify.server import identities_for_mb  # noqa: E402
+
+MODES = ("native", "sgx", "eleos")
+SERVER = "apps/faceverify/server.py"
+
+
+def start_server(mode: str, db_mb: float, epc_mb: float, cost: str, stats_path: str,
+                 timeout: float = 300.0) -> tuple[subprocess.Popen, int]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ELEOS_")}
+    env.update(ELEOS_MODE=mode, ELEOS_EPC_MB=str(epc_mb), ELEOS_COST=cost,
+               ELEOS_STATS=stats_path, PYTHONPATH=str(ROOT))
+    # stderr to a file: a pipe nobody reads during the run could fill and stall the server.
+    err = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen([sys.executable, "-m", "eleos_shim", SERVER, "-p", "0",
+                             "--db-mb", str(db_mb)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=err, text=True)
+    proc.err_file = err
+    import selectors
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        ready = sel.select(timeout)
+    line = proc.stdout.readline().strip() if ready else ""
+    if not line.startswith("listening on "):
+        proc.kill()
+        raise RuntimeError(f"{mode} server did not start: {line!r}\n{stop_server(proc)[-2000:]}")
+    return proc, int(line.rsplit(":", 1)[1])
+
+
+def stop_server(proc: subprocess.Popen) -> str:
+    """SIGTERM, wait, and return the server's stderr."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    proc.stdout.close()
+    proc.err_file.seek(0)
+    text = proc.err_file.read()
+    proc.err_file.close()
+    return text
+
+
+def one_run(mode: str, db_mb: float, pool, identities: int, args) -> dict:
+    fd, stats_path = tempfile.mkstemp(prefix="faceverify-bench-", suffix=".json")
+    os.close(fd)
+    try:
+        proc, port = start_server(mode, db_mb, args.epc_mb, args.cost, stats_path)
+        try:
+            summary = load.run(("127.0.0.1", port), identities, args.threads, args.duration,
+                               args.warmup, pool=pool)
+        finally:
+            err = stop_server(proc)
+        with open(stats_path) as f:
+            text = f.read()
+        stats = json.loads(text) if text.strip() else {}
+    finally:
+        os.unlink(stats_path)
+    if summary["errors"]:
+        raise RuntimeError(f"{mode} {db_mb} MB: {summary['errors']} client errors\n{err[-2000:]}")
+    served = max(1, _served(err))
+    return {
+        "mode": mode, "db_mb": db_mb,
+        "verifications_per_s": summary["verifications_per_s"],
+        "latency_us": summary["latency_us"],
+        "accuracy": summary["accuracy"],
+        # Per request over the whole server life: the shim writes its stats only at exit, so
+        # these include the warm-up and, for faults, the DB build (one pass over the arena).
+        "served": served,
+        "exits_per_request": stats.get("exits", {}).get("total", 0) / served,
+        "epc_faults_per_request": stats.get("epc", {}).get("faults", 0) / served,
+        "suvm_faults_per_request": stats.get("suvm", {}).get("faults", 0) / served,
+        "rpc_fallbacks": stats.get("rpc", {}).get("fallbacks", 0),
+        "rpc_processed": stats.get("rpc", {}).get("processed", 0),
+        "stats": stats,
+    }
+
+
+def _served(stderr: str) -> int:
+    for line in stderr.splitlines():
+        if line.startswith("faceverify: served "):
+            return int(line.split()[2])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--duration", type=float, default=5.0, help="measured seconds per run")
+    ap.add_argument("--warmup", type=float, default=2.0)
+    ap.add_argument("--threads", type=int, default=16)
+    ap.add_argument("--epc-mb", type=float, default=16.0, help="usable EPC (paper: 93)")
+    ap.add_argument("--fit-mb", type=float, default=None, help="database that fits (EPC/2)")
+    ap.add_argument("--big-mb", type=float, default=None, help="database 5x the EPC")
+    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--cost", default="spin", choices=("spin", "account"))
+    ap.add_argument("--pool", type=int, default=2048)
+    ap.add_argument("--json", help="output path (default results/faceverify.json)")
+    args = ap.parse_args(argv)
+    modes = args.modes.split(",")
+    sizes = [("fits in EPC", args.fit_mb or args.epc_mb / 2),
+             ("5x EPC", args.big_mb or args.epc_mb * 5)]
+    m = machine()
+    print(machine_line(m), flush=True)
+    print(f"EPC {args.epc_mb:g} MB (scaled down from 93), databases "
+          + ", ".join(f"{mb:g} MB ({name})" for name, mb in sizes)
+          + f"; {args.threads} client threads, {args.duration:g} s x {args.runs} runs, "
+          f"cost model {args.cost}", flush=True)
+    pools = {}
+    for name, mb in sizes:
+        n = identities_for_mb(mb)
+        t0 = time.perf_counter()
+        pools[mb] = (load.build_pool(args.pool, n, 0.5, client_id=1, seed=1), n)
+        print(f"  pool for {mb:g} MB ({n} identities) built in {time.perf_counter() - t0:.1f} s",
+              flush=True)
+    runs = []
+    for r in range(args.runs):
+        for _, mb in sizes:
+            order = modes[r % len(modes):] + modes[:r % len(modes)]
+            for mode in order:
+                pool, n = pools[mb]
+                res = one_run(mode, mb, pool, n, args)
+                res["run"] = r
+                runs.append(res)
+                print(f"  run {r} {mb:g} MB {mode:6s} {res['verifications_per_s']:8.0f} verif/s  "
+                      f"p50 {res['latency_us']['p50']:.0f} us  faults/req epc "
+                      f"{res['epc_faults_per_request']:.2f} suvm {res['suvm_faults_per_request']:.2f}",
+                      flush=True)
+
+    rows, summary = [], []
+    for name, mb in sizes:
+        for mode in modes:
+            mine = [x for x in runs if x["db_mb"] == mb and x["mode"] == mode]
+            tput = [x["verifications_per_s"] for x in mine]
+            ratios = []
+            for x in mine:
+                base = [y for y in runs if y["db_mb"] == mb and y["mode"] == "sgx" and y["run"] == x["run"]]
+                if base:
+                    ratios.append(x["verifications_per_s"] / base[0]["verifications_per_s"])
+            s = {
+                "db": name, "db_mb": mb, "mode": mode,
+                "verifications_per_s": median(tput), "min": min(tput), "max": max(tput),
+                "speedup_over_sgx": median(ratios) if ratios else None,
+                "p50_us": median(x["latency_us"]["p50"] for x in mine),
+                "p99_us": median(x["latency_us"]["p99"] for x in mine),
+                "exits_per_request": median(x["exits_per_request"] for x in mine),
+                "faults_per_request": median(x["epc_faults_per_request"] + x["suvm_faults_per_request"]
+                                             for x in mine),
+                "tpr": median(x["accuracy"]["tpr"] for x in mine),
+                "fpr": median(x["accuracy"]["fpr"] for x in mine),
+            }
+            summary.append(s)
+            rows.append([f"{name} ({mb:g} MB)", mode, s["verifications_per_s"],
+                         f"{s['min']:.0f}-{s['max']:.0f}",
+                         "-" if s["speedup_over_sgx"] is None else f"{s['speedup_over_sgx']:.2f}x",
+                         s["p50_us"], s["p99_us"], s["exits_per_request"], s["faults_per_request"],
+                         f"{s['tpr']:.3f}/{s['fpr']:.3f}"])
+    print()
+    print(table(["database", "mode", "verif/s (median)", "range", "vs sgx", "p50 us", "p99 us",
+                 "exits/req", "faults/req*", "TPR/FPR"], rows))
+    print("* per request served, counted over the server's life: includes building the database")
+    print(machine_line(m))
+    big = [s for s in summary if s["db"] == "5x EPC" and s["mode"] == "eleos"]
+    if big and big[0]["speedup_over_sgx"] is not None:
+        print(f"eleos/sgx at 5x the EPC: {big[0]['speedup_over_sgx']:.2f}x (paper: 2.3x)")
+    out = write_json("faceverify", {
+        "benchmark": "faceverify", "machine": m,
+        "config": {k: v for k, v in vars(args).items()}, "databases_mb": dict(sizes),
+        "summary": summary, "runs": runs}, args.json)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
