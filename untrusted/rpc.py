@@ -25,8 +25,9 @@ STOP_TIMEOUT_S = 1.0
 
 
 class RpcHost:
-    """The ring and its workers.  Keep the object alive while an enclave may use
-    :attr:`ring_addr`: the ring is unmapped when it is closed or collected."""
+    """The ring and its workers.  The ring is unmapped only by :meth:`close`: never by the
+    garbage collector, because app threads (daemon threads at interpreter exit included) may
+    still be inside an enclave call that reads it."""
 
     def __init__(self, cfg: Config, dispatch_addr: int):
         self.slots = cfg.rpc_slots
@@ -34,7 +35,7 @@ class RpcHost:
         h = lib.rpc_host_new(cfg.rpc_slots, cfg.rpc_workers, cfg.rpc_sleep, dispatch_addr)
         if h == ffi.NULL:
             raise MemoryError(f"RPC ring of {cfg.rpc_slots} slots could not be allocated")
-        self._h = ffi.gc(h, lib.rpc_host_free)
+        self._h = h
         self.ring_addr: int = lib.rpc_host_ring(h)
         self._started = self._stopped = False
         self._leaked = 0
@@ -61,11 +62,12 @@ class RpcHost:
         return self._leaked
 
     def close(self) -> None:
-        """Stop the workers and unmap the ring (no enclave call may be in flight)."""
+        """Stop the workers and unmap the ring (no enclave call may be in flight, and the
+        enclave must have detached it)."""
         if self._h is not None:
             self.stop()
             h, self._h = self._h, None
-            ffi.release(h)
+            lib.rpc_host_free(h)
 
     def __enter__(self) -> "RpcHost":
         self.start()
