@@ -133,3 +133,18 @@ def test_sub_page_read_decrypts_only_the_sub_page():
         assert s["bytes_unsealed"] == 256
     finally:
         inst.close()
+
+
+def test_overwriting_whole_pages_does_not_open_their_stored_copies():
+    inst = make("clock", 4096, 0)
+    try:
+        p = inst.malloc(16 * 4096)
+        p[:] = b"a" * (16 * 4096)
+        inst.evict_all()
+        inst.reset_stats()
+        p[100:100 + 8 * 4096] = b"b" * (8 * 4096)    # 7 whole pages and two partial ones
+        s = inst.stats()
+        assert s["bytes_unsealed"] == 2 * 4096 and s["faults"] == 9
+        assert p[:] == b"a" * 100 + b"b" * (8 * 4096) + b"a" * (8 * 4096 - 100)
+    finally:
+        inst.close()

@@ -258,6 +258,16 @@ class Suvm:
         except Exception:
             pass
 
+    def bench_access(self, addresses, item: int, write: bool = False) -> None:
+        """The benchmark loop: one access of ``item`` bytes at each SUVM address (a
+        buffer of uint64, e.g. a numpy array, or a sequence of ints), reads or writes, in C
+        with the GIL released (``suvm_bench_access``)."""
+        try:
+            buf = ffi.from_buffer("uint64_t[]", addresses)
+        except TypeError:
+            buf = ffi.new("uint64_t[]", list(addresses))
+        _check(lib.suvm_bench_access(self._h, buf, len(buf), item, 1 if write else 0))
+
     @property
     def handle(self):
         """The C ``suvm_t *`` for C-level loops (suvm_bench_access)."""

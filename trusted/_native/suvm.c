@@ -373,8 +373,11 @@ static int32_t get_frame(suvm_t *s, pthread_mutex_t *mine)
     return -1;
 }
 
-/* Bring vpn in.  Returns its frame pinned by the caller (>= 0), or a SUVM_E* error. */
-static int32_t fault_in(suvm_t *s, uint64_t vpn)
+/* Bring vpn in.  Returns its frame pinned by the caller (>= 0), or a SUVM_E* error.
+ * `whole` (may be NULL): the access overwrites the whole page (op 1: copy from whole, op 2:
+ * fill with whole[0]), so the stored copy need not be opened: the new content goes into the
+ * frame before the page is published, and *done is set. */
+static int32_t fault_in(suvm_t *s, uint64_t vpn, const uint8_t *whole, int op, int *done)
 {
     pthread_mutex_t *mine = stripe_of(s, vpn);
     struct pte *p = pte_of(s, vpn);
@@ -399,7 +402,12 @@ static int32_t fault_in(suvm_t *s, uint64_t vpn)
         }
         uint8_t *dst = frame_ptr(s, f);
         p->direct_at = 0;
-        if (p->sealed) {
+        int dirty = 0;
+        if (whole) {
+            if (op == 1) memcpy(dst, whole, s->page_size); else memset(dst, whole[0], s->page_size);
+            dirty = 1;
+            *done = 1;
+        } else if (p->sealed) {
             if (open_subpages(s, vpn, p, 0, s->nsub, dst) != SUVM_OK) {
                 free_frame(s, f);
                 pthread_mutex_unlock(mine);
@@ -409,7 +417,7 @@ static int32_t fault_in(suvm_t *s, uint64_t vpn)
             memset(dst, 0, s->page_size);   /* never written back: zero, as fresh memory */
         }
         struct frame_meta *m = &s->fm[f];
-        atomic_store(&m->dirty, 0);
+        atomic_store(&m->dirty, dirty);
         atomic_store_explicit(&m->vpn, (int64_t)vpn, memory_order_release);
         pthread_mutex_lock(&s->cache_lock);
         policy_insert(s, f);
@@ -480,9 +488,15 @@ static int access_page(suvm_t *s, uint64_t vpn, uint32_t off, uint8_t *buf, size
             if (rc != 0)
                 return rc < 0 ? rc : SUVM_OK;
         }
-        f = fault_in(s, vpn);
+        int done = 0;
+        f = fault_in(s, vpn, op != 0 && off == 0 && n == s->page_size ? buf : NULL, op, &done);
         if (f < 0)
             return f;
+        if (done) {
+            policy_touch(s, f);
+            unpin(s, f);
+            return SUVM_OK;
+        }
     }
     policy_touch(s, f);
     uint8_t *page = frame_ptr(s, f) + off;
