@@ -25,6 +25,7 @@ outside the main thread, the signal path is not available and only :meth:`EPC.ch
 from __future__ import annotations
 
 import ctypes
+import errno
 import mmap
 import os
 import signal
@@ -106,6 +107,10 @@ class EPCMap(mmap.mmap):
     def address(self) -> int:
         """Where the app's view of the region starts (for C loops over it)."""
         return self._epc_address
+
+    def resize(self, newsize: int) -> None:
+        # The driver sized the region's page table, VA slots and traps at creation.
+        raise OSError(errno.EOPNOTSUPP, "an EPC map cannot be resized; map a new one and copy")
 
     def close(self) -> None:
         super().close()              # BufferError while views exist: then nothing changes

@@ -195,6 +195,15 @@ def test_closing_a_map_returns_its_frames_and_its_pages_cannot_come_back(epc):
     again.close()
 
 
+def test_resize_is_refused_and_the_map_stays_intact(epc):
+    m = epc.map(2 * PAGE)
+    m[0:2] = b"ok"
+    with pytest.raises(OSError):
+        m.resize(4 * PAGE)
+    assert len(m) == 2 * PAGE and m[0:2] == b"ok"
+    m.close()
+
+
 def test_map_garbage_collected_returns_its_frames(epc):
     m = epc.map(LIMIT // 2)
     m[0] = 1

@@ -222,9 +222,8 @@ static inline void spend(int t)
 
 /* ---- the two ways to make a page visible to / hidden from the app ---- */
 
-static int install(struct epc_region *r, uint64_t i)
+static int install_at(uintptr_t a)
 {
-    uintptr_t a = r->app + i * EPC_PAGE;
     if (D.trap == TRAP_USERFAULTFD) {
         struct uffdio_continue c = { .range = { .start = a, .len = EPC_PAGE }, .mode = 0 };
         if (ioctl(D.uffd, UFFDIO_CONTINUE, &c) != 0) {
@@ -239,6 +238,8 @@ static int install(struct epc_region *r, uint64_t i)
     }
     return mprotect((void *)a, EPC_PAGE, PROT_READ | PROT_WRITE);
 }
+
+static int install(struct epc_region *r, uint64_t i) { return install_at(r->app + i * EPC_PAGE); }
 
 static void eblock(struct epc_region *r, uint64_t i)
 {
@@ -281,19 +282,24 @@ static __thread uint8_t staging[EPC_PAGE] __attribute__((aligned(4096)));
 /* ---- the fault path ---- */
 
 /* Bring page i of r in and release the faulting thread(s).  `tid` is the faulting thread. */
-static void handle_fault(struct epc_region *r, uint64_t i, int tid, int charge_here)
+static void handle_fault(struct epc_region *r, uint64_t i, uintptr_t fault_addr, int tid, int charge_here);
+static void handle_fault(struct epc_region *r, uint64_t i, uintptr_t fault_addr, int tid, int charge_here)
 {
     uint64_t t0 = now_ns();
     ADD(faults, 1);
     if (charge_here) spend(ELEOS_T_AEX);
     uint64_t t_modeled = now_ns() - t0;
-    struct epc_page *p = &r->pages[i];
-    int load = 0, from = PG_NEW;
+    struct epc_page *p = NULL;
+    int load = 0, from = PG_NEW, live = 0;
     uint64_t tw = 0;
 
     pthread_mutex_lock(&D.lk);
     for (;;) {
-        if (!r->live || !D.running) break;
+        /* Re-checked under the lock at every turn: the region may be destroyed meanwhile
+         * (then its pages are freed; the region slot itself is static). */
+        live = r->live && r->pages && i < r->npages && D.running;
+        if (!live) break;
+        p = &r->pages[i];
         int s = p->state;
         if (s == PG_RESIDENT) break;
         if (s == PG_LOADING || s == PG_EVICTING) {
@@ -318,13 +324,14 @@ static void handle_fault(struct epc_region *r, uint64_t i, int tid, int charge_h
         break;
     }
     if (D.free_frames < D.low) pthread_cond_signal(&D.swapd_cv);
+    uintptr_t page_addr = live ? r->app + i * EPC_PAGE : 0;
     pthread_mutex_unlock(&D.lk);
 
     if (!load) {
-        if (!r->live || p->state == PG_RESIDENT) ADD(spurious, 1);
+        ADD(spurious, 1);
     } else if (from == PG_EVICTED && !__atomic_load_n(&D.dead, __ATOMIC_ACQUIRE)) {
         uint64_t c0 = now_ns();
-        int rc = D.eldu(staging, (uint64_t)(r->app + i * EPC_PAGE), r->va_first + i,
+        int rc = D.eldu(staging, (uint64_t)page_addr, r->va_first + i,
                         r->store + i * EPC_PAGE, r->pcmd + i * EPC_PCMD);
         ADD(eldu_ns, now_ns() - c0);
         if (rc == 0) {
@@ -333,7 +340,7 @@ static void handle_fault(struct epc_region *r, uint64_t i, int tid, int charge_h
             ADD(integrity_failures, 1);
             if (!__atomic_exchange_n(&D.dead, 1, __ATOMIC_ACQ_REL)) {
                 D.dead_tid = tid;
-                D.dead_addr = (uint64_t)(r->app + i * EPC_PAGE);
+                D.dead_addr = (uint64_t)page_addr;
             }
             memset(staging, 0, EPC_PAGE);     /* the CPU wiped it; the app gets a zero page */
         }
@@ -348,20 +355,23 @@ static void handle_fault(struct epc_region *r, uint64_t i, int tid, int charge_h
     }
     t_modeled += now_ns() - m0;
     uint64_t i0 = now_ns();
-    if (r->live) {
-        if (load) {
-            commit(r, i, staging);
-            memset(staging, 0, EPC_PAGE);     /* no plaintext stays in the driver's frame */
-        } else {
-            install(r, i);
-        }
+    if (load) {
+        /* A LOADING page keeps its region alive: destroy waits for it to settle. */
+        commit(r, i, staging);
+        memset(staging, 0, EPC_PAGE);         /* no plaintext stays in the driver's frame */
+    } else if (live) {
+        install_at(page_addr);                /* resident already: map it, wake the thread */
+    } else if (D.trap == TRAP_USERFAULTFD && page_addr == 0) {
+        /* The region is gone: release the thread; it faults again on whatever is there now. */
+        struct uffdio_range w = { .start = fault_addr & ~(uintptr_t)(EPC_PAGE - 1), .len = EPC_PAGE };
+        ioctl(D.uffd, UFFDIO_WAKE, &w);
     }
     ADD(install_ns, now_ns() - i0);
     if (load) {
         pthread_mutex_lock(&D.lk);
         p->state = PG_RESIDENT;
         p->accessed = 1;
-        if (r->live) list_add_tail(p);
+        list_add_tail(p);
         pthread_cond_broadcast(&D.changed);
         pthread_mutex_unlock(&D.lk);
     }
@@ -399,7 +409,7 @@ static void *uffd_thread(void *arg)
             ioctl(D.uffd, UFFDIO_WAKE, &w);
             continue;
         }
-        handle_fault(r, i, (int)msg.arg.pagefault.feat.ptid, 1);
+        handle_fault(r, i, addr, (int)msg.arg.pagefault.feat.ptid, 1);
     }
     return NULL;
 }
@@ -472,7 +482,7 @@ static void *segv_thread(void *arg)
         }
         uint64_t i;
         struct epc_region *r = region_of(q->addr, &i);
-        if (r) handle_fault(r, i, q->tid, 0);
+        if (r) handle_fault(r, i, q->addr, q->tid, 0);
         __atomic_store_n(&q->done, 1, __ATOMIC_RELEASE);
         futex(&q->done, FUTEX_WAKE_PRIVATE, 1);
     }
