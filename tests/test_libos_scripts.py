@@ -4,7 +4,7 @@ import pytest
 
 from tests.conftest import SCRIPTS, run_shim
 
-SCRIPT_NAMES = ["files", "tcp", "udp", "mux", "socketserver", "http"]
+SCRIPT_NAMES = ["files", "tcp", "udp", "mux", "socketserver", "http", "threads"]
 
 
 @pytest.fixture(scope="module")
@@ -34,6 +34,18 @@ def test_script_output_is_identical_inside_the_enclave(native_output, name, mode
     if mode == "sgx":
         assert all(c["ocall"] == c["count"] for c in calls.values())
         assert run.stats["transitions"]["eexit"] >= sum(c["count"] for c in calls.values())
+
+
+@pytest.mark.parametrize("workers", ["0", "4"])
+@pytest.mark.parametrize("name", SCRIPT_NAMES)
+def test_script_output_is_identical_with_0_and_4_rpc_workers(native_output, name, workers):
+    """0 workers: every call falls back to an OCALL and still works; 4: many in flight."""
+    expected = native_output(name)
+    run = run_shim("eleos", SCRIPTS / f"libos_{name}.py", env={"ELEOS_RPC_WORKERS": workers})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == expected
+    if workers == "0":
+        assert all(c["rpc"] == 0 for c in run.stats["calls"].values())
 
 
 def test_n_os_writes_are_n_write_ocalls():

@@ -192,15 +192,12 @@ class Kernel:
             if rfd != fd or rev != events or revents & ~(events | POLLERR | POLLHUP | POLLNVAL):
                 raise IagoError(f"host's poll reply for fd {fd} names fd {rfd} with "
                                 f"events {revents:#x} (asked {events:#x})")
-            if r.ret == 1 and revents == 0:
-                raise IagoError("host's poll counted a ready fd without events")
-            if r.ret == 0:
-                if revents:
-                    raise IagoError("host's poll reported events on a timed-out wait")
-                if deadline is not None:
-                    continue   # re-check the clock; poll's ms may have rounded down
-                continue
-            return True
+            if (r.ret == 1) != (revents != 0):
+                raise IagoError(f"host's poll says {r.ret} ready but reports events "
+                                f"{revents:#x}")
+            if r.ret == 1:
+                return True
+            # 0 ready: the time is up (the loop re-checks the clock against the deadline)
 
     def blocking_io(self, fd: int, events: int, attempt, timeout: float | None):
         """The socket rule: try ``attempt()`` (which returns a Reply, sent wait=False) and,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno as _errno
 import io as _io
+import operator
 import os as _os
 import stat as _stat
 import struct
@@ -32,7 +33,7 @@ DT_UNKNOWN, DT_DIR, DT_REG, DT_LNK = 0, 4, 8, 10
 def _path(func: str, path, allow_fd: bool = False, nullable: bool = False):
     """(bytes path, None) or (None, fd) for ``path``; raise CPython's TypeError/ValueError."""
     if path is None and nullable:
-        return b".", None
+        return b".\0", None
     if allow_fd and isinstance(path, int):
         return None, path
     if isinstance(path, str):
@@ -375,7 +376,8 @@ class ScandirIterator:
 
     def __del__(self):
         if getattr(self, "_fd", -1) >= 0:
-            warnings.warn(f"unclosed scandir iterator {self!r}", ResourceWarning, source=self)
+            warnings.warn(f"unclosed scandir iterator {self!r}", ResourceWarning, stacklevel=2,
+                          source=self)
             try:
                 self.close()
             except Exception:   # noqa: BLE001 - a finalizer must not raise
@@ -396,9 +398,7 @@ class FileSystem:
              closefd=True, opener=None):
         if not isinstance(mode, str):
             raise TypeError(f"open() argument 'mode' must be str, not {type(mode).__name__}")
-        if not isinstance(buffering, int):
-            buffering = buffering.__index__() if hasattr(buffering, "__index__") else \
-                int.__index__(buffering)
+        buffering = operator.index(buffering)
         for argname, value in (("encoding", encoding), ("errors", errors),
                                ("newline", newline)):
             if value is not None and not isinstance(value, str):

@@ -545,7 +545,7 @@ class EnclaveSocket(_RealSocket):
     def __del__(self):
         if getattr(self, "_fd", -1) >= 0:
             import warnings
-            warnings.warn(f"unclosed {self!r}", ResourceWarning, source=self)
+            warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2, source=self)
             try:
                 self._real_close()
             except Exception:   # noqa: BLE001 - a finalizer must not raise
