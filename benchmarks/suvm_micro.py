@@ -183,9 +183,10 @@ def policies(runs, quick):
     rows, out = [], []
     for dist in ("uniform", "zipf"):
         offs, writes = workload(dist, region, item, count, seed=42)
-        for pol, page, sub in configs:
-            thr, last = [], None
-            for r in range(runs):
+        thr = {c: [] for c in configs}
+        last = {}
+        for r in range(runs):          # rounds over all configurations: noise hits all alike
+            for pol, page, sub in configs:
                 inst = make(page=page, subpage=sub, policy=pol, cache_mb=cache_mb)
                 p = inst.malloc(region)
                 p.fill(1, region)                    # every page sealed once in the store
@@ -193,15 +194,16 @@ def policies(runs, quick):
                 run_mix(inst, p.address, offs[: count // 4], writes[: count // 4], item)  # warm
                 inst.reset_stats()
                 dt = run_mix(inst, p.address, offs, writes, item)
-                thr.append(count / dt)
-                last = inst.stats()
+                thr[(pol, page, sub)].append(count / dt)
+                last[(pol, page, sub)] = inst.stats()
                 inst.close()
-            t = median(thr)
-            hit = last["hits"] / max(1, last["hits"] + last["faults"] + last["subpage_reads"])
-            rows.append([dist, pol, page, sub or "off", t / 1e3, f"{hit:.3f}", last["faults"],
-                         last["subpage_reads"], last["writebacks"]])
+        for pol, page, sub in configs:
+            t, st = median(thr[(pol, page, sub)]), last[(pol, page, sub)]
+            hit = st["hits"] / max(1, st["hits"] + st["faults"] + st["subpage_reads"])
+            rows.append([dist, pol, page, sub or "off", t / 1e3, f"{hit:.3f}", st["faults"],
+                         st["subpage_reads"], st["writebacks"]])
             out.append({"dist": dist, "policy": pol, "page": page, "subpage": sub,
-                        "kaccess_per_s": t / 1e3, "hit_ratio": hit, **{k: last[k] for k in (
+                        "kaccess_per_s": t / 1e3, "hit_ratio": hit, **{k: st[k] for k in (
                             "hits", "faults", "subpage_reads", "writebacks", "evictions",
                             "bytes_unsealed", "bytes_sealed")}})
     print(f"\n3. Policies, page sizes, sub-pages: {item} B accesses (10% writes) over {region // MB} "
@@ -217,15 +219,16 @@ def threaded(runs, quick, threads=4):
     import threading
     cache_mb, region, item = 4, 16 * MB, 64
     count = 50_000 if quick else 150_000
-    rows, out = [], []
-    for pol in ("fifo", "lru", "clock", "random"):
-        thr, last = [], None
-        for _ in range(runs):
+    pols = ("fifo", "lru", "clock", "random")
+    loads = [workload("zipf", region, item, count, seed=100 + t) for t in range(threads)]
+    thr = {pol: [] for pol in pols}
+    last = {}
+    for _ in range(runs):
+        for pol in pols:
             inst = make(policy=pol, cache_mb=cache_mb)
             p = inst.malloc(region)
             p.fill(1, region)
             inst.evict_all()
-            loads = [workload("zipf", region, item, count, seed=100 + t) for t in range(threads)]
             run_mix(inst, p.address, loads[0][0][: count // 4], loads[0][1][: count // 4], item)
             inst.reset_stats()
             ths = [threading.Thread(target=run_mix, args=(inst, p.address, o, w, item))
@@ -235,14 +238,16 @@ def threaded(runs, quick, threads=4):
                 th.start()
             for th in ths:
                 th.join()
-            thr.append(threads * count / (time.perf_counter() - t0))
-            last = inst.stats()
+            thr[pol].append(threads * count / (time.perf_counter() - t0))
+            last[pol] = inst.stats()
             inst.close()
-        t = median(thr)
-        hit = last["hits"] / max(1, last["hits"] + last["faults"])
-        rows.append([pol, threads, t / 1e3, f"{hit:.3f}", last["faults"], last["writebacks"]])
+    rows, out = [], []
+    for pol in pols:
+        t, st = median(thr[pol]), last[pol]
+        hit = st["hits"] / max(1, st["hits"] + st["faults"])
+        rows.append([pol, threads, t / 1e3, f"{hit:.3f}", st["faults"], st["writebacks"]])
         out.append({"policy": pol, "threads": threads, "kaccess_per_s": t / 1e3, "hit_ratio": hit,
-                    "faults": last["faults"], "writebacks": last["writebacks"]})
+                    "faults": st["faults"], "writebacks": st["writebacks"]})
     print(f"\n4. Zipf mix from {threads} threads on one instance (4 KiB pages, median of {runs})")
     print(table(["policy", "threads", "kacc/s", "hit ratio", "faults", "writebacks"], rows))
     return out
