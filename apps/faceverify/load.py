@@ -47,26 +47,33 @@ def build_pool(n: int, identities: int, genuine_share: float, client_id: int, se
                master: bytes = P.DEMO_MASTER_KEY, size: int = data.FACE_SIZE,
                block: int = features.DEFAULT_BLOCK, data_seed: int = data.DEFAULT_SEED,
                mode: str = "template") -> list[Request]:
-    """``n`` sealed requests for ``client_id``; deterministic given ``seed`` (except nonces)."""
+    """``n`` sealed requests for ``client_id``; deterministic given ``seed`` (except nonces).
+
+    To page a database larger than the EPC the way random users would, the pool must touch
+    most of it: a benchmark asks for about as many requests as there are identities."""
     session = P.ClientSession(client_id, master)
     rng = np.random.default_rng(seed)
+    ids = rng.integers(0, identities, size=n)
+    genuine = rng.random(n) < genuine_share
+    real = ids < data.N_FACES
+    if mode == "image" and not real.all():
+        raise ValueError("image mode needs real faces only: use --identities 100")
+    synthetic = {}
+    if (~real).any():
+        probes = data.synthetic_probes(ids[~real], genuine[~real], rng, size, block, data_seed)
+        synthetic = dict(zip(np.nonzero(~real)[0].tolist(), probes))
     pool = []
-    for _ in range(n):
-        identity = int(rng.integers(0, identities))
-        genuine = bool(rng.random() < genuine_share)
-        real = identity < data.N_FACES
-        if real:
-            image = data.probe_image(identity, genuine, rng, size)
+    for k in range(n):
+        identity, is_genuine = int(ids[k]), bool(genuine[k])
+        if real[k]:
+            image = data.probe_image(identity, is_genuine, rng, size)
             if mode == "image":
                 frame, nonce = session.image_request(identity, image)
             else:
                 frame, nonce = session.template_request(identity, features.extract(image, block))
         else:
-            if mode == "image":
-                raise ValueError("image mode needs real faces: use --identities 100")
-            probe = data.synthetic_probe(identity, genuine, rng, size, block, data_seed)
-            frame, nonce = session.template_request(identity, probe)
-        pool.append(Request(frame, nonce, genuine, real))
+            frame, nonce = session.template_request(identity, synthetic[k])
+        pool.append(Request(frame, nonce, is_genuine, bool(real[k])))
     return pool
 
 
@@ -214,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=10.0, help="measured seconds")
     ap.add_argument("--warmup", type=float, default=2.0, help="unmeasured seconds first")
     ap.add_argument("--genuine", type=float, default=0.5, help="share of genuine probes")
-    ap.add_argument("--pool", type=int, default=2048, help="distinct pre-sealed requests")
+    ap.add_argument("--pool", type=int, default=0,
+                    help="distinct pre-sealed requests (default: as many as identities, >= 2048)")
     ap.add_argument("--probe", choices=("template", "image"), default="template",
                     help="send the histogram, or the image for the server to describe")
     ap.add_argument("--seed", type=int, default=1)
@@ -223,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="write the summary here")
     args = ap.parse_args(argv)
     identities = args.identities or identities_for_mb(args.db_mb)
+    args.pool = args.pool or max(2048, identities)
     summary = run((args.host, args.port), identities, args.threads, args.duration, args.warmup,
                   args.genuine, args.pool, args.seed, args.client_id,
                   bytes.fromhex(args.master_key), args.probe)
