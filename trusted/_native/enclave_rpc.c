@@ -59,8 +59,15 @@ static inline void relax(void) { __asm__ __volatile__("" ::: "memory"); }
 /* After this many polls waiting for a result the thread yields between polls: on a machine
  * with fewer cores than app threads + workers, a spinning producer would otherwise hold the
  * core the worker needs to finish its call (with dedicated cores, as in the paper, it never
- * gets here: ~65k polls is tens of microseconds, more than a non-blocking syscall takes). */
-#define YIELD_AFTER_POLLS (1u << 16)
+ * gets here: 2k polls is ~50 us, more than a non-blocking syscall takes). */
+#define YIELD_AFTER_POLLS (1u << 11)
+
+/* Back-off of the spin budget.  Each call that spent its whole budget without a worker taking
+ * it halves the budget of the calls that follow, down to spin >> MAX_BACKOFF; each call a
+ * worker takes in time doubles it back.  When the workers cannot keep up (or do not get a
+ * core: an oversubscribed machine), calls then fall back after ~10 us instead of ~0.5 ms
+ * each, and with free workers the full budget (ELEOS_RPC_SPIN) applies. */
+#define MAX_BACKOFF 6
 
 /* Counters the enclave keeps itself (trusted; the ring header has the host's view). */
 enum { C_FALLBACK_FULL = ELEOS_RPC_WHY_FULL, C_FALLBACK_NO_WORKER = ELEOS_RPC_WHY_NO_WORKER,
@@ -71,6 +78,7 @@ enum { C_FALLBACK_FULL = ELEOS_RPC_WHY_FULL, C_FALLBACK_NO_WORKER = ELEOS_RPC_WH
 struct ring_ref {
     uintptr_t ring;                     /* 0: unused entry */
     uint32_t nslots, mask;
+    uint32_t backoff;                   /* the spin budget is spin >> backoff */
     uint64_t counters[C_N];
 } __attribute__((aligned(64)));
 
@@ -110,6 +118,7 @@ int enclave_rpc_attach(uintptr_t ring, uint32_t nslots)
     ref->nslots = nslots;
     ref->mask = nslots - 1;
     memset(ref->counters, 0, sizeof ref->counters);
+    ref->backoff = 0;
     STORE(&ref->ring, ring);
     return 0;
 }
@@ -235,14 +244,18 @@ int enclave_rpc(uintptr_t ring, struct eleos_req *req, uint64_t spin)
 
     uint32_t st;
     uint64_t polls = 0;
+    const uint32_t backoff = LOAD_RELAXED(&ref->backoff);
+    const uint64_t budget_take = spin >> backoff;
     while ((st = LOAD(&slot->state)) == ELEOS_SLOT_POSTED) {
-        if (why >= 0 || polls++ >= spin) {
+        if (why >= 0 || polls++ >= budget_take) {
             uint32_t posted = ELEOS_SLOT_POSTED;
             if (CAS(&slot->state, &posted, ELEOS_SLOT_ABANDON)) {
                 /* Taken back (the worker that reaches it frees it).  The OCALL the caller
                  * makes now can wake a sleeper for the calls that follow. */
                 if (LOAD_RELAXED(&r->sleepers))
                     wake_worker(ref, r);
+                if (why < 0 && backoff < MAX_BACKOFF)
+                    __atomic_store_n(&ref->backoff, backoff + 1, __ATOMIC_RELAXED);
                 return fallback(ref, r, why >= 0 ? why : C_FALLBACK_TIMEOUT);
             }
             st = posted;                                       /* taken at the last moment */
@@ -250,6 +263,8 @@ int enclave_rpc(uintptr_t ring, struct eleos_req *req, uint64_t spin)
         }
         relax();
     }
+    if (backoff)
+        __atomic_store_n(&ref->backoff, backoff - 1, __ATOMIC_RELAXED);
     /* Taken: the call is running; wait for it without a limit, as an OCALL would. */
     polls = 0;
     while (st == ELEOS_SLOT_TAKEN) {

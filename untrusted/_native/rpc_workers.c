@@ -367,3 +367,36 @@ int rpc_host_corrupt_next(struct rpc_host *h, int kind, int64_t value, uint32_t 
     __atomic_store_n(&h->hostile_left, kind == HOSTILE_NONE ? 0 : count, __ATOMIC_SEQ_CST);
     return 0;
 }
+
+/* Calibration for benchmarks/syscall_paths.py: the cross-core hand-off floor, i.e. the round
+ * trip of one value between two threads over two cache lines, with the same polling as the
+ * ring.  Returns nanoseconds per round trip over `n`, or -1. */
+static uint64_t pp_ping __attribute__((aligned(64)));
+static uint64_t pp_pong __attribute__((aligned(64)));
+
+static void *pp_peer(void *arg)
+{
+    uint64_t n = *(uint64_t *)arg;
+    for (uint64_t i = 1; i <= n; i++) {
+        while (LOAD(&pp_ping) != i) relax();
+        STORE(&pp_pong, i);
+    }
+    return NULL;
+}
+
+double rpc_handoff_floor_ns(uint64_t n)
+{
+    pthread_t t;
+    STORE(&pp_ping, 0);
+    STORE(&pp_pong, 0);
+    if (pthread_create(&t, NULL, pp_peer, &n)) return -1;
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    for (uint64_t i = 1; i <= n; i++) {
+        STORE(&pp_ping, i);
+        while (LOAD(&pp_pong) != i) relax();
+    }
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    pthread_join(t, NULL);
+    return ((double)(b.tv_sec - a.tv_sec) * 1e9 + (double)(b.tv_nsec - a.tv_nsec)) / (double)n;
+}
