@@ -1,8 +1,12 @@
 """Unmodified scripts (tests/scripts/libos_*.py) print the same thing natively and inside the
 enclave (sgx: OCALL exits; eleos: RPC), and the exits they cause are counted exactly."""
+import signal
+import subprocess
+import sys
+
 import pytest
 
-from tests.conftest import SCRIPTS, run_shim
+from tests.conftest import ROOT, SCRIPTS, run_shim, shim_env
 
 SCRIPT_NAMES = ["files", "tcp", "udp", "mux", "socketserver", "http", "threads"]
 
@@ -89,3 +93,23 @@ def test_fork_inside_the_enclave_fails_with_a_clear_error(tmp_path):
     run = run_shim("sgx", script)
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines() == ["EnclaveForkError 38 True"] * 3
+
+
+@pytest.mark.parametrize("mode", ["sgx", "eleos"])
+@pytest.mark.parametrize("how", ["accept", "select"])
+def test_ctrl_c_interrupts_a_call_blocked_in_the_host(mode, how):
+    proc = subprocess.Popen([sys.executable, "-m", "eleos_shim", str(SCRIPTS /
+                                                                     "libos_block_accept.py"),
+                             how], env=shim_env(mode), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        assert proc.stdout.readline() == "blocking\n"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 3, err
+    assert out == "interrupted\n"

@@ -17,6 +17,7 @@ worker); what the app believes about blocking lives here, per fd (``sock_blockin
 from __future__ import annotations
 
 import errno as _errno
+import math
 import stat as _stat
 import struct
 import threading
@@ -168,19 +169,30 @@ class Kernel:
         return stat_result(r.out, f"fstat({fd})")
 
     # -- waiting on a non-blocking socket fd ---------------------------------------------------
+    @staticmethod
+    def wait_budget(deadline: float | None) -> tuple[int, bool]:
+        """How long the next host wait may last, in poll() milliseconds (-1: no limit; 0: the
+        deadline has passed), rounded up as CPython does; and whether it was cut short (never:
+        one wait until the deadline).
+
+        A wait is one uninterrupted OCALL.  Ctrl-C still reaches it: Linux delivers a
+        process-directed signal to the main thread first (the host's native threads do not
+        take it from a main thread that accepts it), the host's poll returns EINTR, and the
+        retry loops return to Python, where the handler raises KeyboardInterrupt."""
+        if deadline is None:
+            return -1, False
+        remaining = deadline - time.monotonic()
+        return (0 if remaining <= 0 else max(1, math.ceil(remaining * 1000))), False
+
     def wait_fd(self, fd: int, events: int, deadline: float | None) -> bool:
         """Wait (as an OCALL: it may take long) until ``fd`` has ``events``; False on timeout.
 
         ``deadline`` is a time.monotonic() value, or None for no limit."""
         pfd = _POLLFD.pack(fd, events, 0)
         while True:
-            if deadline is None:
-                ms = -1
-            else:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                ms = max(1, int(-(-remaining * 1000 // 1)))   # round up, as CPython does
+            ms, _sliced = self.wait_budget(deadline)
+            if ms == 0:
+                return False
             r = self._call(abi.OP_POLL, 1, ms, inbuf=pfd, outcap=_POLLFD.size, wait=True)
             if r.ret == -_errno.EINTR:
                 continue
