@@ -252,7 +252,7 @@ int enclave_rpc(uintptr_t ring, struct eleos_req *req, uint64_t spin)
             if (CAS(&slot->state, &posted, ELEOS_SLOT_ABANDON)) {
                 /* Taken back (the worker that reaches it frees it).  The OCALL the caller
                  * makes now can wake a sleeper for the calls that follow. */
-                if (LOAD_RELAXED(&r->sleepers))
+                if (why >= 0 || (LOAD_RELAXED(&r->sleepers) && !LOAD_RELAXED(&r->wake_pending)))
                     wake_worker(ref, r);
                 if (why < 0 && backoff < MAX_BACKOFF)
                     __atomic_store_n(&ref->backoff, backoff + 1, __ATOMIC_RELAXED);
