@@ -166,7 +166,9 @@ def per_fault(d, cpu_ns_per_cycle, cfg) -> dict:
     f = max(1, d["faults"])
     return {
         "handler_us": d["fault_ns"] / f / 1e3,
-        "trap_us": max(0, d["fault_ns"] - d["eldu_ns"] - d["modeled_ns"] - d["frame_wait_ns"]) / f / 1e3,
+        "trap_us": max(0, d["fault_ns"] - d["eldu_ns"] - d["modeled_ns"] - d["frame_wait_ns"]
+                       - d["install_ns"]) / f / 1e3,
+        "install_us": d["install_ns"] / f / 1e3,
         "eldu_us": d["eldu_ns"] / max(1, d["eldu"]) / 1e3,
         "ewb_us": d["ewb_ns"] / max(1, d["ewb"]) / 1e3,
         "modeled_us": d["modeled_ns"] / f / 1e3,
@@ -241,7 +243,8 @@ def main() -> int:
                                  s_d["faults"] / accesses, v_st["faults"] / accesses])
                     brows.append([f"{mult:g}x", op, nthreads,
                                   f"{app_fault_us:.1f}" if app_fault_us is not None else "-",
-                                  pf["handler_us"], pf["trap_us"], pf["eldu_us"], pf["ewb_us"],
+                                  pf["handler_us"], pf["trap_us"], pf["eldu_us"], pf["install_us"],
+                                  pf["ewb_us"],
                                   pf["eblock_us"], pf["modeled_us"], pf["frame_wait_us"]])
                     out.append({"multiple": mult, "op": op, "threads": nthreads,
                                 "sgx_kacc_s": s / 1e3, "suvm_kacc_s": v / 1e3, "speedup": v / s,
@@ -262,12 +265,13 @@ def main() -> int:
                  "SGX faults/acc", "SUVM faults/acc"], rows))
     print("\nSGX paging: cost of one fault (us).  app = what the app's loop lost per fault "
           f"(vs {resident_ns[0]:.0f}/{resident_ns[1]:.0f} ns per resident read/write); handler = "
-          "driver time from the trap to the wake-up, of which trap (message, locks, install "
-          "ioctl), eldu (AES-GCM open + page allocation), modeled (AEX+ERESUME spin + "
+          "driver time from reading the trap to the wake-up, of which trap (reading the message, "
+          "locks, bookkeeping), eldu (AES-GCM open), install (UFFDIO_COPY / pwrite+mprotect: "
+          "page allocation, copy, map, wake-up), modeled (AEX+ERESUME spin + "
           "pollution), frame wait (no free frame: waiting for ksgxswapd); ewb and eblock run in "
           "ksgxswapd, off the faulting path when it keeps up")
-    print(table(["region", "op", "thr", "app", "handler", "trap", "eldu", "ewb", "eblock",
-                 "modeled", "frame wait"], brows))
+    print(table(["region", "op", "thr", "app", "handler", "trap", "eldu", "install", "ewb",
+                 "eblock", "modeled", "frame wait"], brows))
     path = write_json("paging", {"machine": m, "epc_bytes": epc_bytes, "trap": trap,
                                  "suvm_cache_bytes": scfg.suvm_cache_bytes, "item": ITEM,
                                  "accesses": accesses, "runs": runs,

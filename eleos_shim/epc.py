@@ -200,8 +200,11 @@ class EPC:
         cfg = self.cfg
         per_fault = {
             "handler_ns": d["fault_ns"] / faults,
+            # the trap's own cost as the driver sees it: reading it, locks, bookkeeping, and
+            # installing the page (the kernel's delivery before the read is not visible here)
             "trap_ns": max(0.0, (d["fault_ns"] - d["eldu_ns"] - d["modeled_ns"] - d["frame_wait_ns"])
                            / faults),
+            "install_ns": d["install_ns"] / faults,
             "crypto_ns": (d["eldu_ns"] + d["ewb_ns"]) / faults,
             "eldu_ns": d["eldu_ns"] / max(1, d["eldu"] + d["integrity_errors"]),
             "ewb_ns": d["ewb_ns"] / max(1, d["ewb"]),

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import subprocess
+import sys
+import textwrap
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +20,7 @@ import pytest
 from eleos_shim.config import Config
 from eleos_shim.epc import EPC, EPCMap
 
+ROOT = Path(__file__).resolve().parent.parent
 PAGE = 4096
 EPC_MB = 1
 LIMIT = EPC_MB << 20
@@ -227,6 +232,26 @@ def test_explicit_userfaultfd_or_sigsegv_is_what_runs():
         assert e.stats()["trap"] == "sigsegv"
     with EPC(make_cfg("auto")) as e:
         assert e.stats()["trap"] in ("userfaultfd", "sigsegv")
+
+
+def test_a_segfault_outside_the_epc_still_crashes_as_without_the_driver(tmp_path):
+    script = tmp_path / "crash.py"
+    script.write_text(textwrap.dedent("""
+        import ctypes, faulthandler
+        faulthandler.enable()
+        from eleos_shim.config import Config
+        from eleos_shim.epc import EPC
+        epc = EPC(Config.from_env({}, mode="sgx", epc_mb=1, cost="account", epc_trap="sigsegv"))
+        m = epc.map(1 << 20)
+        m[0] = 1
+        print("mapped", flush=True)
+        ctypes.string_at(8)
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=60)
+    assert proc.stdout == "mapped\n"
+    assert proc.returncode == -11
+    assert "Segmentation fault" in proc.stderr
 
 
 def test_only_one_epc_per_process():
