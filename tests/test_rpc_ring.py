@@ -342,3 +342,33 @@ def test_a_host_that_moves_head_cannot_steer_the_enclave_outside_the_ring(make_r
     assert ring.counters()[FALLBACK_FULL] == 1
     for i in range(4):                     # every slot still free for its own first lap
         assert ring.slot(i).seq == i
+
+
+def test_ring_layout_is_one_definition_for_both_halves():
+    import re
+
+    from untrusted._native._host import ffi as hffi
+    with open(abi.HEADER) as f:
+        text = f.read()
+    consts = {m.group(1): int(m.group(2), 0)
+              for m in re.finditer(r"#define ELEOS_(\w+)\s+(0x[0-9a-f]+|\d+)", text)}
+    assert consts["RING_MAGIC"] == abi.RING_MAGIC
+    assert consts["RING_HDR_SIZE"] == abi.RING_HDR_SIZE
+    assert consts["RING_SLOT_SIZE"] == abi.RING_SLOT_SIZE
+    assert consts["MAX_ERRNO"] == abi.MAX_ERRNO
+    assert [consts[f"RPC_WHY_{w}"] for w in ("FULL", "NO_WORKER", "TIMEOUT", "ASLEEP")] == [0, 1, 2, 3]
+    assert len(abi.RPC_WHY) == 4
+    for ffi in (tffi, hffi):
+        assert ffi.sizeof("struct eleos_ring") == abi.RING_HDR_SIZE
+        assert ffi.sizeof("struct eleos_req") <= abi.RING_SLOT_SIZE
+        # the contended words each on their own cache line
+        offsets = [ffi.offsetof("struct eleos_ring", f) for f in ("head", "tail", "futex", "fallbacks")]
+        assert [o // 64 for o in offsets] == [1, 2, 3, 4]
+
+
+def test_a_new_ring_is_free_for_its_first_lap(make_ring):
+    ring = make_ring(workers=0, slots=8)
+    hdr = ring.header()
+    assert (hdr.magic, hdr.nslots, hdr.slot_size) == (abi.RING_MAGIC, 8, abi.RING_SLOT_SIZE)
+    assert [ring.slot(i).seq for i in range(8)] == list(range(8))
+    assert all(ring.slot(i).state == abi.SLOT_FREE for i in range(8))

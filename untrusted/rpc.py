@@ -19,8 +19,8 @@ from untrusted._native._host import ffi, lib
 # What the hostile-host fixture can make the workers lie about (rpc_workers.c, enum HOSTILE_*).
 HOSTILE_KINDS = {"state": 1, "out_len": 2, "out2_len": 3, "ret": 4, "seq": 5}
 
-# How long stop() waits for calls in flight before it interrupts and, at worst, abandons a
-# worker: a non-blocking syscall takes microseconds, so a second means a call that blocks.
+# How long stop() waits for a worker in a call before it leaves it detached (it interrupts
+# the call every 20 ms meanwhile): a non-blocking syscall takes microseconds.
 STOP_TIMEOUT_S = 1.0
 
 
@@ -52,8 +52,9 @@ class RpcHost:
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> int:
         """Stop and join the workers; returns at once if they are idle.  A worker still in a
-        call after ``timeout`` seconds is interrupted (its syscall returns EINTR), and one that
-        still does not return is left detached (the ring then stays mapped).  Enclave calls
+        call 20 ms later is in a call that blocks: it is interrupted with a signal (its syscall
+        returns EINTR, the result its caller gets) until it returns; one that has not returned
+        after ``timeout`` seconds is left detached (the ring then stays mapped).  Enclave calls
         made after this fall back to OCALLs.  Returns how many workers were left detached."""
         if not self._started or self._stopped:
             return 0
