@@ -750,7 +750,7 @@ suvm_t *suvm_new(uint64_t cache_bytes, uint32_t page_size, uint32_t subpage, int
     s->nsub = page_size / subpage;
     s->policy = policy;
     s->nframes = (uint32_t)nframes;
-    s->frames = aligned_alloc(4096, (size_t)nframes * page_size);
+    s->frames = aligned_alloc(4096, ((size_t)nframes * page_size + 4095) & ~(size_t)4095);
     s->fm = calloc(nframes, sizeof *s->fm);
     s->free_stack = malloc(nframes * sizeof(int32_t));
     s->store = (void *)store;
