@@ -100,85 +100,77 @@ class Tcp:
 WORKLOADS = {"null": Null, "pipe": Pipe, "tcp": Tcp}
 
 
-def run_threads(kind, nthreads: int, iters: int, runs: int) -> list[float]:
-    """Seconds per operation, one sample per run (mean over the threads of what each saw)."""
-    samples = []
-    for _ in range(runs):
-        barrier = threading.Barrier(nthreads)
-        times = [0.0] * nthreads
-        errors = []
+def run_threads(kind, nthreads: int, iters: int) -> float:
+    """Seconds per operation: the mean over the threads of what each one saw."""
+    barrier = threading.Barrier(nthreads)
+    times = [0.0] * nthreads
+    errors = []
 
-        def worker(k):
+    def worker(k):
+        try:
+            w = kind()
             try:
-                w = kind()
-                try:
-                    for _ in range(min(50, iters)):
-                        w.op()                      # warm up: staging buffers, workers awake
-                    barrier.wait()
-                    t0 = time.perf_counter()
-                    for _ in range(iters):
-                        w.op()
-                    times[k] = (time.perf_counter() - t0) / iters
-                finally:
-                    w.close()
-            except BaseException as exc:           # report, do not hang the barrier
-                errors.append(exc)
-                barrier.abort()
+                for _ in range(min(50, iters)):
+                    w.op()                      # warm up: staging buffers, workers awake
+                barrier.wait()
+                t0 = time.perf_counter()
+                for _ in range(iters):
+                    w.op()
+                times[k] = (time.perf_counter() - t0) / iters
+            finally:
+                w.close()
+        except BaseException as exc:           # report, do not hang the barrier
+            errors.append(exc)
+            barrier.abort()
 
-        threads = [threading.Thread(target=worker, args=(k,)) for k in range(nthreads)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
-        samples.append(sum(times) / nthreads)
-    return samples
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(nthreads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return sum(times) / nthreads
 
 
-def measure(path: str, scale: float, runs: int) -> dict:
+def sample(path: str, scale: float) -> dict:
+    """One run of every workload on one path (one enclave started and closed)."""
     cfg = Config.from_env({}, mode="native", syscalls=path, cost="spin")
     enclave = Enclave(cfg).start(route=True)
     rows = {}
     try:
+        rpc = enclave.host.rpc
         for name, kind in WORKLOADS.items():
             iters = max(20, int(kind.iters * scale))
             for nthreads in THREADS:
-                rpc0 = enclave.host.rpc.stats() if enclave.host.rpc else None
-                counts0 = enclave.transport.counts()
-                samples = run_threads(kind, nthreads, iters, runs)
-                counts1 = enclave.transport.counts()
-                row = {"op_ns": median(samples) * 1e9, "samples_ns": [s * 1e9 for s in samples],
-                       "calls_per_op": kind.calls, "iters": iters}
-                served = sum(c["rpc"] for c in counts1.values()) - sum(c["rpc"] for c in counts0.values())
-                fell = (sum(c["fallback"] for c in counts1.values())
-                        - sum(c["fallback"] for c in counts0.values()))
-                if rpc0 is not None:
-                    rpc1 = enclave.host.rpc.stats()
+                rpc0 = rpc.stats() if rpc else None
+                c0 = enclave.transport.counts()
+                op_s = run_threads(kind, nthreads, iters)
+                c1 = enclave.transport.counts()
+                row = {"op_ns": op_s * 1e9, "calls_per_op": kind.calls, "iters": iters}
+                if rpc is not None:
+                    rpc1 = rpc.stats()
                     done = rpc1["processed"] - rpc0["processed"]
                     cpu = rpc1["worker_cpu_s"] - rpc0["worker_cpu_s"]
+                    served = sum(c["rpc"] for c in c1.values()) - sum(c["rpc"] for c in c0.values())
+                    fell = (sum(c["fallback"] for c in c1.values())
+                            - sum(c["fallback"] for c in c0.values()))
                     row["worker_cpu_ns_per_call"] = cpu / done * 1e9 if done else float("nan")
                     row["fallback_share"] = fell / (served + fell) if served + fell else 0.0
-                rows[(name, nthreads)] = row
-        floor = {}
-        n = int(200_000 * scale) or 1000
-        floor["transport_nop_ns"] = median(enclave.transport.bench(n) for _ in range(runs)) * 1e9
-        if path == "rpc":
+                rows[f"{name}/{nthreads}"] = row
+        n = max(1000, int(200_000 * scale))
+        floor = {"transport_nop_ns": enclave.transport.bench(n) * 1e9}
+        if rpc is not None:
             from trusted._native._enclave import lib as elib
-            ring = enclave.host.rpc.ring_addr
-            spin = cfg.rpc_spin
-            elib.enclave_rpc_nop_loop(ring, 1000, spin)              # warm up
-            ring_ns = []
-            for _ in range(runs):
-                t0 = time.perf_counter()
-                done = elib.enclave_rpc_nop_loop(ring, n, spin)
-                ring_ns.append((time.perf_counter() - t0) / n * 1e9)
-                floor["ring_nop_served"] = done / n
-            floor["ring_nop_ns"] = median(ring_ns)
+            elib.enclave_rpc_nop_loop(rpc.ring_addr, 1000, cfg.rpc_spin)      # warm up
+            t0 = time.perf_counter()
+            done = elib.enclave_rpc_nop_loop(rpc.ring_addr, n, cfg.rpc_spin)
+            floor["ring_nop_ns"] = (time.perf_counter() - t0) / n * 1e9
+            floor["ring_nop_served"] = done / n
     finally:
         enclave.close()
         enclave.uninstall()
-    return {"path": path, "rows": rows, "floor": floor}
+    return {"rows": rows, "floor": floor}
 
 
 def main() -> int:
@@ -189,39 +181,61 @@ def main() -> int:
     args = ap.parse_args()
     m = machine()
     from untrusted._native._host import lib as hlib
-    handoff = median(hlib.rpc_handoff_floor_ns(int(200_000 * args.scale) or 1000)
-                     for _ in range(args.runs))
-    results = {p: measure(p, args.scale, args.runs) for p in PATHS}
+    n = max(1000, int(200_000 * args.scale))
+    # Runs interleave the paths, so that load that comes and goes hits all three alike;
+    # ratios are taken within a run, then the median over runs.
+    runs = []
+    for _ in range(args.runs):
+        run = {p: sample(p, args.scale) for p in PATHS}
+        run["handoff_ns"] = hlib.rpc_handoff_floor_ns(n)
+        runs.append(run)
     print(machine_line(m))
-    print("cost model: spin (EEXIT 3800 + EENTER 3300 cycles + pollution per OCALL); rpc: 1 worker, "
-          "defaults\n")
+    print("cost model: spin (EEXIT 3800 + EENTER 3300 cycles + pollution per OCALL); rpc: "
+          "1 worker, spin and sleep budgets at their defaults")
+    print(f"median of {args.runs} runs; the ratios are medians of per-run ratios\n")
+
+    def med(p, key, field):
+        return median(r[p]["rows"][key][field] for r in runs)
+
     rows, json_rows = [], []
     for name in WORKLOADS:
         for nthreads in THREADS:
-            d, o, r = (results[p]["rows"][(name, nthreads)] for p in PATHS)
-            rows.append([name, nthreads, d["op_ns"], o["op_ns"], r["op_ns"],
-                         o["op_ns"] / r["op_ns"], r["op_ns"] / d["op_ns"],
-                         (r["op_ns"] - d["op_ns"]) / r["calls_per_op"],
-                         r["worker_cpu_ns_per_call"], 100 * r["fallback_share"]])
-            json_rows.append({"workload": name, "threads": nthreads, "direct": d, "ocall": o,
-                              "rpc": r, "ocall_over_rpc": o["op_ns"] / r["op_ns"],
-                              "rpc_over_direct": r["op_ns"] / d["op_ns"]})
-    print("per operation, ns (median of runs; with 4 threads: what each thread saw)")
+            key = f"{name}/{nthreads}"
+            d, o, r = (med(p, key, "op_ns") for p in PATHS)
+            o_r = median(x["ocall"]["rows"][key]["op_ns"] / x["rpc"]["rows"][key]["op_ns"] for x in runs)
+            r_d = median(x["rpc"]["rows"][key]["op_ns"] / x["direct"]["rows"][key]["op_ns"] for x in runs)
+            calls = WORKLOADS[name].calls
+            cpu = med("rpc", key, "worker_cpu_ns_per_call")
+            fb = med("rpc", key, "fallback_share")
+            rows.append([name, nthreads, d, o, r, o_r, r_d, (r - d) / calls, cpu, 100 * fb])
+            json_rows.append({"workload": name, "threads": nthreads, "calls_per_op": calls,
+                              "direct_ns": d, "ocall_ns": o, "rpc_ns": r, "ocall_over_rpc": o_r,
+                              "rpc_over_direct": r_d, "worker_cpu_ns_per_call": cpu,
+                              "fallback_share": fb})
+    print("per operation, ns (with 4 threads: what each thread saw)")
     print(table(["op", "threads", "direct", "ocall", "rpc", "ocall/rpc", "rpc/direct",
                  "rpc-direct per call", "worker CPU ns/call", "fallback %"], rows))
-    f = {p: results[p]["floor"] for p in PATHS}
+    floor = {
+        "direct_nop_ns": median(r["direct"]["floor"]["transport_nop_ns"] for r in runs),
+        "ocall_nop_ns": median(r["ocall"]["floor"]["transport_nop_ns"] for r in runs),
+        "rpc_nop_ns": median(r["rpc"]["floor"]["transport_nop_ns"] for r in runs),
+        "ring_nop_ns": median(r["rpc"]["floor"]["ring_nop_ns"] for r in runs),
+        "ring_nop_served": median(r["rpc"]["floor"]["ring_nop_served"] for r in runs),
+        "handoff_ns": median(r["handoff_ns"] for r in runs),
+    }
     print("\nC floor (no Python in the loop), ns per call")
     print(table(["what", "ns"], [
-        ["NOP, direct path", f["direct"]["transport_nop_ns"]],
-        ["NOP, ocall path", f["ocall"]["transport_nop_ns"]],
-        ["NOP, rpc path (through the stub)", f["rpc"]["transport_nop_ns"]],
-        ["NOP, ring round trip alone", f["rpc"]["ring_nop_ns"]],
-        ["cross-core hand-off floor", handoff],
+        ["NOP, direct path", floor["direct_nop_ns"]],
+        ["NOP, ocall path", floor["ocall_nop_ns"]],
+        ["NOP, rpc path (through the stub)", floor["rpc_nop_ns"]],
+        ["NOP, ring round trip alone", floor["ring_nop_ns"]],
+        ["cross-core hand-off floor (2 threads, 2 cache lines)", floor["handoff_ns"]],
     ]))
-    print(f"(ring NOPs served by the worker: {100 * f['rpc']['ring_nop_served']:.1f}%)")
+    print(f"(ring NOPs served by the worker: {100 * floor['ring_nop_served']:.1f}%)")
     path = write_json("syscall_paths", {
         "machine": m, "scale": args.scale, "runs": args.runs, "rows": json_rows,
-        "floor": f, "handoff_floor_ns": handoff}, args.json)
+        "floor": floor, "raw": [{p: r[p] for p in PATHS} | {"handoff_ns": r["handoff_ns"]}
+                                for r in runs]}, args.json)
     print(f"\nwrote {path}")
     return 0
 
