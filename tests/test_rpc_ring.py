@@ -286,8 +286,13 @@ def test_a_call_to_a_sleeping_pool_falls_back_and_wakes_a_worker(make_ring):
     assert ring.host.stats()["fallback_why"]["workers_asleep"] == 1
     assert ring.counters()[WAKEUPS] == 1 == ring.host.stats()["wakeups"]
     wait_until(lambda: ring.header().sleepers == 0)
-    # Awake now (for its idle budget): the next call is served by the ring.
-    assert tlib.enclave_rpc(ring.addr, request(abi.OP_NOP), PATIENT) == abi.RPC_DONE
+    # Awake now, for its idle budget: the next call is served by the ring.  (On a loaded
+    # machine the budget may run out before this thread gets a core: then the call wakes it
+    # again, and a later one is served.)
+    outcomes = []
+    while abi.RPC_DONE not in outcomes and len(outcomes) < 100:
+        outcomes.append(tlib.enclave_rpc(ring.addr, request(abi.OP_NOP), PATIENT))
+    assert outcomes[-1] == abi.RPC_DONE
     assert ring.host.stats()["processed"] == 1
 
 
