@@ -107,7 +107,7 @@ class Kernel:
 
     def __init__(self, transport):
         self.transport = transport
-        self._call = transport.call
+        self._call = self.call = transport.call   # the transport's own bound method: no layer
         self._lock = threading.Lock()
         self.fds: set[int] = {0, 1, 2}
         self.raw_fds: set[int] = set()             # subset of fds: bare ints the app holds
@@ -145,9 +145,6 @@ class Kernel:
             self.sock_blocking.pop(fd, None)
 
     # -- calls ----------------------------------------------------------------------------------
-    def call(self, op, *args, **kw):
-        return self._call(op, *args, **kw)
-
     def check(self, op, *args, filename=None, filename2=None, **kw):
         """Run ``op``; raise the matching OSError on failure, retrying EINTR (PEP 475)."""
         while True:
@@ -211,22 +208,33 @@ class Kernel:
                 return True
             # 0 ready: the time is up (the loop re-checks the clock against the deadline)
 
-    def blocking_io(self, fd: int, events: int, attempt, timeout: float | None):
+    def blocking_io(self, fd: int, events: int, attempt, timeout: float | None, first=None):
         """The socket rule: try ``attempt()`` (which returns a Reply, sent wait=False) and,
         while it reports EAGAIN and the app's view is blocking (timeout None) or has a timeout,
-        wait through an OCALL and retry.  Returns the successful Reply; raises BlockingIOError
-        (timeout 0), TimeoutError('timed out') or the OSError of the failure."""
-        deadline = None if timeout is None else time.monotonic() + timeout
+        wait through an OCALL and retry.  ``first``: the reply of an attempt already made (the
+        callers' fast path).  Returns the successful Reply; raises BlockingIOError (timeout 0),
+        TimeoutError('timed out') or the OSError of the failure."""
+        deadline = None
+        r = first
         while True:
-            r = attempt()
+            if r is None:
+                r = attempt()
             ret = r.ret
             if ret >= 0:
                 return r
+            r = None
             if ret == -_errno.EINTR:
                 continue
             if ret != -_errno.EAGAIN:
                 raise oserror(-ret)
             if timeout == 0:
                 raise oserror(_errno.EAGAIN)
+            if deadline is None and timeout is not None:
+                deadline = time.monotonic() + timeout
             if not self.wait_fd(fd, events, deadline):
                 raise timeout_error()
+
+    def fd_timeout(self, fd: int):
+        """The timeout a plain os.read/os.write on ``fd`` has natively: None (blocks) for the
+        fd of a blocking socket, 0 (EAGAIN is final) for everything else."""
+        return None if self.sock_blocking.get(fd) else 0.0

@@ -214,7 +214,7 @@ class FileIO(_io.RawIOBase):
         fd = self._check()
         if not self._writable:
             raise _io.UnsupportedOperation("File not open for writing")
-        m = memoryview(b).cast("B")
+        m = b if type(b) is bytes else memoryview(b).cast("B")
         if len(m) > MAX_IO:
             m = m[:MAX_IO]
         while True:
@@ -571,27 +571,32 @@ class FileSystem:
             except OSError:
                 pass
 
-    def _sock_wait(self, fd: int):
-        """For a socket fd the app believes blocking: how os.read/os.write must wait."""
-        return self.kernel.sock_blocking.get(fd) is True
-
+    # os.read / os.write: one call on the fast path; EAGAIN on the fd of a socket the app
+    # believes blocking waits (the host fd is O_NONBLOCK), as the native call would block.
     def read(self, fd, length, /):
         if length < 0:
             raise oserror(_errno.EINVAL)
-        n = min(length, MAX_IO)
-        if self._sock_wait(fd):
-            return self.kernel.blocking_io(
-                fd, POLLIN, lambda: self._call(abi.OP_READ, fd, n, outcap=n), None).out
-        return self._check(abi.OP_READ, fd, n, outcap=n).out
+        n = length if length <= MAX_IO else MAX_IO
+        call = self._call
+        r = call(abi.OP_READ, fd, n, outcap=n)
+        if r.ret < 0:
+            k = self.kernel
+            r = k.blocking_io(fd, POLLIN, lambda: call(abi.OP_READ, fd, n, outcap=n),
+                              k.fd_timeout(fd), r)
+        return r.out
 
     def write(self, fd, data, /):
-        m = memoryview(data).cast("B")
-        if len(m) > MAX_IO:
-            m = m[:MAX_IO]
-        if self._sock_wait(fd):
-            return self.kernel.blocking_io(
-                fd, POLLOUT, lambda: self._call(abi.OP_WRITE, fd, inbuf=m), None).ret
-        return self._check(abi.OP_WRITE, fd, inbuf=m).ret
+        if type(data) is not bytes:
+            data = memoryview(data).cast("B")
+        if len(data) > MAX_IO:
+            data = data[:MAX_IO]
+        call = self._call
+        r = call(abi.OP_WRITE, fd, inbuf=data)
+        if r.ret < 0:
+            k = self.kernel
+            r = k.blocking_io(fd, POLLOUT, lambda: call(abi.OP_WRITE, fd, inbuf=data),
+                              k.fd_timeout(fd), r)
+        return r.ret
 
     def pread(self, fd, length, offset, /):
         if length < 0:
@@ -662,15 +667,8 @@ class FileSystem:
 
         def attempt():
             return self._call(abi.OP_SENDFILE, out_fd, in_fd, off, n)
-        if self._sock_wait(out_fd):
-            r = self.kernel.blocking_io(out_fd, POLLOUT, attempt, None)
-        else:
-            r = attempt()
-            while r.ret == -_errno.EINTR:
-                r = attempt()
-            if r.ret < 0:
-                raise oserror(-r.ret)
-        return r.ret
+        k = self.kernel
+        return k.blocking_io(out_fd, POLLOUT, attempt, k.fd_timeout(out_fd)).ret
 
     def get_blocking(self, fd, /):
         k = self.kernel

@@ -322,16 +322,15 @@ class EnclaveSocket(_RealSocket):
         return self._timeout != 0.0
 
     # -- the blocking rule ---------------------------------------------------------------------
-    def _io(self, events, attempt, deadline=None):
-        fd = self._fd
-        if fd < 0:
-            raise oserror(_errno.EBADF)
+    def _io(self, events, attempt, deadline=None, first=None):
+        """Finish a socket call by the blocking rule (see Kernel.blocking_io); ``first`` is the
+        reply of the attempt the caller already made."""
         timeout = self._timeout
         if deadline is not None:
             timeout = max(0.0, deadline - time.monotonic())
-            if timeout == 0.0:
+            if timeout == 0.0 and (first is None or first.ret < 0):
                 raise timeout_error()
-        return self._k.blocking_io(fd, events, attempt, timeout)
+        return self._k.blocking_io(self._fd, events, attempt, timeout, first)
 
     # -- calls --------------------------------------------------------------------------------
     def bind(self, address):
@@ -397,21 +396,29 @@ class EnclaveSocket(_RealSocket):
         return _errno.EWOULDBLOCK if err == -1 else err
 
     def send(self, data, flags=0):
-        m = memoryview(data).cast("B")
-        if len(m) > MAX_IO:
-            m = m[:MAX_IO]
-        fd, call = self._fd, self._k.call
-        return self._io(POLLOUT, lambda: call(abi.OP_SENDTO, fd, flags, inbuf=m)).ret
+        if type(data) is not bytes:
+            data = memoryview(data).cast("B")
+        if len(data) > MAX_IO:
+            data = data[:MAX_IO]
+        fd, call = self._fd, self._k._call
+        r = call(abi.OP_SENDTO, fd, flags, inbuf=data)      # the fast path: one call
+        if r.ret >= 0:
+            return r.ret
+        return self._io(POLLOUT, lambda: call(abi.OP_SENDTO, fd, flags, inbuf=data),
+                        first=r).ret
 
     def sendall(self, data, flags=0):
         m = memoryview(data).cast("B")
-        fd, call = self._fd, self._k.call
+        fd, call = self._fd, self._k._call
+        # As CPython >= 3.5: the timeout bounds the whole sendall, not each send.
         deadline = None if not self._timeout else time.monotonic() + self._timeout
         while True:
             chunk = m[:MAX_IO]
-            n = self._io(POLLOUT, lambda: call(abi.OP_SENDTO, fd, flags, inbuf=chunk),
-                         deadline).ret
-            m = m[n:]
+            r = call(abi.OP_SENDTO, fd, flags, inbuf=chunk)
+            if r.ret < 0:
+                r = self._io(POLLOUT, lambda: call(abi.OP_SENDTO, fd, flags, inbuf=chunk),
+                             deadline, r)
+            m = m[r.ret:]
             if not len(m):
                 return None
 
@@ -429,9 +436,13 @@ class EnclaveSocket(_RealSocket):
     def recv(self, bufsize, flags=0):
         if bufsize < 0:
             raise ValueError("negative buffersize in recv")
-        n = min(bufsize, MAX_IO)
-        fd, call = self._fd, self._k.call
-        return self._io(POLLIN, lambda: call(abi.OP_RECVFROM, fd, n, flags, outcap=n)).out
+        n = bufsize if bufsize <= MAX_IO else MAX_IO
+        fd, call = self._fd, self._k._call
+        r = call(abi.OP_RECVFROM, fd, n, flags, outcap=n)   # the fast path: one call
+        if r.ret < 0:
+            r = self._io(POLLIN, lambda: call(abi.OP_RECVFROM, fd, n, flags, outcap=n),
+                         first=r)
+        return r.out
 
     def recv_into(self, buffer, nbytes=0, flags=0):
         m = memoryview(buffer).cast("B")
@@ -442,9 +453,12 @@ class EnclaveSocket(_RealSocket):
         if nbytes > len(m):
             raise ValueError("buffer too small for requested bytes")
         n = min(nbytes, MAX_IO)
-        fd, call = self._fd, self._k.call
-        return self._io(POLLIN, lambda: call(abi.OP_RECVFROM, fd, n, flags, outcap=n,
-                                             into=m)).ret
+        fd, call = self._fd, self._k._call
+        r = call(abi.OP_RECVFROM, fd, n, flags, outcap=n, into=m)
+        if r.ret < 0:
+            r = self._io(POLLIN, lambda: call(abi.OP_RECVFROM, fd, n, flags, outcap=n,
+                                              into=m), first=r)
+        return r.ret
 
     def recvfrom(self, bufsize, flags=0):
         if bufsize < 0:
