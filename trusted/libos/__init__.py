@@ -51,6 +51,18 @@ _FEATURE_SETS = ("supports_dir_fd", "supports_fd", "supports_follow_symlinks",
                  "supports_effective_ids", "supports_bytes_environ")
 
 
+def _preimport_ssl() -> None:
+    """``ssl.SSLSocket`` subclasses whatever ``socket.socket`` is when ssl is imported, and its
+    C code drives the fd itself.  Imported before the patch, it subclasses the stdlib class, so
+    ``wrap_socket`` on an enclave socket works: the TLS connection then runs on the host fd
+    directly (not routed: a known gap, see README).  Imported after, it would subclass the
+    enclave socket, whose C object has no fd, and every TLS call would fail with EBADF."""
+    try:
+        import ssl  # noqa: F401
+    except ImportError:      # Python built without OpenSSL: nothing to protect
+        pass
+
+
 class LibOS:
     """The interposition layer of one enclave over one transport."""
 
@@ -104,6 +116,7 @@ class LibOS:
         with self._lock:
             if self.installed:
                 return
+            _preimport_ssl()
             originals = {}
             for owner, name, new in self._patches():
                 if isinstance(owner, type):
