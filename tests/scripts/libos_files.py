@@ -2,6 +2,7 @@
 shutil.copy via sendfile, os.walk, rmtree); prints results only (no paths, no times) so the
 output is identical with and without the enclave."""
 import errno
+import glob
 import os
 import pathlib
 import shutil
@@ -61,6 +62,11 @@ try:
         print("scandir", sorted((e.name, e.is_dir(), e.is_file()) for e in it))
     print("walk", sorted((os.path.relpath(d, top), sorted(ds), sorted(fs))
                          for d, ds, fs in os.walk(top)))
+    print("fwalk", sorted((os.path.relpath(d, top), sorted(ds), sorted(fs))
+                          for d, ds, fs, _ in os.fwalk(top)))
+    print("glob", sorted(os.path.relpath(g, top) for g in glob.glob(os.path.join(top, "**", "*"),
+                                                                   recursive=True)))
+    print("pathlib", sorted(str(q.relative_to(top)) for q in pathlib.Path(top).rglob("*.txt")))
     print("exists", os.path.exists(p), os.path.isdir(top), os.path.isfile(os.path.join(top, "no")))
     try:
         os.stat(os.path.join(top, "missing"))
@@ -78,6 +84,10 @@ try:
     print("pipe", os.write(w, b"through a pipe"), os.read(r, 100))
     os.close(r)
     os.close(w)
+    with tempfile.TemporaryDirectory() as td:
+        pathlib.Path(td, "x").mkdir()
+        pathlib.Path(td, "x", "y").write_bytes(b"y")
+    print("temporary directory removed", not os.path.exists(td))
     with tempfile.TemporaryFile() as tf:
         tf.write(b"temporary")
         tf.seek(0)
