@@ -194,8 +194,9 @@ class EPC:
         return self._driver.raw_stats()
 
     def stats(self) -> dict:
-        """The ``epc`` section of the stats (DESIGN.md section 4) with the per-fault breakdown."""
-        d = self._driver.raw_stats()
+        """The ``epc`` section of the stats (DESIGN.md section 4) with the per-fault breakdown
+        (after close(): as they were when the driver stopped)."""
+        d = self._driver.raw_stats() if self._driver is not None else self._final
         faults = d["faults"] or 1
         cfg = self.cfg
         per_fault = {
@@ -232,6 +233,7 @@ class EPC:
         if self._driver is None:
             return
         self._driver.stop()
+        self._final = self._driver.raw_stats()
         with self._lock:
             for rid, (_addr, _n) in list(self._regions.items()):
                 self._driver_destroy(rid)
@@ -260,6 +262,11 @@ class EPC:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def current() -> "EPC | None":
+    """The running EPC of this process, if any (the loader's, under ``ELEOS_MEMORY=epc``)."""
+    return _current
 
 
 def install_default(cfg: Config, cpu=None) -> EPC:

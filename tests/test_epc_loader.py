@@ -52,3 +52,28 @@ def test_unmodified_mmap_app_prints_the_same_under_sgx_as_native(shim, tmp_path,
     assert epc["peak_resident_bytes"] <= 2 << 20
     assert sgx.stats["transitions"]["aex"] >= epc["faults"]
     assert sgx.stats["transitions"]["eresume"] >= epc["faults"]
+
+
+TAMPERED_APP = textwrap.dedent("""
+    import mmap
+    from eleos_shim import epc
+
+    heap = mmap.mmap(-1, 1 << 20)
+    heap[0:5] = b"hello"
+    host = epc.current()                       # the test plays the hostile host
+    host.evict(heap, 0)
+    host.backing_store(heap)[0][10] ^= 1
+    print("before", flush=True)
+    value = heap[0:5]
+    print("after", value, flush=True)
+""")
+
+
+def test_app_under_sgx_stops_with_integrity_error_when_the_host_tampers(shim, tmp_path):
+    script = tmp_path / "tampered_app.py"
+    script.write_text(TAMPERED_APP)
+    run = shim("sgx", script)
+    assert run.returncode == 1
+    assert run.stdout == "before\n"
+    assert "IntegrityError" in run.stderr and "ELDU" in run.stderr
+    assert run.stats["epc"]["integrity_errors"] == 1

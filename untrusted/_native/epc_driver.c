@@ -84,6 +84,10 @@
 #define EPC_MAX_FAULT_THREADS 16
 #define EPC_NR_TO_SCAN 16           /* SGX_NR_SWAP_CLUSTER_MAX of the 2017 driver */
 #define EPC_NR_LOW 32               /* SGX_NR_LOW_EPC_PAGES_DEFAULT */
+/* An idle driver thread polls this long before it sleeps: about one fault's worth of driver
+ * time, so a paging app's next trap is taken without a wake-up, and an app that stopped
+ * paging costs at most this much CPU per fault. */
+#define EPC_SPIN_NS 50000
 
 /* The modeled CPU's paging instructions, as epcm.c defines them. */
 typedef int (*epc_ewb_fn)(const void *epc_page, uint64_t linaddr, uint64_t slot,
@@ -137,6 +141,7 @@ static struct {
     uint64_t limit, free_frames, resident, low, high;
     int uffd, stopfd;
     int nthreads;
+    uint64_t spin_ns;               /* how long an idle driver thread polls before sleeping */
     pthread_t threads[EPC_MAX_FAULT_THREADS];
     pthread_t swapd;
     int running;
@@ -168,6 +173,12 @@ static struct {
     .uffd = -1,
     .stopfd = -1,
 };
+
+#if defined(__x86_64__) || defined(__i386__)
+#define relax() __builtin_ia32_pause()
+#else
+#define relax() __asm__ __volatile__("" ::: "memory")
+#endif
 
 static inline uint64_t now_ns(void)
 {
@@ -387,20 +398,66 @@ static struct epc_region *region_of(uintptr_t addr, uint64_t *index)
     return r;
 }
 
+/* Leader/followers over the one userfaultfd: only the leader waits for a trap (userfaultfd
+ * readers are not exclusive, so every waiting thread would wake on every trap); when it gets
+ * one it promotes a follower and handles the trap.  A new leader first polls the userfaultfd
+ * without sleeping for up to D.spin_ns: a paging app traps again within a few microseconds of
+ * being resumed, and a thread that is already running takes the trap without a wake-up, as
+ * the kernel's own fault handler runs on the faulting core. */
+static int leader_taken;
+static pthread_mutex_t lf_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t lf_cv = PTHREAD_COND_INITIALIZER;
+
+/* 1: a message in *msg; 0: stop. */
+static int next_trap(struct uffd_msg *msg)
+{
+    uint64_t spin_until = D.spin_ns ? now_ns() + D.spin_ns : 0;
+    struct pollfd fds[2] = { { .fd = D.uffd, .events = POLLIN }, { .fd = D.stopfd, .events = POLLIN } };
+    for (;;) {
+        if (!__atomic_load_n(&D.running, __ATOMIC_ACQUIRE)) return 0;
+        ssize_t n = read(D.uffd, msg, sizeof *msg);
+        if (n == (ssize_t)sizeof *msg) {
+            if (msg->event == UFFD_EVENT_PAGEFAULT) return 1;
+            continue;
+        }
+        if (spin_until && now_ns() < spin_until) {
+            relax();
+            continue;
+        }
+        spin_until = 0;
+        if (poll(fds, 2, -1) < 0 && errno != EINTR) return 0;
+        if (fds[1].revents) return 0;
+    }
+}
+
 static void *uffd_thread(void *arg)
 {
     (void)arg;
-    struct pollfd fds[2] = { { .fd = D.uffd, .events = POLLIN }, { .fd = D.stopfd, .events = POLLIN } };
     for (;;) {
-        if (poll(fds, 2, -1) < 0) {
-            if (errno == EINTR) continue;
+        pthread_mutex_lock(&lf_lock);
+        while (leader_taken && __atomic_load_n(&D.running, __ATOMIC_ACQUIRE))
+            pthread_cond_wait(&lf_cv, &lf_lock);
+        if (!__atomic_load_n(&D.running, __ATOMIC_ACQUIRE)) {
+            pthread_cond_broadcast(&lf_cv);
+            pthread_mutex_unlock(&lf_lock);
             break;
         }
-        if (fds[1].revents) break;
+        leader_taken = 1;
+        pthread_mutex_unlock(&lf_lock);
+
         struct uffd_msg msg;
-        ssize_t n = read(D.uffd, &msg, sizeof msg);
-        if (n != (ssize_t)sizeof msg) continue;     /* EAGAIN: another thread took it */
-        if (msg.event != UFFD_EVENT_PAGEFAULT) continue;
+        int got = next_trap(&msg);
+
+        pthread_mutex_lock(&lf_lock);
+        leader_taken = 0;
+        pthread_cond_signal(&lf_cv);
+        pthread_mutex_unlock(&lf_lock);
+        if (!got) {
+            pthread_mutex_lock(&lf_lock);
+            pthread_cond_broadcast(&lf_cv);
+            pthread_mutex_unlock(&lf_lock);
+            break;
+        }
         uintptr_t addr = (uintptr_t)msg.arg.pagefault.address;
         uint64_t i;
         struct epc_region *r = region_of(addr, &i);
@@ -472,11 +529,18 @@ static struct fault_req *take_request(void)
 static void *segv_thread(void *arg)
 {
     (void)arg;
+    uint64_t spin_until = 0;
     for (;;) {
         uint32_t seq = __atomic_load_n(&D.req_seq, __ATOMIC_ACQUIRE);
         if (!__atomic_load_n(&D.running, __ATOMIC_ACQUIRE)) break;
         struct fault_req *q = take_request();
         if (!q) {
+            /* As the userfaultfd leader: poll a while before sleeping (see next_trap). */
+            if (spin_until && now_ns() < spin_until) {
+                relax();
+                continue;
+            }
+            spin_until = 0;
             futex(&D.req_seq, FUTEX_WAIT_PRIVATE, seq);
             continue;
         }
@@ -485,6 +549,7 @@ static void *segv_thread(void *arg)
         if (r) handle_fault(r, i, q->addr, q->tid, 0);
         __atomic_store_n(&q->done, 1, __ATOMIC_RELEASE);
         futex(&q->done, FUTEX_WAKE_PRIVATE, 1);
+        spin_until = D.spin_ns ? now_ns() + D.spin_ns : 0;
     }
     return NULL;
 }
@@ -595,6 +660,8 @@ int epc_driver_start(uint64_t limit_pages, int trap, int nthreads, uintptr_t ewb
     D.dead_addr = 0;
     D.req_stack = D.req_local = NULL;
     D.uffd = -1;
+    D.spin_ns = EPC_SPIN_NS;
+    leader_taken = 0;
 
     if (trap == 0 || trap == TRAP_USERFAULTFD) {
         int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
@@ -806,6 +873,9 @@ int epc_region_states(int id, uint8_t *out, uint64_t n)
     pthread_mutex_unlock(&D.lk);
     return 0;
 }
+
+/* Set the driver threads' poll-before-sleep time (0: sleep at once).  For experiments. */
+void epc_driver_set_spin(uint64_t ns) { __atomic_store_n(&D.spin_ns, ns, __ATOMIC_RELAXED); }
 
 /* out: see EPC_STAT_FIELDS in untrusted/epc.py (same order). */
 void epc_driver_stats(uint64_t out[26])
