@@ -367,3 +367,18 @@ def test_os_write_is_one_write_call_each(libos, transport):
     assert counts["write"]["count"] == 25 and counts["write"][transport.path] == 25
     assert set(counts) == {"write", "close"}
     assert abi.OP_WRITE == abi.OP["WRITE"]
+
+
+def test_a_leaked_socket_warns_and_its_fd_is_closed_through_the_shim(libos, transport):
+    import gc
+    s = socket.socket()
+    fd = s.fileno()
+    transport.reset_counts()
+    with pytest.warns(ResourceWarning, match="unclosed <socket.socket"):
+        del s
+        gc.collect()
+    assert transport.counts()["close"]["count"] == 1
+    assert fd not in libos.kernel.fds
+    with pytest.raises(OSError) as e:
+        os.fstat(fd)
+    assert e.value.errno == errno.EBADF

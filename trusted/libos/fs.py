@@ -376,12 +376,14 @@ class ScandirIterator:
 
     def __del__(self):
         if getattr(self, "_fd", -1) >= 0:
-            warnings.warn(f"unclosed scandir iterator {self!r}", ResourceWarning, stacklevel=2,
-                          source=self)
             try:
-                self.close()
-            except Exception:   # noqa: BLE001 - a finalizer must not raise
-                pass
+                warnings.warn(f"unclosed scandir iterator {self!r}", ResourceWarning,
+                              stacklevel=2, source=self)
+            finally:
+                try:
+                    self.close()
+                except OSError:
+                    pass
 
 
 class FileSystem:

@@ -23,6 +23,7 @@ import os as _os
 import socket as _socketmod
 import struct
 import time
+import warnings
 
 from eleos_shim import abi
 from eleos_shim.errors import IagoError
@@ -557,13 +558,16 @@ class EnclaveSocket(_RealSocket):
         return sock
 
     def __del__(self):
+        # As CPython's sock_finalize: warn (which may raise under -W error: reported as
+        # unraisable, as natively), then close the fd in any case.
         if getattr(self, "_fd", -1) >= 0:
-            import warnings
-            warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2, source=self)
             try:
-                self._real_close()
-            except Exception:   # noqa: BLE001 - a finalizer must not raise
-                pass
+                warnings.warn(f"unclosed {self!r}", ResourceWarning, stacklevel=2, source=self)
+            finally:
+                try:
+                    self._real_close()
+                except OSError:
+                    pass
 
 
 class SocketModule:
