@@ -175,6 +175,20 @@ def test_each_fault_charges_aex_and_eresume():
     assert counters["modeled_cycles"] >= faults * (cfg.aex_cycles + cfg.eresume_cycles)
 
 
+def test_reclaim_evicts_the_oldest_loaded_pages_first(epc):
+    # The driver's approximation of the SGX driver's list: loaded pages join the tail, the
+    # reclaimer takes from the head (with one second chance each).
+    m = epc.map(2 * LIMIT)
+    npages = 2 * LIMIT // PAGE
+    for i in range(npages):
+        m[i * PAGE] = 1
+    states = epc.page_states(m)
+    assert set(states[: npages // 2]) == {"evicted"}
+    # ("loading": the last page's handler may not have finished its bookkeeping yet)
+    assert set(states[-npages // 4:]) <= {"resident", "loading"}
+    m.close()
+
+
 def test_evicted_pages_come_back_sealed_and_loaded_by_eldu(epc):
     m = epc.map(8 * PAGE)
     for i in range(8):
