@@ -60,6 +60,10 @@ OUT_HIGH = 4 << 20
 # default value is 1 KB), so a small hit costs one item access.
 GET_WINDOW = 1280
 MASK64 = (1 << 64) - 1
+# Refused connections are drained until the client closes, for this long at most, and no
+# more than this many at once (beyond that they are closed at once).
+LINGER_S = 5.0
+LINGER_MAX = 256
 
 # Item header, 40 bytes: hash chain next, LRU prev, LRU next, last access time, absolute
 # exptime (0 = never), client flags, value length, cas, key length, slab class, flags, pad.
@@ -387,7 +391,8 @@ class ItemStore:
 
 class Connection:
     """What memcached keeps per connection: buffers and the storage command awaiting its data."""
-    __slots__ = ("sock", "rbuf", "out", "wbuf", "pending", "swallow", "closing", "writing")
+    __slots__ = ("sock", "rbuf", "out", "wbuf", "pending", "swallow", "closing", "writing",
+                 "refused")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -398,6 +403,7 @@ class Connection:
         self.swallow = 0        # bytes of a refused value still to discard
         self.closing = False
         self.writing = False
+        self.refused = False    # beyond -c: only drained until the client closes
 
 
 STORAGE = {b"set", b"add", b"replace", b"append", b"prepend", b"cas"}
@@ -421,6 +427,7 @@ class KVServer:
         self.total_connections = 0
         self.rejected_connections = 0
         self.conns: dict[int, Connection] = {}
+        self.lingering: dict[int, tuple[Connection, float]] = {}   # refused, closing
         self.sel = selectors.DefaultSelector()
         self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -450,6 +457,8 @@ class KVServer:
                 finally:
                     self._in_select = False
                 self.store.now = int(time.time())
+                if self.lingering:
+                    self._expire_lingering()
                 for key, mask in events:
                     conn = key.data
                     if conn is None:
@@ -471,6 +480,8 @@ class KVServer:
     def close(self) -> None:
         for conn in list(self.conns.values()):
             self._close(conn)
+        for conn, _ in list(self.lingering.values()):
+            self._end_lingering(conn)
         try:
             self.sel.unregister(self.lsock)
         except (KeyError, ValueError):
@@ -490,18 +501,47 @@ class KVServer:
             if len(self.conns) >= self.maxconns:
                 # What memcached answers a connection beyond -c before closing it.
                 self.rejected_connections += 1
-                try:
-                    sock.setblocking(False)
-                    sock.send(b"ERROR Too many open connections\r\n")
-                except OSError:
-                    pass
-                sock.close()
+                self._refuse(sock)
                 continue
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = Connection(sock)
             self.conns[sock.fileno()] = conn
             self.sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _refuse(self, sock: socket.socket) -> None:
+        """Answer as memcached does, then close without losing the answer.
+
+        Closing a socket whose client already sent a request makes the kernel send a reset
+        that can destroy the error message in flight; so the socket is half-closed and
+        drained until the client closes it (a lingering close), for at most LINGER_S seconds
+        and LINGER_MAX sockets.
+        """
+        try:
+            sock.setblocking(False)
+            sock.send(b"ERROR Too many open connections\r\n")
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            sock.close()
+            return
+        if len(self.lingering) >= LINGER_MAX:
+            sock.close()
+            return
+        conn = Connection(sock)
+        conn.refused = True
+        self.lingering[sock.fileno()] = (conn, time.monotonic() + LINGER_S)
+        self.sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _end_lingering(self, conn: Connection) -> None:
+        self.lingering.pop(conn.sock.fileno(), None)
+        self.sel.unregister(conn.sock)
+        conn.sock.close()
+
+    def _expire_lingering(self) -> None:
+        now = time.monotonic()
+        for conn, deadline in list(self.lingering.values()):
+            if deadline <= now:
+                self._end_lingering(conn)
 
     def _close(self, conn: Connection) -> None:
         # A storage command still waiting for its data is dropped here: nothing of it was
@@ -521,7 +561,10 @@ class KVServer:
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            self._close(conn)
+            data = b""
+        if conn.refused:
+            if not data:
+                self._end_lingering(conn)
             return
         if not data:
             self._close(conn)
@@ -664,8 +707,10 @@ class KVServer:
     def _get(self, conn: Connection, keys: list[bytes], with_cas: bool) -> None:
         st = self.store
         out = conn.out
+        start = len(out)
         for key in keys:
             if self._bad_key(key):
+                del out[start:]     # memcached drops the values it had found for this get
                 out.append(BAD_FORMAT)
                 return
             self.stats["cmd_get"] += 1
