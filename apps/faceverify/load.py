@@ -108,7 +108,13 @@ def _client(address: tuple[str, int], session: P.ClientSession, pool: list[Reque
             if t0 >= end_ns:
                 break
             sock.sendall(req.frame)
-            body = P.recv_frame(sock)
+            # A reply is 43 bytes: one recv nearly always holds the whole frame, which saves
+            # the client a syscall and leaves more of a shared machine to the server.
+            got = sock.recv(4096)
+            if len(got) >= P.LEN.size and len(got) == P.LEN.size + P.LEN.unpack_from(got)[0]:
+                body = got[P.LEN.size:]
+            else:
+                body = _finish_frame(sock, got)
             t1 = clock()
             try:
                 status, accepted, _ = session.open_reply(body, req.nonce)
@@ -125,6 +131,18 @@ def _client(address: tuple[str, int], session: P.ClientSession, pool: list[Reque
         result.errors += 1
     finally:
         sock.close()
+
+
+def _finish_frame(sock: socket.socket, got: bytes) -> bytes:
+    """The rest of a reply frame whose first ``got`` bytes have arrived."""
+    if not got:
+        raise ConnectionError("connection closed by the server")
+    if len(got) < P.LEN.size:
+        got += P.recv_exact(sock, P.LEN.size - len(got))
+    (n,) = P.LEN.unpack_from(got)
+    if n > P.MAX_FRAME or len(got) > P.LEN.size + n:
+        raise P.ProtocolError("unexpected reply framing")
+    return got[P.LEN.size:] + P.recv_exact(sock, P.LEN.size + n - len(got))
 
 
 def run(address: tuple[str, int], identities: int, threads: int = 100, duration: float = 10.0,

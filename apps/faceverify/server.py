@@ -4,7 +4,7 @@ App code: under ``python -m eleos_shim`` all of it runs inside the enclave, unmo
 never imports the shim; the shim reaches it through what it uses: its sockets and selector
 become OCALLs (sgx) or exit-less RPCs (eleos), and its one ``mmap.mmap(-1, size)`` arena, the
 template database, is placed in the EPC (sgx; paged by the modeled SGX driver beyond it) or in
-SUVM (eleos).  This is the paper's biometric identity server (section 6): a database several
+SUVM (eleos).  This is the paper's biometric identity server: a database several
 times larger than the EPC, touched at a random identity per request.
 
 The arena is only ever read with slicing (``arena[a:b]`` -> bytes) and written with slice
