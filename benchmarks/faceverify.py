@@ -7,6 +7,8 @@ run takes minutes: EPC 16 MB, databases of 8 MB (fits) and 80 MB (5x).  A closed
 (apps/faceverify/load.py, in this process) drives it for a fixed time.  Every run starts every
 configuration once, in a rotated order so drift on a shared machine spreads evenly; each
 mode's speedup over sgx is the median over runs of the ratio measured within the same run.
+Besides the three presets, Eleos's halves alone: suvm-only (database in SUVM, sockets still
+exit through OCALLs) and rpc-only (exit-less sockets, database in the EPC).
 
 The client shares the machine with the server (Eleos's ran on another host): on a 2-core box
 100 Python client threads cost the server CPU, so the default is 16 threads, enough to keep
@@ -32,14 +34,22 @@ from benchmarks.common import ROOT, machine, machine_line, median, table, write_
 from apps.faceverify import load  # noqa: E402
 from apps.faceverify.server import identities_for_mb  # noqa: E402
 
-MODES = ("native", "sgx", "eleos")
+# Configurations: the three presets, and Eleos's two halves alone (as the paper's breakdown):
+# SUVM for the database with OCALL exits for the sockets, and RPC with the database in the EPC.
+CONFIGS = {
+    "native": {"ELEOS_MODE": "native"},
+    "sgx": {"ELEOS_MODE": "sgx"},
+    "eleos": {"ELEOS_MODE": "eleos"},
+    "suvm-only": {"ELEOS_MODE": "eleos", "ELEOS_SYSCALLS": "ocall"},
+    "rpc-only": {"ELEOS_MODE": "sgx", "ELEOS_SYSCALLS": "rpc"},
+}
 SERVER = "apps/faceverify/server.py"
 
 
 def start_server(mode: str, db_mb: float, epc_mb: float, cost: str, stats_path: str,
                  timeout: float = 300.0) -> tuple[subprocess.Popen, int]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ELEOS_")}
-    env.update(ELEOS_MODE=mode, ELEOS_EPC_MB=str(epc_mb), ELEOS_COST=cost,
+    env.update(CONFIGS[mode], ELEOS_EPC_MB=str(epc_mb), ELEOS_COST=cost,
                ELEOS_STATS=stats_path, PYTHONPATH=str(ROOT))
     # stderr to a file: a pipe nobody reads during the run could fill and stall the server.
     err = tempfile.TemporaryFile(mode="w+")
@@ -125,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epc-mb", type=float, default=16.0, help="usable EPC (paper: 93)")
     ap.add_argument("--fit-mb", type=float, default=None, help="database that fits (EPC/2)")
     ap.add_argument("--big-mb", type=float, default=None, help="database 5x the EPC")
-    ap.add_argument("--modes", default=",".join(MODES))
+    ap.add_argument("--modes", default=",".join(CONFIGS),
+                    help="comma-separated, from " + ", ".join(CONFIGS))
     ap.add_argument("--cost", default="spin", choices=("spin", "account"))
     ap.add_argument("--pool", type=int, default=0,
                     help="pre-sealed requests per database (default: one per identity, >= 2048,"
@@ -133,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", help="output path (default results/faceverify.json)")
     args = ap.parse_args(argv)
     modes = args.modes.split(",")
+    unknown = [x for x in modes if x not in CONFIGS]
+    if unknown or "sgx" not in modes:
+        ap.error(f"--modes: unknown {unknown}" if unknown else "--modes must include sgx (the baseline)")
     sizes = [("fits in EPC", args.fit_mb or args.epc_mb / 2),
              ("5x EPC", args.big_mb or args.epc_mb * 5)]
     m = machine()
