@@ -382,3 +382,46 @@ def test_a_leaked_socket_warns_and_its_fd_is_closed_through_the_shim(libos, tran
     with pytest.raises(OSError) as e:
         os.fstat(fd)
     assert e.value.errno == errno.EBADF
+
+
+def test_blocking_pipes_block_and_complete_writes_like_native(libos):
+    r, w = os.pipe()
+    assert os.get_blocking(r) and os.get_blocking(w)
+    big = os.urandom(1 << 20)            # far more than a pipe holds: the write must wait
+    got = []
+    reader = threading.Thread(target=lambda: got.append(b"".join(
+        iter(lambda: os.read(r, 65536), b""))))
+    reader.start()
+    assert os.write(w, big) == len(big)   # natively a blocking pipe write is complete
+    os.close(w)
+    reader.join()
+    assert got == [big]
+    os.close(r)
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    assert not os.get_blocking(r) and os.get_blocking(w)
+    with pytest.raises(BlockingIOError):
+        os.read(r, 1)                     # empty, write end open, non-blocking
+    os.set_blocking(r, True)
+    with open(r, "rb") as fr, open(w, "wb", buffering=0) as fw:
+        t = threading.Thread(target=lambda: fw.write(b"through FileIO"))
+        t.start()
+        assert fr.read(14) == b"through FileIO"   # blocks until the writer thread writes
+        t.join()
+
+
+def test_blocking_stream_send_returns_only_when_all_is_queued(libos):
+    a, b = socket.socketpair()
+    data = os.urandom(4 << 20)
+    got = bytearray()
+
+    def drain():
+        while len(got) < len(data):
+            got.extend(b.recv(1 << 16))
+    t = threading.Thread(target=drain)
+    t.start()
+    assert a.send(data) == len(data)
+    t.join()
+    assert got == data
+    a.close()
+    b.close()

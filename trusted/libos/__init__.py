@@ -167,4 +167,4 @@ class LibOS:
 
     def stats(self) -> dict:
         """What the LibOS itself knows: the enclave's open fds."""
-        return {"open_fds": len(self.kernel.fds), "sockets": len(self.kernel.sock_blocking)}
+        return {"open_fds": len(self.kernel.fds), "sockets": len(self.kernel.app_blocking)}

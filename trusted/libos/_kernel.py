@@ -10,9 +10,10 @@ enclave did before: an fd the host hands back that is negative or already open i
 (the fd table below), a stat record whose mode names no file type.  Each raises
 :class:`eleos_shim.errors.IagoError` (fail-stop: the app never sees the lie).
 
-Socket fds are kept O_NONBLOCK in the host kernel (so no call on them can tie up an RPC
-worker); what the app believes about blocking lives here, per fd (``sock_blocking``), so that
-``os.read`` on a socket fd behaves as it would natively.
+Socket and pipe fds are kept O_NONBLOCK in the host kernel (so no call on them can tie up an
+RPC worker); what the app believes about blocking lives here, per fd (``app_blocking``), so
+that ``os.read`` on such an fd waits (as an OCALL) where it would block natively, and a write
+to a blocking stream (pipe, stream socket) completes as the kernel's blocking write does.
 """
 from __future__ import annotations
 
@@ -111,7 +112,8 @@ class Kernel:
         self._lock = threading.Lock()
         self.fds: set[int] = {0, 1, 2}
         self.raw_fds: set[int] = set()             # subset of fds: bare ints the app holds
-        self.sock_blocking: dict[int, bool] = {}   # socket fd -> would it block natively
+        self.app_blocking: dict[int, bool] = {}   # host-O_NONBLOCK fd -> app sees it blocking
+        self.full_write: set[int] = set()          # streams whose blocking write completes
 
     # -- the fd table --------------------------------------------------------------------------
     def adopt_fd(self, fd: int, what: str, raw: bool = False) -> int:
@@ -124,7 +126,8 @@ class Kernel:
                 if fd not in self.raw_fds:
                     raise IagoError(f"host returned fd {fd} for {what}, but the enclave "
                                     f"already has fd {fd} open")
-                self.sock_blocking.pop(fd, None)   # closed unseen (see above): a new file
+                self.app_blocking.pop(fd, None)   # closed unseen (see above): a new file
+                self.full_write.discard(fd)
             self.fds.add(fd)
             if raw:
                 self.raw_fds.add(fd)
@@ -142,7 +145,8 @@ class Kernel:
         with self._lock:
             self.fds.discard(fd)
             self.raw_fds.discard(fd)
-            self.sock_blocking.pop(fd, None)
+            self.app_blocking.pop(fd, None)
+            self.full_write.discard(fd)
 
     # -- calls ----------------------------------------------------------------------------------
     def check(self, op, *args, filename=None, filename2=None, **kw):
@@ -235,6 +239,21 @@ class Kernel:
                 raise timeout_error()
 
     def fd_timeout(self, fd: int):
-        """The timeout a plain os.read/os.write on ``fd`` has natively: None (blocks) for the
-        fd of a blocking socket, 0 (EAGAIN is final) for everything else."""
-        return None if self.sock_blocking.get(fd) else 0.0
+        """The timeout a plain os.read/os.write on ``fd`` has natively: None (blocks) for a
+        socket or pipe the app believes blocking, 0 (EAGAIN is final) for everything else."""
+        return None if self.app_blocking.get(fd) else 0.0
+
+    def complete_write(self, fd: int, data, done: int, write_chunk) -> int:
+        """After a short write of ``done`` bytes to a blocking stream, keep writing (waiting
+        as needed) as the kernel's blocking write would, and return the total.  An error after
+        some bytes went out ends it with the count so far, as the kernel does."""
+        if done >= len(data) or not self.app_blocking.get(fd) or fd not in self.full_write:
+            return done
+        m = memoryview(data)
+        while done < len(m):
+            rest = m[done:done + MAX_IO]
+            try:
+                done += self.blocking_io(fd, POLLOUT, lambda: write_chunk(rest), None).ret
+            except OSError:
+                return done
+        return done

@@ -154,14 +154,20 @@ class FileIO(_io.RawIOBase):
             raise _io.UnsupportedOperation("File not open for reading")
         m = memoryview(buffer).cast("B")
         n = min(len(m), MAX_IO)
-        while True:
-            r = self._k.call(abi.OP_READ, fd, n, outcap=n, into=m)
-            if r.ret >= 0:
-                return r.ret
-            if r.ret == -_errno.EAGAIN:
-                return None
-            if r.ret != -_errno.EINTR:
-                raise oserror(-r.ret)
+        r = self._k.call(abi.OP_READ, fd, n, outcap=n, into=m)
+        if r.ret < 0:
+            r = self._retry(POLLIN, r, lambda: self._k.call(abi.OP_READ, fd, n, outcap=n,
+                                                             into=m))
+        return None if r is None else r.ret
+
+    def _retry(self, events, r, attempt):
+        """Finish a failed first attempt: wait where the app's view of the fd is blocking (a
+        pipe or socket kept O_NONBLOCK in the host), else None on EAGAIN as FileIO does."""
+        k = self._k
+        try:
+            return k.blocking_io(self._fd, events, attempt, k.fd_timeout(self._fd), r)
+        except BlockingIOError:
+            return None
 
     def read(self, size=-1):
         fd = self._check()
@@ -170,14 +176,10 @@ class FileIO(_io.RawIOBase):
         if size is None or size < 0:
             return self.readall()
         n = min(size, MAX_IO)
-        while True:
-            r = self._k.call(abi.OP_READ, fd, n, outcap=n)
-            if r.ret >= 0:
-                return r.out
-            if r.ret == -_errno.EAGAIN:
-                return None
-            if r.ret != -_errno.EINTR:
-                raise oserror(-r.ret)
+        r = self._k.call(abi.OP_READ, fd, n, outcap=n)
+        if r.ret < 0:
+            r = self._retry(POLLIN, r, lambda: self._k.call(abi.OP_READ, fd, n, outcap=n))
+        return None if r is None else r.out
 
     def readall(self):
         fd = self._check()
@@ -195,16 +197,14 @@ class FileIO(_io.RawIOBase):
         while True:
             n = min(bufsize, MAX_IO)
             r = self._k.call(abi.OP_READ, fd, n, outcap=n)
+            if r.ret < 0:
+                if r.ret == -_errno.EAGAIN and chunks and not self._k.app_blocking.get(fd):
+                    break
+                r = self._retry(POLLIN, r, lambda: self._k.call(abi.OP_READ, fd, n, outcap=n))
+                if r is None:
+                    return None
             if r.ret == 0:
                 break
-            if r.ret < 0:
-                if r.ret == -_errno.EINTR:
-                    continue
-                if r.ret == -_errno.EAGAIN:
-                    if chunks:
-                        break
-                    return None
-                raise oserror(-r.ret)
             chunks.append(r.out)
             bufsize = max(DEFAULT_BUFFER_SIZE, bufsize - r.ret) if r.ret < bufsize \
                 else bufsize * 2
@@ -217,14 +217,15 @@ class FileIO(_io.RawIOBase):
         m = b if type(b) is bytes else memoryview(b).cast("B")
         if len(m) > MAX_IO:
             m = m[:MAX_IO]
-        while True:
-            r = self._k.call(abi.OP_WRITE, fd, inbuf=m)
-            if r.ret >= 0:
-                return r.ret
-            if r.ret == -_errno.EAGAIN:
+        call = self._k.call
+        r = call(abi.OP_WRITE, fd, inbuf=m)
+        if r.ret < 0:
+            r = self._retry(POLLOUT, r, lambda: call(abi.OP_WRITE, fd, inbuf=m))
+            if r is None:
                 return None
-            if r.ret != -_errno.EINTR:
-                raise oserror(-r.ret)
+        if r.ret < len(m):
+            return self._k.complete_write(fd, m, r.ret, lambda c: call(abi.OP_WRITE, fd, inbuf=c))
+        return r.ret
 
     def seek(self, pos, whence=0):
         fd = self._check()
@@ -598,6 +599,9 @@ class FileSystem:
             k = self.kernel
             r = k.blocking_io(fd, POLLOUT, lambda: call(abi.OP_WRITE, fd, inbuf=data),
                               k.fd_timeout(fd), r)
+        if r.ret < len(data):
+            return self.kernel.complete_write(fd, data, r.ret,
+                                              lambda b: call(abi.OP_WRITE, fd, inbuf=b))
         return r.ret
 
     def pread(self, fd, length, offset, /):
@@ -636,9 +640,12 @@ class FileSystem:
 
     def dup(self, fd, /):
         r = self._check(abi.OP_DUP, fd)
-        newfd = self.kernel.adopt_fd(r.ret, "dup", raw=True)
-        if fd in self.kernel.sock_blocking:
-            self.kernel.sock_blocking[newfd] = self.kernel.sock_blocking[fd]
+        k = self.kernel
+        newfd = k.adopt_fd(r.ret, "dup", raw=True)
+        if fd in k.app_blocking:
+            k.app_blocking[newfd] = k.app_blocking[fd]
+        if fd in k.full_write:
+            k.full_write.add(newfd)
         return newfd
 
     def _pair(self, r, what):
@@ -656,10 +663,16 @@ class FileSystem:
         return a, b
 
     def pipe(self):
-        return self._pair(self._check(abi.OP_PIPE2, O_CLOEXEC, outcap=8), "pipe")
+        return self.pipe2(O_CLOEXEC)
 
     def pipe2(self, flags, /):
-        return self._pair(self._check(abi.OP_PIPE2, flags, outcap=8), "pipe2")
+        # The host pipe is O_NONBLOCK (a blocking read must not tie up an RPC worker); the
+        # app's view of blocking is kept here.
+        r, w = self._pair(self._check(abi.OP_PIPE2, flags | O_NONBLOCK, outcap=8), "pipe")
+        k = self.kernel
+        k.app_blocking[r] = k.app_blocking[w] = not flags & O_NONBLOCK
+        k.full_write.add(w)
+        return r, w
 
     def sendfile(self, out_fd, in_fd, offset, count):
         off = -1 if offset is None else offset
@@ -674,14 +687,14 @@ class FileSystem:
 
     def get_blocking(self, fd, /):
         k = self.kernel
-        if fd in k.sock_blocking:
-            return k.sock_blocking[fd]
+        if fd in k.app_blocking:
+            return k.app_blocking[fd]
         return not (self._check(abi.OP_FCNTL, fd, F_GETFL, 0).ret & O_NONBLOCK)
 
     def set_blocking(self, fd, blocking, /):
         k = self.kernel
-        if fd in k.sock_blocking:
-            k.sock_blocking[fd] = bool(blocking)     # the kernel fd stays O_NONBLOCK
+        if fd in k.app_blocking:
+            k.app_blocking[fd] = bool(blocking)     # the kernel fd stays O_NONBLOCK
             return
         fl = self._check(abi.OP_FCNTL, fd, F_GETFL, 0).ret
         new = (fl & ~O_NONBLOCK) if blocking else (fl | O_NONBLOCK)

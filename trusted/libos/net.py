@@ -265,7 +265,9 @@ class EnclaveSocket(_RealSocket):
         self._fd, self._family, self._proto = fd, family, proto
         self._stype = type & ~(SOCK_NONBLOCK | SOCK_CLOEXEC)
         self._timeout = 0.0 if type & SOCK_NONBLOCK else _socket.getdefaulttimeout()
-        self._k.sock_blocking[fd] = self._timeout is None
+        self._k.app_blocking[fd] = self._timeout is None
+        if self._stype == _socket.SOCK_STREAM:
+            self._k.full_write.add(fd)
 
     @classmethod
     def _from_new_fd(cls, fd, family, type, proto):
@@ -314,7 +316,7 @@ class EnclaveSocket(_RealSocket):
         if self._fd < 0:
             raise oserror(_errno.EBADF)
         self._timeout = value
-        self._k.sock_blocking[self._fd] = value is None
+        self._k.app_blocking[self._fd] = value is None
 
     def setblocking(self, flag):
         self.settimeout(None if flag else 0.0)
@@ -403,10 +405,13 @@ class EnclaveSocket(_RealSocket):
             data = data[:MAX_IO]
         fd, call = self._fd, self._k._call
         r = call(abi.OP_SENDTO, fd, flags, inbuf=data)      # the fast path: one call
-        if r.ret >= 0:
-            return r.ret
-        return self._io(POLLOUT, lambda: call(abi.OP_SENDTO, fd, flags, inbuf=data),
-                        first=r).ret
+        if r.ret < 0:
+            r = self._io(POLLOUT, lambda: call(abi.OP_SENDTO, fd, flags, inbuf=data), first=r)
+        if r.ret < len(data) and self._timeout is None:
+            # natively a blocking stream send returns only when all of it is queued
+            return self._k.complete_write(fd, data, r.ret,
+                                          lambda b: call(abi.OP_SENDTO, fd, flags, inbuf=b))
+        return r.ret
 
     def sendall(self, data, flags=0):
         m = memoryview(data).cast("B")
