@@ -516,8 +516,6 @@ class FileSystem:
             if file < 0:
                 raise ValueError("negative file descriptor")
             fd, own = file, False
-            if closefd:
-                k.own_fd(fd)
         else:
             if not closefd:
                 raise ValueError("Cannot use closefd=False with file name")
@@ -532,6 +530,7 @@ class FileSystem:
                     fd = fd.__index__()
                 if fd < 0:
                     raise ValueError(f"opener returned {fd}")
+                k.own_fd(fd)              # the file object holds it from now on
         try:
             r = self._call(abi.OP_FSTAT, fd, outcap=STAT.size)
             if r.ret < 0:
@@ -541,6 +540,8 @@ class FileSystem:
                 raise oserror(_errno.EISDIR, file)
             blksize = st.st_blksize if st.st_blksize > 1 else DEFAULT_BUFFER_SIZE
             raw = FileIO(k, fd, file, mstr, readable, writable, closefd, st.st_mode, blksize)
+            if closefd and isinstance(file, int):
+                k.own_fd(fd)              # the file object holds the caller's fd from now on
             if appending:
                 self._check(abi.OP_LSEEK, fd, 0, _os.SEEK_END)
             return raw
