@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import ROOT, SCRIPTS, run_shim, shim_env
 
-SCRIPT_NAMES = ["files", "tcp", "udp", "mux", "socketserver", "http", "threads"]
+SCRIPT_NAMES = ["files", "tcp", "udp", "mux", "socketserver", "http", "threads", "edges"]
 
 
 @pytest.fixture(scope="module")

@@ -308,8 +308,11 @@ class EnclaveSocket(_RealSocket):
 
     def settimeout(self, value):
         if value is not None:
-            if not isinstance(value, (int, float)):
-                raise TypeError("Timeout value must be int, float or None")
+            if isinstance(value, float):
+                if value != value:
+                    raise ValueError("Invalid value NaN (not a number)")
+            else:
+                value = operator.index(value)      # CPython's TypeError for anything else
             value = float(value)
             if value < 0:
                 raise ValueError("Timeout value out of range")
@@ -428,11 +431,13 @@ class EnclaveSocket(_RealSocket):
             if not len(m):
                 return None
 
-    def sendto(self, data, flags_or_addr, addr=None, /):
-        if addr is None:
-            flags, address = 0, flags_or_addr
+    def sendto(self, data, *args):
+        if len(args) == 1:
+            flags, address = 0, args[0]
+        elif len(args) == 2:
+            flags, address = operator.index(args[0]), args[1]
         else:
-            flags, address = operator.index(flags_or_addr), addr
+            raise TypeError(f"sendto() takes 2 or 3 arguments ({len(args) + 1} given)")
         raw = self._res.encode(self._family, address, "sendto")
         m = memoryview(data).cast("B")
         fd, call = self._fd, self._k.call
@@ -440,6 +445,7 @@ class EnclaveSocket(_RealSocket):
                                               in2=raw)).ret
 
     def recv(self, bufsize, flags=0):
+        bufsize = operator.index(bufsize)
         if bufsize < 0:
             raise ValueError("negative buffersize in recv")
         n = bufsize if bufsize <= MAX_IO else MAX_IO
@@ -451,6 +457,7 @@ class EnclaveSocket(_RealSocket):
         return r.out
 
     def recv_into(self, buffer, nbytes=0, flags=0):
+        nbytes = operator.index(nbytes)
         m = memoryview(buffer).cast("B")
         if nbytes < 0:
             raise ValueError("negative buffersize in recv_into")
@@ -467,6 +474,7 @@ class EnclaveSocket(_RealSocket):
         return r.ret
 
     def recvfrom(self, bufsize, flags=0):
+        bufsize = operator.index(bufsize)
         if bufsize < 0:
             raise ValueError("negative buffersize in recvfrom")
         n = min(bufsize, MAX_IO)
@@ -476,6 +484,7 @@ class EnclaveSocket(_RealSocket):
         return r.out, decode_sockaddr(self._family, r.out2, "recvfrom")
 
     def recvfrom_into(self, buffer, nbytes=0, flags=0):
+        nbytes = operator.index(nbytes)
         m = memoryview(buffer).cast("B")
         if nbytes < 0:
             raise ValueError("negative buffersize in recvfrom_into")
