@@ -425,3 +425,31 @@ def test_blocking_stream_send_returns_only_when_all_is_queued(libos):
     assert got == data
     a.close()
     b.close()
+
+
+def test_blocking_unix_connect_to_a_full_backlog_waits_for_accept(libos, tmp_path):
+    path = str(tmp_path / "s")
+    with socket.socket(socket.AF_UNIX) as srv:
+        srv.bind(path)
+        srv.listen(0)
+        first = socket.socket(socket.AF_UNIX)
+        first.connect(path)                 # fills the backlog of 0
+        second = socket.socket(socket.AF_UNIX)
+        second.settimeout(5)
+        with pytest.raises(BlockingIOError):
+            second.connect(path)            # as natively: with a timeout, EAGAIN at once
+        second.close()
+        third = socket.socket(socket.AF_UNIX)
+        done = threading.Event()
+
+        def connect():
+            third.connect(path)             # blocking: waits until the server accepts
+            done.set()
+        t = threading.Thread(target=connect)
+        t.start()
+        conn1, _ = srv.accept()
+        conn2, _ = srv.accept()
+        t.join()
+        assert done.is_set()
+        for s in (first, third, conn1, conn2):
+            s.close()

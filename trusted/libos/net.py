@@ -369,6 +369,8 @@ class EnclaveSocket(_RealSocket):
         if r.ret >= 0:
             return 0
         err = -r.ret
+        if err == _errno.EAGAIN and self._family == AF_UNIX and self._timeout is None:
+            return self._connect_unix_backlog(raw)
         if err not in (_errno.EINPROGRESS, _errno.EINTR):
             return err
         if self._timeout == 0.0:
@@ -389,6 +391,22 @@ class EnclaveSocket(_RealSocket):
         if not k.wait_fd(fd, POLLOUT, time.monotonic() + self._timeout):
             return -1
         return self._getopt_int(fd, SO_ERROR)
+
+    def _connect_unix_backlog(self, raw) -> int:
+        """A blocking connect to a Unix listener whose backlog is full waits natively in the
+        kernel until the server accepts (with a timeout CPython fails at once with EAGAIN, and
+        so does this); the host fd is non-blocking, gets EAGAIN, and no fd event announces
+        room.  So retry with a short backoff (1 ms doubling to 20 ms), in the enclave thread,
+        until it connects or fails otherwise."""
+        delay = 0.001
+        while True:
+            time.sleep(delay)
+            delay = min(delay * 2, 0.02)
+            r = self._k.call(abi.OP_CONNECT, self._fd, inbuf=raw)
+            if r.ret >= 0:
+                return 0
+            if r.ret not in (-_errno.EAGAIN, -_errno.EINTR):
+                return -r.ret
 
     def connect(self, address):
         err = self._connect(address)
