@@ -1,0 +1,366 @@
+"""The paper's memcached experiment: the KV store's throughput under native, sgx and eleos.
+
+The unmodified server (apps/kvstore.py) runs under ``python -m eleos_shim --mode M`` with its
+items (hash table, slab pages, values) in one mmap arena, against two databases:
+  (a) one that fits in the EPC, and
+  (b) one 5.5x the EPC (the paper: 500 MB with 93 MB usable).
+Scaled down by default so a run takes minutes: EPC 16 MB, databases of 8 MB and 88 MB of items
+(1 KB values and 64-byte keys, memaslap's defaults; an item takes a 1184-byte slab chunk).
+Debian's memcached (``-t 1``: one worker thread, as our server) under the same load is the
+native reference.
+
+The load: memaslap's workload, closed loop, get:set 9:1.
+  * memcaslap (Debian's memaslap) where installed, for database (a). memaslap only reads keys
+    it has itself set in the same run, and sets are 10% of its operations, so its database
+    grows slowly from empty: it cannot hold a given database size, so it is not used for (b).
+  * apps/kvload.py otherwise, and always for (b): it sets every key of the database once
+    (a pipelined warm-up) and then reads and writes keys drawn uniformly from all of them, so
+    the whole database is the working set.
+The tool is named in every row.
+
+Each run starts every configuration once, in a rotated order so drift on a shared machine
+spreads evenly; each ratio is the median over runs of ratios measured within the same run.
+Exits and faults per operation come from the shim's stats over the server's life (warm-up
+included). ``--demo`` is the short version of (a) for ``make demo``: one run, three modes.
+
+    python benchmarks/kvstore.py [--runs 3] [--duration 8] [--epc-mb 16] [--json PATH]
+    python benchmarks/kvstore.py --demo
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import ROOT, machine, machine_line, median, table, write_json  # noqa: E402
+
+SERVER = "apps/kvstore.py"
+KVLOAD = "apps/kvload.py"
+CONFIGS = {
+    "native": {"ELEOS_MODE": "native"},
+    "sgx": {"ELEOS_MODE": "sgx"},
+    "eleos": {"ELEOS_MODE": "eleos"},
+    # Eleos's halves alone, as in the paper's breakdown.
+    "suvm-only": {"ELEOS_MODE": "eleos", "ELEOS_SYSCALLS": "ocall"},
+    "rpc-only": {"ELEOS_MODE": "sgx", "ELEOS_SYSCALLS": "rpc"},
+}
+CHUNK = 1184            # slab chunk of a 40-byte header + 64-byte key + 1024-byte value
+KEY_SIZE, VALUE_SIZE = 64, 1024
+
+
+def store_mb(db_mb: float) -> int:
+    """Item memory for a database: the data plus room for a partly filled page per class."""
+    return int(math.ceil(db_mb * 1.1)) + 2
+
+
+def db_keys(db_mb: float) -> int:
+    return int(db_mb * 1024 * 1024 // CHUNK)
+
+
+# -- servers ------------------------------------------------------------------------------
+class Server:
+    def __init__(self, config: str, db_mb: float, args) -> None:
+        self.config = config
+        self.stats_path = None
+        self.err = tempfile.TemporaryFile(mode="w+")
+        if config == "memcached":
+            self.port = _free_port()
+            cmd = [shutil.which("memcached"), "-p", str(self.port), "-U", "0", "-l", "127.0.0.1",
+                   "-m", str(store_mb(db_mb)), "-t", "1", "-c", "1024"]
+            if os.geteuid() == 0:
+                cmd += ["-u", "root"]
+            self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.err)
+            _wait_listening(self.port, self.proc)
+            return
+        env = {k: v for k, v in os.environ.items() if not k.startswith("ELEOS_")}
+        fd, self.stats_path = tempfile.mkstemp(prefix="kvstore-bench-", suffix=".json")
+        os.close(fd)
+        env.update(CONFIGS[config], ELEOS_EPC_MB=str(args.epc_mb), ELEOS_COST=args.cost,
+                   ELEOS_STATS=self.stats_path, PYTHONPATH=str(ROOT))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "eleos_shim", SERVER, "-p", "0", "-A", "--allow-control-keys",
+             "-m", str(store_mb(db_mb)), "-c", "1024"],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=self.err, text=True)
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            ready = sel.select(120)
+        line = self.proc.stdout.readline().strip() if ready else ""
+        if not line.startswith("listening on "):
+            self.proc.kill()
+            raise RuntimeError(f"{config}: server did not start: {line!r}\n{self.stop()[-2000:]}")
+        self.port = int(line.rsplit(":", 1)[1])
+
+    def server_stats(self) -> dict:
+        """memcached's ``stats``, as a dict of ints where they are ints."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=60) as s:
+            s.sendall(b"stats\r\n")
+            data = b""
+            while not data.endswith(b"END\r\n"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+        out = {}
+        for line in data.decode().splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[0] == "STAT":
+                out[parts[1]] = int(parts[2]) if parts[2].isdigit() else parts[2]
+        return out
+
+    def stop(self) -> str:
+        if self.proc.poll() is None:
+            if self.config == "memcached":
+                self.proc.terminate()
+            else:
+                try:
+                    with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
+                        s.sendall(b"shutdown\r\n")
+                        s.recv(16)
+                except OSError:
+                    self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stdout:
+            self.proc.stdout.close()
+        self.err.seek(0)
+        text = self.err.read()
+        self.err.close()
+        return text
+
+    def shim_stats(self) -> dict:
+        if not self.stats_path:
+            return {}
+        try:
+            with open(self.stats_path) as f:
+                text = f.read()
+            return json.loads(text) if text.strip() else {}
+        finally:
+            os.unlink(self.stats_path)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_listening(port: int, proc: subprocess.Popen) -> None:
+    for _ in range(1000):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except ConnectionRefusedError:
+            if proc.poll() is not None:
+                raise RuntimeError("memcached exited at start") from None
+            try:
+                proc.wait(timeout=0.01)
+            except subprocess.TimeoutExpired:
+                pass
+    raise RuntimeError("memcached never listened")
+
+
+# -- load ---------------------------------------------------------------------------------
+def run_kvload(port: int, db_mb: float, args) -> dict:
+    cmd = [sys.executable, KVLOAD, "-s", f"127.0.0.1:{port}", "-c", str(args.connections),
+           "-P", str(args.client_procs), "-t", str(args.duration), "-k", str(db_keys(db_mb)),
+           "--key-size", str(KEY_SIZE), "--value-size", str(VALUE_SIZE), "--json", "-", "-q"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                          timeout=args.duration + 900)
+    try:
+        rep = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        raise RuntimeError(f"kvload failed: {proc.stderr[-2000:]}") from None
+    return {"tool": "kvload", "ops_per_s": rep["ops_per_s"], "ops": rep["ops"],
+            "errors": rep["errors"], "get_misses": rep["get_misses"],
+            "p50_us": rep["latency_us"]["p50"], "p99_us": rep["latency_us"]["p99"],
+            "warmup_s": rep["warmup_s"]}
+
+
+_PERIOD = re.compile(r"^Period\s+\d+\s+(\d+)\s+(\d+)", re.M)
+
+
+def run_memcaslap(port: int, db_mb: float, args) -> dict:
+    # The key window per connection (in units of 1k items) bounds the keys memaslap uses; the
+    # store's -m bounds the arena, so (a) stays within the EPC whatever memaslap reaches.
+    window = f"{max(1, math.ceil(db_keys(db_mb) / args.connections / 1024))}k"
+    cmd = [shutil.which("memcaslap"), "-s", f"127.0.0.1:{port}", "-T", "1",
+           "-c", str(args.connections), "-t", f"{int(args.duration)}s", "-w", str(window),
+           "-X", str(VALUE_SIZE)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration + 120)
+    out = proc.stdout + proc.stderr
+    m = re.search(r"Run time: ([\d.]+)s Ops: (\d+) TPS: (\d+)", out)
+    if proc.returncode != 0 or not m:
+        raise RuntimeError(f"memcaslap failed ({proc.returncode}): {out[-2000:]}")
+    errors = len(re.findall(r"(CLIENT|SERVER)_ERROR|^ERROR", out, re.M))
+    avg = re.search(r"Total Statistics.*?Avg:\s+(\d+)", out, re.S)
+    return {"tool": "memcaslap", "ops_per_s": float(m.group(3)), "ops": int(m.group(2)),
+            "errors": errors, "get_misses": None, "p50_us": None,
+            "avg_us": float(avg.group(1)) if avg else None, "warmup_s": 0.0}
+
+
+def tool_for(db: str, args) -> str:
+    if args.load != "auto":
+        return args.load
+    if db == "fits" and shutil.which("memcaslap"):
+        return "memcaslap"
+    return "kvload"
+
+
+def one_run(config: str, db: str, db_mb: float, args) -> dict:
+    tool = tool_for(db, args)
+    srv = Server(config, db_mb, args)
+    try:
+        load = (run_memcaslap if tool == "memcaslap" else run_kvload)(srv.port, db_mb, args)
+        sstats = srv.server_stats()
+    finally:
+        err = srv.stop()
+    shim = srv.shim_stats()
+    if load["errors"]:
+        raise RuntimeError(f"{config} {db}: {load['errors']} client errors\n{err[-2000:]}")
+    served = max(1, int(sstats.get("cmd_get", 0)) + int(sstats.get("cmd_set", 0)))
+    return {
+        "config": config, "db": db, "db_mb": db_mb, **load,
+        "served": served, "curr_items": sstats.get("curr_items"),
+        "evictions": sstats.get("evictions"), "store_bytes": sstats.get("bytes"),
+        "exits_per_op": shim.get("exits", {}).get("total", 0) / served,
+        "epc_faults_per_op": shim.get("epc", {}).get("faults", 0) / served,
+        "suvm_faults_per_op": shim.get("suvm", {}).get("faults", 0) / served,
+        "rpc_processed": shim.get("rpc", {}).get("processed", 0),
+        "rpc_fallbacks": shim.get("rpc", {}).get("fallbacks", 0),
+        "shim": shim,
+    }
+
+
+# -- report -------------------------------------------------------------------------------
+def ratio(runs: list[dict], db: str, num: str, den: str) -> float | None:
+    """Median over runs of num/den throughput measured in the same run."""
+    rs = []
+    for r in {x["run"] for x in runs}:
+        a = [x for x in runs if x["run"] == r and x["db"] == db and x["config"] == num]
+        b = [x for x in runs if x["run"] == r and x["db"] == db and x["config"] == den]
+        if a and b and b[0]["ops_per_s"]:
+            rs.append(a[0]["ops_per_s"] / b[0]["ops_per_s"])
+    return median(rs) if rs else None
+
+
+def _x(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--duration", type=float, default=8.0, help="measured seconds per run")
+    ap.add_argument("--epc-mb", type=float, default=16.0, help="usable EPC (paper: 93)")
+    ap.add_argument("--fit-mb", type=float, default=None, help="database (a), default EPC/2")
+    ap.add_argument("--big-mb", type=float, default=None, help="database (b), default 5.5x EPC")
+    ap.add_argument("--dbs", default="fits,big", help="which databases: fits, big")
+    ap.add_argument("--modes", default="native,sgx,eleos",
+                    help="comma-separated, from " + ", ".join(CONFIGS))
+    ap.add_argument("--no-memcached", action="store_true", help="skip the memcached reference")
+    ap.add_argument("--load", default="auto", choices=("auto", "memcaslap", "kvload"))
+    ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--client-procs", type=int, default=2, help="kvload client processes")
+    ap.add_argument("--cost", default="spin", choices=("spin", "account"))
+    ap.add_argument("--demo", action="store_true",
+                    help="short (a) only: one run of 3 s, three modes (make demo)")
+    ap.add_argument("--json", help="output path (default results/kvstore.json)")
+    args = ap.parse_args(argv)
+    if args.demo:
+        args.runs, args.duration, args.dbs = 1, 3.0, "fits"
+    modes = args.modes.split(",")
+    bad = [m for m in modes if m not in CONFIGS]
+    if bad or "sgx" not in modes or "native" not in modes:
+        ap.error(f"--modes: unknown {bad}" if bad else "--modes needs native and sgx")
+    if args.load == "memcaslap" and not shutil.which("memcaslap"):
+        ap.error("memcaslap is not installed (scripts/install-system-deps.sh)")
+    dbs = {"fits": args.fit_mb or args.epc_mb / 2, "big": args.big_mb or args.epc_mb * 5.5}
+    dbs = {k: v for k, v in dbs.items() if k in args.dbs.split(",")}
+    configs = list(modes)
+    if not args.no_memcached:
+        if shutil.which("memcached"):
+            configs.append("memcached")
+        else:
+            print("!!! memcached not installed: no native reference "
+                  "(scripts/install-system-deps.sh)", flush=True)
+    m = machine()
+    print(machine_line(m), flush=True)
+    print(f"EPC {args.epc_mb:g} MB (scaled down from 93); databases: "
+          + ", ".join(f"({'a' if k == 'fits' else 'b'}) {v:g} MB = {db_keys(v)} items, "
+                      f"load {tool_for(k, args)}" for k, v in dbs.items())
+          + f"; {args.connections} connections, {args.duration:g} s x {args.runs} runs, "
+          f"cost model {args.cost}", flush=True)
+    runs = []
+    for r in range(args.runs):
+        for db, mb in dbs.items():
+            order = configs[r % len(configs):] + configs[:r % len(configs)]
+            for config in order:
+                res = one_run(config, db, mb, args)
+                res["run"] = r
+                runs.append(res)
+                print(f"  run {r} {db:4s} {mb:5g} MB {config:9s} {res['tool']:9s} "
+                      f"{res['ops_per_s']:8.0f} ops/s  exits/op {res['exits_per_op']:.2f}  "
+                      f"faults/op epc {res['epc_faults_per_op']:.2f} "
+                      f"suvm {res['suvm_faults_per_op']:.2f}", flush=True)
+    rows, summary = [], []
+    for db, mb in dbs.items():
+        for config in configs:
+            mine = [x for x in runs if x["db"] == db and x["config"] == config]
+            tput = [x["ops_per_s"] for x in mine]
+            s = {"db": db, "db_mb": mb, "config": config, "tool": mine[0]["tool"],
+                 "ops_per_s": median(tput), "min": min(tput), "max": max(tput),
+                 "vs_native": ratio(runs, db, config, "native"),
+                 "vs_sgx": ratio(runs, db, config, "sgx"),
+                 "exits_per_op": median(x["exits_per_op"] for x in mine),
+                 "faults_per_op": median(x["epc_faults_per_op"] + x["suvm_faults_per_op"]
+                                         for x in mine),
+                 "evictions": max(x["evictions"] or 0 for x in mine)}
+            summary.append(s)
+            label = f"({'a' if db == 'fits' else 'b'}) {mb:g} MB"
+            rows.append([label, config, s["tool"], s["ops_per_s"], f"{s['min']:.0f}-{s['max']:.0f}",
+                         _x(s["vs_native"]), _x(s["vs_sgx"]), s["exits_per_op"],
+                         s["faults_per_op"]])
+    print()
+    print(table(["database", "config", "load", "ops/s (median)", "range", "vs native",
+                 "vs sgx", "exits/op*", "faults/op*"], rows))
+    print("* per operation served, over the server's life (warm-up included)")
+    headline = {}
+    for db in dbs:
+        name = "a" if db == "fits" else "b"
+        h = {"sgx_vs_native": ratio(runs, db, "sgx", "native"),
+             "eleos_vs_native": ratio(runs, db, "eleos", "native") if "eleos" in modes else None,
+             "eleos_vs_sgx": ratio(runs, db, "eleos", "sgx") if "eleos" in modes else None,
+             "native_vs_memcached": ratio(runs, db, "native", "memcached")
+             if "memcached" in configs else None}
+        headline[db] = h
+        target = 2.0 if db == "fits" else 2.2
+        print(f"({name}) sgx/native {_x(h['sgx_vs_native'])}, eleos/native "
+              f"{_x(h['eleos_vs_native'])}, eleos/sgx {_x(h['eleos_vs_sgx'])} "
+              f"(paper's target >= {target}x), our native/memcached "
+              f"{_x(h['native_vs_memcached'])}")
+    print(machine_line(m))
+    out = write_json("kvstore" + ("-demo" if args.demo else ""), {
+        "benchmark": "kvstore", "machine": m, "config": vars(args), "databases_mb": dbs,
+        "items": {k: db_keys(v) for k, v in dbs.items()}, "headline": headline,
+        "summary": summary, "runs": runs}, args.json)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
