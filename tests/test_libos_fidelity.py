@@ -125,7 +125,7 @@ def test_text_binary_append_exclusive_and_iteration(libos, tmp_path):
         assert f.tell() == 8
     with open(os.open(p, os.O_RDONLY), "rb", closefd=True) as f:
         assert f.read(1) == b"a"
-    assert pathlib.Path(p).read_text() == "a\n\nb\n\nc\n" or pathlib.Path(p).read_bytes()
+    assert pathlib.Path(p).read_text() == "a\nb\nc\n"          # universal newlines
     opened = []
     with open(p, "rb", opener=lambda path, flags: opened.append(path) or os.open(path, flags)) as f:
         assert f.read(1) == b"a"
@@ -152,7 +152,7 @@ def test_directory_functions_and_fd_based_rmtree(libos, tmp_path):
     fd = os.open(top, os.O_RDONLY)
     assert sorted(os.listdir(fd)) == ["a", "g"]
     with os.scandir(fd) as it:
-        entries = {e.name: (e.is_dir(), e.is_file(), e.stat().st_size > -1) for e in it}
+        entries = {e.name: (e.is_dir(), e.is_file(), e.stat().st_ino == e.inode()) for e in it}
     assert entries == {"a": (True, False, True), "g": (False, True, True)}
     assert os.stat("g", dir_fd=fd).st_size == 1
     os.close(fd)
@@ -184,7 +184,7 @@ def test_socket_errors_match_native(transport):
 
     def refused():
         with socket.socket() as c:
-            c.connect(("127.0.0.1", port + 0 if False else port))
+            c.connect(("127.0.0.1", port))
 
     def in_use():
         with socket.socket() as s:
