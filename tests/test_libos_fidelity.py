@@ -453,3 +453,26 @@ def test_blocking_unix_connect_to_a_full_backlog_waits_for_accept(libos, tmp_pat
         assert done.is_set()
         for s in (first, third, conn1, conn2):
             s.close()
+
+
+def test_selectors_imported_only_at_install_are_routed_and_restored_after():
+    """In a fresh interpreter (selectors not yet imported): its classes bind select.* at
+    import, which the install itself triggers; they must still be the routed ones, and the
+    real ones again after uninstall."""
+    code = (
+        "import sys\n"
+        "assert 'selectors' not in sys.modules\n"
+        "from tests.libos_helpers import installed, make_transport\n"
+        "with installed(make_transport('direct')) as lib:\n"
+        "    import selectors\n"
+        "    print(selectors.PollSelector._selector_cls == lib.poll,\n"
+        "          selectors.EpollSelector._selector_cls is lib.epoll_class)\n"
+        "import select\n"
+        "print(selectors.PollSelector._selector_cls is select.poll,\n"
+        "      selectors.EpollSelector._selector_cls is select.epoll,\n"
+        "      selectors.SelectSelector._select is select.select)\n")
+    root = pathlib.Path(__file__).resolve().parent.parent
+    run = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "True True\nTrue True True\n"

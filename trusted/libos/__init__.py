@@ -88,6 +88,9 @@ class LibOS:
     # -- what is patched ----------------------------------------------------------------------
     def _patches(self) -> list[tuple[object, str, object]]:
         fs, sm = self.fs, self.sockets
+        # First: importing subprocess imports selectors, which must happen before the
+        # selectors check below (else its classes would keep the real select functions).
+        refused = proc.patches()
         out = [(builtins, "open", fs.open), (io, "open", fs.open)]
         out += [(os, name, getattr(fs, meth)) for name, meth in _OS_FUNCS if hasattr(os, name)]
         out += [(socket, "socket", self.socket_class), (socket, "getaddrinfo", sm.getaddrinfo),
@@ -98,8 +101,7 @@ class LibOS:
                 (select, "epoll", self.epoll_class)]
         out += self._selector_patches()
         out += [(mmap, "mmap", self.mmap_class)]
-        out += proc.patches()
-        return out
+        return out + refused
 
     def _selector_patches(self):
         # selectors binds select.* into class attributes when it is imported; if it already
