@@ -154,6 +154,8 @@ def test_directory_functions_and_fd_based_rmtree(libos, tmp_path):
     with os.scandir(fd) as it:
         entries = {e.name: (e.is_dir(), e.is_file(), e.stat().st_ino == e.inode()) for e in it}
     assert entries == {"a": (True, False, True), "g": (False, True, True)}
+    with os.scandir(top) as it:
+        assert all(isinstance(e, os.DirEntry) for e in it)
     assert os.stat("g", dir_fd=fd).st_size == 1
     os.close(fd)
     assert shutil._use_fd_functions

@@ -29,7 +29,7 @@ import threading
 
 from trusted.libos import heap, mux, net, proc
 from trusted.libos._kernel import Kernel
-from trusted.libos.fs import FileSystem
+from trusted.libos.fs import DirEntry, FileSystem
 
 __all__ = ["LibOS", "Kernel"]
 
@@ -93,6 +93,7 @@ class LibOS:
         refused = proc.patches()
         out = [(builtins, "open", fs.open), (io, "open", fs.open)]
         out += [(os, name, getattr(fs, meth)) for name, meth in _OS_FUNCS if hasattr(os, name)]
+        out += [(os, "DirEntry", DirEntry)]
         out += [(socket, "socket", self.socket_class), (socket, "getaddrinfo", sm.getaddrinfo),
                 (socket, "socketpair", sm.socketpair), (socket, "fromfd", sm.fromfd),
                 (socket, "close", sm.close), (socket, "dup", sm.dup),

@@ -14,6 +14,7 @@ import operator
 import os as _os
 import stat as _stat
 import struct
+import types as _types
 import warnings
 
 from eleos_shim import abi
@@ -274,7 +275,18 @@ class FileIO(_io.RawIOBase):
         raise TypeError(f"cannot pickle {type(self).__name__!r} object")
 
 
-class DirEntry:
+_RealDirEntry = _os.DirEntry
+
+
+class _DirEntryType(type):
+    """Metaclass: ``isinstance(e, os.DirEntry)`` holds for the enclave's entries and for the
+    real ones alike once this class is patched in as ``os.DirEntry``."""
+
+    def __instancecheck__(cls, obj):
+        return isinstance(obj, _RealDirEntry) or type.__instancecheck__(cls, obj)
+
+
+class DirEntry(metaclass=_DirEntryType):
     """What ``os.scandir`` yields (``os.DirEntry`` cannot be created from Python): name, path,
     inode(), is_dir/is_file/is_symlink (from d_type, stat only when needed), stat()."""
     __slots__ = ("name", "path", "_ino", "_type", "_dir_fd", "_fs", "_stat", "_lstat")
@@ -328,8 +340,7 @@ class DirEntry:
     def is_file(self, *, follow_symlinks=True):
         return self._test(follow_symlinks, DT_REG, _stat.S_ISREG)
 
-    def __class_getitem__(cls, item):
-        return cls
+    __class_getitem__ = classmethod(_types.GenericAlias)    # os.DirEntry[str], as CPython
 
 
 class ScandirIterator:
