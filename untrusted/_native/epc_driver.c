@@ -7,10 +7,11 @@
  * (ERESUME).  This file is that driver, for real, over memory of this process:
  *
  *   enclave memory  a memfd per region.  The app maps it (a real mmap.mmap, created in Python);
- *                   the driver maps it a second time, the "alias", the EPC frames as the CPU
- *                   sees them, where EWB reads a page.  ELDU decrypts into the handler thread's
- *                   own staging frame, which is then put into the memfd in one step (UFFDIO_COPY,
- *                   or pwrite), so the app never sees a half-loaded page.  A page is resident
+ *                   the driver never maps it: the CPU's EWB reads a page through the memfd
+ *                   (pread into the driver thread's staging frame), ELDU decrypts into that
+ *                   frame, which is put into the memfd in one step (UFFDIO_COPY, or pwrite), so
+ *                   the app never sees a half-loaded page and evicting a page unmaps it from
+ *                   one address space only (one TLB shootdown, not two).  A page is resident
  *                   while it is in the memfd; EWB ends with a hole punched in it, so resident
  *                   pages are real memory you can count with mincore(2) or /proc/self/smaps.
  *   traps           userfaultfd (MISSING|MINOR on the app's view): a non-resident page, or one
@@ -20,9 +21,10 @@
  *                   the app's view is PROT_NONE where not resident; the SIGSEGV handler hands
  *                   the fault to a driver thread through a lock-free queue and sleeps on a
  *                   futex until the page is in; mprotect installs it.
- *   EBLOCK/ETRACK   before EWB the victim is unmapped from the app's view (MADV_DONTNEED, or
- *                   mprotect PROT_NONE), which flushes every thread's TLB, so no write can slip in
- *                   after EWB read the page (SGX's EBLOCK + ETRACK + IPI, with the same cost).
+ *   EBLOCK/ETRACK   before EWB the victims are unmapped from the app's view (MADV_DONTNEED for
+ *                   the whole batch in one process_madvise call where the kernel has it, so one
+ *                   TLB shootdown covers the batch as one ETRACK does; or mprotect PROT_NONE),
+ *                   so no write can slip in after EWB read the page.
  *   EWB/ELDU        function pointers into the modeled CPU (eleos_shim/_native/epcm.c): the
  *                   driver moves ciphertext and names VA slots; it never sees the key or versions.
  *   cost            every trap charges the modeled AEX and ERESUME cycles and the indirect cost
@@ -73,6 +75,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 #include "eleos_abi.h"
@@ -114,7 +117,6 @@ struct epc_region {
     int live;                       /* accepts faults */
     int attached;
     int memfd;
-    uint8_t *alias;                 /* the EPC frames as the CPU sees them */
     uint8_t *store;                 /* backing store: sealed pages, untrusted memory */
     uint8_t *pcmd;                  /* backing store: tags */
     uint64_t npages;
@@ -261,6 +263,26 @@ static void eblock(struct epc_region *r, uint64_t i)
         mprotect(a, EPC_PAGE, PROT_NONE);
 }
 
+/* EBLOCK a batch: one process_madvise call, whose TLB flush the kernel batches (as one ETRACK
+ * covers a batch), where the kernel supports MADV_DONTNEED there; else page by page. */
+static int pidfd_self = -1;
+
+static void eblock_batch(struct epc_page **batch, int n)
+{
+    if (D.trap == TRAP_USERFAULTFD && pidfd_self >= 0) {
+        struct iovec iov[EPC_NR_TO_SCAN];
+        for (int k = 0; k < n; k++) {
+            iov[k].iov_base = (void *)(batch[k]->region->app + (uintptr_t)batch[k]->index * EPC_PAGE);
+            iov[k].iov_len = EPC_PAGE;
+        }
+        if (syscall(SYS_process_madvise, pidfd_self, iov, (size_t)n, MADV_DONTNEED, 0)
+            == (long)n * EPC_PAGE)
+            return;
+    }
+    for (int k = 0; k < n; k++)
+        eblock(batch[k]->region, batch[k]->index);
+}
+
 static void punch(struct epc_region *r, uint64_t i)
 {
     fallocate(r->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)(i * EPC_PAGE), EPC_PAGE);
@@ -278,12 +300,9 @@ static int commit(struct epc_region *r, uint64_t i, const uint8_t *frame)
         if (ioctl(D.uffd, UFFDIO_COPY, &c) == 0)
             return 0;
         /* EEXIST (cannot happen: the page is a hole while loading) or a signal: fall back. */
-        memcpy(r->alias + i * EPC_PAGE, frame, EPC_PAGE);
-        return install(r, i);
     }
     ssize_t n = pwrite(r->memfd, frame, EPC_PAGE, (off_t)(i * EPC_PAGE));
-    if (n != (ssize_t)EPC_PAGE)
-        memcpy(r->alias + i * EPC_PAGE, frame, EPC_PAGE);
+    (void)n;   /* a short write leaves a zero tail: cannot happen for a 4 KiB tmpfs write */
     return install(r, i);
 }
 
@@ -562,8 +581,12 @@ static int write_page(struct epc_page *p)
     struct epc_region *r = p->region;
     uint64_t i = p->index;
     uint64_t c0 = now_ns();
-    int rc = D.ewb(r->alias + i * EPC_PAGE, (uint64_t)(r->app + i * EPC_PAGE), r->va_first + i,
+    /* The CPU reads the EPC frame: through the memfd, into this thread's frame (wiped after). */
+    if (pread(r->memfd, staging, EPC_PAGE, (off_t)(i * EPC_PAGE)) != (ssize_t)EPC_PAGE)
+        memset(staging, 0, EPC_PAGE);          /* the last page past the end of a region */
+    int rc = D.ewb(staging, (uint64_t)(r->app + i * EPC_PAGE), r->va_first + i,
                    r->store + i * EPC_PAGE, r->pcmd + i * EPC_PCMD);
+    memset(staging, 0, EPC_PAGE);
     ADD(ewb_ns, now_ns() - c0);
     pthread_mutex_lock(&D.lk);
     if (rc == 0) {
@@ -609,8 +632,7 @@ static void reclaim_pass(void)
     if (!n) return;
     pthread_mutex_unlock(&D.lk);
     uint64_t b0 = now_ns();
-    for (int k = 0; k < n; k++)
-        eblock(batch[k]->region, batch[k]->index);
+    eblock_batch(batch, n);
     ADD(eblock_ns, now_ns() - b0);
     for (int k = 0; k < n; k++)
         write_page(batch[k]);
@@ -677,6 +699,7 @@ int epc_driver_start(uint64_t limit_pages, int trap, int nthreads, uintptr_t ewb
         if (D.uffd < 0 && trap == TRAP_USERFAULTFD) return -EPERM;
     }
     D.trap = D.uffd >= 0 ? TRAP_USERFAULTFD : TRAP_SIGSEGV;
+    pidfd_self = (int)syscall(SYS_pidfd_open, getpid(), 0);
     D.running = 1;
     if (D.trap == TRAP_USERFAULTFD) {
         D.stopfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -723,6 +746,8 @@ void epc_driver_stop(void)
         D.segv_installed = 0;
     }
     if (D.uffd >= 0) close(D.uffd);
+    if (pidfd_self >= 0) close(pidfd_self);
+    pidfd_self = -1;
     if (D.stopfd >= 0) close(D.stopfd);
     D.uffd = D.stopfd = -1;
     D.created = 0;
@@ -751,8 +776,6 @@ int epc_region_create(uint64_t npages, uint64_t nbytes, uint64_t va_first, int *
     r->memfd = memfd_create("eleos-epc", MFD_CLOEXEC);
     if (r->memfd < 0) { err = -errno; goto fail; }
     if (ftruncate(r->memfd, (off_t)nbytes) != 0) { err = -errno; goto fail; }
-    r->alias = mmap(NULL, npages * EPC_PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, r->memfd, 0);
-    if (r->alias == MAP_FAILED) { r->alias = NULL; err = -errno; goto fail; }
     /* The backing store is ordinary untrusted memory; only written pages cost RAM. */
     r->store = mmap(NULL, npages * (EPC_PAGE + EPC_PCMD), PROT_READ | PROT_WRITE,
                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -768,7 +791,6 @@ int epc_region_create(uint64_t npages, uint64_t nbytes, uint64_t va_first, int *
     *memfd = r->memfd;
     return id;
 fail:
-    if (r->alias) munmap(r->alias, npages * EPC_PAGE);
     if (r->memfd >= 0) close(r->memfd);
     free(r->pages);
     memset(r, 0, sizeof *r);
@@ -818,7 +840,6 @@ int epc_region_destroy(int id)
     __atomic_store_n(&r->len, 0, __ATOMIC_RELEASE);
     pthread_cond_broadcast(&D.changed);
     pthread_mutex_unlock(&D.lk);
-    munmap(r->alias, r->npages * EPC_PAGE);
     munmap(r->store, r->npages * (EPC_PAGE + EPC_PCMD));
     close(r->memfd);
     pthread_mutex_lock(&D.lk);
