@@ -30,6 +30,7 @@ import mmap
 import os
 import signal
 import threading
+import time
 import weakref
 
 from eleos_shim._native._epcm import ffi as _epcm_ffi, lib as _epcm
@@ -38,7 +39,7 @@ from eleos_shim.errors import IntegrityError
 
 PAGE = 4096
 # Fault-handling driver threads: enough for faults on different pages to be served at once,
-# no more than the cores (every trap wakes them all: userfaultfd readers are not exclusive).
+# no more than the cores they would queue behind.
 DRIVER_THREADS = max(2, min(4, os.cpu_count() or 2))
 # The real-time signal that delivers an ELDU failure to Python; glibc keeps the first few
 # real-time signals for itself, the last ones are free.
@@ -62,7 +63,13 @@ def _integrity_message() -> str:
 def _on_integrity_failure(signum, frame):  # runs in the main thread, between bytecodes
     inst = _current
     if inst is not None and inst._driver is not None:
-        _dead, tid, _addr = inst._driver.failure()
+        # The CPU signals from inside ELDU; the driver records which thread faulted just after
+        # ELDU returns.  Give it that moment (bounded: a stopped driver never records).
+        deadline = time.monotonic() + 0.5
+        dead, tid, _addr = inst._driver.failure()
+        while not dead and time.monotonic() < deadline:
+            time.sleep(0.0002)
+            dead, tid, _addr = inst._driver.failure()
         for t in threading.enumerate():
             if t.native_id == tid and t is not threading.main_thread():
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(t.ident),
