@@ -171,19 +171,18 @@ class Kernel:
 
     # -- waiting on a non-blocking socket fd ---------------------------------------------------
     @staticmethod
-    def wait_budget(deadline: float | None) -> tuple[int, bool]:
-        """How long the next host wait may last, in poll() milliseconds (-1: no limit; 0: the
-        deadline has passed), rounded up as CPython does; and whether it was cut short (never:
-        one wait until the deadline).
+    def wait_ms(deadline: float | None) -> int:
+        """How long the next host wait may last, in poll() milliseconds: -1 for no limit, 0
+        once the deadline has passed, else rounded up as CPython does.
 
         A wait is one uninterrupted OCALL.  Ctrl-C still reaches it: Linux delivers a
         process-directed signal to the main thread first (the host's native threads do not
         take it from a main thread that accepts it), the host's poll returns EINTR, and the
         retry loops return to Python, where the handler raises KeyboardInterrupt."""
         if deadline is None:
-            return -1, False
+            return -1
         remaining = deadline - time.monotonic()
-        return (0 if remaining <= 0 else max(1, math.ceil(remaining * 1000))), False
+        return 0 if remaining <= 0 else max(1, math.ceil(remaining * 1000))
 
     def wait_fd(self, fd: int, events: int, deadline: float | None) -> bool:
         """Wait (as an OCALL: it may take long) until ``fd`` has ``events``; False on timeout.
@@ -191,7 +190,7 @@ class Kernel:
         ``deadline`` is a time.monotonic() value, or None for no limit."""
         pfd = _POLLFD.pack(fd, events, 0)
         while True:
-            ms, _sliced = self.wait_budget(deadline)
+            ms = self.wait_ms(deadline)
             if ms == 0:
                 return False
             r = self._call(abi.OP_POLL, 1, ms, inbuf=pfd, outcap=_POLLFD.size, wait=True)

@@ -111,9 +111,8 @@ class Select:
         fds = list(events.items())
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            ms, sliced = self.kernel.wait_budget(deadline)
-            n, revents = poll_fds(self.kernel, fds, ms)
-            if n == -_errno.EINTR or (n == 0 and sliced):
+            n, revents = poll_fds(self.kernel, fds, self.kernel.wait_ms(deadline))
+            if n == -_errno.EINTR:
                 continue
             if n < 0:
                 raise oserror(-n)
@@ -168,9 +167,8 @@ class Poll:
             fds = [(fd, ev if ev < 0x8000 else ev - 0x10000) for fd, ev in self._fds.items()]
             deadline = None if ms < 0 else time.monotonic() + ms / 1000
             while True:
-                ms, sliced = self._k.wait_budget(deadline)
-                n, revents = poll_fds(self._k, fds, ms)
-                if n == -_errno.EINTR or (n == 0 and sliced):
+                n, revents = poll_fds(self._k, fds, self._k.wait_ms(deadline))
+                if n == -_errno.EINTR:
                     continue
                 if n < 0:
                     raise oserror(-n)
@@ -263,10 +261,10 @@ class Epoll:
         deadline = None if ms < 0 else time.monotonic() + ms / 1000
         cap = maxevents * _EPOLL_EVENT.size
         while True:
-            ms, sliced = self._k.wait_budget(deadline)
+            ms = self._k.wait_ms(deadline)
             r = self._k.call(abi.OP_EPOLL_WAIT, epfd, maxevents, ms, outcap=cap,
                              wait=ms != 0)
-            if r.ret == -_errno.EINTR or (r.ret == 0 and sliced):
+            if r.ret == -_errno.EINTR:
                 continue
             if r.ret < 0:
                 raise oserror(-r.ret)
