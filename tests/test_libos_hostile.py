@@ -234,3 +234,23 @@ def test_an_fd_closed_by_c_code_behind_the_shim_is_not_taken_for_a_lie(tmp_path)
         assert again == dup
         os.close(again)
         os.close(fd)
+
+
+def test_epoll_create_returning_a_held_fd_is_caught(liar):
+    t, _ = liar
+    with socket.socket() as held:
+        t.lie(abi.OP_EPOLL_CREATE, ret(held.fileno()))
+        with pytest.raises(IagoError):
+            select.epoll()
+
+
+def test_accept_with_an_address_of_another_family_is_caught(liar):
+    t, libos = liar
+    srv = socket.create_server(("127.0.0.1", 0))
+    with srv, socket.create_connection(srv.getsockname()):
+        t.lie(abi.OP_ACCEPT4, lambda r, a, k: r._replace(
+            out=struct.pack("=H", socket.AF_UNIX) + b"/tmp/x\0"))
+        with pytest.raises(IagoError, match="family"):
+            srv.accept()
+    # the rejected connection is not kept: the enclave holds only stdio again
+    assert libos.kernel.fds == {0, 1, 2}

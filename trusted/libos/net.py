@@ -354,6 +354,7 @@ class EnclaveSocket(_RealSocket):
         try:
             addr = decode_sockaddr(self._family, r.out, "accept")
         except IagoError:
+            self._k.call(abi.OP_CLOSE, newfd)   # not the app's connection: give it back
             self._k.forget_fd(newfd)
             raise
         sock = self._from_new_fd(newfd, self._family, self._stype, self._proto)
