@@ -3,7 +3,10 @@ installed LibOS as a context manager, and a transport wrapper that lies (the hos
 from __future__ import annotations
 
 import contextlib
+import os
+import struct
 
+from eleos_shim import abi
 from eleos_shim.config import Config
 from eleos_shim.cpu import ModeledCPU
 from trusted.libos import LibOS
@@ -39,11 +42,17 @@ class LyingTransport:
     """Wraps a real transport; ``lie(op, fn)`` makes the next reply to ``op`` pass through
     ``fn(reply, args, kwargs) -> Reply`` first (the real call still happens)."""
 
+    # Ops whose honest reply creates fds: when such a reply is replaced by a lie, the real
+    # fds are remembered so that the test can close them (see ``close_hidden``).
+    _FD_OPS = {abi.OP_OPENAT, abi.OP_SOCKET, abi.OP_ACCEPT4, abi.OP_DUP, abi.OP_EPOLL_CREATE}
+    _PAIR_OPS = {abi.OP_PIPE2, abi.OP_SOCKETPAIR}
+
     def __init__(self, inner):
         self.inner = inner
         self.path = inner.path
         self._lies: dict[int, object] = {}
         self.told = 0
+        self.hidden_fds: list[int] = []
 
     def lie(self, op: int, fn) -> None:
         self._lies[op] = fn
@@ -54,7 +63,20 @@ class LyingTransport:
         if fn is None:
             return reply
         self.told += 1
+        if reply.ret >= 0 and op in self._FD_OPS:
+            self.hidden_fds.append(reply.ret)
+        elif reply.ret >= 0 and op in self._PAIR_OPS:
+            self.hidden_fds.extend(struct.unpack("=ii", reply.out))
         return fn(reply, args, kwargs)
+
+    def close_hidden(self) -> None:
+        """Close (directly, after uninstall) the real fds that lies hid from the enclave."""
+        for fd in self.hidden_fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.hidden_fds.clear()
 
     def counts(self):
         return self.inner.counts()
