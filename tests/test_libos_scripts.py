@@ -8,7 +8,8 @@ import pytest
 
 from tests.conftest import ROOT, SCRIPTS, run_shim, shim_env
 
-SCRIPT_NAMES = ["files", "tcp", "udp", "mux", "socketserver", "http", "threads", "edges"]
+SCRIPT_NAMES = ["files", "tcp", "udp", "mux", "socketserver", "http", "threads", "edges",
+                "asyncio"]
 
 
 @pytest.fixture(scope="module")
