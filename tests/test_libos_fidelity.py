@@ -478,3 +478,20 @@ def test_selectors_imported_only_at_install_are_routed_and_restored_after():
                          text=True, timeout=60)
     assert run.returncode == 0, run.stderr
     assert run.stdout == "True True\nTrue True True\n"
+
+
+def test_an_app_started_without_stdin_gets_fd_0_from_its_first_open():
+    code = (
+        "import os\n"
+        "from tests.libos_helpers import installed, make_transport\n"
+        "t = make_transport('ocall')\n"
+        "os.close(0)\n"
+        "with installed(t):\n"
+        "    fd = os.open(os.devnull, os.O_RDONLY)\n"
+        "    print(fd)\n"
+        "    os.close(fd)\n")
+    root = pathlib.Path(__file__).resolve().parent.parent
+    run = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True,
+                         text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "0\n"

@@ -91,12 +91,28 @@ def stat_result(raw: bytes, what: str):
                            atime_ns, mtime_ns, ctime_ns, blksize, blocks, rdev))
 
 
+def _open_stdio() -> set[int]:
+    """Which of 0, 1, 2 the process has open when the enclave is built.  Read once, directly
+    (this is enclave construction, like the loader measuring its initial state, not an app
+    call): an app started with stdin closed gets fd 0 back from its first open, and that is
+    no lie."""
+    import posix
+    out = set()
+    for fd in (0, 1, 2):
+        try:
+            posix.fstat(fd)
+        except OSError:
+            continue
+        out.add(fd)
+    return out
+
+
 class Kernel:
     """Checked syscalls over a transport, plus the enclave's fd table.
 
-    The fd table holds 0, 1, 2 and every fd the shim obtained from the host and has not closed.
-    An fd is removed *before* its CLOSE is sent, so a concurrent open that gets the same number
-    back from the host is never mistaken for a lie.
+    The fd table holds the stdio fds open at start and every fd the shim obtained from the
+    host and has not closed.  An fd is removed *before* its CLOSE is sent, so a concurrent
+    open that gets the same number back from the host is never mistaken for a lie.
 
     Fds handed to the app as bare integers (``os.open``, ``os.dup``, ``os.pipe``) are *raw*:
     the app may give them to C code that closes them behind the shim's back (numpy's
@@ -110,7 +126,7 @@ class Kernel:
         self.transport = transport
         self._call = self.call = transport.call   # the transport's own bound method: no layer
         self._lock = threading.Lock()
-        self.fds: set[int] = {0, 1, 2}
+        self.fds: set[int] = _open_stdio()
         self.raw_fds: set[int] = set()             # subset of fds: bare ints the app holds
         self.app_blocking: dict[int, bool] = {}   # host-O_NONBLOCK fd -> app sees it blocking
         self.full_write: set[int] = set()          # streams whose blocking write completes
