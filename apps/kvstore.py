@@ -156,7 +156,6 @@ class ItemStore:
     def reset_counters(self) -> None:
         self.evictions = 0
         self.reclaimed = 0
-        self.expired_unfetched = 0
 
     # -- arena primitives -------------------------------------------------------------
     def _cls_get(self, c: int) -> list[int]:
@@ -1053,6 +1052,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("-f must be in (1, 4]")
     if args.memory_limit * 1024 * 1024 < args.max_item_size:
         p.error("-m must hold at least one page of -I bytes")
+    if args.memory_limit > 4000:
+        p.error("-m must be at most 4000: arena offsets are 32-bit, as the item headers store them")
     if args.hashpower is not None and not 8 <= args.hashpower <= 30:
         p.error("-o hashpower must be 8..30")
     return args
