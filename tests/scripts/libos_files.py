@@ -44,7 +44,7 @@ try:
         print("x mode", type(e).__name__, e.errno == errno.EEXIST)
     st = os.stat(bin_path)
     print("stat", st.st_size, oct(st.st_mode & 0o170000), st.st_nlink,
-          st.st_mtime_ns == int(st.st_mtime * 1e9) or abs(st.st_mtime_ns / 1e9 - st.st_mtime) < 1e-6)
+          abs(st.st_mtime_ns / 1e9 - st.st_mtime) < 1e-6, st.st_mtime == os.stat(bin_path).st_mtime)
     fd = os.open(bin_path, os.O_RDONLY)
     print("pread", os.pread(fd, 4, 256), os.lseek(fd, 10, os.SEEK_SET), os.read(fd, 3))
     print("fstat size", os.fstat(fd).st_size)
