@@ -7,6 +7,7 @@
 3. Policies (fifo, lru, clock, random), page sizes and sub-pages on uniform random and
    zipfian (s = 0.99, as YCSB) 64 B accesses, 10% writes, over a region 4x the page cache:
    hits, faults, write-backs and throughput, in C with the GIL released.
+   3b. Sub-pages (off, 1 KiB, 2 KiB) by access size (64 B, 512 B, 4 KiB): when they pay.
 4. The policies again with 4 threads on one instance (zipf): the cost of their locking.
 Medians of several runs; every configuration in the same run, in rounds.  Sections 1-3 time
 the measuring thread's CPU time (other processes on a busy machine do not count), section 4
@@ -219,6 +220,35 @@ def policies(runs, quick):
     return out
 
 
+def subpages(runs, quick):
+    """When sub-pages pay: clock, 4 KiB pages, sub-pages off / 1 KiB / 2 KiB, by access size."""
+    cache_mb, region = 4, 16 * MB
+    count = 40_000 if quick else 120_000
+    subs = (0, 1024, 2048)
+    rows, out = [], []
+    for item in (64, 512, 4096):
+        for dist in ("uniform", "zipf"):
+            offs, writes = workload(dist, region, item, count, seed=42)
+            thr = {sub: [] for sub in subs}
+            for _ in range(runs):
+                for sub in subs:
+                    inst = make(page=4096, subpage=sub, policy="clock", cache_mb=cache_mb)
+                    p = inst.malloc(region)
+                    p.fill(1, region)
+                    inst.evict_all()
+                    run_mix(inst, p.address, offs[: count // 4], writes[: count // 4], item)
+                    dt = run_mix(inst, p.address, offs, writes, item)
+                    thr[sub].append(count / dt)
+                    inst.close()
+            t = {sub: median(v) / 1e3 for sub, v in thr.items()}
+            rows.append([item, dist, t[0], t[1024], t[1024] / t[0], t[2048], t[2048] / t[0]])
+            out.append({"item": item, "dist": dist, **{f"kaccess_per_s_sub{k}": v for k, v in t.items()}})
+    print(f"\n3b. Sub-pages by access size: clock, 4 KiB pages, 10% writes, region 4x the cache "
+          f"(kacc/s, median of {runs})")
+    print(table(["item B", "dist", "off", "1K", "1K/off", "2K", "2K/off"], rows))
+    return out
+
+
 def threaded(runs, quick, threads=4):
     """Zipf mix from several threads at once on one instance: what each policy's locking costs
     when threads contend (lru takes the list lock on every hit)."""
@@ -264,7 +294,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="fewer accesses (a smoke run)")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--json", default=None)
-    ap.add_argument("--only", choices=("fast", "miss", "policies", "threads"), default=None)
+    ap.add_argument("--only", choices=("fast", "miss", "policies", "subpages", "threads"),
+                    default=None)
     args = ap.parse_args()
     m = machine()
     print(machine_line(m))
@@ -275,6 +306,8 @@ def main() -> int:
         result["miss"] = miss_cost(args.runs, args.quick)
     if args.only in (None, "policies"):
         result["policies"] = policies(max(1, args.runs // 2 + 1), args.quick)
+    if args.only in (None, "subpages"):
+        result["subpages"] = subpages(max(1, args.runs // 2 + 1), args.quick)
     if args.only in (None, "threads"):
         result["threads"] = threaded(max(1, args.runs // 2 + 1), args.quick)
     path = write_json("suvm_micro", result, args.json)
