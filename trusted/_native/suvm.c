@@ -852,6 +852,25 @@ int suvm_bench_access(suvm_t *s, const uint64_t *offsets, size_t n, size_t item,
     return rc;
 }
 
+/* The same with a per-access choice: writes[i] != 0 makes access i a write (mixed workloads
+ * in one call, so Python never runs between accesses). */
+int suvm_bench_mix(suvm_t *s, const uint64_t *offsets, const uint8_t *writes, size_t n, size_t item)
+{
+    uint8_t *buf = malloc(item ? item : 1);
+    if (!buf)
+        return SUVM_EINVAL;
+    memset(buf, 0xA5, item);
+    int rc = SUVM_OK;
+    for (size_t i = 0; i < n && rc == SUVM_OK; i++) {
+        int w = writes[i] != 0;
+        if (suvm_copy_resident(s, offsets[i], buf, item, w) == item)
+            continue;
+        rc = w ? suvm_write(s, offsets[i], buf, item) : suvm_read(s, offsets[i], buf, item);
+    }
+    free(buf);
+    return rc;
+}
+
 void suvm_test_key(suvm_t *s, uint8_t out[16]) { memcpy(out, s->key, 16); }
 
 int suvm_test_sealed(suvm_t *s, uint64_t vpn, uint32_t sub, uint8_t nonce[12], uint8_t aad[24],

@@ -79,6 +79,8 @@ void suvm_reset_stats(suvm_t *s);
 /* For the benchmarks: n accesses of `item` bytes at SUVM addresses offsets[i] (read, or
  * write when write != 0), through the same path as the app.  Returns 0 or an error. */
 int suvm_bench_access(suvm_t *s, const uint64_t *offsets, size_t n, size_t item, int write);
+/* The same, access i a write if writes[i] != 0. */
+int suvm_bench_mix(suvm_t *s, const uint64_t *offsets, const uint8_t *writes, size_t n, size_t item);
 
 /* The yardstick of the miss cost: open one sealed page `iters` times.  0, or -1. */
 int suvm_bench_raw_open(uint32_t page_size, uint64_t iters);

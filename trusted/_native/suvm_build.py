@@ -29,6 +29,7 @@ CDEF = """
     void suvm_stats(suvm_t *s, uint64_t out[]);
     void suvm_reset_stats(suvm_t *s);
     int suvm_bench_access(suvm_t *s, const uint64_t *offsets, size_t n, size_t item, int write);
+    int suvm_bench_mix(suvm_t *s, const uint64_t *offsets, const uint8_t *writes, size_t n, size_t item);
     void suvm_test_key(suvm_t *s, uint8_t out[16]);
     int suvm_test_sealed(suvm_t *s, uint64_t vpn, uint32_t sub, uint8_t nonce[12], uint8_t aad[24],
                          uint8_t tag[16]);
