@@ -265,3 +265,12 @@ def test_memory_of_a_closed_instance_refuses_access_instead_of_crashing():
     for bad in (lambda: m[0], lambda: p[0:4], lambda: q[0]):
         with pytest.raises(ValueError, match="closed"):
             bad()
+
+
+@pytest.mark.parametrize("n", [0, -1])
+def test_bad_lengths_fail_as_mmap_does(inst, n):
+    with pytest.raises(Exception) as native:
+        mmap.mmap(-1, n)
+    with pytest.raises(type(native.value)) as secure:
+        suvm.SecureMemory(n, suvm=inst)
+    assert str(secure.value) == str(native.value)

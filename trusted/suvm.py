@@ -24,6 +24,7 @@ Memory from :meth:`Suvm.malloc` reads as zero, as calloc.
 from __future__ import annotations
 
 import bisect
+import errno
 import threading
 import weakref
 from typing import Callable
@@ -425,7 +426,7 @@ class SecureMemory(Region):
         if length < 0:
             raise OverflowError("memory mapped length must be positive")
         if length == 0:
-            raise ValueError("cannot mmap an empty region")   # as mmap.mmap(-1, 0)
+            raise OSError(errno.EINVAL, "Invalid argument")   # as mmap.mmap(-1, 0)
         s = suvm if suvm is not None else default()
         addr, _ = s._alloc(length)
         self._bind(s.addr, addr, addr, addr + length)
