@@ -83,8 +83,10 @@ class EPCMap(mmap.mmap):
 
     def __new__(cls, epc: "EPC", length: int):
         epc.check()
-        if length <= 0:
-            raise ValueError("memory mapped size must be positive")
+        if length < 0:                 # the errors mmap.mmap(-1, n) gives
+            raise OverflowError("memory mapped length must be positive")
+        if length == 0:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
         npages = (length + PAGE - 1) // PAGE
         va_first = _epcm.epcm_epa(npages)
         if not va_first:

@@ -214,6 +214,13 @@ def test_closing_a_map_returns_its_frames_and_its_pages_cannot_come_back(epc):
     again.close()
 
 
+def test_bad_lengths_fail_as_with_anonymous_mmap(epc):
+    with pytest.raises(OSError):
+        epc.map(0)
+    with pytest.raises(OverflowError):
+        epc.map(-1)
+
+
 def test_resize_is_refused_and_the_map_stays_intact(epc):
     m = epc.map(2 * PAGE)
     m[0:2] = b"ok"
