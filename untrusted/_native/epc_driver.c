@@ -741,6 +741,16 @@ void epc_driver_stop(void)
     for (int k = 0; k < D.nthreads; k++)
         pthread_join(D.threads[k], NULL);
     pthread_join(D.swapd, NULL);
+    if (D.trap == TRAP_SIGSEGV) {
+        /* Threads still waiting in the SIGSEGV handler must not wait forever: open their page
+         * (what the memfd holds: a page that was evicted is lost, as close() documents). */
+        struct fault_req *q;
+        while ((q = take_request()) != NULL) {
+            mprotect((void *)(q->addr & ~(uintptr_t)(EPC_PAGE - 1)), EPC_PAGE, PROT_READ | PROT_WRITE);
+            __atomic_store_n(&q->done, 1, __ATOMIC_RELEASE);
+            futex(&q->done, FUTEX_WAKE_PRIVATE, 1);
+        }
+    }
     if (D.segv_installed) {
         sigaction(SIGSEGV, &D.old_segv, NULL);
         D.segv_installed = 0;
