@@ -230,3 +230,20 @@ def _check_sgx(stats):
 def _check_eleos(stats):
     assert stats["rpc"]["processed"] + stats["rpc"]["fallbacks"] > 200
     assert stats["suvm"]["hits"] + stats["suvm"]["faults"] > 1000   # the arena is SUVM
+
+
+def test_relative_ttl_expires_on_the_clock():
+    """A 1-second TTL: present within its second, gone once the clock passes it (waits < 1 s;
+    the wait is for wall-clock time, the thing under test, not for synchronisation). Natively
+    only: the modes differ in where the arena lives, not in the clock."""
+    with kvserver("native", "-m", "2") as srv, client(srv.address) as c:
+        t0 = time.time()
+        assert c.set(b"ttl", b"v", expire=1)
+        got = c.get(b"ttl")
+        t_reply = time.time()
+        if int(t_reply) == int(t0):             # still within the second it was set in
+            assert got == b"v"
+        # The server's exptime is at most int(t_reply) + 1: by then the item is gone.
+        time.sleep(max(0.0, int(t_reply) + 1.02 - time.time()))
+        assert c.get(b"ttl") is None
+        assert c.touch(b"ttl", 100) is False    # expired items cannot be touched back
