@@ -34,6 +34,7 @@ def create(cfg: Config | None = None, *, charge_fn: int = 0, **overrides) -> Suv
     inst = Suvm(store.bridge(), cache_bytes=cfg.suvm_cache_bytes, page_size=cfg.suvm_page_size,
                 subpage=cfg.suvm_subpage, eviction=cfg.suvm_eviction, charge_fn=charge_fn)
     inst.backing_store = store   # the host's side, for stats and the adversary API in tests
+    inst.on_close.append(store.close)   # the enclave is gone: the host unmaps its store
     return inst
 
 

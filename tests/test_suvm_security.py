@@ -134,3 +134,16 @@ def test_store_full_is_a_clear_memory_error():
         assert b[-1] == 7
     finally:
         inst.close()
+
+
+def test_closing_the_instance_unmaps_its_backing_store():
+    inst = suvm.create(Config().replace(suvm_cache_mb=0.0625, suvm_store_mb=4))
+    store = inst.backing_store
+    p = inst.malloc(200 * 1024)
+    p[:] = b"z" * (200 * 1024)
+    inst.evict_all()
+    assert store.committed >= 200 * 1024
+    inst.close()
+    assert store.committed == 0
+    with pytest.raises(ValueError, match="closed"):
+        store.raw()

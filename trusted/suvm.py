@@ -108,6 +108,7 @@ class Suvm:
         self._slab_of: dict[int, _Slab] = {}      # page -> slab
         self._small: dict[int, int] = {}          # address -> size class
         self._regions: weakref.WeakSet = weakref.WeakSet()   # closed with the instance
+        self.on_close: list[Callable[[], None]] = []   # e.g. the host releasing the store
         self.closed = False
 
     # ---- allocator (metadata stays in the enclave) ----
@@ -252,6 +253,10 @@ class Suvm:
                 r._mark_closed()
             lib.suvm_destroy(self._h)
             self._h = ffi.NULL
+            callbacks, self.on_close = self.on_close, []
+            self.store = None
+        for cb in callbacks:
+            cb()
 
     def __del__(self):
         try:

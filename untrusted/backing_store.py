@@ -43,19 +43,28 @@ class BackingStore:
     @property
     def committed(self) -> int:
         """Bytes made usable so far (the store grows in 1 MiB steps)."""
-        return lib.store_committed(self._h)
+        return lib.store_committed(self._h) if self._h else 0
 
     def stats(self) -> dict:
         return {"store_committed_bytes": self.committed, "store_limit_bytes": self.capacity}
 
     def close(self) -> None:
+        """Unmap the store.  Only once the enclave that used it is gone."""
         if self._h:
             lib.store_destroy(self._h)
             self._h = 0
 
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:   # interpreter shutdown: the module may be half torn down
+            pass
+
     # ---- the adversary (the host can do all of this to its own memory) ----
 
     def _span(self, off: int, n: int):
+        if not self._h:
+            raise ValueError("the backing store is closed")
         if off < 0 or off + n > self.committed:
             raise IndexError(f"[{off}, {off + n}) is outside the committed backing store")
         return ffi.buffer(ffi.cast("uint8_t *", self.base + off), n)
