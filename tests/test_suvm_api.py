@@ -105,6 +105,17 @@ def test_secure_memory_matches_mmap(inst, n, ops):
         ref.close()
 
 
+def test_iteration_and_membership_work_as_on_mmap(inst):
+    ref = mmap.mmap(-1, 300)
+    with suvm.SecureMemory(300, suvm=inst) as m:
+        for x in (ref, m):
+            x[0:5] = b"ab\x00cd"
+        assert list(m) == list(ref)
+        for probe in (b"a", b"ab", b"z", 97):
+            assert (probe in m) == (probe in ref)
+    ref.close()
+
+
 def test_size_is_the_length(inst):
     # (an anonymous mmap.mmap raises OSError here in 3.11; SUVM memory has a size to give)
     with suvm.SecureMemory(12345, suvm=inst) as m:

@@ -497,9 +497,6 @@ class SecureMemory(Region):
         for i in range(len(self)):
             yield self[i:i + 1]
 
-    def __contains__(self, sub) -> bool:
-        return self.find(sub, 0) >= 0
-
     def close(self) -> None:
         if self.closed:
             return
