@@ -13,7 +13,7 @@ value). So the EPC or SUVM sees each lookup, not only the values, as the paper's
 did. Python objects hold only per-connection state (buffers, the command being read) and the
 statistics counters. Under SUVM the arena has the mmap API but no buffer protocol, so this file
 touches it only by slicing (``a[x:y]`` and ``a[x:y] = b``) and keeps the slices per request few:
-a get hit is two (bucket, then header+key+value in one window), a set is about ten.
+a get hit is two (bucket, then header+key+value in one window), a set a dozen or so.
 
 Arena layout (little endian):
     [0, 64)            header: magic, page size, page count, pages used, hash power, classes
