@@ -168,12 +168,16 @@ def main(argv: list[str] | None = None) -> int:
             order = modes[r % len(modes):] + modes[:r % len(modes)]
             for mode in order:
                 pool, n = pools[mb]
+                load_before = os.getloadavg()[0]
                 res = one_run(mode, mb, pool, n, args)
                 res["run"] = r
+                # The machine may be shared: keep how busy it was, to judge a noisy run.
+                res["loadavg_1m_before"] = round(load_before, 2)
                 runs.append(res)
                 print(f"  run {r} {mb:g} MB {mode:6s} {res['verifications_per_s']:8.0f} verif/s  "
                       f"p50 {res['latency_us']['p50']:.0f} us  faults/req epc "
-                      f"{res['epc_faults_per_request']:.2f} suvm {res['suvm_faults_per_request']:.2f}",
+                      f"{res['epc_faults_per_request']:.2f} suvm {res['suvm_faults_per_request']:.2f}"
+                      f"  rpc fallbacks {res['rpc_fallbacks']}  load {load_before:.1f}",
                       flush=True)
 
     rows, summary = [], []
