@@ -8,6 +8,17 @@ ksgxswapd-style reclaimer that EWBs victims to an untrusted backing store.
 The driver is given the modeled CPU's EWB/ELDU and cost functions as addresses (integers) by
 the loader (eleos_shim/epc.py); it never sees the paging key or the version array.  One driver
 per process (it owns the process's SIGSEGV handler in the fallback mode).
+
+Victim choice approximates the Intel SGX driver of the paper's time (linux-sgx-driver,
+sgx_page_cache.c): loaded pages join the tail of an active list; a ksgxswapd thread, woken when
+free frames drop below a low watermark (32 pages there, scaled down for small EPCs), reclaims
+while they are below the high one (64), in batches of up to 16 pages from the head, giving a
+page whose accessed bit is set a second chance at the tail; the batch is EBLOCKed (unmapped,
+one TLB shootdown), then EWBed page by page.  A fault that finds no free frame waits for
+ksgxswapd, as the driver's atomic allocation in its fault handler does.  The approximation: the
+hardware accessed bit of a resident page is not visible from user space here, so the driver
+sets it when it installs a page and cannot see later hits; each page gets exactly one second
+chance (FIFO order), the same as Linux under uniform random access, worse for hot pages.
 """
 from __future__ import annotations
 
