@@ -428,6 +428,8 @@ class KVServer:
         self.rejected_connections = 0
         self.conns: dict[int, Connection] = {}
         self.lingering: dict[int, tuple[Connection, float]] = {}   # refused, closing
+        self.accept_paused_until = 0.0      # out of descriptors: listener off until then
+        self.listen_disabled_num = 0
         self.sel = selectors.DefaultSelector()
         self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -459,6 +461,8 @@ class KVServer:
                 self.store.now = int(time.time())
                 if self.lingering:
                     self._expire_lingering()
+                if self.accept_paused_until and time.monotonic() >= self.accept_paused_until:
+                    self._resume_accept()
                 for key, mask in events:
                     conn = key.data
                     if conn is None:
@@ -482,10 +486,8 @@ class KVServer:
             self._close(conn)
         for conn, _ in list(self.lingering.values()):
             self._end_lingering(conn)
-        try:
+        if not self.accept_paused_until:
             self.sel.unregister(self.lsock)
-        except (KeyError, ValueError):
-            pass
         self.lsock.close()
         self.sel.close()
 
@@ -496,7 +498,11 @@ class KVServer:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError:
-                return      # e.g. EMFILE: the client sees a reset; we keep serving
+                # Out of descriptors (EMFILE/ENFILE): the pending connection stays queued and
+                # the listener would wake us at once, forever; stop accepting until a
+                # connection closes or a second passes, as memcached does.
+                self._pause_accept()
+                return
             self.total_connections += 1
             if len(self.conns) >= self.maxconns:
                 # What memcached answers a connection beyond -c before closing it.
@@ -554,6 +560,18 @@ class KVServer:
                 pass
             self.conns.pop(fd, None)
         conn.sock.close()
+        if self.accept_paused_until:
+            self._resume_accept()
+
+    def _pause_accept(self) -> None:
+        if not self.accept_paused_until:
+            self.sel.unregister(self.lsock)
+            self.listen_disabled_num += 1
+        self.accept_paused_until = time.monotonic() + 1.0
+
+    def _resume_accept(self) -> None:
+        self.accept_paused_until = 0.0
+        self.sel.register(self.lsock, selectors.EVENT_READ, None)
 
     def _on_readable(self, conn: Connection) -> None:
         try:
@@ -1001,6 +1019,7 @@ class KVServer:
             ("max_connections", self.maxconns), ("curr_connections", len(self.conns)),
             ("total_connections", self.total_connections),
             ("rejected_connections", self.rejected_connections),
+            ("listen_disabled_num", self.listen_disabled_num),
             ("connection_structures", len(self.conns)),
         ]
         rows += [(k, s[k]) for k in ("cmd_get", "cmd_set", "cmd_flush", "cmd_touch",

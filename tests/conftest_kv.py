@@ -90,8 +90,10 @@ def server_command(mode: str, *args: str, env: dict | None = None) -> tuple[list
 
 
 @contextlib.contextmanager
-def kvserver(mode: str, *args: str, env: dict | None = None, start_timeout: float = 60.0):
-    """Yield a running :class:`KVServer` started with ``args`` (memcached-like options)."""
+def kvserver(mode: str, *args: str, env: dict | None = None, start_timeout: float = 60.0,
+             nofile: int | None = None):
+    """Yield a running :class:`KVServer` started with ``args`` (memcached-like options);
+    ``nofile`` caps the server's descriptors (RLIMIT_NOFILE, soft and hard)."""
     cmd, run_env = server_command(mode, *args, env=env)
     stats_path = None
     if mode != "native":
@@ -102,7 +104,8 @@ def kvserver(mode: str, *args: str, env: dict | None = None, start_timeout: floa
     err.close()
     with open(err.name, "w") as err_file:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=run_env, stdout=subprocess.PIPE,
-                                stderr=err_file, text=True)
+                                stderr=err_file, text=True,
+                                preexec_fn=None if nofile is None else _limit_nofile(nofile))
     srv = KVServer(proc, "", 0, mode, err.name, stats_path)
     try:
         line = first_line(proc, start_timeout)
@@ -120,6 +123,13 @@ def kvserver(mode: str, *args: str, env: dict | None = None, start_timeout: floa
         os.unlink(err.name)
         if stats_path and os.path.exists(stats_path):
             os.unlink(stats_path)
+
+
+def _limit_nofile(n: int):
+    def apply() -> None:
+        import resource
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+    return apply
 
 
 def first_line(proc: subprocess.Popen, timeout: float) -> str:

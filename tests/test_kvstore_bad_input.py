@@ -9,6 +9,7 @@ Runs under native, sgx and eleos.
 """
 from __future__ import annotations
 
+import os
 import socket
 
 import pytest
@@ -235,3 +236,35 @@ def test_pipelined_and_byte_by_byte_requests(server):
     finally:
         c.close()
     still_serving(server)
+
+
+def test_out_of_descriptors_the_server_waits_and_accepts_again():
+    """At the process's descriptor limit the server stops accepting (no busy loop on a
+    listener it cannot serve) and takes the queued clients as connections close."""
+    limit = 32
+    with kvserver("native", "-m", "2", nofile=limit) as srv:
+        watcher = Conn(srv.address)
+        conns: list[Conn] = []
+        try:
+            assert watcher.ask(b"set keep 7 0 4\r\nsafe\r\n") == b"STORED\r\n"
+            free = limit - len(os.listdir(f"/proc/{srv.proc.pid}/fd"))
+            assert free > 4
+            for _ in range(free + 3):
+                c = Conn(srv.address)           # queued in the backlog if not accepted
+                conns.append(c)
+                c.send(b"version\r\n")
+            for c in conns[:free]:
+                assert c.until(b"\r\n").startswith(b"VERSION ")
+            srv.watcher = watcher
+            still_serving(srv)                  # at the limit, existing clients are served
+            stats = watcher.ask(b"stats\r\n")
+            paused = int(stats.split(b"STAT listen_disabled_num ")[1].split(b"\r\n")[0])
+            assert paused >= 1                  # the listener was switched off, not spun on
+            for i in range(3):                  # each close lets one queued client in
+                conns[i].close()
+                assert conns[free + i].until(b"\r\n").startswith(b"VERSION ")
+            still_serving(srv)
+        finally:
+            for c in conns:
+                c.close()
+            watcher.close()
