@@ -121,8 +121,8 @@ OPTIONS: tuple[Option, ...] = (
            "(default 64, or 3/4 of a smaller EPC)"),
     Option("suvm_page_size", _page_size, "SUVM page size, a power of two 1K..64K (default 4096)"),
     Option("suvm_subpage", _subpage, "SUVM sub-page size for direct backing-store reads, 0 = off "
-           "(default off: measured, 2K sub-pages of 4K pages pay on small skewed reads, up to 2x "
-           "for 64 B zipf, but cost 10-45%% on whole-page access, and below 1K libcrypto's "
+           "(default off: measured, 2K sub-pages of 4K pages pay on small reads, 1.3-2x for 64 B, "
+           "are mixed at 512 B and cost up to 30%% on whole-page access; below 1K libcrypto's "
            "per-call cost loses; set it for small-item apps; benchmarks/suvm_micro.py)"),
     Option("suvm_eviction", _choice(EVICTION_POLICIES), "SUVM eviction policy: fifo, lru, clock, random "
            "(default clock: measured, lru's hit ratio within 1%% on zipf without lru's lock on "
