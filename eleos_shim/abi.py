@@ -31,10 +31,16 @@ RPC_DONE, RPC_FALLBACK, RPC_CORRUPT = range(3)
 
 # The RPC ring (eleos_abi.h: struct eleos_ring, then the slots).
 RING_MAGIC = 0x676E6972736F656C
-RING_HDR_SIZE = 384
+RING_HDR_SIZE = 256
 RING_SLOT_SIZE = 128
 MAX_ERRNO = 4095
 RPC_WHY = ("ring_full", "no_worker", "timeout", "workers_asleep")   # ELEOS_RPC_WHY_*
+
+
+def ring_slots_offset(nslots: int) -> int:
+    """ELEOS_RING_SLOTS_OFFSET: the header, then the posted bitmap rounded up to 128 bytes."""
+    words = (nslots + 63) // 64
+    return RING_HDR_SIZE + ((words * 8 + 127) & ~127)
 
 # struct eleos_stat: 10 u64 then 3 i64.
 STAT_FORMAT = "=10Q3q"
@@ -68,11 +74,9 @@ def header_cdef() -> str:
     struct eleos_ring {
         uint64_t magic; uint32_t nslots; uint32_t slot_size; uint32_t workers_live;
         uint32_t wake_pending; uint8_t _pad0[40];
-        uint64_t head; uint8_t _pad1[56];
-        uint64_t tail; uint8_t _pad2[56];
-        uint32_t futex; uint32_t sleepers; uint8_t _pad3[56];
-        uint64_t fallbacks; uint64_t wakeups; uint64_t fallback_why[4]; uint8_t _pad4[16];
-        uint8_t _pad5[64];
+        uint32_t futex; uint32_t sleepers; uint8_t _pad1[56];
+        uint64_t fallbacks; uint64_t wakeups; uint64_t fallback_why[4]; uint8_t _pad2[16];
+        uint8_t _pad3[64];
     };
     typedef int (*eleos_enclave_rpc_fn)(uintptr_t ring, struct eleos_req *req, uint64_t spin);
     """

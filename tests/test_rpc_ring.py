@@ -30,6 +30,7 @@ class Ring:
     """An RpcHost plus the enclave's attachment of its ring."""
 
     def __init__(self, workers=1, slots=1024, sleep=AWAKE):
+        self.slots = slots
         cfg = Config().replace(rpc_workers=workers, rpc_slots=slots, rpc_sleep=sleep)
         self.host = RpcHost(cfg, hlib.host_dispatch_fn())
         self.addr = self.host.ring_addr
@@ -46,7 +47,12 @@ class Ring:
         return list(out)
 
     def slot(self, i):
-        return tffi.cast("struct eleos_req *", self.addr + abi.RING_HDR_SIZE + i * abi.RING_SLOT_SIZE)
+        return tffi.cast("struct eleos_req *",
+                         self.addr + abi.ring_slots_offset(self.slots) + i * abi.RING_SLOT_SIZE)
+
+    def posted(self):
+        words = tffi.cast("uint64_t *", self.addr + abi.RING_HDR_SIZE)
+        return [words[k] for k in range((self.slots + 63) // 64)]
 
     def header(self):
         return tffi.cast("struct eleos_ring *", self.addr)
@@ -188,8 +194,9 @@ def test_zero_workers_every_call_falls_back_and_still_works(make_ring, pipe):
     assert ring.host.stats()["processed"] == 0
 
 
-def _block_the_worker(ring, rfd):
-    """Start a thread whose RPC read blocks in the (only) worker; returns (thread, result)."""
+def _block_a_worker(ring, rfd, taken=1):
+    """Start a thread whose RPC read blocks in a worker; returns (thread, result) once
+    ``taken`` slots are held by workers."""
     out = {}
     buf = tffi.new("char[16]")
 
@@ -201,37 +208,69 @@ def _block_the_worker(ring, rfd):
 
     t = threading.Thread(target=reader)
     t.start()
-    wait_until(lambda: ring.slot(0).state == abi.SLOT_TAKEN)
+    wait_until(lambda: sum(ring.slot(i).state == abi.SLOT_TAKEN for i in range(ring.slots)) == taken)
     return t, out
 
 
-def test_full_ring_and_busy_workers_fall_back(make_ring, pipe):
+def test_a_call_no_worker_takes_in_time_is_taken_back(make_ring, pipe):
     ring = make_ring(workers=1, slots=2)
     rfd, wfd = pipe
-    t, out = _block_the_worker(ring, rfd)          # ticket 0, slot 0: the worker is stuck in it
+    t, out = _block_a_worker(ring, rfd)             # the only worker is stuck in a read
     nop = request(abi.OP_NOP)
-    # ticket 1, slot 1: posted, no worker takes it within the budget -> taken back
-    assert tlib.enclave_rpc(ring.addr, nop, 1000) == abi.RPC_FALLBACK
-    assert ring.slot(1).state == abi.SLOT_ABANDON
-    # ticket 2 maps to slot 0, still in use: the ring is full
     assert tlib.enclave_rpc(ring.addr, nop, 1000) == abi.RPC_FALLBACK
     assert ring.counters()[FALLBACK_TIMEOUT] == 1
-    assert ring.counters()[FALLBACK_FULL] == 1
-    assert ring.host.stats()["fallback_why"] == {"ring_full": 1, "no_worker": 0, "timeout": 1,
-                                                 "workers_asleep": 0}
+    # Taken back: its slot is free again and no bit is left for a worker to find.
+    assert sorted(ring.slot(i).state for i in range(2)) == [abi.SLOT_FREE, abi.SLOT_TAKEN]
+    busy = [i for i in range(2) if ring.slot(i).state == abi.SLOT_TAKEN][0]
+    assert ring.posted() == [0]
     os.write(wfd, b"unblock")
     t.join()
     assert out == {"rc": abi.RPC_DONE, "ret": 7, "data": b"unblock"}
-    # The worker sweeps the abandoned slot and the ring serves again.
+    assert ring.slot(busy).state == abi.SLOT_FREE
     assert tlib.enclave_rpc(ring.addr, nop, PATIENT) == abi.RPC_DONE
     assert ring.host.stats()["processed"] == 2
-    assert ring.host.stats()["fallbacks"] == 2
+    assert ring.host.stats()["fallback_why"] == {"ring_full": 0, "no_worker": 0, "timeout": 1,
+                                                 "workers_asleep": 0}
+
+
+def test_full_ring_falls_back_at_once(make_ring):
+    ring = make_ring(workers=2, slots=2)
+    pipes = [os.pipe() for _ in range(2)]
+    try:
+        t1, out1 = _block_a_worker(ring, pipes[0][0], taken=1)
+        t2, out2 = _block_a_worker(ring, pipes[1][0], taken=2)   # both slots held
+        assert tlib.enclave_rpc(ring.addr, request(abi.OP_NOP), PATIENT) == abi.RPC_FALLBACK
+        assert ring.counters()[FALLBACK_FULL] == 1
+        assert ring.host.stats()["fallback_why"]["ring_full"] == 1
+        for _, w in pipes:
+            os.write(w, b"x")
+        t1.join()
+        t2.join()
+        assert out1["rc"] == out2["rc"] == abi.RPC_DONE
+        assert tlib.enclave_rpc(ring.addr, request(abi.OP_NOP), PATIENT) == abi.RPC_DONE
+    finally:
+        for fds in pipes:
+            for fd in fds:
+                os.close(fd)
+
+
+def test_a_thread_holding_a_slot_does_not_block_the_others(make_ring, pipe):
+    """No FIFO order: while one call holds a slot (here: blocked in a worker), a thousand
+    calls go through the other slots (a preempted thread would hold its slot the same way)."""
+    ring = make_ring(workers=2, slots=4)
+    rfd, wfd = pipe
+    t, out = _block_a_worker(ring, rfd)
+    assert tlib.enclave_rpc_nop_loop(ring.addr, 1000, PATIENT) == 1000
+    assert ring.host.stats()["fallbacks"] == 0
+    os.write(wfd, b"late")
+    t.join()
+    assert out["data"] == b"late"
 
 
 def test_stop_with_a_call_in_flight_returns_and_the_call_gets_eintr(make_ring, pipe):
     ring = make_ring(workers=1)
     rfd, _ = pipe
-    t, out = _block_the_worker(ring, rfd)
+    t, out = _block_a_worker(ring, rfd)
     assert ring.host.stop(timeout=0.2) == 0        # interrupted and joined, none left behind
     t.join()
     assert out["rc"] == abi.RPC_DONE and out["ret"] == -errno.EINTR
@@ -334,19 +373,29 @@ def test_a_ring_the_enclave_never_attached_is_never_touched(make_ring):
     assert tlib.enclave_rpc(ring.addr, request(abi.OP_NOP), SPIN) == abi.RPC_FALLBACK
     tlib.enclave_rpc_counters(0, unknown, 1)
     assert unknown[0] == before + 1
-    assert ring.header().head == 0 and ring.slot(0).state == abi.SLOT_FREE
+    assert ring.slot(0).state == abi.SLOT_FREE and ring.slot(0).op == 0
     assert tlib.enclave_rpc_attach(ring.addr, 1000) == -1          # not a power of two
 
 
-def test_a_host_that_moves_head_cannot_steer_the_enclave_outside_the_ring(make_ring):
+def test_a_host_that_marks_every_slot_busy_only_causes_fallbacks(make_ring):
     ring = make_ring(workers=1, slots=4)
-    hdr = ring.header()
-    hdr.nslots = 1 << 30                   # lies the enclave must not use
-    hdr.head = (1 << 40) + 3               # slot 3 by the enclave's own mask, wrong lap
+    ring.header().nslots = 1 << 30         # a lie the enclave must not use
+    for i in range(4):
+        ring.slot(i).state = abi.SLOT_TAKEN
     assert tlib.enclave_rpc(ring.addr, request(abi.OP_NOP), SPIN) == abi.RPC_FALLBACK
     assert ring.counters()[FALLBACK_FULL] == 1
-    for i in range(4):                     # every slot still free for its own first lap
-        assert ring.slot(i).seq == i
+    ring.slot(2).state = abi.SLOT_FREE
+    assert tlib.enclave_rpc(ring.addr, request(abi.OP_NOP), PATIENT) == abi.RPC_DONE
+
+
+def test_each_reply_is_matched_to_its_call_by_a_ticket_no_other_call_has(make_ring):
+    ring = make_ring(workers=1, slots=2)
+    seen = set()
+    for _ in range(50):
+        assert tlib.enclave_rpc(ring.addr, request(abi.OP_NOP), PATIENT) == abi.RPC_DONE
+        seen.update(ring.slot(i).seq for i in range(2))
+    seen.discard(0)
+    assert len(seen) == 50                 # fresh tickets: a replayed reply would not match
 
 
 def test_ring_layout_is_one_definition_for_both_halves():
@@ -367,13 +416,16 @@ def test_ring_layout_is_one_definition_for_both_halves():
         assert ffi.sizeof("struct eleos_ring") == abi.RING_HDR_SIZE
         assert ffi.sizeof("struct eleos_req") <= abi.RING_SLOT_SIZE
         # the contended words each on their own cache line
-        offsets = [ffi.offsetof("struct eleos_ring", f) for f in ("head", "tail", "futex", "fallbacks")]
-        assert [o // 64 for o in offsets] == [1, 2, 3, 4]
+        offsets = [ffi.offsetof("struct eleos_ring", f) for f in ("workers_live", "futex", "fallbacks")]
+        assert [o // 64 for o in offsets] == [0, 1, 2]
+    assert abi.ring_slots_offset(2) == abi.RING_HDR_SIZE + 128
+    assert abi.ring_slots_offset(1024) == abi.RING_HDR_SIZE + 128
+    assert abi.ring_slots_offset(4096) == abi.RING_HDR_SIZE + 512
 
 
 def test_a_new_ring_is_free_for_its_first_lap(make_ring):
     ring = make_ring(workers=0, slots=8)
     hdr = ring.header()
     assert (hdr.magic, hdr.nslots, hdr.slot_size) == (abi.RING_MAGIC, 8, abi.RING_SLOT_SIZE)
-    assert [ring.slot(i).seq for i in range(8)] == list(range(8))
     assert all(ring.slot(i).state == abi.SLOT_FREE for i in range(8))
+    assert ring.posted() == [0]

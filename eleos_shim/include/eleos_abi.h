@@ -121,19 +121,22 @@ typedef int (*eleos_enclave_rpc_fn)(uintptr_t ring, struct eleos_req *req, uint6
 
 /* ---- The RPC ring (exit-less system calls; untrusted/_native/rpc_workers.c allocates and
  * serves it, trusted/_native/enclave_rpc.c produces into it).  One mapping in untrusted memory:
- * this header, then `nslots` slots of ELEOS_RING_SLOT_SIZE bytes, each a struct eleos_req.
- * A slot is free for producer ticket t when its `seq` == t; the producer that wins `head`
- * from t to t+1 owns it, fills it and publishes POSTED; a worker that wins `tail` from t to
- * t+1 moves it POSTED -> TAKEN, runs it and publishes DONE; the producer reads the result and
- * frees the slot for ticket t + nslots.  A producer that waited too long moves it POSTED ->
- * ABANDON and makes an OCALL instead; the worker that reaches it frees it.  Everything here
- * is host-writable: the enclave indexes slots with the slot count it attached with, never
- * with `nslots` below, and checks every field it reads back. */
+ * this header, the `posted` bitmap (one bit per slot, own cache lines), then `nslots` slots
+ * of ELEOS_RING_SLOT_SIZE bytes, each a struct eleos_req.
+ * A producer claims any FREE slot (CAS FREE -> CLAIMED, starting where its thread last
+ * succeeded), fills it, stamps `seq` with a ticket of its own, publishes POSTED and sets the
+ * slot's bit.  A worker that sees a bit moves the slot POSTED -> TAKEN (CAS), clears the bit,
+ * runs the call and publishes DONE; the producer reads the result and frees the slot.  A
+ * producer that waited too long moves it POSTED -> ABANDON, clears the bit, frees it and makes
+ * an OCALL instead.  No slot waits for another (no FIFO order): a thread preempted while it
+ * holds a slot blocks only that slot.  Everything here is host-writable: the enclave indexes
+ * slots with the slot count it attached with, never with `nslots` below, and checks every
+ * field it reads back. */
 #define ELEOS_RING_MAGIC     0x676e6972736f656cull   /* "leosring" */
-#define ELEOS_RING_HDR_SIZE  384   /* six cache lines: slots start 128-aligned */
+#define ELEOS_RING_HDR_SIZE  256   /* four cache lines; the posted bitmap follows */
 #define ELEOS_RING_SLOT_SIZE 128   /* struct eleos_req (120 bytes) padded: no false sharing */
 #define ELEOS_MAX_ERRNO      4095  /* a result below -4095 is neither a result nor an errno */
-#define ELEOS_RPC_WHY_FULL      0   /* the slot of the next ticket was still in use */
+#define ELEOS_RPC_WHY_FULL      0   /* no free slot: nslots calls in flight */
 #define ELEOS_RPC_WHY_NO_WORKER 1   /* no worker running (0 configured, or stopped) */
 #define ELEOS_RPC_WHY_TIMEOUT   2   /* no worker took it within the spin budget */
 #define ELEOS_RPC_WHY_ASLEEP    3   /* every worker asleep: woken, the call exits meanwhile */
@@ -145,22 +148,24 @@ struct eleos_ring {
     uint32_t workers_live;  /* running workers; 0: producers fall back without posting */
     uint32_t wake_pending;  /* a producer woke a worker that has not come back yet */
     uint8_t  _pad0[40];
-    uint64_t head;          /* next producer ticket; own line: producers contend on it */
-    uint8_t  _pad1[56];
-    uint64_t tail;          /* next ticket a worker takes; own line: workers contend on it */
-    uint8_t  _pad2[56];
     uint32_t futex;         /* bumped by a producer that wakes a sleeping worker */
     uint32_t sleepers;      /* workers asleep or about to sleep on `futex` */
-    uint8_t  _pad3[56];
+    uint8_t  _pad1[56];
     uint64_t fallbacks;     /* calls producers took back to make an OCALL (stats) */
     uint64_t wakeups;       /* futex wakes producers made, each riding on a fallback OCALL */
     uint64_t fallback_why[4];  /* fallbacks by reason: ELEOS_RPC_WHY_* (stats) */
-    uint8_t  _pad4[16];
-    uint8_t  _pad5[64];
+    uint8_t  _pad2[16];
+    uint8_t  _pad3[64];
 };
 
-#define ELEOS_RING_SLOT(ring, i) \
-    ((struct eleos_req *)((char *)(ring) + ELEOS_RING_HDR_SIZE + (uint64_t)(i) * ELEOS_RING_SLOT_SIZE))
+/* Where things are, for a ring of n slots. */
+#define ELEOS_RING_POSTED_WORDS(n) (((uint64_t)(n) + 63) / 64)
+#define ELEOS_RING_POSTED(ring) ((uint64_t *)((char *)(ring) + ELEOS_RING_HDR_SIZE))
+#define ELEOS_RING_SLOTS_OFFSET(n) \
+    (ELEOS_RING_HDR_SIZE + ((ELEOS_RING_POSTED_WORDS(n) * 8 + 127) & ~(uint64_t)127))
+#define ELEOS_RING_SLOT(ring, n, i) ((struct eleos_req *)((char *)(ring) + \
+    ELEOS_RING_SLOTS_OFFSET(n) + (uint64_t)(i) * ELEOS_RING_SLOT_SIZE))
+#define ELEOS_RING_BYTES(n) (ELEOS_RING_SLOTS_OFFSET(n) + (uint64_t)(n) * ELEOS_RING_SLOT_SIZE)
 _Static_assert(sizeof(struct eleos_ring) == ELEOS_RING_HDR_SIZE, "ring header size");
 _Static_assert(sizeof(struct eleos_req) <= ELEOS_RING_SLOT_SIZE, "a request fits a slot");
 

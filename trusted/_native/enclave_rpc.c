@@ -2,9 +2,10 @@
  * enclave_rpc.c - TRUSTED side: the enclave's RPC producer (exit-less system calls).
  *
  * enclave_rpc() hands one request to the untrusted workers (untrusted/_native/rpc_workers.c)
- * through the ring in untrusted memory instead of exiting the enclave: claim a slot, copy the
- * request in (its buffers already live in untrusted memory: only their addresses are copied),
- * publish it, spin up to `spin` polls for a worker to take it, then wait for the result.
+ * through the ring in untrusted memory instead of exiting the enclave: claim a free slot, copy
+ * the request in (its buffers already live in untrusted memory: only their addresses are
+ * copied), stamp it with a ticket of its own, publish it, spin up to `spin` polls for a
+ * worker to take it, then wait for the result.
  * Many app threads call it at once (the GIL is released around it).
  *
  * Return codes (eleos_abi.h), what the caller (enclave_ocalls.c) does with each:
@@ -14,7 +15,7 @@
  *                       no worker will run it), or the enclave never attached this ring.
  *                       *req is untouched; make the call as a regular OCALL.
  *   ELEOS_RPC_CORRUPT   what the host left in the slot is impossible (a state that is not
- *                       one, a seq that is not our ticket, more bytes than the buffer holds,
+ *                       DONE, a seq that is not our ticket, more bytes than the buffer holds,
  *                       a result below -MAX_ERRNO): raise IagoError.
  *                       enclave_rpc_last_error() says which, for this thread.
  *
@@ -86,6 +87,9 @@ struct ring_ref {
 static struct ring_ref refs[MAX_RINGS];
 
 static __thread char last_error[160];
+static __thread uint32_t slot_hint;     /* where this thread last found a free slot */
+static __thread uint64_t next_ticket;   /* this thread's tickets: thread number << 40 | count */
+static uint64_t thread_numbers;
 static uint64_t unattached_fallbacks;   /* calls on a ring the enclave does not know */
 
 static inline struct ring_ref *lookup(uintptr_t ring)
@@ -206,24 +210,27 @@ int enclave_rpc(uintptr_t ring, struct eleos_req *req, uint64_t spin)
     struct eleos_req in;
     memcpy(&in, req, sizeof in);
 
-    /* Claim the slot of ticket `head`: free for it iff its seq equals the ticket. */
-    uint64_t t, budget = spin;
-    struct eleos_req *slot;
-    for (;;) {
-        t = LOAD_RELAXED(&r->head);
-        slot = ELEOS_RING_SLOT(r, t & mask);
-        int64_t d = (int64_t)(LOAD(&slot->seq) - t);
-        if (d == 0) {
-            if (CAS(&r->head, &t, t + 1)) break;
-        } else if (d < 0) {
-            /* Still in use by the previous lap: nslots calls in flight or abandoned. */
-            return fallback(ref, r, C_FALLBACK_FULL);
+    /* Claim a free slot, starting where this thread last found one (threads spread out, and
+     * a thread keeps reusing its own slot's cache lines).  Bounded by the slot count. */
+    struct eleos_req *slot = NULL;
+    uint32_t i = slot_hint & mask;
+    for (uint64_t k = 0; k < nslots; k++, i = (i + 1) & mask) {
+        struct eleos_req *s = ELEOS_RING_SLOT(r, nslots, i);
+        uint32_t expect = ELEOS_SLOT_FREE;
+        if (LOAD_RELAXED(&s->state) == ELEOS_SLOT_FREE &&
+            CAS(&s->state, &expect, ELEOS_SLOT_CLAIMED)) {
+            slot = s;
+            break;
         }
-        /* else another producer won this ticket; try the next one (bounded: the host could
-         * keep moving head to keep us here). */
-        if (budget-- == 0)
-            return fallback(ref, r, C_FALLBACK_FULL);
     }
+    if (!slot)
+        return fallback(ref, r, C_FALLBACK_FULL);
+    slot_hint = i;
+    if (!next_ticket)
+        next_ticket = (__atomic_add_fetch(&thread_numbers, 1, __ATOMIC_RELAXED) << 40) + 1;
+    const uint64_t t = next_ticket++;
+    uint64_t *posted_word = ELEOS_RING_POSTED(r) + i / 64;
+    const uint64_t bit = 1ull << (i % 64);
 
     slot->op = in.op;
     memcpy(slot->args, in.args, sizeof slot->args);
@@ -234,9 +241,11 @@ int enclave_rpc(uintptr_t ring, struct eleos_req *req, uint64_t spin)
     slot->ret = 0;
     slot->out_len = 0;
     slot->out2_len = 0;
+    slot->seq = t;
     STORE(&slot->state, ELEOS_SLOT_POSTED);
-    /* Pairs with a worker's "sleepers++ then look at head": either it sees this post and
-     * stays up, or we see it asleep here, take the request back and wake it. */
+    __atomic_fetch_or(posted_word, bit, __ATOMIC_SEQ_CST);
+    /* Pairs with a worker's "sleepers++ then look at the bitmap": either it sees this post
+     * and stays up, or we see it asleep here, take the request back and wake it. */
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     int why = -1;
     if (LOAD_RELAXED(&r->sleepers) && all_asleep(r))
@@ -250,8 +259,11 @@ int enclave_rpc(uintptr_t ring, struct eleos_req *req, uint64_t spin)
         if (why >= 0 || polls++ >= budget_take) {
             uint32_t posted = ELEOS_SLOT_POSTED;
             if (CAS(&slot->state, &posted, ELEOS_SLOT_ABANDON)) {
-                /* Taken back (the worker that reaches it frees it).  The OCALL the caller
+                /* Taken back: no worker will run it.  Clear its bit before freeing it, so the
+                 * next post of this slot sets a bit that is not ours.  The OCALL the caller
                  * makes now can wake a sleeper for the calls that follow. */
+                __atomic_fetch_and(posted_word, ~bit, __ATOMIC_SEQ_CST);
+                STORE(&slot->state, ELEOS_SLOT_FREE);
                 if (why >= 0 || (LOAD_RELAXED(&r->sleepers) && !LOAD_RELAXED(&r->wake_pending)))
                     wake_worker(ref, r);
                 if (why < 0 && backoff < MAX_BACKOFF)
@@ -303,10 +315,10 @@ int enclave_rpc(uintptr_t ring, struct eleos_req *req, uint64_t spin)
         req->out_len = out_len;
         req->out2_len = out2_len;
     }
-    /* Give the slot back for ticket t + nslots.  Also after a corruption: the enclave stops
-     * trusting the reply, not the ring's bookkeeping, which only ever indexes with `mask`. */
-    slot->state = ELEOS_SLOT_FREE;
-    STORE(&slot->seq, t + nslots);
+    /* Give the slot back.  Also after a corruption: the enclave stops trusting the reply,
+     * not the ring, which it only ever indexes with its own `mask`; each reply is matched to
+     * its call by the ticket, which no other call has. */
+    STORE(&slot->state, ELEOS_SLOT_FREE);
     return rc;
 }
 

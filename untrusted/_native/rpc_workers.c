@@ -2,8 +2,9 @@
  * rpc_workers.c - UNTRUSTED side: the RPC ring and the native worker pool that serves it.
  *
  * Eleos's exit-less system calls: enclave threads post requests into a ring in untrusted
- * shared memory and spin; these workers (native pthreads, never the GIL) poll the ring, run
- * each request through the host's OCALL dispatch (host_ocalls.c) and publish the result.
+ * shared memory and spin; these workers (native pthreads, never the GIL) poll the ring's
+ * `posted` bitmap, run each request through the host's OCALL dispatch (host_ocalls.c) and
+ * publish the result.
  * No enclave exit, no TLB flush: the price is a core that polls.  To keep an idle server from
  * burning that core, a worker that found nothing for `sleep_spins` polls sleeps on a futex in
  * the ring header; a producer that sees a sleeper wakes it (a syscall only then: the fast path
@@ -91,7 +92,7 @@ struct rpc_host *rpc_host_new(uint32_t nslots, uint32_t nworkers, uint64_t sleep
         return NULL;
     struct rpc_host *h = calloc(1, sizeof *h);
     if (!h) return NULL;
-    h->map_len = ELEOS_RING_HDR_SIZE + (size_t)nslots * ELEOS_RING_SLOT_SIZE;
+    h->map_len = ELEOS_RING_BYTES(nslots);
     void *m = mmap(NULL, h->map_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (m == MAP_FAILED) { free(h); return NULL; }
     h->ring = m;
@@ -109,19 +110,12 @@ struct rpc_host *rpc_host_new(uint32_t nslots, uint32_t nworkers, uint64_t sleep
     r->magic = ELEOS_RING_MAGIC;
     r->nslots = nslots;
     r->slot_size = ELEOS_RING_SLOT_SIZE;
-    for (uint32_t i = 0; i < nslots; i++)
-        ELEOS_RING_SLOT(r, i)->seq = i;     /* slot i is free for ticket i */
+    /* mmap zeroed it: every slot FREE, no bit posted. */
     __atomic_thread_fence(__ATOMIC_SEQ_CST);
     return h;
 }
 
 uintptr_t rpc_host_ring(struct rpc_host *h) { return (uintptr_t)h->ring; }
-
-static void slot_free(struct rpc_host *h, struct eleos_req *slot, uint64_t ticket)
-{
-    slot->state = ELEOS_SLOT_FREE;
-    STORE(&slot->seq, ticket + h->nslots);
-}
 
 static void complete(struct rpc_host *h, struct eleos_req *slot)
 {
@@ -143,35 +137,44 @@ static void complete(struct rpc_host *h, struct eleos_req *slot)
     STORE(&slot->state, state);
 }
 
-/* Take the request at `tail` if there is one.  1: ran one; 0: nothing to do. */
-static int serve_one(struct rpc_host *h, struct rpc_worker *w)
+/* Take one posted request if there is one.  1: ran one; 0: nothing to do.  `start` spreads
+ * several workers over the bitmap's words. */
+static int serve_one(struct rpc_host *h, struct rpc_worker *w, uint32_t start)
 {
     struct eleos_ring *r = h->ring;
-    for (;;) {
-        uint64_t t = LOAD(&r->tail);
-        struct eleos_req *slot = ELEOS_RING_SLOT(r, t & h->mask);
-        /* seq first (acquire): if it names ticket t, the state we read next is this lap's. */
-        uint64_t seq = LOAD(&slot->seq);
-        if (seq != t) {
-            if ((int64_t)(seq - t) < 0)
-                return 0;           /* the slot still holds the previous lap: nothing posted */
-            continue;               /* another worker moved tail on; look again */
-        }
-        uint32_t st = LOAD(&slot->state);
-        if (st != ELEOS_SLOT_POSTED && st != ELEOS_SLOT_ABANDON)
-            return 0;               /* ticket t not claimed yet, or its producer is filling it */
-        if (!CAS(&r->tail, &t, t + 1))
-            continue;
-        uint32_t posted = ELEOS_SLOT_POSTED;
-        if (st == ELEOS_SLOT_POSTED && CAS(&slot->state, &posted, ELEOS_SLOT_TAKEN)) {
+    uint64_t *posted = ELEOS_RING_POSTED(r);
+    const uint32_t words = (uint32_t)ELEOS_RING_POSTED_WORDS(h->nslots);
+    for (uint32_t k = 0; k < words; k++) {
+        uint32_t wi = (start + k) % words;
+        uint64_t bits = LOAD(&posted[wi]);
+        while (bits) {
+            uint32_t b = (uint32_t)__builtin_ctzll(bits);
+            bits &= bits - 1;
+            uint32_t i = wi * 64 + b;
+            if (i >= h->nslots) continue;
+            struct eleos_req *slot = ELEOS_RING_SLOT(r, h->nslots, i);
+            uint32_t expect = ELEOS_SLOT_POSTED;
+            /* Losing this race is fine: another worker took it, or its producer is taking
+             * it back; whoever moved it out of POSTED clears the bit. */
+            if (!CAS(&slot->state, &expect, ELEOS_SLOT_TAKEN))
+                continue;
+            __atomic_fetch_and(&posted[wi], ~(1ull << b), __ATOMIC_SEQ_CST);
             h->dispatch(slot);
             complete(h, slot);
             __atomic_store_n(&w->processed, w->processed + 1, __ATOMIC_RELAXED);
             return 1;
         }
-        /* The producer gave up on it (and made an OCALL): recycle the slot for its next lap. */
-        slot_free(h, slot, t);
     }
+    return 0;
+}
+
+static int anything_posted(struct rpc_host *h)
+{
+    uint64_t *posted = ELEOS_RING_POSTED(h->ring);
+    for (uint64_t k = 0; k < ELEOS_RING_POSTED_WORDS(h->nslots); k++)
+        if (__atomic_load_n(&posted[k], __ATOMIC_SEQ_CST))
+            return 1;
+    return 0;
 }
 
 static void *worker_main(void *arg)
@@ -184,19 +187,19 @@ static void *worker_main(void *arg)
     sigaddset(&only, RPC_INTERRUPT_SIGNAL);
     pthread_sigmask(SIG_UNBLOCK, &only, NULL);
 
+    const uint32_t start = (uint32_t)(w - h->workers);
     uint64_t idle = 0;
     while (!LOAD(&h->stop)) {
-        if (serve_one(h, w)) { idle = 0; continue; }
+        if (serve_one(h, w, start)) { idle = 0; continue; }
         if (++idle < h->sleep_spins) { relax(); continue; }
         /* Going to sleep.  Announce it, then look once more: a producer that posted before it
-         * could see the announcement gets served now; one that posts after it sees a sleeper
-         * and bumps `futex`, so the wait below returns at once or is woken. */
+         * could see the announcement gets served now; one that posts after it sees a sleeper,
+         * takes its call back and wakes us (bumping `futex`, so the wait returns at once). */
         uint32_t ticket = LOAD(&r->futex);
         __atomic_add_fetch(&r->sleepers, 1, __ATOMIC_SEQ_CST);
         /* A wake-up flagged before this announcement was for an earlier sleep. */
         __atomic_store_n(&r->wake_pending, 0, __ATOMIC_SEQ_CST);
-        if (__atomic_load_n(&r->head, __ATOMIC_SEQ_CST) == __atomic_load_n(&r->tail, __ATOMIC_SEQ_CST)
-            && !LOAD(&h->stop)) {
+        if (!anything_posted(h) && !LOAD(&h->stop)) {
             __atomic_store_n(&w->sleeps, w->sleeps + 1, __ATOMIC_RELAXED);
             futex(&r->futex, FUTEX_WAIT_PRIVATE, ticket);
         }
