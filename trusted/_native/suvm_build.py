@@ -59,6 +59,8 @@ ffi.set_source(
     include_dirs=[HERE, os.path.join(ROOT, "eleos_shim", "include"), os.path.join(ROOT, "eleos_shim", "_native")],
     libraries=["crypto", "pthread"],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wno-unused-function"],
+    # suvm_region.c uses the full C API (a type with its own slots), not the stable ABI.
+    py_limited_api=False,
 )
 
 if __name__ == "__main__":
