@@ -35,6 +35,10 @@
 #include <stdint.h>
 #include <string.h>
 #include <openssl/evp.h>
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L
+#include <openssl/core_names.h>
+#include <openssl/params.h>
+#endif
 
 #define ELEOS_SEAL_KEY_BYTES   16
 #define ELEOS_SEAL_NONCE_BYTES 12
@@ -127,8 +131,17 @@ static inline int eleos_seal(const uint8_t key[ELEOS_SEAL_KEY_BYTES],
         return -1;
     if (EVP_EncryptFinal_ex(c, (unsigned char *)out + n, &len) != 1)
         return -1;
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L
+    /* OpenSSL 3: the params call skips the ctrl -> params translation (~0.1 us a call). */
+    OSSL_PARAM p[2] = {OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, tag,
+                                                         ELEOS_SEAL_TAG_BYTES),
+                       OSSL_PARAM_construct_end()};
+    if (EVP_CIPHER_CTX_get_params(c, p) != 1)
+        return -1;
+#else
     if (EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_GET_TAG, ELEOS_SEAL_TAG_BYTES, tag) != 1)
         return -1;
+#endif
     return 0;
 }
 
@@ -149,9 +162,17 @@ static inline int eleos_open(const uint8_t key[ELEOS_SEAL_KEY_BYTES],
         return -1;
     if (n && EVP_DecryptUpdate(c, (unsigned char *)out, &len, (const unsigned char *)in, (int)n) != 1)
         return -1;
-    /* The ctrl takes a non-const pointer but only reads the expected tag. */
+    /* Both calls take a non-const pointer but only read the expected tag. */
+#if OPENSSL_VERSION_NUMBER >= 0x30000000L
+    OSSL_PARAM p[2] = {OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, (void *)tag,
+                                                         ELEOS_SEAL_TAG_BYTES),
+                       OSSL_PARAM_construct_end()};
+    if (EVP_CIPHER_CTX_set_params(c, p) != 1)
+        return -1;
+#else
     if (EVP_CIPHER_CTX_ctrl(c, EVP_CTRL_GCM_SET_TAG, ELEOS_SEAL_TAG_BYTES, (void *)tag) != 1)
         return -1;
+#endif
     if (EVP_DecryptFinal_ex(c, (unsigned char *)out + n, &len) != 1)
         return -1;
     return 0;
