@@ -17,10 +17,11 @@
  * memory before it is opened, so the host cannot change it between the check and the use.
  *
  * Concurrency (no global lock on any path):
- *  - hit: lock-free.  A frame's `pins` counts live accesses; an access pins the frame its PTE
- *    names, re-checks that the frame still holds that page, copies, unpins.  A frame is never
- *    evicted while pinned: the evictor claims it by CAS pins 0 -> PIN_EVICT (very negative),
- *    which makes later pinners back off to the slow path.
+ *  - hit: lock-free.  An access pins the frame its PTE names, re-checks that the frame still
+ *    holds that page, copies, unpins.  The fast path pins with a per-thread hazard slot (one
+ *    locked store), the slow path with the frame's `pins` counter.  A frame is never evicted
+ *    while pinned: the evictor claims it by CAS pins 0 -> PIN_EVICT (very negative), which
+ *    makes later pinners back off to the slow path, then checks that no hazard names it.
  *  - miss: a striped mutex (by page number) serialises faults on one page; the replacement
  *    structures (free list, fifo/lru list, clock hand) have their own mutex, held only to pick
  *    a victim; sealing and opening run with no lock but the two pages' stripes.  A victim
@@ -102,7 +103,9 @@ struct suvm {
     _Atomic uint64_t st[SUVM_ST_COUNT];
     /* Hits are counted per thread: an atomic add per hit would be a third locked instruction
      * on the fast path and a cache line all threads fight over. */
-    struct { _Alignas(64) _Atomic uint64_t hits; } hit_slot[HIT_SLOTS];
+    /* And the fast path pins through a per-thread hazard slot (the frame it is copying, or -1)
+     * instead of the frame's pin counter: one locked store instead of two locked adds. */
+    struct { _Alignas(64) _Atomic uint64_t hits; _Atomic int32_t hazard; } hit_slot[HIT_SLOTS];
 };
 
 #define ST_ADD(s, i, v) atomic_fetch_add_explicit(&(s)->st[i], (v), memory_order_relaxed)
@@ -111,13 +114,20 @@ static _Atomic int next_thread_slot = 1;
 /* initial-exec: one %fs-relative load instead of a __tls_get_addr call on every hit. */
 static __thread int thread_slot __attribute__((tls_model("initial-exec")));   /* 0: unassigned */
 
-static inline void count_hit(suvm_t *s)
+/* This thread's slot (1..HIT_SLOTS-1), or -1 once they are all taken. */
+static inline int my_slot(void)
 {
     int t = thread_slot;
     if (__builtin_expect(t == 0, 0)) {
         t = atomic_fetch_add(&next_thread_slot, 1);
         thread_slot = t = t < HIT_SLOTS ? t : -1;
     }
+    return t;
+}
+
+static inline void count_hit(suvm_t *s)
+{
+    int t = my_slot();
     if (t > 0) {   /* this slot is only ever written by this thread: a plain add is enough */
         _Atomic uint64_t *c = &s->hit_slot[t].hits;
         atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + 1, memory_order_relaxed);
@@ -220,6 +230,54 @@ static inline int32_t pin_resident(suvm_t *s, uint64_t vpn)
 }
 
 static inline void unpin(suvm_t *s, int32_t f) { atomic_fetch_sub_explicit(&s->fm[f].pins, 1, memory_order_release); }
+
+/* Hazard pinning (the fast path; thread slot t > 0).  Dekker-style with the evictor: the pinner
+ * publishes its hazard then reads pins; the evictor claims pins (0 -> PIN_EVICT) then reads
+ * every hazard; all sequentially consistent, so at least one of them sees the other and backs
+ * off.  The unpin is a release store, so an evictor that sees it also sees the copy's writes. */
+static inline int32_t hazard_pin(suvm_t *s, uint64_t vpn, int t)
+{
+    int32_t f = atomic_load_explicit(&pte_of(s, vpn)->frame, memory_order_acquire);
+    if (f < 0)
+        return -1;
+    atomic_store(&s->hit_slot[t].hazard, f);
+    if (atomic_load(&s->fm[f].pins) < 0 ||
+        atomic_load_explicit(&s->fm[f].vpn, memory_order_acquire) != (int64_t)vpn) {
+        atomic_store_explicit(&s->hit_slot[t].hazard, -1, memory_order_release);
+        return -1;
+    }
+    return f;
+}
+
+static inline void hazard_unpin(suvm_t *s, int t)
+{
+    atomic_store_explicit(&s->hit_slot[t].hazard, -1, memory_order_release);
+}
+
+/* After claiming frame f: does a fast-path access still hold it? */
+static int hazard_holds(suvm_t *s, int32_t f)
+{
+    int n = atomic_load(&next_thread_slot);
+    if (n > HIT_SLOTS)
+        n = HIT_SLOTS;
+    for (int t = 1; t < n; t++)
+        if (atomic_load(&s->hit_slot[t].hazard) == f)
+            return 1;
+    return 0;
+}
+
+/* Claim frame f for eviction/flush/discard: pins 0 -> PIN_EVICT and no hazard on it. */
+static int try_claim(suvm_t *s, int32_t f)
+{
+    int32_t zero = 0;
+    if (!atomic_compare_exchange_strong(&s->fm[f].pins, &zero, PIN_EVICT))
+        return 0;
+    if (hazard_holds(s, f)) {
+        atomic_fetch_sub(&s->fm[f].pins, PIN_EVICT);
+        return 0;
+    }
+    return 1;
+}
 
 /* ---- sealing ---- */
 
@@ -354,8 +412,7 @@ static int32_t get_frame(suvm_t *s, pthread_mutex_t *mine)
         int32_t c = next_candidate(s, &cursor, &steps);
         if (c < 0)
             break;
-        int32_t zero = 0;
-        if (!atomic_compare_exchange_strong(&s->fm[c].pins, &zero, PIN_EVICT))
+        if (!try_claim(s, c))
             continue;                                  /* pinned by a live access: never evicted */
         int64_t v = atomic_load(&s->fm[c].vpn);
         pthread_mutex_t *theirs = stripe_of(s, (uint64_t)v);
@@ -551,7 +608,8 @@ size_t suvm_copy_resident(suvm_t *s, uint64_t addr, void *buf, size_t n, int wri
         size_t chunk = s->page_size - off;
         if (chunk > n - done)
             chunk = n - done;
-        int32_t f = pin_resident(s, a >> s->page_shift);
+        int t = my_slot();
+        int32_t f = t > 0 ? hazard_pin(s, a >> s->page_shift, t) : pin_resident(s, a >> s->page_shift);
         if (f < 0)
             break;
         count_hit(s);
@@ -564,7 +622,7 @@ size_t suvm_copy_resident(suvm_t *s, uint64_t addr, void *buf, size_t n, int wri
         } else {
             memcpy((uint8_t *)buf + done, page, chunk);
         }
-        unpin(s, f);
+        if (t > 0) hazard_unpin(s, t); else unpin(s, f);
         done += chunk;
     }
     return done;
@@ -668,11 +726,8 @@ int suvm_discard(suvm_t *s, uint64_t addr, uint64_t n)
         pthread_mutex_lock(mine);
         int32_t f = atomic_load(&p->frame);
         if (f >= 0) {
-            int32_t zero = 0;
-            while (!atomic_compare_exchange_weak(&s->fm[f].pins, &zero, PIN_EVICT)) {
-                zero = 0;        /* a racing access to freed memory: let it finish its copy */
-                sched_yield();
-            }
+            while (!try_claim(s, f))
+                sched_yield();   /* a racing access to freed memory: let it finish its copy */
             atomic_store(&p->frame, -1);
             atomic_store(&s->fm[f].dirty, 0);
             free_frame(s, f);
@@ -700,11 +755,8 @@ static int sweep(suvm_t *s, int evict)
             pthread_mutex_unlock(st);
             continue;
         }
-        int32_t zero = 0;
-        while (!atomic_compare_exchange_weak(&s->fm[f].pins, &zero, PIN_EVICT)) {
-            zero = 0;
+        while (!try_claim(s, (int32_t)f))
             sched_yield();
-        }
         if (evict) {
             evict_frame(s, (int32_t)f, (uint64_t)v);
             free_frame(s, (int32_t)f);
@@ -772,6 +824,8 @@ suvm_t *suvm_new(uint64_t cache_bytes, uint32_t page_size, uint32_t subpage, int
     for (int i = 0; i < NSTRIPES; i++)
         pthread_mutex_init(&s->stripes[i], NULL);
     s->head = s->tail = -1;
+    for (int t = 0; t < HIT_SLOTS; t++)
+        atomic_init(&s->hit_slot[t].hazard, -1);
     for (uint32_t f = 0; f < nframes; f++) {
         atomic_init(&s->fm[f].pins, PIN_EVICT);
         atomic_init(&s->fm[f].vpn, -1);
