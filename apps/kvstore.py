@@ -467,6 +467,8 @@ class KVServer:
                     conn = key.data
                     if conn is None:
                         self._accept()
+                    elif conn.sock.fileno() < 0:
+                        continue    # closed earlier in this round (e.g. an expired lingerer)
                     elif mask & selectors.EVENT_WRITE:
                         self._on_writable(conn)
                     else:
