@@ -12,7 +12,8 @@ started = threading.Barrier(3)
 
 def hammer():
     fd = os.open(os.devnull, os.O_WRONLY)
-    started.wait()
+    os.write(fd, b"x")
+    started.wait()              # main exits only once both are writing
     while True:
         os.write(fd, b"x")
 
