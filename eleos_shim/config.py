@@ -121,12 +121,13 @@ OPTIONS: tuple[Option, ...] = (
            "(default 64, or 3/4 of a smaller EPC)"),
     Option("suvm_page_size", _page_size, "SUVM page size, a power of two 1K..64K (default 4096)"),
     Option("suvm_subpage", _subpage, "SUVM sub-page size for direct backing-store reads, 0 = off "
-           "(default off: measured, 2K sub-pages of 4K pages pay on small reads, 1.3-2x for 64 B, "
-           "are mixed at 512 B and cost up to 30%% on whole-page access; below 1K libcrypto's "
-           "per-call cost loses; set it for small-item apps; benchmarks/suvm_micro.py)"),
+           "(default off: measured, 2K sub-pages of 4K pages win 1.1-1.4x on 64-512 B random "
+           "reads but lose 20-45%% on whole-page access; below 1K libcrypto's per-call cost "
+           "loses; set it for small-item apps; benchmarks/suvm_micro.py)"),
     Option("suvm_eviction", _choice(EVICTION_POLICIES), "SUVM eviction policy: fifo, lru, clock, random "
-           "(default clock: measured, lru's hit ratio within 1%% on zipf without lru's lock on "
-           "every hit, best with 4 threads; benchmarks/suvm_micro.py)"),
+           "(default clock: measured, hit ratio within 1%% of lru on zipf with no lock on a hit, so "
+           "resident slicing stays within ~1.2x of plain mmap where lru's per-hit lock costs "
+           "1.1-1.4x; benchmarks/suvm_micro.py)"),
     Option("suvm_store_mb", _mb, "limit of the SUVM backing store in untrusted memory (default 8192)"),
     Option("rpc_workers", _int(0, 64), "untrusted RPC worker threads (default 1; 0 = every call falls back)"),
     Option("rpc_spin", _int(0), "spins an enclave call waits for a worker before it falls back to "
