@@ -133,6 +133,12 @@ def run_threads(kind, nthreads: int, iters: int) -> float:
     return sum(times) / nthreads
 
 
+def sample_plain(scale: float) -> dict:
+    """One run of every workload in plain Python, no shim at all: what the LibOS costs."""
+    return {f"{name}/{n}": {"op_ns": run_threads(kind, n, max(20, int(kind.iters * scale))) * 1e9}
+            for name, kind in WORKLOADS.items() for n in THREADS}
+
+
 def sample(path: str, scale: float) -> dict:
     """One run of every workload on one path (one enclave started and closed)."""
     cfg = Config.from_env({}, mode="native", syscalls=path, cost="spin")
@@ -202,6 +208,7 @@ def main() -> int:
     runs = []
     for _ in range(args.runs):
         run = {p: sample(p, args.scale) for p in PATHS}
+        run["plain"] = {"rows": sample_plain(args.scale)}
         run["handoff_ns"] = hlib.rpc_handoff_floor_ns(n)
         run["ring_nop_ns"], run["ring_nop_served"] = ring_round_trip_ns(n)
         runs.append(run)
@@ -218,18 +225,20 @@ def main() -> int:
         for nthreads in THREADS:
             key = f"{name}/{nthreads}"
             d, o, r = (med(p, key, "op_ns") for p in PATHS)
+            plain = med("plain", key, "op_ns")
             o_r = median(x["ocall"]["rows"][key]["op_ns"] / x["rpc"]["rows"][key]["op_ns"] for x in runs)
             r_d = median(x["rpc"]["rows"][key]["op_ns"] / x["direct"]["rows"][key]["op_ns"] for x in runs)
             calls = WORKLOADS[name].calls
             cpu = med("rpc", key, "worker_cpu_ns_per_call")
             fb = med("rpc", key, "fallback_share")
-            rows.append([name, nthreads, d, o, r, o_r, r_d, (r - d) / calls, cpu, 100 * fb])
+            rows.append([name, nthreads, plain, d, o, r, o_r, r_d, (r - d) / calls, cpu, 100 * fb])
             json_rows.append({"workload": name, "threads": nthreads, "calls_per_op": calls,
-                              "direct_ns": d, "ocall_ns": o, "rpc_ns": r, "ocall_over_rpc": o_r,
+                              "plain_ns": plain, "direct_ns": d, "ocall_ns": o, "rpc_ns": r,
+                              "ocall_over_rpc": o_r,
                               "rpc_over_direct": r_d, "worker_cpu_ns_per_call": cpu,
                               "fallback_share": fb})
-    print("per operation, ns (with 4 threads: what each thread saw)")
-    print(table(["op", "threads", "direct", "ocall", "rpc", "ocall/rpc", "rpc/direct",
+    print("per operation, ns (with 4 threads: what each thread saw); plain = no shim at all")
+    print(table(["op", "threads", "plain", "direct", "ocall", "rpc", "ocall/rpc", "rpc/direct",
                  "rpc-direct per call", "worker CPU ns/call", "fallback %"], rows))
     floor = {
         "direct_nop_ns": median(r["direct"]["floor"]["transport_nop_ns"] for r in runs),
