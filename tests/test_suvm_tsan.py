@@ -26,7 +26,7 @@ static void *work(void *arg)
     int t = (int)(intptr_t)arg;
     uint64_t x = 88172645463325252ull ^ (uint64_t)(t + 1) * 7919;
     uint8_t buf[64], chk[64];
-    for (int i = 0; i < 4000; i++) {
+    for (int i = 0; i < 2500; i++) {
         x ^= x << 13; x ^= x >> 7; x ^= x << 17;
         uint64_t off = (((x % (REG / 64)) & ~3ull) + t) * 64;          /* a cell of thread t */
         memset(buf, (uint8_t)(t * 31 + i), 64);
@@ -52,10 +52,12 @@ int main(int argc, char **argv)
     if (!S || suvm_reserve(S, REG))
         return 3;
     pthread_t th[4];
-    for (int t = 0; t < 4; t++)
-        pthread_create(&th[t], NULL, work, (void *)(intptr_t)t);
-    for (int t = 0; t < 4; t++)
-        pthread_join(th[t], NULL);
+    for (int round = 0; round < 2; round++) {   /* the second round reuses the exited threads' slots */
+        for (int t = 0; t < 4; t++)
+            pthread_create(&th[t], NULL, work, (void *)(intptr_t)t);
+        for (int t = 0; t < 4; t++)
+            pthread_join(th[t], NULL);
+    }
     suvm_flush(S);
     suvm_evict_all(S);
     uint64_t out[SUVM_ST_COUNT];

@@ -110,19 +110,50 @@ struct suvm {
 
 #define ST_ADD(s, i, v) atomic_fetch_add_explicit(&(s)->st[i], (v), memory_order_relaxed)
 
-static _Atomic int next_thread_slot = 1;
+/* Thread slots 1..HIT_SLOTS-1, handed out on a thread's first SUVM access and given back when
+ * it exits (pthread key destructor), so servers that start a thread per connection keep the
+ * fast path.  A thread that finds none free uses -1: shared atomic counters, still correct. */
+static _Atomic int next_thread_slot = 1;          /* slots ever handed out + 1 (for scans) */
+static pthread_mutex_t slot_lock = PTHREAD_MUTEX_INITIALIZER;
+static int free_slots[HIT_SLOTS], nfree_slots;
+static pthread_key_t slot_key;
+static pthread_once_t slot_once = PTHREAD_ONCE_INIT;
 /* initial-exec: one %fs-relative load instead of a __tls_get_addr call on every hit. */
 static __thread int thread_slot __attribute__((tls_model("initial-exec")));   /* 0: unassigned */
 
-/* This thread's slot (1..HIT_SLOTS-1), or -1 once they are all taken. */
+static void slot_release(void *v)
+{
+    int t = (int)(intptr_t)v;
+    if (t <= 0)
+        return;
+    pthread_mutex_lock(&slot_lock);
+    free_slots[nfree_slots++] = t;
+    pthread_mutex_unlock(&slot_lock);
+}
+
+static void slot_key_make(void) { (void)pthread_key_create(&slot_key, slot_release); }
+
+static int __attribute__((noinline)) slot_assign(void)
+{
+    int t = -1;
+    pthread_once(&slot_once, slot_key_make);
+    pthread_mutex_lock(&slot_lock);
+    if (nfree_slots)
+        t = free_slots[--nfree_slots];
+    else if (atomic_load(&next_thread_slot) < HIT_SLOTS)
+        t = atomic_fetch_add(&next_thread_slot, 1);
+    pthread_mutex_unlock(&slot_lock);
+    if (t > 0)
+        (void)pthread_setspecific(slot_key, (void *)(intptr_t)t);
+    thread_slot = t;
+    return t;
+}
+
+/* This thread's slot (1..HIT_SLOTS-1), or -1 when none is free. */
 static inline int my_slot(void)
 {
     int t = thread_slot;
-    if (__builtin_expect(t == 0, 0)) {
-        t = atomic_fetch_add(&next_thread_slot, 1);
-        thread_slot = t = t < HIT_SLOTS ? t : -1;
-    }
-    return t;
+    return __builtin_expect(t != 0, 1) ? t : slot_assign();
 }
 
 static inline void count_hit(suvm_t *s)
