@@ -67,7 +67,7 @@ class Enclave:
     def _heap_factory(self):
         if self.cfg.memory == "suvm":
             from eleos_shim import suvm
-            self.memory = suvm.install_default(self.cfg)
+            self.memory = suvm.install_default(self.cfg, self.cpu)
             return suvm.heap_factory(self.memory)
         if self.cfg.memory == "epc":
             from eleos_shim import epc
