@@ -152,6 +152,7 @@ static struct {
     pthread_cond_t swapd_cv;        /* work for ksgxswapd */
     struct epc_page head;           /* active list sentinel */
     struct epc_region regions[EPC_MAX_REGIONS];
+    int regions_used;               /* slots [0, regions_used) may hold a region: the scan bound */
     epc_ewb_fn ewb;
     epc_eldu_fn eldu;
     eleos_cpu_charge_fn charge;
@@ -218,7 +219,8 @@ static void list_add_tail(struct epc_page *p)
 
 static struct epc_region *find_region(uintptr_t addr)
 {
-    for (int i = 0; i < EPC_MAX_REGIONS; i++) {
+    int used = __atomic_load_n(&D.regions_used, __ATOMIC_ACQUIRE);
+    for (int i = 0; i < used; i++) {
         struct epc_region *r = &D.regions[i];
         uint64_t len = __atomic_load_n(&r->len, __ATOMIC_ACQUIRE);
         uintptr_t app = __atomic_load_n(&r->app, __ATOMIC_ACQUIRE);
@@ -668,6 +670,7 @@ int epc_driver_start(uint64_t limit_pages, int trap, int nthreads, uintptr_t ewb
     if (nthreads > EPC_MAX_FAULT_THREADS) nthreads = EPC_MAX_FAULT_THREADS;
     memset(&D.st, 0, sizeof D.st);
     memset(D.regions, 0, sizeof D.regions);
+    D.regions_used = 0;
     D.limit = D.free_frames = limit_pages;
     D.resident = 0;
     D.low = limit_pages / 64 < EPC_NR_LOW ? (limit_pages / 64 ? limit_pages / 64 : 1) : EPC_NR_LOW;
@@ -783,6 +786,7 @@ int epc_region_create(uint64_t npages, uint64_t nbytes, uint64_t va_first, int *
     struct epc_region *r = &D.regions[id];
     memset(r, 0, sizeof *r);
     r->pages = calloc(npages, sizeof *r->pages);   /* reserves the slot */
+    if (id >= D.regions_used) __atomic_store_n(&D.regions_used, id + 1, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&D.lk);
     if (!r->pages) return -ENOMEM;
     int err = 0;
