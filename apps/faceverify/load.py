@@ -148,13 +148,15 @@ def _finish_frame(sock: socket.socket, got: bytes) -> bytes:
 def run(address: tuple[str, int], identities: int, threads: int = 100, duration: float = 10.0,
         warmup: float = 2.0, genuine_share: float = 0.5, pool_size: int = 2048, seed: int = 1,
         client_id: int = 1, master: bytes = P.DEMO_MASTER_KEY, mode: str = "template",
-        pool: list[Request] | None = None) -> dict:
+        pool: list[Request] | None = None, size: int = data.FACE_SIZE,
+        block: int = features.DEFAULT_BLOCK, data_seed: int = data.DEFAULT_SEED) -> dict:
     """Drive the server for warmup + duration seconds; returns the summary dict.
 
     ``pool``: requests already built by build_pool for this client id (a benchmark reuses
     one pool across servers; otherwise one is built here)."""
     if pool is None:
-        pool = build_pool(pool_size, identities, genuine_share, client_id, seed, master, mode=mode)
+        pool = build_pool(pool_size, identities, genuine_share, client_id, seed, master, size,
+                          block, data_seed, mode)
     pool_size = len(pool)
     session = P.ClientSession(client_id, master)
     results = [ThreadResult() for _ in range(threads)]
@@ -243,16 +245,23 @@ def main(argv: list[str] | None = None) -> int:
                     help="distinct pre-sealed requests (default: as many as identities, >= 2048)")
     ap.add_argument("--probe", choices=("template", "image"), default="template",
                     help="send the histogram, or the image for the server to describe")
-    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--block", type=int, default=features.DEFAULT_BLOCK,
+                    help="the server's --block")
+    ap.add_argument("--face-size", type=int, default=data.FACE_SIZE,
+                    help="the server's --face-size")
+    ap.add_argument("--data-seed", type=int, default=data.DEFAULT_SEED,
+                    help="the server's --seed (synthetic identities)")
+    ap.add_argument("--seed", type=int, default=1, help="the workload's seed")
     ap.add_argument("--client-id", type=int, default=1)
     ap.add_argument("--master-key", default=P.DEMO_MASTER_KEY.hex())
     ap.add_argument("--json", help="write the summary here")
     args = ap.parse_args(argv)
-    identities = args.identities or identities_for_mb(args.db_mb)
+    identities = args.identities or identities_for_mb(args.db_mb, args.face_size, args.block)
     args.pool = args.pool or max(2048, identities)
     summary = run((args.host, args.port), identities, args.threads, args.duration, args.warmup,
                   args.genuine, args.pool, args.seed, args.client_id,
-                  bytes.fromhex(args.master_key), args.probe)
+                  bytes.fromhex(args.master_key), args.probe, size=args.face_size,
+                  block=args.block, data_seed=args.data_seed)
     print(format_summary(summary), flush=True)
     if args.json:
         with open(args.json, "w") as f:

@@ -355,7 +355,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--block", type=int, default=features.DEFAULT_BLOCK, help="LBP block, px")
     ap.add_argument("--face-size", type=int, default=data.FACE_SIZE, help="face image side, px")
     ap.add_argument("--threshold", type=float, default=features.DEFAULT_THRESHOLD,
-                    help="accept when the chi-square distance is at most this")
+                    help="accept when the chi-square distance is at most this (the default is "
+                         "calibrated for 16 px blocks on 128 px faces; recalibrate for others)")
     ap.add_argument("--master-key", default=P.DEMO_MASTER_KEY.hex(),
                     help="pre-shared master secret, hex (clients' keys derive from it)")
     ap.add_argument("--seed", type=int, default=data.DEFAULT_SEED)
