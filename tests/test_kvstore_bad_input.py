@@ -23,8 +23,16 @@ CONNS = 12
 class Conn:
     """A raw client connection that reads exact answers (timeouts only bound failures)."""
 
-    def __init__(self, address) -> None:
-        self.sock = socket.create_connection(address, timeout=30)
+    def __init__(self, address, rcvbuf: int = 0) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf:      # before connect, so the window is negotiated for it
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(30)
+        try:
+            self.sock.connect(address)
+        except OSError:
+            self.sock.close()
+            raise
         self.buf = b""
 
     def close(self) -> None:
@@ -34,13 +42,16 @@ class Conn:
         self.sock.sendall(data)
 
     def until(self, marker: bytes) -> bytes:
-        while marker not in self.buf:
+        buf = bytearray(self.buf)
+        start = 0
+        while (i := buf.find(marker, start)) < 0:
+            start = max(0, len(buf) - len(marker) + 1)
             chunk = self.sock.recv(65536)
             if not chunk:
-                raise ConnectionError(f"closed; got {self.buf[:200]!r}")
-            self.buf += chunk
-        i = self.buf.index(marker) + len(marker)
-        out, self.buf = self.buf[:i], self.buf[i:]
+                raise ConnectionError(f"closed; got {bytes(buf[:200])!r}")
+            buf += chunk
+        i += len(marker)
+        out, self.buf = bytes(buf[:i]), bytes(buf[i:])
         return out
 
     def ask(self, data: bytes) -> bytes:
@@ -268,3 +279,20 @@ def test_out_of_descriptors_the_server_waits_and_accepts_again():
             for c in conns:
                 c.close()
             watcher.close()
+
+
+def test_a_slow_reader_gets_every_byte_of_large_pipelined_answers(server):
+    """Partial writes: 150 gets of a 60 KB value (9 MB of answers) are sent before the client
+    reads anything; the server parks the input while its output is backed up and resumes."""
+    value = bytes(range(256)) * 240
+    # A small receive window (128 KB; the kernel doubles it): the server's sends go partial.
+    c = Conn(server.address, rcvbuf=65536)
+    try:
+        assert c.ask(b"set bulk 3 0 %d\r\n%s\r\n" % (len(value), value)) == b"STORED\r\n"
+        c.send(b"get bulk\r\n" * 150 + b"version\r\n")
+        answer = b"VALUE bulk 3 %d\r\n%s\r\nEND\r\n" % (len(value), value)
+        got = c.until(b"VERSION ")
+        assert got[:-len(b"VERSION ")] == answer * 150
+    finally:
+        c.close()
+    still_serving(server)
