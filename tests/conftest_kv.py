@@ -10,83 +10,52 @@ spent; an 8 MB EPC).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import selectors
 import shutil
-import signal
 import socket
 import subprocess
-import sys
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from eleos_shim.harness import AppProcess, app_command, app_env
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVER = "apps/kvstore.py"
 MODES = ("native", "sgx", "eleos")
 
 
-@dataclass
-class KVServer:
-    proc: subprocess.Popen
-    host: str
-    port: int
-    mode: str
-    stderr_path: str
-    stats_path: str | None
+class KVServer(AppProcess):
+    """A running apps/kvstore.py (see eleos_shim.harness.AppProcess), stopped with memcached's
+    ``shutdown`` command first."""
 
-    @property
-    def address(self) -> tuple[str, int]:
-        return (self.host, self.port)
+    def __init__(self, mode: str, *args: str, env: dict | None = None, start_timeout: float = 60.0,
+                 nofile: int | None = None):
+        self.mode = mode
+        cmd, run_env = server_command(mode, *args, env=env)
+        super().__init__(cmd, run_env, name="kvstore", stats=mode != "native",
+                         start_timeout=start_timeout,
+                         preexec_fn=None if nofile is None else _limit_nofile(nofile))
 
-    def stderr(self) -> str:
-        with open(self.stderr_path) as f:
-            return f.read()
-
-    def stop(self, timeout: float = 30.0) -> int:
-        """Ask the server to shut down and wait; returns its exit status."""
-        if self.proc.poll() is None:
-            try:
-                with socket.create_connection(self.address, timeout=5) as s:
-                    s.sendall(b"shutdown\r\n")
-                    s.recv(64)      # EOF once the server has closed us
-            except OSError:
-                self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
-        return self.proc.returncode
+    def request_exit(self) -> None:
+        with socket.create_connection(self.address, timeout=5) as s:
+            s.sendall(b"shutdown\r\n")
+            s.recv(64)      # EOF once the server has closed us
 
     def shim_stats(self) -> dict | None:
         """The shim's stats JSON, written at exit (None natively)."""
-        if self.stats_path and os.path.exists(self.stats_path):
-            with open(self.stats_path) as f:
-                text = f.read()
-            return json.loads(text) if text.strip() else None
-        return None
+        return self.stats()
 
 
 def server_command(mode: str, *args: str, env: dict | None = None) -> tuple[list[str], dict]:
     """The command and environment that run the KV store in ``mode`` ("native" = plain python)."""
     if mode == "native":
-        run_env = {k: v for k, v in os.environ.items() if not k.startswith("ELEOS_")}
-        run_env["PYTHONPATH"] = str(ROOT)
-        cmd = [sys.executable, SERVER]
+        run_env = app_env(None)
     else:
         from tests.conftest import shim_env
         run_env = shim_env(mode)
-        cmd = [sys.executable, "-m", "eleos_shim", SERVER]
     run_env.update(env or {})
-    return cmd + ["-p", "0", "-A", *args], run_env
+    return app_command(SERVER, "-p", "0", "-A", *args, shim=mode != "native"), run_env
 
 
 @contextlib.contextmanager
@@ -94,35 +63,8 @@ def kvserver(mode: str, *args: str, env: dict | None = None, start_timeout: floa
              nofile: int | None = None):
     """Yield a running :class:`KVServer` started with ``args`` (memcached-like options);
     ``nofile`` caps the server's descriptors (RLIMIT_NOFILE, soft and hard)."""
-    cmd, run_env = server_command(mode, *args, env=env)
-    stats_path = None
-    if mode != "native":
-        fd, stats_path = tempfile.mkstemp(prefix="kvstore-stats-", suffix=".json")
-        os.close(fd)
-        run_env["ELEOS_STATS"] = stats_path
-    err = tempfile.NamedTemporaryFile(prefix="kvstore-", suffix=".err", delete=False)
-    err.close()
-    with open(err.name, "w") as err_file:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=run_env, stdout=subprocess.PIPE,
-                                stderr=err_file, text=True,
-                                preexec_fn=None if nofile is None else _limit_nofile(nofile))
-    srv = KVServer(proc, "", 0, mode, err.name, stats_path)
-    try:
-        line = first_line(proc, start_timeout)
-        if not line.startswith("listening on "):
-            proc.kill()
-            proc.wait()
-            raise RuntimeError(f"kvstore did not start under {mode} (first line {line!r}):\n"
-                               + srv.stderr())
-        host, port = line.split()[-1].rsplit(":", 1)
-        srv.host, srv.port = host, int(port)
+    with KVServer(mode, *args, env=env, start_timeout=start_timeout, nofile=nofile) as srv:
         yield srv
-    finally:
-        srv.stop()
-        proc.stdout.close()
-        os.unlink(err.name)
-        if stats_path and os.path.exists(stats_path):
-            os.unlink(stats_path)
 
 
 def _limit_nofile(n: int):
@@ -130,15 +72,6 @@ def _limit_nofile(n: int):
         import resource
         resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
     return apply
-
-
-def first_line(proc: subprocess.Popen, timeout: float) -> str:
-    """The first stdout line, or "" if the process exits or stays silent for ``timeout`` s."""
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        if not sel.select(timeout):
-            return ""
-    return proc.stdout.readline().strip()
 
 
 def free_port() -> int:
