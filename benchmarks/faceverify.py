@@ -19,86 +19,29 @@ the single-threaded server busy (``--threads 100`` for the paper's number).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import signal
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import ROOT, machine, machine_line, median, table, write_json  # noqa: E402
+from benchmarks.common import machine, machine_line, median, table, write_json  # noqa: E402
+from eleos_shim.harness import CONFIGS, AppProcess, app_command, app_env  # noqa: E402
 from apps.faceverify import load  # noqa: E402
 from apps.faceverify.server import identities_for_mb  # noqa: E402
 
-# Configurations: the three presets, and Eleos's two halves alone (as the paper's breakdown):
-# SUVM for the database with OCALL exits for the sockets, and RPC with the database in the EPC.
-CONFIGS = {
-    "native": {"ELEOS_MODE": "native"},
-    "sgx": {"ELEOS_MODE": "sgx"},
-    "eleos": {"ELEOS_MODE": "eleos"},
-    "suvm-only": {"ELEOS_MODE": "eleos", "ELEOS_SYSCALLS": "ocall"},
-    "rpc-only": {"ELEOS_MODE": "sgx", "ELEOS_SYSCALLS": "rpc"},
-}
 SERVER = "apps/faceverify/server.py"
 
 
-def start_server(mode: str, db_mb: float, epc_mb: float, cost: str, stats_path: str,
-                 timeout: float = 300.0) -> tuple[subprocess.Popen, int]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ELEOS_")}
-    env.update(CONFIGS[mode], ELEOS_EPC_MB=str(epc_mb), ELEOS_COST=cost,
-               ELEOS_STATS=stats_path, PYTHONPATH=str(ROOT))
-    # stderr to a file: a pipe nobody reads during the run could fill and stall the server.
-    err = tempfile.TemporaryFile(mode="w+")
-    proc = subprocess.Popen([sys.executable, "-m", "eleos_shim", SERVER, "-p", "0",
-                             "--db-mb", str(db_mb)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=err, text=True)
-    proc.err_file = err
-    import selectors
-    with selectors.DefaultSelector() as sel:
-        sel.register(proc.stdout, selectors.EVENT_READ)
-        ready = sel.select(timeout)
-    line = proc.stdout.readline().strip() if ready else ""
-    if not line.startswith("listening on "):
-        proc.kill()
-        raise RuntimeError(f"{mode} server did not start: {line!r}\n{stop_server(proc)[-2000:]}")
-    return proc, int(line.rsplit(":", 1)[1])
-
-
-def stop_server(proc: subprocess.Popen) -> str:
-    """SIGTERM, wait, and return the server's stderr."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    proc.stdout.close()
-    proc.err_file.seek(0)
-    text = proc.err_file.read()
-    proc.err_file.close()
-    return text
-
-
 def one_run(mode: str, db_mb: float, pool, identities: int, args) -> dict:
-    fd, stats_path = tempfile.mkstemp(prefix="faceverify-bench-", suffix=".json")
-    os.close(fd)
-    try:
-        proc, port = start_server(mode, db_mb, args.epc_mb, args.cost, stats_path)
-        try:
-            summary = load.run(("127.0.0.1", port), identities, args.threads, args.duration,
-                               args.warmup, pool=pool)
-        finally:
-            err = stop_server(proc)
-        with open(stats_path) as f:
-            text = f.read()
-        stats = json.loads(text) if text.strip() else {}
-    finally:
-        os.unlink(stats_path)
+    env = app_env(mode, {"ELEOS_EPC_MB": args.epc_mb, "ELEOS_COST": args.cost})
+    with AppProcess(app_command(SERVER, "-p", "0", "--db-mb", str(db_mb)), env,
+                    name=f"faceverify-{mode}", stats=True, start_timeout=300) as srv:
+        summary = load.run(srv.address, identities, args.threads, args.duration,
+                           args.warmup, pool=pool)
+        srv.stop()
+        err, stats = srv.stderr(), srv.stats() or {}
     if summary["errors"]:
         raise RuntimeError(f"{mode} {db_mb} MB: {summary['errors']} client errors\n{err[-2000:]}")
     served = max(1, _served(err))

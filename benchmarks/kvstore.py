@@ -33,9 +33,7 @@ import json
 import math
 import os
 import re
-import selectors
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -45,17 +43,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import ROOT, machine, machine_line, median, table, write_json  # noqa: E402
+from eleos_shim.harness import CONFIGS, AppProcess, app_command, app_env  # noqa: E402
 
 SERVER = "apps/kvstore.py"
 KVLOAD = "apps/kvload.py"
-CONFIGS = {
-    "native": {"ELEOS_MODE": "native"},
-    "sgx": {"ELEOS_MODE": "sgx"},
-    "eleos": {"ELEOS_MODE": "eleos"},
-    # Eleos's halves alone, as in the paper's breakdown.
-    "suvm-only": {"ELEOS_MODE": "eleos", "ELEOS_SYSCALLS": "ocall"},
-    "rpc-only": {"ELEOS_MODE": "sgx", "ELEOS_SYSCALLS": "rpc"},
-}
 CHUNK = 1184            # slab chunk of a 40-byte header + 64-byte key + 1024-byte value
 KEY_SIZE, VALUE_SIZE = 64, 1024
 
@@ -73,9 +64,8 @@ def db_keys(db_mb: float) -> int:
 class Server:
     def __init__(self, config: str, db_mb: float, args) -> None:
         self.config = config
-        self.stats_path = None
-        self.err = tempfile.TemporaryFile(mode="w+")
         if config == "memcached":
+            self.err = tempfile.TemporaryFile(mode="w+")
             self.port = _free_port()
             cmd = [shutil.which("memcached"), "-p", str(self.port), "-U", "0", "-l", "127.0.0.1",
                    "-m", str(store_mb(db_mb)), "-t", "1", "-c", "1024"]
@@ -84,23 +74,13 @@ class Server:
             self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.err)
             _wait_listening(self.port, self.proc)
             return
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ELEOS_")}
-        fd, self.stats_path = tempfile.mkstemp(prefix="kvstore-bench-", suffix=".json")
-        os.close(fd)
-        env.update(CONFIGS[config], ELEOS_EPC_MB=str(args.epc_mb), ELEOS_COST=args.cost,
-                   ELEOS_STATS=self.stats_path, PYTHONPATH=str(ROOT))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "eleos_shim", SERVER, "-p", "0", "-A", "--allow-control-keys",
-             "-m", str(store_mb(db_mb)), "-c", "1024"],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=self.err, text=True)
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.proc.stdout, selectors.EVENT_READ)
-            ready = sel.select(120)
-        line = self.proc.stdout.readline().strip() if ready else ""
-        if not line.startswith("listening on "):
-            self.proc.kill()
-            raise RuntimeError(f"{config}: server did not start: {line!r}\n{self.stop()[-2000:]}")
-        self.port = int(line.rsplit(":", 1)[1])
+        self.app = AppProcess(
+            app_command(SERVER, "-p", "0", "-A", "--allow-control-keys",
+                        "-m", str(store_mb(db_mb)), "-c", "1024"),
+            app_env(config, {"ELEOS_EPC_MB": args.epc_mb, "ELEOS_COST": args.cost}),
+            name=f"kvstore-{config}", stats=True, start_timeout=120,
+            exit_command=b"shutdown\r\n")
+        self.proc, self.port = self.app.proc, self.app.port
 
     def server_stats(self) -> dict:
         """memcached's ``stats``, as a dict of ints where they are ints."""
@@ -120,37 +100,28 @@ class Server:
         return out
 
     def stop(self) -> str:
-        if self.proc.poll() is None:
-            if self.config == "memcached":
-                self.proc.terminate()
-            else:
-                try:
-                    with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
-                        s.sendall(b"shutdown\r\n")
-                        s.recv(16)
-                except OSError:
-                    self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc.stdout:
-            self.proc.stdout.close()
+        """Stop the server; returns its stderr."""
+        if self.config != "memcached":
+            self.app.stop(timeout=120)
+            return self.app.stderr()
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
         self.err.seek(0)
         text = self.err.read()
         self.err.close()
         return text
 
     def shim_stats(self) -> dict:
-        if not self.stats_path:
+        """The shim's stats (after stop); removes the server's temporary files."""
+        if self.config == "memcached":
             return {}
-        try:
-            with open(self.stats_path) as f:
-                text = f.read()
-            return json.loads(text) if text.strip() else {}
-        finally:
-            os.unlink(self.stats_path)
+        stats = self.app.stats() or {}
+        self.app.close()
+        return stats
 
 
 def _free_port() -> int:

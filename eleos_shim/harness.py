@@ -12,6 +12,7 @@ import json
 import os
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -61,14 +62,16 @@ def first_line(proc: subprocess.Popen, timeout: float) -> str:
 class AppProcess:
     """A server app in a subprocess that announces ``listening on HOST:PORT`` first.
 
-    ``stats=True`` points ELEOS_STATS at a temporary file that :meth:`stats` reads after the
+    ``exit_command``: what to send over a TCP connection to ask the app to exit (memcached's
+    ``shutdown``); without one, SIGTERM.  ``stats=True`` points ELEOS_STATS at a temporary file that :meth:`stats` reads after the
     app has exited.  :meth:`close` (or leaving the ``with`` block) stops the app, if it still
     runs, and removes the temporary files: a caller never leaves a server behind."""
 
     def __init__(self, cmd: list[str], env: dict[str, str], *, name: str = "app",
                  stats: bool = False, start_timeout: float = 60.0, cwd: Path | str = ROOT,
-                 preexec_fn: Callable[[], None] | None = None):
+                 preexec_fn: Callable[[], None] | None = None, exit_command: bytes | None = None):
         self.name = name
+        self.exit_command = exit_command
         self.stats_path = None
         if stats:
             fd, self.stats_path = tempfile.mkstemp(prefix=f"{name}-stats-", suffix=".json")
@@ -94,8 +97,13 @@ class AppProcess:
         return (self.host, self.port)
 
     def request_exit(self) -> None:
-        """Ask the app to exit.  SIGTERM here; an app with a command for it overrides this."""
-        self.proc.send_signal(signal.SIGTERM)
+        """Ask the app to exit: its exit command if it has one, else SIGTERM."""
+        if self.exit_command is None:
+            self.proc.send_signal(signal.SIGTERM)
+            return
+        with socket.create_connection(self.address, timeout=10) as s:
+            s.sendall(self.exit_command)
+            s.recv(64)      # EOF once the app has closed us
 
     def stop(self, timeout: float = 60.0) -> int:
         """:meth:`request_exit` (SIGTERM if that fails) and wait; SIGKILL if the app is still

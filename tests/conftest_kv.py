@@ -35,12 +35,8 @@ class KVServer(AppProcess):
         cmd, run_env = server_command(mode, *args, env=env)
         super().__init__(cmd, run_env, name="kvstore", stats=mode != "native",
                          start_timeout=start_timeout,
-                         preexec_fn=None if nofile is None else _limit_nofile(nofile))
-
-    def request_exit(self) -> None:
-        with socket.create_connection(self.address, timeout=5) as s:
-            s.sendall(b"shutdown\r\n")
-            s.recv(64)      # EOF once the server has closed us
+                         preexec_fn=None if nofile is None else _limit_nofile(nofile),
+                         exit_command=b"shutdown\r\n")
 
     def shim_stats(self) -> dict | None:
         """The shim's stats JSON, written at exit (None natively)."""
