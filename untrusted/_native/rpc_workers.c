@@ -120,8 +120,8 @@ uintptr_t rpc_host_ring(struct rpc_host *h) { return (uintptr_t)h->ring; }
 static void complete(struct rpc_host *h, struct eleos_req *slot)
 {
     uint32_t state = ELEOS_SLOT_DONE;
-    if (LOAD_RELAXED(&h->hostile_left)) {
-        if (__atomic_sub_fetch(&h->hostile_left, 1, __ATOMIC_RELAXED) != UINT32_MAX) {
+    if (LOAD(&h->hostile_left)) {          /* acquire: pairs with corrupt_next's store */
+        if (__atomic_sub_fetch(&h->hostile_left, 1, __ATOMIC_ACQ_REL) != UINT32_MAX) {
             int64_t v = h->hostile_value;
             switch (h->hostile_kind) {
             case HOSTILE_STATE: state = (uint32_t)v; break;
