@@ -73,3 +73,29 @@ def write_json(name: str, data: dict, path: str | None = None) -> Path:
     with open(out, "w") as f:
         json.dump(data, f, indent=1, default=str)
     return out
+
+
+def add_pin_argument(ap) -> None:
+    ap.add_argument("--no-pin", dest="pin", action="store_false",
+                    help="do not give the RPC worker a core of its own (see pin_rpc_core)")
+
+
+def pin_rpc_core(enabled: bool = True) -> dict[str, str]:
+    """Eleos's setting on a small machine: the RPC worker gets a core of its own.
+
+    The paper ran its load generator on another host and its RPC workers on dedicated cores.
+    Here the client shares the box, so every configuration runs with this process (and so the
+    server and the client it starts) on CPU 0, and the RPC worker alone on CPU 1
+    (ELEOS_RPC_CPUS).  Configurations without RPC leave CPU 1 idle: that core is what Eleos
+    spends.  Returns the environment for the servers ({} when not pinned)."""
+    cpus = os.sched_getaffinity(0)
+    if not enabled or not {0, 1} <= cpus:
+        return {}
+    os.sched_setaffinity(0, {0})
+    return {"ELEOS_RPC_CPUS": "1"}
+
+
+def pin_line(env: dict[str, str]) -> str:
+    if env:
+        return "cores: server and client on CPU 0, RPC worker alone on CPU 1 (ELEOS_RPC_CPUS=1)"
+    return "cores: not pinned (server, client and RPC worker share every CPU)"

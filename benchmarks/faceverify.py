@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import machine, machine_line, median, table, write_json  # noqa: E402
+from benchmarks.common import add_pin_argument, pin_line, pin_rpc_core, machine, machine_line, median, table, write_json  # noqa: E402
 from eleos_shim.harness import CONFIGS, AppProcess, app_command, app_env  # noqa: E402
 from apps.faceverify import load  # noqa: E402
 from apps.faceverify.server import identities_for_mb  # noqa: E402
@@ -35,7 +35,8 @@ SERVER = "apps/faceverify/server.py"
 
 
 def one_run(mode: str, db_mb: float, pool, identities: int, args) -> dict:
-    env = app_env(mode, {"ELEOS_EPC_MB": args.epc_mb, "ELEOS_COST": args.cost})
+    env = app_env(mode, {"ELEOS_EPC_MB": args.epc_mb, "ELEOS_COST": args.cost,
+                                **args.pin_env})
     with AppProcess(app_command(SERVER, "-p", "0", "--db-mb", str(db_mb)), env,
                     name=f"faceverify-{mode}", stats=True, start_timeout=300) as srv:
         summary = load.run(srv.address, identities, args.threads, args.duration,
@@ -81,11 +82,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", default=",".join(CONFIGS),
                     help="comma-separated, from " + ", ".join(CONFIGS))
     ap.add_argument("--cost", default="spin", choices=("spin", "account"))
+    add_pin_argument(ap)
     ap.add_argument("--pool", type=int, default=0,
                     help="pre-sealed requests per database (default: one per identity, >= 2048,"
                          " so the requests cover most of the database, not a cacheable subset)")
     ap.add_argument("--json", help="output path (default results/faceverify.json)")
     args = ap.parse_args(argv)
+    args.pin_env = pin_rpc_core(args.pin)
     modes = args.modes.split(",")
     unknown = [x for x in modes if x not in CONFIGS]
     if unknown or "sgx" not in modes:
@@ -94,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
              ("5x EPC", args.big_mb or args.epc_mb * 5)]
     m = machine()
     print(machine_line(m), flush=True)
+    m["pinning"] = pin_line(args.pin_env)
+    print(m["pinning"], flush=True)
     print(f"EPC {args.epc_mb:g} MB (scaled down from 93), databases "
           + ", ".join(f"{mb:g} MB ({name})" for name, mb in sizes)
           + f"; {args.threads} client threads, {args.duration:g} s x {args.runs} runs, "

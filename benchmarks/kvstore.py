@@ -42,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import ROOT, machine, machine_line, median, table, write_json  # noqa: E402
+from benchmarks.common import add_pin_argument, pin_line, pin_rpc_core, ROOT, machine, machine_line, median, table, write_json  # noqa: E402
 from eleos_shim.harness import CONFIGS, AppProcess, app_command, app_env  # noqa: E402
 
 SERVER = "apps/kvstore.py"
@@ -77,7 +77,8 @@ class Server:
         self.app = AppProcess(
             app_command(SERVER, "-p", "0", "-A", "--allow-control-keys",
                         "-m", str(store_mb(db_mb)), "-c", "1024"),
-            app_env(config, {"ELEOS_EPC_MB": args.epc_mb, "ELEOS_COST": args.cost}),
+            app_env(config, {"ELEOS_EPC_MB": args.epc_mb, "ELEOS_COST": args.cost,
+                                **args.pin_env}),
             name=f"kvstore-{config}", stats=True, start_timeout=120,
             exit_command=b"shutdown\r\n")
         self.proc, self.port = self.app.proc, self.app.port
@@ -264,10 +265,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--client-procs", type=int, default=2, help="kvload client processes")
     ap.add_argument("--cost", default="spin", choices=("spin", "account"))
+    add_pin_argument(ap)
     ap.add_argument("--demo", action="store_true",
                     help="short (a) only: one run of 3 s, three modes (make demo)")
     ap.add_argument("--json", help="output path (default results/kvstore.json)")
     args = ap.parse_args(argv)
+    args.pin_env = pin_rpc_core(args.pin)
     if args.demo:
         args.runs, args.duration, args.dbs = 1, 3.0, "fits"
     modes = args.modes.split(",")
@@ -287,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
                   "(scripts/install-system-deps.sh)", flush=True)
     m = machine()
     print(machine_line(m), flush=True)
+    m["pinning"] = pin_line(args.pin_env)
+    print(m["pinning"], flush=True)
     print(f"EPC {args.epc_mb:g} MB (scaled down from 93); databases: "
           + ", ".join(f"({'a' if k == 'fits' else 'b'}) {v:g} MB = {db_keys(v)} items, "
                       f"load {tool_for(k, args)}" for k, v in dbs.items())

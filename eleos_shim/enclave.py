@@ -43,7 +43,7 @@ class Enclave:
 
         self.cpu = ModeledCPU(self.cfg)
         self.host = Host(self.cfg)
-        self.host.start()
+        self._start_host()
         addrs = self.host.bridge_addresses()
         rpc_submit = 0
         if self.cfg.syscalls == "rpc":
@@ -63,6 +63,22 @@ class Enclave:
         self.libos = LibOS(self.transport, heap_factory=heap_factory)
         self.libos.install()
         return self
+
+    def _start_host(self) -> None:
+        """Start the host's workers; with ELEOS_RPC_CPUS they run on those CPUs and the app's
+        threads on the others (threads inherit their creator's CPU mask)."""
+        workers = set(self.cfg.rpc_cpus)
+        if not workers or self.cfg.syscalls != "rpc":
+            self.host.start()
+            return
+        import os
+        mine = os.sched_getaffinity(0)
+        app = (mine - workers) or mine
+        os.sched_setaffinity(0, workers)
+        try:
+            self.host.start()
+        finally:
+            os.sched_setaffinity(0, app)
 
     def _heap_factory(self):
         if self.cfg.memory == "suvm":

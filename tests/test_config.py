@@ -45,6 +45,8 @@ BAD = [
     ("ELEOS_RPC_SPIN", "1.5", "integer"),
     ("ELEOS_RPC_SLEEP", "x", "integer"),
     ("ELEOS_RPC_SLOTS", "1000", "power of two"),
+    ("ELEOS_RPC_CPUS", "1-x", "CPU list"),
+    ("ELEOS_RPC_CPUS", "4096", "expected CPUs from 0"),
     ("ELEOS_EENTER_CYCLES", "-5", "integer >= 0"),
     ("ELEOS_EEXIT_CYCLES", "abc", "integer"),
     ("ELEOS_AEX_CYCLES", "", "integer"),
@@ -99,6 +101,11 @@ def test_help_documents_every_option_and_mode():
         assert opt.flag in r.stdout and opt.env in r.stdout
     for mode in ("native", "sgx", "eleos"):
         assert mode in r.stdout
+
+
+def test_rpc_cpus_is_a_cpu_list():
+    assert resolve({"ELEOS_RPC_CPUS": "0"}).rpc_cpus == (0,)
+    assert resolve({"ELEOS_RPC_CPUS": ""}).rpc_cpus == ()
 
 
 def test_config_is_frozen():
