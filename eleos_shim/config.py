@@ -156,7 +156,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("aex_cycles", _int(0), "modeled AEX cost in cycles (default = EEXIT)"),
     Option("eresume_cycles", _int(0), "modeled ERESUME cost in cycles (default = EENTER)"),
     Option("pollute_kb", _int(0, 1 << 20), "KB of the pollution buffer touched after each exit: "
-           "the indirect cost (default 256, calibrated: see README)"),
+           "the indirect cost (default 512, calibrated: see README)"),
     Option("cost", _choice(COST_MODES), "spin = spend modeled cycles (default); account = only count them"),
     Option("tsc_mhz", _tsc, "TSC frequency in MHz for cycle->time (default: measured)"),
     Option("epc_trap", _choice(EPC_TRAPS), "EPC fault trap: auto, userfaultfd, sigsegv (default auto)"),
@@ -188,7 +188,7 @@ class Config:
     eexit_cycles: int = 3800
     aex_cycles: int = 3800
     eresume_cycles: int = 3300
-    pollute_kb: int = 256
+    pollute_kb: int = 512
     cost: str = "spin"
     tsc_mhz: float | None = None
     epc_trap: str = "auto"
