@@ -26,9 +26,6 @@ ffi.set_source("untrusted._native._store", "#include <stdint.h>\n" + DECLS, sour
                libraries=["pthread"], extra_compile_args=["-O2", "-std=gnu11", "-Wall"])
 
 if __name__ == "__main__":
-    cwd = os.getcwd()
-    os.chdir(ROOT)
-    try:
-        ffi.compile(tmpdir=ROOT, verbose="-v" in sys.argv)
-    finally:
-        os.chdir(cwd)
+    sys.path.insert(0, os.path.join(ROOT, "eleos_shim", "_native"))
+    from buildutil import compile_in_place
+    compile_in_place(ffi, verbose="-v" in sys.argv)
