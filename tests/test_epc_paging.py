@@ -183,7 +183,11 @@ def test_reclaim_evicts_the_oldest_loaded_pages_first(epc):
     for i in range(npages):
         m[i * PAGE] = 1
     states = epc.page_states(m)
-    assert set(states[: npages // 2]) == {"evicted"}
+    # The limit: at least half the pages are out.  The order: the oldest quarter is out and the
+    # newest quarter is in.  (Between them the reclaimer's batches and second chances, which
+    # run on their own thread, decide page by page.)
+    assert states.count("evicted") >= npages // 2
+    assert set(states[: npages // 4]) == {"evicted"}
     # ("loading": the last page's handler may not have finished its bookkeeping yet)
     assert set(states[-npages // 4:]) <= {"resident", "loading"}
     m.close()
