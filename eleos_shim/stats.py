@@ -82,6 +82,9 @@ def report(stats: dict) -> str:
         r = stats["rpc"]
         lines.append(f"rpc: processed={r['processed']} fallbacks={r['fallbacks']} "
                      f"workers={r.get('workers', 0)} worker_cpu={r['worker_cpu_s']:.3f}s")
+        why = {k: v for k, v in (r.get("fallback_why") or {}).items() if v}
+        if why:
+            lines.append("  fallbacks by reason: " + " ".join(f"{k}={v}" for k, v in why.items()))
     ex = stats["exits"]
     lines.append(f"exits remaining: {ex['total']}")
     for why, n in ex["why"].items():

@@ -145,7 +145,9 @@ class Transport:
         taken = lib.enclave_submit(path, req, op, a0, a1, a2, a3, a4, a5,
                                    inbuf, n_in, len1, in2, n_in2, len2)
         if taken < 0:
-            raise IagoError(f"RPC slot for {abi.OP_NAMES.get(op, op)} came back corrupted")
+            why = ffi.string(lib.enclave_rpc_last_error()).decode(errors="replace")
+            raise IagoError(f"RPC slot for {abi.OP_NAMES.get(op, op).lower()} came back "
+                            f"corrupted: {why}")
         ret, out_len, out2_len = req.ret, req.out_len, req.out2_len
         if ret < 0 or out_len or out2_len or op in _CHECKED:
             self._check(op, ret, out_len, out2_len, len1, len2, n_in, a1, a3)
