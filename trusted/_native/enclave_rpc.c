@@ -44,18 +44,7 @@
 
 #include "eleos_abi.h"
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-static inline void relax(void) { _mm_pause(); }
-#else
-static inline void relax(void) { __asm__ __volatile__("" ::: "memory"); }
-#endif
-
-#define LOAD(p)         __atomic_load_n((p), __ATOMIC_ACQUIRE)
-#define LOAD_RELAXED(p) __atomic_load_n((p), __ATOMIC_RELAXED)
-#define STORE(p, v)     __atomic_store_n((p), (v), __ATOMIC_RELEASE)
-#define CAS(p, expp, v) __atomic_compare_exchange_n((p), (expp), (v), 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)
-#define COUNT(x)        __atomic_add_fetch(&(x), 1, __ATOMIC_RELAXED)
+#include "eleos_atomic.h"
 
 /* After this many polls waiting for a result the thread yields between polls: on a machine
  * with fewer cores than app threads + workers, a spinning producer would otherwise hold the

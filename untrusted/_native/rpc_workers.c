@@ -35,17 +35,7 @@
 
 #include "eleos_abi.h"
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-static inline void relax(void) { _mm_pause(); }
-#else
-static inline void relax(void) { __asm__ __volatile__("" ::: "memory"); }
-#endif
-
-#define LOAD(p)        __atomic_load_n((p), __ATOMIC_ACQUIRE)
-#define LOAD_RELAXED(p) __atomic_load_n((p), __ATOMIC_RELAXED)
-#define STORE(p, v)    __atomic_store_n((p), (v), __ATOMIC_RELEASE)
-#define CAS(p, expp, v) __atomic_compare_exchange_n((p), (expp), (v), 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)
+#include "eleos_atomic.h"
 
 /* Hostile-host fixture: what the next completions lie about (tests only). */
 enum { HOSTILE_NONE = 0, HOSTILE_STATE = 1, HOSTILE_OUT_LEN = 2, HOSTILE_OUT2_LEN = 3,
