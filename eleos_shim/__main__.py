@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser, ns = parse(argv)
     flags = {o.field: getattr(ns, o.field) for o in config_mod.OPTIONS}
     try:
-        cfg = config_mod.resolve(os.environ, flags)
+        cfg = config_mod.resolve(None, flags)
     except config_mod.ConfigError as exc:
         sys.stderr.write(f"eleos-shim: {exc}\n")
         return 2

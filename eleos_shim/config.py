@@ -277,6 +277,13 @@ def _finish(raw: dict[str, Any], explicit: set[str]) -> Config:
     return cfg
 
 
+def environ_without_settings(base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment (default: this process's) without any ELEOS_ variable: the start of a
+    child's environment that gets a configuration of its own."""
+    return {k: v for k, v in (os.environ if base is None else base).items()
+            if not k.startswith("ELEOS_")}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one flag per option (raw strings; :func:`resolve` checks them)."""
     group = parser.add_argument_group("enclave options (each also the environment variable shown)")

@@ -19,6 +19,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Mapping
 
+from eleos_shim.config import environ_without_settings
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # The configurations the paper compares, and Eleos's two halves alone (its breakdown): SUVM
@@ -36,8 +38,7 @@ def app_env(config: str | None = None, extra: Mapping[str, str] | None = None,
             base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of an app run: ``base`` (default: ours) without any ELEOS_ setting,
     the project on PYTHONPATH, then ``config``'s settings and ``extra``."""
-    env = {k: v for k, v in (os.environ if base is None else base).items()
-           if not k.startswith("ELEOS_")}
+    env = environ_without_settings(base)
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     if config is not None:
         env.update(CONFIGS[config])
