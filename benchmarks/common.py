@@ -87,15 +87,15 @@ def pin_rpc_core(enabled: bool = True) -> dict[str, str]:
     Here the client shares the box, so every configuration runs with this process (and so the
     server and the client it starts) on CPU 0, and the RPC worker alone on CPU 1
     (ELEOS_RPC_CPUS).  Configurations without RPC leave CPU 1 idle: that core is what Eleos
-    spends.  Returns the environment for the servers ({} when not pinned)."""
+    spends.  Returns the environment for the servers (ELEOS_RPC_CPUS=none when not pinned)."""
     cpus = os.sched_getaffinity(0)
     if not enabled or not {0, 1} <= cpus:
-        return {}
+        return {"ELEOS_RPC_CPUS": "none"}
     os.sched_setaffinity(0, {0})
     return {"ELEOS_RPC_CPUS": "1"}
 
 
 def pin_line(env: dict[str, str]) -> str:
-    if env:
+    if env.get("ELEOS_RPC_CPUS") == "1":
         return "cores: server and client on CPU 0, RPC worker alone on CPU 1 (ELEOS_RPC_CPUS=1)"
     return "cores: not pinned (server, client and RPC worker share every CPU)"

@@ -90,15 +90,20 @@ def _stats(text: str) -> str:
     return text
 
 
-def _cpus(text: str) -> tuple[int, ...]:
-    """A CPU list as taskset takes it: "1", "2-3", "0,2-3"; empty = not pinned."""
+def _cpus(text: str) -> tuple[int, ...] | str:
+    """A CPU list as taskset takes it: "1", "2-3", "0,2-3"; "auto"; empty or "none" = not
+    pinned."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    if text.strip().lower() == "none":
+        return ()
     cpus: set[int] = set()
     try:
         for part in filter(None, (p.strip() for p in text.split(","))):
             lo, _, hi = part.partition("-")
             cpus.update(range(int(lo), int(hi or lo) + 1))
     except ValueError:
-        raise ValueError("expected a CPU list such as 1, 2-3 or 0,2 (empty: not pinned)") from None
+        raise ValueError("expected auto, none, or a CPU list such as 1, 2-3 or 0,2") from None
     online = os.cpu_count() or 1
     if any(c < 0 or c >= online for c in cpus):
         raise ValueError(f"expected CPUs from 0 to {online - 1} (this machine has {online})")
@@ -150,7 +155,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("rpc_sleep", _int(0), "idle spins before a worker sleeps on a futex (default 20000)"),
     Option("rpc_slots", _int(2, 1 << 16), "request slots in the RPC ring (default 1024)"),
     Option("rpc_cpus", _cpus, "CPUs the RPC workers run on, e.g. 1 or 2-3; the app's threads keep "
-           "the others (Eleos's dedicated cores). Default: not pinned", "CPUS"),
+           "the others (Eleos's dedicated cores). auto (default): the last CPUs, one per worker, "
+           "when the app keeps at least one; none: not pinned", "CPUS"),
     Option("eenter_cycles", _int(0), "modeled EENTER cost in cycles (default 3300)"),
     Option("eexit_cycles", _int(0), "modeled EEXIT cost in cycles (default 3800)"),
     Option("aex_cycles", _int(0), "modeled AEX cost in cycles (default = EEXIT)"),
@@ -183,7 +189,7 @@ class Config:
     rpc_spin: int = 20000
     rpc_sleep: int = 20000
     rpc_slots: int = 1024
-    rpc_cpus: tuple[int, ...] = ()
+    rpc_cpus: tuple[int, ...] | str = "auto"
     eenter_cycles: int = 3300
     eexit_cycles: int = 3800
     aex_cycles: int = 3800

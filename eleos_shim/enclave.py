@@ -27,6 +27,7 @@ class Enclave:
         self.memory = None          # the EPC driver or the SUVM instance, if any
         self._t0 = time.perf_counter()
         self._closed = False
+        self._affinity_before = None
         self._lock = threading.Lock()
 
     @property
@@ -67,13 +68,20 @@ class Enclave:
     def _start_host(self) -> None:
         """Start the host's workers; with ELEOS_RPC_CPUS they run on those CPUs and the app's
         threads on the others (threads inherit their creator's CPU mask)."""
-        workers = set(self.cfg.rpc_cpus)
+        import os
+        workers = self.cfg.rpc_cpus
+        if workers == "auto":
+            # Eleos gives its workers dedicated cores: the last ones, if the app keeps one.
+            mine = sorted(os.sched_getaffinity(0))
+            n = self.cfg.rpc_workers
+            workers = mine[-n:] if 0 < n < len(mine) else ()
+        workers = set(workers)
         if not workers or self.cfg.syscalls != "rpc":
             self.host.start()
             return
-        import os
         mine = os.sched_getaffinity(0)
         app = (mine - workers) or mine
+        self._affinity_before = mine
         os.sched_setaffinity(0, workers)
         try:
             self.host.start()
@@ -102,8 +110,13 @@ class Enclave:
             self.host.stop()
 
     def uninstall(self) -> None:
+        """Take the LibOS out and give this thread back the CPUs it had (in-process use)."""
         if self.libos is not None:
             self.libos.uninstall()
+        if self._affinity_before is not None:
+            import os
+            os.sched_setaffinity(0, self._affinity_before)
+            self._affinity_before = None
 
     def stats(self) -> dict:
         from eleos_shim.stats import collect

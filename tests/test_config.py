@@ -46,6 +46,7 @@ BAD = [
     ("ELEOS_RPC_SLEEP", "x", "integer"),
     ("ELEOS_RPC_SLOTS", "1000", "power of two"),
     ("ELEOS_RPC_CPUS", "1-x", "CPU list"),
+    ("ELEOS_RPC_CPUS", "some", "auto, none, or a CPU list"),
     ("ELEOS_RPC_CPUS", "4096", "expected CPUs from 0"),
     ("ELEOS_EENTER_CYCLES", "-5", "integer >= 0"),
     ("ELEOS_EEXIT_CYCLES", "abc", "integer"),
@@ -106,6 +107,8 @@ def test_help_documents_every_option_and_mode():
 def test_rpc_cpus_is_a_cpu_list():
     assert resolve({"ELEOS_RPC_CPUS": "0"}).rpc_cpus == (0,)
     assert resolve({"ELEOS_RPC_CPUS": ""}).rpc_cpus == ()
+    assert resolve({"ELEOS_RPC_CPUS": "none"}).rpc_cpus == ()
+    assert resolve({}).rpc_cpus == "auto"
 
 
 def test_config_is_frozen():

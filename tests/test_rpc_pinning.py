@@ -21,3 +21,18 @@ def test_without_rpc_there_is_nothing_to_pin():
     r = run_shim("sgx", SCRIPTS / "show_affinity.py", env={"ELEOS_RPC_CPUS": "1"}, stats=False)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[0] == f"app {sorted(os.sched_getaffinity(0))}"
+
+
+def test_by_default_one_worker_gets_the_last_cpu():
+    r = run_shim("eleos", SCRIPTS / "show_affinity.py", stats=False)
+    assert r.returncode == 0, r.stderr
+    lines = dict(line.split(" ", 1) for line in r.stdout.splitlines())
+    last = max(os.sched_getaffinity(0))
+    assert last not in eval(lines["app"])
+    assert (last,) in eval(lines["threads"])
+
+
+def test_none_leaves_every_thread_on_every_cpu():
+    r = run_shim("eleos", SCRIPTS / "show_affinity.py", env={"ELEOS_RPC_CPUS": "none"}, stats=False)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == f"app {sorted(os.sched_getaffinity(0))}"
