@@ -2,12 +2,11 @@
 workers (rpc_workers.c) run under ThreadSanitizer (both C files built with -fsanitize=thread,
 no Python), with budgets short enough that calls are also taken back, on a large ring and on
 a 4-slot one where producers fight for slots.  Every reply must be the one for its own call."""
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+
+from tests import tsan
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,26 +78,13 @@ int main(void)
 
 @pytest.fixture(scope="module")
 def tsan_binary(tmp_path_factory):
-    cc = shutil.which("gcc") or shutil.which("cc")
-    if cc is None:
-        pytest.skip("no C compiler: the ThreadSanitizer check of the RPC ring cannot run")
-    d = tmp_path_factory.mktemp("rpc_tsan")
-    (d / "main.c").write_text(HARNESS)
-    exe = d / "ring"
-    cmd = [cc, "-O1", "-g", "-std=gnu11", "-fsanitize=thread", "-Wno-tsan",
-           "-I", str(ROOT / "eleos_shim" / "include"), str(d / "main.c"),
-           str(ROOT / "untrusted" / "_native" / "rpc_workers.c"),
-           str(ROOT / "trusted" / "_native" / "enclave_rpc.c"), "-o", str(exe), "-lpthread"]
-    build = subprocess.run(cmd, capture_output=True, text=True)
-    if build.returncode != 0 and "sanitize" in build.stderr:
-        pytest.skip("this compiler cannot build with ThreadSanitizer: " + build.stderr[-200:])
-    assert build.returncode == 0, build.stderr
-    return exe
+    return tsan.build(tmp_path_factory.mktemp("rpc_tsan"), "ring", HARNESS,
+                      ["untrusted/_native/rpc_workers.c", "trusted/_native/enclave_rpc.c"],
+                      ["eleos_shim/include"], ["pthread"])
 
 
 def test_producers_and_workers_race_on_nothing_and_every_reply_is_its_own(tsan_binary):
-    env = dict(os.environ, TSAN_OPTIONS="halt_on_error=1 exitcode=66")
-    run = subprocess.run([str(tsan_binary)], capture_output=True, text=True, env=env, timeout=120)
+    run = tsan.run(tsan_binary)
     assert "ThreadSanitizer" not in run.stderr, run.stderr[-4000:]
     assert run.returncode == 0, run.stdout + run.stderr[-2000:]
     lines = run.stdout.splitlines()

@@ -3,11 +3,11 @@ pages at once under ThreadSanitizer (the C core built with -fsanitize=thread, no
 
 Each thread touches only its own 64-byte cells, so every race TSan could report is one inside
 SUVM (page table, frames, pins, replacement lists), not one the test itself makes."""
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+
+from tests import tsan
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,29 +73,16 @@ int main(int argc, char **argv)
 
 @pytest.fixture(scope="module")
 def tsan_binary(tmp_path_factory):
-    cc = shutil.which("gcc") or shutil.which("cc")
-    if cc is None:
-        pytest.skip("no C compiler: the ThreadSanitizer check of the SUVM core cannot run")
-    d = tmp_path_factory.mktemp("suvm_tsan")
-    (d / "main.c").write_text(HARNESS)
-    exe = d / "suvm_tsan"
-    cmd = [cc, "-O1", "-g", "-fsanitize=thread", "-std=gnu11",
-           f"-I{ROOT / 'trusted/_native'}", f"-I{ROOT / 'eleos_shim/include'}",
-           f"-I{ROOT / 'eleos_shim/_native'}", str(d / "main.c"),
-           str(ROOT / "trusted/_native/suvm.c"), str(ROOT / "untrusted/_native/store.c"),
-           "-o", str(exe), "-lcrypto", "-lpthread"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0 and "tsan" in proc.stderr:
-        pytest.skip("libtsan is not installed: " + proc.stderr.strip().splitlines()[-1])
-    assert proc.returncode == 0, proc.stderr
-    return exe
+    return tsan.build(tmp_path_factory.mktemp("suvm_tsan"), "suvm_tsan", HARNESS,
+                      ["trusted/_native/suvm.c", "untrusted/_native/store.c"],
+                      ["trusted/_native", "eleos_shim/include", "eleos_shim/_native"],
+                      ["crypto", "pthread"])
 
 
 @pytest.mark.parametrize("policy,subpage", [(0, 0), (1, 512), (2, 0), (3, 512)],
                          ids=["fifo", "lru-subpages", "clock", "random-subpages"])
 def test_core_has_no_data_races_under_four_threads(tsan_binary, policy, subpage):
-    proc = subprocess.run([str(tsan_binary), str(policy), str(subpage)], capture_output=True,
-                          text=True, timeout=120, env={"TSAN_OPTIONS": "halt_on_error=1 exitcode=66"})
+    proc = tsan.run(tsan_binary, str(policy), str(subpage))
     assert "ThreadSanitizer" not in proc.stderr, proc.stderr[:4000]
     assert proc.returncode == 0, proc.stdout + proc.stderr[:2000]
     counts = dict(zip(proc.stdout.split()[::2], map(int, proc.stdout.split()[1::2])))
