@@ -8,6 +8,7 @@ memory) nothing is installed: the app runs as under plain ``python``.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -68,15 +69,14 @@ class Enclave:
     def _start_host(self) -> None:
         """Start the host's workers; with ELEOS_RPC_CPUS they run on those CPUs and the app's
         threads on the others (threads inherit their creator's CPU mask)."""
-        import os
-        workers = self.cfg.rpc_cpus
+        workers = self.cfg.rpc_cpus if self.cfg.syscalls == "rpc" else ()
         if workers == "auto":
             # Eleos gives its workers dedicated cores: the last ones, if the app keeps one.
             mine = sorted(os.sched_getaffinity(0))
             n = self.cfg.rpc_workers
             workers = mine[-n:] if 0 < n < len(mine) else ()
         workers = set(workers)
-        if not workers or self.cfg.syscalls != "rpc":
+        if not workers:
             self.host.start()
             return
         mine = os.sched_getaffinity(0)
@@ -114,7 +114,6 @@ class Enclave:
         if self.libos is not None:
             self.libos.uninstall()
         if self._affinity_before is not None:
-            import os
             os.sched_setaffinity(0, self._affinity_before)
             self._affinity_before = None
 
