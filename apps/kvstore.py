@@ -53,7 +53,7 @@ ITEM_UPDATE_INTERVAL = 60
 # Smallest chunk: memcached's 48-byte item header plus its default -n 48 minimum space.
 CHUNK_MIN = 96
 MAX_CLASSES = 63
-RECV_SIZE = 256 * 1024
+RECV_SIZE = 64 * 1024
 # Stop parsing a client's pipelined input while this much of its output is unsent.
 OUT_HIGH = 4 << 20
 # A get reads the header, key and up to this many value bytes in one arena slice (memaslap's
