@@ -98,3 +98,45 @@ def test_recvfrom_out2_len_beyond_capacity_is_caught(transport):
     with pytest.raises(IagoError):
         transport.call(abi.OP_RECVFROM, b.fileno(), 16, 0, outcap=16, out2cap=64)
     a.close(), b.close()
+
+
+def test_socket_fast_path_moves_bytes_and_is_counted(transport):
+    import socket
+    a, b = socket.socketpair()
+    b.setblocking(False)
+    transport.reset_counts()
+    assert transport.send(a.fileno(), 0, b"hello") == 5
+    assert transport.send(a.fileno(), 0, bytearray(b" world")) == 6
+    assert transport.recv(b.fileno(), 64) == (11, b"hello world")
+    assert transport.recv(b.fileno(), 64) == (-11, b"")     # EAGAIN, as the kernel said
+    c = transport.counts()
+    assert c["sendto"][transport.path] == 2 and c["recvfrom"][transport.path] == 2
+    a.close(), b.close()
+
+
+FAST_LIES = [
+    ("send", "send claims more than it was given", "ret", 100),
+    ("send", "send with data written back", "out_len", 3),
+    ("recv", "recv returns more bytes than asked", "ret_add", 10),
+    ("recv", "recv count differs from the bytes written", "out_len", 1),
+    ("recv", "recv out_len beyond the buffer", "out_len", 1 << 40),
+    ("recv", "a result below -4095 (not an errno)", "ret", -5000),
+    ("recv", "an error with data", "ret", -5),
+    ("recv", "an address nobody asked for", "out2_len", 16),
+]
+
+
+@pytest.mark.parametrize("call,what,kind,value", FAST_LIES, ids=[x[1] for x in FAST_LIES])
+def test_socket_fast_path_catches_a_lying_host(transport, call, what, kind, value):
+    import socket
+    a, b = socket.socketpair()
+    a.sendall(b"0123456789")
+    Host.lie_next(kind, value, 1)
+    with pytest.raises(IagoError, match=f"host's reply to {call}"):
+        if call == "send":
+            transport.send(a.fileno(), 0, b"abc")
+        else:
+            transport.recv(b.fileno(), 4)
+    # the next call, with an honest host, works
+    assert transport.recv(b.fileno(), 4)[1] in (b"0123", b"4567")
+    a.close(), b.close()

@@ -125,6 +125,7 @@ class Kernel:
     def __init__(self, transport):
         self.transport = transport
         self._call = self.call = transport.call   # the transport's own bound method: no layer
+        self.send, self.recv = transport.send, transport.recv   # the socket data path
         self._lock = threading.Lock()
         self.fds: set[int] = _open_stdio()
         self.raw_fds: set[int] = set()             # subset of fds: bare ints the app holds

@@ -29,6 +29,7 @@ from eleos_shim import abi
 from eleos_shim.errors import IagoError
 from trusted.libos._kernel import (F_GETFL, F_SETFL, MAX_IO, O_NONBLOCK, POLLIN, POLLOUT,
                                    SOL_SOCKET, Kernel, oserror, timeout_error)
+from trusted.syscall import Reply
 
 AF_UNIX, AF_INET, AF_INET6 = _socket.AF_UNIX, _socket.AF_INET, _socket.AF_INET6
 SOCK_NONBLOCK, SOCK_CLOEXEC = _socket.SOCK_NONBLOCK, _socket.SOCK_CLOEXEC
@@ -425,15 +426,17 @@ class EnclaveSocket(_RealSocket):
             data = memoryview(data).cast("B")
         if len(data) > MAX_IO:
             data = data[:MAX_IO]
-        fd, call = self._fd, self._k._call
-        r = call(abi.OP_SENDTO, fd, flags, inbuf=data)      # the fast path: one call
-        if r.ret < 0:
-            r = self._io(POLLOUT, lambda: call(abi.OP_SENDTO, fd, flags, inbuf=data), first=r)
-        if r.ret < len(data) and self._timeout is None:
+        fd, k = self._fd, self._k
+        ret = k.send(fd, flags, data)       # the fast path: one checked crossing
+        if ret < 0:
+            call = k._call
+            ret = self._io(POLLOUT, lambda: call(abi.OP_SENDTO, fd, flags, inbuf=data),
+                           first=Reply(ret, b"", b"", ())).ret
+        if ret < len(data) and self._timeout is None:
             # natively a blocking stream send returns only when all of it is queued
-            return self._k.complete_write(fd, data, r.ret,
-                                          lambda b: call(abi.OP_SENDTO, fd, flags, inbuf=b))
-        return r.ret
+            return k.complete_write(fd, data, ret, lambda b: k._call(abi.OP_SENDTO, fd, flags,
+                                                                     inbuf=b))
+        return ret
 
     def sendall(self, data, flags=0):
         m = memoryview(data).cast("B")
@@ -468,12 +471,17 @@ class EnclaveSocket(_RealSocket):
         if bufsize < 0:
             raise ValueError("negative buffersize in recv")
         n = bufsize if bufsize <= MAX_IO else MAX_IO
-        fd, call = self._fd, self._k._call
-        r = call(abi.OP_RECVFROM, fd, n, flags, outcap=n)   # the fast path: one call
-        if r.ret < 0:
-            r = self._io(POLLIN, lambda: call(abi.OP_RECVFROM, fd, n, flags, outcap=n),
-                         first=r)
-        return r.out
+        fd = self._fd
+        if not flags:
+            ret, data = self._k.recv(fd, n)    # the fast path: one checked crossing
+            if ret >= 0:
+                return data
+            first = Reply(ret, b"", b"", ())
+        else:
+            first = None
+        call = self._k._call
+        return self._io(POLLIN, lambda: call(abi.OP_RECVFROM, fd, n, flags, outcap=n),
+                        first=first).out
 
     def recv_into(self, buffer, nbytes=0, flags=0):
         nbytes = operator.index(nbytes)
