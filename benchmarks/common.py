@@ -99,3 +99,32 @@ def pin_line(env: dict[str, str]) -> str:
     if env.get("ELEOS_RPC_CPUS") == "1":
         return "cores: server and client on CPU 0, RPC worker alone on CPU 1 (ELEOS_RPC_CPUS=1)"
     return "cores: not pinned (server, client and RPC worker share every CPU)"
+
+
+def add_client_argument(ap) -> None:
+    ap.add_argument("--client-preempts", dest="client_batch", action="store_false",
+                    help="run the load generator as an ordinary task (see client_preexec)")
+
+
+def client_preexec(batch: bool = True):
+    """A preexec_fn that makes the load generator SCHED_BATCH (None when ``batch`` is off).
+
+    The paper's load generator ran on another host.  Here it shares CPU 0 with the server,
+    and as an ordinary task every reply that wakes it may preempt the server in the middle
+    of a round of ready connections, which a client on another host never does (it costs
+    context switches and breaks up the batches of both sides).  SCHED_BATCH tasks do not
+    preempt on wake-up: the client runs when the server blocks, or at the scheduler tick.
+    Every configuration, memcached included, gets the same client."""
+    if not batch:
+        return None
+
+    def preexec() -> None:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    return preexec
+
+
+def client_line(batch: bool) -> str:
+    if batch:
+        return ("client: SCHED_BATCH, so its wake-ups do not preempt the server (it stands in "
+                "for the paper's client on another host; --client-preempts to turn off)")
+    return "client: an ordinary task (its wake-ups may preempt the server mid-round)"

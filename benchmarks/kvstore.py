@@ -16,7 +16,10 @@ The load: memaslap's workload, closed loop, get:set 9:1.
   * apps/kvload.py otherwise, and always for (b): it sets every key of the database once
     (a pipelined warm-up) and then reads and writes keys drawn uniformly from all of them, so
     the whole database is the working set.
-The tool is named in every row.
+The tool is named in every row.  The client shares CPU 0 with the server and runs as
+SCHED_BATCH, so that its wake-ups do not preempt the server mid-round as a client on another
+host (the paper's) never does; ``--client-preempts`` runs it as an ordinary task, and the
+``preempted/op`` column shows the difference (benchmarks/common.py, client_preexec).
 
 Each run starts every configuration once, in a rotated order so drift on a shared machine
 spreads evenly; each ratio is the median over runs of ratios measured within the same run.
@@ -42,7 +45,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import add_pin_argument, pin_line, pin_rpc_core, ROOT, machine, machine_line, median, table, write_json  # noqa: E402
+from benchmarks.common import add_client_argument, add_pin_argument, client_line, client_preexec, pin_line, pin_rpc_core, ROOT, machine, machine_line, median, table, write_json  # noqa: E402
 from eleos_shim.harness import CONFIGS, AppProcess, app_command, app_env  # noqa: E402
 
 SERVER = "apps/kvstore.py"
@@ -152,7 +155,7 @@ def run_kvload(port: int, db_mb: float, args) -> dict:
            "-P", str(args.client_procs), "-t", str(args.duration), "-k", str(db_keys(db_mb)),
            "--key-size", str(KEY_SIZE), "--value-size", str(VALUE_SIZE), "--json", "-", "-q"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                          timeout=args.duration + 900)
+                          timeout=args.duration + 900, preexec_fn=client_preexec(args.client_batch))
     try:
         rep = json.loads(proc.stdout)
     except json.JSONDecodeError:
@@ -173,7 +176,8 @@ def run_memcaslap(port: int, db_mb: float, args) -> dict:
     cmd = [shutil.which("memcaslap"), "-s", f"127.0.0.1:{port}", "-T", "1",
            "-c", str(args.connections), "-t", f"{int(args.duration)}s", "-w", str(window),
            "-X", str(VALUE_SIZE)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration + 120)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.duration + 120,
+                          preexec_fn=client_preexec(args.client_batch))
     out = proc.stdout + proc.stderr
     m = re.search(r"Run time: ([\d.]+)s Ops: (\d+) TPS: (\d+)", out)
     if proc.returncode != 0 or not m:
@@ -193,11 +197,27 @@ def tool_for(db: str, args) -> str:
     return "kvload"
 
 
+def preemptions(pid: int) -> int:
+    """Times the server's threads were descheduled while runnable (involuntary context
+    switches, from /proc): a client on the server's core that preempts it shows here."""
+    total = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        try:
+            for line in status.read_text().splitlines():
+                if line.startswith("nonvoluntary_ctxt_switches:"):
+                    total += int(line.split()[1])
+        except OSError:
+            pass    # a thread that ended meanwhile
+    return total
+
+
 def one_run(config: str, db: str, db_mb: float, args) -> dict:
     tool = tool_for(db, args)
     srv = Server(config, db_mb, args)
     try:
+        before = preemptions(srv.proc.pid)
         load = (run_memcaslap if tool == "memcaslap" else run_kvload)(srv.port, db_mb, args)
+        preempted = preemptions(srv.proc.pid) - before
         sstats = srv.server_stats()
     finally:
         err = srv.stop()
@@ -210,6 +230,7 @@ def one_run(config: str, db: str, db_mb: float, args) -> dict:
         "served": served, "curr_items": sstats.get("curr_items"),
         "evictions": sstats.get("evictions"), "store_bytes": sstats.get("bytes"),
         "exits_per_op": shim.get("exits", {}).get("total", 0) / served,
+        "preemptions_per_op": preempted / max(1, load["ops"]),
         "epc_faults_per_op": shim.get("epc", {}).get("faults", 0) / served,
         "suvm_faults_per_op": shim.get("suvm", {}).get("faults", 0) / served,
         "rpc_processed": shim.get("rpc", {}).get("processed", 0),
@@ -266,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--client-procs", type=int, default=2, help="kvload client processes")
     ap.add_argument("--cost", default="spin", choices=("spin", "account"))
     add_pin_argument(ap)
+    add_client_argument(ap)
     ap.add_argument("--demo", action="store_true",
                     help="short (a) only: one run of 3 s, three modes (make demo)")
     ap.add_argument("--json", help="output path (default results/kvstore.json)")
@@ -292,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     print(machine_line(m), flush=True)
     m["pinning"] = pin_line(args.pin_env)
     print(m["pinning"], flush=True)
+    m["client"] = client_line(args.client_batch)
+    print(m["client"], flush=True)
     print(f"EPC {args.epc_mb:g} MB (scaled down from 93); databases: "
           + ", ".join(f"({'a' if k == 'fits' else 'b'}) {v:g} MB = {db_keys(v)} items, "
                       f"load {tool_for(k, args)}" for k, v in dbs.items())
@@ -319,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
                  "vs_native": ratio(runs, db, config, "native"),
                  "vs_sgx": ratio(runs, db, config, "sgx"),
                  "exits_per_op": median(x["exits_per_op"] for x in mine),
+                 "preemptions_per_op": median(x["preemptions_per_op"] for x in mine),
                  "faults_per_op": median(x["epc_faults_per_op"] + x["suvm_faults_per_op"]
                                          for x in mine),
                  "evictions": max(x["evictions"] or 0 for x in mine),
@@ -330,15 +355,17 @@ def main(argv: list[str] | None = None) -> int:
             label = f"({'a' if db == 'fits' else 'b'}) {mb:g} MB"
             rows.append([label, config, s["tool"], s["ops_per_s"], f"{s['min']:.0f}-{s['max']:.0f}",
                          _x(s["vs_native"]), _x(s["vs_sgx"]), s["exits_per_op"],
+                         s["preemptions_per_op"],
                          s["faults_per_op"], f"{100 * s['modeled_exit_share']:.1f}%",
                          "-" if s["rpc_fallback_share"] is None
                          else f"{100 * s['rpc_fallback_share']:.0f}%"])
     print()
     print(table(["database", "config", "load", "ops/s (median)", "range", "vs native",
-                 "vs sgx", "exits/op*", "faults/op*", "exit cycles*", "rpc fallback*"], rows))
+                 "vs sgx", "exits/op*", "preempted/op", "faults/op*", "exit cycles*", "rpc fallback*"], rows))
     print("* over the server's life (warm-up included): per operation served; exit cycles = "
           "share of the time spent in modeled EEXIT/EENTER/AEX/ERESUME cycles; rpc fallback = "
-          "share of RPC calls that no worker took in time and that left through an OCALL")
+          "share of RPC calls that no worker took in time and that left through an OCALL; "
+          "preempted/op = involuntary context switches of the server per operation of the load")
     headline = {}
     for db in dbs:
         name = "a" if db == "fits" else "b"
@@ -354,10 +381,10 @@ def main(argv: list[str] | None = None) -> int:
               f"(paper's target >= {target}x), our native/memcached "
               f"{_x(h['native_vs_memcached'])}")
     if "fits" in dbs:
-        print("note: with the database in the EPC the only cost Eleos removes is the exits, and a "
-              "request of this Python server costs ~100 us, of which the exits are a small part "
-              "(the exit cycles column): expect eleos ~ sgx here, unlike the paper's C memcached. "
-              "With the database 5.5x the EPC, (b), paging dominates and Eleos wins: "
+        print("note: with the database in the EPC the only cost Eleos removes is the exits (about "
+              "2.1 per request under sgx, each its EEXIT+EENTER cycles plus the indirect cost of "
+              "the pollution that follows: `eleos-shim calibrate` prints both); the RPC calls "
+              "replace them. With the database 5.5x the EPC, (b), SGX paging adds to that: "
               "`python benchmarks/kvstore.py` (README, Results).")
     print(machine_line(m))
     out = write_json("kvstore" + ("-demo" if args.demo else ""), {
