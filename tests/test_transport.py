@@ -140,3 +140,38 @@ def test_socket_fast_path_catches_a_lying_host(transport, call, what, kind, valu
     # the next call, with an honest host, works
     assert transport.recv(b.fileno(), 4)[1] in (b"0123", b"4567")
     a.close(), b.close()
+
+
+def test_recvfrom_result_above_the_bytes_written_is_caught(transport):
+    import socket
+    a, b = socket.socketpair()
+    a.sendall(b"0123456789")
+    Host.lie_next("ret", 1 << 40, 1)
+    with pytest.raises(IagoError, match="for recvfrom of 4 bytes"):
+        transport.call(abi.OP_RECVFROM, b.fileno(), 4, 0, outcap=4)
+    a.close(), b.close()
+
+
+def test_recvfrom_msg_trunc_may_report_the_whole_datagram(transport):
+    import socket
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    a.send(b"0123456789")
+    r = transport.call(abi.OP_RECVFROM, b.fileno(), 4, socket.MSG_TRUNC, outcap=4)
+    assert (r.ret, r.out) == (10, b"0123")      # as the kernel says: the datagram's length
+    a.close(), b.close()
+
+
+def test_socket_fast_path_grows_its_staging_for_large_transfers(transport):
+    import socket
+    a, b = socket.socketpair()
+    a.setblocking(False), b.setblocking(False)
+    data = os.urandom(300_000)      # larger than the initial staging buffer
+    sent = transport.send(a.fileno(), 0, memoryview(data))
+    assert 0 < sent <= len(data)
+    got = b""
+    while len(got) < sent:
+        ret, chunk = transport.recv(b.fileno(), 1 << 20)      # asks more than the buffer holds
+        assert ret == len(chunk) > 0
+        got += chunk
+    assert got == data[:sent]
+    a.close(), b.close()

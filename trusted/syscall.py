@@ -31,8 +31,10 @@ _READ_LIKE = frozenset({abi.OP_READ, abi.OP_PREAD, abi.OP_GETDENTS})
 _WRITE_LIKE = frozenset({abi.OP_WRITE, abi.OP_PWRITE, abi.OP_SENDTO})
 _CHECKED = _READ_LIKE | _WRITE_LIKE | {abi.OP_RECVFROM, abi.OP_SENDFILE}
 _RPC, _OCALL = abi.PATH_RPC, abi.PATH_OCALL
-# The C socket path returns a value below every -errno when the host's reply is a lie.
-_LIE = -abi.MAX_ERRNO
+# The lowest -errno: the C socket path returns a value below it when the host's reply lies.
+_LOWEST_ERRNO = -abi.MAX_ERRNO
+# recvfrom's flag that lets the result (a datagram's length) exceed the bytes written.
+_MSG_TRUNC = 0x20
 # Ops that return values in the arguments.
 _ARGS_BACK = frozenset({abi.OP_SENDFILE, abi.OP_IOCTL_INT, abi.OP_GETADDRINFO})
 
@@ -102,7 +104,7 @@ class Transport:
 
     def _grow(self, st: _Staging, which: int, need: int) -> None:
         cap = st.cap if which == 1 else st.cap2
-        new = max(need, cap * 2)
+        new = max(need, min(cap * 2, MAX_TRANSFER))
         p = self._alloc(new)
         if p == ffi.NULL:
             raise MemoryError(f"untrusted staging buffer of {new} bytes could not be allocated")
@@ -132,10 +134,10 @@ class Transport:
         req = st.req
         n_in = len(inbuf) if inbuf is not None else 0
         len1 = n_in if n_in > outcap else outcap
+        if len1 > MAX_TRANSFER:
+            len1 = MAX_TRANSFER
+            n_in = min(n_in, len1)
         if len1 > st.cap:
-            if len1 > MAX_TRANSFER:
-                len1 = MAX_TRANSFER
-                n_in = min(n_in, len1)
             self._grow(st, 1, len1)
         if not n_in:
             inbuf = ffi.NULL
@@ -167,7 +169,7 @@ class Transport:
         # needs the checks (a write that took at most what it was given cannot lie).
         if ret < 0 or out_len or out2_len or (
                 ret > 0 and (ret > n_in if op in _WRITE_LIKE else op in _CHECKED)):
-            self._check(op, ret, out_len, out2_len, len1, len2, n_in, a1, a3)
+            self._check(op, ret, out_len, out2_len, len1, len2, n_in, a1, a2, a3)
         out = b""
         if out_len:
             if into is not None:
@@ -191,14 +193,14 @@ class Transport:
         except AttributeError:
             st = self._staging()
         n = len(data)
+        if n > MAX_TRANSFER:
+            data, n = memoryview(data)[:MAX_TRANSFER], MAX_TRANSFER
         if n > st.cap:
-            if n > MAX_TRANSFER:
-                data, n = memoryview(data)[:MAX_TRANSFER], MAX_TRANSFER
             self._grow(st, 1, n)
         if type(data) is not bytes:
             data = ffi.from_buffer(data)
         ret = lib.enclave_send(self._path_code, st.req, fd, flags, data, n)
-        if ret < _LIE:
+        if ret < _LOWEST_ERRNO:
             raise IagoError(ffi.string(lib.enclave_lie()).decode(errors="replace"))
         return ret
 
@@ -210,18 +212,19 @@ class Transport:
             st = self._tls.st
         except AttributeError:
             st = self._staging()
+        if n > MAX_TRANSFER:
+            n = MAX_TRANSFER
         if n > st.cap:
-            n = min(n, MAX_TRANSFER)
             self._grow(st, 1, n)
         ret = lib.enclave_recv(self._path_code, st.req, fd, n, 0)
         if ret > 0:
             return ret, ffi.unpack(st.chars, ret)
-        if ret < _LIE:
+        if ret < _LOWEST_ERRNO:
             raise IagoError(ffi.string(lib.enclave_lie()).decode(errors="replace"))
         return ret, b""
 
     @staticmethod
-    def _check(op, ret, out_len, out2_len, len1, len2, n_in, a1, a3) -> None:
+    def _check(op, ret, out_len, out2_len, len1, len2, n_in, a1, a2, a3) -> None:
         name = abi.OP_NAMES.get(op, str(op))
         if ret < -4095:
             raise IagoError(f"host returned {ret} for {name}: not a result and not an errno")
@@ -238,7 +241,9 @@ class Transport:
                 raise IagoError(f"host returned {ret} for {name} of {asked} bytes "
                                 f"({out_len} written)")
         elif op == abi.OP_RECVFROM:
-            if out_len > min(a1, len1) or (ret < out_len):
+            # Only MSG_TRUNC (a2: flags) lets the result exceed the bytes written.
+            if out_len > min(a1, len1) or ret < out_len or (ret > out_len and
+                                                           not a2 & _MSG_TRUNC):
                 raise IagoError(f"host returned {ret} for recvfrom of {a1} bytes ({out_len} written)")
         elif op in _WRITE_LIKE:
             if ret > n_in:
