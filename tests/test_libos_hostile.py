@@ -255,3 +255,21 @@ def test_accept_with_an_address_of_another_family_is_caught(liar):
             srv.accept()
     # the rejected connection is not kept: the enclave holds only stdio again
     assert libos.kernel.fds == {0, 1, 2}
+
+
+@pytest.mark.parametrize("kind, value, call", [
+    ("ret_add", 10, "recv"),          # more bytes than the app asked for
+    ("out_len", 1, "recv"),           # a count that is not what was written
+    ("ret", 100, "send"),             # more taken than the app gave
+])
+def test_socket_data_path_under_the_app_rejects_a_lying_host(kind, value, call):
+    # The real transport (its C checks), not the Python liar: what an app's socket sees.
+    with installed(make_transport("ocall")):
+        a, b = socket.socketpair()
+        with a, b:
+            a.sendall(b"0123456789")
+            Host.lie_next(kind, value, 1)
+            with pytest.raises(IagoError, match=f"host's reply to {call}"):
+                a.send(b"abc") if call == "send" else b.recv(4)
+            assert b.recv(4) in (b"0123", b"4567")      # the next reply is honest
+    Host.lie_next("ret", 0, 0)

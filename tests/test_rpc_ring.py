@@ -429,3 +429,34 @@ def test_a_new_ring_is_free_for_its_first_lap(make_ring):
     assert (hdr.magic, hdr.nslots, hdr.slot_size) == (abi.RING_MAGIC, 8, abi.RING_SLOT_SIZE)
     assert all(ring.slot(i).state == abi.SLOT_FREE for i in range(8))
     assert ring.posted() == [0]
+
+
+# A corrupted slot is no served call (not counted); a served call whose result lies is.
+@pytest.mark.parametrize("kind, value, words, served", [
+    ("state", 77, "RPC slot for recv came back corrupted: slot state 77", 1),
+    ("seq", 1, "RPC slot for recv came back corrupted", 1),
+    ("ret", 100, "host's reply to recv of 4 bytes cannot be true", 2),
+])
+def test_socket_fast_path_on_the_ring_catches_a_corrupted_reply(make_ring, kind, value, words,
+                                                               served):
+    import socket
+    from eleos_shim.cpu import ModeledCPU
+    from eleos_shim.errors import IagoError
+    from trusted.syscall import Bridge, Transport
+    ring = make_ring(workers=1)
+    cpu = ModeledCPU(Config.from_env({}, mode="sgx", cost="account"))   # for a fallback OCALL
+    t = Transport("rpc", Bridge(hlib.host_dispatch_fn(), hlib.host_alloc_fn(), hlib.host_free_fn(),
+                                cpu.charge_fn, cpu.pollute_fn, tlib.enclave_rpc_fn(), ring.addr),
+                  rpc_spin=PATIENT)
+    a, b = socket.socketpair()
+    try:
+        t.reset_counts()
+        assert t.send(a.fileno(), 0, b"01234567") == 8
+        ring.host.corrupt_next(kind, value)
+        with pytest.raises(IagoError, match=words):
+            t.recv(b.fileno(), 4)
+        assert t.recv(b.fileno(), 4)[1] in (b"0123", b"4567")     # the next reply is honest
+        c = t.counts()
+        assert c["sendto"]["rpc"] == 1 and c["recvfrom"]["rpc"] == served
+    finally:
+        a.close(), b.close()

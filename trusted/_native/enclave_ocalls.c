@@ -12,6 +12,7 @@
  * many app threads.  Everything runs with the GIL released (cffi drops it around C calls).
  */
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include "eleos_abi.h"
 
@@ -137,9 +138,7 @@ int enclave_submit1(int path, struct eleos_req *req, uint32_t op,
  * this thread): a result that is neither a count nor an errno, a count above what was asked
  * or given, data the host claims beyond the buffer or alongside an error, or a corrupted
  * RPC slot.  recv leaves the byte count the host wrote in req->out_len (== the result). */
-#include <stdio.h>
-
-#define ENCLAVE_LIE (-(int64_t)1 << 62)
+#define ENCLAVE_LIE (-((int64_t)1 << 62))
 
 const char *enclave_rpc_last_error(void);
 static __thread char lie[200];
