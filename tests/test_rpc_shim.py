@@ -149,3 +149,24 @@ def test_a_corrupted_rpc_slot_raises_iago_error_in_the_transport(rpc_transport, 
         os.close(w)
     counts = transport.counts()
     assert counts["read"]["rpc"] == 1 and counts["write"]["rpc"] == 1
+
+
+def test_a_wait_that_finds_an_fd_ready_makes_no_exit(native_output):
+    run = run_shim(None, SCRIPTS / "libos_waits.py", env=rpc_env(1, **ALWAYS_RPC))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == native_output("libos_waits")
+    calls = run.stats["calls"]
+    # the ready selector wait is one ring call; the idle one a ring check, then the OCALL wait
+    assert (calls["epoll_wait"]["rpc"], calls["epoll_wait"]["ocall"]) == (2, 1)
+    # select and poll each found the fd ready through the ring
+    assert (calls["poll"]["rpc"], calls["poll"]["ocall"]) == (2, 0)
+    assert run.stats["transitions"]["eexit"] == sum(c["fallback"] + c["ocall"]
+                                                    for c in calls.values())
+
+
+def test_on_the_ocall_path_a_wait_is_one_exit(native_output):
+    run = run_shim("sgx", SCRIPTS / "libos_waits.py", env={"ELEOS_COST": "account"})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == native_output("libos_waits")
+    calls = run.stats["calls"]
+    assert (calls["epoll_wait"]["count"], calls["poll"]["count"]) == (2, 2)

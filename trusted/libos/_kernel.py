@@ -126,6 +126,9 @@ class Kernel:
         self.transport = transport
         self._call = self.call = transport.call   # the transport's own bound method: no layer
         self.send, self.recv = transport.send, transport.recv   # the socket data path
+        # On the rpc path a wait first asks, without a timeout, through the ring (no exit):
+        # a busy server's wait usually finds an fd ready at once (see mux.py).
+        self.exitless = transport.path == "rpc"
         self._lock = threading.Lock()
         self.fds: set[int] = _open_stdio()
         self.raw_fds: set[int] = set()             # subset of fds: bare ints the app holds

@@ -2,7 +2,10 @@
 
 All three wait in the host (OP_POLL / OP_EPOLL_WAIT).  A wait that may last (a timeout other
 than 0) is sent with ``wait=True``: it always leaves the enclave as an OCALL, so it never ties
-up an RPC worker; a zero-timeout check is an ordinary (RPC-able) call.
+up an RPC worker; a zero-timeout check is an ordinary (RPC-able) call.  On the rpc path a wait
+is first such a check, as the sockets' blocking rule does: a busy server's wait finds an fd
+ready at once and leaves no exit behind; only a wait that finds nothing ready exits.  (On the
+ocall path the check would be one more exit, so there the wait goes out at once.)
 
 What comes back is checked as hostile: a ready fd the enclave never asked about, a pollfd
 array reordered or resized, events that were not asked for (beyond ERR/HUP/NVAL, which the
@@ -47,8 +50,14 @@ def _ms_from_seconds(timeout) -> int:
 def poll_fds(kernel: Kernel, fds: list[tuple[int, int]], timeout_ms: int):
     """One OP_POLL over (fd, events) pairs; returns (count, [revents per entry]), checked."""
     inbuf = b"".join(_POLLFD.pack(fd, ev, 0) for fd, ev in fds)
-    r = kernel.call(abi.OP_POLL, len(fds), timeout_ms, inbuf=inbuf, outcap=len(inbuf),
-                    wait=timeout_ms != 0)
+    r = None
+    if timeout_ms != 0 and kernel.exitless:
+        r = kernel.call(abi.OP_POLL, len(fds), 0, inbuf=inbuf, outcap=len(inbuf))
+        if r.ret == 0 or r.ret == -_errno.EINTR:
+            r = None        # nothing ready yet: wait, as an OCALL
+    if r is None:
+        r = kernel.call(abi.OP_POLL, len(fds), timeout_ms, inbuf=inbuf, outcap=len(inbuf),
+                        wait=timeout_ms != 0)
     if r.ret < 0:
         return r.ret, None
     if len(r.out) != len(inbuf) or r.ret > len(fds):
@@ -260,15 +269,19 @@ class Epoll:
             raise ValueError(f"maxevents must be greater than 0, got {maxevents}")
         deadline = None if ms < 0 else time.monotonic() + ms / 1000
         cap = maxevents * _EPOLL_EVENT.size
-        while True:
-            ms = self._k.wait_ms(deadline)
-            r = self._k.call(abi.OP_EPOLL_WAIT, epfd, maxevents, ms, outcap=cap,
-                             wait=ms != 0)
+        k = self._k
+        r = None
+        if ms != 0 and k.exitless:
+            r = k.call(abi.OP_EPOLL_WAIT, epfd, maxevents, 0, outcap=cap)
+            if r.ret == 0 or r.ret == -_errno.EINTR:
+                r = None        # nothing ready yet: wait, as an OCALL
+        while r is None:
+            ms = k.wait_ms(deadline)
+            r = k.call(abi.OP_EPOLL_WAIT, epfd, maxevents, ms, outcap=cap, wait=ms != 0)
             if r.ret == -_errno.EINTR:
-                continue
-            if r.ret < 0:
-                raise oserror(-r.ret)
-            break
+                r = None
+        if r.ret < 0:
+            raise oserror(-r.ret)
         if r.ret > maxevents or len(r.out) != r.ret * _EPOLL_EVENT.size:
             raise IagoError(f"host's epoll_wait returned {r.ret} events in {len(r.out)} "
                             f"bytes (maxevents {maxevents})")
