@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import os
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -234,6 +235,7 @@ def resolve(environ: Mapping[str, str] | None = None,
             flags: Mapping[str, Any] | None = None) -> Config:
     environ = os.environ if environ is None else environ
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    _reject_unknown(environ)
     raw: dict[str, Any] = {}
     explicit: set[str] = set()
     for opt in OPTIONS:
@@ -251,6 +253,16 @@ def resolve(environ: Mapping[str, str] | None = None,
         raw[opt.field] = value
         explicit.add(opt.field)
     return _finish(raw, explicit)
+
+
+def _reject_unknown(environ: Mapping[str, str]) -> None:
+    """A misspelt variable would otherwise be ignored without a word and the run made with
+    the default: ELEOS_ is ours, so a name that is no setting stops start-up."""
+    known = {opt.env for opt in OPTIONS}
+    for name in sorted(k for k in environ if k.startswith("ELEOS_") and k not in known):
+        close = difflib.get_close_matches(name[6:], [k[6:] for k in known], n=1)
+        hint = f"did you mean ELEOS_{close[0]}?" if close else "see python -m eleos_shim --help"
+        raise ConfigError(f"{name}={environ[name]!r}: no such setting ({hint})")
 
 
 def _finish(raw: dict[str, Any], explicit: set[str]) -> Config:

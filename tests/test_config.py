@@ -83,6 +83,18 @@ def test_bad_setting_stops_startup_with_one_line_and_status_2(tmp_path):
     assert r.stderr.strip().splitlines() == ["eleos-shim: ELEOS_EPC_MB='huge': expected a positive number of MB (e.g. 93 or 0.5)"]
 
 
+def test_misspelt_variable_stops_startup_and_names_the_setting_meant(tmp_path):
+    app = tmp_path / "app.py"
+    app.write_text("print('ran')\n")
+    r = run_shim(None, app, env={"ELEOS_SYSCALL": "direct"}, stats=False)
+    assert (r.returncode, r.stdout) == (2, "")
+    assert r.stderr.strip().splitlines() == [
+        "eleos-shim: ELEOS_SYSCALL='direct': no such setting (did you mean ELEOS_SYSCALLS?)"]
+    with pytest.raises(ConfigError, match="ELEOS_FOO='1': no such setting .see python -m"):
+        resolve({"ELEOS_FOO": "1"})
+    assert resolve({"ELEOSX": "1", "PATH": "/bin"}).mode == "eleos"      # not ours: ignored
+
+
 def test_bad_flag_is_named_as_the_flag(tmp_path):
     import subprocess, sys
     from tests.conftest import ROOT, shim_env
