@@ -21,7 +21,7 @@ setup: $(STAMP)
 system-deps:
 	@bash scripts/install-system-deps.sh
 
-demo: setup
+demo: setup system-deps
 	$(PY) benchmarks/kvstore.py --demo
 
 test: setup system-deps

@@ -51,7 +51,8 @@ def exits_summary(stats: dict) -> dict:
     why = {}
     if stats["syscalls"] == "rpc":
         why["blocking waits (poll/accept/... that would block go through an OCALL)"] = ocall
-        why["fallbacks (no RPC worker took the call in time, or the ring was full)"] = fallback
+        why["fallbacks (no RPC worker took the call in time, the ring was full, "
+            "or every worker slept)"] = fallback
     else:
         why["ocalls"] = ocall + fallback
     why["page faults (AEX)"] = stats["transitions"].get("aex", 0)
