@@ -69,12 +69,12 @@ class LyingTransport:
             self.hidden_fds.extend(struct.unpack("=ii", reply.out))
         return fn(reply, args, kwargs)
 
-    # The socket data path, through ``call`` so that its replies can lie too.
-    def send(self, fd, flags, data) -> int:
-        return self.call(abi.OP_SENDTO, fd, flags, inbuf=data).ret
+    # The data path, through ``call`` so that its replies can lie too.
+    def data_out(self, op, fd, data, flags=0) -> int:
+        return self.call(op, fd, flags, inbuf=data).ret
 
-    def recv(self, fd, n) -> tuple[int, bytes]:
-        r = self.call(abi.OP_RECVFROM, fd, n, 0, outcap=n)
+    def data_in(self, op, fd, n) -> tuple[int, bytes]:
+        r = self.call(op, fd, n, 0, outcap=n)
         return r.ret, r.out
 
     def close_hidden(self) -> None:

@@ -261,15 +261,25 @@ def test_accept_with_an_address_of_another_family_is_caught(liar):
     ("ret_add", 10, "recv"),          # more bytes than the app asked for
     ("out_len", 1, "recv"),           # a count that is not what was written
     ("ret", 100, "send"),             # more taken than the app gave
+    ("ret_add", 10, "read"),
+    ("ret", 100, "write"),
 ])
-def test_socket_data_path_under_the_app_rejects_a_lying_host(kind, value, call):
-    # The real transport (its C checks), not the Python liar: what an app's socket sees.
+def test_data_path_under_the_app_rejects_a_lying_host(kind, value, call):
+    # The real transport (its C checks), not the Python liar: what an app's socket or
+    # os.read/os.write sees.
     with installed(make_transport("ocall")):
         a, b = socket.socketpair()
-        with a, b:
+        r, w = os.pipe()
+        try:
             a.sendall(b"0123456789")
+            os.write(w, b"0123456789")
             Host.lie_next(kind, value, 1)
+            do = {"send": lambda: a.send(b"abc"), "recv": lambda: b.recv(4),
+                  "write": lambda: os.write(w, b"abc"), "read": lambda: os.read(r, 4)}[call]
             with pytest.raises(IagoError, match=f"host's reply to {call}"):
-                a.send(b"abc") if call == "send" else b.recv(4)
-            assert b.recv(4) in (b"0123", b"4567")      # the next reply is honest
+                do()
+            assert b.recv(4) in (b"0123", b"4567")      # the next replies are honest
+            assert os.read(r, 4) in (b"0123", b"4567")
+        finally:
+            a.close(), b.close(), os.close(r), os.close(w)
     Host.lie_next("ret", 0, 0)

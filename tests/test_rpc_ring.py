@@ -451,11 +451,12 @@ def test_socket_fast_path_on_the_ring_catches_a_corrupted_reply(make_ring, kind,
     a, b = socket.socketpair()
     try:
         t.reset_counts()
-        assert t.send(a.fileno(), 0, b"01234567") == 8
+        assert t.data_out(abi.OP_SENDTO, a.fileno(), b"01234567") == 8
         ring.host.corrupt_next(kind, value)
         with pytest.raises(IagoError, match=words):
-            t.recv(b.fileno(), 4)
-        assert t.recv(b.fileno(), 4)[1] in (b"0123", b"4567")     # the next reply is honest
+            t.data_in(abi.OP_RECVFROM, b.fileno(), 4)
+        # the next reply is honest
+        assert t.data_in(abi.OP_RECVFROM, b.fileno(), 4)[1] in (b"0123", b"4567")
         c = t.counts()
         assert c["sendto"]["rpc"] == 1 and c["recvfrom"]["rpc"] == served
     finally:

@@ -100,45 +100,60 @@ def test_recvfrom_out2_len_beyond_capacity_is_caught(transport):
     a.close(), b.close()
 
 
-def test_socket_fast_path_moves_bytes_and_is_counted(transport):
+def test_data_path_moves_bytes_and_is_counted(transport):
     import socket
     a, b = socket.socketpair()
     b.setblocking(False)
     transport.reset_counts()
-    assert transport.send(a.fileno(), 0, b"hello") == 5
-    assert transport.send(a.fileno(), 0, bytearray(b" world")) == 6
-    assert transport.recv(b.fileno(), 64) == (11, b"hello world")
-    assert transport.recv(b.fileno(), 64) == (-11, b"")     # EAGAIN, as the kernel said
+    assert transport.data_out(abi.OP_SENDTO, a.fileno(), b"hello") == 5
+    assert transport.data_out(abi.OP_SENDTO, a.fileno(), bytearray(b" world")) == 6
+    assert transport.data_in(abi.OP_RECVFROM, b.fileno(), 64) == (11, b"hello world")
+    assert transport.data_in(abi.OP_RECVFROM, b.fileno(), 64) == (-11, b"")    # EAGAIN
+    r, w = os.pipe()
+    assert transport.data_out(abi.OP_WRITE, w, b"pipe") == 4
+    assert transport.data_in(abi.OP_READ, r, 64) == (4, b"pipe")
     c = transport.counts()
     assert c["sendto"][transport.path] == 2 and c["recvfrom"][transport.path] == 2
-    a.close(), b.close()
+    assert c["write"][transport.path] == 1 and c["read"][transport.path] == 1
+    a.close(), b.close(), os.close(r), os.close(w)
+
+
+def test_data_path_refuses_other_ops(transport):
+    with pytest.raises(IagoError, match="is not a write or a send"):
+        transport.data_out(abi.OP_PWRITE, 1, b"x")
+    with pytest.raises(IagoError, match="is not a read or a recv"):
+        transport.data_in(abi.OP_PREAD, 0, 1)
 
 
 FAST_LIES = [
     ("send", "send claims more than it was given", "ret", 100),
     ("send", "send with data written back", "out_len", 3),
+    ("write", "write claims more than it was given", "ret", 100),
     ("recv", "recv returns more bytes than asked", "ret_add", 10),
     ("recv", "recv count differs from the bytes written", "out_len", 1),
     ("recv", "recv out_len beyond the buffer", "out_len", 1 << 40),
     ("recv", "a result below -4095 (not an errno)", "ret", -5000),
     ("recv", "an error with data", "ret", -5),
     ("recv", "an address nobody asked for", "out2_len", 16),
+    ("read", "read count differs from the bytes written", "out_len", 2),
+    ("read", "read returns more bytes than asked", "ret_add", 10),
 ]
+_FAST = {"send": lambda t, a, b: t.data_out(abi.OP_SENDTO, a.fileno(), b"abc"),
+         "write": lambda t, a, b: t.data_out(abi.OP_WRITE, a.fileno(), b"abc"),
+         "recv": lambda t, a, b: t.data_in(abi.OP_RECVFROM, b.fileno(), 4),
+         "read": lambda t, a, b: t.data_in(abi.OP_READ, b.fileno(), 4)}
 
 
 @pytest.mark.parametrize("call,what,kind,value", FAST_LIES, ids=[x[1] for x in FAST_LIES])
-def test_socket_fast_path_catches_a_lying_host(transport, call, what, kind, value):
+def test_data_path_catches_a_lying_host(transport, call, what, kind, value):
     import socket
     a, b = socket.socketpair()
     a.sendall(b"0123456789")
     Host.lie_next(kind, value, 1)
-    with pytest.raises(IagoError, match=f"host's reply to {call}"):
-        if call == "send":
-            transport.send(a.fileno(), 0, b"abc")
-        else:
-            transport.recv(b.fileno(), 4)
+    with pytest.raises(IagoError, match=f"host's reply to {call} of"):
+        _FAST[call](transport, a, b)
     # the next call, with an honest host, works
-    assert transport.recv(b.fileno(), 4)[1] in (b"0123", b"4567")
+    assert transport.data_in(abi.OP_READ, b.fileno(), 4)[1] in (b"0123", b"4567")
     a.close(), b.close()
 
 
@@ -161,16 +176,17 @@ def test_recvfrom_msg_trunc_may_report_the_whole_datagram(transport):
     a.close(), b.close()
 
 
-def test_socket_fast_path_grows_its_staging_for_large_transfers(transport):
+def test_data_path_grows_its_staging_for_large_transfers(transport):
     import socket
     a, b = socket.socketpair()
     a.setblocking(False), b.setblocking(False)
     data = os.urandom(300_000)      # larger than the initial staging buffer
-    sent = transport.send(a.fileno(), 0, memoryview(data))
+    sent = transport.data_out(abi.OP_SENDTO, a.fileno(), memoryview(data))
     assert 0 < sent <= len(data)
     got = b""
     while len(got) < sent:
-        ret, chunk = transport.recv(b.fileno(), 1 << 20)      # asks more than the buffer holds
+        # asks for more than the staging buffer holds
+        ret, chunk = transport.data_in(abi.OP_RECVFROM, b.fileno(), 1 << 20)
         assert ret == len(chunk) > 0
         got += chunk
     assert got == data[:sent]

@@ -31,7 +31,7 @@ _READ_LIKE = frozenset({abi.OP_READ, abi.OP_PREAD, abi.OP_GETDENTS})
 _WRITE_LIKE = frozenset({abi.OP_WRITE, abi.OP_PWRITE, abi.OP_SENDTO})
 _CHECKED = _READ_LIKE | _WRITE_LIKE | {abi.OP_RECVFROM, abi.OP_SENDFILE}
 _RPC, _OCALL = abi.PATH_RPC, abi.PATH_OCALL
-# The lowest -errno: the C socket path returns a value below it when the host's reply lies.
+# The lowest -errno: the C data path returns a value below it when the host's reply lies.
 _LOWEST_ERRNO = -abi.MAX_ERRNO
 # recvfrom's flag that lets the result (a datagram's length) exceed the bytes written.
 _MSG_TRUNC = 0x20
@@ -182,12 +182,12 @@ class Transport:
             return Reply(ret, out, out2, (args[0], args[1], args[2], args[3], args[4], args[5]))
         return Reply(ret, out, out2, (a0, a1, a2, a3, a4, a5))
 
-    # -- the socket data path ------------------------------------------------------------------
-    def send(self, fd: int, flags: int, data) -> int:
-        """``send(fd, data, flags)`` (OP_SENDTO, no address) in one C crossing that also checks
+    # -- the data path ---------------------------------------------------------------------------
+    def data_out(self, op: int, fd: int, data, flags: int = 0) -> int:
+        """OP_WRITE or OP_SENDTO (no address) of ``data`` in one C crossing that also checks
         the reply: the byte count taken (at most MAX_TRANSFER), or -errno.  The same request,
-        path and stats as ``call(OP_SENDTO, fd, flags, inbuf=data).ret``, without its reply
-        tuple: a server makes one of these per answer."""
+        path and stats as ``call(op, fd, flags, inbuf=data).ret``, without its reply tuple:
+        a server makes one of these per answer."""
         try:
             st = self._tls.st
         except AttributeError:
@@ -199,15 +199,15 @@ class Transport:
             self._grow(st, 1, n)
         if type(data) is not bytes:
             data = ffi.from_buffer(data)
-        ret = lib.enclave_send(self._path_code, st.req, fd, flags, data, n)
+        ret = lib.enclave_out(self._path_code, st.req, op, fd, flags, data, n)
         if ret < _LOWEST_ERRNO:
             raise IagoError(ffi.string(lib.enclave_lie()).decode(errors="replace"))
         return ret
 
-    def recv(self, fd: int, n: int) -> tuple[int, bytes]:
-        """``recv(fd, n)`` (OP_RECVFROM with no flags and no address) in one checked C
-        crossing: (byte count or -errno, the bytes).  As ``call(OP_RECVFROM, fd, n, 0,
-        outcap=n)``, without its reply tuple."""
+    def data_in(self, op: int, fd: int, n: int) -> tuple[int, bytes]:
+        """OP_READ or OP_RECVFROM (no flags, no address) of up to ``n`` bytes in one checked
+        C crossing: (byte count or -errno, the bytes).  As ``call(op, fd, n, 0, outcap=n)``,
+        without its reply tuple."""
         try:
             st = self._tls.st
         except AttributeError:
@@ -216,7 +216,7 @@ class Transport:
             n = MAX_TRANSFER
         if n > st.cap:
             self._grow(st, 1, n)
-        ret = lib.enclave_recv(self._path_code, st.req, fd, n, 0)
+        ret = lib.enclave_in(self._path_code, st.req, op, fd, n)
         if ret > 0:
             return ret, ffi.unpack(st.chars, ret)
         if ret < _LOWEST_ERRNO:

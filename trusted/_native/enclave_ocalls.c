@@ -130,14 +130,15 @@ int enclave_submit1(int path, struct eleos_req *req, uint32_t op,
     return enclave_submit(path, req, op, a0, a1, a2, 0, 0, 0, in, n_in, len1, NULL, 0, 0);
 }
 
-/* The socket data path in one crossing, checked here: send(fd, in[0:n], flags) and
- * recv(fd, n, flags) into buffer 1, no address.  A server's request costs two of them, so
- * they skip what the general path pays in Python (the reply tuple, the per-op checks) and
- * check the reply in C instead.  Each returns what the app's call returns (a count, or
- * -errno), or ENCLAVE_LIE when the reply cannot be true (then enclave_lie() says why, for
- * this thread): a result that is neither a count nor an errno, a count above what was asked
- * or given, data the host claims beyond the buffer or alongside an error, or a corrupted
- * RPC slot.  recv leaves the byte count the host wrote in req->out_len (== the result). */
+/* The data path in one crossing, checked here: write / send(fd, in[0:n], flags) out of the
+ * enclave and read / recv(fd, n, flags) into buffer 1, no address, no offset.  A server's
+ * request costs two of them, so they skip what the general path pays in Python (the reply
+ * tuple, the per-op checks) and check the reply in C instead.  Each returns what the app's
+ * call returns (a count, or -errno), or ENCLAVE_LIE when the reply cannot be true (then
+ * enclave_lie() says why, for this thread): a result that is neither a count nor an errno,
+ * a count above what was asked or given, data the host claims beyond the buffer, alongside
+ * an error or in buffer 2, or a corrupted RPC slot.  enclave_in leaves the byte count the
+ * host wrote in req->out_len (== the result).  Any other op is refused. */
 #define ENCLAVE_LIE (-((int64_t)1 << 62))
 
 const char *enclave_rpc_last_error(void);
@@ -145,50 +146,72 @@ static __thread char lie[200];
 
 const char *enclave_lie(void) { return lie; }
 
-static int64_t lied(const char *what, int64_t ret, uint64_t out_len, uint64_t out2_len,
-                    uint64_t n)
+static const char *op_word(uint32_t op)
+{
+    switch (op) {
+    case ELEOS_OP_WRITE: return "write";
+    case ELEOS_OP_SENDTO: return "send";
+    case ELEOS_OP_READ: return "read";
+    default: return "recv";
+    }
+}
+
+static int64_t lied(uint32_t op, int64_t ret, uint64_t out_len, uint64_t out2_len, uint64_t n)
 {
     snprintf(lie, sizeof lie, "host's reply to %s of %llu bytes cannot be true: result %lld, "
-             "%llu/%llu bytes written", what, (unsigned long long)n, (long long)ret,
+             "%llu/%llu bytes written", op_word(op), (unsigned long long)n, (long long)ret,
              (unsigned long long)out_len, (unsigned long long)out2_len);
     return ENCLAVE_LIE;
 }
 
-static inline int64_t run_checked(int path, struct eleos_req *req, const char *what, uint64_t n,
-                                  int reading)
+static inline int64_t run_checked(int path, struct eleos_req *req, uint64_t n, int inward)
 {
+    const uint32_t op = req->op;
     if (enclave_call(path, req) < 0) {
-        snprintf(lie, sizeof lie, "RPC slot for %s came back corrupted: %s", what,
+        snprintf(lie, sizeof lie, "RPC slot for %s came back corrupted: %s", op_word(op),
                  enclave_rpc_last_error());
         return ENCLAVE_LIE;
     }
     const int64_t ret = req->ret;
     const uint64_t out_len = req->out_len, out2_len = req->out2_len;
     if (ret < -(int64_t)ELEOS_MAX_ERRNO || out2_len || (uint64_t)(ret > 0 ? ret : 0) > n)
-        return lied(what, ret, out_len, out2_len, n);
-    if (reading ? (ret < 0 ? out_len != 0 : out_len != (uint64_t)ret) : out_len != 0)
-        return lied(what, ret, out_len, out2_len, n);
+        return lied(op, ret, out_len, out2_len, n);
+    if (inward ? (ret < 0 ? out_len != 0 : out_len != (uint64_t)ret) : out_len != 0)
+        return lied(op, ret, out_len, out2_len, n);
     return ret;
 }
 
-int64_t enclave_send(int path, struct eleos_req *req, int64_t fd, int64_t flags,
-                     const char *in, uint64_t n)
+static inline void stage(struct eleos_req *req, uint32_t op, int64_t a0, int64_t a1,
+                         int64_t a2, uint64_t n)
 {
-    if (n) memcpy((void *)(uintptr_t)req->buf, in, n);
-    req->op = ELEOS_OP_SENDTO;
-    req->args[0] = fd; req->args[1] = flags; req->args[2] = 0;
+    req->op = op;
+    req->args[0] = a0; req->args[1] = a1; req->args[2] = a2;
     req->args[3] = 0; req->args[4] = 0; req->args[5] = 0;
     req->buf_len = n;
     req->buf2_len = 0;
-    return run_checked(path, req, "send", n, 0);
 }
 
-int64_t enclave_recv(int path, struct eleos_req *req, int64_t fd, uint64_t n, int64_t flags)
+/* op: ELEOS_OP_WRITE (flags unused) or ELEOS_OP_SENDTO. */
+int64_t enclave_out(int path, struct eleos_req *req, uint32_t op, int64_t fd, int64_t flags,
+                    const char *in, uint64_t n)
 {
-    req->op = ELEOS_OP_RECVFROM;
-    req->args[0] = fd; req->args[1] = (int64_t)n; req->args[2] = flags;
-    req->args[3] = 0; req->args[4] = 0; req->args[5] = 0;
-    req->buf_len = n;
-    req->buf2_len = 0;
-    return run_checked(path, req, "recv", n, 1);
+    if (op != ELEOS_OP_WRITE && op != ELEOS_OP_SENDTO) {
+        snprintf(lie, sizeof lie, "op %u is not a write or a send", op);
+        return ENCLAVE_LIE;
+    }
+    if (n) memcpy((void *)(uintptr_t)req->buf, in, n);
+    stage(req, op, fd, op == ELEOS_OP_SENDTO ? flags : 0, 0, n);
+    return run_checked(path, req, n, 0);
+}
+
+/* op: ELEOS_OP_READ or ELEOS_OP_RECVFROM (without flags: MSG_TRUNC would let the result
+ * exceed the bytes written, which the general path checks). */
+int64_t enclave_in(int path, struct eleos_req *req, uint32_t op, int64_t fd, uint64_t n)
+{
+    if (op != ELEOS_OP_READ && op != ELEOS_OP_RECVFROM) {
+        snprintf(lie, sizeof lie, "op %u is not a read or a recv", op);
+        return ENCLAVE_LIE;
+    }
+    stage(req, op, fd, (int64_t)n, 0, n);
+    return run_checked(path, req, n, 1);
 }

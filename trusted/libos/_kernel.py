@@ -125,7 +125,7 @@ class Kernel:
     def __init__(self, transport):
         self.transport = transport
         self._call = self.call = transport.call   # the transport's own bound method: no layer
-        self.send, self.recv = transport.send, transport.recv   # the socket data path
+        self.data_out, self.data_in = transport.data_out, transport.data_in   # write/read
         # On the rpc path a wait first asks, without a timeout, through the ring (no exit):
         # a busy server's wait usually finds an fd ready at once (see mux.py).
         self.exitless = transport.path == "rpc"

@@ -22,6 +22,7 @@ from eleos_shim.errors import IagoError
 from trusted.libos._kernel import (AT_FDCWD, AT_REMOVEDIR, AT_SYMLINK_NOFOLLOW, F_GETFL,
                                    F_SETFL, MAX_IO, O_CLOEXEC, O_DIRECTORY, O_NONBLOCK, POLLIN,
                                    POLLOUT, STAT, Kernel, oserror, stat_result)
+from trusted.syscall import Reply
 
 DEFAULT_BUFFER_SIZE = _io.DEFAULT_BUFFER_SIZE
 TIOCOUTQ = 0x5411          # a tty-only ioctl with an int result: how isatty() asks the host
@@ -592,29 +593,27 @@ class FileSystem:
         if length < 0:
             raise oserror(_errno.EINVAL)
         n = length if length <= MAX_IO else MAX_IO
+        k = self.kernel
+        ret, data = k.data_in(abi.OP_READ, fd, n)      # the fast path: one checked crossing
+        if ret >= 0:
+            return data
         call = self._call
-        r = call(abi.OP_READ, fd, n, outcap=n)
-        if r.ret < 0:
-            k = self.kernel
-            r = k.blocking_io(fd, POLLIN, lambda: call(abi.OP_READ, fd, n, outcap=n),
-                              k.fd_timeout(fd), r)
-        return r.out
+        return k.blocking_io(fd, POLLIN, lambda: call(abi.OP_READ, fd, n, outcap=n),
+                             k.fd_timeout(fd), Reply(ret, b"", b"", ())).out
 
     def write(self, fd, data, /):
         if type(data) is not bytes:
             data = memoryview(data).cast("B")
         if len(data) > MAX_IO:
             data = data[:MAX_IO]
-        call = self._call
-        r = call(abi.OP_WRITE, fd, inbuf=data)
-        if r.ret < 0:
-            k = self.kernel
-            r = k.blocking_io(fd, POLLOUT, lambda: call(abi.OP_WRITE, fd, inbuf=data),
-                              k.fd_timeout(fd), r)
-        if r.ret < len(data):
-            return self.kernel.complete_write(fd, data, r.ret,
-                                              lambda b: call(abi.OP_WRITE, fd, inbuf=b))
-        return r.ret
+        call, k = self._call, self.kernel
+        ret = k.data_out(abi.OP_WRITE, fd, data)     # the fast path: one checked crossing
+        if ret < 0:
+            ret = k.blocking_io(fd, POLLOUT, lambda: call(abi.OP_WRITE, fd, inbuf=data),
+                                k.fd_timeout(fd), Reply(ret, b"", b"", ())).ret
+        if ret < len(data):
+            return k.complete_write(fd, data, ret, lambda b: call(abi.OP_WRITE, fd, inbuf=b))
+        return ret
 
     def pread(self, fd, length, offset, /):
         if length < 0:

@@ -427,7 +427,7 @@ class EnclaveSocket(_RealSocket):
         if len(data) > MAX_IO:
             data = data[:MAX_IO]
         fd, k = self._fd, self._k
-        ret = k.send(fd, flags, data)       # the fast path: one checked crossing
+        ret = k.data_out(abi.OP_SENDTO, fd, data, flags)    # the fast path: one crossing
         if ret < 0:
             call = k._call
             ret = self._io(POLLOUT, lambda: call(abi.OP_SENDTO, fd, flags, inbuf=data),
@@ -473,7 +473,7 @@ class EnclaveSocket(_RealSocket):
         n = bufsize if bufsize <= MAX_IO else MAX_IO
         fd = self._fd
         if not flags:
-            ret, data = self._k.recv(fd, n)    # the fast path: one checked crossing
+            ret, data = self._k.data_in(abi.OP_RECVFROM, fd, n)    # the fast path
             if ret >= 0:
                 return data
             first = Reply(ret, b"", b"", ())
