@@ -164,10 +164,12 @@ static int64_t lied(uint32_t op, int64_t ret, uint64_t out_len, uint64_t out2_le
     return ENCLAVE_LIE;
 }
 
-static inline int64_t run_checked(int path, struct eleos_req *req, uint64_t n, int inward)
+/* The request is staged and run as enclave_submit does; then the reply is checked. */
+static inline int64_t run_checked(int path, struct eleos_req *req, uint32_t op, int64_t fd,
+                                  int64_t a1, const char *in, uint64_t n_in, uint64_t n,
+                                  int inward)
 {
-    const uint32_t op = req->op;
-    if (enclave_call(path, req) < 0) {
+    if (enclave_submit(path, req, op, fd, a1, 0, 0, 0, 0, in, n_in, n, NULL, 0, 0) < 0) {
         snprintf(lie, sizeof lie, "RPC slot for %s came back corrupted: %s", op_word(op),
                  enclave_rpc_last_error());
         return ENCLAVE_LIE;
@@ -181,16 +183,6 @@ static inline int64_t run_checked(int path, struct eleos_req *req, uint64_t n, i
     return ret;
 }
 
-static inline void stage(struct eleos_req *req, uint32_t op, int64_t a0, int64_t a1,
-                         int64_t a2, uint64_t n)
-{
-    req->op = op;
-    req->args[0] = a0; req->args[1] = a1; req->args[2] = a2;
-    req->args[3] = 0; req->args[4] = 0; req->args[5] = 0;
-    req->buf_len = n;
-    req->buf2_len = 0;
-}
-
 /* op: ELEOS_OP_WRITE (flags unused) or ELEOS_OP_SENDTO. */
 int64_t enclave_out(int path, struct eleos_req *req, uint32_t op, int64_t fd, int64_t flags,
                     const char *in, uint64_t n)
@@ -199,9 +191,7 @@ int64_t enclave_out(int path, struct eleos_req *req, uint32_t op, int64_t fd, in
         snprintf(lie, sizeof lie, "op %u is not a write or a send", op);
         return ENCLAVE_LIE;
     }
-    if (n) memcpy((void *)(uintptr_t)req->buf, in, n);
-    stage(req, op, fd, op == ELEOS_OP_SENDTO ? flags : 0, 0, n);
-    return run_checked(path, req, n, 0);
+    return run_checked(path, req, op, fd, op == ELEOS_OP_SENDTO ? flags : 0, in, n, n, 0);
 }
 
 /* op: ELEOS_OP_READ or ELEOS_OP_RECVFROM (without flags: MSG_TRUNC would let the result
@@ -212,6 +202,5 @@ int64_t enclave_in(int path, struct eleos_req *req, uint32_t op, int64_t fd, uin
         snprintf(lie, sizeof lie, "op %u is not a read or a recv", op);
         return ENCLAVE_LIE;
     }
-    stage(req, op, fd, (int64_t)n, 0, n);
-    return run_checked(path, req, n, 1);
+    return run_checked(path, req, op, fd, (int64_t)n, NULL, 0, n, 1);
 }
