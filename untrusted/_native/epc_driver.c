@@ -771,6 +771,14 @@ static void reclaim_pass(void)
 static void *swapd_thread(void *arg)
 {
     (void)arg;
+    /* ksgxswapd is a kernel thread: the app's CPU mask (a benchmark pins the app to one core)
+     * does not bind it, so it may run on any online CPU, as the kernel's would. */
+    cpu_set_t all;
+    CPU_ZERO(&all);
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    for (long c = 0; c < ncpu && c < CPU_SETSIZE; c++)
+        CPU_SET((int)c, &all);
+    sched_setaffinity(0, sizeof all, &all);
     pthread_mutex_lock(&D.lk);
     while (D.running) {
         if (D.free_frames < D.high && D.head.next != &D.head) {
