@@ -199,3 +199,17 @@ def test_stats_json_has_every_event_with_its_budget_and_the_modeled_share(tmp_pa
                                             / (st["tsc_mhz"] * 1e6))
     assert st["modeled_share"] == pytest.approx(st["modeled_s"] / st["wall_s"])
     assert st["transitions"]["modeled_cycles"] == sum(e["paid_cycles"] for e in st["events"].values())
+
+
+def test_a_real_pollution_touch_counts_against_the_indirect_charge():
+    cpu = ModeledCPU(Config.from_env({}, mode="sgx", cost="spin", indirect="pollute",
+                                     pollute_kb=1024, indirect_window_cycles=1))
+    cpu.reset()
+    lib.cpu_pollute()                    # touches 1 MB for real: far above a 1-cycle window
+    lib.cpu_charge(EEXIT)
+    lib.cpu_charge(EENTER)
+    ev = cpu.events()["indirect"]
+    assert ev["count"] == 1 and ev["budget_cycles"] <= 1
+    assert ev["real_cycles"] > ev["budget_cycles"] and ev["overruns"] == 1 and ev["spun_cycles"] == 0
+    assert cpu.counters()["pollutions"] == 1
+    cpu.reset()
