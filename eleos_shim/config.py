@@ -63,14 +63,22 @@ def _int(minimum: int = 0, maximum: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-def _mb(text: str) -> float:
-    try:
-        value = float(text.strip())
-    except ValueError:
-        raise ValueError("expected a positive number of MB (e.g. 93 or 0.5)") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise ValueError("expected a positive number of MB (e.g. 93 or 0.5)")
-    return value
+def _number(expected: str, low: float = 0.0, high: float = float("inf"),
+            low_inclusive: bool = False) -> Callable[[str], float]:
+    """A finite float above ``low`` (or at it, if inclusive) and at most ``high``."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise ValueError(f"expected {expected}") from None
+        above = value >= low if low_inclusive else value > low
+        if not (above and value <= high) or value == float("inf"):
+            raise ValueError(f"expected {expected}")
+        return value
+    return parse
+
+
+_mb = _number("a positive number of MB (e.g. 93 or 0.5)")
 
 
 def _page_size(text: str) -> int:
@@ -118,24 +126,9 @@ def _tsc(text: str) -> float:
     return value
 
 
-def _scale(text: str) -> float:
-    try:
-        value = float(text.strip())
-    except ValueError:
-        raise ValueError("expected a positive number (1 = no dilation)") from None
-    if not 0 < value < 1e6 or value != value:
-        raise ValueError("expected a positive number (1 = no dilation)")
-    return value
-
-
-def _slowdown(text: str) -> float:
-    try:
-        value = float(text.strip())
-    except ValueError:
-        raise ValueError("expected a number >= 1 (1 = no indirect cost)") from None
-    if not 1 <= value <= 100:
-        raise ValueError("expected a number >= 1 (1 = no indirect cost) and <= 100")
-    return value
+_scale = _number("a positive number up to 1e6 (1 = no dilation)", high=1e6)
+_slowdown = _number("a number >= 1 and <= 100 (1 = no indirect cost)", low=1.0, high=100.0,
+                    low_inclusive=True)
 
 
 @dataclass(frozen=True)

@@ -360,6 +360,24 @@ static __thread uint8_t staging[EPC_PAGE] __attribute__((aligned(4096)));
 static int write_page(struct epc_page *p);
 static void eblock(struct epc_region *r, uint64_t i);
 
+/* Take the active list's head (under D.lk, list not empty): a page whose accessed bit is set
+ * gets it cleared and goes back to the tail (its second chance: NULL); any other is isolated
+ * for EWB (PG_EVICTING) and returned. */
+static struct epc_page *scan_head(void)
+{
+    struct epc_page *p = D.head.next;
+    list_del(p);
+    ADD(scanned, 1);
+    if (p->accessed) {
+        p->accessed = 0;
+        list_add_tail(p);
+        ADD(second_chances, 1);
+        return NULL;
+    }
+    p->state = PG_EVICTING;
+    return p;
+}
+
 /* RECLAIM_DIRECT: the fault found no free frame, so its thread EWBs one victim itself (the
  * active list's head; a page with its accessed bit set gets its second chance first).  Under
  * D.lk; returns with it held: 1 if a frame was freed, 0 if nothing can be evicted now (every
@@ -367,16 +385,9 @@ static void eblock(struct epc_region *r, uint64_t i);
 static int reclaim_one(void)
 {
     for (uint64_t k = 0; k <= D.limit && D.head.next != &D.head; k++) {
-        struct epc_page *p = D.head.next;
-        list_del(p);
-        ADD(scanned, 1);
-        if (p->accessed) {
-            p->accessed = 0;
-            list_add_tail(p);
-            ADD(second_chances, 1);
+        struct epc_page *p = scan_head();
+        if (!p)
             continue;
-        }
-        p->state = PG_EVICTING;
         __atomic_add_fetch(&D.direct_reclaims, 1, __ATOMIC_RELAXED);
         pthread_mutex_unlock(&D.lk);
         uint64_t b0 = now_ns();
@@ -576,21 +587,26 @@ static void *uffd_thread(void *arg)
 
 /* ---- SIGSEGV fallback ---- */
 
+/* A fault that is not ours: behave as if we were not here (the handler before us, or the
+ * default action). */
+static void chain(struct sigaction *o, int sig, siginfo_t *info, void *uctx)
+{
+    if (o->sa_flags & SA_SIGINFO) {
+        o->sa_sigaction(sig, info, uctx);
+    } else if (o->sa_handler == SIG_DFL || o->sa_handler == SIG_IGN) {
+        signal(sig, SIG_DFL);               /* return: the access faults again and kills */
+    } else {
+        o->sa_handler(sig);
+    }
+}
+
 static void segv_handler(int sig, siginfo_t *info, void *uctx)
 {
     uintptr_t addr = (uintptr_t)info->si_addr;
     uint64_t i;
     struct epc_region *r = __atomic_load_n(&D.running, __ATOMIC_ACQUIRE) ? region_of(addr, &i) : NULL;
     if (!r) {
-        /* Not ours: behave as if we were not here. */
-        struct sigaction *o = &D.old_segv;
-        if (o->sa_flags & SA_SIGINFO) {
-            o->sa_sigaction(sig, info, uctx);
-        } else if (o->sa_handler == SIG_DFL || o->sa_handler == SIG_IGN) {
-            signal(sig, SIG_DFL);           /* return: the access faults again and kills */
-        } else {
-            o->sa_handler(sig);
-        }
+        chain(&D.old_segv, sig, info, uctx);
         return;
     }
     int saved = errno;
@@ -626,14 +642,7 @@ static void bus_handler(int sig, siginfo_t *info, void *uctx)
     uint64_t i;
     struct epc_region *r = region_of(addr, &i);
     if (!r) {
-        struct sigaction *o = &D.old_bus;
-        if (o->sa_flags & SA_SIGINFO) {
-            o->sa_sigaction(sig, info, uctx);
-        } else if (o->sa_handler == SIG_DFL || o->sa_handler == SIG_IGN) {
-            signal(sig, SIG_DFL);           /* return: the access faults again and kills */
-        } else {
-            o->sa_handler(sig);
-        }
+        chain(&D.old_bus, sig, info, uctx);
         return;
     }
     int saved = errno;
@@ -746,17 +755,9 @@ static void reclaim_pass(void)
     int n = 0;
     ADD(batches, 1);
     for (int k = 0; k < EPC_NR_TO_SCAN && D.head.next != &D.head; k++) {
-        struct epc_page *p = D.head.next;
-        list_del(p);
-        ADD(scanned, 1);
-        if (p->accessed) {
-            p->accessed = 0;
-            list_add_tail(p);
-            ADD(second_chances, 1);
-        } else {
-            p->state = PG_EVICTING;
+        struct epc_page *p = scan_head();
+        if (p)
             batch[n++] = p;
-        }
     }
     if (!n) return;
     pthread_mutex_unlock(&D.lk);
