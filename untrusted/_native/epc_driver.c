@@ -794,6 +794,17 @@ static void *swapd_thread(void *arg)
 
 /* ---- the API Python calls (through cffi, GIL released) ---- */
 
+/* The trap's handler for `sig`, keeping the one before it in *old (to chain and restore). */
+static int install_handler(int sig, void (*fn)(int, siginfo_t *, void *), struct sigaction *old)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = fn;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    return sigaction(sig, &sa, old);
+}
+
 /* A userfaultfd with `features` (and what every mode needs), or -1 if the kernel refuses. */
 static int open_uffd(uint64_t features)
 {
@@ -859,26 +870,17 @@ int epc_driver_start(uint64_t limit_pages, int trap, int nthreads, uintptr_t ewb
     if (D.trap == TRAP_USERFAULTFD) {
         D.stopfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     } else if (D.trap == TRAP_SIGBUS) {
-        struct sigaction sa;
-        memset(&sa, 0, sizeof sa);
-        sa.sa_sigaction = bus_handler;
-        sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_RESTART;
-        sigemptyset(&sa.sa_mask);
-        if (sigaction(SIGBUS, &sa, &D.old_bus) != 0) {
+        if (install_handler(SIGBUS, bus_handler, &D.old_bus) != 0) {
+            int err = errno;
             D.running = 0;
             close(D.uffd);
             D.uffd = -1;
-            return -errno;
+            return -err;
         }
         D.bus_installed = 1;
         nthreads = 0;
     } else {
-        struct sigaction sa;
-        memset(&sa, 0, sizeof sa);
-        sa.sa_sigaction = segv_handler;
-        sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_RESTART;
-        sigemptyset(&sa.sa_mask);
-        if (sigaction(SIGSEGV, &sa, &D.old_segv) != 0) {
+        if (install_handler(SIGSEGV, segv_handler, &D.old_segv) != 0) {
             D.running = 0;
             return -errno;
         }
