@@ -213,3 +213,22 @@ def test_a_real_pollution_touch_counts_against_the_indirect_charge():
     assert ev["real_cycles"] > ev["budget_cycles"] and ev["overruns"] == 1 and ev["spun_cycles"] == 0
     assert cpu.counters()["pollutions"] == 1
     cpu.reset()
+
+
+def test_calibrate_prints_each_events_budget_paid_and_overruns(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from tests.conftest import ROOT, shim_env
+    out = tmp_path / "cal.json"
+    proc = subprocess.run([sys.executable, "-m", "eleos_shim", "calibrate", "--trap=sigbus",
+                           "--json", str(out)], env=shim_env(None, ELEOS_COST="account"),
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for word in ("budget", "paid p50", "p90", "real p50", "spun p50", "overruns", "paid/budget",
+                 "ocall", "indirect", "epc_fault (sigbus)"):
+        assert word in proc.stdout
+    rows = {r["event"]: r for r in json.loads(out.read_text())["fidelity"]}
+    # account mode: an event below its budget pays exactly its budget
+    assert rows["ocall"]["paid_median_cycles"] == rows["ocall"]["budget_cycles"] == 8200
+    assert rows["epc_fault (sigbus)"]["budget_cycles"] == 40000
