@@ -6,7 +6,8 @@ the threads), read-only (copy an item out) and write-only (copy an item in), 1 a
 
 * SGX paging: the region is an EPC map (eleos_shim.epc): plain memory, every access to a page
   that is not resident is a real page fault served by the modeled SGX driver (by default the
-  faulting thread's own SIGBUS handler: ELDU, UFFDIO_COPY; ksgxswapd reclaim with AES-GCM EWB),
+  faulting thread's own SIGBUS handler: ELDU, UFFDIO_COPY, and the EWB of a victim when no
+  frame is free; ``--reclaim background``: ksgxswapd),
   each fault one modeled event that pays its budget (ELEOS_EPC_FAULT_CYCLES, 40,000: the real
   part timed, a spin the rest), then the indirect cost.  The access loop is C (compiled here
   with cffi), called with the GIL released: C-speed code, so time scale 1 is the faithful one
@@ -218,7 +219,7 @@ def main() -> int:
     ap.add_argument("--accesses", type=int, default=100_000)
     ap.add_argument("--traps", default="auto",
                     help="comma-separated from auto, sigbus, userfaultfd, sigsegv: one pass each")
-    ap.add_argument("--reclaim", default="background", choices=("background", "direct"))
+    ap.add_argument("--reclaim", default="direct", choices=("direct", "background"))
     ap.add_argument("--time-scale", type=float, default=1.0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
@@ -320,8 +321,8 @@ def one_pass(args, trap_asked, runs, accesses, multiples, lffi, llib) -> dict:
           "cost after it included; budget, paid (median, mean), real (median) and overruns in "
           "cycles, from the modeled CPU (real = the trap, measured once at start, and the "
           "handler); handler, eldu, install (UFFDIO_COPY / pwrite+mprotect) in us, from the "
-          "driver; frame wait = no free frame, waiting for ksgxswapd; ewb and eblock run in "
-          "ksgxswapd (background reclaim), off the faulting path when it keeps up")
+          "driver; ewb and eblock: per victim, on the faulting path (direct reclaim) or in "
+          "ksgxswapd (background), where frame wait = no free frame, waiting for it")
     print(table(["region", "op", "thr", "app us", "budget", "paid p50", "paid mean", "real p50",
                  "overruns", "handler", "eldu", "install", "ewb", "eblock", "frame wait"], brows))
     return {"epc_bytes": epc_bytes, "trap": trap, "reclaim": cfg.epc_reclaim,

@@ -21,7 +21,7 @@ MEMORIES = ("native", "epc", "suvm")
 EVICTION_POLICIES = ("fifo", "lru", "clock", "random")
 COST_MODES = ("spin", "account")
 EPC_TRAPS = ("auto", "sigbus", "userfaultfd", "sigsegv")
-EPC_RECLAIMS = ("background", "direct")
+EPC_RECLAIMS = ("direct", "background")
 INDIRECT_MODES = ("model", "pollute", "off")
 
 # The presets of ELEOS_MODE: (syscall path, heap).
@@ -243,9 +243,9 @@ OPTIONS: tuple[Option, ...] = (
            "faulting thread handles its own fault; userfaultfd = a driver thread handles it; "
            "sigsegv = mprotect + SIGSEGV, handed to a driver thread; auto (default) = the first "
            "of those the kernel allows"),
-    Option("epc_reclaim", _choice(EPC_RECLAIMS), "who EWBs: background = a ksgxswapd thread keeps "
-           "free frames between watermarks and a fault that finds none waits for it, as the SGX "
-           "driver (default); direct = a fault that finds no free frame EWBs one page itself"),
+    Option("epc_reclaim", _choice(EPC_RECLAIMS), "who EWBs: direct = a fault that finds no free "
+           "frame EWBs one victim itself, in its own budget (default); background = a ksgxswapd "
+           "thread keeps frames free between watermarks and a fault that finds none waits for it"),
     Option("stats", _stats, "at exit write stats as JSON to this path, or '-' for a report on stderr",
            "PATH"),
 )
@@ -284,7 +284,7 @@ class Config:
     cost: str = "spin"
     tsc_mhz: float | None = None
     epc_trap: str = "auto"
-    epc_reclaim: str = "background"
+    epc_reclaim: str = "direct"
     stats: str | None = None
 
     @property

@@ -77,7 +77,7 @@ BAD = [
     ("ELEOS_COST", "free", "one of spin, account"),
     ("ELEOS_TSC_MHZ", "0", "positive number"),
     ("ELEOS_EPC_TRAP", "ptrace", "one of auto, sigbus, userfaultfd, sigsegv"),
-    ("ELEOS_EPC_RECLAIM", "lazy", "one of background, direct"),
+    ("ELEOS_EPC_RECLAIM", "lazy", "one of direct, background"),
     ("ELEOS_OCALL_CYCLES", "-1", "integer >= 0"),
     ("ELEOS_OCALL_CYCLES", "100", "at least its EEXIT part"),
     ("ELEOS_EPC_FAULT_CYCLES", "4e4", "integer"),

@@ -60,14 +60,14 @@ class EPCDriver:
     ``trap`` is ``auto`` (the first of sigbus, userfaultfd, sigsegv the kernel allows),
     ``sigbus``, ``userfaultfd`` or ``sigsegv``; ``threads`` native fault-handling threads serve
     traps concurrently (userfaultfd and sigsegv; under sigbus each faulting thread serves its
-    own).  ``reclaim``: ``background`` (ksgxswapd keeps frames free; a fault that finds none
-    waits for it) or ``direct`` (a fault with no free frame EWBs one page itself).  ``trap_cycles`` is what a trap costs outside
+    own).  ``reclaim``: ``direct`` (a fault with no free frame EWBs one page itself) or
+    ``background`` (ksgxswapd keeps frames free; a fault that finds none waits for it).  ``trap_cycles`` is what a trap costs outside
     its handler, measured at start (TSC cycles).
     """
 
     def __init__(self, limit_bytes: int, *, ewb_fn: int, eldu_fn: int, charge_fn: int = 0,
                  pollute_fn: int = 0, trap: str = "auto", threads: int = 4,
-                 reclaim: str = "background"):
+                 reclaim: str = "direct"):
         if trap not in TRAPS:
             raise ValueError(f"trap must be one of {', '.join(TRAPS)}, not {trap!r}")
         if reclaim not in RECLAIMS:

@@ -36,12 +36,13 @@
  *                   outside the handler (delivery, return) cannot be timed per fault and is
  *                   measured once at start (epc_driver_measure_trap).  cpu_pollute opens the
  *                   indirect window after the fault.
- *   reclaim         RECLAIM_BACKGROUND (default): ksgxswapd (below) keeps frames free and a
- *                   fault that finds none waits for it, as in the SGX driver; RECLAIM_DIRECT: a
- *                   fault that finds no free frame EWBs one victim itself, its time part of the
- *                   fault's.  Measured on a 2-vCPU VM: a lone EWB's EBLOCK (one madvise, one TLB
- *                   shootdown) costs 4-10 us, a batch's 1 us a page, so direct reclaim alone
- *                   overruns the 40,000-cycle budget there.
+ *   reclaim         RECLAIM_DIRECT (default): a fault that finds no free frame EWBs one victim
+ *                   itself, its time part of the fault's, as the 40,000-cycle budget of a page
+ *                   swap includes the EWB; RECLAIM_BACKGROUND: ksgxswapd (below) keeps frames
+ *                   free and a fault that finds none waits for it.  Measured on a loaded 2-vCPU
+ *                   VM: direct faults cost 42,000-47,000 cycles (a lone EBLOCK is one madvise
+ *                   and one TLB shootdown, 2-10 us); background ones 40,000 at the median but
+ *                   60,000+ on average, from the waits for a reclaimer that shares the CPUs.
  *
  * Reclaim: an approximation of the Intel SGX driver the paper measured (linux-sgx-driver,
  * sgx_page_cache.c, 2017), whose policy survives in today's in-kernel driver:
@@ -196,7 +197,7 @@ static struct {
     .qlock = PTHREAD_MUTEX_INITIALIZER,
     .uffd = -1,
     .stopfd = -1,
-    .reclaim = RECLAIM_BACKGROUND,
+    .reclaim = RECLAIM_DIRECT,
 };
 
 #if defined(__x86_64__) || defined(__i386__)
