@@ -217,9 +217,9 @@ class Transport:
             if out_len:
                 if into is not None:
                     dst = ffi.from_buffer(into, require_writable=True)
-                    if out_len > len(dst):
-                        raise IagoError(f"host claims {out_len} bytes for "
-                                        f"{abi.OP_NAMES.get(op, op)} into a buffer of {len(dst)}")
+                    if out_len > len(dst):      # cffi's memmove does not check sizes
+                        raise ValueError(f"a reply of {out_len} bytes does not fit the "
+                                         f"{len(dst)}-byte buffer it was asked into")
                     ffi.memmove(dst, st.chars, out_len)
                 else:
                     out = ffi.unpack(st.chars, out_len)
