@@ -249,6 +249,11 @@ static inline int64_t run_checked(int path, struct enclave_stage *st, uint32_t o
         return lied(st, op, ret, out_len, out2_len, n);
     if (inward ? (ret < 0 ? out_len != 0 : out_len != (uint64_t)ret) : out_len != 0)
         return lied(st, op, ret, out_len, out2_len, n);
+    /* A socket takes at least a byte of non-empty data or says EAGAIN: a 0 would make the
+     * app's send loop (sendall) spin for ever.  (A write of 0 is left to the LibOS: a few
+     * device files may answer it.) */
+    if (op == ELEOS_OP_SENDTO && ret == 0 && n)
+        return lied(st, op, ret, out_len, out2_len, n);
     return ret;
 }
 
