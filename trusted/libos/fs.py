@@ -377,7 +377,11 @@ class ScandirIterator:
                 raise StopIteration
             self._pending = batch[::-1]
         ino, dtype, name = self._pending.pop()
-        _first_time(self._seen, name)
+        try:
+            _first_time(self._seen, name)
+        except IagoError:
+            self.close()
+            raise
         if not self._bytes:
             name = _os.fsdecode(name)
         if self._by_fd is not None:
