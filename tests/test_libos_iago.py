@@ -14,19 +14,11 @@ import pytest
 
 from eleos_shim import abi
 from eleos_shim.errors import IagoError
-from tests.libos_helpers import LyingTransport, installed, make_transport
+from tests.libos_helpers import installed, make_transport
+from tests.test_libos_hostile import liar  # noqa: F401  (the lying-host fixture)
 from untrusted.host import Host
 
 GAI_HEAD = struct.Struct("=iiiiI")
-
-
-@pytest.fixture
-def liar():
-    t = LyingTransport(make_transport("ocall"))
-    with installed(t) as libos:
-        yield t, libos
-    t.close_hidden()
-    assert t._lies == {}, "a lie was set up but never told"
 
 
 def records(*recs):
