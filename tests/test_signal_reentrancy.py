@@ -28,3 +28,11 @@ def test_preads_interrupted_by_a_writing_handler_every_200us_all_return_the_file
     run = run_shim(mode, SCRIPT, "stress", count, env=env, stats=False)
     assert run.returncode == 0, run.stderr         # no IagoError
     assert run.stdout == f"wrong 0 of {count} (handler ran: True)\n"
+
+
+@pytest.mark.parametrize("path", ["sgx", "eleos"])
+def test_a_handler_that_opens_and_closes_files_while_the_main_thread_does_never_deadlocks(path):
+    mode, env = PATHS[path]
+    run = run_shim(mode, SCRIPT, "fds", 5000, env=env, stats=False, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == "opened and closed 5000\n"

@@ -107,8 +107,10 @@ class Transport:
         lib.enclave_bind(bridge.dispatch, bridge.charge, bridge.pollute)
         lib.enclave_bind_rpc(bridge.rpc_submit, bridge.rpc_ring, rpc_spin)
         self._tls = threading.local()
+        # Every staging area made, kept alive for the process (the host memory they name is
+        # never freed under a call).  No lock: a signal handler may make one while this
+        # thread is inside _new_staging, and list.append is atomic.
         self._all_staging: list[_Staging] = []
-        self._lock = threading.Lock()
 
     # -- staging -----------------------------------------------------------------------------
     def _free_list(self) -> list:
@@ -119,8 +121,7 @@ class Transport:
 
     def _new_staging(self) -> _Staging:
         st = _Staging(self._alloc)
-        with self._lock:
-            self._all_staging.append(st)
+        self._all_staging.append(st)
         return st
 
     def _top_staging(self) -> _Staging:

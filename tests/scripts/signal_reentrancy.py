@@ -1,8 +1,9 @@
 """An unmodified app whose signal handler makes routed calls while the main thread is in the
 middle of its own (issue 13): ``pipe`` is the small example (SIGALRM writes to a pipe that
 the main thread is reading), ``stress`` a timer every ~0.2 ms whose handler writes while the
-main thread preads known file content a bounded number of times.  Prints what it got; the
-test compares with what a plain Python prints."""
+main thread preads known file content a bounded number of times, ``fds`` a handler that
+opens and closes a file while the main thread does.  Prints what it got; the test compares
+with what a plain Python prints."""
 import os
 import signal
 import sys
@@ -56,8 +57,24 @@ def stress(count: int) -> None:
         os.unlink(path)
 
 
+def fds(count: int) -> None:
+    """The handler opens and closes a file while the main thread does (the enclave's fd
+    table is updated from both)."""
+    fd, path = tempfile.mkstemp(prefix="eleos-sig-")
+    os.close(fd)
+    try:
+        signal.signal(signal.SIGALRM, lambda *a: os.close(os.open(os.devnull, os.O_RDONLY)))
+        signal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0002)
+        try:
+            for _ in range(count):
+                os.close(os.open(path, os.O_RDONLY))
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0, 0)
+        print(f"opened and closed {count}")
+    finally:
+        os.unlink(path)
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "pipe":
-        pipe_example()
-    else:
-        stress(int(sys.argv[2]))
+    {"pipe": lambda: pipe_example(), "stress": lambda: stress(int(sys.argv[2])),
+     "fds": lambda: fds(int(sys.argv[2]))}[sys.argv[1]]()

@@ -139,7 +139,9 @@ class Kernel:
         # On the rpc path a wait first asks, without a timeout, through the ring (no exit):
         # a busy server's wait usually finds an fd ready at once (see mux.py).
         self.exitless = transport.path == "rpc"
-        self._lock = threading.Lock()
+        # Re-entrant: a signal handler's routed open or close runs on the thread that may be
+        # holding it (each update below is one set or dict operation, safe to interleave).
+        self._lock = threading.RLock()
         self.fds: set[int] = _open_stdio()
         self.raw_fds: set[int] = set()             # subset of fds: bare ints the app holds
         self.app_blocking: dict[int, bool] = {}   # host-O_NONBLOCK fd -> app sees it blocking
