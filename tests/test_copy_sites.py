@@ -8,8 +8,8 @@ reviewed sites, one line each saying where the pointers and lengths come from.  
 a site whose call changed, fails until someone has reviewed it and added it here.
 
 A key is (file, enclosing function, the call as written, whitespace squeezed).  Sites marked
-UNSAFE are known holes being closed elsewhere (issue 11 part 2); the last test fails while any
-is left."""
+UNSAFE are known holes being closed elsewhere (issue 11 part 2); the last test is an xfail
+while any is left."""
 from __future__ import annotations
 
 import re
@@ -212,9 +212,40 @@ REVIEWED: dict[tuple[str, str, str], str] = {
         "from the enclave's own record of buffer 1; ret checked in C: 0 < ret <= n <= cap",
 }
 
+# Sites reviewed on the branch that closes issue 11 part 2 (wt/sec-crypto at 3f0f5ba: copy the
+# sealed page in, then open it; seal in enclave memory, then copy out), not yet on this one.
+# When it lands, they are found and the UNSAFE sites above are gone: move these up then.
+LANDING: dict[tuple[str, str, str], str] = {
+    ('eleos_shim/_native/epcm.c', 'epcm_eldu',
+     'memcpy(frame, page, EPCM_PAGE)'):
+        "copy-in: the sealed page from host memory into the CPU's private frame, one page",
+    ('eleos_shim/_native/epcm.c', 'epcm_eldu',
+     'eleos_open(cpu_paging_key, nonce, aad, sizeof aad, frame, EPCM_PAGE, frame, tag)'):
+        "opens in place in the CPU-private frame (copied in above); tag copied in first",
+    ('eleos_shim/_native/epcm.c', 'epcm_ewb',
+     'eleos_seal(cpu_paging_key, nonce, aad, sizeof aad, frame, EPCM_PAGE, frame, tag)'):
+        "seals in place in the CPU-private frame; the tag is a local",
+    ('eleos_shim/_native/epcm.c', 'epcm_ewb',
+     'memcpy(out_page, frame, EPCM_PAGE)'):
+        "the copy out of ciphertext whose tag is already computed, one page",
+    ('eleos_shim/_native/epcm.c', 'epcm_ewb',
+     'memcpy(out_pcmd, tag, sizeof tag)'):
+        "the copy out of the local tag, constant size",
+    ('trusted/_native/suvm.c', 'seal_page',
+     'eleos_seal(s->key, nonce, aad, sizeof aad, frame + at, s->subpage, sealed + at, p->tags + (size_t)sub * 16)'):
+        "from the enclave frame into the enclave's bounce buffer (or the frame itself)",
+    ('trusted/_native/suvm.c', 'seal_page',
+     'memcpy(s->store_base + vpn * s->page_size, sealed, s->page_size)'):
+        "the copy out after sealing: store base, vpn and page size are the enclave's own",
+}
+
+
+def _reviewed() -> dict:
+    return {**REVIEWED, **LANDING}
+
 
 def test_every_copy_or_cipher_call_site_in_trusted_code_is_reviewed():
-    unreviewed = sorted(scan_sites() - set(REVIEWED))
+    unreviewed = sorted(scan_sites() - set(_reviewed()))
     assert not unreviewed, (
         "trusted copy/AES call sites nobody has reviewed (check that no pointer or length in "
         "them was read from untrusted memory without being copied and checked, then add each "
@@ -222,7 +253,9 @@ def test_every_copy_or_cipher_call_site_in_trusted_code_is_reviewed():
 
 
 def test_the_review_list_names_only_sites_that_exist():
-    stale = sorted(set(REVIEWED) - scan_sites())
+    # a known hole may be gone (fixed), a landing site not there yet
+    stale = sorted(k for k in set(REVIEWED) - scan_sites()
+                   if not REVIEWED[k].startswith("UNSAFE"))
     assert not stale, "reviewed sites that no longer exist (remove them):\n" + \
         "\n".join(map(repr, stale))
 
@@ -236,11 +269,11 @@ def test_the_scanner_finds_a_new_copy_through_an_untrusted_pointer(tmp_path, mon
     sites = set(_sites(path, _strip_c_comments(text), _C_CALL, _C_FUNC))
     assert sites == {("trusted/_native/x.c", "enclave_submit",
                       "memcpy((void *)(uintptr_t)req->buf, in, n)")}
-    assert not sites & set(REVIEWED)
+    assert not sites & set(_reviewed())
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 part 2: AES-GCM straight on host memory "
-                                       "(EWB/ELDU and SUVM write-back) is being fixed apart")
-def test_no_reviewed_site_is_a_known_hole():
-    holes = sorted(k for k, why in REVIEWED.items() if why.startswith("UNSAFE"))
-    assert not holes, "\n".join(map(repr, holes))
+def test_no_known_hole_is_left():
+    holes = sorted(k for k in scan_sites() & set(REVIEWED) if REVIEWED[k].startswith("UNSAFE"))
+    if holes:
+        pytest.xfail("issue 11 part 2 (AES-GCM straight on host memory: EWB/ELDU and SUVM "
+                     "write-back) is being fixed apart: " + "; ".join(k[1] for k in holes))
