@@ -111,6 +111,13 @@ def _cpus(text: str) -> tuple[int, ...] | str:
     return tuple(sorted(cpus))
 
 
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("0", "1"):
+        raise ValueError("expected 0 or 1")
+    return value == "1"
+
+
 def _tsc(text: str) -> float:
     value = _mb(text)
     return value
@@ -167,6 +174,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("cost", _choice(COST_MODES), "spin = spend modeled cycles (default); account = only count them"),
     Option("tsc_mhz", _tsc, "TSC frequency in MHz for cycle->time (default: measured)"),
     Option("epc_trap", _choice(EPC_TRAPS), "EPC fault trap: auto, userfaultfd, sigsegv (default auto)"),
+    Option("profile", _bool, "1 = attribute every exit and EPC fault to the app's source line and "
+           "list the top sites in the stats (costs time: see README); default 0"),
     Option("stats", _stats, "at exit write stats as JSON to this path, or '-' for a report on stderr",
            "PATH"),
 )
@@ -199,6 +208,7 @@ class Config:
     cost: str = "spin"
     tsc_mhz: float | None = None
     epc_trap: str = "auto"
+    profile: bool = False
     stats: str | None = None
 
     @property

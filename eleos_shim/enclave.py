@@ -26,6 +26,7 @@ class Enclave:
         self.transport = None
         self.libos = None
         self.memory = None          # the EPC driver or the SUVM instance, if any
+        self.probe = None           # the call clock and exit sites (eleos_shim/profile.py)
         self._t0 = time.perf_counter()
         self._closed = False
         self._affinity_before = None
@@ -61,6 +62,8 @@ class Enclave:
         # direct syscalls with an enclave heap still route (and count) the calls, without exits
         self.transport = Transport(self.cfg.syscalls, bridge, rpc_spin=self.cfg.rpc_spin)
         heap_factory = self._heap_factory()
+        from eleos_shim import profile
+        self.probe = profile.install(self)   # before the LibOS binds the transport's methods
         from trusted.libos import LibOS
         self.libos = LibOS(self.transport, heap_factory=heap_factory)
         self.libos.install()
@@ -118,8 +121,9 @@ class Enclave:
             self._affinity_before = None
 
     def stats(self) -> dict:
+        from eleos_shim.profile import extend
         from eleos_shim.stats import collect
-        return collect(self, time.perf_counter() - self._t0)
+        return extend(collect(self, time.perf_counter() - self._t0), self)
 
     def __enter__(self) -> "Enclave":
         return self.start()

@@ -25,6 +25,10 @@ static uint64_t rpc_spin;
 
 /* counts[op][path]: path 0 direct, 1 ocall, 2 rpc, 3 fallback */
 static uint64_t counts[ELEOS_OP_COUNT][4];
+/* The path this thread's last call took: ELEOS_PROFILE (eleos_shim/profile.py) attributes
+ * the exits to the app's source line from it. */
+static __thread int last_path;
+int enclave_last_path(void) { return last_path; }
 
 void enclave_bind(uintptr_t dispatch, uintptr_t charge, uintptr_t pollute)
 {
@@ -42,6 +46,7 @@ void enclave_bind_rpc(uintptr_t submit, uintptr_t ring, uint64_t spin)
 
 static inline void count(uint32_t op, int path)
 {
+    last_path = path;
     if (op < ELEOS_OP_COUNT)
         __atomic_add_fetch(&counts[op][path], 1, __ATOMIC_RELAXED);
 }
