@@ -26,7 +26,8 @@ class Enclave:
         self.transport = None
         self.libos = None
         self.memory = None          # the EPC driver or the SUVM instance, if any
-        self.probe = None           # the call clock and exit sites (eleos_shim/profile.py)
+        self.probe = None           # ELEOS_PROFILE's exit sites (eleos_shim/profile.py)
+        self.syscw0 = None          # write syscalls before the app: the unrouted ones are the rest
         self._t0 = time.perf_counter()
         self._closed = False
         self._affinity_before = None
@@ -63,6 +64,7 @@ class Enclave:
         self.transport = Transport(self.cfg.syscalls, bridge, rpc_spin=self.cfg.rpc_spin)
         heap_factory = self._heap_factory()
         from eleos_shim import profile
+        self.syscw0 = profile.start_counters()
         self.probe = profile.install(self)   # before the LibOS binds the transport's methods
         from trusted.libos import LibOS
         self.libos = LibOS(self.transport, heap_factory=heap_factory)

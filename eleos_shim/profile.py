@@ -1,13 +1,9 @@
 """Where the enclave's time goes, per call and per source line (eleos_shim/: knows both halves).
 
-Two probes, installed by the loader only when asked for, so an app that asks for neither runs
-the transport's own bound methods with nothing in between:
-
-- **The call clock** (whenever ``ELEOS_STATS`` is set): the transport's three entry points
-  (``call``, ``data_out``, ``data_in``) are wrapped so that each routed call's latency, as the
-  app's thread saw it (staging, the exit or the ring, the host's syscall, the checks), is
-  summed per ABI op in a per-thread list.  Cost: two ``perf_counter_ns`` and two list
-  updates, ~0.15 us a call (README, "Stats").
+- **Mean latency per call** (whenever ``ELEOS_STATS`` is set): the enclave's stub times each
+  call in C (``enclave_call_cycles``: two rdtsc, 15-30 ns a call; off, one predicted branch),
+  from which the report gives each call name's mean time in the crossing (the exit or the
+  ring, and the host's syscall).
 - **Exit sites** (``ELEOS_PROFILE=1``, as sgx-perf does for SDK enclaves): every call that
   left the enclave (an OCALL, an RPC fallback; the C stub says which path this thread's last
   call took) is charged to the app's own source line, the first frame outside the stdlib and
@@ -15,10 +11,11 @@ the transport's own bound methods with nothing in between:
   call, so a line tracer on the app's frames reads the fault counters at each line and
   charges what they grew by to the line the thread ran before.  With one app thread the
   attribution is exact; with several, a fault can land on a line another thread ran at the
-  same time (the totals stay exact).
+  same time (the totals stay exact).  Installed only when asked for: without it the LibOS
+  calls the transport's own bound methods, with nothing in between.
 
 :func:`extend` adds what the probes saw to the stats dict: ``calls[name]["mean_us"]``,
-``profile`` {``sites``: [...], ``overhead``}, ``unrouted`` (write syscalls the shim did not
+``profile`` {``sites``: [...]}, ``unrouted`` (write syscalls the shim did not
 route: print/stdout/stderr, ``io.FileIO``) and ``model`` (the per-event budgets the report uses
 to say what the other mode would have charged).
 """
@@ -29,7 +26,6 @@ import posix
 import sys
 import sysconfig
 import threading
-import time
 
 from eleos_shim import abi
 
@@ -66,56 +62,23 @@ class Probe:
         self.enclave = enclave
         self.cfg = enclave.cfg
         self._tls = threading.local()
-        self._clocks: list[list[int]] = []      # per thread: ns per op, then count per op
-        self._lock = threading.Lock()
         self.sites: dict[tuple[str, str], int] = {}
         self._app_code: dict[object, str | None] = {}
         self._tracing = False
-        self._syscw0 = _proc_io("syscw")
 
-    # -- the call clock and exit sites ---------------------------------------------------------
+    # -- exit sites ---------------------------------------------------------------------------
     def install(self) -> None:
+        from trusted._native._enclave import lib as elib
         transport = self.enclave.transport
-        if self.cfg.profile:
-            from trusted._native._enclave import lib as elib
-            self._last_path = elib.enclave_last_path
         for name in _ENTRY_POINTS:
-            setattr(transport, name, self._wrap(getattr(transport, name)))
-        if self.cfg.profile:
-            self._install_fault_tracer()
+            setattr(transport, name, self._wrap(getattr(transport, name), elib.enclave_last_path))
+        self._install_fault_tracer()
 
-    def _new_clock(self) -> list[int]:
-        acc = [0] * (2 * _N_OPS)
-        self._tls.acc = acc
-        with self._lock:
-            self._clocks.append(acc)
-        return acc
-
-    def _wrap(self, fn):
-        clock, tls, new_clock, n = time.perf_counter_ns, self._tls, self._new_clock, _N_OPS
-        if not self.cfg.profile:
-            def timed(op, *args, **kwargs):
-                try:
-                    acc = tls.acc
-                except AttributeError:
-                    acc = new_clock()
-                t = clock()
-                ret = fn(op, *args, **kwargs)
-                acc[op] += clock() - t
-                acc[n + op] += 1
-                return ret
-            return timed
-        last_path, exits, charge = self._last_path, _EXIT_PATHS, self._charge_exit
+    def _wrap(self, fn, last_path):
+        exits, charge = _EXIT_PATHS, self._charge_exit
 
         def profiled(op, *args, **kwargs):
-            try:
-                acc = tls.acc
-            except AttributeError:
-                acc = new_clock()
-            t = clock()
             ret = fn(op, *args, **kwargs)
-            acc[op] += clock() - t
-            acc[n + op] += 1
             kind = exits.get(last_path())
             if kind is not None:
                 charge(kind, sys._getframe(1))
@@ -209,36 +172,33 @@ class Probe:
             self._tracing = False
 
     # -- into the stats ----------------------------------------------------------------------
-    def latency(self) -> dict[str, tuple[int, int]]:
-        """Per call name: (total ns, calls timed)."""
-        with self._lock:
-            clocks = list(self._clocks)
-        out = {}
-        for op, name in abi.OP_NAMES.items():
-            ns = sum(a[op] for a in clocks)
-            n = sum(a[_N_OPS + op] for a in clocks)
-            if n:
-                out[name.lower()] = (ns, n)
-        return out
-
-    def unrouted_writes(self, stats: dict) -> int | None:
-        """Write syscalls this process made that the shim did not route: every thread's
-        ``syscw`` since start-up minus the routed writes the host made for the app."""
-        now = _proc_io("syscw")
-        if now is None or self._syscw0 is None:
-            return None
-        routed = sum(stats["calls"].get(k, {}).get("count", 0) for k in ("write", "pwrite"))
-        return max(0, now - self._syscw0 - routed)
 
 
 def install(enclave) -> Probe | None:
-    """Install the probes the configuration asks for (none without ELEOS_STATS/PROFILE)."""
-    cfg = enclave.cfg
-    if enclave.transport is None or not (cfg.stats or cfg.profile):
+    """Install what the configuration asks for: the stub's call clock with ELEOS_STATS, the
+    exit sites with ELEOS_PROFILE=1 (nothing without either)."""
+    if enclave.transport is None:
+        return None
+    from trusted._native._enclave import lib as elib
+    elib.enclave_time_calls(1 if enclave.cfg.stats or enclave.cfg.profile else 0)
+    if not enclave.cfg.profile:
         return None
     probe = Probe(enclave)
     probe.install()
     return probe
+
+
+def call_cycles() -> dict[str, int]:
+    """Per call name: TSC cycles its calls spent in the enclave's stub (enclave_call)."""
+    from trusted._native._enclave import ffi, lib
+    raw = ffi.new("uint64_t[]", _N_OPS)
+    lib.enclave_call_cycles(raw, _N_OPS)
+    return {name.lower(): raw[op] for op, name in abi.OP_NAMES.items() if raw[op]}
+
+
+def start_counters() -> int | None:
+    """What :func:`extend` subtracts from at the end: write syscalls made so far."""
+    return _proc_io("syscw")
 
 
 def _stdio_routed() -> bool:
@@ -274,15 +234,19 @@ def extend(stats: dict, enclave) -> dict:
                       "fault_cycles": cfg.aex_cycles + cfg.eresume_cycles,
                       "indirect_cycles": indirect, "pollute_kb": cfg.pollute_kb}
     stats["stdio_routed"] = _stdio_routed()
+    if enclave.transport is not None and stats.get("tsc_mhz"):
+        for name, cycles in call_cycles().items():
+            c = stats["calls"].get(name)
+            if c and c.get("count"):
+                c["mean_us"] = cycles / c["count"] / stats["tsc_mhz"]
+    if enclave.transport is not None:
+        now = _proc_io("syscw")
+        routed = sum(stats["calls"].get(k, {}).get("count", 0) for k in ("write", "pwrite"))
+        stats["unrouted"] = {"write_syscalls": None if now is None or enclave.syscw0 is None
+                             else max(0, now - enclave.syscw0 - routed)}
     probe = getattr(enclave, "probe", None)
-    if probe is None:
-        return stats
-    probe.stop()
-    for name, (ns, n) in probe.latency().items():
-        if name in stats["calls"]:
-            stats["calls"][name]["mean_us"] = ns / n / 1e3
-    stats["unrouted"] = {"write_syscalls": probe.unrouted_writes(stats)}
-    if cfg.profile:
+    if probe is not None:
+        probe.stop()
         cycles = event_cycles(stats)
         tsc_hz = stats.get("tsc_mhz", 0) * 1e6 or None
         rows: dict[str, dict] = {}

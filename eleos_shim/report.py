@@ -109,8 +109,9 @@ def _calls_table(stats: dict) -> list[str]:
         row += f"{_ms(cost, tsc_hz):>11}{_ms(cost / c['count'], tsc_hz) if c['count'] else '':>10}"
         lines.append(row)
     if timed:
-        lines.append("  (mean: the call's latency as the app's thread saw it, from the LibOS "
-                     "down and back; modeled: its exits x the OCALL budget)")
+        lines.append("  (mean: a call's time in the enclave's stub, as its thread waited for it: "
+                     "the exit or the ring, the host's syscall; modeled: its exits x the "
+                     "OCALL budget)")
     return lines
 
 
