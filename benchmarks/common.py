@@ -128,3 +128,123 @@ def client_line(batch: bool) -> str:
         return ("client: SCHED_BATCH, so its wake-ups do not preempt the server (it stands in "
                 "for the paper's client on another host; --client-preempts to turn off)")
     return "client: an ordinary task (its wake-ups may preempt the server mid-round)"
+
+
+# -- figures ---------------------------------------------------------------------------------
+# The paper's results are figures: each benchmark draws its own beside its JSON, through this
+# one helper, so they all read the same way (grouped bars, the baseline as a dashed line, the
+# paper's target as a black tick, the value on each bar).
+
+# One colour per configuration in every figure.
+COLORS = {"sgx": "#1f77b4", "eleos": "#ff7f0e", "native": "#2ca02c", "memcached": "#7f7f7f",
+          "suvm-only": "#9467bd", "rpc-only": "#8c564b", "direct": "#2ca02c", "ocall": "#1f77b4",
+          "rpc": "#ff7f0e", "plain": "#7f7f7f"}
+
+
+def figure_path(name: str, json_path: str | Path | None = None) -> Path:
+    """results/<name>.png, or beside an explicit JSON path (same stem)."""
+    return Path(json_path).with_suffix(".png") if json_path else RESULTS / f"{name}.png"
+
+
+def plot_bars(path: str | Path, groups: dict[str, dict[str, float | None]], *, title: str,
+              ylabel: str, baseline: str | None = None, targets: dict[str, float] | None = None,
+              note: str | None = None, log: bool = False,
+              target_label: str = "paper", ref_line: float | None = None) -> Path | None:
+    """Grouped bars: one group per key of ``groups`` (a workload, a database, an op and its
+    threads), one bar per series in it (a mode, a region size).  With ``baseline`` every
+    value is divided by that series' value in its group (the paper's "normalised to vanilla
+    SGX") and 1.0 is drawn dashed (``ref_line``: a dashed line for values already divided).  ``targets``: the paper's value per group, a black tick.
+    Returns the PNG's path, or None (with a line saying why) if matplotlib is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("no figure: matplotlib is not installed (pip install -e '.[bench]')")
+        return None
+    if baseline:
+        groups = {g: {s: (v / row[baseline] if v is not None and row.get(baseline) else None)
+                      for s, v in row.items()} for g, row in groups.items()}
+    series = list(dict.fromkeys(s for row in groups.values() for s in row))
+    width = 0.8 / max(1, len(series))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(groups) * max(1, len(series)) ** 0.5 + 3.5), 3.8))
+    colors = plt.get_cmap("tab10")
+    for i, s in enumerate(series):
+        xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
+        vals = [row.get(s) for row in groups.values()]
+        bars = ax.bar([x for x, v in zip(xs, vals) if v is not None],
+                      [v for v in vals if v is not None], width * 0.95, label=s,
+                      color=COLORS.get(s, colors(i % 10)))
+        ax.bar_label(bars, labels=[_bar_label(v) for v in vals if v is not None], fontsize=7,
+                     padding=1)
+    if targets:
+        for g, name in enumerate(groups):
+            if targets.get(name) is not None:
+                ax.hlines(targets[name], g - 0.45, g + 0.45, colors="black", linewidth=1.5,
+                          label=target_label if g == next(i for i, n in enumerate(groups)
+                                                     if targets.get(n) is not None) else None)
+    if baseline or ref_line is not None:
+        ax.axhline(1.0 if baseline else ref_line, color="grey", linestyle="--", linewidth=0.8)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xticks(range(len(groups)), list(groups), fontsize=8)
+    ax.set_ylabel(ylabel + (f" (normalised to {baseline})" if baseline else ""), fontsize=9)
+    ax.set_title(title, fontsize=10)
+    ax.margins(y=0.15)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    if note:
+        fig.text(0.01, 0.01, note, fontsize=6.5, color="dimgrey")
+    fig.tight_layout(rect=(0, 0.04 if note else 0, 1, 1))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"wrote {path}")
+    return path
+
+
+def _bar_label(v: float) -> str:
+    if v >= 100:
+        return f"{v:,.0f}"
+    return f"{v:.2f}" if v < 10 else f"{v:.1f}"
+
+
+# -- progress ----------------------------------------------------------------------------------
+
+class Progress:
+    """A progress bar for a long run (rich, on stderr, so the tables on stdout stay clean and
+    ``make bench`` can keep them); on a stderr that is no terminal, nothing is drawn.
+
+        with Progress(total=12, what="kvstore runs") as bar:
+            ...; bar.step("run 0 sgx")
+    """
+
+    def __init__(self, total: int, what: str):
+        self.total, self.what = total, what
+        self._bar = self._task = None
+
+    def __enter__(self) -> "Progress":
+        try:
+            from rich.console import Console
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as Bar,
+                                       TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+        except ImportError:
+            return self
+        console = Console(stderr=True)
+        if not console.is_terminal:
+            return self
+        self._bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
+                        console=console, redirect_stdout=False, transient=True)
+        self._bar.start()
+        self._task = self._bar.add_task(self.what, total=self.total)
+        return self
+
+    def step(self, label: str = "") -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, advance=1,
+                             description=f"{self.what}: {label}" if label else self.what)
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.stop()
