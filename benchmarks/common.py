@@ -163,11 +163,10 @@ def plot_bars(path: str | Path, groups: dict[str, dict[str, float | None]], *, t
         print("no figure: matplotlib is not installed (pip install -e '.[bench]')")
         return None
     if baseline:
-        groups = {g: {s: (v / row[baseline] if v is not None and row.get(baseline) else None)
-                      for s, v in row.items()} for g, row in groups.items()}
+        groups = normalise(groups, baseline)
     series = list(dict.fromkeys(s for row in groups.values() for s in row))
     width = 0.8 / max(1, len(series))
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(groups) * max(1, len(series)) ** 0.5 + 3.5), 3.8))
+    fig, ax = plt.subplots(figsize=(min(11.0, max(6.0, 1.2 * len(groups) * max(1, len(series)) ** 0.5 + 3.5)), 3.8))
     colors = plt.get_cmap("tab10")
     for i, s in enumerate(series):
         xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
@@ -201,6 +200,12 @@ def plot_bars(path: str | Path, groups: dict[str, dict[str, float | None]], *, t
     plt.close(fig)
     print(f"wrote {path}")
     return path
+
+
+def normalise(groups: dict[str, dict[str, float | None]], baseline: str) -> dict:
+    """Each value over its group's ``baseline`` value (None where either is missing)."""
+    return {g: {s: (v / row[baseline] if v is not None and row.get(baseline) else None)
+                for s, v in row.items()} for g, row in groups.items()}
 
 
 def _bar_label(v: float) -> str:

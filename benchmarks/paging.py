@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import RESULTS, machine, machine_line, median, table, write_json  # noqa: E402
+from benchmarks.common import RESULTS, figure_path, machine, machine_line, median, plot_bars, table, write_json  # noqa: E402
 from eleos_shim import suvm  # noqa: E402
 from eleos_shim.config import Config  # noqa: E402
 from eleos_shim.cpu import ModeledCPU  # noqa: E402
@@ -298,6 +298,16 @@ def main() -> int:
                                  "results": out,
                                  "epc_stats": epc_stats}, args.json)
     print(f"\nJSON: {path}")
+    # The paper's figure: SUVM's speedup over SGX paging per op and threads, per region size.
+    groups: dict[str, dict[str, float]] = {}
+    for r in out:
+        label = f"{r['op']}s, {r['threads']} thread{'s' if r['threads'] > 1 else ''}"
+        groups.setdefault(label, {})[f"region {r['multiple']:g}x the EPC"] = r["speedup"]
+    plot_bars(figure_path("paging", args.json), groups, ref_line=1.0,
+              title=f"paging: SUVM vs SGX paging (EPC {epc_bytes >> 20} MB, trap {trap})",
+              ylabel="accesses/s, SUVM / SGX", target_label="paper: SUVM/SGX",
+              targets={f"{op}s, {n} thread{'s' if n > 1 else ''}": t for (op, n), t in TARGETS.items()},
+              note=machine_line(m))
     return 0
 
 
