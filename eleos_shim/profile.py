@@ -62,7 +62,7 @@ class Probe:
         self.enclave = enclave
         self.cfg = enclave.cfg
         self._tls = threading.local()
-        self.sites: dict[tuple[str, str], int] = {}
+        self.sites: dict[tuple[object, int, str], int] = {}   # (code, line, kind) -> count
         self._app_code: dict[object, str | None] = {}
         self._tracing = False
 
@@ -76,6 +76,22 @@ class Probe:
 
     def _wrap(self, fn, last_path):
         exits, charge = _EXIT_PATHS, self._charge_exit
+        if fn.__name__ == "data_out":      # the data path's fixed signatures: no *args to pack
+            def profiled_out(op, fd, data, flags=0):
+                ret = fn(op, fd, data, flags)
+                kind = exits.get(last_path())
+                if kind is not None:
+                    charge(kind, sys._getframe(1))
+                return ret
+            return profiled_out
+        if fn.__name__ == "data_in":
+            def profiled_in(op, fd, n):
+                ret = fn(op, fd, n)
+                kind = exits.get(last_path())
+                if kind is not None:
+                    charge(kind, sys._getframe(1))
+                return ret
+            return profiled_in
 
         def profiled(op, *args, **kwargs):
             ret = fn(op, *args, **kwargs)
@@ -85,12 +101,24 @@ class Probe:
             return ret
         return profiled
 
-    def _charge_exit(self, kind: str, frame) -> None:
-        key = (self._site(frame), kind)
-        self.sites[key] = self.sites.get(key, 0) + 1
+    def _charge_exit(self, kind: str, frame, n: int = 1) -> None:
+        """Charge ``n`` events to the first app frame from ``frame`` outwards (kept as code
+        object and line: the text is made once, in :meth:`sites_by_line`)."""
+        app, first = self._app_code, frame
+        while frame is not None:
+            code = frame.f_code
+            site = app[code] if code in app else self._app_site(code)
+            if site is not None:
+                key = (code, frame.f_lineno, kind)
+                break
+            frame = frame.f_back
+        else:
+            key = (first.f_code, first.f_lineno, kind)     # no app frame: where it happened
+        self.sites[key] = self.sites.get(key, 0) + n
 
     def _app_site(self, code) -> str | None:
-        """``path:line``'s path part for the app's own code, None for the stdlib and the shim."""
+        """The path of the app's own code as the report shows it, None for the stdlib and
+        the shim."""
         try:
             return self._app_code[code]
         except KeyError:
@@ -105,14 +133,14 @@ class Probe:
         self._app_code[code] = site
         return site
 
-    def _site(self, frame) -> str:
-        first = frame
-        while frame is not None:
-            path = self._app_site(frame.f_code)
-            if path is not None:
-                return f"{path}:{frame.f_lineno} ({frame.f_code.co_name})"
-            frame = frame.f_back
-        return f"(no app frame: {first.f_code.co_filename}:{first.f_lineno})"
+    def sites_by_line(self) -> dict[str, dict[str, int]]:
+        """``path:line (function)`` -> {kind: count}."""
+        out: dict[str, dict[str, int]] = {}
+        for (code, line, kind), n in list(self.sites.items()):
+            path = self._app_site(code) or code.co_filename
+            row = out.setdefault(f"{path}:{line} ({code.co_name})", {})
+            row[kind] = row.get(kind, 0) + n
+        return out
 
     # -- faults: a line tracer on the app's own frames ----------------------------------------
     def _fault_counter(self):
@@ -145,16 +173,21 @@ class Probe:
             return
         read, kind = found
         last = [read()]
-        tls, sites, app_site = self._tls, self.sites, self._app_site
+        tls, app_site, charge = self._tls, self._app_site, self._charge_exit
 
         def local(frame, event, arg):
             n = read()
             if n != last[0]:
-                key = (getattr(tls, "line", None) or self._site(frame), kind)
-                sites[key] = sites.get(key, 0) + n - last[0]
+                # grown since the last line event: charge the line this thread ran before
+                prev = getattr(tls, "line", None)
+                if prev is not None:
+                    key = (prev[0], prev[1], kind)
+                    self.sites[key] = self.sites.get(key, 0) + n - last[0]
+                else:
+                    charge(kind, frame, n - last[0])
                 last[0] = n
             if event == "line":
-                tls.line = f"{app_site(frame.f_code)}:{frame.f_lineno} ({frame.f_code.co_name})"
+                tls.line = (frame.f_code, frame.f_lineno)
             elif event == "return":
                 tls.line = None
             return local
@@ -249,15 +282,13 @@ def extend(stats: dict, enclave) -> dict:
         probe.stop()
         cycles = event_cycles(stats)
         tsc_hz = stats.get("tsc_mhz", 0) * 1e6 or None
-        rows: dict[str, dict] = {}
-        for (site, kind), n in probe.sites.items():
-            row = rows.setdefault(site, {"site": site, "ocall": 0, "fallback": 0,
-                                         "epc_fault": 0, "suvm_fault": 0, "modeled_cycles": 0.0})
-            row[kind] += n
-            row["modeled_cycles"] += n * cycles.get(kind, 0.0)
-        for row in rows.values():
+        rows = []
+        for site, kinds in probe.sites_by_line().items():
+            row = {"site": site, "ocall": 0, "fallback": 0, "epc_fault": 0, "suvm_fault": 0}
+            row.update(kinds)
+            row["modeled_cycles"] = sum(n * cycles.get(k, 0.0) for k, n in kinds.items())
             row["modeled_ms"] = row["modeled_cycles"] / tsc_hz * 1e3 if tsc_hz else None
-        stats["profile"] = {"sites": sorted(rows.values(), key=lambda r: (-r["modeled_cycles"],
-                                            -(r["ocall"] + r["fallback"] + r["epc_fault"]
-                                              + r["suvm_fault"])))}
+            rows.append(row)
+        stats["profile"] = {"sites": sorted(rows, key=lambda r: (
+            -r["modeled_cycles"], -(r["ocall"] + r["fallback"] + r["epc_fault"] + r["suvm_fault"])))}
     return stats
