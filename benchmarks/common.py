@@ -220,15 +220,16 @@ class Progress:
     """A progress bar for a long run (rich, on stderr, so the tables on stdout stay clean and
     ``make bench`` can keep them); on a stderr that is no terminal, nothing is drawn.
 
-        with Progress(total=12, what="kvstore runs") as bar:
-            ...; bar.step("run 0 sgx")
+        bar = Progress(total=12, what="kvstore").start()
+        ...; bar.step("run 0 sgx")
+        bar.stop()            # or: with Progress(...) as bar:
     """
 
     def __init__(self, total: int, what: str):
         self.total, self.what = total, what
         self._bar = self._task = None
 
-    def __enter__(self) -> "Progress":
+    def start(self) -> "Progress":
         try:
             from rich.console import Console
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress as Bar,
@@ -250,6 +251,13 @@ class Progress:
             self._bar.update(self._task, advance=1,
                              description=f"{self.what}: {label}" if label else self.what)
 
-    def __exit__(self, *exc) -> None:
+    def stop(self) -> None:
         if self._bar is not None:
             self._bar.stop()
+            self._bar = None
+
+    def __enter__(self) -> "Progress":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

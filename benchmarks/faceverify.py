@@ -26,7 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import Progress, add_pin_argument, figure_path, pin_line, pin_rpc_core, plot_bars, machine, machine_line, median, table, write_json  # noqa: E402
+from benchmarks.common import add_pin_argument, pin_line, pin_rpc_core, machine, machine_line, median, table, write_json  # noqa: E402
+from benchmarks.common import Progress, figure_path, plot_bars  # noqa: E402
 from eleos_shim.harness import CONFIGS, AppProcess, app_command, app_env  # noqa: E402
 from apps.faceverify import load  # noqa: E402
 from apps.faceverify.server import identities_for_mb  # noqa: E402
@@ -111,8 +112,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  pool for {mb:g} MB ({n} identities) built in {time.perf_counter() - t0:.1f} s",
               flush=True)
     runs = []
-    with Progress(args.runs * len(sizes) * len(modes), "faceverify") as bar:
-        _measure(args, sizes, modes, pools, runs, bar)
+    bar = Progress(args.runs * len(sizes) * len(modes), "faceverify").start()
+    for r in range(args.runs):
+        for _, mb in sizes:
+            order = modes[r % len(modes):] + modes[:r % len(modes)]
+            for mode in order:
+                bar.step(f"run {r} {mb:g} MB {mode}")
+                pool, n = pools[mb]
+                load_before = os.getloadavg()[0]
+                res = one_run(mode, mb, pool, n, args)
+                res["run"] = r
+                # The machine may be shared: keep how busy it was, to judge a noisy run.
+                res["loadavg_1m_before"] = round(load_before, 2)
+                runs.append(res)
+                print(f"  run {r} {mb:g} MB {mode:6s} {res['verifications_per_s']:8.0f} verif/s  "
+                      f"p50 {res['latency_us']['p50']:.0f} us  faults/req epc "
+                      f"{res['epc_faults_per_request']:.2f} suvm {res['suvm_faults_per_request']:.2f}"
+                      f"  rpc fallbacks {res['rpc_fallbacks']}  load {load_before:.1f}",
+                      flush=True)
+    bar.stop()
 
     rows, summary = [], []
     for name, mb in sizes:
@@ -164,29 +182,6 @@ def main(argv: list[str] | None = None) -> int:
               targets={f"5x EPC ({sizes[1][1]:g} MB)": 2.3}, target_label="paper: eleos/sgx",
               note=machine_line(m))
     return 0
-
-
-
-
-def _measure(args, sizes, modes, pools, runs, bar) -> None:
-    """Every run of every mode on every database, in rotated order, appended to ``runs``."""
-    for r in range(args.runs):
-        for _, mb in sizes:
-            order = modes[r % len(modes):] + modes[:r % len(modes)]
-            for mode in order:
-                bar.step(f"run {r} {mb:g} MB {mode}")
-                pool, n = pools[mb]
-                load_before = os.getloadavg()[0]
-                res = one_run(mode, mb, pool, n, args)
-                res["run"] = r
-                # The machine may be shared: keep how busy it was, to judge a noisy run.
-                res["loadavg_1m_before"] = round(load_before, 2)
-                runs.append(res)
-                print(f"  run {r} {mb:g} MB {mode:6s} {res['verifications_per_s']:8.0f} verif/s  "
-                      f"p50 {res['latency_us']['p50']:.0f} us  faults/req epc "
-                      f"{res['epc_faults_per_request']:.2f} suvm {res['suvm_faults_per_request']:.2f}"
-                      f"  rpc fallbacks {res['rpc_fallbacks']}  load {load_before:.1f}",
-                      flush=True)
 
 
 if __name__ == "__main__":

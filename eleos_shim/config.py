@@ -174,10 +174,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("cost", _choice(COST_MODES), "spin = spend modeled cycles (default); account = only count them"),
     Option("tsc_mhz", _tsc, "TSC frequency in MHz for cycle->time (default: measured)"),
     Option("epc_trap", _choice(EPC_TRAPS), "EPC fault trap: auto, userfaultfd, sigsegv (default auto)"),
-    Option("profile", _bool, "1 = attribute every exit and EPC fault to the app's source line and "
-           "list the top sites in the stats (costs time: see README); default 0"),
     Option("stats", _stats, "at exit write stats as JSON to this path, or '-' for a report on stderr",
            "PATH"),
+    Option("profile", _bool, "1 = attribute every exit and EPC fault to the app's source line and "
+           "list the top sites in the stats (costs time: see README); default 0"),
 )
 
 _BY_FIELD = {o.field: o for o in OPTIONS}
@@ -208,8 +208,8 @@ class Config:
     cost: str = "spin"
     tsc_mhz: float | None = None
     epc_trap: str = "auto"
-    profile: bool = False
     stats: str | None = None
+    profile: bool = False
 
     @property
     def epc_bytes(self) -> int:
