@@ -258,14 +258,24 @@ def event_cycles(stats: dict) -> dict[str, float]:
             "epc_fault": fault + indirect, "suvm_fault": 0.0, "indirect": indirect}
 
 
+def model_budgets(cfg) -> dict:
+    """The configured budget of one event of each kind, in cycles: what the report charges
+    for events this run did not have (what sgx would have paid for an rpc run's calls).  A
+    cost model with whole-event budgets (ELEOS_OCALL_CYCLES, ELEOS_EPC_FAULT_CYCLES, the
+    indirect window and slowdown) is used as it is; an older one by its transitions."""
+    scale = getattr(cfg, "time_scale", 1) or 1
+    ocall = getattr(cfg, "ocall_cycles", None) or cfg.eexit_cycles + cfg.eenter_cycles
+    fault = getattr(cfg, "epc_fault_cycles", None) or cfg.aex_cycles + cfg.eresume_cycles
+    window, slowdown = getattr(cfg, "indirect_window_cycles", None), getattr(cfg, "indirect_slowdown", None)
+    indirect = window * (slowdown - 1) if window and slowdown and getattr(cfg, "indirect", "model") != "off" else 0
+    return {"ocall_cycles": ocall * scale, "fault_cycles": fault * scale,
+            "indirect_cycles": indirect * scale, "time_scale": scale}
+
+
 def extend(stats: dict, enclave) -> dict:
     """Add what the probes saw, and the model's budgets, to ``stats`` (in place)."""
     cfg = enclave.cfg
-    indirect = next((getattr(cfg, f) for f in sorted(vars(cfg)) if "indirect" in f
-                     and f.endswith("cycles")), None)
-    stats["model"] = {"ocall_cycles": cfg.eexit_cycles + cfg.eenter_cycles,
-                      "fault_cycles": cfg.aex_cycles + cfg.eresume_cycles,
-                      "indirect_cycles": indirect, "pollute_kb": cfg.pollute_kb}
+    stats["model"] = model_budgets(cfg)
     stats["stdio_routed"] = _stdio_routed()
     if enclave.transport is not None and stats.get("tsc_mhz"):
         for name, cycles in call_cycles().items():

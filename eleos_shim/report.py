@@ -171,7 +171,8 @@ def _sites(stats: dict) -> list[str]:
 def report(stats: dict) -> str:
     lines = [f"eleos-shim stats: mode={stats['mode']} syscalls={stats['syscalls']} "
              f"memory={stats['memory']} cost={stats.get('cost', '?')}"
-             + (f" tsc={stats['tsc_mhz']:,.0f}MHz" if stats.get("tsc_mhz") else ""),
+             + (f" tsc={stats['tsc_mhz']:,.0f}MHz" if stats.get("tsc_mhz") else "")
+             + (f" time_scale=x{stats['time_scale']:g}" if stats.get("time_scale", 1) != 1 else ""),
              "where the time went: " + summary(stats)]
     lines += _calls_table(stats)
     lines += _events_table(stats)
