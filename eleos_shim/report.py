@@ -49,6 +49,9 @@ def modeled(stats: dict) -> tuple[float, float | None]:
 def exits_line(stats: dict) -> str:
     ex = stats.get("exits") or {}
     parts = [f"{n:,} {why.split(' (')[0]}" for why, n in ex.get("why", {}).items() if n]
+    rest = ex.get("total", 0) - sum(ex.get("why", {}).values())
+    if rest > 0:
+        parts.append(f"{rest:,} not from the app's calls or faults (the shim's own)")
     return f"{ex.get('total', 0):,} exits remain" + (f" ({', '.join(parts)})" if parts else "")
 
 
@@ -109,9 +112,12 @@ def _calls_table(stats: dict) -> list[str]:
         row += f"{_ms(cost, tsc_hz):>11}{_ms(cost / c['count'], tsc_hz) if c['count'] else '':>10}"
         lines.append(row)
     if timed:
+        cyc = event_cycles(stats)
+        parts = (f" = {_ms(cyc['ocall'] - cyc['indirect'], tsc_hz)} exit + "
+                 f"{_ms(cyc['indirect'], tsc_hz)} indirect" if cyc["indirect"] else "")
         lines.append("  (mean: a call's time in the enclave's stub, as its thread waited for it: "
-                     "the exit or the ring, the host's syscall; modeled: its exits x the "
-                     "OCALL budget)")
+                     "the exit or the ring, the host's syscall; modeled: its exits x "
+                     f"{_ms(per_exit, tsc_hz)} an exit{parts})")
     return lines
 
 
