@@ -31,7 +31,7 @@ def _time(s: float) -> str:
         return f"{s * 1e3:.1f} ms"
     if s == 0:
         return "0"
-    return f"{s * 1e6:.0f} us"
+    return f"{s * 1e6:.1f} us" if s < 1e-5 else f"{s * 1e6:.0f} us"
 
 
 def modeled(stats: dict) -> tuple[float, float | None]:
@@ -51,7 +51,7 @@ def exits_line(stats: dict) -> str:
     parts = [f"{n:,} {why.split(' (')[0]}" for why, n in ex.get("why", {}).items() if n]
     rest = ex.get("total", 0) - sum(ex.get("why", {}).values())
     if rest > 0:
-        parts.append(f"{rest:,} not from the app's calls or faults (the shim's own)")
+        parts.append(f"{rest:,} the shim's own")
     return f"{ex.get('total', 0):,} exits remain" + (f" ({', '.join(parts)})" if parts else "")
 
 
