@@ -128,11 +128,12 @@ def run(cfg, module: str | None, script: str | None, args: list[str]) -> int:
             return
         written.append(True)
         enclave.close()
-        if cfg.stats:
+        where = cfg.stats or ("-" if cfg.profile else None)   # exit sites asked for: shown
+        if where:
             try:
-                stats_mod.write(enclave.stats(), cfg.stats)
+                stats_mod.write(enclave.stats(), where)
             except Exception as exc:  # a stats failure must not change the app's exit status
-                sys.stderr.write(f"eleos-shim: could not write stats to {cfg.stats}: {exc}\n")
+                sys.stderr.write(f"eleos-shim: could not write stats to {where}: {exc}\n")
 
     # atexit runs after the interpreter has joined the app's non-daemon threads, so the RPC
     # workers keep serving them until then.

@@ -236,7 +236,8 @@ def start_counters() -> int | None:
 
 def _stdio_routed() -> bool:
     """Does the app's ``sys.stdout`` write through the LibOS (trusted/) or straight to fd 1?"""
-    raw = getattr(getattr(sys.stdout, "buffer", None), "raw", None)
+    buf = getattr(sys.stdout, "buffer", None)
+    raw = getattr(buf, "raw", buf)          # python -u: the text layer sits on the FileIO
     return raw is not None and type(raw).__module__.startswith("trusted")
 
 

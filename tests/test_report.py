@@ -150,3 +150,9 @@ def test_report_shows_each_modeled_event_with_its_parts():
     assert "epc_fault" not in rows                                           # none happened
     # per call: 10 exits x (7,100 + 14,000 indirect) cycles at 1 GHz = 211 us
     assert rows["write"][6:8] == ["211", "us"]
+
+
+def test_profile_without_stats_prints_the_report(tmp_path):
+    r = run_shim("sgx", _script(tmp_path, WRITER), env={"ELEOS_PROFILE": "1"}, stats=False)
+    assert r.returncode == 0, r.stderr
+    assert "where the time went" in r.stderr and "exit sites (ELEOS_PROFILE=1)" in r.stderr
