@@ -2,7 +2,7 @@
 
 Each benchmark prints its own table and the machine, writes results/<name>.json and draws
 results/<name>.png; this runner sequences them (they must not run at the same time on a
-2-core machine), shows how far it is (rich, on stderr), keeps what each printed, runs
+2-core machine), says how far it is (the long ones draw a progress bar), keeps what each printed, runs
 ``eleos-shim calibrate`` for the cost model's budgets against what this machine paid, and
 assembles results/report.md: the machine, then per benchmark its figure and its tables.
 Pass names to run a subset: ``run_all.py paging kvstore`` (``calibrate`` is one of them).
@@ -18,7 +18,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from benchmarks.common import RESULTS, Progress, machine, machine_line, plot_bars  # noqa: E402
+from benchmarks.common import RESULTS, machine, machine_line, plot_bars  # noqa: E402
 
 ORDER = ["calibrate", "ocall_cost", "syscall_paths", "suvm_micro", "paging", "kvstore",
          "faceverify"]
@@ -105,17 +105,18 @@ def main(argv: list[str]) -> int:
         return 2
     RESULTS.mkdir(parents=True, exist_ok=True)
     done, failed = [], []
-    with Progress(len(names), "make bench") as bar:
-        for name in names:
-            bar.step(name)
-            print(f"\n== {name} ==", flush=True)
-            rc, output, seconds = run(name)
-            if name == "calibrate" and rc == 0:
-                plot_calibrate()
-            print(f"== {name}: exit {rc} after {seconds:.0f} s", flush=True)
-            done.append({"name": name, "rc": rc, "output": output, "seconds": seconds})
-            if rc:
-                failed.append(name)
+    t0 = time.perf_counter()
+    for i, name in enumerate(names, 1):
+        # each benchmark draws its own progress bar on stderr; this line says where we are
+        print(f"\n== {name} ({i}/{len(names)}, {(time.perf_counter() - t0) / 60:.0f} min so far) ==",
+              flush=True)
+        rc, output, seconds = run(name)
+        if name == "calibrate" and rc == 0:
+            plot_calibrate()
+        print(f"== {name}: exit {rc} after {seconds:.0f} s", flush=True)
+        done.append({"name": name, "rc": rc, "output": output, "seconds": seconds})
+        if rc:
+            failed.append(name)
     print(f"\nwrote {write_report(done)}")
     if failed:
         print(f"failed: {', '.join(failed)}")
