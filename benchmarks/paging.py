@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import RESULTS, figure_path, machine, machine_line, median, plot_bars, table, write_json  # noqa: E402
+from benchmarks.common import RESULTS, Progress, figure_path, machine, machine_line, median, plot_bars, table, write_json  # noqa: E402
 from eleos_shim import suvm  # noqa: E402
 from eleos_shim.config import Config  # noqa: E402
 from eleos_shim.cpu import ModeledCPU  # noqa: E402
@@ -235,6 +235,7 @@ def main() -> int:
             small.run(offs, 1, write)
             resident_ns[write] = median(small.run(offs, 1, write)[0] for _ in range(max(1, runs))) / accesses * 1e9
         small.close()
+        bar = Progress(len(multiples) * 4, "paging").start()
         for mult in multiples:
             region = int(mult * epc_bytes) // ITEM * ITEM
             sgx = SgxSide(epc, lffi, llib, region)
@@ -242,6 +243,7 @@ def main() -> int:
             for write in (0, 1):
                 op = "write" if write else "read"
                 for nthreads in (1, 4):
+                    bar.step(f"{mult:g}x {op} {nthreads} thr")
                     warm = offsets_for(region, accesses // 5, seed=11)
                     sgx.run(warm, nthreads, write)
                     svm.run(warm, nthreads, write)
@@ -277,6 +279,7 @@ def main() -> int:
                                 "suvm_runs_kacc_s": [x / 1e3 for x in v_thr]})
             sgx.close()
             svm.close()
+        bar.stop()
         epc_stats = epc.stats()
 
     print(f"\nThroughput (k accesses/s), SUVM over SGX paging (trap: {trap})")

@@ -2,8 +2,8 @@
 
 Each benchmark prints its own table and the machine, writes results/<name>.json and draws
 results/<name>.png; this runner sequences them (they must not run at the same time on a
-2-core machine), says how far it is (the long ones draw a progress bar), keeps what each printed, runs
-``eleos-shim calibrate`` for the cost model's budgets against what this machine paid, and
+2-core machine), says how far it is (the long ones draw a progress bar), keeps what each
+printed, runs ``eleos-shim calibrate`` for the cost model's budgets against what this machine paid, and
 assembles results/report.md: the machine, then per benchmark its figure and its tables.
 Pass names to run a subset: ``run_all.py paging kvstore`` (``calibrate`` is one of them).
 """
