@@ -55,3 +55,13 @@ def test_report_md_holds_machine_figures_and_tables(tmp_path, monkeypatch):
 def test_run_all_refuses_an_unknown_benchmark(capsys):
     assert run_all.main(["nope"]) == 2
     assert "no such benchmark: nope" in capsys.readouterr().out
+
+
+def test_progress_off_a_terminal_is_one_line_per_step(capsys):
+    bar = common.Progress(2, "demo").start()
+    bar.step("first")
+    bar.step("second")
+    bar.stop()
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("demo 1/2, 0:00 so far: first")
+    assert err[1].startswith("demo 2/2, 0:00 so far, ~0:00 left: second")
