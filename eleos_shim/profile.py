@@ -62,9 +62,20 @@ class Probe:
         self.enclave = enclave
         self.cfg = enclave.cfg
         self._tls = threading.local()
-        self.sites: dict[tuple[object, int, str], int] = {}   # (code, line, kind) -> count
+        # (code, line, kind) -> count, one dict per thread (no lost updates between threads)
+        self._all_sites: list[dict[tuple[object, int, str], int]] = []
+        self._lock = threading.Lock()
         self._app_code: dict[object, str | None] = {}
         self._tracing = False
+
+    def _my_sites(self) -> dict:
+        try:
+            return self._tls.sites
+        except AttributeError:
+            sites = self._tls.sites = {}
+            with self._lock:
+                self._all_sites.append(sites)
+            return sites
 
     # -- exit sites ---------------------------------------------------------------------------
     def install(self) -> None:
@@ -114,7 +125,8 @@ class Probe:
             frame = frame.f_back
         else:
             key = (first.f_code, first.f_lineno, kind)     # no app frame: where it happened
-        self.sites[key] = self.sites.get(key, 0) + n
+        sites = self._my_sites()
+        sites[key] = sites.get(key, 0) + n
 
     def _app_site(self, code) -> str | None:
         """The path of the app's own code as the report shows it, None for the stdlib and
@@ -136,7 +148,9 @@ class Probe:
     def sites_by_line(self) -> dict[str, dict[str, int]]:
         """``path:line (function)`` -> {kind: count}."""
         out: dict[str, dict[str, int]] = {}
-        for (code, line, kind), n in list(self.sites.items()):
+        with self._lock:
+            items = [kv for sites in self._all_sites for kv in list(sites.items())]
+        for (code, line, kind), n in items:
             path = self._app_site(code) or code.co_filename
             row = out.setdefault(f"{path}:{line} ({code.co_name})", {})
             row[kind] = row.get(kind, 0) + n
@@ -173,19 +187,22 @@ class Probe:
             return
         read, kind = found
         last = [read()]
-        tls, app_site, charge = self._tls, self._app_site, self._charge_exit
+        tls, app_site, charge, lock = self._tls, self._app_site, self._charge_exit, self._lock
 
         def local(frame, event, arg):
             n = read()
             if n != last[0]:
                 # grown since the last line event: charge the line this thread ran before
-                prev = getattr(tls, "line", None)
-                if prev is not None:
-                    key = (prev[0], prev[1], kind)
-                    self.sites[key] = self.sites.get(key, 0) + n - last[0]
-                else:
-                    charge(kind, frame, n - last[0])
-                last[0] = n
+                with lock:
+                    grown, last[0] = n - last[0], max(n, last[0])
+                if grown > 0:
+                    prev = getattr(tls, "line", None)
+                    if prev is not None:
+                        sites = self._my_sites()
+                        key = (prev[0], prev[1], kind)
+                        sites[key] = sites.get(key, 0) + grown
+                    else:
+                        charge(kind, frame, grown)
             if event == "line":
                 tls.line = (frame.f_code, frame.f_lineno)
             elif event == "return":
@@ -203,8 +220,6 @@ class Probe:
             sys.settrace(None)
             threading.settrace(None)
             self._tracing = False
-
-    # -- into the stats ----------------------------------------------------------------------
 
 
 def install(enclave) -> Probe | None:
