@@ -156,3 +156,24 @@ def test_profile_without_stats_prints_the_report(tmp_path):
     r = run_shim("sgx", _script(tmp_path, WRITER), env={"ELEOS_PROFILE": "1"}, stats=False)
     assert r.returncode == 0, r.stderr
     assert "where the time went" in r.stderr and "exit sites (ELEOS_PROFILE=1)" in r.stderr
+
+
+THREADED = textwrap.dedent("""\
+    import os, threading
+    fd = os.open(os.devnull, os.O_WRONLY)
+    def a():
+        for _ in range(400): os.write(fd, b"a")
+    def b():
+        for _ in range(300): os.write(fd, b"b")
+    ts = [threading.Thread(target=a), threading.Thread(target=b)]
+    for t in ts: t.start()
+    for t in ts: t.join()
+""")
+
+
+def test_profile_counts_every_exit_of_two_threads_on_their_own_lines(tmp_path):
+    r = run_shim("sgx", _script(tmp_path, THREADED), env={"ELEOS_PROFILE": "1"})
+    assert r.returncode == 0, r.stderr
+    sites = {s["site"].split("app.py:")[-1]: s["ocall"] for s in r.stats["profile"]["sites"]}
+    assert sites["4 (a)"] == 400 and sites["6 (b)"] == 300
+    assert sum(sites.values()) == sum(c["ocall"] for c in r.stats["calls"].values())
