@@ -5,7 +5,8 @@ results/<name>.png; this runner sequences them (they must not run at the same ti
 2-core machine), says how far it is (the long ones draw a progress bar), keeps what each
 printed, runs ``eleos-shim calibrate`` for the cost model's budgets against what this machine paid, and
 assembles results/report.md: the machine, then per benchmark its figure and its tables.
-Pass names to run a subset: ``run_all.py paging kvstore`` (``calibrate`` is one of them).
+Pass names to run a subset: ``run_all.py paging kvstore`` (``calibrate`` is one of them);
+``--quick`` runs each once, short (a smoke run of the whole pipeline).
 """
 from __future__ import annotations
 
@@ -33,17 +34,26 @@ WHAT = {
 }
 
 
-def command(name: str) -> list[str]:
+# --quick: each benchmark's own short settings, for a smoke run of the whole pipeline (the
+# numbers are then rough: one run each).
+QUICK = {"ocall_cost": ["--calls", "2000", "--runs", "2"],
+         "syscall_paths": ["--scale", "0.05", "--runs", "1"],
+         "suvm_micro": ["--quick", "--runs", "1"], "paging": ["--quick"],
+         "kvstore": ["--runs", "1", "--duration", "2"],
+         "faceverify": ["--runs", "1", "--duration", "2", "--warmup", "0.5"]}
+
+
+def command(name: str, quick: bool = False) -> list[str]:
     if name == "calibrate":
         return [sys.executable, "-m", "eleos_shim", "calibrate", "--json",
                 str(RESULTS / "calibrate.json")]
-    return [sys.executable, str(HERE / f"{name}.py")]
+    return [sys.executable, str(HERE / f"{name}.py"), *(QUICK.get(name, []) if quick else [])]
 
 
-def run(name: str) -> tuple[int, str, float]:
+def run(name: str, quick: bool = False) -> tuple[int, str, float]:
     """Run one benchmark, echoing its output as it comes; (exit status, output, seconds)."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(command(name), cwd=HERE.parent, stdout=subprocess.PIPE, text=True,
+    proc = subprocess.Popen(command(name, quick), cwd=HERE.parent, stdout=subprocess.PIPE, text=True,
                             bufsize=1)
     lines = []
     for line in proc.stdout:
@@ -72,10 +82,12 @@ def plot_calibrate(path: Path = RESULTS / "calibrate.json") -> Path | None:
                      ylabel="cycles per event", note=machine_line())
 
 
-def write_report(done: list[dict]) -> Path:
+def write_report(done: list[dict], quick: bool = False) -> Path:
     m = machine()
     lines = ["# eleos-shim benchmark report", "",
-             f"Written by `make bench` (benchmarks/run_all.py) on {m['date']}.", "",
+             f"Written by `make bench` (benchmarks/run_all.py{' --quick' if quick else ''}) "
+             f"on {m['date']}." + (" A quick run: one short run of each benchmark, rough "
+                                   "numbers." if quick else ""), "",
              f"**{machine_line(m)}**", "",
              "Ratios are medians of runs measured in the same run; a shared or loaded machine "
              "moves them (the load average is in each benchmark's machine line).", "",
@@ -98,7 +110,8 @@ def write_report(done: list[dict]) -> Path:
 
 
 def main(argv: list[str]) -> int:
-    names = argv or ORDER
+    quick = "--quick" in argv
+    names = [a for a in argv if a != "--quick"] or ORDER
     unknown = [n for n in names if n not in ORDER]
     if unknown:
         print(f"no such benchmark: {', '.join(unknown)} (have: {', '.join(ORDER)})")
@@ -110,14 +123,14 @@ def main(argv: list[str]) -> int:
         # each benchmark draws its own progress bar on stderr; this line says where we are
         print(f"\n== {name} ({i}/{len(names)}, {(time.perf_counter() - t0) / 60:.0f} min so far) ==",
               flush=True)
-        rc, output, seconds = run(name)
+        rc, output, seconds = run(name, quick)
         if name == "calibrate" and rc == 0:
             plot_calibrate()
         print(f"== {name}: exit {rc} after {seconds:.0f} s", flush=True)
         done.append({"name": name, "rc": rc, "output": output, "seconds": seconds})
         if rc:
             failed.append(name)
-    print(f"\nwrote {write_report(done)}")
+    print(f"\nwrote {write_report(done, quick)}")
     if failed:
         print(f"failed: {', '.join(failed)}")
     return 1 if failed else 0
