@@ -209,8 +209,12 @@ def normalise(groups: dict[str, dict[str, float | None]], baseline: str) -> dict
 
 
 def _bar_label(v: float) -> str:
+    if v >= 10_000:
+        return f"{v / 1000:.0f}k"
+    if v >= 1000:
+        return f"{v / 1000:.1f}k"
     if v >= 100:
-        return f"{v:,.0f}"
+        return f"{v:.0f}"
     return f"{v:.2f}" if v < 10 else f"{v:.1f}"
 
 
