@@ -149,11 +149,13 @@ def figure_path(name: str, json_path: str | Path | None = None) -> Path:
 def plot_bars(path: str | Path, groups: dict[str, dict[str, float | None]], *, title: str,
               ylabel: str, baseline: str | None = None, targets: dict[str, float] | None = None,
               note: str | None = None, log: bool = False,
-              target_label: str = "paper", ref_line: float | None = None) -> Path | None:
+              target_label: str = "paper", target_series: str | None = None,
+              ref_line: float | None = None) -> Path | None:
     """Grouped bars: one group per key of ``groups`` (a workload, a database, an op and its
     threads), one bar per series in it (a mode, a region size).  With ``baseline`` every
     value is divided by that series' value in its group (the paper's "normalised to vanilla
-    SGX") and 1.0 is drawn dashed (``ref_line``: a dashed line for values already divided).  ``targets``: the paper's value per group, a black tick.
+    SGX") and 1.0 is drawn dashed (``ref_line``: a dashed line for values already divided).
+    ``targets``' ticks span the group, or only ``target_series``' bar.  ``targets``: the paper's value per group, a black tick.
     Returns the PNG's path, or None (with a line saying why) if matplotlib is missing."""
     try:
         import matplotlib
@@ -177,11 +179,18 @@ def plot_bars(path: str | Path, groups: dict[str, dict[str, float | None]], *, t
         ax.bar_label(bars, labels=[_bar_label(v) for v in vals if v is not None], fontsize=7,
                      padding=1)
     if targets:
+        labelled = False
         for g, name in enumerate(groups):
-            if targets.get(name) is not None:
-                ax.hlines(targets[name], g - 0.45, g + 0.45, colors="black", linewidth=1.5,
-                          label=target_label if g == next(i for i, n in enumerate(groups)
-                                                     if targets.get(n) is not None) else None)
+            if targets.get(name) is None:
+                continue
+            if target_series in series:     # the target is that bar's: a tick over it alone
+                x = g + (series.index(target_series) - (len(series) - 1) / 2) * width
+                lo, hi = x - width * 0.6, x + width * 0.6
+            else:
+                lo, hi = g - 0.45, g + 0.45
+            ax.hlines(targets[name], lo, hi, colors="black", linewidth=2,
+                      label=None if labelled else target_label)
+            labelled = True
     if baseline or ref_line is not None:
         ax.axhline(1.0 if baseline else ref_line, color="grey", linestyle="--", linewidth=0.8)
     if log:

@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
               title=f"face verification, EPC {args.epc_mb:g} MB: throughput vs sgx",
               ylabel="verif/s vs sgx (median of per-run ratios)", ref_line=1.0,
               targets={f"5x EPC ({sizes[1][1]:g} MB)": 2.3}, target_label="paper: eleos/sgx",
+              target_series="eleos",
               note=machine_line(m))
     return 0
 

@@ -410,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
               title=f"KV store (apps/kvstore.py), EPC {args.epc_mb:g} MB: throughput vs sgx",
               ylabel="ops/s vs sgx (median of per-run ratios)", ref_line=1.0,
               targets={_db_label(db, mb, args): 2.0 if db == "fits" else 2.2 for db, mb in dbs.items()},
-              target_label="paper: eleos/sgx", note=machine_line(m))
+              target_label="paper: eleos/sgx", target_series="eleos", note=machine_line(m))
     return 0
 
 
