@@ -83,14 +83,15 @@ def run_with_server(server_cmd: str, clients: list[str]) -> None:
     err: list[str] = []
     drain = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)
     drain.start()
+    started = False
     try:
-        line = first_line(proc, TIMEOUT)
-        assert line, f"the server printed nothing: {server_cmd}"
-        # keep its stdout drained, so a chatty server never blocks on a full pipe
-        threading.Thread(target=proc.stdout.read, daemon=True).start()
-        for cmd in clients:
-            run(cmd)
-        assert proc.poll() is None, f"the server died during the example: {server_cmd}"
+        started = bool(first_line(proc, TIMEOUT))
+        if started:
+            # keep its stdout drained, so a chatty server never blocks on a full pipe
+            threading.Thread(target=proc.stdout.read, daemon=True).start()
+            for cmd in clients:
+                run(cmd)
+            assert proc.poll() is None, f"the server died during the example: {server_cmd}"
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)
@@ -102,6 +103,7 @@ def run_with_server(server_cmd: str, clients: list[str]) -> None:
         drain.join(timeout=10)
         proc.stdout.close()
         proc.stderr.close()
+    assert started, f"the server printed nothing: {server_cmd}\n{''.join(err)[-3000:]}"
     assert "Traceback" not in "".join(err).replace("KeyboardInterrupt", ""), "".join(err)[-3000:]
 
 
