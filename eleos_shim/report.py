@@ -11,9 +11,8 @@ native mode) are left out, never shown as zero.
 from __future__ import annotations
 
 from eleos_shim.profile import event_cycles
+from eleos_shim.stats import EPC_KEYS, SUVM_KEYS
 
-EPC_KEYS = ("limit_bytes", "faults", "ewb", "eldu")
-SUVM_KEYS = ("hits", "faults", "evictions", "writebacks", "subpage_reads", "integrity_errors")
 EVENT_KEYS = ("count", "budget_cycles", "paid_cycles", "real_cycles", "spun_cycles", "overruns")
 TOP_SITES = 10
 
