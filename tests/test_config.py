@@ -87,6 +87,7 @@ BAD = [
     ("ELEOS_TIME_SCALE", "0", "positive number"),
     ("ELEOS_TIME_SCALE", "fast", "positive number"),
     ("ELEOS_STATS", "", "file path"),
+    ("ELEOS_PROFILE", "yes", "expected 0 or 1"),
 ]
 
 
