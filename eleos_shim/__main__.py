@@ -126,6 +126,7 @@ def run(cfg, module: str | None, script: str | None, args: list[str]) -> int:
                 stats_mod.write(enclave.stats(), cfg.stats)
             except Exception as exc:  # a stats failure must not change the app's exit status
                 sys.stderr.write(f"eleos-shim: could not write stats to {cfg.stats}: {exc}\n")
+        enclave.leave_domain()
 
     # atexit runs after the interpreter has joined the app's non-daemon threads, so the RPC
     # workers keep serving them until then.
