@@ -3,7 +3,8 @@
 Runs an unmodified Python app inside the modeled enclave.  The app sees the ``sys.argv``,
 ``__name__ == "__main__"`` and ``sys.path[0]`` it would see under plain ``python``; its exit
 status, uncaught exceptions and signals behave as there.  Stats are written at every exit:
-normal, exception, SIGINT, SIGTERM.  ``eleos-shim calibrate`` measures the cost model.
+normal, exception, SIGINT, SIGTERM.  ``eleos-shim calibrate`` measures the cost model;
+``eleos-shim epc DOMAIN`` shows a shared EPC (eleos_shim/epcview.py).
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import traceback
 
 from eleos_shim import config as config_mod
 
-USAGE = "eleos-shim [options] (app.py | -m module) [args...]\n       eleos-shim calibrate [options]"
+USAGE = ("eleos-shim [options] (app.py | -m module) [args...]\n       eleos-shim calibrate [options]\n"
+         "       eleos-shim epc DOMAIN [--watch] [--json]")
 
 DESCRIPTION = """\
 Run an unmodified Python app inside a modeled SGX enclave.
@@ -91,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     except config_mod.ConfigError as exc:
         sys.stderr.write(f"eleos-shim: {exc}\n")
         return 2
+    if ns.module is None and ns.target == "epc":
+        from eleos_shim.epcview import main as epc_main
+        return epc_main(ns.args)
     if ns.module is None and ns.target == "calibrate":
         from eleos_shim.calibrate import main as calibrate_main
         return calibrate_main(cfg, ns.args)

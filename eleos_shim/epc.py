@@ -157,8 +157,12 @@ class EPC:
         self.domain = None
         if cfg.epc_domain:
             # The EPC is the domain's: the sum of all its enclaves' resident pages stays within it.
-            from untrusted.epc_domain import Domain
-            self.domain = Domain(cfg.epc_domain, cfg.epc_bytes // PAGE, "sgx")
+            from untrusted.epc_domain import Domain, DomainError
+            try:
+                self.domain = Domain(cfg.epc_domain, cfg.epc_bytes // PAGE, "sgx")
+            except DomainError as exc:   # a setting that cannot work: one line, exit status 2
+                from eleos_shim.config import ConfigError
+                raise ConfigError(str(exc)) from None
         try:
             self._driver = EPCDriver(cfg.epc_bytes, ewb_fn=_epcm.epcm_ewb_fn(),
                                      eldu_fn=_epcm.epcm_eldu_fn(), charge_fn=cpu.charge_fn,

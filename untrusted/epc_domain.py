@@ -35,6 +35,9 @@ HISTORY_MAX = 3600
 class DomainError(OSError):
     """The domain could not be joined or read; ``str()`` says why in one line."""
 
+    def __str__(self) -> str:
+        return str(self.strerror)
+
 
 def _message(name: str, err: int, limit_pages: int = 0) -> str:
     if err == lib.EPC_DOM_ELIMIT:
