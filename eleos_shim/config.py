@@ -21,6 +21,7 @@ MEMORIES = ("native", "epc", "suvm")
 EVICTION_POLICIES = ("fifo", "lru", "clock", "random")
 COST_MODES = ("spin", "account")
 EPC_TRAPS = ("auto", "userfaultfd", "sigsegv")
+BALLOON_POLICIES = ("demand", "static")
 
 # The presets of ELEOS_MODE: (syscall path, heap).
 PRESETS = {
@@ -150,6 +151,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("epc_domain", _domain, "a name: enclaves started with the same name share one EPC of "
            "ELEOS_EPC_MB, as all enclaves of a machine share its EPC; SUVM caches balloon inside it "
            "(default unset: a private EPC)", "NAME"),
+    Option("epc_balloon", _choice(BALLOON_POLICIES), "in an EPC domain, how the manager sets SUVM "
+           "caches' targets: demand (default: idle caches shrink to their floor, those that miss "
+           "share the rest by miss rate) or static (equal shares)"),
     Option("suvm_cache_mb", _mb, "SUVM page cache (EPC++) in MB; must fit in the EPC "
            "(default 64, or 3/4 of a smaller EPC)"),
     Option("suvm_page_size", _page_size, "SUVM page size, a power of two 1K..64K (default 4096)"),
@@ -194,6 +198,7 @@ class Config:
     memory: str = "suvm"
     epc_mb: float = 93.0
     epc_domain: str | None = None
+    epc_balloon: str = "demand"
     suvm_cache_mb: float = 64.0
     suvm_page_size: int = 4096
     suvm_subpage: int = 0

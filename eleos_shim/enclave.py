@@ -113,8 +113,17 @@ class Enclave:
         """At exit, after the stats: give this enclave's frames back to its EPC domain at once
         (ELEOS_EPC_DOMAIN; without it nothing changes).  Were the process to die instead, the
         domain's other members would take the frames back when they next need some."""
-        if self.memory is not None and getattr(self.memory, "domain", None) is not None:
-            self.memory.close()
+        if self.domain is None:
+            return
+        if self.cfg.memory == "epc":
+            self.memory.close()     # stops the driver, returns its frames, leaves the domain
+        else:
+            self.domain.close()     # the balloon's agent and manager stop, the frames go back
+
+    @property
+    def domain(self):
+        """This enclave's membership of its EPC domain (ELEOS_EPC_DOMAIN), or None."""
+        return getattr(self.memory, "domain", None)
 
     def uninstall(self) -> None:
         """Take the LibOS out and give this thread back the CPUs it had (in-process use)."""

@@ -250,7 +250,6 @@ class EPC:
             "watermarks": [d["low_watermark"], d["high_watermark"]],
             "trap": d["trap"], "regions": len(self._regions), "dead": bool(d["dead"]),
             "per_fault": per_fault,
-            **({"epc_domain": self.domain.stats()} if self.domain is not None else {}),
         }
 
     def close(self) -> None:

@@ -39,8 +39,8 @@ def collect(enclave, wall_s: float) -> dict:
         part = memory.stats()
         key = "suvm" if cfg.memory == "suvm" else "epc"
         out[key].update(part.get(key, part) if isinstance(part, dict) else {})
-        if "epc_domain" in out[key]:   # the shared EPC (ELEOS_EPC_DOMAIN) is the enclave's, not the heap's
-            out["epc_domain"] = out[key].pop("epc_domain")
+    if getattr(enclave, "domain", None) is not None:   # ELEOS_EPC_DOMAIN: the shared EPC
+        out["epc_domain"] = enclave.domain.stats()
     out["exits"] = exits_summary(out)
     return out
 
