@@ -96,10 +96,11 @@ class DemandProportional(Policy):
         for m in members:
             floor, cap, held = m["floor_pages"], m["cap_pages"], m["resident_pages"]
             miss, acc = m.get("miss_rate", 0.0), m.get("access_rate", 0.0)
+            raw = m.get("raw_miss_rate", miss)
             if acc < IDLE_RATE:
                 spec.append(dict(m, lo=floor, hi=floor, w=0.0))
-            elif miss > HUNGRY_RATE and miss > HUNGRY_RATIO * acc:
-                spec.append(dict(m, lo=floor, hi=cap, w=miss))
+            elif raw > HUNGRY_RATE and raw > HUNGRY_RATIO * acc:
+                spec.append(dict(m, lo=floor, hi=cap, w=max(miss, raw / 2)))
             else:
                 spec.append(dict(m, lo=max(floor, min(held, cap)), hi=max(floor, min(held, cap)), w=0.0))
         fixed = sum(s["lo"] for s in spec)
@@ -133,6 +134,13 @@ class BalloonHost:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self.rounds = 0                       # loop turns done (each re-reads the target)
+        self._turned = threading.Condition()
+
+    def wait_rounds(self, n: int, timeout_s: float) -> bool:
+        """Wait until the agent has done ``n`` turns (each applies the target it read)."""
+        with self._turned:
+            return self._turned.wait_for(lambda: self.rounds >= n, timeout_s)
 
     def apply(self, target: int) -> int:
         """Bring the enclave's cache towards ``target`` pages as far as free frames allow."""
@@ -170,6 +178,9 @@ class BalloonHost:
             self.apply(target)
             misses, accesses = self._demand()
             self.domain.publish(misses, 0, accesses)
+            with self._turned:
+                self.rounds += 1
+                self._turned.notify_all()
             self.domain.wait_target(seq, self.interval_s)
 
     def stop(self) -> None:
@@ -200,15 +211,20 @@ class Manager:
         for m in suvm:
             slot = m["slot"]
             last = self._last.get(slot)
-            miss_r, acc_r = self._rates.get(slot, (0.0, 0.0))
+            miss_r, _ = self._rates.get(slot, (0.0, 0.0))
+            acc_r = 0.0
             if last is not None and now > last[0] and m["loads"] >= last[1] and m["demand"] >= last[2]:
                 dt = now - last[0]
-                a = RATE_SMOOTHING
-                miss_r = a * (m["loads"] - last[1]) / dt + (1 - a) * miss_r
-                acc_r = a * (m["demand"] - last[2]) / dt + (1 - a) * acc_r
+                # The weight is smoothed (a round of noise moves no memory); idleness is not
+                # (an enclave that stopped is taxed at the next round, not after several).
+                miss_r = RATE_SMOOTHING * (m["loads"] - last[1]) / dt + (1 - RATE_SMOOTHING) * miss_r
+                acc_r = (m["demand"] - last[2]) / dt
+                raw_miss = (m["loads"] - last[1]) / dt
+            else:
+                raw_miss = 0.0
             self._last[slot] = (now, m["loads"], m["demand"])
             self._rates[slot] = (miss_r, acc_r)
-            m["miss_rate"], m["access_rate"] = miss_r, acc_r
+            m["miss_rate"], m["access_rate"], m["raw_miss_rate"] = miss_r, acc_r, raw_miss
         live = {m["slot"] for m in suvm}
         for slot in list(self._last):
             if slot not in live:
