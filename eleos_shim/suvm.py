@@ -96,6 +96,8 @@ class SuvmDomain:
     def stats(self) -> dict:
         d = self.domain.stats()
         d.update(policy=self.manager.policy.name, manager_rounds=self.manager.rounds,
+                 manager_log=self.manager.log, agent_rounds=self.agent.rounds,
+                 agent_slowest_apply_s=round(self.agent.slowest_apply_s, 4),
                  floor_pages=self.balloon.floor_pages, cap_pages=self.balloon.cap_pages,
                  resizes=self.balloon.resizes,
                  balloon_changes={"t_s": [c[0] for c in self.agent.changes],

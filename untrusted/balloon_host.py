@@ -38,6 +38,10 @@ IDLE_RATE = 20.0
 HUNGRY_RATIO = 0.01
 HUNGRY_RATE = 20.0
 RATE_SMOOTHING = 0.5     # EWMA weight of the newest round
+# Room left per round for an SGX member that is faulting in a mixed domain: its driver cannot
+# be asked to shrink, so balloons make way for it, a few reclaim batches at a time.
+SGX_GROWTH_PAGES = 64
+LOG_MAX = 400
 
 
 def water_fill(avail: int, members: list[dict], weight: Callable[[dict], float]) -> dict[int, int]:
@@ -135,6 +139,7 @@ class BalloonHost:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.rounds = 0                       # loop turns done (each re-reads the target)
+        self.slowest_apply_s = 0.0
         self._turned = threading.Condition()
 
     def wait_rounds(self, n: int, timeout_s: float) -> bool:
@@ -165,9 +170,11 @@ class BalloonHost:
             return self.held
 
     def start(self) -> None:
-        # Start with what is free (up to the cache configured): a manager, if one runs, moves
-        # it from there.  The target says so, so that the loop below does not undo it.
-        self.apply(self.cap_pages)
+        # Start with half of what is free (up to the cache configured), leaving room for the
+        # floors of enclaves that join next; a manager moves it from there.  The target says
+        # so, so that the loop below does not undo it.
+        free = self.domain.snapshot()["free_pages"]
+        self.apply(min(self.cap_pages, self.held + free // 2))
         self.domain.set_target(self.domain.slot, self.held)
         self._thread = threading.Thread(target=self._run, name="eleos-balloon-agent", daemon=True)
         self._thread.start()
@@ -175,7 +182,9 @@ class BalloonHost:
     def _run(self) -> None:
         while not self._stop.is_set():
             target, seq = self.domain.target()
+            t = time.monotonic()
             self.apply(target)
+            self.slowest_apply_s = max(self.slowest_apply_s, time.monotonic() - t)
             misses, accesses = self._demand()
             self.domain.publish(misses, 0, accesses)
             with self._turned:
@@ -198,6 +207,7 @@ class Manager:
         self.policy = policy
         self.interval_s = interval_s
         self.rounds = 0
+        self.log: list[dict] = []        # each round's view and targets (the last LOG_MAX)
         self._last: dict[int, tuple[float, int, int]] = {}    # slot -> (t, misses, accesses)
         self._rates: dict[int, tuple[float, float]] = {}
         self._stop = threading.Event()
@@ -206,8 +216,16 @@ class Manager:
     def decide(self, snap: dict, now: float) -> dict[int, int]:
         """One round: targets (by slot) for the SUVM members of ``snap``."""
         suvm = [m for m in snap["members"] if m["kind"] == "suvm"]
-        sgx_held = sum(m["resident_pages"] for m in snap["members"] if m["kind"] != "suvm")
-        avail = max(0, snap["limit_pages"] - sgx_held)
+        sgx = [m for m in snap["members"] if m["kind"] != "suvm"]
+        # SGX members' pages are theirs (the SGX driver cannot be asked to shrink); one that
+        # faulted since the last round is growing: leave it room to grow into.
+        grow = 0
+        for m in sgx:
+            last = self._last.get(-1 - m["slot"])
+            if last is not None and m["loads"] > last[1]:
+                grow += SGX_GROWTH_PAGES
+            self._last[-1 - m["slot"]] = (now, m["loads"], 0)
+        avail = max(0, snap["limit_pages"] - sum(m["resident_pages"] for m in sgx) - grow)
         for m in suvm:
             slot = m["slot"]
             last = self._last.get(slot)
@@ -225,11 +243,17 @@ class Manager:
             self._last[slot] = (now, m["loads"], m["demand"])
             self._rates[slot] = (miss_r, acc_r)
             m["miss_rate"], m["access_rate"], m["raw_miss_rate"] = miss_r, acc_r, raw_miss
-        live = {m["slot"] for m in suvm}
+        live = {m["slot"] for m in suvm} | {-1 - m["slot"] for m in sgx}
         for slot in list(self._last):
             if slot not in live:
-                del self._last[slot], self._rates[slot]
-        return self.policy.targets(avail, suvm) if suvm else {}
+                self._last.pop(slot, None)
+                self._rates.pop(slot, None)
+        targets = self.policy.targets(avail, suvm) if suvm else {}
+        self.log.append({"t": round(now, 3), "avail": avail, "members": {
+            m["slot"]: [m["resident_pages"], targets.get(m["slot"]), round(m["miss_rate"]),
+                        round(m["access_rate"])] for m in suvm}})
+        del self.log[:-LOG_MAX]
+        return targets
 
     def round(self) -> dict[int, int]:
         snap = self.domain.snapshot()

@@ -939,16 +939,16 @@ uint32_t suvm_resize(suvm_t *s, uint32_t n)
         s->nfree = k;
         pthread_mutex_unlock(&s->cache_lock);
         for (uint32_t f = n; f < old; f++) {
-            for (;;) {
+            for (uint32_t tries = 0;; tries++) {
                 pthread_mutex_lock(&s->cache_lock);
                 int done = s->fm[f].ballooned;
                 pthread_mutex_unlock(&s->cache_lock);
                 if (done) break;
+                /* A frame mid-fault, mid-eviction or pinned by a copy settles within a page's
+                 * work: poll a little, then let the thread doing it run. */
+                if (tries > 64) sched_yield();
                 int64_t v = atomic_load(&s->fm[f].vpn);
-                if (v < 0) {            /* mid-fault or mid-eviction: it settles in a moment */
-                    sched_yield();
-                    continue;
-                }
+                if (v < 0) continue;
                 pthread_mutex_t *st = stripe_of(s, (uint64_t)v);
                 pthread_mutex_lock(st);
                 if (atomic_load(&pte_of(s, (uint64_t)v)->frame) == (int32_t)f && try_claim(s, (int32_t)f)) {
@@ -956,7 +956,6 @@ uint32_t suvm_resize(suvm_t *s, uint32_t n)
                     free_frame(s, (int32_t)f);         /* f >= active: marks it ballooned */
                 }
                 pthread_mutex_unlock(st);
-                sched_yield();
             }
         }
         size_t lo = ((size_t)n * s->page_size + 4095) & ~(size_t)4095;
