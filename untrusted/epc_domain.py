@@ -197,6 +197,30 @@ def _snapshot(h, name: str) -> dict:
     return d
 
 
+class Observer:
+    """Domain ``name`` seen from outside (tools, tests): :meth:`snapshot` and a wait for the
+    next change of its frames.  Raises :class:`DomainError` if there is no such domain."""
+
+    def __init__(self, name: str):
+        self.name = name
+        err = ffi.new("int *")
+        self._h = lib.epc_domain_open(name.encode(), err)
+        if self._h == ffi.NULL:
+            raise DomainError(-err[0], _message(name, err[0]))
+
+    def snapshot(self) -> dict:
+        return _snapshot(self._h, self.name)
+
+    def wait_freed(self, timeout_s: float) -> None:
+        """Sleep until some member gives frames back, or ``timeout_s`` (GIL released)."""
+        lib.epc_domain_wait_freed(self._h, lib.epc_domain_freed_seq(self._h), int(timeout_s * 1000))
+
+    def close(self) -> None:
+        if self._h is not None:
+            lib.epc_domain_close(self._h)
+            self._h = None
+
+
 def snapshot(name: str) -> dict:
     """Domain ``name``'s state (members whose process died are swept first: their frames are
     back in ``free_pages``).  Raises :class:`DomainError` if there is no such domain."""

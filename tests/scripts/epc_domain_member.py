@@ -2,8 +2,10 @@
 tests/test_epc_domain.py): its heap is one anonymous mmap of argv[1] pages, in the EPC.
 
 Commands, each answered with one line: ``fill K`` (write a pattern of seed K to every page),
-``check K`` (``ok`` if every page holds it), ``exit``.  It says ``ready`` first."""
+``check K`` (``ok`` if every page holds it), ``spin K`` (fill again and again until the next
+line, which it eats; ``spun 1``), ``exit``.  It says ``ready`` first."""
 import mmap
+import select
 import sys
 
 PAGE = 4096
@@ -29,6 +31,16 @@ for line in sys.stdin:
         bad = [i for i in range(npages)
                if heap[i * PAGE] != pattern(k, i) or heap[i * PAGE + PAGE - 1] != pattern(k, i)]
         print("ok" if not bad else f"bad {len(bad)}", flush=True)
+    elif cmd == "spin":
+        # Busy until the next line arrives: rounds of writes over the whole heap.
+        k, rounds = int(arg), 0
+        while not select.select([sys.stdin], [], [], 0)[0]:
+            for i in range(npages):
+                heap[i * PAGE] = pattern(k, i)
+                heap[i * PAGE + PAGE - 1] = pattern(k, i)
+            rounds += 1
+        sys.stdin.readline()
+        print(f"spun {min(rounds, 1)}", flush=True)
     elif cmd == "exit":
         print("bye", flush=True)
         break

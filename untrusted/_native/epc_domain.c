@@ -435,6 +435,8 @@ int epc_domain_wait_freed(epc_domain_t *h, uint32_t seq, uint32_t timeout_ms)
     return rc;
 }
 
+uint32_t epc_domain_freed_seq(epc_domain_t *h) { return LOAD(&h->d->freed_seq); }
+
 uint64_t epc_domain_stamp(epc_domain_t *h) { return __atomic_add_fetch(&h->d->stamp, 1, __ATOMIC_RELAXED); }
 
 void epc_domain_set_oldest(epc_domain_t *h, uint64_t stamp) { STORE(&h->d->m[h->slot].oldest, stamp); }

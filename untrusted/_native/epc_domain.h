@@ -35,6 +35,7 @@ int epc_domain_slot(epc_domain_t *h);
 uint64_t epc_domain_take(epc_domain_t *h, uint64_t n, uint32_t *seq);
 void epc_domain_put(epc_domain_t *h, uint64_t n);
 int epc_domain_wait_freed(epc_domain_t *h, uint32_t seq, uint32_t timeout_ms);
+uint32_t epc_domain_freed_seq(epc_domain_t *h);
 
 /* The global reclaimer's order: a stamp per page joining the active list; each member publishes
  * the stamp of its oldest page; the member holding the domain's oldest reclaims next. */
