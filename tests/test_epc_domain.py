@@ -324,3 +324,21 @@ def test_an_idle_suvm_enclaves_balloon_goes_to_a_busy_one_and_comes_back(domain,
         b.ask("check 4", "ok")
     finally:
         obs.close()
+
+
+def test_a_stopped_enclave_holding_the_oldest_pages_does_not_stall_the_others(domain, tmp_path):
+    name, members = domain
+    a = Member(name, LIMIT_PAGES, tmp_path)
+    members.append(a)
+    a.ask("fill 1", "filled")                 # a holds nearly every frame, and the oldest pages
+    b = Member(name, LIMIT_PAGES, tmp_path)
+    members.append(b)
+    os.kill(a.pid, signal.SIGSTOP)            # its reclaimer cannot run: only b's can
+    os.waitpid(a.pid, os.WUNTRACED)
+    try:
+        b.ask("fill 2", "filled")             # b gets by with the few free frames and its own
+        b.ask("check 2", "ok")
+    finally:
+        os.kill(a.pid, signal.SIGCONT)
+    assert sum(stopped_resident([a, b])) <= LIMIT_PAGES
+    a.ask("check 1", "ok")

@@ -59,7 +59,10 @@
 #include "epc_domain.h"
 
 #define DOM_MAGIC 0x314d4f4443504545ull   /* "EEPCDOM1" */
-#define DOM_VERSION 1
+#define DOM_VERSION 2
+/* A member whose oldest page has not moved for this long while the domain needs frames is
+ * stuck (stopped, or starved of CPU): the others then reclaim their own oldest pages. */
+#define DOM_STUCK_NS 200000000ull
 #define DOM_NR_LOW 32                     /* SGX_NR_LOW_EPC_PAGES_DEFAULT, as epc_driver.c */
 #define DOM_DIR "/dev/shm/"
 #define DOM_PREFIX "eleos-epc-"
@@ -89,6 +92,7 @@ struct dom {
     uint32_t freed_waiters, unlinked;
     uint64_t limit, used, low, high;
     uint64_t members, deaths, dead_pages, stamp, kicks, waits;
+    uint64_t best_key, best_since_ns, fallbacks;   /* the turn holder, and since when */
     struct member m[EPC_DOM_MAX_MEMBERS];
 };
 
@@ -460,6 +464,16 @@ int epc_domain_reclaim_turn(epc_domain_t *h)
         }
         if (best == h->slot) return 1;
         if (best < 0) return 0;
+        /* Is the turn holder making progress?  Its (slot, oldest stamp) changes with each of
+         * its batches; the same pair for DOM_STUCK_NS means it is not running. */
+        uint64_t key = bo * EPC_DOM_MAX_MEMBERS + (uint64_t)best, t = now_ns();
+        if (LOAD(&d->best_key) != key) {
+            STORE(&d->best_key, key);
+            STORE(&d->best_since_ns, t);
+        } else if (t - LOAD(&d->best_since_ns) > DOM_STUCK_NS) {
+            __atomic_add_fetch(&d->fallbacks, 1, __ATOMIC_RELAXED);
+            return 1;
+        }
         /* Another member's turn; make sure it is not a dead one holding frames forever. */
         dom_lock(d);
         int n = sweep_locked(d, h->slot);
