@@ -166,15 +166,21 @@ def test_resident_pages_of_all_enclaves_in_a_domain_never_exceed_its_epc(domain,
     assert any(all(s) for s in samples), samples           # ... by both at once
 
 
-def test_one_enclaves_working_set_evicts_anothers_pages(domain, tmp_path):
-    name, members = domain
+def a_holding_the_epc_then_b(name: str, members: list, tmp_path) -> tuple[Member, int, Member]:
+    """Enclave a fills the whole EPC alone (returns what it holds), then b joins."""
     a = Member(name, LIMIT_PAGES, tmp_path)
     members.append(a)
     a.ask("fill 1", "filled")
-    a_alone = a.resident()
-    assert a_alone > LIMIT_PAGES * 3 // 4                  # a has the EPC to itself
+    held = a.resident()
+    assert held > LIMIT_PAGES * 3 // 4                     # a has the EPC to itself
     b = Member(name, LIMIT_PAGES, tmp_path)
     members.append(b)
+    return a, held, b
+
+
+def test_one_enclaves_working_set_evicts_anothers_pages(domain, tmp_path):
+    name, members = domain
+    a, a_alone, b = a_holding_the_epc_then_b(name, members, tmp_path)
     b.ask("fill 2", "filled")                              # a is idle: only b touches memory
     a_after, b_after = stopped_resident([a, b])
     assert a_after + b_after <= LIMIT_PAGES
@@ -190,13 +196,7 @@ def test_one_enclaves_working_set_evicts_anothers_pages(domain, tmp_path):
 
 def test_a_killed_enclave_gives_its_pages_back(domain, tmp_path):
     name, members = domain
-    a = Member(name, LIMIT_PAGES, tmp_path)
-    members.append(a)
-    a.ask("fill 1", "filled")
-    held = a.resident()
-    assert held > LIMIT_PAGES * 3 // 4
-    b = Member(name, LIMIT_PAGES, tmp_path)
-    members.append(b)
+    a, held, b = a_holding_the_epc_then_b(name, members, tmp_path)
     a.proc.kill()                                          # SIGKILL: no clean-up runs in a
     a.proc.wait()
     # b alone could hold at most LIMIT - held pages if a's frames stayed taken.
@@ -328,11 +328,7 @@ def test_an_idle_suvm_enclaves_balloon_goes_to_a_busy_one_and_comes_back(domain,
 
 def test_a_stopped_enclave_holding_the_oldest_pages_does_not_stall_the_others(domain, tmp_path):
     name, members = domain
-    a = Member(name, LIMIT_PAGES, tmp_path)
-    members.append(a)
-    a.ask("fill 1", "filled")                 # a holds nearly every frame, and the oldest pages
-    b = Member(name, LIMIT_PAGES, tmp_path)
-    members.append(b)
+    a, _held, b = a_holding_the_epc_then_b(name, members, tmp_path)   # a has the oldest pages
     os.kill(a.pid, signal.SIGSTOP)            # its reclaimer cannot run: only b's can
     os.waitpid(a.pid, os.WUNTRACED)
     try:
