@@ -64,6 +64,11 @@ def install_default(cfg: Config | None = None, cpu=None) -> Suvm:
     return inst
 
 
+# How long a joining SUVM enclave waits for the domain to make room for its balloon's floor
+# (the manager's next rounds shrink the others within a second or so).
+FLOOR_WAIT_S = 30.0
+
+
 class SuvmDomain:
     """An SUVM enclave in an EPC domain (ELEOS_EPC_DOMAIN): its page cache is a balloon.
 
@@ -85,11 +90,19 @@ class SuvmDomain:
                                  floor_pages=self.balloon.floor_pages, cap_pages=self.balloon.cap_pages)
         except DomainError as exc:
             raise ConfigError(str(exc)) from None
-        self.agent = BalloonHost(self.domain, self.balloon.resize, self.balloon.demand,
-                                 cap_pages=self.balloon.cap_pages, held=self.balloon.pages())
-        self.agent.start()
+        # The manager first, so that it can count this enclave if it is the domain's: the
+        # others' balloons then shrink to make room for its floor.
         self.manager = Manager(self.domain, POLICIES[cfg.epc_balloon]())
         self.manager.start()
+        try:
+            held = self.domain.take_floor(self.balloon.floor_pages, FLOOR_WAIT_S)
+        except DomainError as exc:
+            self.manager.stop()
+            self.domain.leave()
+            raise ConfigError(str(exc)) from None
+        self.agent = BalloonHost(self.domain, self.balloon.resize, self.balloon.demand,
+                                 cap_pages=self.balloon.cap_pages, held=held)
+        self.agent.start()
         self.domain.start_history()
         self._closed = False
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import random
 import threading
+import time
 
 import pytest
 
@@ -215,3 +216,62 @@ def test_static_split_is_equal_and_leaves_sgx_members_their_pages():
     mgr = Manager(None, StaticSplit())
     t = mgr.decide(snap([member(0, 100, 0, 0), member(1, 900, 0, 0), member(2, 24, 0, 0, kind="sgx")]), 0.0)
     assert t == {0: 500, 1: 500}
+
+
+class Member:
+    """One SUVM enclave's balloon in a domain, in this process: cache, driver, membership."""
+
+    def __init__(self, name: str, limit: int, cache_pages: int):
+        self.inst = make_suvm(cache_pages)
+        self.balloon = Balloon(self.inst)
+        self.balloon.resize(self.balloon.floor_pages)
+        self.dom = epc_domain.Domain(name, limit, "suvm", floor_pages=self.balloon.floor_pages,
+                                     cap_pages=self.balloon.cap_pages)
+        self.agent = None
+
+    def start(self, floor_timeout: float = 30) -> None:
+        held = self.dom.take_floor(self.balloon.floor_pages, floor_timeout)
+        self.agent = BalloonHost(self.dom, self.balloon.resize, self.balloon.demand,
+                                 cap_pages=self.balloon.cap_pages, held=held)
+        self.agent.start()
+
+    def close(self) -> None:
+        if self.agent is not None:
+            self.agent.stop()
+        self.dom.leave()
+        self.inst.close()
+
+
+def settle(members, cond, timeout=30.0):
+    """Let the agents turn until ``cond(helds)`` (each turn applies the manager's latest)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        snap = members[0].dom.snapshot()
+        assert snap["used_pages"] <= snap["limit_pages"]
+        held = [m.agent.held for m in members]
+        if cond(held):
+            return held
+        assert time.monotonic() < deadline, held
+        members[0].agent.wait_rounds(members[0].agent.rounds + 1, 5)
+
+
+def test_a_balloon_joining_a_full_domain_gets_its_floor_once_the_others_shrink(domain_name):
+    limit = 256
+    a, b = Member(domain_name, limit, 200), Member(domain_name, limit, 200)
+    members = [a, b]
+    mgr = Manager(a.dom, StaticSplit())
+    try:
+        mgr.start()
+        a.start()
+        b.start()
+        settle(members, lambda h: h == [128, 128])       # the EPC is all given out
+        c = Member(domain_name, limit, 200)
+        members.append(c)
+        assert c.dom.held() == 0                          # no frame free for its floor yet
+        c.start()                                         # waits until a and b shrink
+        assert c.agent.held >= c.balloon.floor_pages
+        settle(members, lambda h: h == [86, 85, 85] or sorted(h) == [85, 85, 86])
+    finally:
+        mgr.stop()
+        for m in members:
+            m.close()

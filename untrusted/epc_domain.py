@@ -50,7 +50,8 @@ def _message(name: str, err: int, limit_pages: int = 0) -> str:
         return (f"ELEOS_EPC_DOMAIN={name!r}: /dev/shm/eleos-epc-{name} is not a domain table of this "
                 "version (remove it if no enclave uses it)")
     if err == lib.EPC_DOM_EFLOOR:
-        return f"ELEOS_EPC_DOMAIN={name!r}: the domain's EPC is too full to hold this enclave's floor"
+        return (f"ELEOS_EPC_DOMAIN={name!r}: the domain's EPC stayed too full to hold this enclave's "
+                "floor (its other members hold pages they cannot give back)")
     if err == -2:
         return f"no EPC domain {name!r} (no enclave runs in it)"
     if err == -22:
@@ -103,6 +104,30 @@ class Domain:
 
     def put(self, n: int) -> None:
         lib.epc_domain_put(self._h, n)
+
+    def held(self) -> int:
+        """Frames the table counts for this member."""
+        me = [m for m in self.snapshot()["members"] if m["slot"] == self.slot]
+        return me[0]["resident_pages"] if me else 0
+
+    def take_floor(self, floor_pages: int, timeout_s: float) -> int:
+        """Hold at least ``floor_pages`` (a balloon's floor): take what is missing as other
+        members give frames back (their balloons shrink once the manager counts this one).
+        Returns the pages held; raises :class:`DomainError` after ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        held = self.held()
+        seq = ffi.new("uint32_t *")
+        while held < floor_pages:
+            got = int(lib.epc_domain_take(self._h, floor_pages - held, seq))
+            held += got
+            if held >= floor_pages:
+                break
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DomainError(0, _message(self.name, lib.EPC_DOM_EFLOOR))
+            if not got:
+                lib.epc_domain_wait_freed(self._h, seq[0], int(min(left, 0.5) * 1000))
+        return held
 
     def target(self) -> tuple[int, int]:
         """``(target pages, sequence)``: the manager's request and the futex value to wait on."""

@@ -286,7 +286,10 @@ static void *member_main(void *arg)
         if (d->members == 0 && d->used == 0) watermarks(d, h->limit);   /* nobody uses it */
         else err = EPC_DOM_ELIMIT;
     }
-    if (!err && d->used + h->floor > d->limit) err = EPC_DOM_EFLOOR;
+    /* A balloon's floor comes from what is free now; the rest of it once the others have
+     * shrunk (the caller takes it, epc_domain_take), so the sum never exceeds the EPC. */
+    uint64_t reserve = d->limit > d->used ? d->limit - d->used : 0;
+    if (reserve > h->floor) reserve = h->floor;
     if (!err) {
         for (int k = 0; k < EPC_DOM_MAX_MEMBERS && slot < 0; k++)
             if (d->m[k].state == SLOT_FREE) slot = k;
@@ -298,14 +301,14 @@ static void *member_main(void *arg)
         pthread_mutex_lock(&m->alive);
         m->pid = (int32_t)getpid();
         m->kind = (uint32_t)h->kind;
-        m->resident = h->floor;
+        m->resident = reserve;
         m->floor = h->floor;
         m->cap = h->cap;
         m->target = h->floor;
         m->loads = m->evictions = m->demand = 0;
         m->oldest = UINT64_MAX;
         m->joined_ns = now_ns();
-        d->used += h->floor;
+        d->used += reserve;
         d->members++;
         m->state = SLOT_LIVE;
     }
