@@ -25,7 +25,7 @@ def render(snap: dict) -> str:
     lines = [f"EPC domain {snap['name']}: {mb:g} MB ({limit} pages), {snap['free_pages']} free, "
              f"{n} enclave{'s' if n != 1 else ''}; watermarks {snap['low_watermark']}/"
              f"{snap['high_watermark']}; {snap['deaths']} died ({snap['dead_pages_reclaimed']} pages "
-             f"taken back)",
+             f"taken back)" + (f"; balloon manager: pid {snap['manager_pid']}" if snap["manager_pid"] else ""),
              f"{'pid':>8} {'kind':<5} {'resident':>9} {'share':>7} {'faults':>10} {'returned':>10} "
              f"{'target':>8} {'floor':>7}"]
     for m in snap["members"]:

@@ -338,3 +338,32 @@ def test_a_stopped_enclave_holding_the_oldest_pages_does_not_stall_the_others(do
         os.kill(a.pid, signal.SIGCONT)
     assert sum(stopped_resident([a, b])) <= LIMIT_PAGES
     a.ask("check 1", "ok")
+
+
+def test_when_the_balloon_manager_dies_another_enclave_takes_over(domain, tmp_path):
+    name, members = domain
+    suvm = {"ELEOS_MODE": "eleos", "ELEOS_SYSCALLS": "ocall", "ELEOS_SUVM_CACHE_MB": "0.9"}
+    a = Member(name, 240, tmp_path, **suvm)
+    b = Member(name, 240, tmp_path, **suvm)
+    members += [a, b]
+    obs = epc_domain.Observer(name)
+    try:
+        pids = {a.pid: a, b.pid: b}
+        wait_until(obs, lambda m: obs.snapshot()["manager_pid"] in pids, "a manager should run")
+        manager = pids[obs.snapshot()["manager_pid"]]
+        other = b if manager is a else a
+        other.ask("fill 1", "filled")
+        other.send("spin 2")
+        manager.proc.kill()                               # the manager dies holding its mutex
+        manager.proc.wait()
+        # The survivor's manager gets the robust mutex, the dead member is swept, and the
+        # survivor, busy, is given the whole cache it may hold.
+        snap = wait_until(obs, lambda m: set(m) == {other.pid}
+                          and m[other.pid]["resident_pages"] >= m[other.pid]["cap_pages"] - 1,
+                          "the survivor should manage and grow into the EPC")
+        assert snap["manager_pid"] == other.pid and snap["deaths"] == 1
+        other.send("stop")
+        other.expect("spun 1")
+        other.ask("check 2", "ok")
+    finally:
+        obs.close()

@@ -23,7 +23,8 @@ PAGE = 4096
 KINDS = {"sgx": lib.EPC_DOM_SGX, "suvm": lib.EPC_DOM_SUVM}
 KIND_NAMES = {v: k for k, v in KINDS.items()}
 HEADER = ("limit_pages", "used_pages", "low_watermark", "high_watermark", "members", "deaths",
-          "dead_pages_reclaimed", "stamp", "kicks", "frame_waits")
+          "dead_pages_reclaimed", "stamp", "kicks", "frame_waits", "stuck_fallbacks", "manager_pid",
+          "manager_changes")
 MEMBER = ("slot", "pid", "kind", "resident_pages", "target_pages", "floor_pages", "cap_pages",
           "loads", "returned", "demand", "oldest", "joined_ns")
 # How often a member samples its resident count for the stats' history: a second is enough

@@ -59,7 +59,7 @@
 #include "epc_domain.h"
 
 #define DOM_MAGIC 0x314d4f4443504545ull   /* "EEPCDOM1" */
-#define DOM_VERSION 2
+#define DOM_VERSION 3
 /* A member whose oldest page has not moved for this long while the domain needs frames is
  * stuck (stopped, or starved of CPU): the others then reclaim their own oldest pages. */
 #define DOM_STUCK_NS 200000000ull
@@ -93,6 +93,7 @@ struct dom {
     uint64_t limit, used, low, high;
     uint64_t members, deaths, dead_pages, stamp, kicks, waits;
     uint64_t best_key, best_since_ns, fallbacks;   /* the turn holder, and since when */
+    uint64_t manager_pid, manager_changes;          /* who runs the balloon policy */
     struct member m[EPC_DOM_MAX_MEMBERS];
 };
 
@@ -551,10 +552,18 @@ int epc_domain_manage(epc_domain_t *h, uint32_t timeout_ms)
     if (ts.tv_nsec >= 1000000000L) { ts.tv_sec++; ts.tv_nsec -= 1000000000L; }
     int rc = pthread_mutex_timedlock(&h->d->manager, &ts);
     if (rc == EOWNERDEAD) { pthread_mutex_consistent(&h->d->manager); rc = 0; }
+    if (rc == 0) {
+        STORE(&h->d->manager_pid, (uint64_t)getpid());
+        __atomic_add_fetch(&h->d->manager_changes, 1, __ATOMIC_RELAXED);
+    }
     return rc == 0;
 }
 
-void epc_domain_unmanage(epc_domain_t *h) { pthread_mutex_unlock(&h->d->manager); }
+void epc_domain_unmanage(epc_domain_t *h)
+{
+    STORE(&h->d->manager_pid, 0);
+    pthread_mutex_unlock(&h->d->manager);
+}
 
 int epc_domain_snapshot(epc_domain_t *h, uint64_t *hdr, uint64_t *rows, int max)
 {
@@ -562,7 +571,8 @@ int epc_domain_snapshot(epc_domain_t *h, uint64_t *hdr, uint64_t *rows, int max)
     dom_lock(d);
     sweep_locked(d, h->slot);
     uint64_t v[EPC_DOM_HCOLS] = { d->limit, d->used, d->low, d->high, d->members, d->deaths,
-                                  d->dead_pages, d->stamp, d->kicks, d->waits };
+                                  d->dead_pages, d->stamp, d->kicks, d->waits, d->fallbacks,
+                                  d->manager_pid, d->manager_changes };
     memcpy(hdr, v, sizeof v);
     int n = 0;
     for (int k = 0; k < EPC_DOM_MAX_MEMBERS && n < max; k++) {

@@ -20,7 +20,8 @@
 #define EPC_DOM_EFLOOR -1003        /* the domain cannot hold the member's floor */
 
 /* The columns of epc_domain_snapshot(): the domain's, then EPC_DOM_MCOLS per member. */
-#define EPC_DOM_HCOLS 10            /* limit used low high members deaths dead_pages stamp kicks waits */
+#define EPC_DOM_HCOLS 13            /* limit used low high members deaths dead_pages stamp kicks waits
+                                       fallbacks manager_pid manager_changes */
 #define EPC_DOM_MCOLS 12            /* slot pid kind resident target floor cap loads evictions demand oldest joined_ns */
 
 typedef struct epc_domain epc_domain_t;
