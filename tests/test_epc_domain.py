@@ -138,10 +138,11 @@ def domain(request):
     epc_domain.remove(name)
 
 
-def test_resident_pages_of_all_enclaves_in_a_domain_never_exceed_its_epc(domain, tmp_path):
+@pytest.mark.parametrize("trap", ["userfaultfd", "sigsegv"])
+def test_resident_pages_of_all_enclaves_in_a_domain_never_exceed_its_epc(domain, tmp_path, trap):
     name, members = domain
     # Two enclaves of 1.5 EPCs each, paging at the same time: together three times the EPC.
-    members += [Member(name, LIMIT_PAGES * 3 // 2, tmp_path) for _ in range(2)]
+    members += [Member(name, LIMIT_PAGES * 3 // 2, tmp_path, ELEOS_EPC_TRAP=trap) for _ in range(2)]
     samples = []
     for rnd in range(3):
         for m in members:
