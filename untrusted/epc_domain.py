@@ -189,8 +189,8 @@ class Domain:
             me = next((m for m in snap["members"] if m["slot"] == self.slot), {})
             out.update({"resident_pages": me.get("resident_pages", 0),
                         "target_pages": me.get("target_pages", 0),
-                        "domain_used_pages": snap["used_pages"], "domain_members": snap["members"] and
-                        len(snap["members"]), "domain_deaths": snap["deaths"]})
+                        "domain_used_pages": snap["used_pages"], "domain_members": len(snap["members"]),
+                        "domain_deaths": snap["deaths"]})
         return out
 
     def leave(self) -> None:
