@@ -21,7 +21,7 @@ MEMORIES = ("native", "epc", "suvm")
 EVICTION_POLICIES = ("fifo", "lru", "clock", "random")
 COST_MODES = ("spin", "account")
 EPC_TRAPS = ("auto", "userfaultfd", "sigsegv")
-BALLOON_POLICIES = ("demand", "static")
+BALLOON_POLICIES = ("demand", "fair", "static")
 
 # The presets of ELEOS_MODE: (syscall path, heap).
 PRESETS = {
@@ -153,7 +153,8 @@ OPTIONS: tuple[Option, ...] = (
            "(default unset: a private EPC)", "NAME"),
     Option("epc_balloon", _choice(BALLOON_POLICIES), "in an EPC domain, how the manager sets SUVM "
            "caches' targets: demand (default: idle caches shrink to their floor, those that miss "
-           "share the rest by miss rate) or static (equal shares)"),
+           "share the rest by miss rate, those that fit keep it), fair (the same idle tax, then "
+           "max-min fair shares) or static (equal shares)"),
     Option("suvm_cache_mb", _mb, "SUVM page cache (EPC++) in MB; must fit in the EPC "
            "(default 64, or 3/4 of a smaller EPC)"),
     Option("suvm_page_size", _page_size, "SUVM page size, a power of two 1K..64K (default 4096)"),

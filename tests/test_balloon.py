@@ -18,7 +18,8 @@ from eleos_shim import suvm as esuvm
 from eleos_shim.config import Config
 from trusted.balloon import Balloon
 from untrusted import epc_domain
-from untrusted.balloon_host import BalloonHost, DemandProportional, Manager, StaticSplit, water_fill
+from untrusted.balloon_host import (BalloonHost, DemandProportional, FairShare, Manager, StaticSplit,
+                                    water_fill)
 
 PAGE = 4096
 
@@ -275,3 +276,15 @@ def test_a_balloon_joining_a_full_domain_gets_its_floor_once_the_others_shrink(d
         mgr.stop()
         for m in members:
             m.close()
+
+
+def test_fair_share_cuts_an_enclave_whose_working_set_fits_to_an_equal_share_when_others_miss():
+    mgr = Manager(None, FairShare())
+    mgr.decide(snap([member(0, 600, 0, 0), member(1, 200, 0, 0), member(2, 200, 0, 0)], 1000), 0.0)
+    t = mgr.decide(snap([member(0, 600, 5, 50000), member(1, 200, 9000, 10000), member(2, 200, 9000, 10000)],
+                        1000), 1.0)
+    assert t == {0: 334, 1: 333, 2: 333} or sorted(t.values()) == [333, 333, 334]
+    # One goes idle: its floor, the other two half of the rest each.
+    t = mgr.decide(snap([member(0, 334, 10, 100000), member(1, 333, 18000, 20000), member(2, 333, 9000, 10000)],
+                        1000), 2.0)
+    assert t[2] == 16 and t[0] == 334 and t[1] == 1000 - 16 - 334

@@ -58,7 +58,7 @@ BAD = [
     ("ELEOS_EPC_TRAP", "ptrace", "one of auto, userfaultfd, sigsegv"),
     ("ELEOS_EPC_DOMAIN", "a/b", "letters, digits"),
     ("ELEOS_EPC_DOMAIN", ".hidden", "not starting with '.'"),
-    ("ELEOS_EPC_BALLOON", "greedy", "one of demand, static"),
+    ("ELEOS_EPC_BALLOON", "greedy", "one of demand, fair, static"),
     ("ELEOS_STATS", "", "file path"),
 ]
 

@@ -14,9 +14,10 @@ configured with.  Two pieces run on the host:
   manager mutex acts (when its process dies the mutex passes to another).  Every
   ``interval`` it reads the table, turns the members' reports into rates and writes targets
   from a :class:`Policy`: :class:`StaticSplit` (the EPC left by SGX members, split equally),
-  or :class:`DemandProportional` (idle enclaves keep their floor, as VMware's idle memory tax
+  :class:`DemandProportional` (idle enclaves keep their floor, as VMware's idle memory tax
   takes idle memory first; enclaves that miss share the rest in proportion to their miss
-  rates; those that hit keep what they have).
+  rates; those that hit keep what they have: the most throughput) or :class:`FairShare`
+  (the same idle tax, then max-min fair shares among the active ones).
 
 Both are untrusted: a lying manager or agent can make an enclave slow, never make it lose a
 page (trusted/balloon.py clamps and seals).
@@ -117,7 +118,29 @@ class DemandProportional(Policy):
         return water_fill(avail, spec, lambda s: s["w"])
 
 
-POLICIES: dict[str, type[Policy]] = {"static": StaticSplit, "demand": DemandProportional}
+class FairShare(Policy):
+    """Idle enclaves are taxed down to their floor; the active ones get max-min fair shares: an
+    enclave whose working set fits wants no more than it holds, one that misses wants its whole
+    cache, and each gets the smaller of what it wants and an equal share of what is left."""
+    name = "fair"
+
+    def targets(self, avail, members):
+        spec = []
+        for m in members:
+            floor, cap, held = m["floor_pages"], m["cap_pages"], m["resident_pages"]
+            miss, acc = m.get("raw_miss_rate", 0.0), m.get("access_rate", 0.0)
+            if acc < IDLE_RATE:
+                hi = floor
+            elif miss > HUNGRY_RATE and miss > HUNGRY_RATIO * acc:
+                hi = cap
+            else:
+                hi = max(floor, min(held, cap))
+            spec.append(dict(m, lo=floor, hi=hi))
+        return water_fill(avail, spec, lambda s: 1.0)
+
+
+POLICIES: dict[str, type[Policy]] = {"static": StaticSplit, "demand": DemandProportional,
+                                     "fair": FairShare}
 
 
 class BalloonHost:
