@@ -42,6 +42,9 @@ RATE_SMOOTHING = 0.5     # EWMA weight of the newest round
 # Room left per round for an SGX member that is faulting in a mixed domain: its driver cannot
 # be asked to shrink, so balloons make way for it, a few reclaim batches at a time.
 SGX_GROWTH_PAGES = 64
+# Targets move only by more than 1/HYSTERESIS_FRACTION of the EPC: rates are noisy, and a
+# resize costs the enclave evictions now and refaults later.
+HYSTERESIS_FRACTION = 32
 LOG_MAX = 400
 
 
@@ -282,8 +285,13 @@ class Manager:
         snap = self.domain.snapshot()
         targets = self.decide(snap, time.monotonic())
         current = {m["slot"]: m["target_pages"] for m in snap["members"]}
+        floors = {m["slot"]: m["floor_pages"] for m in snap["members"]}
+        # A small move costs evictions and refaults for little: only moves beyond the
+        # hysteresis are made (and any move to or from a floor: an idle enclave's tax).
+        step = max(16, snap["limit_pages"] // HYSTERESIS_FRACTION)
         for slot, t in targets.items():
-            if current.get(slot) != t:
+            old = current.get(slot)
+            if old is None or (old != t and (abs(t - old) >= step or floors.get(slot) in (t, old))):
                 self.domain.set_target(slot, t)
         self.rounds += 1
         return targets
