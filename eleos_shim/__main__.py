@@ -4,6 +4,7 @@ Runs an unmodified Python app inside the modeled enclave.  The app sees the ``sy
 ``__name__ == "__main__"`` and ``sys.path[0]`` it would see under plain ``python``; its exit
 status, uncaught exceptions and signals behave as there.  Stats are written at every exit:
 normal, exception, SIGINT, SIGTERM.  ``eleos-shim calibrate`` measures the cost model;
+``eleos-shim compare`` runs one app under several modes side by side (eleos_shim/compare.py);
 ``eleos-shim epc DOMAIN`` shows a shared EPC (eleos_shim/epcview.py).
 """
 from __future__ import annotations
@@ -19,6 +20,8 @@ import traceback
 from eleos_shim import config as config_mod
 
 USAGE = ("eleos-shim [options] (app.py | -m module) [args...]\n       eleos-shim calibrate [options]\n"
+         "       eleos-shim [options] compare [modes...] [--client CMD] [--json PATH] [--plot PNG] "
+         "-- app.py [args...]\n"
          "       eleos-shim epc DOMAIN [--watch] [--json]")
 
 DESCRIPTION = """\
@@ -99,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
     if ns.module is None and ns.target == "calibrate":
         from eleos_shim.calibrate import main as calibrate_main
         return calibrate_main(cfg, ns.args)
+    if ns.module is None and ns.target == "compare":
+        from eleos_shim.compare import main as compare_main
+        return compare_main(ns.args, {o.env: str(flags[o.field]) for o in config_mod.OPTIONS
+                                      if flags[o.field] is not None})
     if ns.module is None and ns.target is None:
         parser.print_usage(sys.stderr)
         sys.stderr.write("eleos-shim: error: give an app script or -m module\n")
@@ -126,11 +133,12 @@ def run(cfg, module: str | None, script: str | None, args: list[str]) -> int:
             return
         written.append(True)
         enclave.close()
-        if cfg.stats:
+        where = cfg.stats or ("-" if cfg.profile else None)   # exit sites asked for: shown
+        if where:
             try:
-                stats_mod.write(enclave.stats(), cfg.stats)
+                stats_mod.write(enclave.stats(), where)
             except Exception as exc:  # a stats failure must not change the app's exit status
-                sys.stderr.write(f"eleos-shim: could not write stats to {cfg.stats}: {exc}\n")
+                sys.stderr.write(f"eleos-shim: could not write stats to {where}: {exc}\n")
         enclave.leave_domain()
 
     # atexit runs after the interpreter has joined the app's non-daemon threads, so the RPC

@@ -60,6 +60,7 @@ BAD = [
     ("ELEOS_EPC_DOMAIN", ".hidden", "not starting with '.'"),
     ("ELEOS_EPC_BALLOON", "greedy", "one of demand, fair, static"),
     ("ELEOS_STATS", "", "file path"),
+    ("ELEOS_PROFILE", "yes", "expected 0 or 1"),
 ]
 
 
