@@ -300,13 +300,18 @@ def wait_until(obs, cond, what: str, timeout: float = 60.0) -> dict:
         obs.wait_freed(0.2)
 
 
-def test_an_idle_suvm_enclaves_balloon_goes_to_a_busy_one_and_comes_back(domain, tmp_path):
-    name, members = domain
+def two_suvm_enclaves(name: str, members: list, tmp_path) -> tuple[Member, Member, epc_domain.Observer]:
+    """Two SUVM enclaves of 240 pages whose caches (230 pages) may each hold most of the EPC."""
     suvm = {"ELEOS_MODE": "eleos", "ELEOS_SYSCALLS": "ocall", "ELEOS_SUVM_CACHE_MB": "0.9"}
     a = Member(name, 240, tmp_path, **suvm)
     b = Member(name, 240, tmp_path, **suvm)
     members += [a, b]
-    obs = epc_domain.Observer(name)
+    return a, b, epc_domain.Observer(name)
+
+
+def test_an_idle_suvm_enclaves_balloon_goes_to_a_busy_one_and_comes_back(domain, tmp_path):
+    name, members = domain
+    a, b, obs = two_suvm_enclaves(name, members, tmp_path)
     try:
         a.ask("fill 1", "filled")
         b.ask("fill 2", "filled")
@@ -343,11 +348,7 @@ def test_a_stopped_enclave_holding_the_oldest_pages_does_not_stall_the_others(do
 
 def test_when_the_balloon_manager_dies_another_enclave_takes_over(domain, tmp_path):
     name, members = domain
-    suvm = {"ELEOS_MODE": "eleos", "ELEOS_SYSCALLS": "ocall", "ELEOS_SUVM_CACHE_MB": "0.9"}
-    a = Member(name, 240, tmp_path, **suvm)
-    b = Member(name, 240, tmp_path, **suvm)
-    members += [a, b]
-    obs = epc_domain.Observer(name)
+    a, b, obs = two_suvm_enclaves(name, members, tmp_path)
     try:
         pids = {a.pid: a, b.pid: b}
         wait_until(obs, lambda m: obs.snapshot()["manager_pid"] in pids, "a manager should run")

@@ -94,6 +94,17 @@ class StaticSplit(Policy):
                           lambda m: 1.0)
 
 
+def activity(m: dict) -> str:
+    """``idle`` (no accesses to speak of), ``hungry`` (it misses), or ``fits`` (it hits: its
+    working set fits in what it holds), from the rates the manager measured."""
+    miss, acc = m.get("raw_miss_rate", m.get("miss_rate", 0.0)), m.get("access_rate", 0.0)
+    if acc < IDLE_RATE:
+        return "idle"
+    if miss > HUNGRY_RATE and miss > HUNGRY_RATIO * acc:
+        return "hungry"
+    return "fits"
+
+
 class DemandProportional(Policy):
     """Idle enclaves are taxed down to their floor; enclaves whose working set fits keep what
     they hold; the rest is shared by the enclaves that miss, in proportion to their miss rates."""
@@ -103,12 +114,12 @@ class DemandProportional(Policy):
         spec = []
         for m in members:
             floor, cap, held = m["floor_pages"], m["cap_pages"], m["resident_pages"]
-            miss, acc = m.get("miss_rate", 0.0), m.get("access_rate", 0.0)
-            raw = m.get("raw_miss_rate", miss)
-            if acc < IDLE_RATE:
+            kind = activity(m)
+            if kind == "idle":
                 spec.append(dict(m, lo=floor, hi=floor, w=0.0))
-            elif raw > HUNGRY_RATE and raw > HUNGRY_RATIO * acc:
-                spec.append(dict(m, lo=floor, hi=cap, w=max(miss, raw / 2)))
+            elif kind == "hungry":
+                raw = m.get("raw_miss_rate", m.get("miss_rate", 0.0))
+                spec.append(dict(m, lo=floor, hi=cap, w=max(m.get("miss_rate", 0.0), raw / 2)))
             else:
                 spec.append(dict(m, lo=max(floor, min(held, cap)), hi=max(floor, min(held, cap)), w=0.0))
         fixed = sum(s["lo"] for s in spec)
@@ -131,13 +142,7 @@ class FairShare(Policy):
         spec = []
         for m in members:
             floor, cap, held = m["floor_pages"], m["cap_pages"], m["resident_pages"]
-            miss, acc = m.get("raw_miss_rate", 0.0), m.get("access_rate", 0.0)
-            if acc < IDLE_RATE:
-                hi = floor
-            elif miss > HUNGRY_RATE and miss > HUNGRY_RATIO * acc:
-                hi = cap
-            else:
-                hi = max(floor, min(held, cap))
+            hi = {"idle": floor, "hungry": cap}.get(activity(m), max(floor, min(held, cap)))
             spec.append(dict(m, lo=floor, hi=hi))
         return water_fill(avail, spec, lambda s: 1.0)
 
