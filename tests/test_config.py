@@ -86,6 +86,9 @@ BAD = [
     ("ELEOS_INDIRECT_WINDOW_CYCLES", "-3", "integer >= 0"),
     ("ELEOS_TIME_SCALE", "0", "positive number"),
     ("ELEOS_TIME_SCALE", "fast", "positive number"),
+    ("ELEOS_EPC_DOMAIN", "a/b", "letters, digits"),
+    ("ELEOS_EPC_DOMAIN", ".hidden", "not starting with '.'"),
+    ("ELEOS_EPC_BALLOON", "greedy", "one of demand, fair, static"),
     ("ELEOS_STATS", "", "file path"),
     ("ELEOS_PROFILE", "yes", "expected 0 or 1"),
 ]

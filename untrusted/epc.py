@@ -61,20 +61,27 @@ class EPCDriver:
     ``sigbus``, ``userfaultfd`` or ``sigsegv``; ``threads`` native fault-handling threads serve
     traps concurrently (userfaultfd and sigsegv; under sigbus each faulting thread serves its
     own).  ``reclaim``: ``direct`` (a fault with no free frame EWBs one page itself) or
-    ``background`` (ksgxswapd keeps frames free; a fault that finds none waits for it).  ``trap_cycles`` is what a trap costs outside
-    its handler, measured at start (TSC cycles).
+    ``background`` (ksgxswapd keeps frames free; a fault that finds none waits for it); in a
+    domain the domain's reclaimers always do it.  ``trap_cycles`` is what a trap costs outside
+    its handler, measured at start (TSC cycles; 0 in a domain).
     """
 
     def __init__(self, limit_bytes: int, *, ewb_fn: int, eldu_fn: int, charge_fn: int = 0,
                  pollute_fn: int = 0, trap: str = "auto", threads: int = 4,
-                 reclaim: str = "direct"):
+                 reclaim: str = "direct", domain=None):
         if trap not in TRAPS:
             raise ValueError(f"trap must be one of {', '.join(TRAPS)}, not {trap!r}")
         if reclaim not in RECLAIMS:
             raise ValueError(f"reclaim must be one of {', '.join(RECLAIMS)}, not {reclaim!r}")
         pages = limit_bytes // PAGE
         lib.epc_driver_set_reclaim(RECLAIMS[reclaim])
+        # A domain (untrusted.epc_domain.Domain): frames come from the EPC the domain's
+        # enclaves share, and this driver's reclaimer is one of the domain's.
+        self.domain = domain
+        _check(lib.epc_driver_use_domain(domain.address if domain is not None else 0), "joining the domain")
         rc = lib.epc_driver_start(pages, TRAPS[trap], threads, ewb_fn, eldu_fn, charge_fn, pollute_fn)
+        if rc < 0:
+            lib.epc_driver_use_domain(0)
         if rc == -1:  # -EPERM: userfaultfd explicitly asked for and refused
             raise DriverError(1, f"userfaultfd{' with SIGBUS' if trap == 'sigbus' else ''} is "
                               "refused here (ELEOS_EPC_TRAP=sigsegv works without it)")
@@ -138,7 +145,8 @@ class EPCDriver:
         out = ffi.new("uint64_t[4]")
         lib.epc_driver_trap_stats(out)
         return {"trap_cycles": int(out[0]), "sigbus_faults": int(out[1]),
-                "direct_reclaims": int(out[2]), "reclaim": self.reclaim}
+                "direct_reclaims": int(out[2]),
+                "reclaim": "background" if out[3] == lib.RECLAIM_BACKGROUND else "direct"}
 
     def failure(self) -> tuple[bool, int, int]:
         """``(dead, faulting thread id, page address)`` of the first failed ELDU."""
@@ -151,3 +159,8 @@ class EPCDriver:
         if not self._stopped:
             self._stopped = True
             lib.epc_driver_stop()
+
+    def release_domain(self) -> None:
+        """After :meth:`stop` and the regions' destruction: the frames are back, detach from
+        the domain (the caller leaves it)."""
+        lib.epc_driver_use_domain(0)

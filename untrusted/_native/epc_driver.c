@@ -95,6 +95,7 @@
 #include <unistd.h>
 #include "eleos_abi.h"
 #include "epc_driver.h"
+#include "epc_domain.h"
 
 #define EPC_PAGE 4096u
 #define EPC_PCMD 16u                /* the tag of a sealed page (PCMD's MAC) */
@@ -124,6 +125,7 @@ struct epc_page {
     uint8_t state;
     uint8_t accessed;               /* the modeled A bit: set on install, cleared by the scan */
     uint8_t on_list;
+    uint64_t stamp;                 /* domain mode: its place in the domain's global LRU */
 };
 
 struct epc_region {
@@ -173,6 +175,7 @@ static struct {
     eleos_cpu_charge_fn charge;
     eleos_cpu_pollute_fn pollute;
     struct epc_stats st;
+    epc_domain_t *dom;              /* a shared EPC (epc_domain.c), or NULL: a private one */
     int dead;
     int dead_tid;
     uint64_t dead_addr;
@@ -236,6 +239,29 @@ static long futex(uint32_t *addr, int op, uint32_t val)
     return syscall(SYS_futex, addr, op, val, NULL, NULL, 0);
 }
 
+/* ---- frames: this process's own, or the domain's (epc_domain.c) ---- */
+
+/* Take a frame for a page about to load; 0: none free (then *seq is what to wait on). */
+static int frame_take(uint32_t *seq)
+{
+    if (D.dom) return epc_domain_take(D.dom, 1, seq) == 1;
+    if (D.free_frames == 0) return 0;
+    D.free_frames--;
+    return 1;
+}
+
+static void frames_put(uint64_t n)
+{
+    if (D.dom) epc_domain_put(D.dom, n);
+    else D.free_frames += n;
+}
+
+/* The domain's reclaimers pick victims by the stamp of each member's oldest page. */
+static void publish_oldest(void)
+{
+    if (D.dom) epc_domain_set_oldest(D.dom, D.head.next != &D.head ? D.head.next->stamp : UINT64_MAX);
+}
+
 /* ---- the active list (under D.lk) ---- */
 
 static void list_del(struct epc_page *p)
@@ -245,15 +271,18 @@ static void list_del(struct epc_page *p)
     p->next->prev = p->prev;
     p->prev = p->next = NULL;
     p->on_list = 0;
+    publish_oldest();
 }
 
 static void list_add_tail(struct epc_page *p)
 {
+    if (D.dom) p->stamp = epc_domain_stamp(D.dom);
     p->prev = D.head.prev;
     p->next = &D.head;
     D.head.prev->next = p;
     D.head.prev = p;
     p->on_list = 1;
+    publish_oldest();
 }
 
 static struct epc_region *find_region(uintptr_t addr)
@@ -426,18 +455,28 @@ static void handle_fault(struct epc_region *r, uint64_t i, uintptr_t fault_addr,
             pthread_cond_wait(&D.changed, &D.lk);
             continue;
         }
-        if (D.free_frames == 0) {
-            if (D.reclaim == RECLAIM_DIRECT && reclaim_one())
+        uint32_t seq = 0;
+        if (!frame_take(&seq)) {
+            /* RECLAIM_DIRECT, own EPC: this thread EWBs a victim itself.  (In a domain the
+             * domain's reclaimers choose the victim, the oldest page of all its members.) */
+            if (!D.dom && D.reclaim == RECLAIM_DIRECT && reclaim_one())
                 continue;
-            /* SGX_ALLOC_ATOMIC failed: let ksgxswapd free frames, wait for one. */
+            /* SGX_ALLOC_ATOMIC failed: let ksgxswapd free frames, wait for one.  In a domain
+             * the frame may come from another process: wait on the domain's futex (bounded,
+             * so a member that died holding frames is swept by the next look). */
             uint64_t w0 = now_ns();
             ADD(frame_waits, 1);
-            pthread_cond_signal(&D.swapd_cv);
-            pthread_cond_wait(&D.changed, &D.lk);
+            if (D.dom) {
+                pthread_mutex_unlock(&D.lk);
+                epc_domain_wait_freed(D.dom, seq, 50);
+                pthread_mutex_lock(&D.lk);
+            } else {
+                pthread_cond_signal(&D.swapd_cv);
+                pthread_cond_wait(&D.changed, &D.lk);
+            }
             tw += now_ns() - w0;
             continue;
         }
-        D.free_frames--;
         D.resident++;
         if (D.resident > D.st.peak_resident) D.st.peak_resident = D.resident;
         from = s;
@@ -445,7 +484,8 @@ static void handle_fault(struct epc_region *r, uint64_t i, uintptr_t fault_addr,
         load = 1;
         break;
     }
-    if (D.free_frames < D.low && D.reclaim == RECLAIM_BACKGROUND) pthread_cond_signal(&D.swapd_cv);
+    if (!D.dom && D.free_frames < D.low && D.reclaim == RECLAIM_BACKGROUND)
+        pthread_cond_signal(&D.swapd_cv);
     uintptr_t page_addr = live ? r->app + i * EPC_PAGE : 0;
     pthread_mutex_unlock(&D.lk);
 
@@ -734,7 +774,7 @@ static int write_page(struct epc_page *p)
         pthread_mutex_lock(&D.lk);
         ADD(ewb, 1);
         p->state = PG_EVICTED;
-        D.free_frames++;
+        frames_put(1);
         D.resident--;
     } else {
         /* The CPU refused (cannot happen with a consistent VA): keep the page resident. */
@@ -782,7 +822,24 @@ static void *swapd_thread(void *arg)
         CPU_SET((int)c, &all);
     sched_setaffinity(0, sizeof all, &all);
     pthread_mutex_lock(&D.lk);
+    int passed = 0;
     while (D.running) {
+        if (D.dom) {
+            /* One of the domain's reclaimers: it runs when its oldest page is the domain's
+             * oldest; after its batches it wakes the others, whose turn it may now be. */
+            uint32_t seq = epc_domain_reclaim_seq(D.dom);
+            if (D.head.next != &D.head && epc_domain_reclaim_turn(D.dom)) {
+                reclaim_pass();
+                passed = 1;
+                continue;
+            }
+            pthread_mutex_unlock(&D.lk);
+            if (passed) epc_domain_kick(D.dom);
+            else epc_domain_wait_reclaim(D.dom, seq, 1000);
+            passed = 0;
+            pthread_mutex_lock(&D.lk);
+            continue;
+        }
         if (D.free_frames < D.high && D.head.next != &D.head) {
             reclaim_pass();
             continue;
@@ -903,6 +960,7 @@ void epc_driver_stop(void)
     pthread_cond_broadcast(&D.swapd_cv);
     pthread_cond_broadcast(&D.changed);
     pthread_mutex_unlock(&D.lk);
+    if (D.dom) epc_domain_kick(D.dom);   /* our reclaimer may sleep on the domain's futex */
     if (D.trap == TRAP_USERFAULTFD) {
         uint64_t one = 1;
         if (write(D.stopfd, &one, sizeof one) < 0) { /* the poll also ends on close */ }
@@ -1022,7 +1080,7 @@ int epc_region_destroy(int id)
             pthread_cond_wait(&D.changed, &D.lk);
         if (p->state == PG_RESIDENT) {
             list_del(p);
-            D.free_frames++;
+            frames_put(1);
             D.resident--;
         }
         p->state = PG_NEW;
@@ -1085,6 +1143,15 @@ int epc_region_states(int id, uint8_t *out, uint64_t n)
     return 0;
 }
 
+/* Take this process's frames from domain `dom` (an epc_domain_t *, or 0: a private EPC), before
+ * epc_driver_start; the limit passed there is then the domain's. */
+int epc_driver_use_domain(uintptr_t dom)
+{
+    if (D.created) return -EBUSY;
+    D.dom = (epc_domain_t *)dom;
+    return 0;
+}
+
 /* Set the driver threads' poll-before-sleep time (0: sleep at once).  For experiments. */
 void epc_driver_set_spin(uint64_t ns) { __atomic_store_n(&D.spin_ns, ns, __ATOMIC_RELAXED); }
 
@@ -1107,8 +1174,10 @@ int64_t epc_driver_measure_trap(int n)
     if (!D.created) return -EINVAL;
     if (n < 1) n = 1;
     if (n > 64) n = 64;
-    /* Stay clear of the reclaim marks: a scratch page must never be EWBed. */
-    uint64_t room = D.free_frames > 2 * D.high + 1 ? D.free_frames - 2 * D.high - 1 : 0;
+    /* Stay clear of the reclaim marks: a scratch page must never be EWBed.  In a domain the
+     * frames are the domain's and its reclaimers may evict any member's page: not measured
+     * there (each fault's real part then lacks the trap's delivery). */
+    uint64_t room = !D.dom && D.free_frames > 2 * D.high + 1 ? D.free_frames - 2 * D.high - 1 : 0;
     if ((uint64_t)n > room) n = (int)room;
     if (n < 2) return 0;
     int memfd;
@@ -1155,7 +1224,7 @@ void epc_driver_trap_stats(uint64_t out[4])
     out[0] = D.trap_ticks;
     out[1] = __atomic_load_n(&D.sigbus_faults, __ATOMIC_RELAXED);
     out[2] = __atomic_load_n(&D.direct_reclaims, __ATOMIC_RELAXED);
-    out[3] = (uint64_t)D.reclaim;
+    out[3] = (uint64_t)(D.dom ? RECLAIM_BACKGROUND : D.reclaim);   /* a domain's is its reclaimers' */
 }
 
 /* out: see EPC_STAT_FIELDS in untrusted/epc.py (same order). */
