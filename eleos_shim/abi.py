@@ -18,7 +18,9 @@ OPS = (
     "SOCKET", "BIND", "LISTEN", "ACCEPT4", "CONNECT", "SENDTO", "RECVFROM", "SHUTDOWN",
     "SETSOCKOPT", "GETSOCKOPT", "GETSOCKNAME", "GETPEERNAME", "POLL", "EPOLL_CREATE", "EPOLL_CTL",
     "EPOLL_WAIT", "GETADDRINFO", "FCNTL", "DUP", "PIPE2", "SOCKETPAIR", "FDATASYNC", "IOCTL_INT",
+    "RECVMSG", "SENDMSG",
 )
+MSG_NAME_MAX = 128      # ELEOS_MSG_NAME_MAX: recvmsg's name area at the start of buffer 2
 OP = {name: number for number, name in enumerate(OPS)}
 OP_NAMES = dict(enumerate(OPS))
 globals().update({"OP_" + name: number for name, number in OP.items()})

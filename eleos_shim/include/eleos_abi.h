@@ -54,13 +54,23 @@
                                       -> buf2 records "=iiiiI" (family,type,proto,addrlen,canonlen)
                                       + addr + canonname; ret = count.  On a resolver error:
                                       ret = 0, a5 = the EAI_* code, buf2 = gai_strerror text. */
-#define ELEOS_OP_FCNTL         35   /* a0=fd a1=cmd a2=arg                                     */
+#define ELEOS_OP_FCNTL         35   /* a0=fd a1=cmd a2=arg; a3=1: the arg is buf (<= 1024 bytes,
+                                      copied back into it)                                    */
 #define ELEOS_OP_DUP           36   /* a0=fd                                                   */
 #define ELEOS_OP_PIPE2         37   /* a0=flags                       -> buf int[2]            */
 #define ELEOS_OP_SOCKETPAIR    38   /* a0=family a1=type a2=proto     -> buf int[2]            */
 #define ELEOS_OP_FDATASYNC     39   /* a0=fd                                                   */
-#define ELEOS_OP_IOCTL_INT     40   /* a0=fd a1=request a2=int arg (FIONBIO, FIONREAD) -> a5 int out */
-#define ELEOS_OP_COUNT         41
+#define ELEOS_OP_IOCTL_INT     40   /* a0=fd a1=request a2=int arg (FIONBIO, FIONREAD) -> a5 int out;
+                                      a3=1: the arg is buf, copied back; a3=2: a2 by value   */
+#define ELEOS_OP_RECVMSG      41   /* a0=fd a1=n a2=flags a3=control capacity -> buf data, buf2 =
+                                      name (ELEOS_MSG_NAME_MAX bytes) then control; ret = bytes,
+                                      a4 out: msg_flags, a5 out: name length */
+#define ELEOS_OP_SENDMSG      42   /* a0=fd a1=flags a2=name length <- buf data, buf2 = name then
+                                      control (struct cmsghdr records); ret = bytes taken */
+#define ELEOS_OP_COUNT         43
+
+/* recvmsg's name area at the start of buffer 2: sizeof(struct sockaddr_storage). */
+#define ELEOS_MSG_NAME_MAX    128
 
 /* The stat record the host fills (fixed layout, independent of the libc's struct stat). */
 struct eleos_stat {

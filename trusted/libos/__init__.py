@@ -19,6 +19,7 @@ neither is routed: only the app's calls are counted.
 from __future__ import annotations
 
 import builtins
+import fcntl
 import io
 import mmap
 import os
@@ -27,7 +28,7 @@ import socket
 import sys
 import threading
 
-from trusted.libos import heap, mux, net, proc
+from trusted.libos import fdctl, heap, mux, net, proc
 from trusted.libos._kernel import Kernel
 from trusted.libos.fs import DirEntry, FileSystem
 
@@ -75,7 +76,9 @@ class LibOS:
         self.sockets = net.SocketModule(self.kernel, self.socket_class)
         self.select = mux.Select(self.kernel)
         self.epoll_class = mux.epoll_class(self.kernel)
+        self.poll_class = mux.poll_class(self.kernel)
         self.mmap_class = heap.mmap_class(heap_factory)
+        self.fcntl = fdctl.Fcntl(self.kernel)
         self._saved: list[tuple[object, str, object]] = []
         self._sets: list[tuple[set, object, object]] = []
         self._lock = threading.Lock()
@@ -83,7 +86,7 @@ class LibOS:
 
     def poll(self):
         """``select.poll()``."""
-        return mux.Poll(self.kernel)
+        return mux.new_poll(self.poll_class)
 
     # -- what is patched ----------------------------------------------------------------------
     def _patches(self) -> list[tuple[object, str, object]]:
@@ -102,6 +105,7 @@ class LibOS:
                 (select, "epoll", self.epoll_class)]
         out += self._selector_patches()
         out += [(mmap, "mmap", self.mmap_class)]
+        out += [(fcntl, "fcntl", self.fcntl.fcntl), (fcntl, "ioctl", self.fcntl.ioctl)]
         return out + refused
 
     def _selector_patches(self):

@@ -53,15 +53,27 @@ def _path(func: str, path, allow_fd: bool = False, nullable: bool = False):
         else:
             allowed = "string, bytes, os.PathLike or integer" if allow_fd \
                 else "string, bytes or os.PathLike"
-            raise TypeError(f"{func}: path should be {allowed}, not {type(path).__name__}")
+            try:
+                view = memoryview(path)
+            except TypeError:
+                raise TypeError(f"{func}: path should be {allowed}, not "
+                                f"{type(path).__name__}") from None
+            # As CPython 3.11: other bytes-like objects still work, with a warning.
+            warnings.warn(f"{func}: path should be {allowed}, not {type(path).__name__}",
+                          DeprecationWarning, stacklevel=3)
+            raw = view.tobytes()
     if b"\0" in raw:
         raise ValueError("embedded null byte")
     return raw + b"\0", None
 
 
 def _fn(path):
-    """The filename an OSError carries, as CPython's path_t gives it (PathLike -> fspath)."""
-    return path if isinstance(path, (str, bytes, int)) or path is None else _os.fspath(path)
+    """The filename an OSError carries, as CPython's path_t gives it (PathLike -> fspath,
+    anything else as given)."""
+    if isinstance(path, (str, bytes, int)) or path is None or \
+            getattr(type(path), "__fspath__", None) is None:
+        return path
+    return _os.fspath(path)
 
 
 def _dir_fd(dir_fd) -> int:
@@ -555,7 +567,10 @@ class FileSystem:
             if closefd and isinstance(file, int):
                 k.own_fd(fd)              # the file object holds the caller's fd from now on
             if appending:
-                self._check(abi.OP_LSEEK, fd, 0, _os.SEEK_END)
+                # As CPython's FileIO: seek to the end, but a pipe or socket (ESPIPE) is fine.
+                r = self._call(abi.OP_LSEEK, fd, 0, _os.SEEK_END)
+                if r.ret < 0 and r.ret != -_errno.ESPIPE:
+                    raise oserror(-r.ret)
             return raw
         except BaseException:
             if own:    # as CPython: close only an fd this call opened, never the caller's

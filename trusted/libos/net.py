@@ -17,6 +17,7 @@ an Iago attack.  Host names are resolved by OP_GETADDRINFO, whose records this m
 from __future__ import annotations
 
 import _socket
+import array
 import errno as _errno
 import operator
 import os as _os
@@ -43,6 +44,37 @@ _ADDR_LEN = {AF_INET: 16, AF_INET6: 28}
 
 _RealSocket = _socketmod.socket         # the stdlib class, saved before anything is patched
 _intenum = _socketmod._intenum_converter
+MSG_DONTWAIT, MSG_TRUNC, MSG_CTRUNC = _socket.MSG_DONTWAIT, _socket.MSG_TRUNC, _socket.MSG_CTRUNC
+SCM_RIGHTS = _socket.SCM_RIGHTS
+SCM_CREDENTIALS = getattr(_socket, "SCM_CREDENTIALS", 2)
+_CMSG = struct.Struct("=Qii")            # struct cmsghdr on x86_64: len, level, type
+_CREDS = struct.Struct("=iII")           # struct ucred: pid, uid, gid
+_INT_MAX = (1 << 31) - 1
+
+
+def _c_int(value) -> int:
+    """CPython's ``i`` argument converter: an index that fits a C int, else OverflowError."""
+    value = operator.index(value)
+    if value > _INT_MAX:
+        raise OverflowError("signed integer is greater than maximum")
+    if value < -_INT_MAX - 1:
+        raise OverflowError("signed integer is less than minimum")
+    return value
+
+
+def _bytes_like(data):
+    """CPython's ``y*`` converter: bytes stay bytes, anything else a flat byte view."""
+    if type(data) is bytes:
+        return data
+    try:
+        return memoryview(data).cast("B")
+    except TypeError:
+        raise TypeError(f"a bytes-like object is required, not "
+                        f"'{type(data).__name__}'") from None
+
+
+def _cmsg_space(n: int) -> int:
+    return _CMSG.size + ((n + 7) & ~7)
 
 
 # -- socket addresses ---------------------------------------------------------------------------
@@ -329,10 +361,11 @@ class EnclaveSocket(_RealSocket):
         return self._timeout != 0.0
 
     # -- the blocking rule ---------------------------------------------------------------------
-    def _io(self, events, attempt, deadline=None, first=None):
+    def _io(self, events, attempt, deadline=None, first=None, flags=0):
         """Finish a socket call by the blocking rule (see Kernel.blocking_io); ``first`` is the
-        reply of the attempt the caller already made."""
-        timeout = self._timeout
+        reply of the attempt the caller already made.  MSG_DONTWAIT in ``flags`` makes this
+        one call non-blocking whatever the socket's mode, as the kernel does."""
+        timeout = 0.0 if flags & MSG_DONTWAIT else self._timeout
         if deadline is not None:
             timeout = max(0.0, deadline - time.monotonic())
             if timeout == 0.0 and (first is None or first.ret < 0):
@@ -345,7 +378,7 @@ class EnclaveSocket(_RealSocket):
         self._k.check(abi.OP_BIND, self._fd, inbuf=raw)
 
     def listen(self, backlog=min(_socket.SOMAXCONN, 128)):
-        self._k.check(abi.OP_LISTEN, self._fd, max(0, operator.index(backlog)))
+        self._k.check(abi.OP_LISTEN, self._fd, max(0, _c_int(backlog)))
 
     def accept(self):
         fd = self._fd
@@ -423,7 +456,7 @@ class EnclaveSocket(_RealSocket):
 
     def send(self, data, flags=0):
         if type(data) is not bytes:
-            data = memoryview(data).cast("B")
+            data = _bytes_like(data)
         if len(data) > MAX_IO:
             data = data[:MAX_IO]
         fd, k = self._fd, self._k
@@ -431,15 +464,15 @@ class EnclaveSocket(_RealSocket):
         if ret < 0:
             call = k._call
             ret = self._io(POLLOUT, lambda: call(abi.OP_SENDTO, fd, flags, inbuf=data),
-                           first=Reply(ret, b"", b"", ())).ret
-        if ret < len(data) and self._timeout is None:
+                           first=Reply(ret, b"", b"", ()), flags=flags).ret
+        if ret < len(data) and self._timeout is None and not flags & MSG_DONTWAIT:
             # natively a blocking stream send returns only when all of it is queued
             return k.complete_write(fd, data, ret, lambda b: k._call(abi.OP_SENDTO, fd, flags,
                                                                      inbuf=b))
         return ret
 
     def sendall(self, data, flags=0):
-        m = memoryview(data).cast("B")
+        m = memoryview(_bytes_like(data))
         fd, call = self._fd, self._k._call
         # As CPython >= 3.5: the timeout bounds the whole sendall, not each send.
         deadline = None if not self._timeout else time.monotonic() + self._timeout
@@ -448,23 +481,23 @@ class EnclaveSocket(_RealSocket):
             r = call(abi.OP_SENDTO, fd, flags, inbuf=chunk)
             if r.ret < 0:
                 r = self._io(POLLOUT, lambda: call(abi.OP_SENDTO, fd, flags, inbuf=chunk),
-                             deadline, r)
+                             deadline, r, flags)
             m = m[r.ret:]
             if not len(m):
                 return None
 
     def sendto(self, data, *args):
+        if not 1 <= len(args) <= 2:
+            raise TypeError(f"sendto() takes 2 or 3 arguments ({len(args) + 1} given)")
+        m = _bytes_like(data)          # as CPython: the data, then flags, then the address
         if len(args) == 1:
             flags, address = 0, args[0]
-        elif len(args) == 2:
-            flags, address = operator.index(args[0]), args[1]
         else:
-            raise TypeError(f"sendto() takes 2 or 3 arguments ({len(args) + 1} given)")
+            flags, address = _c_int(args[0]), args[1]
         raw = self._res.encode(self._family, address, "sendto")
-        m = memoryview(data).cast("B")
         fd, call = self._fd, self._k.call
         return self._io(POLLOUT, lambda: call(abi.OP_SENDTO, fd, flags, inbuf=m,
-                                              in2=raw)).ret
+                                              in2=raw), flags=flags).ret
 
     def recv(self, bufsize, flags=0):
         bufsize = operator.index(bufsize)
@@ -481,7 +514,7 @@ class EnclaveSocket(_RealSocket):
             first = None
         call = self._k._call
         return self._io(POLLIN, lambda: call(abi.OP_RECVFROM, fd, n, flags, outcap=n),
-                        first=first).out
+                        first=first, flags=flags).out
 
     def recv_into(self, buffer, nbytes=0, flags=0):
         nbytes = operator.index(nbytes)
@@ -497,7 +530,7 @@ class EnclaveSocket(_RealSocket):
         r = call(abi.OP_RECVFROM, fd, n, flags, outcap=n, into=m)
         if r.ret < 0:
             r = self._io(POLLIN, lambda: call(abi.OP_RECVFROM, fd, n, flags, outcap=n,
-                                              into=m), first=r)
+                                              into=m), first=r, flags=flags)
         return r.ret
 
     def recvfrom(self, bufsize, flags=0):
@@ -507,7 +540,7 @@ class EnclaveSocket(_RealSocket):
         n = min(bufsize, MAX_IO)
         fd, call = self._fd, self._k.call
         r = self._io(POLLIN, lambda: call(abi.OP_RECVFROM, fd, n, flags, outcap=n,
-                                          out2cap=SOCKADDR_MAX))
+                                          out2cap=SOCKADDR_MAX), flags=flags)
         return r.out, decode_sockaddr(self._family, r.out2, "recvfrom")
 
     def recvfrom_into(self, buffer, nbytes=0, flags=0):
@@ -522,29 +555,128 @@ class EnclaveSocket(_RealSocket):
         n = min(nbytes, MAX_IO)
         fd, call = self._fd, self._k.call
         r = self._io(POLLIN, lambda: call(abi.OP_RECVFROM, fd, n, flags, outcap=n,
-                                          out2cap=SOCKADDR_MAX, into=m))
+                                          out2cap=SOCKADDR_MAX, into=m), flags=flags)
         return r.ret, decode_sockaddr(self._family, r.out2, "recvfrom_into")
 
     def sendmsg(self, buffers, ancdata=(), flags=0, address=None, /):
-        """Without ancillary data only: SCM_RIGHTS and friends cannot cross this boundary."""
-        if ancdata:
-            raise OSError(_errno.EOPNOTSUPP, "ancillary data is not supported inside the "
-                          "enclave (eleos-shim routes sendmsg without it)")
-        data = b"".join(bytes(memoryview(b).cast("B")) for b in buffers)
-        if address is None:
-            return self.send(data, flags)
-        return self.sendto(data, flags, address)
+        """One OP_SENDMSG: the buffers gathered in the enclave, the control messages built
+        here as ``struct cmsghdr`` records (SCM_RIGHTS fds are the app's own host fds)."""
+        try:
+            bufs = [_bytes_like(b) for b in buffers]
+        except TypeError as e:
+            if "bytes-like" in str(e):
+                raise
+            raise TypeError("sendmsg() argument 1 must be an iterable") from None
+        data = bufs[0] if len(bufs) == 1 else b"".join(bufs)
+        ctl = []
+        try:
+            items = list(ancdata)
+        except TypeError:
+            raise TypeError("sendmsg() argument 2 must be an iterable") from None
+        for item in items:
+            try:
+                level, ctype, cdata = item
+            except (TypeError, ValueError):
+                raise TypeError("[sendmsg() ancillary data items]() argument must be "
+                                "sequence of length 3") from None
+            level, ctype, cdata = _c_int(level), _c_int(ctype), bytes(_bytes_like(cdata))
+            pad = _cmsg_space(len(cdata)) - _CMSG.size - len(cdata)
+            ctl.append(_CMSG.pack(_CMSG.size + len(cdata), level, ctype) + cdata + bytes(pad))
+        flags = _c_int(flags)
+        name = b"" if address is None else self._res.encode(self._family, address, "sendmsg")
+        in2 = name + b"".join(ctl)
+        fd, k = self._fd, self._k
+        call = k.call
+        ret = self._io(POLLOUT, lambda: call(abi.OP_SENDMSG, fd, flags, len(name), inbuf=data,
+                                             in2=in2), flags=flags).ret
+        if ret < len(data) and self._timeout is None and not flags & MSG_DONTWAIT:
+            # a blocking stream sendmsg returns when all is queued; the control data went
+            # with the first part
+            return k.complete_write(fd, data, ret, lambda b: call(abi.OP_SENDTO, fd, flags,
+                                                                  inbuf=b))
+        return ret
+
+    def _recvmsg(self, n, ancbufsize, flags, into):
+        """One OP_RECVMSG by the blocking rule: (Reply, control messages, msg_flags, address),
+        every field of the host's reply checked."""
+        flags = _c_int(flags)
+        fd, k = self._fd, self._k
+        call = k.call
+        r = self._io(POLLIN, lambda: call(abi.OP_RECVMSG, fd, n, flags, ancbufsize, outcap=n,
+                                          out2cap=abi.MSG_NAME_MAX + ancbufsize, into=into),
+                     flags=flags)
+        msg_flags, namelen = r.args[4], r.args[5]
+        if not 0 <= msg_flags <= 0xFFFFFFFF or not 0 <= namelen <= abi.MSG_NAME_MAX \
+                or len(r.out2) < abi.MSG_NAME_MAX:
+            raise IagoError(f"host's recvmsg reply has msg_flags {msg_flags:#x}, a {namelen}-"
+                            f"byte name and {len(r.out2)} bytes of name and control data")
+        anc = self._cmsgs(r.out2[abi.MSG_NAME_MAX:], msg_flags)
+        addr = decode_sockaddr(self._family, r.out2[:namelen], "recvmsg")
+        return r, anc, msg_flags, addr
+
+    def _cmsgs(self, ctl: bytes, msg_flags: int) -> list:
+        """The control messages the host returned, as CPython's (level, type, data) list;
+        checked as hostile: lengths, and the fds of SCM_RIGHTS, which enter the fd table."""
+        out, pos, cut = [], 0, bool(msg_flags & MSG_CTRUNC)
+        while pos + _CMSG.size <= len(ctl):
+            clen, level, ctype = _CMSG.unpack_from(ctl, pos)
+            end = pos + clen
+            if clen < _CMSG.size or (end > len(ctl) and not cut):
+                raise IagoError(f"host's recvmsg control message at {pos} claims {clen} "
+                                f"bytes of {len(ctl)}")
+            data = ctl[pos + _CMSG.size:min(end, len(ctl))]
+            if level == SOL_SOCKET and ctype == SCM_RIGHTS:
+                if len(data) % 4 and not cut:
+                    raise IagoError(f"host's SCM_RIGHTS message holds {len(data)} bytes")
+                fds = array.array("i", data[:len(data) // 4 * 4])
+                for fd in fds:
+                    self._k.adopt_fd(fd, "recvmsg SCM_RIGHTS", raw=True)
+            elif level == SOL_SOCKET and ctype == SCM_CREDENTIALS and not cut \
+                    and len(data) != _CREDS.size:
+                raise IagoError(f"host's SCM_CREDENTIALS message holds {len(data)} bytes")
+            out.append((level, ctype, data))
+            pos += _cmsg_space(clen - _CMSG.size)
+        if pos < len(ctl) and not cut and len(ctl) - pos >= _CMSG.size:
+            raise IagoError("host's recvmsg control data has a stray tail")
+        return out
 
     def recvmsg(self, bufsize, ancbufsize=0, flags=0, /):
-        """Without ancillary data only; msg_flags is reported as 0."""
-        if ancbufsize:
-            raise OSError(_errno.EOPNOTSUPP, "ancillary data is not supported inside the "
-                          "enclave (eleos-shim routes recvmsg without it)")
-        data, addr = self.recvfrom(bufsize, flags)
-        return data, [], 0, addr
+        bufsize, ancbufsize = operator.index(bufsize), operator.index(ancbufsize)
+        if bufsize < 0:
+            raise ValueError("negative buffer size in recvmsg()")
+        if ancbufsize < 0:
+            raise ValueError("negative ancillary buffer size in recvmsg()")
+        r, anc, msg_flags, addr = self._recvmsg(min(bufsize, MAX_IO), ancbufsize, flags, None)
+        return r.out, anc, msg_flags, addr
+
+    def recvmsg_into(self, buffers, ancbufsize=0, flags=0, /):
+        ancbufsize = operator.index(ancbufsize)
+        if ancbufsize < 0:
+            raise ValueError("negative ancillary buffer size in recvmsg_into()")
+        try:
+            views = [memoryview(b).cast("B") for b in buffers]
+        except TypeError:
+            raise TypeError("recvmsg_into() argument 1 must be an iterable of single-segment "
+                            "read-write buffers") from None
+        if any(v.readonly for v in views):
+            raise TypeError("recvmsg_into() argument 1 must be an iterable of single-segment "
+                            "read-write buffers")
+        total = sum(len(v) for v in views)
+        n = min(total, MAX_IO)
+        into = views[0] if len(views) == 1 else bytearray(n)
+        r, anc, msg_flags, addr = self._recvmsg(n, ancbufsize, flags, into)
+        if len(views) > 1:                  # scatter, as the kernel's iovec would
+            left, pos = min(r.ret, n), 0
+            for v in views:
+                take = min(len(v), left - pos)
+                if take <= 0:
+                    break
+                v[:take] = into[pos:pos + take]
+                pos += take
+        return r.ret, anc, msg_flags, addr
 
     def shutdown(self, how):
-        self._k.check(abi.OP_SHUTDOWN, self._fd, operator.index(how))
+        self._k.check(abi.OP_SHUTDOWN, self._fd, _c_int(how))
 
     def setsockopt(self, level, optname, value, optlen=None, /):
         if optlen is not None:

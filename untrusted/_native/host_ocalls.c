@@ -22,6 +22,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -92,6 +93,73 @@ static int64_t do_getaddrinfo(struct eleos_req *req)
     freeaddrinfo(list);
     req->out2_len = used;
     return (int64_t)count;
+}
+
+/* fcntl/ioctl with a buffer argument (a3 = 1): as CPython, the argument is copied into a
+ * 1024-byte buffer of our own (a call that writes more than it was given cannot overrun the
+ * request's buffer), the call made on it, and it is copied back. */
+static int64_t buffer_ctl(struct eleos_req *req, int is_ioctl)
+{
+    char arg[1024 + 1];
+    uint64_t n = req->buf_len;
+    if (n > 1024) {
+        if (!is_ioctl) return -EINVAL;
+        /* a larger mutable ioctl argument is used in place, as CPython does */
+        int64_t r = res(ioctl((int)A(0), (unsigned long)(uint32_t)A(1), BUF(req)));
+        if (r >= 0) req->out_len = n;
+        return r;
+    }
+    memset(arg, 0, sizeof arg);
+    memcpy(arg, BUF(req), n);
+    int64_t r = is_ioctl ? res(ioctl((int)A(0), (unsigned long)(uint32_t)A(1), arg))
+                         : res(fcntl((int)A(0), (int)A(1), arg));
+    if (r >= 0) { memcpy(BUF(req), arg, n); req->out_len = n; }
+    return r;
+}
+
+/* recvmsg: data into buffer 1; buffer 2 is the name (ELEOS_MSG_NAME_MAX bytes) then the
+ * control data (capacity a3).  a4 = msg_flags, a5 = the name's length. */
+static int64_t do_recvmsg(struct eleos_req *req)
+{
+    uint64_t n = (uint64_t)A(1) < req->buf_len ? (uint64_t)A(1) : req->buf_len;
+    uint64_t ctl = (uint64_t)A(3);
+    if (req->buf2_len < ELEOS_MSG_NAME_MAX || ctl > req->buf2_len - ELEOS_MSG_NAME_MAX)
+        return -EINVAL;
+    struct iovec iov = {BUF(req), n};
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_name = BUF2(req);
+    msg.msg_namelen = ELEOS_MSG_NAME_MAX;
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = ctl ? (char *)BUF2(req) + ELEOS_MSG_NAME_MAX : NULL;
+    msg.msg_controllen = ctl;
+    int64_t r = res(recvmsg((int)A(0), &msg, (int)A(2)));
+    if (r < 0) return r;
+    req->out_len = (uint64_t)r < n ? (uint64_t)r : n;
+    uint64_t nl = msg.msg_namelen < ELEOS_MSG_NAME_MAX ? msg.msg_namelen : ELEOS_MSG_NAME_MAX;
+    uint64_t cl = msg.msg_controllen < ctl ? msg.msg_controllen : ctl;
+    req->out2_len = ELEOS_MSG_NAME_MAX + cl;
+    A(4) = msg.msg_flags;
+    A(5) = (int64_t)nl;
+    return r;
+}
+
+/* sendmsg: data from buffer 1; buffer 2 is the name (a2 bytes, 0: none) then control data. */
+static int64_t do_sendmsg(struct eleos_req *req)
+{
+    uint64_t nl = (uint64_t)A(2);
+    if (nl > req->buf2_len || nl > ELEOS_MSG_NAME_MAX) return -EINVAL;
+    struct iovec iov = {BUF(req), req->buf_len};
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_name = nl ? BUF2(req) : NULL;
+    msg.msg_namelen = (socklen_t)nl;
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = req->buf2_len > nl ? (char *)BUF2(req) + nl : NULL;
+    msg.msg_controllen = req->buf2_len - nl;
+    return res(sendmsg((int)A(0), &msg, (int)A(1)));
 }
 
 /* The adversary's handle (tests, demos): make the next `count` replies lie.  A hostile host
@@ -304,7 +372,8 @@ void host_dispatch(struct eleos_req *req)
         r = do_getaddrinfo(req);
         break;
     case ELEOS_OP_FCNTL:
-        r = res(fcntl((int)A(0), (int)A(1), (long)A(2)));
+        if (A(3) == 1) r = buffer_ctl(req, 0);
+        else r = res(fcntl((int)A(0), (int)A(1), (long)A(2)));
         break;
     case ELEOS_OP_DUP:
         r = res(fcntl((int)A(0), F_DUPFD_CLOEXEC, 0));
@@ -318,7 +387,15 @@ void host_dispatch(struct eleos_req *req)
         if (r == 0) { memcpy(BUF(req), fds, sizeof fds); req->out_len = sizeof fds; }
         break;
     }
+    case ELEOS_OP_RECVMSG:
+        r = do_recvmsg(req);
+        break;
+    case ELEOS_OP_SENDMSG:
+        r = do_sendmsg(req);
+        break;
     case ELEOS_OP_IOCTL_INT: {
+        if (A(3) == 1) { r = buffer_ctl(req, 1); break; }
+        if (A(3) == 2) { r = res(ioctl((int)A(0), (unsigned long)(uint32_t)A(1), (unsigned long)A(2))); break; }
         int v = (int)A(2);
         r = res(ioctl((int)A(0), (unsigned long)A(1), &v));
         A(5) = v;
