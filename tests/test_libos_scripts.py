@@ -85,15 +85,34 @@ def test_fork_inside_the_enclave_fails_with_a_clear_error(tmp_path):
     script = tmp_path / "forker.py"
     script.write_text(
         "import os, subprocess, sys\n"
-        "for f in (os.fork, lambda: subprocess.run([sys.executable, '-c', 'pass']),\n"
-        "          lambda: os.posix_spawn(sys.executable, [sys.executable], {})):\n"
+        "for f in (os.fork, lambda: os.posix_spawn(sys.executable, [sys.executable], {})):\n"
         "    try:\n"
         "        f()\n"
         "    except OSError as e:\n"
         "        print(type(e).__name__, e.errno, 'cannot fork' in str(e))\n")
     run = run_shim("sgx", script)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.splitlines() == ["EnclaveForkError 38 True"] * 3
+    assert run.stdout.splitlines() == ["EnclaveForkError 38 True"] * 2
+
+
+@pytest.mark.parametrize("mode", ["sgx", "eleos"])
+def test_subprocess_starts_a_host_program_through_a_counted_spawn_ocall(tmp_path, mode):
+    script = tmp_path / "child.py"
+    script.write_text(
+        "import os, subprocess, sys\n"
+        "r = subprocess.run([sys.executable, '-c', 'import sys; print(sys.stdin.read()[::-1])'],\n"
+        "                   input=b'olleh', capture_output=True, check=True)\n"
+        "print(r.stdout.decode().strip())\n"
+        "try:\n"
+        "    subprocess.run(['/nonexistent/eleos-prog'])\n"
+        "except FileNotFoundError as e:\n"
+        "    print('missing', e.filename)\n"
+        "print(os.system('exit 3') >> 8)\n")
+    run = run_shim(mode, script)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == ["hello", "missing /nonexistent/eleos-prog", "3"]
+    assert run.stats["calls"]["spawn"]["count"] == 3
+    assert run.stats["calls"]["spawn"]["ocall"] == 3
 
 
 @pytest.mark.parametrize("mode", ["sgx", "eleos"])

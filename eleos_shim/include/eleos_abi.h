@@ -67,7 +67,21 @@
                                       a4 out: msg_flags, a5 out: name length */
 #define ELEOS_OP_SENDMSG      42   /* a0=fd a1=flags a2=name length <- buf data, buf2 = name then
                                       control (struct cmsghdr records); ret = bytes taken */
-#define ELEOS_OP_COUNT         43
+#define ELEOS_OP_SPAWN        43   /* start a host program (fork+exec on the host, as CPython's
+                                      fork_exec) <- buf strings argv/executables/env/cwd,
+                                      buf2 int64 fields (host_ocalls.c: SP_*); ret = pid */
+#define ELEOS_OP_COUNT         44
+
+/* OP_SPAWN's buffer 2: these int64 fields in this order, then ngroups gids, then nkeep fds
+ * (fds the child keeps).  -1 means "none" for an fd, pgid, gid, uid, umask, nenv, ngroups.
+ * Keep in step with abi.SPAWN_FIELDS (a test checks). */
+enum eleos_spawn_field {
+    ELEOS_SP_P2CREAD, ELEOS_SP_P2CWRITE, ELEOS_SP_C2PREAD, ELEOS_SP_C2PWRITE, ELEOS_SP_ERRREAD,
+    ELEOS_SP_ERRWRITE, ELEOS_SP_ERRPIPE_READ, ELEOS_SP_ERRPIPE_WRITE, ELEOS_SP_CLOSE_FDS,
+    ELEOS_SP_RESTORE_SIGNALS, ELEOS_SP_SETSID, ELEOS_SP_PGID, ELEOS_SP_GID, ELEOS_SP_UID,
+    ELEOS_SP_UMASK, ELEOS_SP_NARGV, ELEOS_SP_NEXEC, ELEOS_SP_NENV, ELEOS_SP_HAS_CWD,
+    ELEOS_SP_NGROUPS, ELEOS_SP_NKEEP, ELEOS_SP_FIXED
+};
 
 /* recvmsg's name area at the start of buffer 2: sizeof(struct sockaddr_storage). */
 #define ELEOS_MSG_NAME_MAX    128

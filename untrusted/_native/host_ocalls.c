@@ -23,6 +23,9 @@
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+#include <sys/wait.h>
+#include <grp.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -93,6 +96,145 @@ static int64_t do_getaddrinfo(struct eleos_req *req)
     freeaddrinfo(list);
     req->out2_len = used;
     return (int64_t)count;
+}
+
+/* spawn: the enclave cannot fork, so it asks the host to start a program (as SDK enclaves
+ * do with an OCALL).  What CPython's _posixsubprocess.fork_exec does, on the host: fork, and
+ * in the child only async-signal-safe calls (dup2 the stdio pipes, close fds, chdir, exec),
+ * reporting a failure on the error pipe in CPython's "OSError:<hex errno>:noexec" format.
+ * buf: the strings (argv, executables, env, cwd), each NUL-terminated; buf2: int64 fields,
+ * ELEOS_SP_* in eleos_abi.h.  ret = the child's pid. */
+#define SPAWN_MAX_ITEMS 65536
+
+static void child_report(int fd, int err, const char *what)
+{
+    char hex[20], *cur = hex + sizeof hex;
+    unsigned e = (unsigned)err;
+    do { *--cur = "0123456789abcdef"[e % 16]; e /= 16; } while (e && cur > hex);
+    if (write(fd, "OSError:", 8) < 0) return;
+    if (write(fd, cur, (size_t)(hex + sizeof hex - cur)) < 0) return;
+    if (write(fd, ":", 1) < 0) return;
+    if (what && write(fd, what, strlen(what)) < 0) return;
+}
+
+static int is_kept(const int64_t *keep, int64_t n, int fd)
+{
+    for (int64_t i = 0; i < n; i++) if (keep[i] == fd) return 1;
+    return 0;
+}
+
+static void child_blocking_stdio(int fd)
+{
+    /* the enclave keeps its pipes O_NONBLOCK in the host; a native child's stdio blocks */
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0 && (fl & O_NONBLOCK)) fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+}
+
+static void child_exec(const int64_t *v, char *const *argv, char *const *execs, char *const *envp,
+                       const char *cwd, const gid_t *groups, const int64_t *keep)
+{
+    int errpipe = (int)v[ELEOS_SP_ERRPIPE_WRITE];
+    int p2cread = (int)v[ELEOS_SP_P2CREAD], c2pwrite = (int)v[ELEOS_SP_C2PWRITE], errwrite = (int)v[ELEOS_SP_ERRWRITE];
+    const char *stage = "noexec";
+    if (v[ELEOS_SP_P2CWRITE] != -1) close((int)v[ELEOS_SP_P2CWRITE]);
+    if (v[ELEOS_SP_C2PREAD] != -1) close((int)v[ELEOS_SP_C2PREAD]);
+    if (v[ELEOS_SP_ERRREAD] != -1) close((int)v[ELEOS_SP_ERRREAD]);
+    if (v[ELEOS_SP_ERRPIPE_READ] != -1) close((int)v[ELEOS_SP_ERRPIPE_READ]);
+    /* as CPython: keep the later dup2s from clobbering an fd still needed */
+    if (c2pwrite == 0 && (c2pwrite = dup(c2pwrite)) < 0) goto fail;
+    while (errwrite == 0 || errwrite == 1) if ((errwrite = dup(errwrite)) < 0) goto fail;
+    if (p2cread == 0) { if (fcntl(0, F_SETFD, 0) < 0) goto fail; }
+    else if (p2cread != -1 && dup2(p2cread, 0) < 0) goto fail;
+    if (c2pwrite == 1) { if (fcntl(1, F_SETFD, 0) < 0) goto fail; }
+    else if (c2pwrite != -1 && dup2(c2pwrite, 1) < 0) goto fail;
+    if (errwrite == 2) { if (fcntl(2, F_SETFD, 0) < 0) goto fail; }
+    else if (errwrite != -1 && dup2(errwrite, 2) < 0) goto fail;
+    if (p2cread != -1) child_blocking_stdio(0);
+    if (c2pwrite != -1) child_blocking_stdio(1);
+    if (errwrite != -1) child_blocking_stdio(2);
+    for (int64_t i = 0; i < v[ELEOS_SP_NKEEP]; i++)
+        if (keep[i] != errpipe && fcntl((int)keep[i], F_SETFD, 0) < 0) goto fail;
+    if (v[ELEOS_SP_CLOSE_FDS]) {
+        long max = sysconf(_SC_OPEN_MAX);
+        if (max < 0 || max > 1 << 20) max = 1 << 20;
+        for (int fd = 3; fd < max; fd++) {
+            if (is_kept(keep, v[ELEOS_SP_NKEEP], fd)) continue;
+            int lo = fd;
+            while (fd + 1 < max && !is_kept(keep, v[ELEOS_SP_NKEEP], fd + 1)) fd++;
+            if (syscall(SYS_close_range, (unsigned)lo, (unsigned)fd, 0) < 0)
+                for (int c = lo; c <= fd; c++) close(c);
+        }
+    }
+    if (v[ELEOS_SP_HAS_CWD] && chdir(cwd) < 0) { stage = "noexec:chdir"; goto fail; }
+    if (v[ELEOS_SP_UMASK] >= 0) umask((mode_t)v[ELEOS_SP_UMASK]);
+    if (v[ELEOS_SP_RESTORE_SIGNALS]) {
+        signal(SIGPIPE, SIG_DFL);
+        signal(SIGXFSZ, SIG_DFL);
+    }
+    if (v[ELEOS_SP_SETSID] && setsid() < 0) goto fail;
+    if (v[ELEOS_SP_PGID] >= 0 && setpgid(0, (pid_t)v[ELEOS_SP_PGID]) < 0) goto fail;
+    if (v[ELEOS_SP_NGROUPS] >= 0 && setgroups((size_t)v[ELEOS_SP_NGROUPS], groups) < 0) goto fail;
+    if (v[ELEOS_SP_GID] >= 0 && setregid((gid_t)v[ELEOS_SP_GID], (gid_t)v[ELEOS_SP_GID]) < 0) goto fail;
+    if (v[ELEOS_SP_UID] >= 0 && setreuid((uid_t)v[ELEOS_SP_UID], (uid_t)v[ELEOS_SP_UID]) < 0) goto fail;
+    stage = NULL;
+    int saved = 0;
+    for (int64_t i = 0; i < v[ELEOS_SP_NEXEC]; i++) {
+        if (envp) execve(execs[i], argv, envp);
+        else execv(execs[i], argv);
+        if (errno != ENOENT && errno != ENOTDIR && saved == 0) saved = errno;
+    }
+    if (saved) errno = saved;
+fail:
+    child_report(errpipe, errno, stage);
+    _exit(255);
+}
+
+/* Split `n` NUL-terminated strings off *p (within end) into out[0..n-1], out[n] = NULL. */
+static int take_strings(char **p, const char *end, int64_t n, char **out)
+{
+    for (int64_t i = 0; i < n; i++) {
+        char *nul = memchr(*p, 0, (size_t)(end - *p));
+        if (!nul) return -1;
+        out[i] = *p;
+        *p = nul + 1;
+    }
+    out[n] = NULL;
+    return 0;
+}
+
+static int64_t do_spawn(struct eleos_req *req)
+{
+    const int64_t *v = BUF2(req);
+    uint64_t nints = req->buf2_len / sizeof(int64_t);
+    if (nints < ELEOS_SP_FIXED) return -EINVAL;
+    int64_t nargv = v[ELEOS_SP_NARGV], nexec = v[ELEOS_SP_NEXEC], nenv = v[ELEOS_SP_NENV];
+    int64_t ngroups = v[ELEOS_SP_NGROUPS], nkeep = v[ELEOS_SP_NKEEP];
+    if (nargv < 1 || nargv > SPAWN_MAX_ITEMS || nexec < 1 || nexec > SPAWN_MAX_ITEMS ||
+        nenv < -1 || nenv > SPAWN_MAX_ITEMS || ngroups < -1 || ngroups > SPAWN_MAX_ITEMS ||
+        nkeep < 0 || nkeep > SPAWN_MAX_ITEMS ||
+        (uint64_t)(ELEOS_SP_FIXED + (ngroups > 0 ? ngroups : 0) + nkeep) > nints)
+        return -EINVAL;
+    char *p = BUF(req), *end = p + req->buf_len;
+    char **argv = calloc((size_t)nargv + 1, sizeof *argv);
+    char **execs = calloc((size_t)nexec + 1, sizeof *execs);
+    char **envp = nenv >= 0 ? calloc((size_t)nenv + 1, sizeof *envp) : NULL;
+    gid_t *groups = calloc((size_t)(ngroups > 0 ? ngroups : 1), sizeof *groups);
+    int64_t r = -ENOMEM;
+    char *cwd[2] = {NULL, NULL};
+    if (!argv || !execs || (nenv >= 0 && !envp) || !groups) goto out;
+    r = -EINVAL;
+    if (take_strings(&p, end, nargv, argv) || take_strings(&p, end, nexec, execs) ||
+        (envp && take_strings(&p, end, nenv, envp)) ||
+        (v[ELEOS_SP_HAS_CWD] && take_strings(&p, end, 1, cwd)))
+        goto out;
+    for (int64_t i = 0; i < ngroups; i++) groups[i] = (gid_t)v[ELEOS_SP_FIXED + i];
+    const int64_t *keep = v + ELEOS_SP_FIXED + (ngroups > 0 ? ngroups : 0);
+    pid_t pid = fork();
+    if (pid == 0) child_exec(v, argv, execs, envp, cwd[0], groups, keep);   /* never returns */
+    r = pid < 0 ? -(int64_t)errno : (int64_t)pid;
+out:
+    free(argv); free(execs); free(envp); free(groups);
+    return r;
 }
 
 /* fcntl/ioctl with a buffer argument (a3 = 1): as CPython, the argument is copied into a
@@ -387,6 +529,9 @@ void host_dispatch(struct eleos_req *req)
         if (r == 0) { memcpy(BUF(req), fds, sizeof fds); req->out_len = sizeof fds; }
         break;
     }
+    case ELEOS_OP_SPAWN:
+        r = do_spawn(req);
+        break;
     case ELEOS_OP_RECVMSG:
         r = do_recvmsg(req);
         break;
