@@ -28,7 +28,7 @@ import socket
 import sys
 import threading
 
-from trusted.libos import fdctl, heap, mux, net, proc
+from trusted.libos import fdctl, heap, mux, net, proc, stdio
 from trusted.libos._kernel import Kernel
 from trusted.libos.fs import DirEntry, FileSystem
 
@@ -67,8 +67,9 @@ def _preimport_ssl() -> None:
 class LibOS:
     """The interposition layer of one enclave over one transport."""
 
-    def __init__(self, transport, heap_factory=None):
+    def __init__(self, transport, heap_factory=None, route_stdio=True):
         self.transport = transport
+        self.route_stdio = route_stdio
         self.heap_factory = heap_factory
         self.kernel = Kernel(transport)
         self.fs = FileSystem(self.kernel)
@@ -106,6 +107,8 @@ class LibOS:
         out += self._selector_patches()
         out += [(mmap, "mmap", self.mmap_class)]
         out += [(fcntl, "fcntl", self.fcntl.fcntl), (fcntl, "ioctl", self.fcntl.ioctl)]
+        if self.route_stdio:
+            out += stdio.patches(fs)
         return out + refused
 
     def _selector_patches(self):
@@ -154,6 +157,12 @@ class LibOS:
             for fset, old, new in reversed(self._sets):
                 fset.discard(new)
                 fset.add(old)
+            for owner, name, _old in self._saved:
+                if owner is sys and name in ("stdout", "stderr"):
+                    try:
+                        getattr(sys, name).flush()     # the routed stream's last bytes
+                    except (OSError, ValueError):
+                        pass
             for owner, name, old in reversed(self._saved):
                 if old is _ABSENT:
                     delattr(owner, name)

@@ -282,7 +282,10 @@ class Epoll:
     def close(self) -> None:
         if self._epfd >= 0:
             fd, self._epfd = self._epfd, -1
-            self._k.close(fd)
+            # Another object on the same fd (fromfd) may have closed it already: closing the
+            # number again could close an fd opened since.
+            if fd in self._k.fds:
+                self._k.close(fd)
 
     def __enter__(self):
         self._check_open()
