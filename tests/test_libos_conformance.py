@@ -248,3 +248,60 @@ def test_bytearray_paths_work_with_a_deprecation_warning(transport, tmp_path):
                 os.stat(bytearray(b"/nonexistent-eleos"))
         assert e.value.filename == bytearray(b"/nonexistent-eleos")
         assert any(issubclass(w.category, DeprecationWarning) for w in caught)
+
+
+# -- metadata and name-space calls, routed --------------------------------------------------
+def test_chmod_utime_access_links_cwd_and_dup2_match_native(transport, tmp_path):
+    def run(tag):
+        d = tmp_path / tag
+        d.mkdir()
+        p = str(d / "f")
+        open(p, "w").close()
+        out = []
+        os.chmod(p, 0o600)
+        out.append(oct(os.stat(p).st_mode & 0o777))
+        os.utime(p, (1.5, 2.25))
+        out.append((os.stat(p).st_atime_ns, os.stat(p).st_mtime_ns))
+        os.utime(p, ns=(10**9, 3 * 10**9))
+        out.append(os.stat(p).st_mtime_ns)
+        out.append((os.access(p, os.R_OK), os.access(p + "x", os.F_OK)))
+        os.symlink(p, p + ".l")
+        out.append((os.readlink(p + ".l") == p, type(os.readlink(os.fsencode(p + ".l")))))
+        os.link(p, p + ".h")
+        out.append(os.stat(p).st_nlink)
+        here = os.getcwd()
+        os.chdir(d)
+        out.append((os.getcwd() == str(d), os.getcwdb() == bytes(d)))
+        os.chdir(here)
+        r, w = os.pipe()
+        fd2 = os.dup2(w, 77)
+        os.write(fd2, b"hi")
+        out.append((fd2, os.read(r, 2)))
+        for fd in (r, w, fd2):
+            os.close(fd)
+        for bad in (lambda: os.chmod(p + "zz", 0o600), lambda: os.symlink(p, p + ".l"),
+                    lambda: os.utime(p, (1, 2), ns=(1, 2)), lambda: os.utime(p, [1, 2]),
+                    lambda: os.readlink(p), lambda: os.link(p + "zz", p + "y")):
+            try:
+                bad()
+            except Exception as e:   # noqa: BLE001 - comparing whatever is raised
+                out.append((type(e), getattr(e, "errno", None),
+                            os.path.basename(str(getattr(e, "filename", ""))),
+                            os.path.basename(str(getattr(e, "filename2", "")))))
+        return out
+    native = run("native")
+    with installed(transport):
+        shimmed = run("shim")
+        counts = transport.counts()
+    assert shimmed == native
+    for op in ("fchmodat", "utimensat", "faccessat", "symlinkat", "readlinkat", "linkat",
+               "chdir", "getcwd", "dup3"):
+        assert counts[op]["count"] >= 1, op
+
+
+def test_a_getcwd_that_is_not_an_absolute_path_is_an_iago_error():
+    t = LyingTransport(make_transport("ocall"))
+    with installed(t):
+        t.lie(abi.OP_GETCWD, lambda r, a, k: r._replace(ret=3, out=b"etc"))
+        with pytest.raises(IagoError):
+            os.getcwd()

@@ -70,7 +70,17 @@
 #define ELEOS_OP_SPAWN        43   /* start a host program (fork+exec on the host, as CPython's
                                       fork_exec) <- buf strings argv/executables/env/cwd,
                                       buf2 int64 fields (host_ocalls.c: SP_*); ret = pid */
-#define ELEOS_OP_COUNT         44
+#define ELEOS_OP_FCHMODAT     44   /* a0=dirfd a1=mode a2=flags      <- buf path (empty: fchmod(a0)) */
+#define ELEOS_OP_UTIMENSAT    45   /* a0=dirfd a1=flags <- buf path (empty: futimens(a0)),
+                                      buf2 struct timespec[2] (empty: now)                    */
+#define ELEOS_OP_FACCESSAT    46   /* a0=dirfd a1=mode a2=flags      <- buf path              */
+#define ELEOS_OP_DUP3         47   /* a0=fd a1=fd2 a2=flags (0: dup2)                         */
+#define ELEOS_OP_CHDIR        48   /* <- buf path (empty: fchdir(a0))                          */
+#define ELEOS_OP_GETCWD       49   /*                                -> buf path; ret = length */
+#define ELEOS_OP_READLINKAT   50   /* a0=dirfd <- buf path           -> buf2 target; ret = length */
+#define ELEOS_OP_SYMLINKAT    51   /* a0=newdirfd <- buf target, buf2 link path               */
+#define ELEOS_OP_LINKAT       52   /* a0=olddirfd a1=newdirfd a2=flags <- buf old, buf2 new    */
+#define ELEOS_OP_COUNT         53
 
 /* OP_SPAWN's buffer 2: these int64 fields in this order, then ngroups gids, then nkeep fds
  * (fds the child keeps).  -1 means "none" for an fd, pgid, gid, uid, umask, nenv, ngroups.

@@ -4,8 +4,10 @@ Once installed, the app's file, socket and select calls (``open``, ``os.*``, ``s
 ``select.*``, and through them ``pathlib``, ``shutil``, ``selectors``, ``socketserver``,
 ``http.server``, ``urllib.request``, ``asyncio``) go through the transport (trusted/syscall.py:
 direct, ocall or rpc) instead of straight to the kernel, and behave as they do natively: same
-return values, same exceptions with the same errno and filename.  Anonymous ``mmap`` goes to the
-enclave heap when there is one, and fork/spawn fail with a clear error.
+return values, same exceptions with the same errno and filename.  So do ``fcntl.fcntl/ioctl``
+(answering as the app's view of blocking), ``print`` to stdout/stderr, and ``subprocess`` /
+``os.system`` (a host program started by a spawn OCALL).  Anonymous ``mmap`` goes to the
+enclave heap when there is one; ``os.fork`` fails with a clear error.
 
 What is patched is module *attributes* (``os.open``, ``socket.socket``, ...).  The import
 system uses ``posix`` and ``_io`` directly, and the shim itself uses only the transport, so
@@ -28,7 +30,7 @@ import socket
 import sys
 import threading
 
-from trusted.libos import fdctl, heap, mux, net, proc, stdio
+from trusted.libos import fdctl, heap, mux, net, paths, proc, stdio
 from trusted.libos._kernel import Kernel
 from trusted.libos.fs import DirEntry, FileSystem
 
@@ -80,6 +82,7 @@ class LibOS:
         self.poll_class = mux.poll_class(self.kernel)
         self.mmap_class = heap.mmap_class(heap_factory)
         self.fcntl = fdctl.Fcntl(self.kernel)
+        self.paths = paths.PathCalls(self.kernel)
         self._saved: list[tuple[object, str, object]] = []
         self._sets: list[tuple[set, object, object]] = []
         self._lock = threading.Lock()
@@ -97,6 +100,8 @@ class LibOS:
         refused = proc.patches(self.kernel)
         out = [(builtins, "open", fs.open), (io, "open", fs.open)]
         out += [(os, name, getattr(fs, meth)) for name, meth in _OS_FUNCS if hasattr(os, name)]
+        out += [(os, name, getattr(self.paths, name)) for name in paths.NAMES
+                if hasattr(os, name)]
         out += [(os, "DirEntry", DirEntry)]
         out += [(socket, "socket", self.socket_class), (socket, "getaddrinfo", sm.getaddrinfo),
                 (socket, "socketpair", sm.socketpair), (socket, "fromfd", sm.fromfd),

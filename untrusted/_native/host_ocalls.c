@@ -532,6 +532,56 @@ void host_dispatch(struct eleos_req *req)
     case ELEOS_OP_SPAWN:
         r = do_spawn(req);
         break;
+    case ELEOS_OP_FCHMODAT: {
+        const char *p = path_arg(req->buf, req->buf_len);
+        r = p ? res(fchmodat((int)A(0), p, (mode_t)A(1), (int)A(2)))
+              : res(fchmod((int)A(0), (mode_t)A(1)));
+        break;
+    }
+    case ELEOS_OP_UTIMENSAT: {
+        const char *p = path_arg(req->buf, req->buf_len);
+        const struct timespec *ts = req->buf2_len == 2 * sizeof(struct timespec) ? BUF2(req) : NULL;
+        r = p ? res(utimensat((int)A(0), p, ts, (int)A(1))) : res(futimens((int)A(0), ts));
+        break;
+    }
+    case ELEOS_OP_FACCESSAT: {
+        const char *p = path_arg(req->buf, req->buf_len);
+        r = p ? res(faccessat((int)A(0), p, (int)A(1), (int)A(2))) : -EINVAL;
+        break;
+    }
+    case ELEOS_OP_DUP3:
+        r = A(2) ? res(dup3((int)A(0), (int)A(1), (int)A(2))) : res(dup2((int)A(0), (int)A(1)));
+        break;
+    case ELEOS_OP_CHDIR: {
+        const char *p = path_arg(req->buf, req->buf_len);
+        r = p ? res(chdir(p)) : res(fchdir((int)A(0)));
+        break;
+    }
+    case ELEOS_OP_GETCWD:
+        if (!req->buf_len) { r = -EINVAL; break; }
+        if (getcwd(BUF(req), req->buf_len) == NULL) { r = -(int64_t)errno; break; }
+        r = (int64_t)strnlen(BUF(req), req->buf_len);
+        req->out_len = (uint64_t)r;
+        break;
+    case ELEOS_OP_READLINKAT: {
+        const char *p = path_arg(req->buf, req->buf_len);
+        if (!p) { r = -EINVAL; break; }
+        r = res(readlinkat((int)A(0), p, BUF2(req), req->buf2_len));
+        if (r >= 0) req->out2_len = (uint64_t)r;
+        break;
+    }
+    case ELEOS_OP_SYMLINKAT: {
+        const char *target = path_arg(req->buf, req->buf_len);
+        const char *link = path_arg(req->buf2, req->buf2_len);
+        r = target && link ? res(symlinkat(target, (int)A(0), link)) : -EINVAL;
+        break;
+    }
+    case ELEOS_OP_LINKAT: {
+        const char *old = path_arg(req->buf, req->buf_len);
+        const char *new = path_arg(req->buf2, req->buf2_len);
+        r = old && new ? res(linkat((int)A(0), old, (int)A(1), new, (int)A(2))) : -EINVAL;
+        break;
+    }
     case ELEOS_OP_RECVMSG:
         r = do_recvmsg(req);
         break;
