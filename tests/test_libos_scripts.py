@@ -96,7 +96,8 @@ def test_fork_inside_the_enclave_fails_with_a_clear_error(tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["sgx", "eleos"])
-def test_subprocess_starts_a_host_program_through_a_counted_spawn_ocall(tmp_path, mode):
+def test_subprocess_system_and_spawn_start_host_programs_through_a_counted_spawn_ocall(
+        tmp_path, mode):
     script = tmp_path / "child.py"
     script.write_text(
         "import os, subprocess, sys\n"
@@ -107,12 +108,14 @@ def test_subprocess_starts_a_host_program_through_a_counted_spawn_ocall(tmp_path
         "    subprocess.run(['/nonexistent/eleos-prog'])\n"
         "except FileNotFoundError as e:\n"
         "    print('missing', e.filename)\n"
-        "print(os.system('exit 3') >> 8)\n")
+        "print(os.system('exit 3') >> 8)\n"
+        "print(os.spawnv(os.P_WAIT, sys.executable, ['py', '-c', 'raise SystemExit(5)']),\n"
+        "      os.spawnvp(os.P_WAIT, 'eleos-no-such-prog', ['x']))\n")
     run = run_shim(mode, script)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.splitlines() == ["hello", "missing /nonexistent/eleos-prog", "3"]
-    assert run.stats["calls"]["spawn"]["count"] == 3
-    assert run.stats["calls"]["spawn"]["ocall"] == 3
+    assert run.stdout.splitlines() == ["hello", "missing /nonexistent/eleos-prog", "3", "5 127"]
+    assert run.stats["calls"]["spawn"]["count"] == 5
+    assert run.stats["calls"]["spawn"]["ocall"] == 5
 
 
 @pytest.mark.parametrize("mode", ["sgx", "eleos"])

@@ -8,7 +8,7 @@ enclave in the child) raise :class:`EnclaveForkError`.
 
 What an enclave *can* do is what SDK enclaves do: ask the host, with an OCALL, to start a host
 program.  ``subprocess`` (through ``_posixsubprocess.fork_exec``, which it calls for every
-child) and ``os.system`` are routed that way (OP_SPAWN, always an OCALL: it is slow and the
+child), ``os.spawn*`` and ``os.system`` are routed that way (OP_SPAWN, always an OCALL: it is slow and the
 host's fork must not run on an RPC worker).  The child's pipes are ordinary enclave fds made
 by ``os.pipe``, so the parent's reads and writes on them are routed; the child itself is a
 host program, outside the enclave, and sees only what the app sends it.
@@ -97,6 +97,35 @@ class Spawner:
                           restore_signals, call_setsid, pgid_to_set, gid, extra_groups, uid,
                           child_umask)
 
+    def spawnvef(self, mode, file, args, env, func):
+        """``os.spawnv*``'s helper (``os._spawnvef``, which forks natively): the program as a
+        host spawn; a child that cannot exec exits 127, as natively."""
+        if not isinstance(args, (tuple, list)):
+            raise TypeError("argv must be a tuple or a list")
+        if not args or not args[0]:
+            raise ValueError("argv first element cannot be empty")
+        env_list = None
+        if env is not None:
+            env_list = []
+            for key, value in env.items():
+                key = _os.fsencode(key)
+                if b"=" in key:
+                    raise ValueError("illegal environment variable name")
+                env_list.append(key + b"=" + _os.fsencode(value))
+        exe = _os.fsencode(file)
+        if func in (_os.execvp, _os.execvpe) and not _os.path.dirname(exe):
+            executables = [_os.path.join(_os.fsencode(d), exe) for d in _os.get_exec_path(env)]
+        else:
+            executables = [exe]
+        pid = self.spawn(args, executables, env_list, None)
+        if mode == _os.P_NOWAIT:
+            return pid
+        while True:
+            wpid, sts = _os.waitpid(pid, 0)
+            if _os.WIFSTOPPED(sts):
+                continue
+            return _os.waitstatus_to_exitcode(sts)
+
     def system(self, command):
         """``os.system``: ``/bin/sh -c command`` on the host, with the app's stdio; the wait
         status."""
@@ -117,6 +146,8 @@ def patches(kernel) -> list[tuple[object, str, object]]:
         if hasattr(_os, name):
             out.append((_os, name, _refuse(f"os.{name}()")))
     out.append((_os, "system", spawner.system))
+    if hasattr(_os, "_spawnvef"):
+        out.append((_os, "_spawnvef", spawner.spawnvef))
     # subprocess binds fork_exec at import and prefers posix_spawn when it can: route both
     # through fork_exec.
     out.append((subprocess, "_fork_exec", spawner.fork_exec))

@@ -185,6 +185,7 @@ static void child_exec(const int64_t *v, char *const *argv, char *const *execs, 
     }
     if (saved) errno = saved;
 fail:
+    if (errpipe < 0) _exit(127);     /* no error pipe (os.spawn*): the shell's "cannot exec" */
     child_report(errpipe, errno, stage);
     _exit(255);
 }
