@@ -305,3 +305,109 @@ def test_a_getcwd_that_is_not_an_absolute_path_is_an_iago_error():
         t.lie(abi.OP_GETCWD, lambda r, a, k: r._replace(ret=3, out=b"etc"))
         with pytest.raises(IagoError):
             os.getcwd()
+
+
+def test_setblocking_on_an_fd_closed_elsewhere_fails_as_natively(libos):
+    a = socket.socket()
+    b = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, a.fileno())
+    a.close()
+    with pytest.raises(OSError) as e:
+        b.setblocking(False)
+    assert e.value.errno == errno.EBADF
+    b.detach()
+
+
+def test_open_reads_as_ios_own_and_bytes_like_paths_list_as_bytes(libos, tmp_path):
+    import io
+    assert io.open.__module__ == "io" and open is io.open
+    (tmp_path / "f").write_text("x")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        assert os.listdir(bytearray(bytes(tmp_path))) == [b"f"]
+        entries = list(os.scandir(memoryview(bytes(tmp_path))))
+    assert entries[0].name == b"f" and entries[0].path == bytes(tmp_path / "f")
+
+
+# -- TLS inside the enclave -----------------------------------------------------------------
+def _self_signed(tmp_path):
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
+            .sign(key, hashes.SHA256()))
+    path = tmp_path / "cert.pem"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()) +
+                     cert.public_bytes(serialization.Encoding.PEM))
+    return str(path)
+
+
+class _Spy:
+    """A transport that keeps every byte that crosses the boundary, both ways."""
+
+    def __init__(self, inner):
+        self.inner, self.path, self.seen = inner, inner.path, bytearray()
+
+    def call(self, op, *args, **kwargs):
+        for key in ("inbuf", "in2"):
+            if kwargs.get(key) is not None:
+                self.seen += bytes(kwargs[key])
+        r = self.inner.call(op, *args, **kwargs)
+        into = kwargs.get("into")
+        if into is not None and r.ret > 0:
+            self.seen += bytes(memoryview(into)[:r.ret])
+        self.seen += r.out + r.out2
+        return r
+
+    def data_out(self, op, fd, data, flags=0):
+        self.seen += bytes(data)
+        return self.inner.data_out(op, fd, data, flags)
+
+    def data_in(self, op, fd, n):
+        ret, data = self.inner.data_in(op, fd, n)
+        self.seen += data
+        return ret, data
+
+
+def test_tls_terminates_in_the_enclave_only_ciphertext_crosses(tmp_path):
+    import ssl
+    import threading
+    cert = _self_signed(tmp_path)
+    spy = _Spy(make_transport("ocall"))
+    secret = b"plaintext that must never reach the host " * 4
+    with installed(spy):
+        server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server_ctx.load_cert_chain(cert)
+        client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        client_ctx.load_verify_locations(cert)
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            port = listener.getsockname()[1]
+            got = []
+
+            def serve():
+                conn, _ = listener.accept()
+                with server_ctx.wrap_socket(conn, server_side=True) as tls:
+                    got.append(tls.recv(4096))
+                    tls.sendall(got[0].upper())
+            t = threading.Thread(target=serve)
+            t.start()
+            with socket.create_connection(("127.0.0.1", port)) as raw, \
+                    client_ctx.wrap_socket(raw, server_hostname="localhost") as tls:
+                assert isinstance(tls, ssl.SSLSocket) and tls.version() == "TLSv1.3"
+                tls.sendall(secret)
+                reply = tls.recv(4096)
+            t.join(10)
+    assert got == [secret] and reply == secret.upper()
+    assert len(spy.seen) > 2 * len(secret)             # the records did cross, routed
+    assert secret[:16] not in spy.seen and secret.upper()[:16] not in spy.seen

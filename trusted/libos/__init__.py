@@ -31,8 +31,15 @@ import sys
 import threading
 
 from trusted.libos import fdctl, heap, mux, net, paths, proc, stdio
+
+try:
+    # Imported before anything is patched, so that ssl.SSLSocket subclasses the stdlib
+    # socket class (tls.py makes the enclave's TLS socket a subclass of both).
+    from trusted.libos import tls
+except ImportError:          # Python built without OpenSSL: no TLS to route
+    tls = None
 from trusted.libos._kernel import Kernel
-from trusted.libos.fs import DirEntry, FileSystem
+from trusted.libos.fs import DirEntry, FileSystem, io_open
 
 __all__ = ["LibOS", "Kernel"]
 
@@ -52,18 +59,6 @@ _OS_FUNCS = (
 _ABSENT = object()
 _FEATURE_SETS = ("supports_dir_fd", "supports_fd", "supports_follow_symlinks",
                  "supports_effective_ids", "supports_bytes_environ")
-
-
-def _preimport_ssl() -> None:
-    """``ssl.SSLSocket`` subclasses whatever ``socket.socket`` is when ssl is imported, and its
-    C code drives the fd itself.  Imported before the patch, it subclasses the stdlib class, so
-    ``wrap_socket`` on an enclave socket works: the TLS connection then runs on the host fd
-    directly (not routed: a known gap, see README).  Imported after, it would subclass the
-    enclave socket, whose C object has no fd, and every TLS call would fail with EBADF."""
-    try:
-        import ssl  # noqa: F401
-    except ImportError:      # Python built without OpenSSL: nothing to protect
-        pass
 
 
 class LibOS:
@@ -98,7 +93,8 @@ class LibOS:
         # First: importing subprocess imports selectors, which must happen before the
         # selectors check below (else its classes would keep the real select functions).
         refused = proc.patches(self.kernel)
-        out = [(builtins, "open", fs.open), (io, "open", fs.open)]
+        opener = io_open(fs)
+        out = [(builtins, "open", opener), (io, "open", opener)]
         out += [(os, name, getattr(fs, meth)) for name, meth in _OS_FUNCS if hasattr(os, name)]
         out += [(os, name, getattr(self.paths, name)) for name in paths.NAMES
                 if hasattr(os, name)]
@@ -112,6 +108,8 @@ class LibOS:
         out += self._selector_patches()
         out += [(mmap, "mmap", self.mmap_class)]
         out += [(fcntl, "fcntl", self.fcntl.fcntl), (fcntl, "ioctl", self.fcntl.ioctl)]
+        if tls is not None:
+            out += tls.patches(self.socket_class)
         if self.route_stdio:
             out += stdio.patches(fs)
         return out + refused
@@ -131,7 +129,6 @@ class LibOS:
         with self._lock:
             if self.installed:
                 return
-            _preimport_ssl()
             originals = {}
             for owner, name, new in self._patches():
                 if isinstance(owner, type):

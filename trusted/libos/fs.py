@@ -76,6 +76,38 @@ def _fn(path):
     return _os.fspath(path)
 
 
+def _bytes_path(path) -> bool:
+    """Whether a listing of ``path`` gives bytes names (bytes, a bytes-like object, or a
+    PathLike whose fspath is bytes), as CPython's path_t decides; a bad type is left to
+    :func:`_path` to report."""
+    if isinstance(path, bytes):
+        return True
+    if path is None or isinstance(path, (str, int)):
+        return False
+    fspath = getattr(type(path), "__fspath__", None)
+    if fspath is not None:
+        try:
+            return isinstance(fspath(path), bytes)
+        except Exception:    # noqa: BLE001 - _path raises CPython's error for it
+            return False
+    try:
+        memoryview(path)
+    except TypeError:
+        return False
+    return True
+
+
+def io_open(fs: "FileSystem"):
+    """The function patched in as ``open``/``io.open``: ``fs.open``, named as the real one
+    (module ``io``), so that ``io.__all__`` and introspection read as natively."""
+    def open(file, mode="r", buffering=-1, encoding=None, errors=None, newline=None,
+             closefd=True, opener=None):
+        return fs.open(file, mode, buffering, encoding, errors, newline, closefd, opener)
+    open.__module__ = "io"
+    open.__doc__ = _io.open.__doc__
+    return open
+
+
 def _dir_fd(dir_fd) -> int:
     if dir_fd is None:
         return AT_FDCWD
@@ -821,8 +853,7 @@ class FileSystem:
         return self.kernel.adopt_fd(r.ret, func), False
 
     def listdir(self, path=None):
-        as_bytes = isinstance(path, bytes) or (not isinstance(path, (str, int, type(None))) and
-                                               isinstance(_os.fspath(path), bytes))
+        as_bytes = _bytes_path(path)
         fd, _ = self._open_dir("listdir", path)
         names = []
         try:
@@ -836,12 +867,16 @@ class FileSystem:
         return names if as_bytes else [_os.fsdecode(n) for n in names]
 
     def scandir(self, path=None):
-        as_bytes = isinstance(path, bytes) or (not isinstance(path, (str, int, type(None))) and
-                                               isinstance(_os.fspath(path), bytes))
+        as_bytes = _bytes_path(path)
         fd, by_fd = self._open_dir("scandir", path)
         if by_fd:
             return ScandirIterator(self, fd, None, False, path)
-        shown = "." if path is None else _os.fspath(path)
+        if path is None:
+            shown = "."
+        elif getattr(type(path), "__fspath__", None) is not None or isinstance(path, (str, bytes)):
+            shown = _os.fspath(path)
+        else:
+            shown = bytes(memoryview(path))       # a bytes-like path: entries' paths are bytes
         return ScandirIterator(self, fd, shown, as_bytes, None)
 
 

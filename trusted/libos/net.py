@@ -33,6 +33,7 @@ from trusted.libos._kernel import (F_GETFL, F_SETFL, MAX_IO, O_NONBLOCK, POLLIN,
 from trusted.syscall import Reply
 
 AF_UNIX, AF_INET, AF_INET6 = _socket.AF_UNIX, _socket.AF_INET, _socket.AF_INET6
+AF_VSOCK = getattr(_socket, "AF_VSOCK", 40)
 SOCK_NONBLOCK, SOCK_CLOEXEC = _socket.SOCK_NONBLOCK, _socket.SOCK_CLOEXEC
 SO_TYPE, SO_ERROR, SO_PROTOCOL, SO_DOMAIN = 3, 4, 38, 39
 SOCKADDR_MAX = 128          # sizeof(struct sockaddr_storage)
@@ -263,6 +264,7 @@ class EnclaveSocket(_RealSocket):
     __slots__ = ("_fd", "_family", "_stype", "_proto", "_timeout")
     _k: Kernel
     _res: Resolver
+    _plain: type
 
     def __init__(self, family=-1, type=-1, proto=-1, fileno=None):
         # Not _socket.socket.__init__: the C object must never hold the real fd.
@@ -349,7 +351,8 @@ class EnclaveSocket(_RealSocket):
             value = float(value)
             if value < 0:
                 raise ValueError("Timeout value out of range")
-        if self._fd < 0:
+        if self._fd < 0 or self._fd not in self._k.fds:
+            # natively this is an fcntl on the fd: an fd closed elsewhere fails (EBADF)
             raise oserror(_errno.EBADF)
         self._timeout = value
         self._k.app_blocking[self._fd] = value is None
@@ -391,7 +394,7 @@ class EnclaveSocket(_RealSocket):
             self._k.call(abi.OP_CLOSE, newfd)   # not the app's connection: give it back
             self._k.forget_fd(newfd)
             raise
-        sock = self._from_new_fd(newfd, self._family, self._stype, self._proto)
+        sock = self._plain._from_new_fd(newfd, self._family, self._stype, self._proto)
         return sock, addr
 
     def _connect(self, address) -> int:
@@ -684,13 +687,17 @@ class EnclaveSocket(_RealSocket):
                 raise TypeError("setsockopt() takes 3 or 4 arguments with None as value")
             raw = bytes(operator.index(optlen))
         elif isinstance(value, int):
-            raw = struct.pack("=i", value)
+            # as CPython: AF_VSOCK options are 64-bit, all others a C int
+            raw = struct.pack("=Q", value) if level == AF_VSOCK else struct.pack("=i", value)
         else:
             raw = bytes(memoryview(value).cast("B"))
         self._k.check(abi.OP_SETSOCKOPT, self._fd, level, optname, inbuf=raw)
 
     def getsockopt(self, level, optname, buflen=None, /):
         if buflen is None:
+            if level == AF_VSOCK:
+                r = self._k.check(abi.OP_GETSOCKOPT, self._fd, level, optname, 8, outcap=8)
+                return int.from_bytes(r.out.ljust(8, b"\0"), "little")
             r = self._k.check(abi.OP_GETSOCKOPT, self._fd, level, optname, 4, outcap=4)
             return int.from_bytes(r.out.ljust(4, b"\0"), "little", signed=True)
         if not 0 < buflen <= 1024:
@@ -726,7 +733,7 @@ class EnclaveSocket(_RealSocket):
     def dup(self):
         r = self._k.check(abi.OP_DUP, self._fd)
         newfd = self._k.adopt_fd(r.ret, "dup")
-        sock = self._from_new_fd(newfd, self._family, self._stype, self._proto)
+        sock = self._plain._from_new_fd(newfd, self._family, self._stype, self._proto)
         sock.settimeout(self._timeout)
         return sock
 
@@ -793,4 +800,5 @@ def socket_class(kernel: Kernel):
     cls = type("socket", (EnclaveSocket,), {"__slots__": (), "_k": kernel,
                                             "_res": Resolver(kernel), "__module__": "socket",
                                             "__doc__": EnclaveSocket.__doc__})
+    cls._plain = cls       # what accept() and dup() make, also from a subclass (TLS)
     return cls

@@ -121,8 +121,11 @@ class PathCalls:
         if r.ret != fd2:
             raise IagoError(f"host's dup2 onto fd {fd2} returned fd {r.ret}")
         if fd != fd2:
-            k.forget_fd(fd2)          # the old file on fd2 is closed: this is a new one
-            k.adopt_fd(fd2, "dup2", raw=True)
+            # The old file on fd2 is closed and this is a new one; an fd a shim object held
+            # (stdio, a socket) stays that object's, as it keeps using the number.
+            held = fd2 in k.fds and fd2 not in k.raw_fds
+            k.forget_fd(fd2)
+            k.adopt_fd(fd2, "dup2", raw=not held)
             if fd in k.app_blocking:
                 k.app_blocking[fd2] = k.app_blocking[fd]
             if fd in k.full_write:
