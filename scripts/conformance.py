@@ -74,7 +74,7 @@ def _worker(module: str, out_path: str, select_path: str, select_mode: str,
                 yield t
 
     try:
-        tests = list(flatten(unittest.defaultTestLoader.loadTestsFromName(module)))
+        tests = list(flatten(unittest.defaultTestLoader.loadTestsFromNames(module.split(","))))
     except Exception as e:   # noqa: BLE001 - an import failure is a result
         emit(id=module, status="error", reason=_reason(e))
         emit(done=True)
@@ -167,7 +167,8 @@ def _command(mode: str) -> tuple[list[str], dict]:
 
 def run_module(module: str, mode: str, *, only=None, test_timeout=60.0, log_dir=None,
                max_restarts=40) -> dict[str, tuple[str, str]]:
-    """{test id: (status, reason)} for ``module`` under ``mode`` ("plain", "sgx", "eleos").
+    """{test id: (status, reason)} for ``module`` (a test module or class, or several,
+    comma-separated, run in one process) under ``mode`` ("plain", "sgx", "eleos").
     ``only``: run just these test ids.  Fixture errors appear under their own ids."""
     results: dict[str, tuple[str, str]] = {}
     cmd, env = _command(mode)
