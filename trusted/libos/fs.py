@@ -388,6 +388,13 @@ class DirEntry(metaclass=_DirEntryType):
     __class_getitem__ = classmethod(_types.GenericAlias)    # os.DirEntry[str], as CPython
 
 
+def _first_time(seen: set, name: bytes) -> None:
+    """A directory holds each name once: the host listing one twice is lying."""
+    if name in seen:
+        raise IagoError(f"host's directory listing names {name!r} twice")
+    seen.add(name)
+
+
 class ScandirIterator:
     """``os.scandir``'s iterator: reads the directory in getdents batches as it goes."""
 
@@ -395,6 +402,7 @@ class ScandirIterator:
         self._fs, self._fd, self._path = fs, fd, path
         self._bytes, self._by_fd = as_bytes, by_fd
         self._pending: list = []
+        self._seen: set[bytes] = set()
 
     def __iter__(self):
         return self
@@ -413,6 +421,11 @@ class ScandirIterator:
                 raise StopIteration
             self._pending = batch[::-1]
         ino, dtype, name = self._pending.pop()
+        try:
+            _first_time(self._seen, name)
+        except IagoError:
+            self.close()
+            raise
         if not self._bytes:
             name = _os.fsdecode(name)
         if self._by_fd is not None:
@@ -855,13 +868,15 @@ class FileSystem:
     def listdir(self, path=None):
         as_bytes = _bytes_path(path)
         fd, _ = self._open_dir("listdir", path)
-        names = []
+        names, seen = [], set()
         try:
             while True:
                 batch = self._getdents(fd)
                 if not batch:
                     break
-                names.extend(name for _, _, name in batch)
+                for _, _, name in batch:
+                    _first_time(seen, name)
+                    names.append(name)
         finally:
             self.kernel.close(fd)
         return names if as_bytes else [_os.fsdecode(n) for n in names]
