@@ -82,6 +82,8 @@ def _ushort(value) -> int:
     value = operator.index(value)
     if value < 0:
         raise ValueError("value must be positive")
+    if value >= 1 << 64:
+        raise OverflowError("Python int too large to convert to C unsigned long")
     if value > 0xFFFF:
         raise OverflowError("Python int too large for C unsigned short")
     return value
@@ -221,9 +223,9 @@ class Poll:
             try:
                 ms = _timeout_ms(timeout, 1)
             except TypeError:
-                raise TypeError("Timeout must be an integer or None") from None
+                raise TypeError("timeout must be an integer or None") from None
             if not -_INT_MAX - 1 <= ms <= _INT_MAX:
-                raise OverflowError("Timeout value is too large")
+                raise OverflowError("timeout is too large")
             ms = -1 if ms < 0 else ms
         if not self._busy.acquire(blocking=False):
             raise RuntimeError("concurrent poll() invocation")

@@ -85,6 +85,14 @@ def _c_int(value) -> int:
     return value
 
 
+def _as_int(value) -> int:
+    """CPython's _PyLong_AsInt (shutdown's ``how``): the same bounds, its own message."""
+    value = operator.index(value)
+    if not -_INT_MAX - 1 <= value <= _INT_MAX:
+        raise OverflowError("Python int too large to convert to C int")
+    return value
+
+
 def _bytes_like(data):
     """CPython's ``y*`` converter: bytes stay bytes, anything else a flat byte view."""
     if type(data) is bytes:
@@ -660,6 +668,8 @@ class EnclaveSocket(_RealSocket):
 
     def recv(self, bufsize, flags=0):
         bufsize = operator.index(bufsize)
+        if flags:
+            flags = _c_int(flags)
         if bufsize < 0:
             raise ValueError("negative buffersize in recv")
         n = bufsize if bufsize <= MAX_IO else MAX_IO
@@ -743,8 +753,10 @@ class EnclaveSocket(_RealSocket):
             try:
                 level, ctype, cdata = item
             except (TypeError, ValueError):
+                n = len(item) if hasattr(item, "__len__") else None
                 raise TypeError("[sendmsg() ancillary data items]() argument must be "
-                                "sequence of length 3") from None
+                                "sequence of length 3" + (f", not {n}" if n is not None
+                                                           else "")) from None
             level, ctype, cdata = _c_int(level), _c_int(ctype), bytes(_bytes_like(cdata))
             pad = _cmsg_space(len(cdata)) - _CMSG.size - len(cdata)
             ctl.append(_CMSG.pack(_CMSG.size + len(cdata), level, ctype) + cdata + bytes(pad))
@@ -811,14 +823,14 @@ class EnclaveSocket(_RealSocket):
         if bufsize < 0:
             raise ValueError("negative buffer size in recvmsg()")
         if ancbufsize < 0:
-            raise ValueError("negative ancillary buffer size in recvmsg()")
+            raise ValueError("invalid ancillary data buffer length")
         r, anc, msg_flags, addr = self._recvmsg(min(bufsize, MAX_IO), ancbufsize, flags, None)
         return r.out, anc, msg_flags, addr
 
     def recvmsg_into(self, buffers, ancbufsize=0, flags=0, /):
         ancbufsize = operator.index(ancbufsize)
         if ancbufsize < 0:
-            raise ValueError("negative ancillary buffer size in recvmsg_into()")
+            raise ValueError("invalid ancillary data buffer length")
         try:
             views = [memoryview(b).cast("B") for b in buffers]
         except TypeError:
@@ -842,7 +854,7 @@ class EnclaveSocket(_RealSocket):
         return r.ret, anc, msg_flags, addr
 
     def shutdown(self, how):
-        self._k.check(abi.OP_SHUTDOWN, self._fd, _c_int(how))
+        self._k.check(abi.OP_SHUTDOWN, self._fd, _as_int(how))
 
     def setsockopt(self, level, optname, value, optlen=None, /):
         if optlen is not None:
