@@ -295,6 +295,11 @@ def test_setblocking_on_an_fd_closed_elsewhere_fails_as_natively(libos):
 def test_open_reads_as_ios_own_and_bytes_like_paths_list_as_bytes(libos, tmp_path):
     import io
     assert io.open.__module__ == "io" and open is io.open
+
+    class Holder:
+        opener = io.open                  # as test suites do: not turned into a method
+    (tmp_path / "g").write_text("held")
+    assert Holder().opener(tmp_path / "g").read() == "held"
     (tmp_path / "f").write_text("x")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
