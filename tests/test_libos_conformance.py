@@ -298,8 +298,9 @@ def test_open_reads_as_ios_own_and_bytes_like_paths_list_as_bytes(libos, tmp_pat
 
     class Holder:
         opener = io.open                  # as test suites do: not turned into a method
-    (tmp_path / "g").write_text("held")
-    assert Holder().opener(tmp_path / "g").read() == "held"
+    (tmp_path / "held").mkdir()
+    (tmp_path / "held" / "g").write_text("held")
+    assert Holder().opener(tmp_path / "held" / "g").read() == "held"
     (tmp_path / "f").write_text("x")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
