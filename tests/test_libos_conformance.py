@@ -301,12 +301,14 @@ def test_open_reads_as_ios_own_and_bytes_like_paths_list_as_bytes(libos, tmp_pat
     (tmp_path / "held").mkdir()
     (tmp_path / "held" / "g").write_text("held")
     assert Holder().opener(tmp_path / "held" / "g").read() == "held"
-    (tmp_path / "f").write_text("x")
+    listed = tmp_path / "listed"
+    listed.mkdir()
+    (listed / "f").write_text("x")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
-        assert os.listdir(bytearray(bytes(tmp_path))) == [b"f"]
-        entries = list(os.scandir(memoryview(bytes(tmp_path))))
-    assert entries[0].name == b"f" and entries[0].path == bytes(tmp_path / "f")
+        assert os.listdir(bytearray(bytes(listed))) == [b"f"]
+        entries = list(os.scandir(memoryview(bytes(listed))))
+    assert entries[0].name == b"f" and entries[0].path == bytes(listed / "f")
 
 
 # -- TLS inside the enclave -----------------------------------------------------------------
