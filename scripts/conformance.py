@@ -190,7 +190,7 @@ def run_module(module: str, mode: str, *, only=None, test_timeout=60.0, log_dir=
                 p = subprocess.run(cmd + ["--worker", module, out, sel, how, str(test_timeout)],
                                    env=env, cwd=tmp, stdin=subprocess.DEVNULL, stdout=log,
                                    stderr=subprocess.STDOUT, timeout=None)
-                done, started = False, None
+                done, started, timed_out = False, None, False
                 with open(out, "rb") as f:
                     f.seek(start)
                     for line in f:
@@ -204,6 +204,7 @@ def run_module(module: str, mode: str, *, only=None, test_timeout=60.0, log_dir=
                             started = rec["start"]
                         else:
                             results[rec["id"]] = (rec["status"], rec.get("reason", ""))
+                            timed_out = rec["status"] == "timeout"
                             if rec["id"] == started:
                                 started = None
                 if done:
@@ -211,7 +212,7 @@ def run_module(module: str, mode: str, *, only=None, test_timeout=60.0, log_dir=
                 if started is not None and started not in results:
                     results[started] = ("crash", f"the process died (exit status "
                                                  f"{p.returncode}) in this test")
-                elif started is None and not done:
+                elif not timed_out:          # after a hung test the run goes on
                     results.setdefault(f"{module} (worker)", (
                         "crash", f"the worker exited with status {p.returncode} between tests"))
                     break
