@@ -56,8 +56,13 @@ MAX_CLASSES = 63
 # At most this much per read: CPython's recv(n) allocates n bytes first, and above glibc's
 # mmap threshold (128 KiB) every read would map and unmap a fresh buffer.
 RECV_SIZE = 64 * 1024
-# Stop parsing a client's pipelined input while this much of its output is unsent.
+# Per-connection output bound: stop parsing a client's input, and suspend a multi-get
+# between two keys, while this much of its output is unsent (memcached bounds what one
+# connection pins the same way: a client that does not read stops being read).
 OUT_HIGH = 4 << 20
+# Replies queued before they are joined and sent: a pipeline of small answers goes out in
+# one send per this many.
+OUT_BATCH = 64
 # A get reads the header, key and up to this many value bytes in one arena slice (memaslap's
 # default value is 1 KB), so a small hit costs one item access.
 GET_WINDOW = 1280
@@ -101,6 +106,13 @@ def _num(tok: bytes, lo: int, hi: int) -> int | None:
     """A decimal as memcached's safe_strto* accepts it (sign, leading zeros), or None."""
     if not tok.isdigit() and not _NUM.match(tok):
         return None
+    if len(tok) > 21:
+        # int() refuses more than 4,300 digits (ValueError); memcached's strtoull reads any
+        # number of leading zeros, so only those can make a long token a 64-bit number.
+        sign = tok[:1] if tok[:1] in b"+-" else b""
+        tok = sign + (tok[len(sign):].lstrip(b"0") or b"0")
+        if len(tok) > 21:
+            return None
     v = int(tok)
     return v if lo <= v <= hi else None
 
@@ -396,19 +408,23 @@ class ItemStore:
 
 class Connection:
     """What memcached keeps per connection: buffers and the storage command awaiting its data."""
-    __slots__ = ("sock", "rbuf", "out", "wbuf", "pending", "swallow", "closing", "writing",
-                 "refused")
+    __slots__ = ("sock", "rbuf", "out", "obytes", "wbuf", "pending", "swallow", "closing",
+                 "writing", "refused", "more")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.rbuf = bytearray()
         self.out: list[bytes] = []
+        self.obytes = 0         # bytes of value in out since the last flush (large replies)
         self.wbuf = b""
         self.pending = None     # (cmd, key, flags, exptime, nbytes, cas, noreply)
         self.swallow = 0        # bytes of a refused value still to discard
         self.closing = False
         self.writing = False
         self.refused = False    # beyond -c: only drained until the client closes
+        # A reply streamed in parts (a multi-get past OUT_HIGH): (method, args) that appends
+        # the next part to out, called as method(conn, *args), or None. Input waits for it.
+        self.more = None
 
 
 STORAGE = {b"set", b"add", b"replace", b"append", b"prepend", b"cas"}
@@ -470,18 +486,34 @@ class KVServer:
                     self._resume_accept()
                 for key, mask in events:
                     conn = key.data
-                    if conn is None:
-                        self._accept()
-                    elif conn.sock.fileno() < 0:
-                        continue    # closed earlier in this round (e.g. an expired lingerer)
-                    elif mask & selectors.EVENT_WRITE:
-                        self._on_writable(conn)
-                    else:
-                        self._on_readable(conn)
+                    try:
+                        if conn is None:
+                            self._accept()
+                        elif conn.sock.fileno() < 0:
+                            continue    # closed earlier in this round (an expired lingerer)
+                        elif mask & selectors.EVENT_WRITE:
+                            self._on_writable(conn)
+                        else:
+                            self._on_readable(conn)
+                    except Exception as e:      # noqa: BLE001 - one client's failure only
+                        self._fail(conn, e)
         except _Stop:
             pass
         finally:
             self.close()
+
+    def _fail(self, conn: Connection | None, e: Exception) -> None:
+        """A failure while serving one connection (a bug, MemoryError): say so on stderr and
+        close that connection; everyone else keeps being served."""
+        print(f"kvstore: closing a connection after an internal error: {e!r}",
+              file=sys.stderr, flush=True)
+        if conn is None:
+            return
+        conn.more = None
+        if conn.refused:
+            self._end_lingering(conn)
+        else:
+            self._close(conn)
 
     def request_stop(self, *_a) -> None:
         self.stopping = True
@@ -600,8 +632,9 @@ class KVServer:
 
     def _on_writable(self, conn: Connection) -> None:
         self._flush(conn)
-        if not conn.writing and conn.rbuf and not conn.closing and conn.sock.fileno() >= 0:
-            self._run(conn)     # input parked while the output was backed up
+        if (not conn.writing and (conn.rbuf or conn.more is not None) and not conn.closing
+                and conn.sock.fileno() >= 0):
+            self._run(conn)     # input (or a streamed reply) parked while output backed up
 
     def _run(self, conn: Connection) -> None:
         while self._process(conn):
@@ -620,10 +653,12 @@ class KVServer:
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
+                conn.more = None
                 self._close(conn)
                 return
             self.stats["bytes_written"] += n
             conn.wbuf = conn.wbuf[n:]
+        conn.obytes = len(conn.wbuf)
         if conn.wbuf:
             if not conn.writing:
                 conn.writing = True
@@ -639,17 +674,21 @@ class KVServer:
     # -- protocol ---------------------------------------------------------------------
     def _process(self, conn: Connection) -> bool:
         """Run the complete commands in conn.rbuf; True if it stopped for unsent output."""
+        if conn.more is not None:
+            # A streamed reply first: its next part (which may leave a next), then the input.
+            method, args = conn.more
+            conn.more = None
+            method(conn, *args)
+            if conn.more is not None:
+                return True
         buf = conn.rbuf
         pos = 0
         n = len(buf)
         parked = False
         while pos < n and not conn.closing:
-            if len(conn.out) > 64:
-                conn.wbuf += b"".join(conn.out)
-                conn.out.clear()
-                if len(conn.wbuf) > OUT_HIGH:
-                    parked = True
-                    break
+            if conn.obytes > OUT_HIGH or len(conn.out) > OUT_BATCH or conn.more is not None:
+                parked = True       # send what is queued (or wait for the client) first
+                break
             if conn.swallow:
                 take = min(conn.swallow, n - pos)
                 conn.swallow -= take
@@ -731,17 +770,33 @@ class KVServer:
     def _bad_key(self, key: bytes) -> bool:
         return len(key) > KEY_MAX or self._key_check(key) is not None
 
-    def _get(self, conn: Connection, keys: list[bytes], with_cas: bool) -> None:
-        # The hot path of the paper's workload (nine gets in ten): helpers inlined.
+    def _get(self, conn: Connection, keys: list[bytes], with_cas: bool, i: int = 0):
+        """get/gets: the VALUE lines of the keys from keys[i] on, then END.
+
+        The hot path of the paper's workload (nine gets in ten): helpers inlined. A reply
+        that passes OUT_HIGH is streamed: the rest of the keys are checked at once (a bad
+        key drops the whole reply, as memcached does) and looked up as the client reads, so
+        one line naming a 1 MB item thousands of times pins OUT_HIGH, not gigabytes.
+        """
         st = self.store
         out = conn.out
         stats = self.stats
         start = len(out)
         key_check = self._key_check
-        for key in keys:
+        size = conn.obytes      # this connection's output not yet sent, and this reply's
+        for key in keys[i:] if i else keys:
             if len(key) > KEY_MAX or key_check(key) is not None:
                 del out[start:]     # memcached drops the values it had found for this get
                 out.append(BAD_FORMAT)
+                return
+            i += 1
+            if size > OUT_HIGH and i < len(keys):
+                if any(len(k) > KEY_MAX or key_check(k) is not None for k in keys[i:]):
+                    del out[start:]
+                    out.append(BAD_FORMAT)
+                    return
+                conn.obytes = size
+                conn.more = (self._get, (keys, with_cas, i - 1))
                 return
             stats["cmd_get"] += 1
             r = st.lookup(key, st.window)
@@ -758,6 +813,7 @@ class KVServer:
             vend = vstart + h[I_NBYTES]
             blob = r[2]
             value = blob[vstart:vend] if len(blob) >= vend else st.value_of(r)
+            size += vend
             if with_cas:
                 out.append(b"VALUE %s %d %d %d\r\n%s\r\n"
                            % (key, h[I_FLAGS], h[I_NBYTES], h[I_CAS], value))
@@ -765,6 +821,7 @@ class KVServer:
                 out.append(b"VALUE %s %d %d\r\n%s\r\n" % (key, h[I_FLAGS], h[I_NBYTES], value))
             if st.now - h[I_TIME] >= ITEM_UPDATE_INTERVAL:
                 st.touch_lru(r)
+        conn.obytes = size
         out.append(b"END\r\n")
 
     def _gat(self, conn: Connection, tokens: list[bytes]) -> None:
@@ -772,13 +829,30 @@ class KVServer:
         if exptime is None:
             conn.out.append(b"CLIENT_ERROR invalid exptime argument\r\n")
             return
+        keys = tokens[2:]
+        if any(self._bad_key(k) for k in keys):
+            # memcached answers the keys before the bad one, then the error
+            for n, k in enumerate(keys):
+                if self._bad_key(k):
+                    break
+            self._gat_keys(conn, keys[:n], self.store.realtime(exptime), tokens[0] == b"gats",
+                           0, tail=BAD_FORMAT)
+            return
+        self._gat_keys(conn, keys, self.store.realtime(exptime), tokens[0] == b"gats", 0)
+
+    def _gat_keys(self, conn: Connection, keys: list[bytes], exp: int, with_cas: bool, i: int,
+                  tail: bytes = b"END\r\n") -> None:
+        """gat/gats from keys[i] on; streamed past OUT_HIGH as _get is."""
         st = self.store
-        exp = st.realtime(exptime)
         out = conn.out
-        for key in tokens[2:]:
-            if self._bad_key(key):
-                out.append(BAD_FORMAT)
+        size = conn.obytes
+        while i < len(keys):
+            if size > OUT_HIGH:
+                conn.obytes = size
+                conn.more = (self._gat_keys, (keys, exp, with_cas, i, tail))
                 return
+            key = keys[i]
+            i += 1
             self.stats["cmd_touch"] += 1
             r = st.lookup(key, st.window)
             if r is None:
@@ -788,13 +862,15 @@ class KVServer:
             h = r[1]
             st.set_exptime(r[0], exp)
             value = st.value_of(r)
-            if tokens[0] == b"gats":
+            size += len(value)
+            if with_cas:
                 out.append(b"VALUE %s %d %d %d\r\n" % (key, h[I_FLAGS], h[I_NBYTES], h[I_CAS]))
             else:
                 out.append(b"VALUE %s %d %d\r\n" % (key, h[I_FLAGS], h[I_NBYTES]))
             out.append(value)
             out.append(b"\r\n")
-        out.append(b"END\r\n")
+        conn.obytes = size
+        out.append(tail)
 
     def _store_command(self, conn: Connection, cmd: bytes, tokens: list[bytes]) -> None:
         key = tokens[1]
