@@ -15,6 +15,7 @@ import struct
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from apps import kvstore as kv
+from apps.kv import items as kvi
 
 KEYS = [b"k%d" % i for i in range(12)]
 
@@ -23,7 +24,7 @@ def make_server(mb: str, item: str) -> kv.KVServer:
     return kv.KVServer(kv.parse_args(["-p", "0", "-m", mb, "-I", item]))
 
 
-def check_arena(store: kv.ItemStore) -> dict[bytes, bytes]:
+def check_arena(store: kvi.ItemStore) -> dict[bytes, bytes]:
     """Walk hash chains, LRUs and free lists; return {key: value} of the linked items."""
     a = store.arena
     nb = 1 << store.hashpower
@@ -33,36 +34,41 @@ def check_arena(store: kv.ItemStore) -> dict[bytes, bytes]:
     for b, off in enumerate(buckets):
         while off:
             assert off not in linked, "an item is reachable twice (cycle or shared chain)"
-            h = kv.ITEM.unpack(a[off:off + kv.ITEM_SIZE])
-            key = a[off + kv.ITEM_SIZE:off + kv.ITEM_SIZE + h[kv.I_NKEY]]
+            h = kvi.ITEM.unpack(a[off:off + kvi.ITEM_SIZE])
+            key = a[off + kvi.ITEM_SIZE:off + kvi.ITEM_SIZE + h[kvi.I_NKEY]]
             assert store._bucket(key) == store.hash_base + 4 * b, "item in a foreign bucket"
             assert key not in items, "two linked items for one key"
-            start = off + kv.ITEM_SIZE + h[kv.I_NKEY]
-            items[key] = a[start:start + h[kv.I_NBYTES]]
-            assert kv.ITEM_SIZE + h[kv.I_NKEY] + h[kv.I_NBYTES] <= store.sizes[h[kv.I_CLS]]
+            start = off + kvi.ITEM_SIZE + h[kvi.I_NKEY]
+            items[key] = a[start:start + h[kvi.I_NBYTES]]
+            assert kvi.ntotal(h[kvi.I_NKEY], h[kvi.I_NBYTES], h[kvi.I_FLAGS]) <= store.sizes[h[kvi.I_CLS]]
             linked[off] = h
-            off = h[kv.I_HNEXT]
+            off = h[kvi.I_HNEXT]
     in_lru = set()
     for c in range(len(store.sizes)):
         st_ = store._cls_get(c)
-        prev, off, n = 0, st_[kv.C_HEAD], 0
+        prev, off, n = 0, st_[kvi.C_HEAD], 0
         while off:
-            assert off in linked and linked[off][kv.I_CLS] == c, "LRU holds an unlinked item"
-            assert linked[off][kv.I_PREV] == prev, "LRU prev/next not symmetric"
+            assert off in linked and linked[off][kvi.I_CLS] == c, "LRU holds an unlinked item"
+            assert linked[off][kvi.I_PREV] == prev, "LRU prev/next not symmetric"
             in_lru.add(off)
-            prev, off, n = off, linked[off][kv.I_NEXT], n + 1
-        assert st_[kv.C_TAIL] == prev
+            prev, off, n = off, linked[off][kvi.I_NEXT], n + 1
+        assert st_[kvi.C_TAIL] == prev
         assert n == store.class_items[c]
-        free, nfree = st_[kv.C_FREE], 0
+        free, nfree = st_[kvi.C_FREE], 0
         while free:
             assert free not in linked, "a chunk is both free and linked"
             free, nfree = struct.unpack("<I", a[free:free + 4])[0], nfree + 1
         # No chunk leaks: the class's pages hold its items, its free list, the unused tail.
-        assert st_[kv.C_PAGES] * store.per_page[c] == n + nfree + st_[kv.C_LEFT], c
+        assert st_[kvi.C_PAGES] * store.per_page[c] == n + nfree + st_[kvi.C_LEFT], c
     assert in_lru == set(linked), "hash table and LRUs disagree"
     assert store.curr_items == len(linked)
-    assert store.bytes == sum(kv.ITEM_SIZE + h[kv.I_NKEY] + h[kv.I_NBYTES]
+    # bytes counts items as memcached does (ITEM_ntotal), per class and in all.
+    assert store.bytes == sum(kvi.ntotal(h[kvi.I_NKEY], h[kvi.I_NBYTES], h[kvi.I_FLAGS])
                               for h in linked.values())
+    for c in range(len(store.sizes)):
+        assert store.class_bytes[c] == sum(
+            kvi.ntotal(h[kvi.I_NKEY], h[kvi.I_NBYTES], h[kvi.I_FLAGS])
+            for h in linked.values() if h[kvi.I_CLS] == c)
     return items
 
 

@@ -159,8 +159,11 @@ def test_oversized_value_is_refused_swallowed_and_drops_the_old_item(server):
         # Under noreply the error is still sent (memcached's out_errstring).
         assert c.ask(b"add victim2 0 0 %d noreply\r\n%s\r\n" % (len(big), big)) == \
             b"SERVER_ERROR object too large for cache\r\n"
-        # The largest value that fits a slab page is stored.
-        fit = b"y" * (MAX_ITEM - 40 - len(b"fits"))
+        # The largest value memcached takes is stored: its item size (ITEM_ntotal: a 48-byte
+        # header, key + NUL, value + CRLF, an 8-byte CAS) is -I (checked with -I 1m).
+        fit = b"y" * (MAX_ITEM - 59 - len(b"fits"))
+        assert c.ask(b"set fits 0 0 %d\r\n%s\r\n" % (len(fit) + 1, fit + b"y")) == \
+            b"SERVER_ERROR object too large for cache\r\n"
         assert c.ask(b"set fits 0 0 %d\r\n%s\r\n" % (len(fit), fit)) == b"STORED\r\n"
         assert c.ask(b"get fits\r\n") == b"VALUE fits 0 %d\r\n%s\r\nEND\r\n" % (len(fit), fit)
     finally:
