@@ -603,6 +603,7 @@ class KVServer(MetaCommands, AdminCommands):
         r = st.lookup(key, window)
         if cmd == b"add":
             if r is not None:
+                st.touch_lru(r)         # memcached promotes the item an add ran into
                 return b"NOT_STORED\r\n"
         elif cmd == b"cas":
             if r is None:
@@ -735,6 +736,7 @@ class KVServer(MetaCommands, AdminCommands):
         else:
             self.cls_stats["touch_hits"][r[1][I_CLS]] += 1
             st.set_exptime(r[0], st.realtime(exptime))
+            st.mark_fetched(r)          # memcached's touch fetches the item (DO_UPDATE)
             res = b"TOUCHED\r\n"
         if not noreply:
             conn.out.append(res)

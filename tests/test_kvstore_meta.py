@@ -103,6 +103,8 @@ SCRIPT: list[bytes] = [
     b"ma n C1 v", b"ma n v k O3", b"ms n 2\r\n99", b"ma n v",
     # classic commands meet meta state
     b"gets foo", b"incr n 1", b"decr n 1000", b"touch foo 100", b"gat 0 foo", b"gats 0 foo",
+    b"set tf 3 0 1\r\nx", b"me tf", b"touch tf 100", b"me tf", b"set ga 0 0 1\r\ny",
+    b"gats 100 ga tf", b"me ga", b"add ga 0 0 1\r\nz", b"incr tf 1", b"mg tf v t c",
     # stats and its subcommands
     b"stats", b"stats items", b"stats slabs", b"stats sizes", b"stats settings",
     b"stats conns", b"stats cachedump 1 0", b"stats cachedump 1 1", b"stats cachedump 1",
@@ -120,7 +122,9 @@ SCRIPT: list[bytes] = [
     # flush_all with a delay, then at once
     b"flush_all 100", b"mg foo v", b"flush_all x", b"flush_all 0 noreply", b"mg foo v",
     b"ms after 1\r\nz", b"mg after v c",
-    # shutdown with an unknown mode (both run with -A)
+    # an item above half a page (memcached chains it in chunks: its stats slabs differ, so
+    # this comes after them), then shutdown with an unknown mode (both run with -A)
+    b"set big 0 0 600000\r\n" + b"b" * 600000, b"me big", b"mg big s f k",
     b"shutdown bogus",
 ]
 

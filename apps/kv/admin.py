@@ -158,20 +158,28 @@ class AdminCommands:
     def _items_stats(self) -> list[tuple[str, object]]:
         st = self.store
         rows: list[tuple[str, object]] = []
-        for c in range(len(st.sizes)):
-            if not st.class_items[c]:
+        # Our whole-page class is reported with memcached's largest, where it keeps such items.
+        groups = [[c] for c in range(st.largest)] + [[st.largest, st.largest + 1]]
+        for cs in groups:
+            number = sum(st.class_items[c] for c in cs)
+            if not number:
                 continue
-            p = f"items:{c + 1}:"
-            rows += [(p + "number", st.class_items[c]), (p + "age", st.now - st.tail_time(c)),
-                     (p + "mem_requested", st.class_bytes[c]), (p + "evicted", st.evicted[c]),
-                     (p + "evicted_nonzero", st.evicted_nonzero[c]),
-                     (p + "evicted_time", st.evicted_time[c]),
-                     (p + "outofmemory", st.outofmemory[c]), (p + "tailrepairs", 0),
-                     (p + "reclaimed", st.reclaimed[c]),
-                     (p + "expired_unfetched", st.expired_unfetched[c]),
-                     (p + "evicted_unfetched", st.evicted_unfetched[c]),
+            tails = [st.tail_time(c) for c in cs if st.class_items[c]]
+            p = f"items:{cs[0] + 1}:"
+
+            def total(counter, cs=cs):
+                return sum(counter[c] for c in cs)
+            rows += [(p + "number", number), (p + "age", st.now - min(tails)),
+                     (p + "mem_requested", total(st.class_bytes)),
+                     (p + "evicted", total(st.evicted)),
+                     (p + "evicted_nonzero", total(st.evicted_nonzero)),
+                     (p + "evicted_time", max(st.evicted_time[c] for c in cs)),
+                     (p + "outofmemory", total(st.outofmemory)), (p + "tailrepairs", 0),
+                     (p + "reclaimed", total(st.reclaimed)),
+                     (p + "expired_unfetched", total(st.expired_unfetched)),
+                     (p + "evicted_unfetched", total(st.evicted_unfetched)),
                      (p + "crawler_reclaimed", 0),
-                     (p + "crawler_items_checked", self.crawler_checked[c]),
+                     (p + "crawler_items_checked", total(self.crawler_checked)),
                      (p + "lrutail_reflocked", 0)]
         return rows
 
@@ -345,7 +353,7 @@ class AdminCommands:
                 shown = quote(key, safe="-._~").encode()
                 lines.append(b"key=%s exp=%d la=%d cas=%d fetch=%s cls=%d size=%d\n" % (
                     shown, h[I_EXP] or -1, h[I_TIME], h[I_CAS],
-                    b"yes" if h[I_IFLAGS] & ITEM_FETCHED else b"no", c + 1,
+                    b"yes" if h[I_IFLAGS] & ITEM_FETCHED else b"no", st.reported_class(c),
                     ntotal(h[I_NKEY], h[I_NBYTES], h[I_FLAGS])))
         conn.out.append(b"".join(lines) + b"END\r\n")
 

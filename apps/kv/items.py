@@ -90,11 +90,18 @@ class ItemStore:
         self.page_size = page_size
         self.npages = max(1, mem_bytes // page_size)
         self.limit_maxbytes = self.npages * page_size
+        # memcached's slabs_init: classes grow by the factor up to slab_chunk_max (half a
+        # page), whose class is the largest; memcached stores a bigger item as a chain of
+        # such chunks. We keep one more class of whole pages for those (no chains), and
+        # report its items as memcached does, in the largest class (reported_class).
+        chunk_max = page_size // 2
         sizes = []
         size = CHUNK_MIN
-        while size <= page_size / factor and len(sizes) < MAX_CLASSES - 1:
+        while size < chunk_max / factor and len(sizes) < MAX_CLASSES - 2:
             sizes.append(size)
             size = _align(int(size * factor), 8)
+        sizes.append(chunk_max)
+        self.largest = len(sizes) - 1           # memcached's power_largest, 0-based
         sizes.append(page_size)
         self.sizes = sizes                      # class i has chunks of sizes[i]
         self.per_page = [page_size // s for s in sizes]
@@ -162,6 +169,10 @@ class ItemStore:
     def _bucket(self, key: bytes) -> int:
         # Python's bytes hash is salted per process; the arena lives no longer than the process.
         return self.hash_base + ((hash(key) & self.mask) << 2)
+
+    def reported_class(self, c: int) -> int:
+        """The class id memcached would report for our class c (1-based)."""
+        return min(c, self.largest) + 1
 
     def class_for(self, total: int) -> int:
         return bisect.bisect_left(self.sizes, total)

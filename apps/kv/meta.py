@@ -588,7 +588,7 @@ class MetaCommands:
         exp = -1 if h[I_EXP] == 0 else _i32(st.now - h[I_EXP])
         out.append(b"ME %s exp=%d la=%d cas=%d fetch=%s cls=%d size=%d\r\n" % (
             shown, exp, (st.now - h[I_TIME]) & 0xFFFFFFFF, h[I_CAS],
-            b"yes" if h[I_IFLAGS] & ITEM_FETCHED else b"no", h[I_CLS] + 1,
+            b"yes" if h[I_IFLAGS] & ITEM_FETCHED else b"no", st.reported_class(h[I_CLS]),
             ntotal(h[I_NKEY], h[I_NBYTES], h[I_FLAGS])))
 
 
