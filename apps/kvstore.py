@@ -388,7 +388,8 @@ class KVServer(MetaCommands, AdminCommands):
             self._command(conn, line)
         if pos:
             del buf[:pos]
-        return parked
+        # A reply left to stream (conn.more) must go on even when no input follows it.
+        return parked or conn.more is not None
 
     def _command(self, conn: Connection, line: bytes) -> None:
         tokens = line.split(b" ")

@@ -224,3 +224,26 @@ def test_every_command_is_answered_as_memcached_answers_it(reference, mode):
         got = replay(srv.address)
         assert srv.proc.poll() is None      # and the server still runs
     _check(got, reference)
+
+
+def test_metadump_of_many_items_comes_in_parts_and_lists_each_once():
+    """25,000 items (a 1.8 MB dump, more than one part of DUMP_PART): every live item once,
+    oldest first, then END; the dump goes on between parts as the client reads."""
+    n = 25000
+    with kvserver("native", "-m", "64") as srv, socket.create_connection(srv.address,
+                                                                          timeout=30) as s:
+        s.sendall(b"".join(b"ms key-%05d 1 q\r\nv\r\n" % i for i in range(n)) + b"mn\r\n")
+        buf = b""
+        while not buf.endswith(b"MN\r\n"):
+            buf += s.recv(65536)
+        assert buf == b"MN\r\n"                 # quiet mode: HD suppressed
+        s.sendall(b"lru_crawler metadump all\r\n")
+        buf = b""
+        while not buf.endswith(b"END\r\n"):
+            chunk = s.recv(1 << 20)
+            assert chunk
+            buf += chunk
+    lines = buf.split(b"\n")
+    assert lines[-2:] == [b"END\r", b""]
+    keys = [line.split(b" ", 1)[0] for line in lines[:-2]]
+    assert keys == [b"key=key-%05d" % i for i in range(n)]

@@ -21,6 +21,9 @@ from apps.kv.tokens import UINT32_MAX, unsigned
 
 # memcached's MAX_NUMBER_OF_SLAB_CLASSES (63 + 1): class ids at or above are refused.
 MAX_NUMBER_OF_SLAB_CLASSES = 64
+# lru_crawler metadump is answered in parts of about this many bytes, each sent before the
+# next is made.
+DUMP_PART = 1 << 20
 # item_cachedump stops at 2 MB of answer.
 CACHEDUMP_LIMIT = 2 * 1024 * 1024
 # Counters memcached keeps per slab class, summed for the general stats.
@@ -343,19 +346,37 @@ class AdminCommands:
         if classes is None:
             conn.out.append(b"BADCLASS invalid class id\r\n")
             return
+        self._metadump_part(conn, classes, 0, None)
+
+    def _metadump_part(self, conn, classes: list[int], ci: int, resume) -> None:
+        """Up to DUMP_PART bytes of the dump, then it goes on as the client reads (conn.more),
+        so a dump of millions of items pins no more than that (memcached's crawler writes
+        through a bounded buffer too). Items changed meanwhile may be skipped, as there."""
         st = self.store
         lines = []
-        for c in classes:
-            for off, h, key in st.items_of(c, oldest_first=True):
+        size = 0
+        while ci < len(classes):
+            c = classes[ci]
+            for off, h, key in st.items_of(c, oldest_first=True, resume=resume):
+                if size > DUMP_PART:
+                    conn.out.append(b"".join(lines))
+                    conn.obytes += size
+                    conn.more = (self._metadump_part, (classes, ci, (off, key)))
+                    return
                 self.crawler_checked[c] += 1
                 if (h[I_EXP] and h[I_EXP] < st.now) or not st._live(h):
                     continue
                 shown = quote(key, safe="-._~").encode()
-                lines.append(b"key=%s exp=%d la=%d cas=%d fetch=%s cls=%d size=%d\n" % (
+                line = b"key=%s exp=%d la=%d cas=%d fetch=%s cls=%d size=%d\n" % (
                     shown, h[I_EXP] or -1, h[I_TIME], h[I_CAS],
                     b"yes" if h[I_IFLAGS] & ITEM_FETCHED else b"no", st.reported_class(c),
-                    ntotal(h[I_NKEY], h[I_NBYTES], h[I_FLAGS])))
+                    ntotal(h[I_NKEY], h[I_NBYTES], h[I_FLAGS]))
+                lines.append(line)
+                size += len(line)
+            ci += 1
+            resume = None
         conn.out.append(b"".join(lines) + b"END\r\n")
+        conn.obytes += size
 
     def _verbosity(self, conn, tokens: list[bytes]) -> None:
         noreply = tokens[-1] == b"noreply"

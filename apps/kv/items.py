@@ -409,10 +409,17 @@ class ItemStore:
         if self.now - h[I_TIME] >= ITEM_UPDATE_INTERVAL:
             self.touch_lru(r)
 
-    def items_of(self, c: int, oldest_first: bool = False):
+    def items_of(self, c: int, oldest_first: bool = False, resume: tuple | None = None):
         """(off, header, key) of class c's items from the LRU head (newest) on, or from its
-        tail (the crawler's order)."""
-        off = self._cls_get(c)[C_TAIL if oldest_first else C_HEAD]
+        tail (the crawler's order); from ``resume`` = (off, key) on if that item is still
+        linked there (a walk resumed after other commands ran), else nothing more."""
+        if resume is None:
+            off = self._cls_get(c)[C_TAIL if oldest_first else C_HEAD]
+        else:
+            off, key = resume
+            r = self._find(key, 0)
+            if r is None or r[0] != off or r[1][I_CLS] != c:
+                return
         while off:
             blob = self.arena[off:min(off + ITEM_SIZE + KEY_MAX, self._page_end(off))]
             h = ITEM.unpack_from(blob)
