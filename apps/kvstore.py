@@ -7,22 +7,16 @@ eleos_shim. Run it natively (``python apps/kvstore.py -p 11311``) or inside the 
 and epoll calls through OCALLs or the exit-less RPC ring, and places its ``mmap.mmap(-1, n)``
 arena in the EPC (sgx) or in SUVM (eleos).
 
-Everything memcached keeps in its item memory lives in the arena: the hash table, the slab
-class table (LRU heads and tails, free lists, page cursors) and every item (header, key,
-value). So the EPC or SUVM sees each lookup, not only the values, as the paper's memcached
-did. Python objects hold only per-connection state (buffers, the command being read) and the
-statistics counters. Under SUVM the arena has the mmap API but no buffer protocol, so this file
-touches it only by slicing (``a[x:y]`` and ``a[x:y] = b``) and keeps the slices per request few:
-a get hit is two (bucket, then header+key+value in one window), a set a dozen or so.
+The item memory (hash table, slab classes, LRU, items and their meta-protocol state) is one
+arena, in apps/kv/items.py; the meta protocol is apps/kv/meta.py, stats and the other
+administrative commands apps/kv/admin.py; this file is the event loop and the classic
+commands. Python objects hold only per-connection state (buffers, the command being read)
+and the statistics counters.
 
-Arena layout (little endian):
-    [0, 64)            header: magic, page size, page count, pages used, hash power, classes
-    [64, ...)          slab class table, 32 bytes per class (see CLASS below)
-    [4K-aligned)       hash table: 2**hashpower u32 item offsets (0 = empty bucket)
-    [4K-aligned)       slab pages of ``-I`` bytes each, carved into one class's chunks
-
-Protocol: memcached's protocol.txt (text), checked against Debian's memcached 1.6.18 for the
-answers to bad input. Single-threaded ``selectors`` loop, non-blocking sockets, pipelining.
+Protocol: memcached 1.6's protocol.txt (text, meta commands included), checked byte for byte
+against Debian's memcached 1.6.18 (tests/test_kvstore_meta.py). Single-threaded ``selectors``
+loop, non-blocking sockets, pipelining; what one connection can make the server hold is
+bounded (OUT_HIGH), and a failure while serving one connection closes only that one.
 """
 from __future__ import annotations
 
@@ -34,6 +28,7 @@ if __package__ in (None, ""):
 
 import argparse
 import os
+from bisect import bisect_left
 import resource
 import selectors
 import signal
@@ -45,7 +40,7 @@ from apps.kv.admin import AdminCommands
 from apps.kv.items import (  # noqa: F401 - re-exported for tests and tools
     CHUNK_MIN, GET_WINDOW, HEADER_PAGES_USED, I_CAS, I_CLS, I_EXP, I_FLAGS, I_HNEXT, I_IFLAGS,
     I_NBYTES, I_NEXT, I_NKEY, I_PREV, I_TIME, ITEM, ITEM_FETCHED, ITEM_SIZE,
-    ITEM_UPDATE_INTERVAL, ItemStore, OutOfMemory, U32, ntotal)
+    ITEM_UPDATE_INTERVAL, MC_OVERHEAD, ItemStore, OutOfMemory, U32, ntotal)
 from apps.kv.meta import MetaCommands
 from apps.kv.tokens import BAD_KEY, BAD_KEY_LENIENT, KEY_MAX, MASK64, num
 
@@ -585,7 +580,9 @@ class KVServer(MetaCommands, AdminCommands):
         cmd, key, flags, exptime, nbytes, cas, noreply = p
         out = conn.out
         st = self.store
-        self.cls_stats["cmd_set"][st.class_for(ntotal(len(key), nbytes, flags))] += 1
+        # memcached counts a set at the class of the item it allocated for it (ntotal, inlined)
+        self._set_cmds[bisect_left(st.sizes, MC_OVERHEAD + len(key) + nbytes
+                                   + (4 if flags else 0))] += 1
         if chunk[-2:] != b"\r\n":
             if not noreply:
                 out.append(b"CLIENT_ERROR bad data chunk\r\n")

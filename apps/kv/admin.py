@@ -48,6 +48,7 @@ class AdminCommands:
         n = len(self.store.sizes)
         for name in CLASS_STATS:
             self.cls_stats[name] = [0] * n
+        self._set_cmds = self.cls_stats["cmd_set"]     # the set path's, without a dict lookup
 
     # -- stats ----------------------------------------------------------------------------
     def _stats(self, conn, args: list[bytes]) -> None:

@@ -284,7 +284,7 @@ class ItemStore:
         self._cls_put(c, st)
         self.curr_items -= 1
         self.class_items[c] -= 1
-        n = ntotal(h[I_NKEY], h[I_NBYTES], h[I_FLAGS])
+        n = MC_OVERHEAD + h[I_NKEY] + h[I_NBYTES] + (4 if h[I_FLAGS] else 0)    # ntotal
         self.class_bytes[c] -= n
         self.bytes -= n
 
