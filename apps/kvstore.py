@@ -506,17 +506,13 @@ class KVServer(MetaCommands, AdminCommands):
             return
         keys = tokens[2:]
         if any(self._bad_key(k) for k in keys):
-            # memcached answers the keys before the bad one, then the error
-            for n, k in enumerate(keys):
-                if self._bad_key(k):
-                    break
-            self._gat_keys(conn, keys[:n], self.store.realtime(exptime), tokens[0] == b"gats",
-                           0, tail=BAD_FORMAT)
+            # as for get, memcached drops the whole reply (and touches nothing here)
+            conn.out.append(BAD_FORMAT)
             return
         self._gat_keys(conn, keys, self.store.realtime(exptime), tokens[0] == b"gats", 0)
 
-    def _gat_keys(self, conn: Connection, keys: list[bytes], exp: int, with_cas: bool, i: int,
-                  tail: bytes = b"END\r\n") -> None:
+    def _gat_keys(self, conn: Connection, keys: list[bytes], exp: int, with_cas: bool,
+                  i: int) -> None:
         """gat/gats from keys[i] on; streamed past OUT_HIGH as _get is."""
         st = self.store
         out = conn.out
@@ -524,7 +520,7 @@ class KVServer(MetaCommands, AdminCommands):
         while i < len(keys):
             if size > OUT_HIGH:
                 conn.obytes = size
-                conn.more = (self._gat_keys, (keys, exp, with_cas, i, tail))
+                conn.more = (self._gat_keys, (keys, exp, with_cas, i))
                 return
             key = keys[i]
             i += 1
@@ -546,7 +542,7 @@ class KVServer(MetaCommands, AdminCommands):
             out.append(value)
             out.append(b"\r\n")
         conn.obytes = size
-        out.append(tail)
+        out.append(b"END\r\n")
 
     def _store_command(self, conn: Connection, cmd: bytes, tokens: list[bytes]) -> None:
         key = tokens[1]
