@@ -28,7 +28,6 @@ if __package__ in (None, ""):
 
 import argparse
 import os
-from bisect import bisect_left
 import resource
 import selectors
 import signal
@@ -40,7 +39,7 @@ from apps.kv.admin import AdminCommands
 from apps.kv.items import (  # noqa: F401 - re-exported for tests and tools
     CHUNK_MIN, GET_WINDOW, HEADER_PAGES_USED, I_CAS, I_CLS, I_EXP, I_FLAGS, I_HNEXT, I_IFLAGS,
     I_NBYTES, I_NEXT, I_NKEY, I_PREV, I_TIME, ITEM, ITEM_FETCHED, ITEM_SIZE,
-    ITEM_UPDATE_INTERVAL, MC_OVERHEAD, ItemStore, OutOfMemory, U32, ntotal)
+    ITEM_UPDATE_INTERVAL, ItemStore, OutOfMemory, U32, ntotal)
 from apps.kv.meta import MetaCommands
 from apps.kv.tokens import BAD_KEY, BAD_KEY_LENIENT, KEY_MAX, MASK64, num
 
@@ -91,6 +90,7 @@ class Connection:
 
 STORAGE = {b"set", b"add", b"replace", b"append", b"prepend", b"cas"}
 BAD_FORMAT = b"CLIENT_ERROR bad command line format\r\n"
+STORED = b"STORED\r\n"
 
 
 class KVServer(MetaCommands, AdminCommands):
@@ -396,7 +396,9 @@ class KVServer(MetaCommands, AdminCommands):
         cmd = tokens[0]
         nt = len(tokens)
         if cmd == b"get" or cmd == b"gets":
-            if nt < 2:
+            if nt == 2:
+                self._get1(conn, tokens[1], cmd == b"gets")
+            elif nt < 2:
                 conn.out.append(b"ERROR\r\n")
             else:
                 self._get(conn, tokens[1:], cmd == b"gets")
@@ -443,18 +445,53 @@ class KVServer(MetaCommands, AdminCommands):
     def _bad_key(self, key: bytes) -> bool:
         return len(key) > KEY_MAX or self._key_check(key) is not None
 
+    def _get1(self, conn: Connection, key: bytes, with_cas: bool) -> None:
+        """get/gets of one key: the paper's workload's hot path (nine requests in ten), with
+        the helpers inlined and the reply in one piece; no streaming needed for one value."""
+        out = conn.out
+        if len(key) > KEY_MAX or self._key_check(key) is not None:
+            out.append(BAD_FORMAT)
+            return
+        st = self.store
+        stats = self.stats
+        stats["cmd_get"] += 1
+        r = st.lookup(key, st.window)
+        if r is None:
+            stats["get_misses"] += 1
+            if st.last_dead == 1:
+                stats["get_expired"] += 1
+            elif st.last_dead == 2:
+                stats["get_flushed"] += 1
+            out.append(b"END\r\n")
+            return
+        h = r[1]
+        self._get_hits[h[I_CLS]] += 1
+        vstart = ITEM_SIZE + h[I_NKEY]
+        vend = vstart + h[I_NBYTES]
+        blob = r[2]
+        value = blob[vstart:vend] if len(blob) >= vend else st.value_of(r)
+        conn.obytes += vend
+        if with_cas:
+            out.append(b"VALUE %s %d %d %d\r\n%s\r\nEND\r\n"
+                       % (key, h[I_FLAGS], h[I_NBYTES], h[I_CAS], value))
+        else:
+            out.append(b"VALUE %s %d %d\r\n%s\r\nEND\r\n" % (key, h[I_FLAGS], h[I_NBYTES], value))
+        # memcached's do_item_bump: marked fetched once, moved in the LRU once a minute.
+        if not h[I_IFLAGS] & ITEM_FETCHED or st.now - h[I_TIME] >= ITEM_UPDATE_INTERVAL:
+            st.mark_fetched(r)
+
     def _get(self, conn: Connection, keys: list[bytes], with_cas: bool, i: int = 0):
         """get/gets: the VALUE lines of the keys from keys[i] on, then END.
 
-        The hot path of the paper's workload (nine gets in ten): helpers inlined. A reply
-        that passes OUT_HIGH is streamed: the rest of the keys are checked at once (a bad
+        Helpers inlined, as in _get1 (the one-key case). A reply that passes OUT_HIGH is
+        streamed: the rest of the keys are checked at once (a bad
         key drops the whole reply, as memcached does) and looked up as the client reads, so
         one line naming a 1 MB item thousands of times pins OUT_HIGH, not gigabytes.
         """
         st = self.store
         out = conn.out
         stats = self.stats
-        hits = self.cls_stats["get_hits"]
+        hits = self._get_hits
         start = len(out)
         key_check = self._key_check
         size = conn.obytes      # this connection's output not yet sent, and this reply's
@@ -576,17 +613,17 @@ class KVServer(MetaCommands, AdminCommands):
         cmd, key, flags, exptime, nbytes, cas, noreply = p
         out = conn.out
         st = self.store
-        # memcached counts a set at the class of the item it allocated for it (ntotal, inlined)
-        self._set_cmds[bisect_left(st.sizes, MC_OVERHEAD + len(key) + nbytes
-                                   + (4 if flags else 0))] += 1
         if chunk[-2:] != b"\r\n":
+            self._set_cmds[st.class_for(ntotal(len(key), nbytes, flags))] += 1
             if not noreply:
                 out.append(b"CLIENT_ERROR bad data chunk\r\n")
             return
-        value = chunk[:-2]
-        if self.detail:
-            self.record_prefix(key, 2)
-        res = self._store(cmd, key, flags, self.store.realtime(exptime), value, cas)
+        res = self._store(cmd, key, flags, st.realtime(exptime), chunk[:-2], cas)
+        # memcached counts a set at the class of the item it allocated for it.
+        if res is STORED:
+            self._set_cmds[st.last_class] += 1
+        else:
+            self._set_cmds[st.class_for(ntotal(len(key), nbytes, flags))] += 1
         if not noreply or res.startswith(b"SERVER_ERROR"):
             out.append(res)
 
@@ -623,7 +660,7 @@ class KVServer(MetaCommands, AdminCommands):
             st.link_new(key, flags, exp, value)
         except OutOfMemory:
             return b"SERVER_ERROR out of memory storing object\r\n"
-        return b"STORED\r\n"
+        return STORED
 
     def _delete(self, conn: Connection, tokens: list[bytes]) -> None:
         nt = len(tokens)

@@ -66,7 +66,7 @@ def check_arena(store: kvi.ItemStore) -> dict[bytes, bytes]:
     assert store.bytes == sum(kvi.ntotal(h[kvi.I_NKEY], h[kvi.I_NBYTES], h[kvi.I_FLAGS])
                               for h in linked.values())
     for c in range(len(store.sizes)):
-        assert store.class_bytes[c] == sum(
+        assert store.class_bytes(c) == sum(
             kvi.ntotal(h[kvi.I_NKEY], h[kvi.I_NBYTES], h[kvi.I_FLAGS])
             for h in linked.values() if h[kvi.I_CLS] == c)
     return items

@@ -48,7 +48,9 @@ class AdminCommands:
         n = len(self.store.sizes)
         for name in CLASS_STATS:
             self.cls_stats[name] = [0] * n
-        self._set_cmds = self.cls_stats["cmd_set"]     # the set path's, without a dict lookup
+        # the get and set paths' counters, without a dict lookup
+        self._get_hits = self.cls_stats["get_hits"]
+        self._set_cmds = self.cls_stats["cmd_set"]
 
     # -- stats ----------------------------------------------------------------------------
     def _stats(self, conn, args: list[bytes]) -> None:
@@ -116,9 +118,9 @@ class AdminCommands:
             ("hash_power_level", st.hashpower), ("hash_bytes", 4 << st.hashpower),
             ("hash_is_expanding", 0),
             ("bytes", st.bytes), ("curr_items", st.curr_items), ("total_items", st.total_items),
-            ("expired_unfetched", sum(st.expired_unfetched)),
-            ("evicted_unfetched", sum(st.evicted_unfetched)),
-            ("evictions", st.evictions), ("reclaimed", sum(st.reclaimed)),
+            ("expired_unfetched", sum(st.counters.expired_unfetched)),
+            ("evicted_unfetched", sum(st.counters.evicted_unfetched)),
+            ("evictions", st.evictions), ("reclaimed", sum(st.counters.reclaimed)),
         ]
 
     def _settings(self) -> list[tuple[str, object]]:
@@ -174,14 +176,14 @@ class AdminCommands:
             def total(counter, cs=cs):
                 return sum(counter[c] for c in cs)
             rows += [(p + "number", number), (p + "age", st.now - min(tails)),
-                     (p + "mem_requested", total(st.class_bytes)),
-                     (p + "evicted", total(st.evicted)),
-                     (p + "evicted_nonzero", total(st.evicted_nonzero)),
-                     (p + "evicted_time", max(st.evicted_time[c] for c in cs)),
-                     (p + "outofmemory", total(st.outofmemory)), (p + "tailrepairs", 0),
-                     (p + "reclaimed", total(st.reclaimed)),
-                     (p + "expired_unfetched", total(st.expired_unfetched)),
-                     (p + "evicted_unfetched", total(st.evicted_unfetched)),
+                     (p + "mem_requested", sum(st.class_bytes(c) for c in cs)),
+                     (p + "evicted", total(st.counters.evicted)),
+                     (p + "evicted_nonzero", total(st.counters.evicted_nonzero)),
+                     (p + "evicted_time", max(st.counters.evicted_time[c] for c in cs)),
+                     (p + "outofmemory", total(st.counters.outofmemory)), (p + "tailrepairs", 0),
+                     (p + "reclaimed", total(st.counters.reclaimed)),
+                     (p + "expired_unfetched", total(st.counters.expired_unfetched)),
+                     (p + "evicted_unfetched", total(st.counters.evicted_unfetched)),
                      (p + "crawler_reclaimed", 0),
                      (p + "crawler_items_checked", total(self.crawler_checked)),
                      (p + "lrutail_reflocked", 0)]
@@ -244,10 +246,13 @@ class AdminCommands:
             # Gets are counted by a wrapper put in front of the classic get only while detail
             # is on, so the hot path pays nothing for it otherwise.
             self._get = self._get_detail
+            self._get1 = self._get1_detail
+            self._complete_store = self._complete_store_detail
             out.append(b"OK\r\n")
         elif what == b"off":
             self.detail = False
-            self.__dict__.pop("_get", None)
+            for name in ("_get", "_get1", "_complete_store"):
+                self.__dict__.pop(name, None)
             out.append(b"OK\r\n")
         elif what == b"dump":
             out.append(b"".join(b"PREFIX %s get %d hit %d set %d del %d\r\n" % (p, *v)
@@ -260,6 +265,14 @@ class AdminCommands:
             for k in keys:
                 self.record_prefix(k, 0, self.store.lookup(k) is not None)
         type(self)._get(self, conn, keys, with_cas, i)
+
+    def _get1_detail(self, conn, key: bytes, with_cas: bool) -> None:
+        self.record_prefix(key, 0, self.store.lookup(key) is not None)
+        type(self)._get1(self, conn, key, with_cas)
+
+    def _complete_store_detail(self, conn, p: tuple, chunk: bytes) -> None:
+        self.record_prefix(p[1], 2)
+        type(self)._complete_store(self, conn, p, chunk)
 
     def record_prefix(self, key: bytes, what: int, hit: bool = False) -> None:
         """stats detail: per key prefix (up to the first ':') gets (0), sets (2), deletes (3)."""

@@ -21,10 +21,10 @@ not 0), though our header is 40 bytes, so classes, ``bytes`` and the slab statis
 """
 from __future__ import annotations
 
-import bisect
 import mmap
 import struct
 import time
+from bisect import bisect_left
 
 from apps.kv.tokens import KEY_MAX
 
@@ -78,6 +78,23 @@ class OutOfMemory(Exception):
     """No chunk of the needed class can be had: no free chunk, no free page, nothing to evict."""
 
 
+class ClassCounters:
+    """memcached's per-class item counters (stats items). Apart from ItemStore so that its
+    instance keeps few attributes: CPython's fast attribute access on the hot path holds
+    for up to 30 of them."""
+    __slots__ = ("evicted", "evicted_nonzero", "evicted_time", "evicted_unfetched",
+                 "reclaimed", "expired_unfetched", "outofmemory")
+
+    def __init__(self, n: int) -> None:
+        self.evicted = [0] * n
+        self.evicted_nonzero = [0] * n      # evicted items that had an exptime
+        self.evicted_time = [0] * n         # seconds since the last evicted item's access
+        self.evicted_unfetched = [0] * n
+        self.reclaimed = [0] * n            # dead items whose chunk was reused
+        self.expired_unfetched = [0] * n
+        self.outofmemory = [0] * n
+
+
 class ItemStore:
     """memcached's item memory in one arena: hash table, slab classes, per-class LRU.
 
@@ -123,6 +140,7 @@ class ItemStore:
         self.now = int(time.time())
         self.started = self.now
         self.cas_counter = 0
+        self.last_class = 0     # the class link_new last used (the set path counts there)
         self.oldest_live = 0    # flush_all with a delay: items last touched <= this are gone
         self.oldest_cas = 0     # flush_all now: items with cas <= this are gone
         self.last_dead = 0      # why the last lookup missed: 0 absent, 1 expired, 2 flushed
@@ -131,24 +149,16 @@ class ItemStore:
         self.bytes = 0
         n = len(sizes)
         self.class_items = [0] * n
-        self.class_bytes = [0] * n      # memcached's mem_requested: sum of ITEM_ntotal
         self.reset_counters()
 
     def reset_counters(self) -> None:
         """memcached's per-class item counters (stats items), zeroed by stats reset."""
-        n = len(self.sizes)
-        self.evicted = [0] * n
-        self.evicted_nonzero = [0] * n      # evicted items that had an exptime
-        self.evicted_time = [0] * n         # seconds since the last evicted item's access
-        self.evicted_unfetched = [0] * n
-        self.reclaimed = [0] * n            # dead items whose chunk was reused
-        self.expired_unfetched = [0] * n
-        self.outofmemory = [0] * n
+        self.counters = ClassCounters(len(self.sizes))
         self.total_items = 0
 
     @property
     def evictions(self) -> int:
-        return sum(self.evicted)
+        return sum(self.counters.evicted)
 
     # -- arena primitives -------------------------------------------------------------
     def _cls_get(self, c: int) -> list[int]:
@@ -175,7 +185,7 @@ class ItemStore:
         return min(c, self.largest) + 1
 
     def class_for(self, total: int) -> int:
-        return bisect.bisect_left(self.sizes, total)
+        return bisect_left(self.sizes, total)
 
     def fits(self, nkey: int, nbytes: int, flags: int = 0) -> bool:
         """memcached's item_size_ok: the item's ntotal fits the largest chunk (-I)."""
@@ -284,9 +294,7 @@ class ItemStore:
         self._cls_put(c, st)
         self.curr_items -= 1
         self.class_items[c] -= 1
-        n = MC_OVERHEAD + h[I_NKEY] + h[I_NBYTES] + (4 if h[I_FLAGS] else 0)    # ntotal
-        self.class_bytes[c] -= n
-        self.bytes -= n
+        self.bytes -= MC_OVERHEAD + h[I_NKEY] + h[I_NBYTES] + (4 if h[I_FLAGS] else 0)
 
     def _alloc(self, c: int, st: list[int]) -> int:
         """A chunk of class c: a freed one, a never-used one, a new page, or the LRU tail."""
@@ -309,7 +317,7 @@ class ItemStore:
             return page
         tail = st[C_TAIL]
         if not tail:
-            self.outofmemory[c] += 1
+            self.counters.outofmemory[c] += 1
             raise OutOfMemory
         # Evict (or reclaim, when already dead) the least recently used item of this class.
         blob = self.arena[tail:min(tail + ITEM_SIZE + KEY_MAX, self._page_end(tail))]
@@ -325,22 +333,21 @@ class ItemStore:
         self._put32(link, h[I_HNEXT])
         self._lru_remove(st, tail, h[I_PREV], h[I_NEXT])
         fetched = h[I_IFLAGS] & ITEM_FETCHED
+        k = self.counters
         if self._live(h):
-            self.evicted[c] += 1
-            self.evicted_time[c] = self.now - h[I_TIME]
+            k.evicted[c] += 1
+            k.evicted_time[c] = self.now - h[I_TIME]
             if h[I_EXP]:
-                self.evicted_nonzero[c] += 1
+                k.evicted_nonzero[c] += 1
             if not fetched:
-                self.evicted_unfetched[c] += 1
+                k.evicted_unfetched[c] += 1
         else:
-            self.reclaimed[c] += 1
+            k.reclaimed[c] += 1
             if not fetched:
-                self.expired_unfetched[c] += 1
+                k.expired_unfetched[c] += 1
         self.curr_items -= 1
         self.class_items[c] -= 1
-        n = ntotal(h[I_NKEY], h[I_NBYTES], h[I_FLAGS])
-        self.class_bytes[c] -= n
-        self.bytes -= n
+        self.bytes -= ntotal(h[I_NKEY], h[I_NBYTES], h[I_FLAGS])
         return tail
 
     def link_new(self, key: bytes, flags: int, exptime: int, value: bytes,
@@ -348,7 +355,7 @@ class ItemStore:
         """Allocate, write and link a new item for key (the caller unlinked any old one)."""
         nkey, nbytes = len(key), len(value)
         size = MC_OVERHEAD + nkey + nbytes + (4 if flags else 0)     # ntotal, inlined
-        c = bisect.bisect_left(self.sizes, size)
+        self.last_class = c = bisect_left(self.sizes, size)
         st = self._cls_get(c)
         off = self._alloc(c, st)    # OutOfMemory leaves st untouched
         a = self.arena
@@ -370,7 +377,6 @@ class ItemStore:
         self.curr_items += 1
         self.total_items += 1
         self.class_items[c] += 1
-        self.class_bytes[c] += size
         self.bytes += size
         return off
 
@@ -425,6 +431,11 @@ class ItemStore:
             h = ITEM.unpack_from(blob)
             yield off, h, blob[ITEM_SIZE:ITEM_SIZE + h[I_NKEY]]
             off = h[I_PREV if oldest_first else I_NEXT]
+
+    def class_bytes(self, c: int) -> int:
+        """memcached's mem_requested of class c: the sum of its items' ITEM_ntotal (walked
+        when asked, so the set path does not keep it)."""
+        return sum(ntotal(h[I_NKEY], h[I_NBYTES], h[I_FLAGS]) for _, h, _ in self.items_of(c))
 
     def tail_time(self, c: int) -> int:
         """The access time of class c's least recently used item (0 if none)."""
