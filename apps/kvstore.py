@@ -41,6 +41,7 @@ from apps.kv.items import (  # noqa: F401 - re-exported for tests and tools
     I_NBYTES, I_NEXT, I_NKEY, I_PREV, I_TIME, ITEM, ITEM_FETCHED, ITEM_SIZE,
     ITEM_UPDATE_INTERVAL, ItemStore, OutOfMemory, U32, ntotal)
 from apps.kv.meta import MetaCommands
+from apps.kv.udp import UdpTransport
 from apps.kv.tokens import BAD_KEY, BAD_KEY_LENIENT, KEY_MAX, MASK64, num
 
 VERSION = b"1.6.18-kvstore"
@@ -93,7 +94,7 @@ BAD_FORMAT = b"CLIENT_ERROR bad command line format\r\n"
 STORED = b"STORED\r\n"
 
 
-class KVServer(MetaCommands, AdminCommands):
+class KVServer(MetaCommands, AdminCommands, UdpTransport):
     """The event loop and the text protocol over an :class:`ItemStore`: the classic
     commands here, the meta protocol in apps/kv/meta.py, stats and the other administrative
     commands in apps/kv/admin.py."""
@@ -128,6 +129,11 @@ class KVServer(MetaCommands, AdminCommands):
         self.lsock.setblocking(False)
         self.sel.register(self.lsock, selectors.EVENT_READ, None)
         self.port = self.lsock.getsockname()[1]
+        self.usock = None
+        self.udp_conn = Connection(None)        # the state of the datagram being served
+        if args.udp_port:
+            self._udp_open(args.listen, args.udp_port)
+            self.sel.register(self.usock, selectors.EVENT_READ, self.udp_conn)
 
     # -- event loop -------------------------------------------------------------------
     def serve_forever(self) -> None:
@@ -151,6 +157,8 @@ class KVServer(MetaCommands, AdminCommands):
                     try:
                         if conn is None:
                             self._accept()
+                        elif conn is self.udp_conn:
+                            self._on_udp()
                         elif conn.sock.fileno() < 0:
                             continue    # closed earlier in this round (an expired lingerer)
                         elif mask & selectors.EVENT_WRITE:
@@ -172,6 +180,10 @@ class KVServer(MetaCommands, AdminCommands):
         if conn is None:
             return
         conn.more = None
+        if conn is self.udp_conn:           # that datagram's reply is lost, the socket stays
+            conn.out.clear()
+            conn.rbuf.clear()
+            return
         if conn.refused:
             self._end_lingering(conn)
         else:
@@ -190,6 +202,9 @@ class KVServer(MetaCommands, AdminCommands):
         if not self.accept_paused_until:
             self.sel.unregister(self.lsock)
         self.lsock.close()
+        if self.usock is not None:
+            self.sel.unregister(self.usock)
+            self.usock.close()
         self.sel.close()
 
     def _accept(self) -> None:
@@ -517,6 +532,7 @@ class KVServer(MetaCommands, AdminCommands):
                     stats["get_expired"] += 1
                 elif st.last_dead == 2:
                     stats["get_flushed"] += 1
+                out.append(b"")     # one response per key, as memcached (UDP sends each)
                 continue
             h = r[1]
             hits[h[I_CLS]] += 1
@@ -534,7 +550,9 @@ class KVServer(MetaCommands, AdminCommands):
             if not h[I_IFLAGS] & ITEM_FETCHED or st.now - h[I_TIME] >= ITEM_UPDATE_INTERVAL:
                 st.mark_fetched(r)
         conn.obytes = size
-        out.append(b"END\r\n")
+        # END goes with the last key's response, as memcached builds them (over UDP each is
+        # its own message, an empty one too).
+        out[-1] += b"END\r\n"
 
     def _gat(self, conn: Connection, tokens: list[bytes]) -> None:
         exptime = _num(tokens[1], -(1 << 31), (1 << 31) - 1)
@@ -565,6 +583,7 @@ class KVServer(MetaCommands, AdminCommands):
             r = st.lookup(key, st.window)
             if r is None:
                 self.stats["touch_misses"] += 1
+                out.append(b"")     # one response per key, as in _get
                 continue
             h = r[1]
             self.cls_stats["touch_hits"][h[I_CLS]] += 1
@@ -573,13 +592,12 @@ class KVServer(MetaCommands, AdminCommands):
             value = st.value_of(r)
             size += len(value)
             if with_cas:
-                out.append(b"VALUE %s %d %d %d\r\n" % (key, h[I_FLAGS], h[I_NBYTES], h[I_CAS]))
+                out.append(b"VALUE %s %d %d %d\r\n%s\r\n"
+                           % (key, h[I_FLAGS], h[I_NBYTES], h[I_CAS], value))
             else:
-                out.append(b"VALUE %s %d %d\r\n" % (key, h[I_FLAGS], h[I_NBYTES]))
-            out.append(value)
-            out.append(b"\r\n")
+                out.append(b"VALUE %s %d %d\r\n%s\r\n" % (key, h[I_FLAGS], h[I_NBYTES], value))
         conn.obytes = size
-        out.append(b"END\r\n")
+        out[-1] += b"END\r\n"   # with the last key's response, as in _get
 
     def _store_command(self, conn: Connection, cmd: bytes, tokens: list[bytes]) -> None:
         key = tokens[1]
@@ -797,6 +815,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="kvstore", description="memcached text-protocol server over an mmap arena")
     p.add_argument("-p", "--port", type=int, default=11211,
                    help="TCP port (0 = an ephemeral one; the first line of stdout names it)")
+    p.add_argument("-U", "--udp-port", type=int, default=0,
+                   help="UDP port, memcached's frame format (default 0: off, as memcached)")
     p.add_argument("-l", "--listen", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1)")
     p.add_argument("-m", "--memory-limit", type=float, default=64.0,

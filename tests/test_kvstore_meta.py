@@ -268,3 +268,59 @@ def test_metadump_of_many_items_comes_in_parts_and_lists_each_once():
     assert lines[-2:] == [b"END\r", b""]
     keys = [line.split(b" ", 1)[0] for line in lines[:-2]]
     assert keys == [b"key=key-%05d" % i for i in range(n)]
+
+
+UDP_SCRIPT: list[tuple[bytes, bytes]] = [
+    # (frame header fields as given, payload): request id, sequence, count, reserved
+    ((1, 0, 1, 0), b"set a 0 0 3\r\nabc\r\n"),
+    ((2, 0, 1, 0), b"get a a zz\r\n"),
+    ((3, 0, 1, 0), b"set big 0 0 3000\r\n" + bytes(range(256)) * 11 + b"x" * 184 + b"\r\n"),
+    ((4, 0, 1, 0), b"get big a\r\n"),
+    ((5, 0, 1, 0), b"gets zz big\r\n"),
+    ((6, 9, 1, 7), b"mg a v c\r\nmn\r\nms b 1 T0\r\nz\r\nmd b q\r\nmd b\r\n"),
+    ((7, 0, 2, 0), b"get a\r\n"),                    # two datagrams: dropped
+    ((8, 0, 1, 0), b"bogus\r\nset c 0 0 2\r\nab\r\n"),
+    ((9, 0, 1, 0), b"get c\r\nincr a 1\r\ngat 100 a big\r\n"),
+]
+
+
+def udp_replay(port: int) -> list[list[tuple[tuple, bytes]]]:
+    """Each request's datagrams: (header, payload), in the order they came."""
+    import struct
+    answers = []
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        u.bind(("127.0.0.1", 0))
+        for hdr, payload in UDP_SCRIPT:
+            u.sendto(struct.pack(">HHHH", *hdr) + payload, ("127.0.0.1", port))
+            # a TCP-free sentinel: an mn of its own, request id 60000, after the reply
+            u.sendto(struct.pack(">HHHH", 60000, 0, 1, 0) + b"mn\r\n", ("127.0.0.1", port))
+            got = []
+            u.settimeout(10)
+            while True:
+                d = u.recv(65536)
+                h = struct.unpack(">HHHH", d[:8])
+                if h[0] == 60000:
+                    break
+                got.append((h, d[8:]))
+            answers.append(got)
+    return answers
+
+
+def _udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        u.bind(("127.0.0.1", 0))
+        return u.getsockname()[1]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_udp_frames_are_memcached_frames(mode):
+    """-U: the same datagrams, headers and payloads, as memcached's for the same requests."""
+    port = _udp_port()
+    with real_memcached("-U", str(port), "-t", "1") as _:     # one thread: in order
+        want = udp_replay(port)
+    port = _udp_port()
+    with kvserver(mode, "-U", str(port), env={"ELEOS_COST": "account"}) as srv:
+        got = udp_replay(port)
+        assert srv.proc.poll() is None
+    assert want[3][0][0] == (4, 0, 3, 0)        # a 3,000-byte value: three datagrams
+    assert got == want

@@ -128,7 +128,7 @@ class AdminCommands:
         st = self.store
         return [
             ("maxbytes", st.limit_maxbytes), ("maxconns", self.maxconns), ("tcpport", self.port),
-            ("udpport", 0), ("inter", a.listen), ("verbosity", self.verbosity),
+            ("udpport", a.udp_port), ("inter", a.listen), ("verbosity", self.verbosity),
             ("oldest", st.oldest_live), ("evictions", "on"),
             ("shutdown_command", "yes" if a.enable_shutdown else "no"),
             ("growth_factor", f"{a.factor:.2f}"), ("chunk_size", 48), ("num_threads", 1),
