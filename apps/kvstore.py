@@ -460,6 +460,15 @@ class KVServer(MetaCommands, AdminCommands, UdpTransport):
     def _bad_key(self, key: bytes) -> bool:
         return len(key) > KEY_MAX or self._key_check(key) is not None
 
+    def _count_miss(self) -> None:
+        """A get that missed, and why (the store's last lookup found it expired or flushed)."""
+        stats = self.stats
+        stats["get_misses"] += 1
+        if self.store.last_dead == 1:
+            stats["get_expired"] += 1
+        elif self.store.last_dead == 2:
+            stats["get_flushed"] += 1
+
     def _get1(self, conn: Connection, key: bytes, with_cas: bool) -> None:
         """get/gets of one key: the paper's workload's hot path (nine requests in ten), with
         the helpers inlined and the reply in one piece; no streaming needed for one value."""
@@ -472,11 +481,7 @@ class KVServer(MetaCommands, AdminCommands, UdpTransport):
         stats["cmd_get"] += 1
         r = st.lookup(key, st.window)
         if r is None:
-            stats["get_misses"] += 1
-            if st.last_dead == 1:
-                stats["get_expired"] += 1
-            elif st.last_dead == 2:
-                stats["get_flushed"] += 1
+            self._count_miss()
             out.append(b"END\r\n")
             return
         h = r[1]
@@ -527,11 +532,7 @@ class KVServer(MetaCommands, AdminCommands, UdpTransport):
             stats["cmd_get"] += 1
             r = st.lookup(key, st.window)
             if r is None:
-                stats["get_misses"] += 1
-                if st.last_dead == 1:
-                    stats["get_expired"] += 1
-                elif st.last_dead == 2:
-                    stats["get_flushed"] += 1
+                self._count_miss()
                 out.append(b"")     # one response per key, as memcached (UDP sends each)
                 continue
             h = r[1]

@@ -441,16 +441,24 @@ class MetaCommands:
         return b"HD", st.cas_counter
 
     # -- md -------------------------------------------------------------------------------
-    def _md(self, conn, tokens: list[bytes]) -> None:
-        out = conn.out
+    def _md_ma_flags(self, conn, tokens: list[bytes]) -> _Flags | None:
+        """md's and ma's checks and flags (both say only "invalid or duplicate flag" for any
+        bad flag); None if an error was answered."""
         if not self._meta_start(conn, tokens, b"CLIENT_ERROR options flags too long\r\n"):
-            return
+            return None
         of, err = self._preparse(tokens, 2)
         if err is not None:
-            out.append(b"CLIENT_ERROR invalid or duplicate flag\r\n")
-            return
+            conn.out.append(b"CLIENT_ERROR invalid or duplicate flag\r\n")
+            return None
         if not self._key_ok(of):
-            out.append(BAD_FORMAT_LINE)
+            conn.out.append(BAD_FORMAT_LINE)
+            return None
+        return of
+
+    def _md(self, conn, tokens: list[bytes]) -> None:
+        out = conn.out
+        of = self._md_ma_flags(conn, tokens)
+        if of is None:
             return
         tail = self._opaque_and_key(tokens, of)
         if tail is None:
@@ -482,14 +490,8 @@ class MetaCommands:
     # -- ma -------------------------------------------------------------------------------
     def _ma(self, conn, tokens: list[bytes]) -> None:
         out = conn.out
-        if not self._meta_start(conn, tokens, b"CLIENT_ERROR options flags too long\r\n"):
-            return
-        of, err = self._preparse(tokens, 2)
-        if err is not None:
-            out.append(b"CLIENT_ERROR invalid or duplicate flag\r\n")
-            return
-        if not self._key_ok(of):
-            out.append(BAD_FORMAT_LINE)
+        of = self._md_ma_flags(conn, tokens)
+        if of is None:
             return
         if of.mode in (0, 0x49, 0x2b):          # I, +
             incr = True
