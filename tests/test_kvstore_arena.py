@@ -80,7 +80,22 @@ ops = st.lists(st.one_of(
     st.tuples(st.just(b"delete"), st.sampled_from(KEYS), st.just(0)),
     st.tuples(st.just(b"incr"), st.sampled_from(KEYS), st.integers(0, 2 ** 64 - 1)),
     st.tuples(st.just(b"get"), st.sampled_from(KEYS), st.just(0)),
+    # the meta protocol over the same items: ms in each mode, md I (invalidate: the item
+    # stays, marked stale, with a new CAS), ma (incr through the meta path)
+    st.tuples(st.sampled_from([b"ms-S", b"ms-E", b"ms-A", b"ms-P", b"ms-R"]),
+              st.sampled_from(KEYS), st.sampled_from([3, 60, 900, 2000])),
+    st.tuples(st.just(b"md-I"), st.sampled_from(KEYS), st.just(0)),
+    st.tuples(st.just(b"ma"), st.sampled_from(KEYS), st.integers(0, 2 ** 64 - 1)),
 ), min_size=1, max_size=120)
+
+
+def meta(server: kv.KVServer, line: bytes) -> bytes:
+    """One meta command through the server's own parser; its answer."""
+    conn = kv.Connection(None)
+    conn.rbuf += line
+    while server._process(conn):
+        pass
+    return b"".join(conn.out)
 
 
 def run(server: kv.KVServer, program, exact: bool) -> dict[bytes, bytes]:
@@ -96,7 +111,38 @@ def run(server: kv.KVServer, program, exact: bool) -> dict[bytes, bytes]:
         if key in model and store.lookup(key) is None:
             assert not exact, f"{key!r} lost from a store larger than the data"
             model.pop(key)
-        if cmd == b"get":
+        if cmd.startswith(b"ms-"):
+            value = ((b"%d|" % n) * (arg // 2 + 1))[:arg]
+            mode = cmd[3:]
+            answer = meta(server, b"ms %s %d M%s\r\n%s\r\n" % (key, len(value), mode, value))
+            old = model.get(key)
+            if answer.startswith(b"SERVER_ERROR"):
+                model.pop(key, None)
+            elif (mode == b"E") == (old is not None) and mode != b"S":
+                assert answer == b"NS\r\n", (n, cmd, key, answer)
+            else:
+                assert answer == b"HD\r\n", (n, cmd, key, answer)
+                model[key] = (old + value if mode == b"A" else value + old if mode == b"P"
+                              else value)
+        elif cmd == b"md-I":
+            answer = meta(server, b"md %s I\r\n" % key)
+            assert answer == (b"HD\r\n" if key in model else b"NF\r\n"), (n, key, answer)
+            if key in model:                    # stale, not gone: mg says X and W
+                assert meta(server, b"mg %s v\r\n" % key).startswith(b"VA %d " % len(model[key]))
+        elif cmd == b"ma":
+            answer = meta(server, b"ma %s D%d v\r\n" % (key, arg))
+            old = model.get(key)
+            if old is None:
+                assert answer == b"NF\r\n", answer
+            elif not old.strip(b" ").isdigit() or int(old.strip(b" ")) > 2 ** 64 - 1:
+                assert answer.startswith(b"CLIENT_ERROR"), answer
+            elif answer.startswith(b"SERVER_ERROR"):
+                model.pop(key)
+            else:
+                digits = b"%d" % ((int(old.strip(b" ")) + arg) % 2 ** 64)
+                assert answer == b"VA %d\r\n%s\r\n" % (len(digits), digits), answer
+                model[key] = digits.ljust(len(old)) if len(digits) <= len(old) else digits
+        elif cmd == b"get":
             r = store.lookup(key, store.window)
             assert (None if r is None else store.value_of(r)) == model.get(key), (n, key)
         elif cmd == b"delete":
