@@ -36,6 +36,7 @@ import sys
 import time
 
 from apps.kv.admin import AdminCommands
+from apps.kv.binary import BinaryProtocol
 from apps.kv.items import (  # noqa: F401 - re-exported for tests and tools
     CHUNK_MIN, GET_WINDOW, HEADER_PAGES_USED, I_CAS, I_CLS, I_EXP, I_FLAGS, I_HNEXT, I_IFLAGS,
     I_NBYTES, I_NEXT, I_NKEY, I_PREV, I_TIME, ITEM, ITEM_FETCHED, ITEM_SIZE,
@@ -70,7 +71,7 @@ _num = num
 class Connection:
     """What memcached keeps per connection: buffers and the storage command awaiting its data."""
     __slots__ = ("sock", "rbuf", "out", "obytes", "wbuf", "pending", "swallow", "closing",
-                 "writing", "refused", "more", "last_cmd")
+                 "writing", "refused", "more", "last_cmd", "binary")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
@@ -87,6 +88,7 @@ class Connection:
         # the next part to out, called as method(conn, *args), or None. Input waits for it.
         self.more = None
         self.last_cmd = 0       # server clock at its last command (stats conns)
+        self.binary = None      # the binary protocol? decided by the first byte, as memcached
 
 
 STORAGE = {b"set", b"add", b"replace", b"append", b"prepend", b"cas"}
@@ -94,10 +96,13 @@ BAD_FORMAT = b"CLIENT_ERROR bad command line format\r\n"
 STORED = b"STORED\r\n"
 
 
-class KVServer(MetaCommands, AdminCommands, UdpTransport):
+class KVServer(MetaCommands, AdminCommands, UdpTransport, BinaryProtocol):
     """The event loop and the text protocol over an :class:`ItemStore`: the classic
     commands here, the meta protocol in apps/kv/meta.py, stats and the other administrative
-    commands in apps/kv/admin.py."""
+    commands in apps/kv/admin.py, UDP in apps/kv/udp.py, the binary protocol in
+    apps/kv/binary.py."""
+    OUT_HIGH = OUT_HIGH
+    STORED = STORED
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -131,6 +136,7 @@ class KVServer(MetaCommands, AdminCommands, UdpTransport):
         self.port = self.lsock.getsockname()[1]
         self.usock = None
         self.udp_conn = Connection(None)        # the state of the datagram being served
+        self.udp_conn.binary = False
         if args.udp_port:
             self._udp_open(args.listen, args.udp_port)
             self.sel.register(self.usock, selectors.EVENT_READ, self.udp_conn)
@@ -351,6 +357,13 @@ class KVServer(MetaCommands, AdminCommands, UdpTransport):
     # -- protocol ---------------------------------------------------------------------
     def _process(self, conn: Connection) -> bool:
         """Run the complete commands in conn.rbuf; True if it stopped for unsent output."""
+        if conn.binary is not False:
+            if conn.binary is None:
+                if not conn.rbuf:
+                    return False
+                conn.binary = conn.rbuf[0] == 0x80      # memcached's auto-negotiation
+            if conn.binary:
+                return self._process_binary(conn)
         if conn.more is not None:
             # A streamed reply first: its next part (which may leave a next), then the input.
             method, args = conn.more
