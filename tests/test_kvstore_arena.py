@@ -40,7 +40,8 @@ def check_arena(store: kvi.ItemStore) -> dict[bytes, bytes]:
             assert key not in items, "two linked items for one key"
             start = off + kvi.ITEM_SIZE + h[kvi.I_NKEY]
             items[key] = a[start:start + h[kvi.I_NBYTES]]
-            assert kvi.ntotal(h[kvi.I_NKEY], h[kvi.I_NBYTES], h[kvi.I_FLAGS]) <= store.sizes[h[kvi.I_CLS]]
+            size = kvi.ntotal(h[kvi.I_NKEY], h[kvi.I_NBYTES], h[kvi.I_FLAGS])
+            assert size <= store.sizes[h[kvi.I_CLS]]
             linked[off] = h
             off = h[kvi.I_HNEXT]
     in_lru = set()
@@ -98,6 +99,22 @@ def meta(server: kv.KVServer, line: bytes) -> bytes:
     return b"".join(conn.out)
 
 
+def check_delta(model: dict, key: bytes, arg: int, answer: bytes, missing: bytes,
+                answered) -> None:
+    """An incr by arg (classic or ma) against the model: the answer, and the model after."""
+    old = model.get(key)
+    if old is None:
+        assert answer == missing, answer
+    elif not old.strip(b" ").isdigit() or int(old.strip(b" ")) > 2 ** 64 - 1:
+        assert answer.startswith(b"CLIENT_ERROR"), answer
+    elif answer.startswith(b"SERVER_ERROR"):
+        model.pop(key)              # no chunk for the longer number: item gone
+    else:
+        digits = b"%d" % ((int(old.strip(b" ")) + arg) % 2 ** 64)
+        assert answer == answered(digits), answer
+        model[key] = digits.ljust(len(old)) if len(digits) <= len(old) else digits
+
+
 def run(server: kv.KVServer, program, exact: bool) -> dict[bytes, bytes]:
     """Run the program against the server's command code and the model; returns the model.
 
@@ -131,17 +148,8 @@ def run(server: kv.KVServer, program, exact: bool) -> dict[bytes, bytes]:
                 assert meta(server, b"mg %s v\r\n" % key).startswith(b"VA %d " % len(model[key]))
         elif cmd == b"ma":
             answer = meta(server, b"ma %s D%d v\r\n" % (key, arg))
-            old = model.get(key)
-            if old is None:
-                assert answer == b"NF\r\n", answer
-            elif not old.strip(b" ").isdigit() or int(old.strip(b" ")) > 2 ** 64 - 1:
-                assert answer.startswith(b"CLIENT_ERROR"), answer
-            elif answer.startswith(b"SERVER_ERROR"):
-                model.pop(key)
-            else:
-                digits = b"%d" % ((int(old.strip(b" ")) + arg) % 2 ** 64)
-                assert answer == b"VA %d\r\n%s\r\n" % (len(digits), digits), answer
-                model[key] = digits.ljust(len(old)) if len(digits) <= len(old) else digits
+            check_delta(model, key, arg, answer, b"NF\r\n",
+                        lambda d: b"VA %d\r\n%s\r\n" % (len(d), d))
         elif cmd == b"get":
             r = store.lookup(key, store.window)
             assert (None if r is None else store.value_of(r)) == model.get(key), (n, key)
@@ -155,17 +163,7 @@ def run(server: kv.KVServer, program, exact: bool) -> dict[bytes, bytes]:
             conn = kv.Connection(None)
             server._arith(conn, [b"incr", key, b"%d" % arg])
             answer = b"".join(conn.out)
-            old = model.get(key)
-            if old is None:
-                assert answer == b"NOT_FOUND\r\n", answer
-            elif not old.strip(b" ").isdigit() or int(old.strip(b" ")) > 2 ** 64 - 1:
-                assert answer.startswith(b"CLIENT_ERROR"), answer
-            elif answer.startswith(b"SERVER_ERROR"):
-                model.pop(key)              # no chunk for the longer number: item gone
-            else:
-                digits = b"%d" % ((int(old.strip(b" ")) + arg) % 2 ** 64)
-                assert answer == digits + b"\r\n"
-                model[key] = digits.ljust(len(old)) if len(digits) <= len(old) else digits
+            check_delta(model, key, arg, answer, b"NOT_FOUND\r\n", lambda d: d + b"\r\n")
         else:
             value = ((b"%d|" % n) * (arg // 2 + 1))[:arg]
             if cmd == b"set" and n % 5 == 0:

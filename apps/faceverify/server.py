@@ -391,7 +391,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="pre-shared master secret, hex (clients' keys derive from it)")
     ap.add_argument("--seed", type=int, default=data.DEFAULT_SEED)
     ap.add_argument("-c", "--max-connections", type=int, default=MAX_CONNECTIONS,
-                    help=f"connections served at once; more are closed (default {MAX_CONNECTIONS})")
+                    help="connections served at once; more are closed "
+                         f"(default {MAX_CONNECTIONS})")
     args = ap.parse_args(argv)
     if args.max_connections < 1:
         ap.error("-c must be at least 1")
