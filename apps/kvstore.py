@@ -9,12 +9,13 @@ arena in the EPC (sgx) or in SUVM (eleos).
 
 The item memory (hash table, slab classes, LRU, items and their meta-protocol state) is one
 arena, in apps/kv/items.py; the meta protocol is apps/kv/meta.py, stats and the other
-administrative commands apps/kv/admin.py; this file is the event loop and the classic
-commands. Python objects hold only per-connection state (buffers, the command being read)
+administrative commands apps/kv/admin.py, UDP apps/kv/udp.py, the binary protocol
+apps/kv/binary.py; this file is the event loop and the classic text commands. Python objects hold only per-connection state (buffers, the command being read)
 and the statistics counters.
 
-Protocol: memcached 1.6's protocol.txt (text, meta commands included), checked byte for byte
-against Debian's memcached 1.6.18 (tests/test_kvstore_meta.py). Single-threaded ``selectors``
+Protocol: memcached 1.6's protocol.txt (text, meta commands included), UDP and the binary
+protocol, checked byte for byte against Debian's memcached 1.6.18 (tests/test_kvstore_meta.py,
+tests/test_kvstore_binary.py). Single-threaded ``selectors``
 loop, non-blocking sockets, pipelining; what one connection can make the server hold is
 bounded (OUT_HIGH), and a failure while serving one connection closes only that one.
 """

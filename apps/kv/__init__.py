@@ -4,4 +4,6 @@ items   memcached's item memory in one mmap arena: hash table, slab classes, LRU
 tokens  numbers and keys as memcached's text protocol reads them
 meta    the meta protocol (mg, ms, md, ma, mn, me)
 admin   stats and its subcommands, cache_memlimit, lru_crawler, verbosity
+udp     memcached's UDP frames (-U)
+binary  memcached's binary protocol
 """
