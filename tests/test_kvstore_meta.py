@@ -324,3 +324,29 @@ def test_udp_frames_are_memcached_frames(mode):
         assert srv.proc.poll() is None
     assert want[3][0][0] == (4, 0, 3, 0)        # a 3,000-byte value: three datagrams
     assert got == want
+
+
+def test_a_udp_request_for_gigabytes_costs_what_the_socket_takes():
+    """One datagram naming a 1 MB item 16,000 times (16 GB of replies, to an address a
+    spoofed request would choose): the server stops making the reply once its socket is
+    full, and a TCP client is served right after."""
+    import struct
+    port = _udp_port()
+    with kvserver("native", "-U", str(port), "-I", "2m") as srv, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        value = b"v" * 1000000
+        with socket.create_connection(srv.address, timeout=30) as s:
+            s.sendall(b"set big 0 0 %d\r\n%s\r\n" % (len(value), value))
+            assert s.recv(100) == b"STORED\r\n"
+            u.bind(("127.0.0.1", 0))                 # never read: its buffer fills
+            line = b"get " + b" ".join([b"big"] * 16000) + b"\r\n"
+            u.sendto(struct.pack(">HHHH", 1, 0, 1, 0) + line, ("127.0.0.1", port))
+            s.settimeout(20)
+            s.sendall(b"mn\r\n")
+            assert s.recv(100) == b"MN\r\n"
+            stats = b""
+            s.sendall(b"stats\r\n")
+            while not stats.endswith(b"END\r\n"):
+                stats += s.recv(65536)
+        written = int(stats.split(b"STAT bytes_written ")[1].split(b"\r\n")[0])
+        assert written < 64 << 20                    # not 16 GB

@@ -6,8 +6,9 @@ an 8-byte frame header, request id, sequence number, datagram count and a reserv
 big endian; a request is one datagram (one whose count is not 1 is dropped) and may hold
 several commands; each response (one per command, one per hit of a multi-get, END riding
 with the last hit) is its own message of datagrams of at most 1,400 bytes, numbered 0..n-1
-and carrying the request's id. Replies are sent as they are made; a datagram the socket
-cannot take at once is dropped, as UDP may (memcached would wait for the socket instead).
+and carrying the request's id. Replies are sent as they are made; once the socket cannot take a
+datagram at once, the rest of the request is dropped, as UDP may (memcached would wait), and
+so is all of a request's reply past twice the largest item (memcached sends it all).
 UDP is off unless ``-U`` names a port: a spoofed request makes the server send its reply to
 someone else (memcached turned UDP off by default in 1.5.6 for that reason).
 """
@@ -55,19 +56,27 @@ class UdpTransport:
         conn.closing = False
         conn.more = None
         conn.obytes = 0
+        budget = 2 * self.store.page_size
         while True:
             parked = self._process(conn)    # parked: more to parse or to stream after this
-            for resp in conn.out:
-                self._udp_send(rid, resp, addr)
+            size = sum(len(resp) for resp in conn.out)
+            sent = size <= budget and all(self._udp_send(rid, resp, addr) for resp in conn.out)
+            budget -= size
             conn.out.clear()
             conn.obytes = 0
-            if not parked:
+            if not parked or not sent:
+                # Done, or the reply passed two items' worth (-I) or the socket is full: the
+                # rest of the request is not even made. UDP replies go wherever a request's
+                # source address says, so one datagram naming a large value thousands of
+                # times must not make the server send gigabytes (memcached has no bound).
+                conn.more = None
                 break
         # Input left over (a value still to come, half a line) waits for no next datagram.
         conn.rbuf.clear()
         conn.pending = None
 
-    def _udp_send(self, rid: int, resp: bytes, addr) -> None:
+    def _udp_send(self, rid: int, resp: bytes, addr) -> bool:
+        """Send one response as its datagrams; False if the socket could not take them."""
         # An empty response (a multi-get's miss) is one datagram that says 0 datagrams.
         total = min(0xFFFF, -(-len(resp) // UDP_DATA_SIZE))
         for seq in range(max(total, 1)):
@@ -75,7 +84,8 @@ class UdpTransport:
             try:
                 n = self.usock.sendto(UDP_HEADER.pack(rid, seq, total, 0) + chunk, addr)
             except (BlockingIOError, InterruptedError):
-                return              # the socket is full: the rest of this reply is lost
+                return False        # the socket is full: the rest of this reply is lost
             except OSError:
-                return
+                return False
             self.stats["bytes_written"] += n
+        return True
