@@ -12,7 +12,10 @@ OCALL (``wait=True``), and retry.  So no RPC worker is ever tied up by a blockin
 
 Socket addresses cross the boundary as raw ``struct sockaddr_*`` bytes, built and parsed here
 as CPython's ``getsockaddrarg``/``makesockaddr`` do; a reply of the wrong family or length is
-an Iago attack.  Host names are resolved by OP_GETADDRINFO, whose records this module parses.
+an Iago attack.  ``sendmsg``/``recvmsg``/``recvmsg_into`` carry ancillary data as raw
+``struct cmsghdr`` records (OP_SENDMSG/OP_RECVMSG), and the ones the host returns are parsed
+here as hostile input: lengths, and SCM_RIGHTS fds, which enter the enclave's fd table.
+Flags such as MSG_DONTWAIT take the general path, never the C data path.  Host names are resolved by OP_GETADDRINFO, whose records this module parses.
 """
 from __future__ import annotations
 
