@@ -328,3 +328,33 @@ def test_driver_loading_a_page_at_its_own_address_gets_it_there(epc):
     assert epc._driver.hostile_load(m._epc_region, 0, 0, 0) == 0
     assert epc.page_states(m)[0] == "resident"
     assert m[0:PAGE] == b"A" * PAGE
+
+
+def test_sealed_page_rewritten_while_ewb_writes_it_out_never_loads_as_forged(cpu_region):
+    # The host keeps writing a byte of its own into the page EWB is writing out, one byte of
+    # the page after the other.  The CPU computes the tag in its own frame before the copy out,
+    # so ELDU then loads the page as it was, or refuses it, never the host's byte.
+    view, addr, slot = cpu_region
+    sealed, tag = cpu_ffi.new("char[]", PAGE), cpu_ffi.new("char[]", 16)
+    res = cpu_ffi.new("uint64_t[2]")
+    out = int(cpu_ffi.cast("uintptr_t", sealed))
+    raced = forged = refused = 0
+    with racing() as racer:
+        for i in range(PAGE):
+            data = os.urandom(PAGE)
+            view[0:PAGE] = data
+            racer.arm(out + i, value=0x5A)
+            rc = cpu.epcm_ewb(addr, slot, sealed, tag)
+            raced += racer.disarm() > 0
+            assert rc == cpu.EPCM_OK
+            rc = cpu.epcm_eldu(addr, slot, sealed, tag, -1, res)
+            if rc == cpu.EPCM_OK:
+                forged += view[0:PAGE] != data
+            else:
+                assert rc == cpu.EPCM_ERR_MAC
+                refused += 1
+                cpu.epcm_eremove(slot, 1)                  # the failed copy's slot, emptied
+                cpu.epcm_reset()
+    assert forged == 0, f"{forged} of {PAGE} raced write-outs loaded as forged pages"
+    check_raced(raced, PAGE)
+    assert refused > 0
