@@ -342,16 +342,18 @@ static uint8_t *bounce_buf(void)
     return tls_bounce;
 }
 
-/* Seal page vpn from the enclave frame `src` into the store.  Called with vpn's stripe held.
- * The page is sealed into this thread's bounce buffer (enclave memory) and only then copied
- * out: AES-GCM computes the tag over the ciphertext it has written, and some implementations
- * read that ciphertext back from `out` to do it (OpenSSL's AVX-512 GCM does for a few blocks),
- * so sealing straight into host memory let a racing host change a byte between the write and
- * the read and get a tag for its own byte.  What the host changes after the copy fails. */
-static void seal_page(suvm_t *s, uint64_t vpn, struct pte *p, const uint8_t *src)
+/* Seal page vpn from the enclave frame `frame` (claimed) into the store.  Called with vpn's
+ * stripe held.  The page is sealed in enclave memory and only then copied out: AES-GCM
+ * computes the tag over the ciphertext it has written, and some implementations read that
+ * ciphertext back from `out` to do it (OpenSSL 3's AVX-512 GCM does, for a few blocks), so
+ * sealing straight into host memory let a racing host change a byte between the write and the
+ * read and get a tag for its own byte.  What the host changes after the copy fails.  `keep`:
+ * the frame stays resident (a flush), so seal into this thread's bounce buffer; else (an
+ * eviction: the frame's content is dropped) seal it in place. */
+static void seal_page(suvm_t *s, uint64_t vpn, struct pte *p, uint8_t *frame, int keep)
 {
     uint8_t nonce[12], aad[24];
-    uint8_t *sealed = bounce_buf();   /* page_size <= BOUNCE (suvm_new checks) */
+    uint8_t *sealed = keep ? bounce_buf() : frame;   /* page_size <= BOUNCE (suvm_new checks) */
     if (!p->tags)
         p->tags = malloc((size_t)s->nsub * 16);
     if (!p->tags || !sealed) {
@@ -362,7 +364,7 @@ static void seal_page(suvm_t *s, uint64_t vpn, struct pte *p, const uint8_t *src
     for (uint32_t sub = 0; sub < s->nsub; sub++) {
         make_nonce_aad(s, vpn, sub, version, nonce, aad);
         size_t at = (size_t)sub * s->subpage;
-        if (eleos_seal(s->key, nonce, aad, sizeof aad, src + at, s->subpage, sealed + at,
+        if (eleos_seal(s->key, nonce, aad, sizeof aad, frame + at, s->subpage, sealed + at,
                        p->tags + (size_t)sub * 16) != 0) {
             /* Losing a dirty page silently would be worse than stopping. */
             fprintf(stderr, "eleos suvm: libcrypto failed to seal a page; stopping\n");
@@ -415,7 +417,7 @@ static void evict_frame(suvm_t *s, int32_t f, uint64_t v)
     struct pte *p = pte_of(s, v);
     atomic_store_explicit(&p->frame, -1, memory_order_release);
     if (atomic_load(&s->fm[f].dirty)) {
-        seal_page(s, v, p, frame_ptr(s, f));
+        seal_page(s, v, p, frame_ptr(s, f), 0);   /* its content is dropped: sealed in place */
         ST_ADD(s, SUVM_ST_WRITEBACKS, 1);
     } else {
         ST_ADD(s, SUVM_ST_CLEAN_DROPS, 1);   /* clean: the stored copy (or zero) is still right */
@@ -810,7 +812,7 @@ static int sweep(suvm_t *s, int evict)
             free_frame(s, (int32_t)f);
         } else {
             if (atomic_load(&s->fm[f].dirty)) {
-                seal_page(s, (uint64_t)v, p, frame_ptr(s, (int32_t)f));
+                seal_page(s, (uint64_t)v, p, frame_ptr(s, (int32_t)f), 1);
                 atomic_store(&s->fm[f].dirty, 0);
                 ST_ADD(s, SUVM_ST_WRITEBACKS, 1);
             }
