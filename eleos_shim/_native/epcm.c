@@ -342,15 +342,17 @@ static void die(uint64_t linaddr, int reason)
 }
 
 /* Put the verified page in `frame` into the enclave's memory at `linaddr` (offset `off` of
- * region g).  With the driver's userfaultfd (`uffd` >= 0): UFFDIO_COPY, which also maps it and
- * wakes the faulting threads (*mapped = 1).  Else, or if the kernel refused: written into the
- * region's memory, which the driver then maps (*mapped = 0); the driver can only map an address
- * to what lives at that address, so the destination is the CPU's choice either way. */
+ * region g).  With the driver's userfaultfd (`uffd` >= 0): UFFDIO_COPY, which also maps it
+ * (*mapped = 1), without waking the faulting threads: the driver releases them once the
+ * fault's cost is paid, as ERESUME comes last.  Else, or if the kernel refused: written into
+ * the region's memory, which the driver then maps (*mapped = 0); the driver can only map an
+ * address to what lives at that address, so the destination is the CPU's choice either way. */
 static int install_verified(const struct epcm_region *g, uint64_t linaddr, uint64_t off,
                             const uint8_t *frame, int uffd, uint64_t *mapped)
 {
     if (uffd >= 0) {
-        struct uffdio_copy c = { .dst = linaddr, .src = (uintptr_t)frame, .len = EPCM_PAGE, .mode = 0 };
+        struct uffdio_copy c = { .dst = linaddr, .src = (uintptr_t)frame, .len = EPCM_PAGE,
+                                 .mode = UFFDIO_COPY_MODE_DONTWAKE };
         if (ioctl(uffd, UFFDIO_COPY, &c) == 0) {
             *mapped = 1;
             return 0;
@@ -364,8 +366,8 @@ static int install_verified(const struct epcm_region *g, uint64_t linaddr, uint6
 /* ELDU: load the sealed page (`page`, `pcmd`: untrusted memory) for enclave address `linaddr`,
  * checking it against the version in VA slot `slot` (which it clears), and install it at
  * `linaddr` (see install_verified; `uffd` is the driver's userfaultfd or -1).
- * result[0] = 1 if the page is mapped (else the driver maps it), result[1] = ns spent
- * installing.  On any failure nothing is installed, the private frame is wiped, the enclave is
+ * result[0] = 1 if the page is mapped (the driver wakes its waiters), 0 if the driver must
+ * map it; result[1] = ns spent installing.  On any failure nothing is installed, the private frame is wiped, the enclave is
  * dead, and an EPCM_ERR_* is returned. */
 int epcm_eldu(uint64_t linaddr, uint64_t slot, const void *page, const void *pcmd, int uffd,
               uint64_t result[2])

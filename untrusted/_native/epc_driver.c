@@ -258,6 +258,13 @@ static int install_at(uintptr_t a)
 
 static int install(struct epc_region *r, uint64_t i) { return install_at(r->app + i * EPC_PAGE); }
 
+/* Release the threads waiting for page `a`, which the CPU's ELDU mapped (userfaultfd). */
+static void wake_at(uintptr_t a)
+{
+    struct uffdio_range w = { .start = a, .len = EPC_PAGE };
+    ioctl(D.uffd, UFFDIO_WAKE, &w);
+}
+
 static void eblock(struct epc_region *r, uint64_t i)
 {
     void *a = (void *)(r->app + i * EPC_PAGE);
@@ -400,7 +407,9 @@ static void handle_fault(struct epc_region *r, uint64_t i, uintptr_t fault_addr,
          * installed nothing: the app gets a zero page. */
         if (!loaded)
             commit(r, i, zero_page);
-        else if (!cpu[0])
+        else if (cpu[0])
+            wake_at(page_addr);               /* the CPU mapped it: release the thread */
+        else
             install(r, i);                    /* the CPU put it in the memfd: map it */
     } else if (live) {
         install_at(page_addr);                /* resident already: map it, wake the thread */
@@ -921,7 +930,9 @@ int epc_host_load(int id, uint64_t sealed, uint64_t slot_of, uint64_t at)
     uint64_t addr = (uint64_t)(r->app + at * EPC_PAGE);
     int rc = D.eldu(addr, r->va_first + slot_of, r->store + sealed * EPC_PAGE,
                     r->pcmd + sealed * EPC_PCMD, cpu_uffd(), cpu);
-    if (rc == 0 && !cpu[0])
+    if (rc == 0 && cpu[0])
+        wake_at(addr);
+    else if (rc == 0)
         install(r, at);
     if (rc != 0)
         eldu_failed((int)syscall(SYS_gettid), addr);
