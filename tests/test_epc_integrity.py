@@ -2,8 +2,9 @@
 ask for a page at another address; the enclave stops.
 
 The test plays the hostile host: it changes the driver's backing store (untrusted memory)
-between an EWB and the next ELDU, or while ELDU runs, or drives the CPU as a hostile driver.  The app must stop with IntegrityError and never see data
-derived from what the host wrote.
+between an EWB and the next ELDU, or while ELDU or EWB runs, or drives the CPU as a hostile
+driver.  The app must stop with IntegrityError and never see data derived from what the host
+wrote.
 """
 from __future__ import annotations
 

@@ -195,7 +195,8 @@ def test_ciphertext_rewritten_during_write_back_never_opens_as_a_forged_page():
                     refused += 1
                     continue
                 forged += got != data
-        assert forged == 0, f"{forged} of {RACE_ROUNDS} write-backs ({raced} raced, {refused} refused) opened as forged pages"
+        assert forged == 0, (f"{forged} of {RACE_ROUNDS} write-backs ({raced} raced, {refused} "
+                             "refused) opened as forged pages")
         check_raced(raced, RACE_ROUNDS)
     finally:
         inst.close()

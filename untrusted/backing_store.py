@@ -104,10 +104,10 @@ class Racer:
 
     A native thread pinned to ``cpu`` (None: not pinned) that, between :meth:`arm` and
     :meth:`disarm`, flips ``mask`` in some bytes of host memory as fast as it can (or keeps
-    writing a value of its choosing there), on its own core, while the enclave reads or writes that memory (an ELDU, a write-back).  :meth:`arm`
-    returns once the racer is writing, so what the caller does next runs inside the race;
-    :meth:`disarm` returns once it has stopped, with how many writes it made.  It spins while
-    idle; :meth:`close` ends it."""
+    writing a value of its choosing there), on its own core, while the enclave reads or writes
+    that memory (an ELDU, a write-back).  :meth:`arm` returns once the racer is writing, so what
+    the caller does next runs inside the race; :meth:`disarm` returns once it has stopped, with
+    how many rounds of writes it made.  It spins while idle; :meth:`close` ends it."""
 
     def __init__(self, cpu: int | None = None):
         self._h = lib.store_racer_new(-1 if cpu is None else cpu)

@@ -367,8 +367,8 @@ static int install_verified(const struct epcm_region *g, uint64_t linaddr, uint6
  * checking it against the version in VA slot `slot` (which it clears), and install it at
  * `linaddr` (see install_verified; `uffd` is the driver's userfaultfd or -1).
  * result[0] = 1 if the page is mapped (the driver wakes its waiters), 0 if the driver must
- * map it; result[1] = ns spent installing.  On any failure nothing is installed, the private frame is wiped, the enclave is
- * dead, and an EPCM_ERR_* is returned. */
+ * map it; result[1] = ns spent installing.  On any failure nothing is installed, the private
+ * frame is wiped, the enclave is dead, and an EPCM_ERR_* is returned. */
 int epcm_eldu(uint64_t linaddr, uint64_t slot, const void *page, const void *pcmd, int uffd,
               uint64_t result[2])
 {

@@ -294,10 +294,10 @@ static void eblock_batch(struct epc_page **batch, int n)
         eblock(batch[k]->region, batch[k]->index);
 }
 
-/* Put `frame` (a zero page: pages the CPU loads, it installs itself) into page i's place in the
- * memfd and map it for the app, which wakes the threads waiting on it.  userfaultfd: UFFDIO_COPY does all
- * of it in one call (the kernel allocates the page and copies, no zeroing, no fault in the
- * driver).  SIGSEGV: pwrite into the memfd, then open the app's view. */
+/* Put `frame` (a zero page: a page the CPU loads, it installs itself) into page i's place in
+ * the memfd and map it for the app, which wakes the threads waiting on it.  userfaultfd:
+ * UFFDIO_COPY does all of it in one call (the kernel allocates the page and copies, no zeroing,
+ * no fault in the driver).  SIGSEGV: pwrite into the memfd, then open the app's view. */
 static int commit(struct epc_region *r, uint64_t i, const uint8_t *frame)
 {
     uintptr_t a = r->app + i * EPC_PAGE;

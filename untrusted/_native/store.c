@@ -114,14 +114,14 @@ uintptr_t store_discard_fn(void) { return (uintptr_t)&store_discard; }
 /* ---- the adversary's racing thread (tests and demos) ----
  *
  * A host that shares memory with the enclave can change it while the enclave works on it.
- * The racer is that host: a native thread, pinned to one CPU, that waits (spinning, so it
- * reacts within ~100 ns) until it is armed and then flips `mask` in one byte of host memory
- * as fast as it can until it is disarmed (or keeps writing a value of its choosing there).  Armed just before an enclave operation that reads
- * or writes that memory (an ELDU, a write-back), it races the operation on another core, as a
- * hostile host thread would.  Arm returns once the racer is writing, disarm once it has
- * stopped, so the operation between them runs entirely inside the race and the byte holds
- * its last value afterwards.  Works on any host memory: the SUVM store, the EPC
- * driver's backing store. */
+ * The racer is that host: a native thread, pinned to one CPU, that waits (spinning) until it
+ * is armed and then, as fast as it can until it is disarmed, flips `mask` in some bytes of host
+ * memory or keeps writing a value of its choosing there.  Armed just before an enclave
+ * operation that reads or writes that memory (an ELDU, a write-back), it races the operation
+ * on another core, as a hostile host thread would.  Arm returns once the racer is writing,
+ * disarm once it has stopped, so the operation between them runs entirely inside the race and
+ * the bytes keep their last value afterwards.  Works on any host memory: the SUVM store, the
+ * EPC driver's backing store. */
 struct racer {
     pthread_t thread;
     _Atomic(volatile uint8_t *) target;
