@@ -241,23 +241,26 @@ int epcm_region_remove(uint64_t base)
     return 0;
 }
 
-/* The region holding page-aligned `linaddr` (*g) and the page's offset in it; call with
- * regions_lock held for reading.  EPCM_ERR_BAD_ADDR if none does, EPCM_ERR_BAD_SLOT if `slot`
- * is not the VA slot of that page (the driver names the slot, the enclave's layout decides
- * which one is right), else EPCM_OK. */
+/* The region holding page-aligned `linaddr` (*g) and the page's offset in it.  EPCM_OK with
+ * regions_lock held for reading (the caller unlocks), or, unlocked: EPCM_ERR_BAD_ADDR if no
+ * region holds it, EPCM_ERR_BAD_SLOT if `slot` is not the VA slot of that page (the driver
+ * names the slot, the enclave's layout decides which one is right). */
 static int page_of(uint64_t linaddr, uint64_t slot, const struct epcm_region **g, uint64_t *off)
 {
-    if (linaddr % EPCM_PAGE)
-        return EPCM_ERR_BAD_ADDR;
-    for (int k = 0; k < nregions; k++) {
+    int rc = EPCM_ERR_BAD_ADDR;
+    pthread_rwlock_rdlock(&regions_lock);
+    for (int k = 0; k < nregions && linaddr % EPCM_PAGE == 0; k++) {
         const struct epcm_region *r = &regions[k];
         if (linaddr >= r->base && linaddr - r->base < r->npages * EPCM_PAGE) {
             *g = r;
             *off = linaddr - r->base;
-            return slot == r->va_first + *off / EPCM_PAGE ? EPCM_OK : EPCM_ERR_BAD_SLOT;
+            rc = slot == r->va_first + *off / EPCM_PAGE ? EPCM_OK : EPCM_ERR_BAD_SLOT;
+            break;
         }
     }
-    return EPCM_ERR_BAD_ADDR;
+    if (rc != EPCM_OK)
+        pthread_rwlock_unlock(&regions_lock);
+    return rc;
 }
 
 /* Bytes of the page at `off` that lie inside the region (the last page may be partial). */
@@ -288,14 +291,11 @@ int epcm_ewb(uint64_t linaddr, uint64_t slot, void *out_page, void *out_pcmd)
     uint8_t *frame = cpu_frame(1);
     if (!frame)
         return EPCM_ERR_CRYPTO;
-    pthread_rwlock_rdlock(&regions_lock);
     uint64_t off;
     const struct epcm_region *g;
     int bad = page_of(linaddr, slot, &g, &off);
-    if (bad) {
-        pthread_rwlock_unlock(&regions_lock);
+    if (bad)
         return bad;
-    }
     size_t n = bytes_at(g, off);
     ssize_t got = pread(g->fd, frame, n, (off_t)off);
     if (got < 0)
@@ -389,12 +389,10 @@ int epcm_eldu(uint64_t linaddr, uint64_t slot, const void *page, const void *pcm
         die(linaddr, EPCM_ERR_CRYPTO);
         return EPCM_ERR_CRYPTO;
     }
-    pthread_rwlock_rdlock(&regions_lock);
     uint64_t off;
     const struct epcm_region *g;
     int bad = page_of(linaddr, slot, &g, &off);
     if (bad) {
-        pthread_rwlock_unlock(&regions_lock);
         die(linaddr, bad);
         return bad;
     }
