@@ -258,9 +258,12 @@ static int install_at(uintptr_t a)
 
 static int install(struct epc_region *r, uint64_t i) { return install_at(r->app + i * EPC_PAGE); }
 
-/* Release the threads waiting for page `a`, which the CPU's ELDU mapped (userfaultfd). */
+/* The CPU's ELDU mapped page `a` without waking anyone: release the threads the kernel holds
+ * on it (only driver-thread userfaultfd makes faulting threads wait in the kernel). */
 static void wake_at(uintptr_t a)
 {
+    if (D.trap != TRAP_USERFAULTFD)
+        return;
     struct uffdio_range w = { .start = a, .len = EPC_PAGE };
     ioctl(D.uffd, UFFDIO_WAKE, &w);
 }
@@ -315,9 +318,9 @@ static int commit(struct epc_region *r, uint64_t i, const uint8_t *frame)
 /* What a page the enclave never wrote (or one of a dead enclave) reads as. */
 static const uint8_t zero_page[EPC_PAGE] __attribute__((aligned(4096)));
 
-/* The CPU's userfaultfd argument: it installs what it loads through ours, or writes it into the
- * memfd (SIGSEGV mode) for us to map. */
-static inline int cpu_uffd(void) { return D.trap == TRAP_USERFAULTFD ? D.uffd : -1; }
+/* The CPU installs what it loads through our userfaultfd, or (none: SIGSEGV mode) writes it
+ * into the memfd for us to map. */
+static inline int cpu_uffd(void) { return D.uffd; }
 
 /* ---- the fault path ---- */
 
