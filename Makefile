@@ -25,7 +25,7 @@ demo: setup system-deps
 	$(PY) benchmarks/kvstore.py --demo
 
 test: setup system-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 bench: setup system-deps
 	$(PY) benchmarks/run_all.py

@@ -128,3 +128,167 @@ def client_line(batch: bool) -> str:
         return ("client: SCHED_BATCH, so its wake-ups do not preempt the server (it stands in "
                 "for the paper's client on another host; --client-preempts to turn off)")
     return "client: an ordinary task (its wake-ups may preempt the server mid-round)"
+
+
+# -- figures ---------------------------------------------------------------------------------
+# The paper's results are figures: each benchmark draws its own beside its JSON, through this
+# one helper, so they all read the same way (grouped bars, the baseline as a dashed line, the
+# paper's target as a black tick, the value on each bar).
+
+# One colour per configuration in every figure.
+COLORS = {"sgx": "#1f77b4", "eleos": "#ff7f0e", "native": "#2ca02c", "memcached": "#7f7f7f",
+          "suvm-only": "#9467bd", "rpc-only": "#8c564b", "direct": "#2ca02c", "ocall": "#1f77b4",
+          "rpc": "#ff7f0e", "plain": "#7f7f7f"}
+
+
+def figure_path(name: str, json_path: str | Path | None = None) -> Path:
+    """results/<name>.png, or beside an explicit JSON path (same stem)."""
+    return Path(json_path).with_suffix(".png") if json_path else RESULTS / f"{name}.png"
+
+
+def plot_bars(path: str | Path, groups: dict[str, dict[str, float | None]], *, title: str,
+              ylabel: str, baseline: str | None = None, targets: dict[str, float] | None = None,
+              note: str | None = None, log: bool = False,
+              target_label: str = "paper", target_series: str | None = None,
+              ref_line: float | None = None) -> Path | None:
+    """Grouped bars: one group per key of ``groups`` (a workload, a database, an op and its
+    threads), one bar per series in it (a mode, a region size).  With ``baseline`` every
+    value is divided by that series' value in its group (the paper's "normalised to vanilla
+    SGX") and 1.0 is drawn dashed (``ref_line``: a dashed line for values already divided).
+    ``targets``' ticks span the group, or only ``target_series``' bar.  ``targets``: the paper's value per group, a black tick.
+    Returns the PNG's path, or None (with a line saying why) if matplotlib is missing."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("no figure: matplotlib is not installed (pip install -e '.[bench]')")
+        return None
+    if baseline:
+        groups = normalise(groups, baseline)
+    series = list(dict.fromkeys(s for row in groups.values() for s in row))
+    width = 0.8 / max(1, len(series))
+    fig, ax = plt.subplots(figsize=(min(11.0, max(6.0, 1.2 * len(groups) * max(1, len(series)) ** 0.5 + 3.5)), 3.8))
+    colors = plt.get_cmap("tab10")
+    for i, s in enumerate(series):
+        xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
+        vals = [row.get(s) for row in groups.values()]
+        bars = ax.bar([x for x, v in zip(xs, vals) if v is not None],
+                      [v for v in vals if v is not None], width * 0.95, label=s,
+                      color=COLORS.get(s, colors(i % 10)))
+        ax.bar_label(bars, labels=[_bar_label(v) for v in vals if v is not None], fontsize=7,
+                     padding=1)
+    if targets:
+        labelled = False
+        for g, name in enumerate(groups):
+            if targets.get(name) is None:
+                continue
+            if target_series in series:     # the target is that bar's: a tick over it alone
+                x = g + (series.index(target_series) - (len(series) - 1) / 2) * width
+                lo, hi = x - width * 0.6, x + width * 0.6
+            else:
+                lo, hi = g - 0.45, g + 0.45
+            ax.hlines(targets[name], lo, hi, colors="black", linewidth=2,
+                      label=None if labelled else target_label)
+            labelled = True
+    if baseline or ref_line is not None:
+        ax.axhline(1.0 if baseline else ref_line, color="grey", linestyle="--", linewidth=0.8)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xticks(range(len(groups)), list(groups), fontsize=8)
+    ax.set_ylabel(ylabel + (f" (normalised to {baseline})" if baseline else ""), fontsize=9)
+    ax.set_title(title, fontsize=10)
+    ax.margins(y=0.15)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    if note:
+        fig.text(0.01, 0.01, note, fontsize=6.5, color="dimgrey")
+    fig.tight_layout(rect=(0, 0.04 if note else 0, 1, 1))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    print(f"wrote {path}")
+    return path
+
+
+def normalise(groups: dict[str, dict[str, float | None]], baseline: str) -> dict:
+    """Each value over its group's ``baseline`` value (None where either is missing)."""
+    return {g: {s: (v / row[baseline] if v is not None and row.get(baseline) else None)
+                for s, v in row.items()} for g, row in groups.items()}
+
+
+def _bar_label(v: float) -> str:
+    if v >= 10_000:
+        return f"{v / 1000:.0f}k"
+    if v >= 1000:
+        return f"{v / 1000:.1f}k"
+    if v >= 100:
+        return f"{v:.0f}"
+    return f"{v:.2f}" if v < 10 else f"{v:.1f}"
+
+
+# -- progress ----------------------------------------------------------------------------------
+
+class Progress:
+    """How far a long run is, on stderr (the tables stay on stdout).
+
+    Run at a terminal, a rich progress bar with the time left, the run's own prints going
+    above it; when stdout is not a terminal (``make bench`` keeps it, or ``> file``), a bar
+    would garble the lines that go past it, so each step is one line instead:
+    ``kvstore 3/12, 2:31 so far, ~7:30 left: run 0 fits sgx``.
+
+        bar = Progress(total=12, what="kvstore").start()
+        ...; bar.step("run 0 sgx")
+        bar.stop()            # or: with Progress(...) as bar:
+    """
+
+    def __init__(self, total: int, what: str):
+        self.total, self.what = total, what
+        self._bar = self._task = None
+        self._done, self._t0 = 0, time.monotonic()
+
+    def start(self) -> "Progress":
+        self._t0 = time.monotonic()
+        if not (sys.stdout.isatty() and sys.stderr.isatty()):
+            return self
+        try:
+            from rich.console import Console
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as Bar,
+                                       TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+        except ImportError:
+            return self
+        self._bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(),
+                        console=Console(stderr=True), redirect_stdout=True, transient=True)
+        self._bar.start()
+        self._task = self._bar.add_task(self.what, total=self.total)
+        return self
+
+    def step(self, label: str = "") -> None:
+        """Say that the next of the ``total`` steps starts (``label``: which)."""
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self._done,
+                             description=f"{self.what}: {label}" if label else self.what)
+        else:
+            elapsed = time.monotonic() - self._t0
+            left = (f", ~{_mmss(elapsed / self._done * (self.total - self._done))} left"
+                    if self._done else "")
+            sys.stderr.write(f"{self.what} {self._done + 1}/{self.total}, {_mmss(elapsed)} so far"
+                             f"{left}: {label}\n")
+            sys.stderr.flush()
+        self._done += 1
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def __enter__(self) -> "Progress":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _mmss(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"

@@ -46,6 +46,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import add_client_argument, add_pin_argument, client_line, client_preexec, pin_line, pin_rpc_core, ROOT, machine, machine_line, median, table, write_json  # noqa: E402
+from benchmarks.common import Progress, figure_path, plot_bars  # noqa: E402
 from eleos_shim.harness import CONFIGS, AppProcess, app_command, app_env  # noqa: E402
 
 SERVER = "apps/kvstore.py"
@@ -328,10 +329,12 @@ def main(argv: list[str] | None = None) -> int:
           + f"; {args.connections} connections, {args.duration:g} s x {args.runs} runs, "
           f"cost model {args.cost}", flush=True)
     runs = []
+    bar = Progress(args.runs * len(dbs) * len(configs), "kvstore").start()
     for r in range(args.runs):
         for db, mb in dbs.items():
             order = configs[r % len(configs):] + configs[:r % len(configs)]
             for config in order:
+                bar.step(f"run {r} {db} {config}")
                 res = one_run(config, db, mb, args)
                 res["run"] = r
                 runs.append(res)
@@ -339,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{res['ops_per_s']:8.0f} ops/s  exits/op {res['exits_per_op']:.2f}  "
                       f"faults/op epc {res['epc_faults_per_op']:.2f} "
                       f"suvm {res['suvm_faults_per_op']:.2f}", flush=True)
+    bar.stop()
     rows, summary = [], []
     for db, mb in dbs.items():
         for config in configs:
@@ -399,7 +403,20 @@ def main(argv: list[str] | None = None) -> int:
         "items": {k: db_keys(v) for k, v in dbs.items()}, "headline": headline,
         "summary": summary, "runs": runs}, args.json)
     print(f"wrote {out}")
+    # The paper's figure: throughput normalised to vanilla SGX, per database and mode.
+    plot_bars(figure_path("kvstore" + ("-demo" if args.demo else ""), args.json),
+              {_db_label(db, mb, args): {s["config"]: s["vs_sgx"] for s in summary if s["db"] == db}
+               for db, mb in dbs.items()},
+              title=f"KV store (apps/kvstore.py), EPC {args.epc_mb:g} MB: throughput vs sgx",
+              ylabel="ops/s vs sgx (median of per-run ratios)", ref_line=1.0,
+              targets={_db_label(db, mb, args): 2.0 if db == "fits" else 2.2 for db, mb in dbs.items()},
+              target_label="paper: eleos/sgx", target_series="eleos", note=machine_line(m))
     return 0
+
+
+def _db_label(db: str, mb: float, args) -> str:
+    return (f"({'a' if db == 'fits' else 'b'}) {mb:g} MB"
+            + (" fits the EPC" if db == "fits" else f", {mb / args.epc_mb:.1f}x the EPC"))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import machine, machine_line, median, table, write_json  # noqa: E402
+from benchmarks.common import figure_path, machine, machine_line, median, plot_bars, table, write_json  # noqa: E402
 from eleos_shim.config import Config  # noqa: E402
 from eleos_shim.enclave import Enclave  # noqa: E402
 
@@ -77,6 +77,14 @@ def main() -> int:
     path = write_json("ocall_cost", {"machine": m, "native": native, "rows": rows,
                                      "calls": args.calls, "runs": args.runs}, args.json)
     print(f"\nwrote {path}")
+    groups = {"1-byte os.write": {"plain python": native["write_ns"] / 1e3},
+              "os.fstat": {"plain python": native["fstat_ns"] / 1e3}}
+    for r in rows:
+        groups["1-byte os.write"][f"{r['syscalls']} ({r['cost']})"] = r["write_ns"] / 1e3
+        groups["os.fstat"][f"{r['syscalls']} ({r['cost']})"] = r["fstat_ns"] / 1e3
+    plot_bars(figure_path("ocall_cost", args.json), groups, log=True,
+              title="an app's routed call, per path and cost model (lower is better)",
+              ylabel="us per call", note=machine_line(m))
     return 0
 
 

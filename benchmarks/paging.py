@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import RESULTS, machine, machine_line, median, table, write_json  # noqa: E402
+from benchmarks.common import RESULTS, Progress, figure_path, machine, machine_line, median, plot_bars, table, write_json  # noqa: E402
 from eleos_shim import suvm  # noqa: E402
 from eleos_shim.config import Config  # noqa: E402
 from eleos_shim.cpu import ModeledCPU  # noqa: E402
@@ -235,6 +235,7 @@ def main() -> int:
             small.run(offs, 1, write)
             resident_ns[write] = median(small.run(offs, 1, write)[0] for _ in range(max(1, runs))) / accesses * 1e9
         small.close()
+        bar = Progress(len(multiples) * 4, "paging").start()
         for mult in multiples:
             region = int(mult * epc_bytes) // ITEM * ITEM
             sgx = SgxSide(epc, lffi, llib, region)
@@ -242,6 +243,7 @@ def main() -> int:
             for write in (0, 1):
                 op = "write" if write else "read"
                 for nthreads in (1, 4):
+                    bar.step(f"{mult:g}x {op} {nthreads} thr")
                     warm = offsets_for(region, accesses // 5, seed=11)
                     sgx.run(warm, nthreads, write)
                     svm.run(warm, nthreads, write)
@@ -277,6 +279,7 @@ def main() -> int:
                                 "suvm_runs_kacc_s": [x / 1e3 for x in v_thr]})
             sgx.close()
             svm.close()
+        bar.stop()
         epc_stats = epc.stats()
 
     print(f"\nThroughput (k accesses/s), SUVM over SGX paging (trap: {trap})")
@@ -298,6 +301,16 @@ def main() -> int:
                                  "results": out,
                                  "epc_stats": epc_stats}, args.json)
     print(f"\nJSON: {path}")
+    # The paper's figure: SUVM's speedup over SGX paging per op and threads, per region size.
+    groups: dict[str, dict[str, float]] = {}
+    for r in out:
+        label = f"{r['op']}s, {r['threads']} thread{'s' if r['threads'] > 1 else ''}"
+        groups.setdefault(label, {})[f"region {r['multiple']:g}x the EPC"] = r["speedup"]
+    plot_bars(figure_path("paging", args.json), groups, ref_line=1.0,
+              title=f"paging: SUVM vs SGX paging (EPC {epc_bytes >> 20} MB, trap {trap})",
+              ylabel="accesses/s, SUVM / SGX", target_label="paper: SUVM/SGX",
+              targets={f"{op}s, {n} thread{'s' if n > 1 else ''}": t for (op, n), t in TARGETS.items()},
+              note=machine_line(m))
     return 0
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import machine, machine_line, median, table, write_json  # noqa: E402
+from benchmarks.common import figure_path, machine, machine_line, median, plot_bars, table, write_json  # noqa: E402
 from eleos_shim.config import Config  # noqa: E402
 from eleos_shim.enclave import Enclave  # noqa: E402
 
@@ -263,6 +263,14 @@ def main() -> int:
         "machine": m, "scale": args.scale, "runs": args.runs, "rows": json_rows,
         "floor": floor, "raw": runs}, args.json)
     print(f"\nwrote {path}")
+    plot_bars(figure_path("syscall_paths", args.json),
+              {f"{r['workload']}, {r['threads']} thr": {"plain": r["plain_ns"] / 1e3,
+                                                         "direct": r["direct_ns"] / 1e3,
+                                                         "ocall": r["ocall_ns"] / 1e3,
+                                                         "rpc": r["rpc_ns"] / 1e3}
+               for r in json_rows},
+              title="one operation per syscall path (lower is better; plain = no shim)",
+              ylabel="us per operation", log=True, note=machine_line(m))
     return 0
 
 

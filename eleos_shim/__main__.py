@@ -3,7 +3,8 @@
 Runs an unmodified Python app inside the modeled enclave.  The app sees the ``sys.argv``,
 ``__name__ == "__main__"`` and ``sys.path[0]`` it would see under plain ``python``; its exit
 status, uncaught exceptions and signals behave as there.  Stats are written at every exit:
-normal, exception, SIGINT, SIGTERM.  ``eleos-shim calibrate`` measures the cost model.
+normal, exception, SIGINT, SIGTERM.  ``eleos-shim calibrate`` measures the cost model;
+``eleos-shim compare`` runs one app under several modes side by side (eleos_shim/compare.py).
 """
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ import traceback
 
 from eleos_shim import config as config_mod
 
-USAGE = "eleos-shim [options] (app.py | -m module) [args...]\n       eleos-shim calibrate [options]"
+USAGE = ("eleos-shim [options] (app.py | -m module) [args...]\n       eleos-shim calibrate [options]\n"
+         "       eleos-shim [options] compare [modes...] [--client CMD] [--json PATH] [--plot PNG] "
+         "-- app.py [args...]")
 
 DESCRIPTION = """\
 Run an unmodified Python app inside a modeled SGX enclave.
@@ -94,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     if ns.module is None and ns.target == "calibrate":
         from eleos_shim.calibrate import main as calibrate_main
         return calibrate_main(cfg, ns.args)
+    if ns.module is None and ns.target == "compare":
+        from eleos_shim.compare import main as compare_main
+        return compare_main(ns.args, {o.env: str(flags[o.field]) for o in config_mod.OPTIONS
+                                      if flags[o.field] is not None})
     if ns.module is None and ns.target is None:
         parser.print_usage(sys.stderr)
         sys.stderr.write("eleos-shim: error: give an app script or -m module\n")
@@ -121,11 +128,12 @@ def run(cfg, module: str | None, script: str | None, args: list[str]) -> int:
             return
         written.append(True)
         enclave.close()
-        if cfg.stats:
+        where = cfg.stats or ("-" if cfg.profile else None)   # exit sites asked for: shown
+        if where:
             try:
-                stats_mod.write(enclave.stats(), cfg.stats)
+                stats_mod.write(enclave.stats(), where)
             except Exception as exc:  # a stats failure must not change the app's exit status
-                sys.stderr.write(f"eleos-shim: could not write stats to {cfg.stats}: {exc}\n")
+                sys.stderr.write(f"eleos-shim: could not write stats to {where}: {exc}\n")
 
     # atexit runs after the interpreter has joined the app's non-daemon threads, so the RPC
     # workers keep serving them until then.

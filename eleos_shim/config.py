@@ -111,6 +111,13 @@ def _cpus(text: str) -> tuple[int, ...] | str:
     return tuple(sorted(cpus))
 
 
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("0", "1"):
+        raise ValueError("expected 0 or 1")
+    return value == "1"
+
+
 def _tsc(text: str) -> float:
     value = _mb(text)
     return value
@@ -169,6 +176,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("epc_trap", _choice(EPC_TRAPS), "EPC fault trap: auto, userfaultfd, sigsegv (default auto)"),
     Option("stats", _stats, "at exit write stats as JSON to this path, or '-' for a report on stderr",
            "PATH"),
+    Option("profile", _bool, "1 = attribute every exit and EPC fault to the app's source line and "
+           "list the top sites in the stats (costs time: see README); default 0"),
 )
 
 _BY_FIELD = {o.field: o for o in OPTIONS}
@@ -200,6 +209,7 @@ class Config:
     tsc_mhz: float | None = None
     epc_trap: str = "auto"
     stats: str | None = None
+    profile: bool = False
 
     @property
     def epc_bytes(self) -> int:

@@ -26,6 +26,8 @@ class Enclave:
         self.transport = None
         self.libos = None
         self.memory = None          # the EPC driver or the SUVM instance, if any
+        self.probe = None           # ELEOS_PROFILE's exit sites (eleos_shim/profile.py)
+        self.syscw0 = None          # write syscalls before the app: the unrouted ones are the rest
         self._t0 = time.perf_counter()
         self._closed = False
         self._affinity_before = None
@@ -61,6 +63,9 @@ class Enclave:
         # direct syscalls with an enclave heap still route (and count) the calls, without exits
         self.transport = Transport(self.cfg.syscalls, bridge, rpc_spin=self.cfg.rpc_spin)
         heap_factory = self._heap_factory()
+        from eleos_shim import profile
+        self.syscw0 = profile.start_counters()
+        self.probe = profile.install(self)   # before the LibOS binds the transport's methods
         from trusted.libos import LibOS
         self.libos = LibOS(self.transport, heap_factory=heap_factory)
         self.libos.install()
@@ -118,8 +123,9 @@ class Enclave:
             self._affinity_before = None
 
     def stats(self) -> dict:
+        from eleos_shim.profile import extend
         from eleos_shim.stats import collect
-        return collect(self, time.perf_counter() - self._t0)
+        return extend(collect(self, time.perf_counter() - self._t0), self)
 
     def __enter__(self) -> "Enclave":
         return self.start()

@@ -61,43 +61,8 @@ def exits_summary(stats: dict) -> dict:
 
 
 def report(stats: dict) -> str:
-    t = stats["transitions"]
-    lines = [
-        f"eleos-shim stats: mode={stats['mode']} syscalls={stats['syscalls']} "
-        f"memory={stats['memory']} cost={stats['cost']} wall={stats['wall_s']:.3f}s",
-        f"transitions: eenter={t['eenter']} eexit={t['eexit']} aex={t['aex']} "
-        f"eresume={t['eresume']} modeled_cycles={t['modeled_cycles']} "
-        f"({t.get('modeled_s', 0.0) * 1e3:.3f} ms)",
-    ]
-    calls = stats["calls"]
-    if calls:
-        lines.append(f"  {'call':<14}{'count':>10}{'direct':>10}{'ocall':>10}{'rpc':>10}{'fallback':>10}")
-        for name in sorted(calls, key=lambda n: -calls[n]["count"]):
-            c = calls[name]
-            lines.append(f"  {name:<14}{c['count']:>10}{c['direct']:>10}{c['ocall']:>10}"
-                         f"{c['rpc']:>10}{c['fallback']:>10}")
-    else:
-        lines.append("  no routed calls" + (" (native mode: no enclave)" if stats["mode"] == "native"
-                                             and stats["syscalls"] == "direct" else ""))
-    if stats["syscalls"] == "rpc":
-        r = stats["rpc"]
-        lines.append(f"rpc: processed={r['processed']} fallbacks={r['fallbacks']} "
-                     f"workers={r.get('workers', 0)} worker_cpu={r['worker_cpu_s']:.3f}s")
-        why = {k: v for k, v in (r.get("fallback_why") or {}).items() if v}
-        if why:
-            lines.append("  fallbacks by reason: " + " ".join(f"{k}={v}" for k, v in why.items()))
-    ex = stats["exits"]
-    lines.append(f"exits remaining: {ex['total']}")
-    for why, n in ex["why"].items():
-        if n:
-            lines.append(f"  {n:>10}  {why}")
-    if stats["memory"] == "epc":
-        e = stats["epc"]
-        lines.append("epc: " + " ".join(f"{k}={e.get(k, 0)}" for k in EPC_KEYS))
-    if stats["memory"] == "suvm":
-        s = stats["suvm"]
-        lines.append("suvm: " + " ".join(f"{k}={s.get(k, 0)}" for k in SUVM_KEYS))
-    return "\n".join(lines)
+    from eleos_shim.report import report as readable   # the readable report's own module
+    return readable(stats)
 
 
 def write(stats: dict, where: str) -> None:

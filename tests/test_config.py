@@ -57,6 +57,7 @@ BAD = [
     ("ELEOS_TSC_MHZ", "0", "positive number"),
     ("ELEOS_EPC_TRAP", "ptrace", "one of auto, userfaultfd, sigsegv"),
     ("ELEOS_STATS", "", "file path"),
+    ("ELEOS_PROFILE", "yes", "expected 0 or 1"),
 ]
 
 

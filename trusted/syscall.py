@@ -1,10 +1,13 @@
 """TRUSTED side: the transport every routed call goes through (the enclave's syscall stubs).
 
 ``Transport.call`` stages a request in untrusted memory (each thread has its own staging
-area, as the SGX SDK's untrusted stack for ``sgx_ocalloc``), runs it on the configured path
+areas, as the SGX SDK's untrusted stack for ``sgx_ocalloc``), runs it on the configured path
 (direct, ocall or rpc; see trusted/_native/enclave_ocalls.c) and reads the reply back as
 hostile input: a length above what was asked, an errno that is not one, a reply that does not
-add up, raise :class:`eleos_shim.errors.IagoError` instead of reaching the app.
+add up, raise :class:`eleos_shim.errors.IagoError` instead of reaching the app.  The host may
+rewrite the staged request at any time, so the enclave never reads it back: buffer addresses
+and sizes come from its own record of the staging area, and the reply is read once, in C,
+into enclave memory (``_Staging.t``) before anything is checked or copied out.
 
 The bridge is how the loader hands the host over without this half importing it: integer
 addresses of the host's dispatch and allocator, the modeled CPU's charge functions and the
@@ -35,6 +38,8 @@ _RPC, _OCALL = abi.PATH_RPC, abi.PATH_OCALL
 _LOWEST_ERRNO = -abi.MAX_ERRNO
 # recvfrom's flag that lets the result (a datagram's length) exceed the bytes written.
 _MSG_TRUNC = 0x20
+# enclave_submit's answer when a request does not fit its staging (a bug, never the host).
+_MISUSE = -2
 # Ops that return values in the arguments.
 _ARGS_BACK = frozenset({abi.OP_SENDFILE, abi.OP_IOCTL_INT, abi.OP_GETADDRINFO})
 
@@ -59,25 +64,38 @@ class Reply(NamedTuple):
 
 
 class _Staging:
-    """One thread's request and buffers in untrusted memory."""
-    __slots__ = ("req", "buf", "cap", "buf2", "cap2", "addr", "addr2", "chars")
+    """One staging area: a request and two buffers in untrusted memory (the host may rewrite
+    any of it at any time), and the enclave's own record of them, ``t`` (a ``struct
+    enclave_stage`` in enclave memory, enclave_ocalls.cdef): where the buffers are and how
+    large, the request as the enclave made it and the reply as it read it back, once.  Every
+    address and length used to copy in or out comes from here, never from the request."""
+    __slots__ = ("t", "mine", "req", "buf", "cap", "buf2", "cap2", "chars", "chars2")
 
     def __init__(self, alloc):
-        self.req = ffi.cast("struct eleos_req *", alloc(ffi.sizeof("struct eleos_req")))
+        self.req = alloc(ffi.sizeof("struct eleos_req"))
         self.buf = alloc(_INITIAL_CAPACITY)
-        self.cap = _INITIAL_CAPACITY
         self.buf2 = alloc(4096)
-        self.cap2 = 4096
         if self.req == ffi.NULL or self.buf == ffi.NULL or self.buf2 == ffi.NULL:
             raise MemoryError("untrusted staging memory could not be allocated")
-        self.addr = int(ffi.cast("uintptr_t", self.buf))
-        self.addr2 = int(ffi.cast("uintptr_t", self.buf2))
+        self.cap, self.cap2 = _INITIAL_CAPACITY, 4096
+        t = self.t = ffi.new("struct enclave_stage *")
+        t.host_req = int(ffi.cast("uintptr_t", self.req))
+        t.buf, t.cap = int(ffi.cast("uintptr_t", self.buf)), self.cap
+        t.buf2, t.cap2 = int(ffi.cast("uintptr_t", self.buf2)), self.cap2
+        self.mine = t.mine                            # the reply, as read once
         self.chars = ffi.cast("char *", self.buf)     # buffer 1, for ffi.unpack
-        self.req.buf, self.req.buf2 = self.addr, self.addr2
+        self.chars2 = ffi.cast("char *", self.buf2)
 
 
 class Transport:
-    """Runs ABI requests on one path: ``direct``, ``ocall`` or ``rpc``."""
+    """Runs ABI requests on one path: ``direct``, ``ocall`` or ``rpc``.
+
+    Each thread has a small stack of staging areas (``_tls.free``).  A call that reads its
+    reply out after the crossing (``call``, ``data_in``) takes one for itself and gives it
+    back when it has read everything: a Python signal handler runs on the main thread at a
+    bytecode boundary, possibly between the crossing and the reading of the reply, and its
+    own routed calls then get another area instead of overwriting this one.  ``data_out``
+    uses the top one without taking it, since nothing of it is read after its one crossing."""
 
     def __init__(self, path: str, bridge: Bridge, rpc_spin: int = 20000):
         if path not in abi.PATH_NAMES[:3]:
@@ -89,18 +107,30 @@ class Transport:
         lib.enclave_bind(bridge.dispatch, bridge.charge, bridge.pollute)
         lib.enclave_bind_rpc(bridge.rpc_submit, bridge.rpc_ring, rpc_spin)
         self._tls = threading.local()
+        # Every staging area made, kept alive for the process (the host memory they name is
+        # never freed under a call).  No lock: a signal handler may make one while this
+        # thread is inside _new_staging, and list.append is atomic.
         self._all_staging: list[_Staging] = []
-        self._lock = threading.Lock()
 
     # -- staging -----------------------------------------------------------------------------
-    def _staging(self) -> _Staging:
-        st = getattr(self._tls, "st", None)
-        if st is None:
-            st = _Staging(self._alloc)
-            self._tls.st = st
-            with self._lock:
-                self._all_staging.append(st)
+    def _free_list(self) -> list:
+        free = getattr(self._tls, "free", None)
+        if free is None:
+            free = self._tls.free = []
+        return free
+
+    def _new_staging(self) -> _Staging:
+        st = _Staging(self._alloc)
+        self._all_staging.append(st)
         return st
+
+    def _top_staging(self) -> _Staging:
+        """This thread's free staging area on top of its stack, made if there is none (the
+        first call, or a signal handler's while every area is taken), left on the stack."""
+        free = self._free_list()
+        if not free:
+            free.append(self._new_staging())
+        return free[-1]
 
     def _grow(self, st: _Staging, which: int, need: int) -> None:
         cap = st.cap if which == 1 else st.cap2
@@ -108,15 +138,27 @@ class Transport:
         p = self._alloc(new)
         if p == ffi.NULL:
             raise MemoryError(f"untrusted staging buffer of {new} bytes could not be allocated")
+        # The new (larger) buffer is recorded before its size and the old one is freed last:
+        # a signal handler's call that runs in between on this area never sees a size larger
+        # than the buffer it goes with.
+        addr = int(ffi.cast("uintptr_t", p))
         if which == 1:
-            self._free(st.buf)
-            st.buf, st.cap, st.addr = p, new, int(ffi.cast("uintptr_t", p))
-            st.chars = ffi.cast("char *", p)
-            st.req.buf = st.addr
+            old, st.buf = st.buf, p
+            st.t.buf, st.chars = addr, ffi.cast("char *", p)
+            st.t.cap = st.cap = new
         else:
-            self._free(st.buf2)
-            st.buf2, st.cap2, st.addr2 = p, new, int(ffi.cast("uintptr_t", p))
-            st.req.buf2 = st.addr2
+            old, st.buf2 = st.buf2, p
+            st.t.buf2, st.chars2 = addr, ffi.cast("char *", p)
+            st.t.cap2 = st.cap2 = new
+        self._free(old)
+
+    @staticmethod
+    def _refused(st: _Staging, taken: int, op: int) -> Exception:
+        why = ffi.string(st.t.why).decode(errors="replace")
+        if taken == _MISUSE:
+            return RuntimeError(f"enclave staging: {why}")
+        return IagoError(f"RPC slot for {abi.OP_NAMES.get(op, op).lower()} came back "
+                         f"corrupted: {why}")
 
     # -- the call ----------------------------------------------------------------------------
     def call(self, op: int, a0: int = 0, a1: int = 0, a2: int = 0, a3: int = 0, a4: int = 0,
@@ -128,59 +170,68 @@ class Transport:
         never ties up an RPC worker.  ``into``: a writable buffer that receives buffer 1's
         output directly (then ``Reply.out`` is empty)."""
         try:
-            st = self._tls.st
+            free = self._tls.free
         except AttributeError:
-            st = self._staging()
-        req = st.req
-        n_in = len(inbuf) if inbuf is not None else 0
-        len1 = n_in if n_in > outcap else outcap
-        if len1 > MAX_TRANSFER:
-            len1 = MAX_TRANSFER
-            n_in = min(n_in, len1)
-        if len1 > st.cap:
-            self._grow(st, 1, len1)
-        if not n_in:
-            inbuf = ffi.NULL
-        elif type(inbuf) is not bytes:
-            inbuf = ffi.from_buffer(inbuf)
-        path = self._path_code
-        if wait and path == _RPC:
-            path = _OCALL
-        if in2 is None and not out2cap and not (a3 or a4 or a5):
-            len2 = 0
-            taken = lib.enclave_submit1(path, req, op, a0, a1, a2, inbuf, n_in, len1)
-        else:
-            n_in2 = len(in2) if in2 is not None else 0
-            len2 = n_in2 if n_in2 > out2cap else out2cap
-            if len2 > st.cap2:
-                self._grow(st, 2, len2)
-            if not n_in2:
-                in2 = ffi.NULL
-            elif type(in2) is not bytes:
-                in2 = ffi.from_buffer(in2)
-            taken = lib.enclave_submit(path, req, op, a0, a1, a2, a3, a4, a5,
-                                       inbuf, n_in, len1, in2, n_in2, len2)
-        if taken < 0:
-            why = ffi.string(lib.enclave_rpc_last_error()).decode(errors="replace")
-            raise IagoError(f"RPC slot for {abi.OP_NAMES.get(op, op).lower()} came back "
-                            f"corrupted: {why}")
-        ret, out_len, out2_len = req.ret, req.out_len, req.out2_len
-        # Only a reply that carries data, an error, or a count that could be out of bounds
-        # needs the checks (a write that took at most what it was given cannot lie).
-        if ret < 0 or out_len or out2_len or (
-                ret > 0 and (ret > n_in if op in _WRITE_LIKE else op in _CHECKED)):
-            self._check(op, ret, out_len, out2_len, len1, len2, n_in, a1, a2, a3)
-        out = b""
-        if out_len:
-            if into is not None:
-                ffi.memmove(ffi.from_buffer(into, require_writable=True), st.buf, out_len)
+            free = self._free_list()
+        st = free.pop() if free else self._new_staging()
+        try:
+            n_in = len(inbuf) if inbuf is not None else 0
+            len1 = n_in if n_in > outcap else outcap
+            if len1 > MAX_TRANSFER:
+                len1 = MAX_TRANSFER
+                n_in = min(n_in, len1)
+            if len1 > st.cap:
+                self._grow(st, 1, len1)
+            if not n_in:
+                inbuf = ffi.NULL
+            elif type(inbuf) is not bytes:
+                inbuf = ffi.from_buffer(inbuf)
+            path = self._path_code
+            if wait and path == _RPC:
+                path = _OCALL
+            if in2 is None and not out2cap and not (a3 or a4 or a5):
+                len2 = 0
+                taken = lib.enclave_submit1(path, st.t, op, a0, a1, a2, inbuf, n_in, len1)
             else:
-                out = ffi.unpack(st.chars, out_len)
-        out2 = ffi.unpack(ffi.cast("char *", st.buf2), out2_len) if out2_len else b""
-        if op in _ARGS_BACK:
-            args = req.args
-            return Reply(ret, out, out2, (args[0], args[1], args[2], args[3], args[4], args[5]))
-        return Reply(ret, out, out2, (a0, a1, a2, a3, a4, a5))
+                n_in2 = len(in2) if in2 is not None else 0
+                len2 = n_in2 if n_in2 > out2cap else out2cap
+                if len2 > st.cap2:
+                    self._grow(st, 2, len2)
+                if not n_in2:
+                    in2 = ffi.NULL
+                elif type(in2) is not bytes:
+                    in2 = ffi.from_buffer(in2)
+                taken = lib.enclave_submit(path, st.t, op, a0, a1, a2, a3, a4, a5,
+                                           inbuf, n_in, len1, in2, n_in2, len2)
+            if taken < 0:
+                raise self._refused(st, taken, op)
+            # The reply as the enclave read it back, once (never the untrusted request).
+            mine = st.mine
+            ret, out_len, out2_len = mine.ret, mine.out_len, mine.out2_len
+            # Only a reply that carries data, an error, or a count that could be out of bounds
+            # needs the checks (a write that took at most what it was given cannot lie).
+            if ret < 0 or out_len or out2_len or (
+                    ret > 0 and (ret > n_in if op in _WRITE_LIKE else op in _CHECKED)):
+                self._check(op, ret, out_len, out2_len, len1, len2, n_in, a1, a2, a3)
+            # Copied out of the enclave's own buffer addresses, by lengths checked above.
+            out = b""
+            if out_len:
+                if into is not None:
+                    dst = ffi.from_buffer(into, require_writable=True)
+                    if out_len > len(dst):      # cffi's memmove does not check sizes
+                        raise ValueError(f"a reply of {out_len} bytes does not fit the "
+                                         f"{len(dst)}-byte buffer it was asked into")
+                    ffi.memmove(dst, st.chars, out_len)
+                else:
+                    out = ffi.unpack(st.chars, out_len)
+            out2 = ffi.unpack(st.chars2, out2_len) if out2_len else b""
+            if op in _ARGS_BACK:
+                args = mine.args
+                return Reply(ret, out, out2, (args[0], args[1], args[2], args[3], args[4],
+                                              args[5]))
+            return Reply(ret, out, out2, (a0, a1, a2, a3, a4, a5))
+        finally:
+            free.append(st)
 
     # -- the data path ---------------------------------------------------------------------------
     def data_out(self, op: int, fd: int, data, flags: int = 0) -> int:
@@ -189,9 +240,9 @@ class Transport:
         path and stats as ``call(op, fd, flags, inbuf=data).ret``, without its reply tuple:
         a server makes one of these per answer."""
         try:
-            st = self._tls.st
-        except AttributeError:
-            st = self._staging()
+            st = self._tls.free[-1]
+        except (AttributeError, IndexError):
+            st = self._top_staging()
         n = len(data)
         if n > MAX_TRANSFER:
             data, n = memoryview(data)[:MAX_TRANSFER], MAX_TRANSFER
@@ -199,9 +250,9 @@ class Transport:
             self._grow(st, 1, n)
         if type(data) is not bytes:
             data = ffi.from_buffer(data)
-        ret = lib.enclave_out(self._path_code, st.req, op, fd, flags, data, n)
+        ret = lib.enclave_out(self._path_code, st.t, op, fd, flags, data, n)
         if ret < _LOWEST_ERRNO:
-            raise IagoError(ffi.string(lib.enclave_lie()).decode(errors="replace"))
+            raise IagoError(ffi.string(st.t.why).decode(errors="replace"))
         return ret
 
     def data_in(self, op: int, fd: int, n: int) -> tuple[int, bytes]:
@@ -209,19 +260,23 @@ class Transport:
         C crossing: (byte count or -errno, the bytes).  As ``call(op, fd, n, 0, outcap=n)``,
         without its reply tuple."""
         try:
-            st = self._tls.st
+            free = self._tls.free
         except AttributeError:
-            st = self._staging()
-        if n > MAX_TRANSFER:
-            n = MAX_TRANSFER
-        if n > st.cap:
-            self._grow(st, 1, n)
-        ret = lib.enclave_in(self._path_code, st.req, op, fd, n)
-        if ret > 0:
-            return ret, ffi.unpack(st.chars, ret)
-        if ret < _LOWEST_ERRNO:
-            raise IagoError(ffi.string(lib.enclave_lie()).decode(errors="replace"))
-        return ret, b""
+            free = self._free_list()
+        st = free.pop() if free else self._new_staging()
+        try:
+            if n > MAX_TRANSFER:
+                n = MAX_TRANSFER
+            if n > st.cap:
+                self._grow(st, 1, n)
+            ret = lib.enclave_in(self._path_code, st.t, op, fd, n)
+            if ret > 0:     # checked in C: ret <= n <= the buffer's size
+                return ret, ffi.unpack(st.chars, ret)
+            if ret < _LOWEST_ERRNO:
+                raise IagoError(ffi.string(st.t.why).decode(errors="replace"))
+            return ret, b""
+        finally:
+            free.append(st)
 
     @staticmethod
     def _check(op, ret, out_len, out2_len, len1, len2, n_in, a1, a2, a3) -> None:
@@ -256,12 +311,14 @@ class Transport:
               inbuf: bytes | None = None) -> float:
         """Seconds per call for ``n`` back-to-back calls of one staged request, timed in C
         (no Python in the loop): the floor of a path, for calibration and benchmarks."""
-        st = self._staging()
+        st = self._top_staging()
         code = self._path_code if path is None else abi.PATH_NAMES.index(path)
         n_in = len(inbuf) if inbuf else 0
-        lib.enclave_submit(code, st.req, op, a0, 0, 0, 0, 0, 0,
+        if n_in > st.cap:
+            self._grow(st, 1, n_in)
+        lib.enclave_submit(code, st.t, op, a0, 0, 0, 0, 0, 0,
                            inbuf if n_in else ffi.NULL, n_in, n_in, ffi.NULL, 0, 0)
-        return lib.enclave_bench(code, st.req, n) / 1e9 / n
+        return lib.enclave_bench(code, st.t, n) / 1e9 / n
 
     # -- stats -------------------------------------------------------------------------------
     def counts(self) -> dict[str, dict[str, int]]:

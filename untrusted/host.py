@@ -12,7 +12,9 @@ from untrusted._native._host import lib
 
 
 # The lies host_lie_next() can tell (untrusted/_native/host_ocalls.c).
-LIES = {"ret": 1, "out_len": 2, "out2_len": 3, "ret_add": 4}
+LIES = {"ret": 1, "out_len": 2, "out2_len": 3, "ret_add": 4,
+        # rewrites of the request, left in it after the reply
+        "buf": 5, "buf2": 6, "buf_len": 7, "op": 8}
 
 
 class Host:
@@ -44,6 +46,23 @@ class Host:
     def lie_next(kind: str, value: int, count: int = 1) -> None:
         """Adversary API: the next ``count`` replies lie (``kind`` from LIES)."""
         lib.host_lie_next(LIES[kind], value, count)
+
+    @staticmethod
+    def race_start(addr: int, value: int) -> None:
+        """Adversary API: a host thread keeps storing the 8-byte ``value`` at ``addr`` (a field
+        of a request the enclave staged in host memory) until :meth:`race_stop`."""
+        if lib.host_race_start(addr, value) != 0:
+            raise RuntimeError("the racing host thread could not start (one already runs?)")
+
+    @staticmethod
+    def race_stores() -> int:
+        """How many stores the racing thread has made so far."""
+        return lib.host_race_stores()
+
+    @staticmethod
+    def race_stop() -> int:
+        """Stop and join the racing thread; how many stores it made."""
+        return lib.host_race_stop()
 
     def stats(self) -> dict:
         if self.rpc is None:

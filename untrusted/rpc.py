@@ -17,7 +17,8 @@ from eleos_shim.config import Config
 from untrusted._native._host import ffi, lib
 
 # What the hostile-host fixture can make the workers lie about (rpc_workers.c, enum HOSTILE_*).
-HOSTILE_KINDS = {"state": 1, "out_len": 2, "out2_len": 3, "ret": 4, "seq": 5}
+HOSTILE_KINDS = {"state": 1, "out_len": 2, "out2_len": 3, "ret": 4, "seq": 5,
+                 "buf": 6, "buf_len": 7, "op": 8}
 
 # How long stop() waits for a worker in a call before it leaves it detached (it interrupts
 # the call every 20 ms meanwhile): a non-blocking syscall takes microseconds.
@@ -109,6 +110,7 @@ class RpcHost:
     def corrupt_next(self, kind: str, value: int, count: int = 1) -> None:
         """Make the next ``count`` completions lie (tests): ``state`` publishes ``value`` as the
         slot state, ``out_len``/``out2_len`` claim ``value`` bytes more than the buffer holds,
-        ``ret`` returns ``value``, ``seq`` shifts the slot's ticket by ``value``."""
+        ``ret`` returns ``value``, ``seq`` shifts the slot's ticket by ``value``; ``buf``,
+        ``buf_len`` and ``op`` leave ``value`` in that field of the slot's request."""
         if lib.rpc_host_corrupt_next(self._h, HOSTILE_KINDS[kind], value, count) < 0:
             raise ValueError(kind)

@@ -109,9 +109,10 @@ typedef void (*eleos_cpu_pollute_fn)(void);             /* the indirect cost aft
 #define ELEOS_PATH_RPC      2
 #define ELEOS_PATH_FALLBACK 3
 
-/* The enclave's RPC producer (trusted/_native/enclave_rpc.c): submit req to the ring at
- * `ring`, spin up to `spin` iterations for a worker to take it.  Returns ELEOS_RPC_DONE with
- * the results copied back into *req, ELEOS_RPC_FALLBACK if no worker took it (or the ring was
+/* The enclave's RPC producer (trusted/_native/enclave_rpc.c): submit req (the enclave's own
+ * copy of the request, in enclave memory) to the ring at `ring`, spin up to `spin`
+ * iterations for a worker to take it.  Returns ELEOS_RPC_DONE with the results, read once
+ * from the slot, copied back into *req, ELEOS_RPC_FALLBACK if no worker took it (or the ring was
  * full: the caller then makes an OCALL), or ELEOS_RPC_CORRUPT if what the host left in the
  * slot is impossible (the caller raises IagoError). */
 #define ELEOS_RPC_DONE      0

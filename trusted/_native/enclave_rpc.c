@@ -5,7 +5,9 @@
  * through the ring in untrusted memory instead of exiting the enclave: claim a free slot, copy
  * the request in (its buffers already live in untrusted memory: only their addresses are
  * copied), stamp it with a ticket of its own, publish it, spin up to `spin` polls for a
- * worker to take it, then wait for the result.
+ * worker to take it, then wait for the result.  `req` is the enclave's own copy of the
+ * request (enclave memory, enclave_ocalls.c's struct enclave_stage): the slot is built from
+ * it, and the reply is read from the slot once, checked against it, and written into it.
  * Many app threads call it at once (the GIL is released around it).
  *
  * Return codes (eleos_abi.h), what the caller (enclave_ocalls.c) does with each:
@@ -195,7 +197,8 @@ int enclave_rpc(uintptr_t ring, struct eleos_req *req, uint64_t spin)
         return fallback(ref, r, C_FALLBACK_ASLEEP);
     }
 
-    /* The request as the caller staged it, read once (the staging area is untrusted too). */
+    /* The request as the enclave made it (its own copy): the slot is written from this, and
+     * the reply is checked against its capacities, never against what the slot says. */
     struct eleos_req in;
     memcpy(&in, req, sizeof in);
 
@@ -273,9 +276,15 @@ int enclave_rpc(uintptr_t ring, struct eleos_req *req, uint64_t spin)
         st = LOAD(&slot->state);
     }
 
+    /* The reply, read once: only these copies are checked and handed back. */
     int rc = ELEOS_RPC_DONE;
-    int64_t ret = slot->ret;
-    unsigned long long out_len = slot->out_len, out2_len = slot->out2_len, seq = slot->seq;
+    const int64_t ret = LOAD_RELAXED(&slot->ret);
+    const unsigned long long out_len = LOAD_RELAXED(&slot->out_len);
+    const unsigned long long out2_len = LOAD_RELAXED(&slot->out2_len);
+    const unsigned long long seq = LOAD_RELAXED(&slot->seq);
+    int64_t args[6];
+    for (int k = 0; k < 6; k++)
+        args[k] = LOAD_RELAXED(&slot->args[k]);
     const unsigned long long cap = in.buf_len, cap2 = in.buf2_len;
     if (st != ELEOS_SLOT_DONE) {
         snprintf(last_error, sizeof last_error,
@@ -299,7 +308,7 @@ int enclave_rpc(uintptr_t ring, struct eleos_req *req, uint64_t spin)
         rc = corrupt(ref);
     }
     if (rc == ELEOS_RPC_DONE) {
-        memcpy(req->args, slot->args, sizeof req->args);
+        memcpy(req->args, args, sizeof req->args);
         req->ret = ret;
         req->out_len = out_len;
         req->out2_len = out2_len;

@@ -44,6 +44,10 @@ STAT = struct.Struct(abi.STAT_FORMAT)
 _FILE_TYPES = frozenset({_stat.S_IFREG, _stat.S_IFDIR, _stat.S_IFCHR, _stat.S_IFBLK,
                          _stat.S_IFIFO, _stat.S_IFLNK, _stat.S_IFSOCK})
 _NS = 1_000_000_000
+# The largest st_blksize the enclave believes.  CPython's open() sizes the app's buffer from
+# it, so a lie of 1 GiB or 2**40 is an allocation the host chose; real file systems report
+# 4 KiB to a few MiB (ZFS's largest record is 16 MiB).
+MAX_BLKSIZE = 16 << 20
 
 # How large one staged transfer may be; a longer read is a short read (POSIX allows it),
 # a longer write is a short write that the buffered layers above finish.
@@ -80,8 +84,14 @@ def stat_result(raw: bytes, what: str):
      atime_ns, mtime_ns, ctime_ns) = STAT.unpack(raw)
     if mode > 0o177777 or _stat.S_IFMT(mode) not in _FILE_TYPES:
         raise IagoError(f"host returned an impossible file mode {mode:#o} for {what}")
-    if size >= 1 << 63 or nlink >= 1 << 63:
-        raise IagoError(f"host returned an impossible size/link count for {what}")
+    if size >= 1 << 63 or nlink >= 1 << 63 or blocks >= 1 << 63:
+        raise IagoError(f"host returned an impossible size/link/block count for {what}")
+    if blksize > MAX_BLKSIZE:
+        raise IagoError(f"host returned a block size of {blksize} bytes for {what} "
+                        f"(at most {MAX_BLKSIZE} is believed)")
+    if uid >= 1 << 32 or gid >= 1 << 32:
+        raise IagoError(f"host returned uid {uid} / gid {gid} for {what}: uid_t and gid_t "
+                        f"are 32 bits")
     times_i, times_f = [], []
     for ns in (atime_ns, mtime_ns, ctime_ns):
         sec, nsec = divmod(ns, _NS)
@@ -129,7 +139,9 @@ class Kernel:
         # On the rpc path a wait first asks, without a timeout, through the ring (no exit):
         # a busy server's wait usually finds an fd ready at once (see mux.py).
         self.exitless = transport.path == "rpc"
-        self._lock = threading.Lock()
+        # Re-entrant: a signal handler's routed open or close runs on the thread that may be
+        # holding it (each update below is one set or dict operation, safe to interleave).
+        self._lock = threading.RLock()
         self.fds: set[int] = _open_stdio()
         self.raw_fds: set[int] = set()             # subset of fds: bare ints the app holds
         self.app_blocking: dict[int, bool] = {}   # host-O_NONBLOCK fd -> app sees it blocking
@@ -269,10 +281,18 @@ class Kernel:
         if done >= len(data) or not self.app_blocking.get(fd) or fd not in self.full_write:
             return done
         m = memoryview(data)
-        while done < len(m):
+        took = done
+        while True:
+            if took == 0:
+                # A stream takes at least a byte of a non-empty write or says EAGAIN: on the
+                # host's 0 this loop (and sendall's) would spin for ever.
+                raise IagoError(f"host says a write of {len(m) - done} bytes to the stream "
+                                f"fd {fd} took none")
+            if done >= len(m):
+                return done
             rest = m[done:done + MAX_IO]
             try:
-                done += self.blocking_io(fd, POLLOUT, lambda: write_chunk(rest), None).ret
+                took = self.blocking_io(fd, POLLOUT, lambda: write_chunk(rest), None).ret
             except OSError:
                 return done
-        return done
+            done += took

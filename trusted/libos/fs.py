@@ -344,6 +344,13 @@ class DirEntry(metaclass=_DirEntryType):
     __class_getitem__ = classmethod(_types.GenericAlias)    # os.DirEntry[str], as CPython
 
 
+def _first_time(seen: set, name: bytes) -> None:
+    """A directory holds each name once: the host listing one twice is lying."""
+    if name in seen:
+        raise IagoError(f"host's directory listing names {name!r} twice")
+    seen.add(name)
+
+
 class ScandirIterator:
     """``os.scandir``'s iterator: reads the directory in getdents batches as it goes."""
 
@@ -351,6 +358,7 @@ class ScandirIterator:
         self._fs, self._fd, self._path = fs, fd, path
         self._bytes, self._by_fd = as_bytes, by_fd
         self._pending: list = []
+        self._seen: set[bytes] = set()
 
     def __iter__(self):
         return self
@@ -369,6 +377,11 @@ class ScandirIterator:
                 raise StopIteration
             self._pending = batch[::-1]
         ino, dtype, name = self._pending.pop()
+        try:
+            _first_time(self._seen, name)
+        except IagoError:
+            self.close()
+            raise
         if not self._bytes:
             name = _os.fsdecode(name)
         if self._by_fd is not None:
@@ -809,13 +822,15 @@ class FileSystem:
         as_bytes = isinstance(path, bytes) or (not isinstance(path, (str, int, type(None))) and
                                                isinstance(_os.fspath(path), bytes))
         fd, _ = self._open_dir("listdir", path)
-        names = []
+        names, seen = [], set()
         try:
             while True:
                 batch = self._getdents(fd)
                 if not batch:
                     break
-                names.extend(name for _, _, name in batch)
+                for _, _, name in batch:
+                    _first_time(seen, name)
+                    names.append(name)
         finally:
             self.kernel.close(fd)
         return names if as_bytes else [_os.fsdecode(n) for n in names]

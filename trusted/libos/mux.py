@@ -285,11 +285,18 @@ class Epoll:
         if r.ret > maxevents or len(r.out) != r.ret * _EPOLL_EVENT.size:
             raise IagoError(f"host's epoll_wait returned {r.ret} events in {len(r.out)} "
                             f"bytes (maxevents {maxevents})")
-        out = []
+        out, seen, open_fds = [], set(), k.fds
         for i in range(r.ret):
             events, data = _EPOLL_EVENT.unpack_from(r.out, i * _EPOLL_EVENT.size)
             if data >= 1 << 31:
                 raise IagoError(f"host's epoll_wait names an impossible fd {data}")
+            # The kernel reports each ready fd once per wait, and drops an fd from the set
+            # when it is closed.
+            if data in seen:
+                raise IagoError(f"host's epoll_wait reports fd {data} twice")
+            seen.add(data)
+            if data not in open_fds:
+                raise IagoError(f"host's epoll_wait reports fd {data}, which is not open")
             if self._registered is not None:
                 mask = self._registered.get(data)
                 if mask is None:

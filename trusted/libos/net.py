@@ -40,6 +40,28 @@ GAI_BUF = 64 << 10          # room for getaddrinfo records (a few dozen addresse
 EAI_NONAME = _socket.EAI_NONAME
 _GAI_HEAD = struct.Struct("=iiiiI")   # family, socktype, protocol, addrlen, canonname length
 _ADDR_LEN = {AF_INET: 16, AF_INET6: 28}
+SOCK_STREAM, SOCK_DGRAM, SOCK_RAW = _socket.SOCK_STREAM, _socket.SOCK_DGRAM, _socket.SOCK_RAW
+IPPROTO_TCP, IPPROTO_UDP = 6, 17
+AI_CANONNAME, AI_V4MAPPED = _socket.AI_CANONNAME, _socket.AI_V4MAPPED
+# The flags that do not change the answer for a numeric host (glibc's getaddrinfo).
+_NUMERIC_SAFE_FLAGS = (_socket.AI_PASSIVE | AI_CANONNAME | _socket.AI_NUMERICHOST |
+                       _socket.AI_NUMERICSERV)
+# What glibc answers for a numeric host, per (type, proto) asked: (type, proto) records.
+_NUMERIC_RECORDS = {
+    (0, 0): ((SOCK_STREAM, IPPROTO_TCP), (SOCK_DGRAM, IPPROTO_UDP), (SOCK_RAW, 0)),
+    (SOCK_STREAM, 0): ((SOCK_STREAM, IPPROTO_TCP),), (0, IPPROTO_TCP): ((SOCK_STREAM, IPPROTO_TCP),),
+    (SOCK_STREAM, IPPROTO_TCP): ((SOCK_STREAM, IPPROTO_TCP),),
+    (SOCK_DGRAM, 0): ((SOCK_DGRAM, IPPROTO_UDP),), (0, IPPROTO_UDP): ((SOCK_DGRAM, IPPROTO_UDP),),
+    (SOCK_DGRAM, IPPROTO_UDP): ((SOCK_DGRAM, IPPROTO_UDP),),
+}
+# The protocol a record of each socket type may carry when the app asked for none (glibc's
+# gaih_inet_typeproto: tcp, udp, raw, seqpacket = sctp, dccp); a record of another type or
+# family is not an answer to any getaddrinfo of the Internet families (Iago).
+_DEFAULT_PROTO = {SOCK_STREAM: IPPROTO_TCP, SOCK_DGRAM: IPPROTO_UDP, SOCK_RAW: 0,
+                  _socket.SOCK_SEQPACKET: 132, 6: 33}
+# Every error code getaddrinfo has (netdb.h, glibc's extensions included).
+_EAI_CODES = frozenset([getattr(_socket, n) for n in dir(_socket) if n.startswith("EAI_")] +
+                       [-100, -101, -102, -103, -104, -105])
 
 _RealSocket = _socketmod.socket         # the stdlib class, saved before anything is patched
 _intenum = _socketmod._intenum_converter
@@ -57,9 +79,13 @@ def _idna(host, func) -> bytes:
     raise TypeError(f"str, bytes or bytearray expected, not {type(host).__name__}")
 
 
-def decode_sockaddr(family: int, raw: bytes, what: str):
-    """The Python address for a host-returned sockaddr (None when empty), checked."""
+def decode_sockaddr(family: int, raw: bytes, what: str, required: bool = False):
+    """The Python address for a host-returned sockaddr (None when empty), checked.
+    ``required``: the kernel always gives one here (accept, getsockname, a datagram's
+    sender), so an empty one is a lie, not None."""
     if not raw:
+        if required:
+            raise IagoError(f"host returned no address for {what}")
         return None
     if len(raw) < 2:
         raise IagoError(f"host returned a {len(raw)}-byte socket address for {what}")
@@ -87,8 +113,94 @@ def decode_sockaddr(family: int, raw: bytes, what: str):
     return (fam, raw[2:])
 
 
+def _numeric_host(host: bytes):
+    """(family, packed address) when ``host`` is a numeric IPv4/IPv6 address in the form
+    inet_pton reads, else None."""
+    try:
+        text = host.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    for fam in (AF_INET, AF_INET6):
+        try:
+            return fam, _socket.inet_pton(fam, text)
+        except OSError:
+            continue
+    return None
+
+
+def _numeric_getaddrinfo(host: bytes, numeric, port: bytes, family, type, proto, flags):
+    """glibc's answer for a numeric host, computed in the enclave (nothing for the host to
+    lie about), or None for the cases it does not cover (a service name, v4-mapped answers,
+    AI_ADDRCONFIG, other socket types): those are asked and checked."""
+    fam, packed = numeric
+    records = _NUMERIC_RECORDS.get((type, proto))
+    if (family not in (0, fam) or records is None or flags & ~_NUMERIC_SAFE_FLAGS or
+            not (port == b"" or port.isdigit())):
+        return None
+    pnum = int(port) if port else 0
+    if pnum > 0xFFFF:
+        return None
+    if fam == AF_INET:
+        addr = (_socket.inet_ntop(AF_INET, packed), pnum)
+    else:
+        addr = (_socket.inet_ntop(AF_INET6, packed), pnum, 0, 0)
+    canon = host.decode("ascii") if flags & AI_CANONNAME else ""
+    out = []
+    for typ, pro in records:
+        out.append((_intenum(fam, _socketmod.AddressFamily),
+                    _intenum(typ, _socketmod.SocketKind), pro, canon, addr))
+        canon = ""      # only the first record carries it
+    return out
+
+
+def _gai_error(r: Reply) -> None:
+    """Raise the resolver error the host reported, if it is one getaddrinfo can report."""
+    code = r.args[5]
+    if code:
+        if code not in _EAI_CODES or r.ret != 0:
+            raise IagoError(f"host returned getaddrinfo error code {code}")
+        raise _socketmod.gaierror(code, r.out2.decode("utf-8", "replace"))
+
+
+def _check_answer(records, host: bytes, numeric, family, type, proto, flags) -> None:
+    """Each record must answer what was asked: an Internet family (the one asked for, if
+    any), the socket type and protocol asked for (or the type's own protocol), a canonical
+    name only if asked and only on the first record, and for a numeric host its address."""
+    for i, (fam, typ, pro, canon, addr) in enumerate(records):
+        if fam not in (AF_INET, AF_INET6) or family not in (0, fam):
+            raise IagoError(f"host answered getaddrinfo for family {family} with a "
+                            f"family-{int(fam)} record")
+        if typ not in _DEFAULT_PROTO or type not in (0, typ):
+            raise IagoError(f"host answered getaddrinfo for socket type {type} with a "
+                            f"type-{int(typ)} record")
+        if pro != (proto or _DEFAULT_PROTO[typ]):
+            raise IagoError(f"host answered getaddrinfo for protocol {proto} with a "
+                            f"protocol-{pro} record of type {int(typ)}")
+        if canon and (i or not flags & AI_CANONNAME):
+            raise IagoError(f"host's getaddrinfo record {i} has a canonical name nobody "
+                            f"asked for ({canon!r})")
+        if numeric is not None:
+            nfam, packed = numeric
+            got = _socket.inet_pton(fam, addr[0])
+            # glibc also maps between IPv4 and v4-mapped IPv6 literals: with AI_V4MAPPED
+            # for AF_INET6, and a v4-mapped literal asked for as AF_INET.
+            v4mapped = b"\0" * 10 + b"\xff\xff"
+            mapped = (nfam == AF_INET and fam == AF_INET6 and flags & AI_V4MAPPED and
+                      got == v4mapped + packed) or \
+                     (nfam == AF_INET6 and fam == AF_INET and packed[:12] == v4mapped and
+                      got == packed[12:])
+            if not (fam == nfam and got == packed) and not mapped:
+                raise IagoError(f"host answered getaddrinfo for the numeric host "
+                                f"{host.decode()!r} with {addr[0]!r}")
+            if canon and canon != host.decode():
+                raise IagoError(f"host named the numeric host {host.decode()!r} "
+                                f"{canon!r}")
+
+
 class Resolver:
-    """``getaddrinfo`` over OP_GETADDRINFO, and address encoding that needs it."""
+    """``getaddrinfo`` over OP_GETADDRINFO, and address encoding that needs it.  A numeric
+    host is resolved in the enclave; every record the host sends is checked against what
+    was asked (family, type, protocol, canonical name, and a numeric host's address)."""
 
     def __init__(self, kernel: Kernel):
         self.kernel = kernel
@@ -118,14 +230,17 @@ class Resolver:
             raise ValueError("embedded null character")
         fam, typ, pro, fl = (operator.index(family), operator.index(type),
                              operator.index(proto), operator.index(flags))
+        numeric = _numeric_host(h)
+        if numeric is not None:
+            local = _numeric_getaddrinfo(h, numeric, p, fam, typ, pro, fl)
+            if local is not None:
+                return local     # the native answer, computed in the enclave: no host asked
         r = self.kernel.check(abi.OP_GETADDRINFO, fam, typ, pro, fl, 0, 0,
                               inbuf=h + b"\0" + p + b"\0", out2cap=GAI_BUF)
-        if r.args[5]:
-            code = r.args[5]
-            if not -200 < code < 0 or r.ret != 0:
-                raise IagoError(f"host returned getaddrinfo error code {code}")
-            raise _socketmod.gaierror(code, r.out2.decode("utf-8", "replace"))
-        return self._parse(r.ret, r.out2)
+        _gai_error(r)
+        records = self._parse(r.ret, r.out2)
+        _check_answer(records, h, numeric, fam, typ, pro, fl)
+        return records
 
     @staticmethod
     def _parse(count: int, data: bytes) -> list:
@@ -156,13 +271,10 @@ class Resolver:
         """A sockaddr for a host name that is not a numeric address (port filled in later)."""
         r = self.kernel.check(abi.OP_GETADDRINFO, family, 0, 0, 0, 0, 0,
                               inbuf=host + b"\0\0", out2cap=GAI_BUF)
-        if r.args[5]:
-            raise _socketmod.gaierror(r.args[5], r.out2.decode("utf-8", "replace"))
+        _gai_error(r)
         records = self._parse(r.ret, r.out2)
-        fam, _t, _p, _c, addr = records[0]
-        if fam != family:
-            raise IagoError(f"host resolved {host!r} to family {fam}, asked {family}")
-        return _socket.inet_pton(family, addr[0])
+        _check_answer(records, host, None, family, 0, 0, 0)
+        return _socket.inet_pton(family, records[0][4][0])
 
     def encode(self, family: int, address, func: str) -> bytes:
         """CPython's getsockaddrarg: the raw sockaddr for ``address``."""
@@ -226,6 +338,29 @@ class Resolver:
         raise OSError(_errno.EAFNOSUPPORT, f"{func}(): bad family")
 
 
+# The SOL_SOCKET options whose value the enclave acts on, and what the kernel can answer.
+_FAMILIES = frozenset(int(f) for f in _socketmod.AddressFamily)
+_KINDS = frozenset(int(k) for k in _socketmod.SocketKind)
+
+
+def _checked_sockopt(name: int, value: int) -> int:
+    """An integer SOL_SOCKET option as the host answered it, if the kernel could have."""
+    if name == SO_ERROR:
+        ok = 0 <= value <= abi.MAX_ERRNO      # a pending errno, or none
+    elif name == SO_DOMAIN:
+        ok = value in _FAMILIES
+    elif name == SO_TYPE:
+        ok = value in _KINDS
+    elif name == SO_PROTOCOL:
+        ok = 0 <= value <= 255
+    else:
+        return value
+    if not ok:
+        raise IagoError(f"host returned {value} for socket option {name}, which the kernel "
+                        f"cannot")
+    return value
+
+
 class EnclaveSocket(_RealSocket):
     """``socket.socket`` inside the enclave.  Subclassed per LibOS with ``_k``/``_res`` set."""
     __slots__ = ("_fd", "_family", "_stype", "_proto", "_timeout")
@@ -252,6 +387,7 @@ class EnclaveSocket(_RealSocket):
                 raise ValueError("negative file descriptor")
             if family == -1:
                 family = self._getopt_int(fd, SO_DOMAIN)
+                self._check_domain(fd, family)      # the host's word: check it
             if type == -1:
                 type = self._getopt_int(fd, SO_TYPE)
             if proto == -1:
@@ -279,9 +415,21 @@ class EnclaveSocket(_RealSocket):
         s._init_fd(fd, family, type, proto)
         return s
 
+    def _check_domain(self, fd, family):
+        """The host says fd is a socket of ``family``: its own address says which family it
+        is, and a host that answers SO_DOMAIN with one family and getsockname with another
+        is lying about one of them."""
+        r = self._k.call(abi.OP_GETSOCKNAME, fd, outcap=SOCKADDR_MAX)
+        if r.ret < 0:
+            return          # CPython never asks: the fd's own errors come with its use
+        if len(r.out) < 2 or struct.unpack_from("=H", r.out)[0] != family:
+            raise IagoError(f"host says fd {fd} is a family-{family} socket, but its address "
+                            f"is {r.out[:2].hex() or 'empty'}")
+
     def _getopt_int(self, fd, name):
         r = self._k.check(abi.OP_GETSOCKOPT, fd, SOL_SOCKET, name, 4, outcap=4)
-        return int.from_bytes(r.out.ljust(4, b"\0"), "little", signed=True)
+        return _checked_sockopt(name, int.from_bytes(r.out.ljust(4, b"\0"), "little",
+                                                     signed=True))
 
     # -- identity ------------------------------------------------------------------------------
     @property
@@ -353,7 +501,7 @@ class EnclaveSocket(_RealSocket):
                                                   SOCK_CLOEXEC, outcap=SOCKADDR_MAX))
         newfd = self._k.adopt_fd(r.ret, "accept")
         try:
-            addr = decode_sockaddr(self._family, r.out, "accept")
+            addr = decode_sockaddr(self._family, r.out, "accept", required=True)
         except IagoError:
             self._k.call(abi.OP_CLOSE, newfd)   # not the app's connection: give it back
             self._k.forget_fd(newfd)
@@ -432,10 +580,15 @@ class EnclaveSocket(_RealSocket):
             call = k._call
             ret = self._io(POLLOUT, lambda: call(abi.OP_SENDTO, fd, flags, inbuf=data),
                            first=Reply(ret, b"", b"", ())).ret
-        if ret < len(data) and self._timeout is None:
-            # natively a blocking stream send returns only when all of it is queued
-            return k.complete_write(fd, data, ret, lambda b: k._call(abi.OP_SENDTO, fd, flags,
-                                                                     inbuf=b))
+        if ret < len(data):
+            if ret == 0:
+                # a socket takes a byte of non-empty data or says EAGAIN: an app looping on
+                # send() would spin for ever on this
+                raise IagoError(f"host says a send of {len(data)} bytes took none")
+            if self._timeout is None:
+                # natively a blocking stream send returns only when all of it is queued
+                return k.complete_write(fd, data, ret,
+                                        lambda b: k._call(abi.OP_SENDTO, fd, flags, inbuf=b))
         return ret
 
     def sendall(self, data, flags=0):
@@ -449,6 +602,9 @@ class EnclaveSocket(_RealSocket):
             if r.ret < 0:
                 r = self._io(POLLOUT, lambda: call(abi.OP_SENDTO, fd, flags, inbuf=chunk),
                              deadline, r)
+            if r.ret == 0 and len(chunk):
+                raise IagoError(f"host says a send of {len(chunk)} bytes took none (sendall "
+                                f"would loop for ever)")
             m = m[r.ret:]
             if not len(m):
                 return None
@@ -500,6 +656,12 @@ class EnclaveSocket(_RealSocket):
                                               into=m), first=r)
         return r.ret
 
+    def _has_sender(self) -> bool:
+        """Whether the kernel always reports a received datagram's sender: an Internet
+        datagram or raw socket does; a stream (no address: None) or Unix socket (an unbound
+        sender has none) may not."""
+        return self._family in (AF_INET, AF_INET6) and self._stype in (SOCK_DGRAM, SOCK_RAW)
+
     def recvfrom(self, bufsize, flags=0):
         bufsize = operator.index(bufsize)
         if bufsize < 0:
@@ -508,7 +670,7 @@ class EnclaveSocket(_RealSocket):
         fd, call = self._fd, self._k.call
         r = self._io(POLLIN, lambda: call(abi.OP_RECVFROM, fd, n, flags, outcap=n,
                                           out2cap=SOCKADDR_MAX))
-        return r.out, decode_sockaddr(self._family, r.out2, "recvfrom")
+        return r.out, decode_sockaddr(self._family, r.out2, "recvfrom", self._has_sender())
 
     def recvfrom_into(self, buffer, nbytes=0, flags=0):
         nbytes = operator.index(nbytes)
@@ -523,7 +685,8 @@ class EnclaveSocket(_RealSocket):
         fd, call = self._fd, self._k.call
         r = self._io(POLLIN, lambda: call(abi.OP_RECVFROM, fd, n, flags, outcap=n,
                                           out2cap=SOCKADDR_MAX, into=m))
-        return r.ret, decode_sockaddr(self._family, r.out2, "recvfrom_into")
+        return r.ret, decode_sockaddr(self._family, r.out2, "recvfrom_into",
+                                      self._has_sender())
 
     def sendmsg(self, buffers, ancdata=(), flags=0, address=None, /):
         """Without ancillary data only: SCM_RIGHTS and friends cannot cross this boundary."""
@@ -560,7 +723,8 @@ class EnclaveSocket(_RealSocket):
     def getsockopt(self, level, optname, buflen=None, /):
         if buflen is None:
             r = self._k.check(abi.OP_GETSOCKOPT, self._fd, level, optname, 4, outcap=4)
-            return int.from_bytes(r.out.ljust(4, b"\0"), "little", signed=True)
+            value = int.from_bytes(r.out.ljust(4, b"\0"), "little", signed=True)
+            return _checked_sockopt(optname, value) if level == SOL_SOCKET else value
         if not 0 < buflen <= 1024:
             raise OSError("getsockopt buflen out of range")
         return self._k.check(abi.OP_GETSOCKOPT, self._fd, level, optname, buflen,
@@ -568,11 +732,11 @@ class EnclaveSocket(_RealSocket):
 
     def getsockname(self):
         r = self._k.check(abi.OP_GETSOCKNAME, self._fd, outcap=SOCKADDR_MAX)
-        return decode_sockaddr(self._family, r.out, "getsockname")
+        return decode_sockaddr(self._family, r.out, "getsockname", required=True)
 
     def getpeername(self):
         r = self._k.check(abi.OP_GETPEERNAME, self._fd, outcap=SOCKADDR_MAX)
-        return decode_sockaddr(self._family, r.out, "getpeername")
+        return decode_sockaddr(self._family, r.out, "getpeername", required=True)
 
     # -- lifetime ------------------------------------------------------------------------------
     def _real_close(self, _ss=None):

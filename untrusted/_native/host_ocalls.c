@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <poll.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/epoll.h>
@@ -100,6 +101,12 @@ static int64_t do_getaddrinfo(struct eleos_req *req)
 #define HOST_LIE_OUT_LEN  2   /* out_len = value */
 #define HOST_LIE_OUT2_LEN 3   /* out2_len = value */
 #define HOST_LIE_RET_ADD  4   /* ret += value, out_len follows it */
+/* Rewrites of the request itself, left in it after the reply: an enclave that reads its
+ * buffer addresses, sizes or op back from untrusted memory is steered by them. */
+#define HOST_LIE_BUF      5   /* buf = value (an address of the host's choosing) */
+#define HOST_LIE_BUF2     6   /* buf2 = value */
+#define HOST_LIE_BUF_LEN  7   /* buf_len = value */
+#define HOST_LIE_OP       8   /* op = value */
 static int lie_kind;
 static int64_t lie_value;
 static uint32_t lie_count;
@@ -122,7 +129,56 @@ static void host_lie(struct eleos_req *req)
     case HOST_LIE_OUT_LEN: req->out_len = (uint64_t)lie_value; break;
     case HOST_LIE_OUT2_LEN: req->out2_len = (uint64_t)lie_value; break;
     case HOST_LIE_RET_ADD: req->ret += lie_value; req->out_len += (uint64_t)lie_value; break;
+    case HOST_LIE_BUF: req->buf = (uint64_t)lie_value; break;
+    case HOST_LIE_BUF2: req->buf2 = (uint64_t)lie_value; break;
+    case HOST_LIE_BUF_LEN: req->buf_len = (uint64_t)lie_value; break;
+    case HOST_LIE_OP: req->op = (uint32_t)lie_value; break;
     }
+}
+
+/* The adversary's racing thread (tests): a host thread that keeps storing `value` at `addr`
+ * (8 bytes; a field of a request the enclave staged: the host allocated it, so it knows
+ * where it is) until host_race_stop().  One at a time. */
+static pthread_t race_tid;
+static uint64_t *race_addr;
+static uint64_t race_value;
+static uint32_t race_run;
+static uint64_t race_stores;
+
+static void *race_main(void *arg)
+{
+    (void)arg;
+    while (__atomic_load_n(&race_run, __ATOMIC_ACQUIRE)) {
+        __atomic_store_n(race_addr, race_value, __ATOMIC_RELAXED);
+        __atomic_add_fetch(&race_stores, 1, __ATOMIC_RELEASE);
+    }
+    return NULL;
+}
+
+/* Returns 0, or -1 if a racer already runs or the thread could not start. */
+int host_race_start(uintptr_t addr, uint64_t value)
+{
+    if (__atomic_load_n(&race_run, __ATOMIC_ACQUIRE) || !addr) return -1;
+    race_addr = (uint64_t *)addr;
+    race_value = value;
+    __atomic_store_n(&race_stores, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&race_run, 1, __ATOMIC_RELEASE);
+    if (pthread_create(&race_tid, NULL, race_main, NULL)) {
+        __atomic_store_n(&race_run, 0, __ATOMIC_RELEASE);
+        return -1;
+    }
+    return 0;
+}
+
+/* How many stores the racer has made so far. */
+uint64_t host_race_stores(void) { return __atomic_load_n(&race_stores, __ATOMIC_ACQUIRE); }
+
+/* Stop and join the racer; returns how many stores it made. */
+uint64_t host_race_stop(void)
+{
+    if (!__atomic_exchange_n(&race_run, 0, __ATOMIC_ACQ_REL)) return 0;
+    pthread_join(race_tid, NULL);
+    return host_race_stores();
 }
 
 void host_dispatch(struct eleos_req *req)

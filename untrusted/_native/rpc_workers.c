@@ -39,7 +39,9 @@
 
 /* Hostile-host fixture: what the next completions lie about (tests only). */
 enum { HOSTILE_NONE = 0, HOSTILE_STATE = 1, HOSTILE_OUT_LEN = 2, HOSTILE_OUT2_LEN = 3,
-       HOSTILE_RET = 4, HOSTILE_SEQ = 5 };
+       HOSTILE_RET = 4, HOSTILE_SEQ = 5,
+       /* rewrites of the request in the slot, left there with the reply */
+       HOSTILE_BUF = 6, HOSTILE_BUF_LEN = 7, HOSTILE_OP = 8, HOSTILE_LAST = HOSTILE_OP };
 
 struct rpc_worker {
     pthread_t tid;
@@ -119,6 +121,9 @@ static void complete(struct rpc_host *h, struct eleos_req *slot)
             case HOSTILE_OUT2_LEN: slot->out2_len = slot->buf2_len + (uint64_t)v; break;
             case HOSTILE_RET: slot->ret = v; break;
             case HOSTILE_SEQ: slot->seq += (uint64_t)v; break;
+            case HOSTILE_BUF: slot->buf = (uint64_t)v; break;
+            case HOSTILE_BUF_LEN: slot->buf_len = (uint64_t)v; break;
+            case HOSTILE_OP: slot->op = (uint32_t)v; break;
             }
         } else {
             __atomic_store_n(&h->hostile_left, 0, __ATOMIC_RELAXED);
@@ -351,10 +356,11 @@ void rpc_host_ring_counters(struct rpc_host *h, uint64_t out[8])
 }
 
 /* Hostile-host fixture: the next `count` completions lie in the way `kind` says (see the enum
- * above; `value` is the lie: a state, an excess length, a result, a seq offset). */
+ * above; `value` is the lie: a state, an excess length, a result, a seq offset, or what to
+ * write into the slot's buf / buf_len / op). */
 int rpc_host_corrupt_next(struct rpc_host *h, int kind, int64_t value, uint32_t count)
 {
-    if (kind < HOSTILE_NONE || kind > HOSTILE_SEQ) return -EINVAL;
+    if (kind < HOSTILE_NONE || kind > HOSTILE_LAST) return -EINVAL;
     h->hostile_kind = kind;
     h->hostile_value = value;
     __atomic_store_n(&h->hostile_left, kind == HOSTILE_NONE ? 0 : count, __ATOMIC_SEQ_CST);
