@@ -4,7 +4,8 @@ Runs an unmodified Python app inside the modeled enclave.  The app sees the ``sy
 ``__name__ == "__main__"`` and ``sys.path[0]`` it would see under plain ``python``; its exit
 status, uncaught exceptions and signals behave as there.  Stats are written at every exit:
 normal, exception, SIGINT, SIGTERM.  ``eleos-shim calibrate`` measures the cost model;
-``eleos-shim compare`` runs one app under several modes side by side (eleos_shim/compare.py).
+``eleos-shim compare`` runs one app under several modes side by side (eleos_shim/compare.py);
+``eleos-shim epc DOMAIN`` shows a shared EPC (eleos_shim/epcview.py).
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from eleos_shim import config as config_mod
 
 USAGE = ("eleos-shim [options] (app.py | -m module) [args...]\n       eleos-shim calibrate [options]\n"
          "       eleos-shim [options] compare [modes...] [--client CMD] [--json PATH] [--plot PNG] "
-         "-- app.py [args...]")
+         "-- app.py [args...]\n"
+         "       eleos-shim epc DOMAIN [--watch] [--json]")
 
 DESCRIPTION = """\
 Run an unmodified Python app inside a modeled SGX enclave.
@@ -94,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     except config_mod.ConfigError as exc:
         sys.stderr.write(f"eleos-shim: {exc}\n")
         return 2
+    if ns.module is None and ns.target == "epc":
+        from eleos_shim.epcview import main as epc_main
+        return epc_main(ns.args)
     if ns.module is None and ns.target == "calibrate":
         from eleos_shim.calibrate import main as calibrate_main
         return calibrate_main(cfg, ns.args)
@@ -134,6 +139,7 @@ def run(cfg, module: str | None, script: str | None, args: list[str]) -> int:
                 stats_mod.write(enclave.stats(), where)
             except Exception as exc:  # a stats failure must not change the app's exit status
                 sys.stderr.write(f"eleos-shim: could not write stats to {where}: {exc}\n")
+        enclave.leave_domain()
 
     # atexit runs after the interpreter has joined the app's non-daemon threads, so the RPC
     # workers keep serving them until then.

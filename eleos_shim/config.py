@@ -21,6 +21,7 @@ MEMORIES = ("native", "epc", "suvm")
 EVICTION_POLICIES = ("fifo", "lru", "clock", "random")
 COST_MODES = ("spin", "account")
 EPC_TRAPS = ("auto", "userfaultfd", "sigsegv")
+BALLOON_POLICIES = ("demand", "fair", "static")
 
 # The presets of ELEOS_MODE: (syscall path, heap).
 PRESETS = {
@@ -111,6 +112,15 @@ def _cpus(text: str) -> tuple[int, ...] | str:
     return tuple(sorted(cpus))
 
 
+def _domain(text: str) -> str:
+    """An EPC domain's name: it names a file in /dev/shm, so a plain word."""
+    value = text.strip()
+    if (not 1 <= len(value) <= 64 or value.startswith(".")
+            or any(not (c.isascii() and (c.isalnum() or c in "-_.")) for c in value)):
+        raise ValueError("expected a name of 1-64 letters, digits, '-', '_' or '.' (not starting with '.')")
+    return value
+
+
 def _bool(text: str) -> bool:
     value = text.strip().lower()
     if value not in ("0", "1"):
@@ -145,6 +155,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("syscalls", _choice(SYSCALL_PATHS), "override the preset's syscall path: direct, ocall, rpc"),
     Option("memory", _choice(MEMORIES), "override the preset's heap: native, epc, suvm"),
     Option("epc_mb", _mb, "usable EPC in MB (default 93, of 128 MB)"),
+    Option("epc_domain", _domain, "a name: enclaves started with the same name share one EPC of "
+           "ELEOS_EPC_MB, as all enclaves of a machine share its EPC; SUVM caches balloon inside it "
+           "(default unset: a private EPC)", "NAME"),
+    Option("epc_balloon", _choice(BALLOON_POLICIES), "in an EPC domain, how the manager sets SUVM "
+           "caches' targets: demand (default: idle caches shrink to their floor, those that miss "
+           "share the rest by miss rate, those that fit keep it), fair (the same idle tax, then "
+           "max-min fair shares) or static (equal shares)"),
     Option("suvm_cache_mb", _mb, "SUVM page cache (EPC++) in MB; must fit in the EPC "
            "(default 64, or 3/4 of a smaller EPC)"),
     Option("suvm_page_size", _page_size, "SUVM page size, a power of two 1K..64K (default 4096)"),
@@ -190,6 +207,8 @@ class Config:
     syscalls: str = "rpc"
     memory: str = "suvm"
     epc_mb: float = 93.0
+    epc_domain: str | None = None
+    epc_balloon: str = "demand"
     suvm_cache_mb: float = 64.0
     suvm_page_size: int = 4096
     suvm_subpage: int = 0

@@ -164,9 +164,26 @@ class EPC:
         _epcm.epcm_reset()
         self._regions: dict[int, tuple[int, int]] = {}
         self._lock = threading.Lock()
-        self._driver = EPCDriver(cfg.epc_bytes, ewb_fn=_epcm.epcm_ewb_fn(),
-                                 eldu_fn=_epcm.epcm_eldu_fn(), charge_fn=cpu.charge_fn,
-                                 pollute_fn=cpu.pollute_fn, trap=cfg.epc_trap, threads=threads)
+        self.domain = None
+        if cfg.epc_domain:
+            # The EPC is the domain's: the sum of all its enclaves' resident pages stays within it.
+            from untrusted.epc_domain import Domain, DomainError
+            try:
+                self.domain = Domain(cfg.epc_domain, cfg.epc_bytes // PAGE, "sgx")
+            except DomainError as exc:   # a setting that cannot work: one line, exit status 2
+                from eleos_shim.config import ConfigError
+                raise ConfigError(str(exc)) from None
+        try:
+            self._driver = EPCDriver(cfg.epc_bytes, ewb_fn=_epcm.epcm_ewb_fn(),
+                                     eldu_fn=_epcm.epcm_eldu_fn(), charge_fn=cpu.charge_fn,
+                                     pollute_fn=cpu.pollute_fn, trap=cfg.epc_trap, threads=threads,
+                                     domain=self.domain)
+        except BaseException:
+            if self.domain is not None:
+                self.domain.leave()
+            raise
+        if self.domain is not None:
+            self.domain.start_history()
         self.trap = self._driver.trap
         self._old_handler = None
         if threading.current_thread() is threading.main_thread():
@@ -258,6 +275,9 @@ class EPC:
                 self._driver_destroy(rid)
                 _epcm.epcm_region_remove(addr)
             self._regions.clear()
+        if self.domain is not None:
+            self._driver.release_domain()
+            self.domain.leave()
         _epcm.epcm_arm(0, 0)
         if self._old_handler is not None and threading.current_thread() is threading.main_thread():
             signal.signal(INTEGRITY_SIGNAL, self._old_handler)

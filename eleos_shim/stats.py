@@ -39,6 +39,8 @@ def collect(enclave, wall_s: float) -> dict:
         part = memory.stats()
         key = "suvm" if cfg.memory == "suvm" else "epc"
         out[key].update(part.get(key, part) if isinstance(part, dict) else {})
+    if getattr(enclave, "domain", None) is not None:   # ELEOS_EPC_DOMAIN: the shared EPC
+        out["epc_domain"] = enclave.domain.stats()
     out["exits"] = exits_summary(out)
     return out
 

@@ -59,7 +59,73 @@ def install_default(cfg: Config | None = None, cpu=None) -> Suvm:
     charge = int(getattr(cpu, "charge_fn", 0) or 0) if cpu is not None else 0
     inst = create(cfg, charge_fn=charge)
     install(inst)
+    if cfg.epc_domain:
+        inst.domain = SuvmDomain(inst, cfg)
     return inst
+
+
+# How long a joining SUVM enclave waits for the domain to make room for its balloon's floor
+# (the manager's next rounds shrink the others within a second or so).
+FLOOR_WAIT_S = 30.0
+
+
+class SuvmDomain:
+    """An SUVM enclave in an EPC domain (ELEOS_EPC_DOMAIN): its page cache is a balloon.
+
+    Joins the domain holding the balloon's floor, starts the host's agent (which grows the
+    cache into whatever is free, and follows the manager's targets) and a manager (which acts
+    if it is the domain's).  The enclave side is trusted/balloon.py; the host side
+    untrusted/balloon_host.py: this class only connects them, as the loader does."""
+
+    def __init__(self, inst: Suvm, cfg: Config):
+        from eleos_shim.config import ConfigError
+        from trusted.balloon import Balloon
+        from untrusted.balloon_host import POLICIES, BalloonHost, Manager
+        from untrusted.epc_domain import Domain, DomainError
+        self.balloon = Balloon(inst)
+        # The enclave starts at its floor: the cache's other frames go back at once.
+        self.balloon.resize(self.balloon.floor_pages)
+        try:
+            self.domain = Domain(cfg.epc_domain, cfg.epc_bytes // 4096, "suvm",
+                                 floor_pages=self.balloon.floor_pages, cap_pages=self.balloon.cap_pages)
+        except DomainError as exc:
+            raise ConfigError(str(exc)) from None
+        # The manager first, so that it can count this enclave if it is the domain's: the
+        # others' balloons then shrink to make room for its floor.
+        self.manager = Manager(self.domain, POLICIES[cfg.epc_balloon]())
+        self.manager.start()
+        try:
+            held = self.domain.take_floor(self.balloon.floor_pages, FLOOR_WAIT_S)
+        except DomainError as exc:
+            self.manager.stop()
+            self.domain.leave()
+            raise ConfigError(str(exc)) from None
+        self.agent = BalloonHost(self.domain, self.balloon.resize, self.balloon.demand,
+                                 cap_pages=self.balloon.cap_pages, held=held)
+        self.agent.start()
+        self.domain.start_history()
+        self._closed = False
+
+    def stats(self) -> dict:
+        d = self.domain.stats()
+        d.update(policy=self.manager.policy.name, manager_rounds=self.manager.rounds,
+                 manager_log=self.manager.log, agent_rounds=self.agent.rounds,
+                 agent_slowest_apply_s=round(self.agent.slowest_apply_s, 4),
+                 floor_pages=self.balloon.floor_pages, cap_pages=self.balloon.cap_pages,
+                 resizes=self.balloon.resizes,
+                 balloon_changes={"t_s": [c[0] for c in self.agent.changes],
+                                  "target_pages": [c[1] for c in self.agent.changes],
+                                  "held_pages": [c[2] for c in self.agent.changes]})
+        return d
+
+    def close(self) -> None:
+        """Stop the agent and the manager and give the frames back.  Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self.manager.stop()
+        self.agent.stop()
+        self.domain.leave()
 
 
 def heap_factory(inst: Suvm | None = None):

@@ -56,6 +56,9 @@ BAD = [
     ("ELEOS_COST", "free", "one of spin, account"),
     ("ELEOS_TSC_MHZ", "0", "positive number"),
     ("ELEOS_EPC_TRAP", "ptrace", "one of auto, userfaultfd, sigsegv"),
+    ("ELEOS_EPC_DOMAIN", "a/b", "letters, digits"),
+    ("ELEOS_EPC_DOMAIN", ".hidden", "not starting with '.'"),
+    ("ELEOS_EPC_BALLOON", "greedy", "one of demand, fair, static"),
     ("ELEOS_STATS", "", "file path"),
     ("ELEOS_PROFILE", "yes", "expected 0 or 1"),
 ]

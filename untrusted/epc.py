@@ -57,11 +57,17 @@ class EPCDriver:
     """
 
     def __init__(self, limit_bytes: int, *, ewb_fn: int, eldu_fn: int, charge_fn: int = 0,
-                 pollute_fn: int = 0, trap: str = "auto", threads: int = 4):
+                 pollute_fn: int = 0, trap: str = "auto", threads: int = 4, domain=None):
         if trap not in TRAPS:
             raise ValueError(f"trap must be one of {', '.join(TRAPS)}, not {trap!r}")
         pages = limit_bytes // PAGE
+        # A domain (untrusted.epc_domain.Domain): frames come from the EPC the domain's
+        # enclaves share, and this driver's reclaimer is one of the domain's.
+        self.domain = domain
+        _check(lib.epc_driver_use_domain(domain.address if domain is not None else 0), "joining the domain")
         rc = lib.epc_driver_start(pages, TRAPS[trap], threads, ewb_fn, eldu_fn, charge_fn, pollute_fn)
+        if rc < 0:
+            lib.epc_driver_use_domain(0)
         if rc == -1:  # -EPERM: userfaultfd explicitly asked for and refused
             raise DriverError(1, "userfaultfd is refused here (ELEOS_EPC_TRAP=sigsegv works without it)")
         _check(rc, "starting the EPC driver")
@@ -130,3 +136,8 @@ class EPCDriver:
         if not self._stopped:
             self._stopped = True
             lib.epc_driver_stop()
+
+    def release_domain(self) -> None:
+        """After :meth:`stop` and the regions' destruction: the frames are back, detach from
+        the domain (the caller leaves it)."""
+        lib.epc_driver_use_domain(0)

@@ -39,6 +39,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <openssl/rand.h>
 
@@ -68,12 +69,15 @@ struct frame_meta {
     _Atomic int64_t vpn;      /* page held, or -1 */
     int32_t prev, next;       /* fifo/lru list (under cache_lock) */
     uint8_t listed;
+    uint8_t ballooned;        /* given back by suvm_resize: neither free nor holding a page */
 };
 
 struct suvm {
     uint32_t page_size, page_shift, subpage, nsub;
     int policy;
     uint32_t nframes;
+    _Atomic uint32_t active;          /* frames [0, active) in use; the rest ballooned (suvm_resize) */
+    pthread_mutex_t resize_lock;
     uint8_t *frames;                  /* the page cache (EPC++) */
     struct frame_meta *fm;
 
@@ -407,7 +411,10 @@ static void free_frame(suvm_t *s, int32_t f)
     atomic_store(&s->fm[f].vpn, -1);
     pthread_mutex_lock(&s->cache_lock);
     list_remove(s, f);
-    s->free_stack[s->nfree++] = f;
+    if ((uint32_t)f < atomic_load(&s->active))
+        s->free_stack[s->nfree++] = f;
+    else
+        s->fm[f].ballooned = 1;               /* the balloon took it while it was in use */
     pthread_mutex_unlock(&s->cache_lock);
 }
 
@@ -441,7 +448,7 @@ static int32_t next_candidate(suvm_t *s, int32_t *cursor, uint32_t *steps)
     }
     case SUVM_CLOCK:
         for (;;) {
-            int32_t c = (int32_t)(s->hand++ % s->nframes);
+            int32_t c = (int32_t)(s->hand++ % atomic_load_explicit(&s->active, memory_order_relaxed));
             if (atomic_load_explicit(&s->fm[c].ref, memory_order_relaxed)) {
                 atomic_store_explicit(&s->fm[c].ref, 0, memory_order_relaxed);
                 if (++*steps > 2 * s->nframes + 2)
@@ -451,7 +458,7 @@ static int32_t next_candidate(suvm_t *s, int32_t *cursor, uint32_t *steps)
             return c;
         }
     default:
-        return (int32_t)(rand_next() % s->nframes);
+        return (int32_t)(rand_next() % atomic_load_explicit(&s->active, memory_order_relaxed));
     }
 }
 
@@ -471,6 +478,8 @@ static int32_t get_frame(suvm_t *s, pthread_mutex_t *mine)
         int32_t c = next_candidate(s, &cursor, &steps);
         if (c < 0)
             break;
+        if ((uint32_t)c >= atomic_load(&s->active))
+            continue;                                  /* being ballooned: not to be reused */
         if (!try_claim(s, c))
             continue;                                  /* pinned by a live access: never evicted */
         int64_t v = atomic_load(&s->fm[c].vpn);
@@ -853,6 +862,8 @@ suvm_t *suvm_new(uint64_t cache_bytes, uint32_t page_size, uint32_t subpage, int
     s->nsub = page_size / subpage;
     s->policy = policy;
     s->nframes = (uint32_t)nframes;
+    atomic_init(&s->active, (uint32_t)nframes);
+    pthread_mutex_init(&s->resize_lock, NULL);
     s->frames = aligned_alloc(4096, ((size_t)nframes * page_size + 4095) & ~(size_t)4095);
     s->fm = calloc(nframes, sizeof *s->fm);
     s->free_stack = malloc(nframes * sizeof(int32_t));
@@ -908,6 +919,76 @@ void suvm_destroy(suvm_t *s)
     free(s);
 }
 
+/* ---- ballooning (trusted/balloon.py) ----
+ *
+ * The page cache is a balloon in an EPC that several enclaves share: the cache uses frames
+ * [0, active) only.  Shrinking evicts, inside the enclave, the pages of frames [n, active) as
+ * any eviction does (a dirty page is sealed to the store first, so nothing is lost; a pinned
+ * one is waited for, so no copy in progress breaks), wipes those frames and gives their memory
+ * back; growing hands frames back to the free list.  One trim of the enclave's pages per call
+ * (SGX2's EMODT/EACCEPT and the driver's EREMOVE, or its EAUG when growing) is charged as an
+ * OCALL: one exit per resize, none per page.  n is clamped to [4, the configured size]; the
+ * caller (the balloon) keeps its own, larger floor.  Returns the frames in use. */
+uint32_t suvm_resize(suvm_t *s, uint32_t n)
+{
+    if (n < 4) n = 4;
+    if (n > s->nframes) n = s->nframes;
+    pthread_mutex_lock(&s->resize_lock);
+    uint32_t old = atomic_load(&s->active);
+    if (n == old) {
+        pthread_mutex_unlock(&s->resize_lock);
+        return n;
+    }
+    if (s->charge) s->charge(ELEOS_T_EEXIT);
+    pthread_mutex_lock(&s->cache_lock);
+    if (n > old) {
+        for (uint32_t f = old; f < n; f++) {
+            s->fm[f].ballooned = 0;
+            s->free_stack[s->nfree++] = (int32_t)f;    /* pins PIN_EVICT, vpn -1: a free frame */
+        }
+        atomic_store(&s->active, n);
+        pthread_mutex_unlock(&s->cache_lock);
+    } else {
+        atomic_store(&s->active, n);
+        uint32_t k = 0;
+        for (uint32_t i = 0; i < s->nfree; i++) {
+            if ((uint32_t)s->free_stack[i] < n) s->free_stack[k++] = s->free_stack[i];
+            else s->fm[s->free_stack[i]].ballooned = 1;
+        }
+        s->nfree = k;
+        pthread_mutex_unlock(&s->cache_lock);
+        for (uint32_t f = n; f < old; f++) {
+            for (uint32_t tries = 0;; tries++) {
+                pthread_mutex_lock(&s->cache_lock);
+                int done = s->fm[f].ballooned;
+                pthread_mutex_unlock(&s->cache_lock);
+                if (done) break;
+                /* A frame mid-fault, mid-eviction or pinned by a copy settles within a page's
+                 * work: poll a little, then let the thread doing it run. */
+                if (tries > 64) sched_yield();
+                int64_t v = atomic_load(&s->fm[f].vpn);
+                if (v < 0) continue;
+                pthread_mutex_t *st = stripe_of(s, (uint64_t)v);
+                pthread_mutex_lock(st);
+                if (atomic_load(&pte_of(s, (uint64_t)v)->frame) == (int32_t)f && try_claim(s, (int32_t)f)) {
+                    evict_frame(s, (int32_t)f, (uint64_t)v);
+                    free_frame(s, (int32_t)f);         /* f >= active: marks it ballooned */
+                }
+                pthread_mutex_unlock(st);
+            }
+        }
+        size_t lo = ((size_t)n * s->page_size + 4095) & ~(size_t)4095;
+        size_t hi = ((size_t)old * s->page_size) & ~(size_t)4095;
+        OPENSSL_cleanse(s->frames + (size_t)n * s->page_size, (size_t)(old - n) * s->page_size);
+        if (hi > lo) madvise(s->frames + lo, hi - lo, MADV_DONTNEED);
+    }
+    if (s->charge) s->charge(ELEOS_T_EENTER);
+    pthread_mutex_unlock(&s->resize_lock);
+    return n;
+}
+
+uint32_t suvm_cache_frames(suvm_t *s) { return atomic_load(&s->active); }
+
 void suvm_stats(suvm_t *s, uint64_t out[SUVM_ST_COUNT])
 {
     for (int i = 0; i < SUVM_ST_COUNT; i++)
@@ -915,7 +996,7 @@ void suvm_stats(suvm_t *s, uint64_t out[SUVM_ST_COUNT])
     for (int t = 0; t < HIT_SLOTS; t++)
         out[SUVM_ST_HITS] += atomic_load_explicit(&s->hit_slot[t].hits, memory_order_relaxed);
     pthread_mutex_lock(&s->cache_lock);
-    out[SUVM_ST_RESIDENT] = s->nframes - s->nfree;
+    out[SUVM_ST_RESIDENT] = atomic_load(&s->active) - s->nfree;
     pthread_mutex_unlock(&s->cache_lock);
     out[SUVM_ST_FRAMES] = s->nframes;
     pthread_mutex_lock(&s->pt_lock);

@@ -74,6 +74,9 @@ size_t suvm_copy_resident(suvm_t *s, uint64_t addr, void *buf, size_t n, int wri
 int suvm_flush(suvm_t *s);       /* write back every dirty resident page (they stay resident) */
 int suvm_evict_all(suvm_t *s);   /* write back dirty pages and empty the page cache */
 void suvm_stats(suvm_t *s, uint64_t out[SUVM_ST_COUNT]);
+/* Ballooning: use n frames of the page cache (clamped to [4, configured]); returns it. */
+uint32_t suvm_resize(suvm_t *s, uint32_t n);
+uint32_t suvm_cache_frames(suvm_t *s);
 void suvm_reset_stats(suvm_t *s);
 
 /* For the benchmarks: n accesses of `item` bytes at SUVM addresses offsets[i] (read, or

@@ -28,6 +28,8 @@ CDEF = """
     int suvm_evict_all(suvm_t *s);
     void suvm_stats(suvm_t *s, uint64_t out[]);
     void suvm_reset_stats(suvm_t *s);
+    uint32_t suvm_resize(suvm_t *s, uint32_t n);
+    uint32_t suvm_cache_frames(suvm_t *s);
     int suvm_bench_access(suvm_t *s, const uint64_t *offsets, size_t n, size_t item, int write);
     int suvm_bench_mix(suvm_t *s, const uint64_t *offsets, const uint8_t *writes, size_t n, size_t item);
     void suvm_test_key(suvm_t *s, uint8_t out[16]);

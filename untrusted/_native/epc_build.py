@@ -1,5 +1,5 @@
 """cffi build of the SGX driver model (untrusted._native._epc): EPC frames, userfaultfd / SIGSEGV
-traps, ksgxswapd-style reclaim.  Its own module (the host module's build skips ``epc*``).
+traps, ksgxswapd-style reclaim, and the shared EPC of a domain (epc_domain.c).  Its own module (the host module's build skips ``epc*``).
 Run directly to build in place."""
 import os
 import sys
@@ -11,12 +11,15 @@ from cffi import FFI  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 ffi = FFI()
-with open(os.path.join(HERE, "epc_driver.h")) as f:
-    # The header's declarations are the cdef (minus the preprocessor lines cffi cannot read).
-    ffi.cdef("\n".join(line for line in f.read().splitlines()
-                        if not line.startswith(("#ifndef", "#endif", "#include", "#define EPC_DRIVER_H"))))
-ffi.set_source("untrusted._native._epc", '#include "eleos_abi.h"\n#include "epc_driver.h"\n',
-               sources=[os.path.relpath(os.path.join(HERE, "epc_driver.c"), ROOT)],
+for header in ("epc_driver.h", "epc_domain.h"):
+    with open(os.path.join(HERE, header)) as f:
+        # The header's declarations are the cdef (minus the preprocessor lines cffi cannot read).
+        ffi.cdef("\n".join(line for line in f.read().splitlines()
+                            if not line.startswith(("#ifndef", "#endif", "#include", "#define EPC_DRIVER_H",
+                                                    "#define EPC_DOMAIN_H"))))
+ffi.set_source("untrusted._native._epc",
+               '#include "eleos_abi.h"\n#include "epc_driver.h"\n#include "epc_domain.h"\n',
+               sources=[os.path.relpath(os.path.join(HERE, c), ROOT) for c in ("epc_driver.c", "epc_domain.c")],
                include_dirs=[INCLUDE, HERE], libraries=["pthread"],
                extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wno-unused-function"])
 

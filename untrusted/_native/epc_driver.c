@@ -83,6 +83,7 @@
 #include <unistd.h>
 #include "eleos_abi.h"
 #include "epc_driver.h"
+#include "epc_domain.h"
 
 #define EPC_PAGE 4096u
 #define EPC_PCMD 16u                /* the tag of a sealed page (PCMD's MAC) */
@@ -111,6 +112,7 @@ struct epc_page {
     uint8_t state;
     uint8_t accessed;               /* the modeled A bit: set on install, cleared by the scan */
     uint8_t on_list;
+    uint64_t stamp;                 /* domain mode: its place in the domain's global LRU */
 };
 
 struct epc_region {
@@ -160,6 +162,7 @@ static struct {
     eleos_cpu_charge_fn charge;
     eleos_cpu_pollute_fn pollute;
     struct epc_stats st;
+    epc_domain_t *dom;              /* a shared EPC (epc_domain.c), or NULL: a private one */
     int dead;
     int dead_tid;
     uint64_t dead_addr;
@@ -199,6 +202,29 @@ static long futex(uint32_t *addr, int op, uint32_t val)
     return syscall(SYS_futex, addr, op, val, NULL, NULL, 0);
 }
 
+/* ---- frames: this process's own, or the domain's (epc_domain.c) ---- */
+
+/* Take a frame for a page about to load; 0: none free (then *seq is what to wait on). */
+static int frame_take(uint32_t *seq)
+{
+    if (D.dom) return epc_domain_take(D.dom, 1, seq) == 1;
+    if (D.free_frames == 0) return 0;
+    D.free_frames--;
+    return 1;
+}
+
+static void frames_put(uint64_t n)
+{
+    if (D.dom) epc_domain_put(D.dom, n);
+    else D.free_frames += n;
+}
+
+/* The domain's reclaimers pick victims by the stamp of each member's oldest page. */
+static void publish_oldest(void)
+{
+    if (D.dom) epc_domain_set_oldest(D.dom, D.head.next != &D.head ? D.head.next->stamp : UINT64_MAX);
+}
+
 /* ---- the active list (under D.lk) ---- */
 
 static void list_del(struct epc_page *p)
@@ -208,15 +234,18 @@ static void list_del(struct epc_page *p)
     p->next->prev = p->prev;
     p->prev = p->next = NULL;
     p->on_list = 0;
+    publish_oldest();
 }
 
 static void list_add_tail(struct epc_page *p)
 {
+    if (D.dom) p->stamp = epc_domain_stamp(D.dom);
     p->prev = D.head.prev;
     p->next = &D.head;
     D.head.prev->next = p;
     D.head.prev = p;
     p->on_list = 1;
+    publish_oldest();
 }
 
 static struct epc_region *find_region(uintptr_t addr)
@@ -359,16 +388,24 @@ static void handle_fault(struct epc_region *r, uint64_t i, uintptr_t fault_addr,
             pthread_cond_wait(&D.changed, &D.lk);
             continue;
         }
-        if (D.free_frames == 0) {
-            /* SGX_ALLOC_ATOMIC failed: let ksgxswapd free frames, wait for one. */
+        uint32_t seq = 0;
+        if (!frame_take(&seq)) {
+            /* SGX_ALLOC_ATOMIC failed: let ksgxswapd free frames, wait for one.  In a domain
+             * the frame may come from another process: wait on the domain's futex (bounded,
+             * so a member that died holding frames is swept by the next look). */
             uint64_t w0 = now_ns();
             ADD(frame_waits, 1);
-            pthread_cond_signal(&D.swapd_cv);
-            pthread_cond_wait(&D.changed, &D.lk);
+            if (D.dom) {
+                pthread_mutex_unlock(&D.lk);
+                epc_domain_wait_freed(D.dom, seq, 50);
+                pthread_mutex_lock(&D.lk);
+            } else {
+                pthread_cond_signal(&D.swapd_cv);
+                pthread_cond_wait(&D.changed, &D.lk);
+            }
             tw += now_ns() - w0;
             continue;
         }
-        D.free_frames--;
         D.resident++;
         if (D.resident > D.st.peak_resident) D.st.peak_resident = D.resident;
         from = s;
@@ -376,7 +413,7 @@ static void handle_fault(struct epc_region *r, uint64_t i, uintptr_t fault_addr,
         load = 1;
         break;
     }
-    if (D.free_frames < D.low) pthread_cond_signal(&D.swapd_cv);
+    if (!D.dom && D.free_frames < D.low) pthread_cond_signal(&D.swapd_cv);
     uintptr_t page_addr = live ? r->app + i * EPC_PAGE : 0;
     pthread_mutex_unlock(&D.lk);
     int loaded = 0;                 /* the CPU loaded and installed the page */
@@ -615,7 +652,7 @@ static int write_page(struct epc_page *p)
     if (rc == 0) {
         ADD(ewb, 1);
         p->state = PG_EVICTED;
-        D.free_frames++;
+        frames_put(1);
         D.resident--;
     } else {
         /* The CPU refused (cannot happen with a consistent VA): keep the page resident. */
@@ -663,7 +700,24 @@ static void *swapd_thread(void *arg)
 {
     (void)arg;
     pthread_mutex_lock(&D.lk);
+    int passed = 0;
     while (D.running) {
+        if (D.dom) {
+            /* One of the domain's reclaimers: it runs when its oldest page is the domain's
+             * oldest; after its batches it wakes the others, whose turn it may now be. */
+            uint32_t seq = epc_domain_reclaim_seq(D.dom);
+            if (D.head.next != &D.head && epc_domain_reclaim_turn(D.dom)) {
+                reclaim_pass();
+                passed = 1;
+                continue;
+            }
+            pthread_mutex_unlock(&D.lk);
+            if (passed) epc_domain_kick(D.dom);
+            else epc_domain_wait_reclaim(D.dom, seq, 1000);
+            passed = 0;
+            pthread_mutex_lock(&D.lk);
+            continue;
+        }
         if (D.free_frames < D.high && D.head.next != &D.head) {
             reclaim_pass();
             continue;
@@ -755,6 +809,7 @@ void epc_driver_stop(void)
     pthread_cond_broadcast(&D.swapd_cv);
     pthread_cond_broadcast(&D.changed);
     pthread_mutex_unlock(&D.lk);
+    if (D.dom) epc_domain_kick(D.dom);   /* our reclaimer may sleep on the domain's futex */
     if (D.trap == TRAP_USERFAULTFD) {
         uint64_t one = 1;
         if (write(D.stopfd, &one, sizeof one) < 0) { /* the poll also ends on close */ }
@@ -867,7 +922,7 @@ int epc_region_destroy(int id)
             pthread_cond_wait(&D.changed, &D.lk);
         if (p->state == PG_RESIDENT) {
             list_del(p);
-            D.free_frames++;
+            frames_put(1);
             D.resident--;
         }
         p->state = PG_NEW;
@@ -975,6 +1030,15 @@ int epc_region_states(int id, uint8_t *out, uint64_t n)
     pthread_mutex_lock(&D.lk);
     for (uint64_t i = 0; i < n && i < r->npages; i++) out[i] = r->pages[i].state;
     pthread_mutex_unlock(&D.lk);
+    return 0;
+}
+
+/* Take this process's frames from domain `dom` (an epc_domain_t *, or 0: a private EPC), before
+ * epc_driver_start; the limit passed there is then the domain's. */
+int epc_driver_use_domain(uintptr_t dom)
+{
+    if (D.created) return -EBUSY;
+    D.dom = (epc_domain_t *)dom;
     return 0;
 }
 

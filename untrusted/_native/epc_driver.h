@@ -23,5 +23,6 @@ int epc_region_states(int id, uint8_t *out, uint64_t n);
 void epc_driver_stats(uint64_t out[26]);
 void epc_driver_failure(uint64_t out[3]);
 void epc_driver_set_spin(uint64_t ns);
+int epc_driver_use_domain(uintptr_t dom);
 
 #endif
