@@ -975,13 +975,13 @@ int epc_host_load(int id, uint64_t sealed, uint64_t slot_of, uint64_t at)
     pthread_mutex_lock(&D.lk);
     while (p->state == PG_LOADING || p->state == PG_EVICTING)
         pthread_cond_wait(&D.changed, &D.lk);
-    if (p->state == PG_RESIDENT || D.free_frames == 0) {
+    uint32_t seq;
+    if (p->state == PG_RESIDENT || !frame_take(&seq)) {
         pthread_mutex_unlock(&D.lk);
         return -EBUSY;
     }
     int from = p->state;
     p->state = PG_LOADING;
-    D.free_frames--;
     D.resident++;
     pthread_mutex_unlock(&D.lk);
     uint64_t cpu[2] = {0, 0};
@@ -1001,7 +1001,7 @@ int epc_host_load(int id, uint64_t sealed, uint64_t slot_of, uint64_t at)
         list_add_tail(p);
     } else {
         p->state = (uint8_t)from;
-        D.free_frames++;
+        frames_put(1);
         D.resident--;
     }
     pthread_cond_broadcast(&D.changed);
