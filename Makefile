@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # Rebuild the C core when any of its sources changes.
 NATIVE := $(wildcard */_native/*.c */_native/*.h */_native/*.cdef */_native/*_build.py eleos_shim/include/*.h)
 
-.PHONY: setup system-deps demo test bench calibrate clean
+.PHONY: setup system-deps demo test bench calibrate conformance clean
 
 $(STAMP): pyproject.toml setup.py $(NATIVE)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ test: setup system-deps
 
 bench: setup system-deps
 	$(PY) benchmarks/run_all.py
+
+# CPython's own tests for the routed modules, plain vs sgx vs eleos (minutes; see README).
+conformance: setup
+	$(PY) scripts/conformance.py --json results/conformance.json
 
 calibrate: setup
 	$(PY) -m eleos_shim calibrate

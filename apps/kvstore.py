@@ -7,428 +7,120 @@ eleos_shim. Run it natively (``python apps/kvstore.py -p 11311``) or inside the 
 and epoll calls through OCALLs or the exit-less RPC ring, and places its ``mmap.mmap(-1, n)``
 arena in the EPC (sgx) or in SUVM (eleos).
 
-Everything memcached keeps in its item memory lives in the arena: the hash table, the slab
-class table (LRU heads and tails, free lists, page cursors) and every item (header, key,
-value). So the EPC or SUVM sees each lookup, not only the values, as the paper's memcached
-did. Python objects hold only per-connection state (buffers, the command being read) and the
-statistics counters. Under SUVM the arena has the mmap API but no buffer protocol, so this file
-touches it only by slicing (``a[x:y]`` and ``a[x:y] = b``) and keeps the slices per request few:
-a get hit is two (bucket, then header+key+value in one window), a set a dozen or so.
+The item memory (hash table, slab classes, LRU, items and their meta-protocol state) is one
+arena, in apps/kv/items.py; the meta protocol is apps/kv/meta.py, stats and the other
+administrative commands apps/kv/admin.py, UDP apps/kv/udp.py, the binary protocol
+apps/kv/binary.py; this file is the event loop and the classic text commands. Python objects hold only per-connection state (buffers, the command being read)
+and the statistics counters.
 
-Arena layout (little endian):
-    [0, 64)            header: magic, page size, page count, pages used, hash power, classes
-    [64, ...)          slab class table, 32 bytes per class (see CLASS below)
-    [4K-aligned)       hash table: 2**hashpower u32 item offsets (0 = empty bucket)
-    [4K-aligned)       slab pages of ``-I`` bytes each, carved into one class's chunks
-
-Protocol: memcached's protocol.txt (text), checked against Debian's memcached 1.6.18 for the
-answers to bad input. Single-threaded ``selectors`` loop, non-blocking sockets, pipelining.
+Protocol: memcached 1.6's protocol.txt (text, meta commands included), UDP and the binary
+protocol, checked byte for byte against Debian's memcached 1.6.18 (tests/test_kvstore_meta.py,
+tests/test_kvstore_binary.py). Single-threaded ``selectors``
+loop, non-blocking sockets, pipelining; what one connection can make the server hold is
+bounded (OUT_HIGH), and a failure while serving one connection closes only that one.
 """
 from __future__ import annotations
 
+if __package__ in (None, ""):
+    # Run as a script (or by the shim's loader as a path): make `apps` importable.
+    import pathlib
+    import sys
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
 import argparse
-import bisect
-import mmap
 import os
-import re
 import resource
 import selectors
 import signal
 import socket
-import struct
 import sys
 import time
 
+from apps.kv.admin import AdminCommands
+from apps.kv.binary import BinaryProtocol
+from apps.kv.items import (  # noqa: F401 - re-exported for tests and tools
+    CHUNK_MIN, GET_WINDOW, HEADER_PAGES_USED, I_CAS, I_CLS, I_EXP, I_FLAGS, I_HNEXT, I_IFLAGS,
+    I_NBYTES, I_NEXT, I_NKEY, I_PREV, I_TIME, ITEM, ITEM_FETCHED, ITEM_SIZE,
+    ITEM_UPDATE_INTERVAL, ItemStore, OutOfMemory, U32, ntotal)
+from apps.kv.meta import MetaCommands
+from apps.kv.udp import UdpTransport
+from apps.kv.tokens import BAD_KEY, BAD_KEY_LENIENT, KEY_MAX, MASK64, num
+
 VERSION = b"1.6.18-kvstore"
 
-KEY_MAX = 250
 # memcached closes a connection whose command line exceeds 2048 bytes without a newline,
 # except a multi-get (many keys); those we cap at 1 MB.
 LINE_MAX = 2048
 GET_LINE_MAX = 1 << 20
-# protocol.txt: an exptime above 30 days is an absolute unix time.
-REALTIME_MAXDELTA = 60 * 60 * 24 * 30
-# memcached bumps an item in its LRU at most once a minute: a hot get costs no writes.
-ITEM_UPDATE_INTERVAL = 60
-# Smallest chunk: memcached's 48-byte item header plus its default -n 48 minimum space.
-CHUNK_MIN = 96
-MAX_CLASSES = 63
 # At most this much per read: CPython's recv(n) allocates n bytes first, and above glibc's
 # mmap threshold (128 KiB) every read would map and unmap a fresh buffer.
 RECV_SIZE = 64 * 1024
-# Stop parsing a client's pipelined input while this much of its output is unsent.
+# Per-connection output bound: stop parsing a client's input, and suspend a multi-get
+# between two keys, while this much of its output is unsent (memcached bounds what one
+# connection pins the same way: a client that does not read stops being read).
 OUT_HIGH = 4 << 20
-# A get reads the header, key and up to this many value bytes in one arena slice (memaslap's
-# default value is 1 KB), so a small hit costs one item access.
-GET_WINDOW = 1280
-MASK64 = (1 << 64) - 1
+# Replies queued before they are joined and sent: a pipeline of small answers goes out in
+# one send per this many.
+OUT_BATCH = 64
 # Refused connections are drained until the client closes, for this long at most, and no
 # more than this many at once (beyond that they are closed at once).
 LINGER_S = 5.0
 LINGER_MAX = 256
-
-# Item header, 40 bytes: hash chain next, LRU prev, LRU next, last access time, absolute
-# exptime (0 = never), client flags, value length, cas, key length, slab class, flags, pad.
-ITEM = struct.Struct("<IIIIIIIQBBBB")
-ITEM_SIZE = ITEM.size
-I_HNEXT, I_PREV, I_NEXT, I_TIME, I_EXP, I_FLAGS, I_NBYTES, I_CAS, I_NKEY, I_CLS = range(10)
-OFF_PREV, OFF_NEXT, OFF_TIME, OFF_EXP, OFF_CAS = 4, 8, 12, 16, 28
-ITEM_LINKED = 1
-# Slab class state: LRU head, LRU tail, free-list head, next never-used chunk, chunks left
-# in the newest page, pages owned.
-CLASS = struct.Struct("<IIIIII")
-CLASS_STRIDE = 32
-C_HEAD, C_TAIL, C_FREE, C_END, C_LEFT, C_PAGES = range(6)
-HEADER = struct.Struct("<8sIIIII")
-HEADER_PAGES_USED = 16
-MAGIC = b"KVARENA1"
-U32 = struct.Struct("<I")
-
-_NUM = re.compile(rb"[+-]?[0-9]+\Z")
-# protocol.txt: a key has no control characters or whitespace. memaslap (the paper's load
-# generator) starts its keys with an 8-byte binary counter (0x10 bytes, 0x7f, ...), which
-# memcached accepts: with --allow-control-keys only what memcached cannot carry in a key
-# (NUL, CR, LF; a space already splits tokens) is refused.
-_BAD_KEY = re.compile(rb"[\x00-\x20\x7f]")
-_BAD_KEY_LENIENT = re.compile(rb"[\x00\r\n]")
-
-
-def _align(n: int, a: int) -> int:
-    return (n + a - 1) // a * a
-
-
-def _num(tok: bytes, lo: int, hi: int) -> int | None:
-    """A decimal as memcached's safe_strto* accepts it (sign, leading zeros), or None."""
-    if not tok.isdigit() and not _NUM.match(tok):
-        return None
-    v = int(tok)
-    return v if lo <= v <= hi else None
-
-
-class OutOfMemory(Exception):
-    """No chunk of the needed class can be had: no free chunk, no free page, nothing to evict."""
-
-
-class ItemStore:
-    """memcached's item memory in one arena: hash table, slab classes, per-class LRU.
-
-    Single-threaded. Offsets are arena offsets; 0 is never an item (the header lives there).
-    ``now`` is the server clock in whole unix seconds, as memcached's current_time.
-    """
-
-    def __init__(self, mem_bytes: int, page_size: int, factor: float = 1.25,
-                 hashpower: int | None = None, window: int = GET_WINDOW) -> None:
-        self.page_size = page_size
-        self.npages = max(1, mem_bytes // page_size)
-        self.limit_maxbytes = self.npages * page_size
-        sizes = []
-        size = CHUNK_MIN
-        while size <= page_size / factor and len(sizes) < MAX_CLASSES - 1:
-            sizes.append(size)
-            size = _align(int(size * factor), 8)
-        sizes.append(page_size)
-        self.sizes = sizes                      # class i has chunks of sizes[i]
-        self.per_page = [page_size // s for s in sizes]
-        if hashpower is None:
-            # About one bucket per 512 bytes of item memory: chains stay short for 1 KB items.
-            hashpower = min(26, max(10, (self.limit_maxbytes // 512).bit_length()))
-        self.hashpower = hashpower
-        self.mask = (1 << hashpower) - 1
-        self.class_base = 64
-        self.hash_base = _align(self.class_base + CLASS_STRIDE * len(sizes), 4096)
-        self.slab_base = _align(self.hash_base + 4 * (1 << hashpower), 4096)
-        self.arena_size = self.slab_base + self.npages * page_size
-        self.window = window
-        # The app's heap: in sgx mode the shim puts it in the EPC, in eleos mode in SUVM.
-        self.arena = mmap.mmap(-1, self.arena_size)
-        self.arena[0:HEADER.size] = HEADER.pack(MAGIC, page_size, self.npages, 0, hashpower,
-                                                len(sizes))
-        self.now = int(time.time())
-        self.started = self.now
-        self.cas_counter = 0
-        self.oldest_live = 0    # flush_all with a delay: items last touched <= this are gone
-        self.oldest_cas = 0     # flush_all now: items with cas <= this are gone
-        self.last_dead = 0      # why the last lookup missed: 0 absent, 1 expired, 2 flushed
-        self.reset_counters()
-        self.curr_items = 0
-        self.total_items = 0
-        self.bytes = 0
-        self.class_items = [0] * len(sizes)
-
-    def reset_counters(self) -> None:
-        self.evictions = 0
-        self.reclaimed = 0
-
-    # -- arena primitives -------------------------------------------------------------
-    def _cls_get(self, c: int) -> list[int]:
-        o = self.class_base + CLASS_STRIDE * c
-        return list(CLASS.unpack(self.arena[o:o + CLASS.size]))
-
-    def _cls_put(self, c: int, st: list[int]) -> None:
-        o = self.class_base + CLASS_STRIDE * c
-        self.arena[o:o + CLASS.size] = CLASS.pack(*st)
-
-    def _put32(self, off: int, v: int) -> None:
-        self.arena[off:off + 4] = U32.pack(v)
-
-    def _page_end(self, off: int) -> int:
-        ps = self.page_size
-        return self.slab_base + ((off - self.slab_base) // ps + 1) * ps
-
-    def _bucket(self, key: bytes) -> int:
-        # Python's bytes hash is salted per process; the arena lives no longer than the process.
-        return self.hash_base + ((hash(key) & self.mask) << 2)
-
-    def class_for(self, total: int) -> int:
-        return bisect.bisect_left(self.sizes, total)
-
-    def fits(self, nkey: int, nbytes: int) -> bool:
-        return ITEM_SIZE + nkey + nbytes <= self.page_size
-
-    # -- lookup -----------------------------------------------------------------------
-    def _find(self, key: bytes, window: int):
-        """(off, header, blob, link) of key's item, linked or not yet reclaimed, or None.
-
-        blob is the header, the key and up to ``window`` value bytes read in one slice; link
-        is the offset of the u32 that points at the item (its bucket or the previous item's
-        hash-chain field), which is what unlinking rewrites.
-        """
-        a = self.arena
-        link = self.hash_base + ((hash(key) & self.mask) << 2)     # _bucket, inlined
-        off = U32.unpack(a[link:link + 4])[0]
-        klen = len(key)
-        base, ps = self.slab_base, self.page_size
-        while off:
-            end = off + ITEM_SIZE + klen + window
-            page_end = base + ((off - base) // ps + 1) * ps            # _page_end, inlined
-            blob = a[off:end if end < page_end else page_end]
-            h = ITEM.unpack_from(blob)
-            if h[I_NKEY] == klen and blob[ITEM_SIZE:ITEM_SIZE + klen] == key:
-                return off, h, blob, link
-            link = off      # I_HNEXT is at offset 0 of the item
-            off = h[I_HNEXT]
-        return None
-
-    def _live(self, h: tuple) -> bool:
-        exp = h[I_EXP]
-        if exp and exp <= self.now:
-            return False
-        if self.oldest_cas and h[I_CAS] <= self.oldest_cas:
-            return False
-        ol = self.oldest_live
-        if ol and ol <= self.now and h[I_TIME] <= ol:
-            return False
-        return True
-
-    def lookup(self, key: bytes, window: int = 0):
-        """(off, header, blob, link) of key's live item, or None; a dead one is reclaimed."""
-        self.last_dead = 0
-        r = self._find(key, window)
-        if r is None:
-            return None
-        exp = r[1][I_EXP]
-        # Most items never expire and most stores are never flushed: skip _live then.
-        if (exp or self.oldest_cas or self.oldest_live) and not self._live(r[1]):
-            self.last_dead = 1 if exp and exp <= self.now else 2
-            self.unlink(r[0], r[1], r[3])
-            return None
-        return r
-
-    def value_of(self, r) -> bytes:
-        off, h, blob, _ = r
-        start = ITEM_SIZE + h[I_NKEY]
-        n = h[I_NBYTES]
-        if len(blob) >= start + n:
-            return blob[start:start + n]
-        return self.arena[off + start:off + start + n]
-
-    def touch_lru(self, r) -> None:
-        """memcached's item_update: move a hit to its LRU head, at most once a minute."""
-        off, h, _, _ = r
-        if self.now - h[I_TIME] < ITEM_UPDATE_INTERVAL:
-            return
-        c = h[I_CLS]
-        st = self._cls_get(c)
-        self._lru_remove(st, off, h[I_PREV], h[I_NEXT])
-        self._lru_push(st, off)
-        self._put32(off + OFF_TIME, self.now)
-        self._cls_put(c, st)
-
-    # -- LRU and slab lists (callers hold the class state st and write it back) ---------
-    def _lru_remove(self, st: list[int], off: int, prev: int, nxt: int) -> None:
-        a = self.arena
-        if prev:
-            a[prev + OFF_NEXT:prev + OFF_NEXT + 4] = U32.pack(nxt)
-        else:
-            st[C_HEAD] = nxt
-        if nxt:
-            a[nxt + OFF_PREV:nxt + OFF_PREV + 4] = U32.pack(prev)
-        else:
-            st[C_TAIL] = prev
-
-    def _lru_push(self, st: list[int], off: int) -> None:
-        """Link off at the head; writes its prev/next and the old head's prev."""
-        head = st[C_HEAD]
-        self.arena[off + OFF_PREV:off + OFF_NEXT + 4] = struct.pack("<II", 0, head)
-        if head:
-            self._put32(head + OFF_PREV, off)
-        st[C_HEAD] = off
-        if not st[C_TAIL]:
-            st[C_TAIL] = off
-
-    def unlink(self, off: int, h: tuple, link: int) -> None:
-        """Remove an item from the hash table and its LRU and give its chunk back."""
-        self._put32(link, h[I_HNEXT])
-        c = h[I_CLS]
-        st = self._cls_get(c)
-        self._lru_remove(st, off, h[I_PREV], h[I_NEXT])
-        # A free chunk keeps its free-list next in the hash-chain field.
-        self.arena[off:off + 4] = U32.pack(st[C_FREE])
-        st[C_FREE] = off
-        self._cls_put(c, st)
-        self.curr_items -= 1
-        self.class_items[c] -= 1
-        self.bytes -= ITEM_SIZE + h[I_NKEY] + h[I_NBYTES]
-
-    def _alloc(self, c: int, st: list[int]) -> int:
-        """A chunk of class c: a freed one, a never-used one, a new page, or the LRU tail."""
-        if st[C_FREE]:
-            off = st[C_FREE]
-            st[C_FREE] = U32.unpack(self.arena[off:off + 4])[0]
-            return off
-        if st[C_LEFT]:
-            off = st[C_END]
-            st[C_END] = off + self.sizes[c]
-            st[C_LEFT] -= 1
-            return off
-        used = U32.unpack(self.arena[HEADER_PAGES_USED:HEADER_PAGES_USED + 4])[0]
-        if used < self.npages:
-            self._put32(HEADER_PAGES_USED, used + 1)
-            page = self.slab_base + used * self.page_size
-            st[C_PAGES] += 1
-            st[C_END] = page + self.sizes[c]
-            st[C_LEFT] = self.per_page[c] - 1
-            return page
-        tail = st[C_TAIL]
-        if not tail:
-            raise OutOfMemory
-        # Evict (or reclaim, when already dead) the least recently used item of this class.
-        blob = self.arena[tail:min(tail + ITEM_SIZE + KEY_MAX, self._page_end(tail))]
-        h = ITEM.unpack_from(blob)
-        key = blob[ITEM_SIZE:ITEM_SIZE + h[I_NKEY]]
-        link = self._bucket(key)
-        cur = U32.unpack(self.arena[link:link + 4])[0]
-        while cur != tail:
-            if not cur:     # not reachable from its bucket: the arena is corrupt
-                raise RuntimeError(f"kvstore: item at {tail:#x} missing from its hash chain")
-            link = cur
-            cur = U32.unpack(self.arena[cur:cur + 4])[0]
-        self._put32(link, h[I_HNEXT])
-        self._lru_remove(st, tail, h[I_PREV], h[I_NEXT])
-        if self._live(h):
-            self.evictions += 1
-        else:
-            self.reclaimed += 1
-        self.curr_items -= 1
-        self.class_items[c] -= 1
-        self.bytes -= ITEM_SIZE + h[I_NKEY] + h[I_NBYTES]
-        return tail
-
-    def link_new(self, key: bytes, flags: int, exptime: int, value: bytes) -> int:
-        """Allocate, write and link a new item for key (the caller unlinked any old one)."""
-        nkey, nbytes = len(key), len(value)
-        c = self.class_for(ITEM_SIZE + nkey + nbytes)
-        st = self._cls_get(c)
-        off = self._alloc(c, st)    # OutOfMemory leaves st untouched
-        a = self.arena
-        bucket = self._bucket(key)
-        hnext = U32.unpack(a[bucket:bucket + 4])[0]
-        self.cas_counter += 1
-        head = st[C_HEAD]
-        # One write puts header, key and value in place; then the two links point at it.
-        a[off:off + ITEM_SIZE + nkey + nbytes] = ITEM.pack(
-            hnext, 0, head, self.now, exptime, flags, nbytes, self.cas_counter, nkey, c,
-            ITEM_LINKED, 0) + key + value
-        self._put32(bucket, off)
-        if head:
-            self._put32(head + OFF_PREV, off)
-        st[C_HEAD] = off
-        if not st[C_TAIL]:
-            st[C_TAIL] = off
-        self._cls_put(c, st)
-        self.curr_items += 1
-        self.total_items += 1
-        self.class_items[c] += 1
-        self.bytes += ITEM_SIZE + nkey + nbytes
-        return off
-
-    def rewrite_in_place(self, r, key: bytes, value: bytes) -> int:
-        """incr/decr that fits: new digits and a new cas in one write (memcached pads with spaces)."""
-        off, h, _, _ = r
-        self.cas_counter += 1
-        tail = struct.pack("<QBBBB", self.cas_counter, h[I_NKEY], h[I_CLS], ITEM_LINKED, 0)
-        self.arena[off + OFF_CAS:off + ITEM_SIZE + len(key) + len(value)] = tail + key + value
-        return self.cas_counter
-
-    def set_exptime(self, off: int, exptime: int) -> None:
-        self._put32(off + OFF_EXP, exptime)
-
-    def realtime(self, exptime: int) -> int:
-        """protocol.txt's exptime: 0 never, <0 already expired, >30 days absolute unix time."""
-        if exptime == 0:
-            return 0
-        if exptime < 0:
-            return 1
-        if exptime > REALTIME_MAXDELTA:
-            return exptime if exptime > self.started else 1
-        return self.now + exptime
-
-    def flush_all(self, delay: int) -> None:
-        if delay > 0:
-            self.oldest_live = self.realtime(delay) - 1
-        else:
-            self.oldest_live = 0
-            self.oldest_cas = self.cas_counter
-
-    def pages_of(self, c: int) -> int:
-        return self._cls_get(c)[C_PAGES]
+_num = num
 
 
 class Connection:
     """What memcached keeps per connection: buffers and the storage command awaiting its data."""
-    __slots__ = ("sock", "rbuf", "out", "wbuf", "pending", "swallow", "closing", "writing",
-                 "refused")
+    __slots__ = ("sock", "rbuf", "out", "obytes", "wbuf", "pending", "swallow", "closing",
+                 "writing", "refused", "more", "last_cmd", "binary")
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.rbuf = bytearray()
         self.out: list[bytes] = []
+        self.obytes = 0         # bytes of value in out since the last flush (large replies)
         self.wbuf = b""
         self.pending = None     # (cmd, key, flags, exptime, nbytes, cas, noreply)
         self.swallow = 0        # bytes of a refused value still to discard
         self.closing = False
         self.writing = False
         self.refused = False    # beyond -c: only drained until the client closes
+        # A reply streamed in parts (a multi-get past OUT_HIGH): (method, args) that appends
+        # the next part to out, called as method(conn, *args), or None. Input waits for it.
+        self.more = None
+        self.last_cmd = 0       # server clock at its last command (stats conns)
+        self.binary = None      # the binary protocol? decided by the first byte, as memcached
 
 
 STORAGE = {b"set", b"add", b"replace", b"append", b"prepend", b"cas"}
 BAD_FORMAT = b"CLIENT_ERROR bad command line format\r\n"
+STORED = b"STORED\r\n"
 
 
-class KVServer:
-    """The event loop and the text protocol over an :class:`ItemStore`."""
+class KVServer(MetaCommands, AdminCommands, UdpTransport, BinaryProtocol):
+    """The event loop and the text protocol over an :class:`ItemStore`: the classic
+    commands here, the meta protocol in apps/kv/meta.py, stats and the other administrative
+    commands in apps/kv/admin.py, UDP in apps/kv/udp.py, the binary protocol in
+    apps/kv/binary.py."""
+    OUT_HIGH = OUT_HIGH
+    STORED = STORED
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.store = ItemStore(int(args.memory_limit * 1024 * 1024), args.max_item_size,
                                factor=args.factor, hashpower=args.hashpower)
         self.maxconns = args.conn_limit
-        self._key_check = (_BAD_KEY_LENIENT if args.allow_control_keys else _BAD_KEY).search
+        self._key_check = (BAD_KEY_LENIENT if args.allow_control_keys else BAD_KEY).search
         self.verbosity = 0
+        self.version = VERSION
         self.stopping = False
         self._in_select = False
-        self.stats = {}
+        self.stats: dict[str, int] = {}
+        self.cls_stats: dict[str, list[int]] = {}     # per slab class (stats slabs)
         self.reset_stats()
+        self.detail = False                             # stats detail on: per-prefix stats
+        self.prefix_stats: dict[bytes, list[int]] = {}
+        self.crawler_checked = [0] * len(self.store.sizes)
         self.total_connections = 0
         self.rejected_connections = 0
         self.conns: dict[int, Connection] = {}
@@ -443,13 +135,12 @@ class KVServer:
         self.lsock.setblocking(False)
         self.sel.register(self.lsock, selectors.EVENT_READ, None)
         self.port = self.lsock.getsockname()[1]
-
-    def reset_stats(self) -> None:
-        for name in ("cmd_get", "cmd_set", "cmd_flush", "cmd_touch", "get_hits", "get_misses",
-                     "get_expired", "get_flushed", "delete_misses", "delete_hits", "incr_misses",
-                     "incr_hits", "decr_misses", "decr_hits", "cas_misses", "cas_hits",
-                     "cas_badval", "touch_hits", "touch_misses", "bytes_read", "bytes_written"):
-            self.stats[name] = 0
+        self.usock = None
+        self.udp_conn = Connection(None)        # the state of the datagram being served
+        self.udp_conn.binary = False
+        if args.udp_port:
+            self._udp_open(args.listen, args.udp_port)
+            self.sel.register(self.usock, selectors.EVENT_READ, self.udp_conn)
 
     # -- event loop -------------------------------------------------------------------
     def serve_forever(self) -> None:
@@ -470,18 +161,40 @@ class KVServer:
                     self._resume_accept()
                 for key, mask in events:
                     conn = key.data
-                    if conn is None:
-                        self._accept()
-                    elif conn.sock.fileno() < 0:
-                        continue    # closed earlier in this round (e.g. an expired lingerer)
-                    elif mask & selectors.EVENT_WRITE:
-                        self._on_writable(conn)
-                    else:
-                        self._on_readable(conn)
+                    try:
+                        if conn is None:
+                            self._accept()
+                        elif conn is self.udp_conn:
+                            self._on_udp()
+                        elif conn.sock.fileno() < 0:
+                            continue    # closed earlier in this round (an expired lingerer)
+                        elif mask & selectors.EVENT_WRITE:
+                            self._on_writable(conn)
+                        else:
+                            self._on_readable(conn)
+                    except Exception as e:      # noqa: BLE001 - one client's failure only
+                        self._fail(conn, e)
         except _Stop:
             pass
         finally:
             self.close()
+
+    def _fail(self, conn: Connection | None, e: Exception) -> None:
+        """A failure while serving one connection (a bug, MemoryError): say so on stderr and
+        close that connection; everyone else keeps being served."""
+        print(f"kvstore: closing a connection after an internal error: {e!r}",
+              file=sys.stderr, flush=True)
+        if conn is None:
+            return
+        conn.more = None
+        if conn is self.udp_conn:           # that datagram's reply is lost, the socket stays
+            conn.out.clear()
+            conn.rbuf.clear()
+            return
+        if conn.refused:
+            self._end_lingering(conn)
+        else:
+            self._close(conn)
 
     def request_stop(self, *_a) -> None:
         self.stopping = True
@@ -496,6 +209,9 @@ class KVServer:
         if not self.accept_paused_until:
             self.sel.unregister(self.lsock)
         self.lsock.close()
+        if self.usock is not None:
+            self.sel.unregister(self.usock)
+            self.usock.close()
         self.sel.close()
 
     def _accept(self) -> None:
@@ -600,8 +316,9 @@ class KVServer:
 
     def _on_writable(self, conn: Connection) -> None:
         self._flush(conn)
-        if not conn.writing and conn.rbuf and not conn.closing and conn.sock.fileno() >= 0:
-            self._run(conn)     # input parked while the output was backed up
+        if (not conn.writing and (conn.rbuf or conn.more is not None) and not conn.closing
+                and conn.sock.fileno() >= 0):
+            self._run(conn)     # input (or a streamed reply) parked while output backed up
 
     def _run(self, conn: Connection) -> None:
         while self._process(conn):
@@ -620,10 +337,12 @@ class KVServer:
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
+                conn.more = None
                 self._close(conn)
                 return
             self.stats["bytes_written"] += n
             conn.wbuf = conn.wbuf[n:]
+        conn.obytes = len(conn.wbuf)
         if conn.wbuf:
             if not conn.writing:
                 conn.writing = True
@@ -639,17 +358,28 @@ class KVServer:
     # -- protocol ---------------------------------------------------------------------
     def _process(self, conn: Connection) -> bool:
         """Run the complete commands in conn.rbuf; True if it stopped for unsent output."""
+        if conn.binary is not False:
+            if conn.binary is None:
+                if not conn.rbuf:
+                    return False
+                conn.binary = conn.rbuf[0] == 0x80      # memcached's auto-negotiation
+            if conn.binary:
+                return self._process_binary(conn)
+        if conn.more is not None:
+            # A streamed reply first: its next part (which may leave a next), then the input.
+            method, args = conn.more
+            conn.more = None
+            method(conn, *args)
+            if conn.more is not None:
+                return True
         buf = conn.rbuf
         pos = 0
         n = len(buf)
         parked = False
         while pos < n and not conn.closing:
-            if len(conn.out) > 64:
-                conn.wbuf += b"".join(conn.out)
-                conn.out.clear()
-                if len(conn.wbuf) > OUT_HIGH:
-                    parked = True
-                    break
+            if conn.obytes > OUT_HIGH or len(conn.out) > OUT_BATCH or conn.more is not None:
+                parked = True       # send what is queued (or wait for the client) first
+                break
             if conn.swallow:
                 take = min(conn.swallow, n - pos)
                 conn.swallow -= take
@@ -662,7 +392,10 @@ class KVServer:
                 chunk = bytes(buf[pos:pos + need])
                 pos += need
                 pending, conn.pending = conn.pending, None
-                self._complete_store(conn, pending, chunk)
+                if pending[0] == "ms":
+                    self._complete_ms(conn, pending, chunk)
+                else:
+                    self._complete_store(conn, pending, chunk)
                 continue
             nl = buf.find(b"\n", pos)
             if nl < 0:
@@ -679,7 +412,8 @@ class KVServer:
             self._command(conn, line)
         if pos:
             del buf[:pos]
-        return parked
+        # A reply left to stream (conn.more) must go on even when no input follows it.
+        return parked or conn.more is not None
 
     def _command(self, conn: Connection, line: bytes) -> None:
         tokens = line.split(b" ")
@@ -691,7 +425,9 @@ class KVServer:
         cmd = tokens[0]
         nt = len(tokens)
         if cmd == b"get" or cmd == b"gets":
-            if nt < 2:
+            if nt == 2:
+                self._get1(conn, tokens[1], cmd == b"gets")
+            elif nt < 2:
                 conn.out.append(b"ERROR\r\n")
             else:
                 self._get(conn, tokens[1:], cmd == b"gets")
@@ -708,93 +444,175 @@ class KVServer:
             self._touch(conn, tokens)
         elif (cmd == b"gat" or cmd == b"gats") and nt >= 3:
             self._gat(conn, tokens)
+        elif len(cmd) == 2 and cmd[0] == 0x6d:      # m?: the meta protocol
+            self._meta(conn, tokens)
         elif cmd == b"stats":
             self._stats(conn, tokens[1:])
         elif cmd == b"flush_all" and nt <= 3:
             self._flush_all(conn, tokens)
-        elif cmd == b"version" and nt == 1:
+        elif cmd == b"version":
             conn.out.append(b"VERSION " + VERSION + b"\r\n")
         elif cmd == b"verbosity" and nt in (2, 3):
-            if tokens[-1] != b"noreply":
-                conn.out.append(b"OK\r\n")
-            v = _num(tokens[1], 0, 1 << 31)
-            if v is not None:
-                self.verbosity = v
-        elif cmd == b"quit" and nt == 1:
+            self._verbosity(conn, tokens)
+        elif cmd == b"cache_memlimit" and nt in (2, 3):
+            self._memlimit(conn, tokens)
+        elif cmd == b"lru_crawler":
+            self._lru_crawler(conn, tokens)
+        elif cmd == b"quit":
             conn.closing = True
-        elif cmd == b"shutdown" and nt == 1 and self.args.enable_shutdown:
-            self.stopping = True
-            conn.closing = True
+        elif cmd == b"shutdown":
+            if not self.args.enable_shutdown:
+                conn.out.append(b"ERROR: shutdown not enabled\r\n")
+            elif nt == 1 or (nt == 2 and tokens[1] == b"graceful"):
+                self.stopping = True
+                conn.closing = True
+            else:
+                conn.out.append(b"CLIENT_ERROR invalid shutdown mode\r\n")
         else:
             conn.out.append(b"ERROR\r\n")
 
     def _bad_key(self, key: bytes) -> bool:
         return len(key) > KEY_MAX or self._key_check(key) is not None
 
-    def _get(self, conn: Connection, keys: list[bytes], with_cas: bool) -> None:
-        # The hot path of the paper's workload (nine gets in ten): helpers inlined.
+    def _count_miss(self) -> None:
+        """A get that missed, and why (the store's last lookup found it expired or flushed)."""
+        stats = self.stats
+        stats["get_misses"] += 1
+        if self.store.last_dead == 1:
+            stats["get_expired"] += 1
+        elif self.store.last_dead == 2:
+            stats["get_flushed"] += 1
+
+    def _get1(self, conn: Connection, key: bytes, with_cas: bool) -> None:
+        """get/gets of one key: the paper's workload's hot path (nine requests in ten), with
+        the helpers inlined and the reply in one piece; no streaming needed for one value."""
+        out = conn.out
+        if len(key) > KEY_MAX or self._key_check(key) is not None:
+            out.append(BAD_FORMAT)
+            return
+        st = self.store
+        stats = self.stats
+        stats["cmd_get"] += 1
+        r = st.lookup(key, st.window)
+        if r is None:
+            self._count_miss()
+            out.append(b"END\r\n")
+            return
+        h = r[1]
+        self._get_hits[h[I_CLS]] += 1
+        vstart = ITEM_SIZE + h[I_NKEY]
+        vend = vstart + h[I_NBYTES]
+        blob = r[2]
+        value = blob[vstart:vend] if len(blob) >= vend else st.value_of(r)
+        conn.obytes += vend
+        if with_cas:
+            out.append(b"VALUE %s %d %d %d\r\n%s\r\nEND\r\n"
+                       % (key, h[I_FLAGS], h[I_NBYTES], h[I_CAS], value))
+        else:
+            out.append(b"VALUE %s %d %d\r\n%s\r\nEND\r\n" % (key, h[I_FLAGS], h[I_NBYTES], value))
+        # memcached's do_item_bump: marked fetched once, moved in the LRU once a minute.
+        if not h[I_IFLAGS] & ITEM_FETCHED or st.now - h[I_TIME] >= ITEM_UPDATE_INTERVAL:
+            st.mark_fetched(r)
+
+    def _get(self, conn: Connection, keys: list[bytes], with_cas: bool, i: int = 0):
+        """get/gets: the VALUE lines of the keys from keys[i] on, then END.
+
+        Helpers inlined, as in _get1 (the one-key case). A reply that passes OUT_HIGH is
+        streamed: the rest of the keys are checked at once (a bad
+        key drops the whole reply, as memcached does) and looked up as the client reads, so
+        one line naming a 1 MB item thousands of times pins OUT_HIGH, not gigabytes.
+        """
         st = self.store
         out = conn.out
         stats = self.stats
+        hits = self._get_hits
         start = len(out)
         key_check = self._key_check
-        for key in keys:
+        size = conn.obytes      # this connection's output not yet sent, and this reply's
+        for key in keys[i:] if i else keys:
             if len(key) > KEY_MAX or key_check(key) is not None:
                 del out[start:]     # memcached drops the values it had found for this get
                 out.append(BAD_FORMAT)
                 return
+            i += 1
+            if size > OUT_HIGH and i < len(keys):
+                if any(len(k) > KEY_MAX or key_check(k) is not None for k in keys[i:]):
+                    del out[start:]
+                    out.append(BAD_FORMAT)
+                    return
+                conn.obytes = size
+                conn.more = (self._get, (keys, with_cas, i - 1))
+                return
             stats["cmd_get"] += 1
             r = st.lookup(key, st.window)
             if r is None:
-                stats["get_misses"] += 1
-                if st.last_dead == 1:
-                    stats["get_expired"] += 1
-                elif st.last_dead == 2:
-                    stats["get_flushed"] += 1
+                self._count_miss()
+                out.append(b"")     # one response per key, as memcached (UDP sends each)
                 continue
-            stats["get_hits"] += 1
             h = r[1]
+            hits[h[I_CLS]] += 1
             vstart = ITEM_SIZE + h[I_NKEY]
             vend = vstart + h[I_NBYTES]
             blob = r[2]
             value = blob[vstart:vend] if len(blob) >= vend else st.value_of(r)
+            size += vend
             if with_cas:
                 out.append(b"VALUE %s %d %d %d\r\n%s\r\n"
                            % (key, h[I_FLAGS], h[I_NBYTES], h[I_CAS], value))
             else:
                 out.append(b"VALUE %s %d %d\r\n%s\r\n" % (key, h[I_FLAGS], h[I_NBYTES], value))
-            if st.now - h[I_TIME] >= ITEM_UPDATE_INTERVAL:
-                st.touch_lru(r)
-        out.append(b"END\r\n")
+            # memcached's do_item_bump: marked fetched once, moved in the LRU once a minute.
+            if not h[I_IFLAGS] & ITEM_FETCHED or st.now - h[I_TIME] >= ITEM_UPDATE_INTERVAL:
+                st.mark_fetched(r)
+        conn.obytes = size
+        # END goes with the last key's response, as memcached builds them (over UDP each is
+        # its own message, an empty one too).
+        out[-1] += b"END\r\n"
 
     def _gat(self, conn: Connection, tokens: list[bytes]) -> None:
         exptime = _num(tokens[1], -(1 << 31), (1 << 31) - 1)
         if exptime is None:
             conn.out.append(b"CLIENT_ERROR invalid exptime argument\r\n")
             return
+        keys = tokens[2:]
+        if any(self._bad_key(k) for k in keys):
+            # as for get, memcached drops the whole reply (and touches nothing here)
+            conn.out.append(BAD_FORMAT)
+            return
+        self._gat_keys(conn, keys, self.store.realtime(exptime), tokens[0] == b"gats", 0)
+
+    def _gat_keys(self, conn: Connection, keys: list[bytes], exp: int, with_cas: bool,
+                  i: int) -> None:
+        """gat/gats from keys[i] on; streamed past OUT_HIGH as _get is."""
         st = self.store
-        exp = st.realtime(exptime)
         out = conn.out
-        for key in tokens[2:]:
-            if self._bad_key(key):
-                out.append(BAD_FORMAT)
+        size = conn.obytes
+        while i < len(keys):
+            if size > OUT_HIGH:
+                conn.obytes = size
+                conn.more = (self._gat_keys, (keys, exp, with_cas, i))
                 return
+            key = keys[i]
+            i += 1
             self.stats["cmd_touch"] += 1
             r = st.lookup(key, st.window)
             if r is None:
                 self.stats["touch_misses"] += 1
+                out.append(b"")     # one response per key, as in _get
                 continue
-            self.stats["touch_hits"] += 1
             h = r[1]
+            self.cls_stats["touch_hits"][h[I_CLS]] += 1
             st.set_exptime(r[0], exp)
+            st.mark_fetched(r)
             value = st.value_of(r)
-            if tokens[0] == b"gats":
-                out.append(b"VALUE %s %d %d %d\r\n" % (key, h[I_FLAGS], h[I_NBYTES], h[I_CAS]))
+            size += len(value)
+            if with_cas:
+                out.append(b"VALUE %s %d %d %d\r\n%s\r\n"
+                           % (key, h[I_FLAGS], h[I_NBYTES], h[I_CAS], value))
             else:
-                out.append(b"VALUE %s %d %d\r\n" % (key, h[I_FLAGS], h[I_NBYTES]))
-            out.append(value)
-            out.append(b"\r\n")
-        out.append(b"END\r\n")
+                out.append(b"VALUE %s %d %d\r\n%s\r\n" % (key, h[I_FLAGS], h[I_NBYTES], value))
+        conn.obytes = size
+        out[-1] += b"END\r\n"   # with the last key's response, as in _get
 
     def _store_command(self, conn: Connection, cmd: bytes, tokens: list[bytes]) -> None:
         key = tokens[1]
@@ -811,10 +629,11 @@ class KVServer:
             if not noreply:
                 conn.out.append(BAD_FORMAT)
             return
-        if not self.store.fits(len(key), nbytes):
+        if not self.store.fits(len(key), nbytes, flags):
             # An error memcached sends even under noreply; it swallows the value, and a set
             # also drops the old item so a stale value does not outlive the failed update.
             conn.out.append(b"SERVER_ERROR object too large for cache\r\n")
+            self.stats["store_too_large"] += 1
             conn.swallow = nbytes + 2
             if cmd == b"set":
                 r = self.store.lookup(key)
@@ -826,13 +645,18 @@ class KVServer:
     def _complete_store(self, conn: Connection, p: tuple, chunk: bytes) -> None:
         cmd, key, flags, exptime, nbytes, cas, noreply = p
         out = conn.out
+        st = self.store
         if chunk[-2:] != b"\r\n":
+            self._set_cmds[st.class_for(ntotal(len(key), nbytes, flags))] += 1
             if not noreply:
                 out.append(b"CLIENT_ERROR bad data chunk\r\n")
             return
-        self.stats["cmd_set"] += 1
-        value = chunk[:-2]
-        res = self._store(cmd, key, flags, self.store.realtime(exptime), value, cas)
+        res = self._store(cmd, key, flags, st.realtime(exptime), chunk[:-2], cas)
+        # memcached counts a set at the class of the item it allocated for it.
+        if res is STORED:
+            self._set_cmds[st.last_class] += 1
+        else:
+            self._set_cmds[st.class_for(ntotal(len(key), nbytes, flags))] += 1
         if not noreply or res.startswith(b"SERVER_ERROR"):
             out.append(res)
 
@@ -843,22 +667,23 @@ class KVServer:
         r = st.lookup(key, window)
         if cmd == b"add":
             if r is not None:
+                st.touch_lru(r)         # memcached promotes the item an add ran into
                 return b"NOT_STORED\r\n"
         elif cmd == b"cas":
             if r is None:
                 self.stats["cas_misses"] += 1
                 return b"NOT_FOUND\r\n"
             if r[1][I_CAS] != cas:
-                self.stats["cas_badval"] += 1
+                self.cls_stats["cas_badval"][r[1][I_CLS]] += 1
                 return b"EXISTS\r\n"
-            self.stats["cas_hits"] += 1
+            self.cls_stats["cas_hits"][r[1][I_CLS]] += 1
         elif cmd != b"set":
             if r is None:
                 return b"NOT_STORED\r\n"
             if cmd == b"append" or cmd == b"prepend":
                 old = st.value_of(r)
-                if not st.fits(len(key), len(old) + len(value)):
-                    return b"SERVER_ERROR out of memory storing object\r\n"
+                if not st.fits(len(key), len(old) + len(value), r[1][I_FLAGS]):
+                    return b"NOT_STORED\r\n"      # memcached: the merged item cannot be had
                 # append/prepend keep the old item's flags and exptime, as memcached does.
                 flags, exp = r[1][I_FLAGS], r[1][I_EXP]
                 value = old + value if cmd == b"append" else value + old
@@ -868,7 +693,7 @@ class KVServer:
             st.link_new(key, flags, exp, value)
         except OutOfMemory:
             return b"SERVER_ERROR out of memory storing object\r\n"
-        return b"STORED\r\n"
+        return STORED
 
     def _delete(self, conn: Connection, tokens: list[bytes]) -> None:
         nt = len(tokens)
@@ -884,12 +709,14 @@ class KVServer:
             if not noreply:
                 conn.out.append(BAD_FORMAT)
             return
+        if self.detail:
+            self.record_prefix(key, 3)
         r = self.store.lookup(key)
         if r is None:
             self.stats["delete_misses"] += 1
             res = b"NOT_FOUND\r\n"
         else:
-            self.stats["delete_hits"] += 1
+            self.cls_stats["delete_hits"][r[1][I_CLS]] += 1
             self.store.unlink(r[0], r[1], r[3])
             res = b"DELETED\r\n"
         if not noreply:
@@ -909,37 +736,49 @@ class KVServer:
             if not noreply:
                 out.append(b"CLIENT_ERROR invalid numeric delta argument\r\n")
             return
+        res, new, _ = self._add_delta(key, incr, delta)
+        if res == "not_found":
+            self.stats["incr_misses" if incr else "decr_misses"] += 1
+            res = b"NOT_FOUND\r\n"
+        elif res == "non_numeric":
+            res = b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n"
+        elif res == "eom":
+            out.append(b"SERVER_ERROR out of memory\r\n")
+            return
+        else:
+            res = new + b"\r\n"
+        if not noreply:
+            out.append(res)
+
+    def _add_delta(self, key: bytes, incr: bool, delta: int, cas: int = 0,
+                   want_item: bool = False):
+        """memcached's do_add_delta for incr/decr and ma: (result, new digits, the item after
+        it when want_item); result is "ok", "not_found", "non_numeric", "cas_mismatch" or
+        "eom". In place when the new number is no longer, space-padded, as memcached does."""
         st = self.store
         r = st.lookup(key, st.window)
-        name = "incr" if incr else "decr"
         if r is None:
-            self.stats[name + "_misses"] += 1
-            if not noreply:
-                out.append(b"NOT_FOUND\r\n")
-            return
+            return "not_found", b"", None
+        h = r[1]
+        if cas and h[I_CAS] != cas:
+            return "cas_mismatch", b"", None
         old = st.value_of(r)
         digits = old.strip(b" ")
         if not digits.isdigit() or len(digits) > 20 or int(digits) > MASK64:
-            if not noreply:
-                out.append(b"CLIENT_ERROR cannot increment or decrement non-numeric value\r\n")
-            return
-        self.stats[name + "_hits"] += 1
+            return "non_numeric", b"", None
+        self.cls_stats["incr_hits" if incr else "decr_hits"][h[I_CLS]] += 1
         v = int(digits)
         v = (v + delta) & MASK64 if incr else max(0, v - delta)
         new = b"%d" % v
         if len(new) <= len(old):
-            # In place, padded with spaces, as memcached does when the number gets no longer.
             st.rewrite_in_place(r, key, new.ljust(len(old)))
         else:
-            h = r[1]
             st.unlink(r[0], h, r[3])
             try:
                 st.link_new(key, h[I_FLAGS], h[I_EXP], new)
             except OutOfMemory:
-                out.append(b"SERVER_ERROR out of memory\r\n")
-                return
-        if not noreply:
-            out.append(new + b"\r\n")
+                return "eom", b"", None
+        return "ok", new, st.lookup(key) if want_item else None
 
     def _touch(self, conn: Connection, tokens: list[bytes]) -> None:
         noreply = tokens[-1] == b"noreply"
@@ -959,8 +798,9 @@ class KVServer:
             self.stats["touch_misses"] += 1
             res = b"NOT_FOUND\r\n"
         else:
-            self.stats["touch_hits"] += 1
+            self.cls_stats["touch_hits"][r[1][I_CLS]] += 1
             st.set_exptime(r[0], st.realtime(exptime))
+            st.mark_fetched(r)          # memcached's touch fetches the item (DO_UPDATE)
             res = b"TOUCHED\r\n"
         if not noreply:
             conn.out.append(res)
@@ -980,76 +820,6 @@ class KVServer:
         if not noreply:
             conn.out.append(b"OK\r\n")
 
-    def _stats(self, conn: Connection, args: list[bytes]) -> None:
-        out = conn.out
-        if not args:
-            rows = self._general_stats()
-        elif args == [b"reset"]:
-            self.reset_stats()
-            self.store.reset_counters()
-            self.total_connections = 0
-            self.rejected_connections = 0
-            out.append(b"RESET\r\n")
-            return
-        elif args == [b"settings"]:
-            a = self.args
-            rows = [("maxbytes", self.store.limit_maxbytes), ("maxconns", self.maxconns),
-                    ("tcpport", self.port), ("interface", a.listen),
-                    ("verbosity", self.verbosity), ("evictions", "on"),
-                    ("growth_factor", f"{a.factor:.2f}"), ("chunk_size", CHUNK_MIN - 48),
-                    ("num_threads", 1), ("cas_enabled", "yes"),
-                    ("item_size_max", a.max_item_size), ("hashpower_init", self.store.hashpower)]
-        elif args == [b"slabs"] or args == [b"items"]:
-            rows = []
-            st = self.store
-            for c, size in enumerate(st.sizes):
-                if not st.pages_of(c) and not st.class_items[c]:
-                    continue
-                if args == [b"slabs"]:
-                    rows += [(f"{c + 1}:chunk_size", size), (f"{c + 1}:chunks_per_page",
-                             st.per_page[c]), (f"{c + 1}:total_pages", st.pages_of(c)),
-                             (f"{c + 1}:used_chunks", st.class_items[c])]
-                else:
-                    rows.append((f"items:{c + 1}:number", st.class_items[c]))
-            if args == [b"slabs"]:
-                rows += [("active_slabs", sum(1 for r in rows if r[0].endswith("total_pages"))),
-                         ("total_malloced", U32.unpack(
-                             st.arena[HEADER_PAGES_USED:HEADER_PAGES_USED + 4])[0] * st.page_size)]
-        else:
-            out.append(b"ERROR\r\n")
-            return
-        out.append(b"".join(b"STAT %s %s\r\n" % (str(k).encode(), str(v).encode())
-                            for k, v in rows))
-        out.append(b"END\r\n")
-
-    def _general_stats(self) -> list[tuple[str, object]]:
-        st = self.store
-        ru = resource.getrusage(resource.RUSAGE_SELF)
-        now = int(time.time())
-        s = self.stats
-        rows: list[tuple[str, object]] = [
-            ("pid", os.getpid()), ("uptime", now - st.started), ("time", now),
-            ("version", VERSION.decode()), ("pointer_size", 64),
-            ("rusage_user", f"{ru.ru_utime:.6f}"), ("rusage_system", f"{ru.ru_stime:.6f}"),
-            ("max_connections", self.maxconns), ("curr_connections", len(self.conns)),
-            ("total_connections", self.total_connections),
-            ("rejected_connections", self.rejected_connections),
-            ("listen_disabled_num", self.listen_disabled_num),
-            ("connection_structures", len(self.conns)),
-        ]
-        rows += [(k, s[k]) for k in ("cmd_get", "cmd_set", "cmd_flush", "cmd_touch",
-                                     "get_hits", "get_misses", "get_expired", "get_flushed",
-                                     "delete_misses", "delete_hits", "incr_misses", "incr_hits",
-                                     "decr_misses", "decr_hits", "cas_misses", "cas_hits",
-                                     "cas_badval", "touch_hits", "touch_misses", "bytes_read",
-                                     "bytes_written")]
-        rows += [("limit_maxbytes", st.limit_maxbytes), ("accepting_conns", 1), ("threads", 1),
-                 ("hash_power_level", st.hashpower), ("hash_bytes", 4 << st.hashpower),
-                 ("bytes", st.bytes), ("curr_items", st.curr_items),
-                 ("total_items", st.total_items), ("evictions", st.evictions),
-                 ("reclaimed", st.reclaimed)]
-        return rows
-
 
 class _Stop(BaseException):
     """Raised by the stop signal handler to leave a blocking select."""
@@ -1060,6 +830,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="kvstore", description="memcached text-protocol server over an mmap arena")
     p.add_argument("-p", "--port", type=int, default=11211,
                    help="TCP port (0 = an ephemeral one; the first line of stdout names it)")
+    p.add_argument("-U", "--udp-port", type=int, default=0,
+                   help="UDP port, memcached's frame format (default 0: off, as memcached)")
     p.add_argument("-l", "--listen", default="127.0.0.1",
                    help="address to listen on (default 127.0.0.1)")
     p.add_argument("-m", "--memory-limit", type=float, default=64.0,

@@ -18,7 +18,16 @@ OPS = (
     "SOCKET", "BIND", "LISTEN", "ACCEPT4", "CONNECT", "SENDTO", "RECVFROM", "SHUTDOWN",
     "SETSOCKOPT", "GETSOCKOPT", "GETSOCKNAME", "GETPEERNAME", "POLL", "EPOLL_CREATE", "EPOLL_CTL",
     "EPOLL_WAIT", "GETADDRINFO", "FCNTL", "DUP", "PIPE2", "SOCKETPAIR", "FDATASYNC", "IOCTL_INT",
+    "RECVMSG", "SENDMSG", "SPAWN", "FCHMODAT", "UTIMENSAT", "FACCESSAT", "DUP3", "CHDIR",
+    "GETCWD", "READLINKAT", "SYMLINKAT", "LINKAT",
 )
+MSG_NAME_MAX = 128      # ELEOS_MSG_NAME_MAX: recvmsg's name area at the start of buffer 2
+# OP_SPAWN's buffer 2: these int64 fields (host_ocalls.c SP_*), then the groups, then the fds
+# to keep.
+SPAWN_FIELDS = ("p2cread", "p2cwrite", "c2pread", "c2pwrite", "errread", "errwrite",
+                "errpipe_read", "errpipe_write", "close_fds", "restore_signals", "setsid",
+                "pgid", "gid", "uid", "umask", "nargv", "nexec", "nenv", "has_cwd", "ngroups",
+                "nkeep")
 OP = {name: number for number, name in enumerate(OPS)}
 OP_NAMES = dict(enumerate(OPS))
 globals().update({"OP_" + name: number for name, number in OP.items()})

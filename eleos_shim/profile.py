@@ -136,12 +136,14 @@ class Probe:
         except KeyError:
             pass
         path = code.co_filename
-        # abspath, not realpath: its lstat would be the app's routed call, and an exit
-        real = os.path.abspath(path) if not path.startswith("<") else path
+        # posix.getcwd, not os.getcwd/abspath/realpath: the LibOS routes those, and a routed
+        # call here would be an exit of its own (and profile itself)
+        cwd = posix.getcwd()
+        real = os.path.normpath(os.path.join(cwd, path)) if not path.startswith("<") else path
         if path.startswith("<") or real.startswith(_SHIM_DIRS) or real.startswith(_STDLIB_DIRS):
             site = None
         else:
-            site = os.path.relpath(real) if real.startswith(os.getcwd() + os.sep) else real
+            site = os.path.relpath(real, cwd) if real.startswith(cwd + os.sep) else real
         self._app_code[code] = site
         return site
 

@@ -25,3 +25,13 @@ def test_header_constants_match_python():
     assert consts["RPC_FALLBACK"] == abi.RPC_FALLBACK and consts["RPC_CORRUPT"] == abi.RPC_CORRUPT
     assert consts["SLOT_DONE"] == abi.SLOT_DONE and consts["T_AEX"] == abi.T_AEX
     assert consts["OP_COUNT"] == len(abi.OPS)
+
+
+def test_spawn_fields_and_msg_name_size_match_the_header():
+    with open(abi.HEADER) as f:
+        text = f.read()
+    enum = re.search(r"enum eleos_spawn_field \{(.*?)\};", text, re.S).group(1)
+    names = [n.strip().removeprefix("ELEOS_SP_").lower() for n in enum.split(",") if n.strip()]
+    assert names == list(abi.SPAWN_FIELDS) + ["fixed"]
+    assert re.search(r"#define ELEOS_MSG_NAME_MAX\s+(\d+)", text).group(1) == \
+        str(abi.MSG_NAME_MAX)

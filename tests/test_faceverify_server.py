@@ -214,3 +214,64 @@ def test_verifier_works_on_an_arena_without_the_buffer_protocol(monkeypatch):
     assert db.arena.slices_read == 4
     plain.close()
     db.close()
+
+
+class _FailsOnIdentity(S.Verifier):
+    """A verifier with a bug that one request can reach: identity 666 raises."""
+
+    def _verify(self, plain):
+        if len(plain) >= P.PLAIN_HEAD.size and P.PLAIN_HEAD.unpack_from(plain)[1] == 666:
+            raise RuntimeError("injected fault")
+        return super()._verify(plain)
+
+
+def test_an_exception_serving_one_connection_closes_it_and_the_server_keeps_serving():
+    """An in-process server (real sockets) whose handler raises for one client's request:
+    that connection is closed, the next client is served."""
+    import threading
+    db = S.build_database(data.N_FACES)
+    server = S.Server(_FailsOnIdentity(db, 16, features.DEFAULT_THRESHOLD, P.DEMO_MASTER_KEY))
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    try:
+        with P.Client(server.address, timeout=10) as bad:
+            bad.sock.sendall(bad.session.template_request(666, probe(5, True))[0])
+            assert bad.sock.recv(1) == b""          # closed, nothing answered
+        with P.Client(server.address, timeout=10) as good:
+            assert_good_request_answered(good)
+        assert server.failures == 1
+    finally:
+        server.stop()
+        t.join(timeout=10)
+        db.close()
+    assert not t.is_alive()
+
+
+def test_connections_beyond_the_cap_are_closed_and_those_within_are_served():
+    """-c bounds what all clients together can make the server buffer (each connection pins
+    at most one frame of MAX_FRAME bytes): a client beyond it is closed at once."""
+    with faceverify_server("--identities", "100", "-c", "3") as s:
+        held = [P.Client(s.address, timeout=20) for _ in range(3)]
+        try:
+            for c in held:
+                assert_good_request_answered(c)
+            with socket.create_connection(s.address, timeout=20) as extra:
+                # A partial 1 MiB frame it would otherwise have to hold.
+                try:
+                    extra.sendall(struct.pack(">I", P.MAX_FRAME) + b"x" * 4096)
+                except OSError:
+                    pass                             # reset: it was closed already
+                try:
+                    assert extra.recv(1) == b""
+                except ConnectionResetError:
+                    pass
+            held.pop().close()
+            # A reply on another connection: the server has run the select round that saw
+            # the close (the close reached it first).
+            assert_good_request_answered(held[0])
+            with P.Client(s.address, timeout=20) as again:       # a freed place is reused
+                assert_good_request_answered(again)
+        finally:
+            for c in held:
+                c.close()
+

@@ -15,6 +15,7 @@ import struct
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from apps import kvstore as kv
+from apps.kv import items as kvi
 
 KEYS = [b"k%d" % i for i in range(12)]
 
@@ -23,7 +24,7 @@ def make_server(mb: str, item: str) -> kv.KVServer:
     return kv.KVServer(kv.parse_args(["-p", "0", "-m", mb, "-I", item]))
 
 
-def check_arena(store: kv.ItemStore) -> dict[bytes, bytes]:
+def check_arena(store: kvi.ItemStore) -> dict[bytes, bytes]:
     """Walk hash chains, LRUs and free lists; return {key: value} of the linked items."""
     a = store.arena
     nb = 1 << store.hashpower
@@ -33,36 +34,42 @@ def check_arena(store: kv.ItemStore) -> dict[bytes, bytes]:
     for b, off in enumerate(buckets):
         while off:
             assert off not in linked, "an item is reachable twice (cycle or shared chain)"
-            h = kv.ITEM.unpack(a[off:off + kv.ITEM_SIZE])
-            key = a[off + kv.ITEM_SIZE:off + kv.ITEM_SIZE + h[kv.I_NKEY]]
+            h = kvi.ITEM.unpack(a[off:off + kvi.ITEM_SIZE])
+            key = a[off + kvi.ITEM_SIZE:off + kvi.ITEM_SIZE + h[kvi.I_NKEY]]
             assert store._bucket(key) == store.hash_base + 4 * b, "item in a foreign bucket"
             assert key not in items, "two linked items for one key"
-            start = off + kv.ITEM_SIZE + h[kv.I_NKEY]
-            items[key] = a[start:start + h[kv.I_NBYTES]]
-            assert kv.ITEM_SIZE + h[kv.I_NKEY] + h[kv.I_NBYTES] <= store.sizes[h[kv.I_CLS]]
+            start = off + kvi.ITEM_SIZE + h[kvi.I_NKEY]
+            items[key] = a[start:start + h[kvi.I_NBYTES]]
+            size = kvi.ntotal(h[kvi.I_NKEY], h[kvi.I_NBYTES], h[kvi.I_FLAGS])
+            assert size <= store.sizes[h[kvi.I_CLS]]
             linked[off] = h
-            off = h[kv.I_HNEXT]
+            off = h[kvi.I_HNEXT]
     in_lru = set()
     for c in range(len(store.sizes)):
         st_ = store._cls_get(c)
-        prev, off, n = 0, st_[kv.C_HEAD], 0
+        prev, off, n = 0, st_[kvi.C_HEAD], 0
         while off:
-            assert off in linked and linked[off][kv.I_CLS] == c, "LRU holds an unlinked item"
-            assert linked[off][kv.I_PREV] == prev, "LRU prev/next not symmetric"
+            assert off in linked and linked[off][kvi.I_CLS] == c, "LRU holds an unlinked item"
+            assert linked[off][kvi.I_PREV] == prev, "LRU prev/next not symmetric"
             in_lru.add(off)
-            prev, off, n = off, linked[off][kv.I_NEXT], n + 1
-        assert st_[kv.C_TAIL] == prev
+            prev, off, n = off, linked[off][kvi.I_NEXT], n + 1
+        assert st_[kvi.C_TAIL] == prev
         assert n == store.class_items[c]
-        free, nfree = st_[kv.C_FREE], 0
+        free, nfree = st_[kvi.C_FREE], 0
         while free:
             assert free not in linked, "a chunk is both free and linked"
             free, nfree = struct.unpack("<I", a[free:free + 4])[0], nfree + 1
         # No chunk leaks: the class's pages hold its items, its free list, the unused tail.
-        assert st_[kv.C_PAGES] * store.per_page[c] == n + nfree + st_[kv.C_LEFT], c
+        assert st_[kvi.C_PAGES] * store.per_page[c] == n + nfree + st_[kvi.C_LEFT], c
     assert in_lru == set(linked), "hash table and LRUs disagree"
     assert store.curr_items == len(linked)
-    assert store.bytes == sum(kv.ITEM_SIZE + h[kv.I_NKEY] + h[kv.I_NBYTES]
+    # bytes counts items as memcached does (ITEM_ntotal), per class and in all.
+    assert store.bytes == sum(kvi.ntotal(h[kvi.I_NKEY], h[kvi.I_NBYTES], h[kvi.I_FLAGS])
                               for h in linked.values())
+    for c in range(len(store.sizes)):
+        assert store.class_bytes(c) == sum(
+            kvi.ntotal(h[kvi.I_NKEY], h[kvi.I_NBYTES], h[kvi.I_FLAGS])
+            for h in linked.values() if h[kvi.I_CLS] == c)
     return items
 
 
@@ -74,7 +81,38 @@ ops = st.lists(st.one_of(
     st.tuples(st.just(b"delete"), st.sampled_from(KEYS), st.just(0)),
     st.tuples(st.just(b"incr"), st.sampled_from(KEYS), st.integers(0, 2 ** 64 - 1)),
     st.tuples(st.just(b"get"), st.sampled_from(KEYS), st.just(0)),
+    # the meta protocol over the same items: ms in each mode, md I (invalidate: the item
+    # stays, marked stale, with a new CAS), ma (incr through the meta path)
+    st.tuples(st.sampled_from([b"ms-S", b"ms-E", b"ms-A", b"ms-P", b"ms-R"]),
+              st.sampled_from(KEYS), st.sampled_from([3, 60, 900, 2000])),
+    st.tuples(st.just(b"md-I"), st.sampled_from(KEYS), st.just(0)),
+    st.tuples(st.just(b"ma"), st.sampled_from(KEYS), st.integers(0, 2 ** 64 - 1)),
 ), min_size=1, max_size=120)
+
+
+def meta(server: kv.KVServer, line: bytes) -> bytes:
+    """One meta command through the server's own parser; its answer."""
+    conn = kv.Connection(None)
+    conn.rbuf += line
+    while server._process(conn):
+        pass
+    return b"".join(conn.out)
+
+
+def check_delta(model: dict, key: bytes, arg: int, answer: bytes, missing: bytes,
+                answered) -> None:
+    """An incr by arg (classic or ma) against the model: the answer, and the model after."""
+    old = model.get(key)
+    if old is None:
+        assert answer == missing, answer
+    elif not old.strip(b" ").isdigit() or int(old.strip(b" ")) > 2 ** 64 - 1:
+        assert answer.startswith(b"CLIENT_ERROR"), answer
+    elif answer.startswith(b"SERVER_ERROR"):
+        model.pop(key)              # no chunk for the longer number: item gone
+    else:
+        digits = b"%d" % ((int(old.strip(b" ")) + arg) % 2 ** 64)
+        assert answer == answered(digits), answer
+        model[key] = digits.ljust(len(old)) if len(digits) <= len(old) else digits
 
 
 def run(server: kv.KVServer, program, exact: bool) -> dict[bytes, bytes]:
@@ -90,7 +128,29 @@ def run(server: kv.KVServer, program, exact: bool) -> dict[bytes, bytes]:
         if key in model and store.lookup(key) is None:
             assert not exact, f"{key!r} lost from a store larger than the data"
             model.pop(key)
-        if cmd == b"get":
+        if cmd.startswith(b"ms-"):
+            value = ((b"%d|" % n) * (arg // 2 + 1))[:arg]
+            mode = cmd[3:]
+            answer = meta(server, b"ms %s %d M%s\r\n%s\r\n" % (key, len(value), mode, value))
+            old = model.get(key)
+            if answer.startswith(b"SERVER_ERROR"):
+                model.pop(key, None)
+            elif (mode == b"E") == (old is not None) and mode != b"S":
+                assert answer == b"NS\r\n", (n, cmd, key, answer)
+            else:
+                assert answer == b"HD\r\n", (n, cmd, key, answer)
+                model[key] = (old + value if mode == b"A" else value + old if mode == b"P"
+                              else value)
+        elif cmd == b"md-I":
+            answer = meta(server, b"md %s I\r\n" % key)
+            assert answer == (b"HD\r\n" if key in model else b"NF\r\n"), (n, key, answer)
+            if key in model:                    # stale, not gone: mg says X and W
+                assert meta(server, b"mg %s v\r\n" % key).startswith(b"VA %d " % len(model[key]))
+        elif cmd == b"ma":
+            answer = meta(server, b"ma %s D%d v\r\n" % (key, arg))
+            check_delta(model, key, arg, answer, b"NF\r\n",
+                        lambda d: b"VA %d\r\n%s\r\n" % (len(d), d))
+        elif cmd == b"get":
             r = store.lookup(key, store.window)
             assert (None if r is None else store.value_of(r)) == model.get(key), (n, key)
         elif cmd == b"delete":
@@ -103,17 +163,7 @@ def run(server: kv.KVServer, program, exact: bool) -> dict[bytes, bytes]:
             conn = kv.Connection(None)
             server._arith(conn, [b"incr", key, b"%d" % arg])
             answer = b"".join(conn.out)
-            old = model.get(key)
-            if old is None:
-                assert answer == b"NOT_FOUND\r\n", answer
-            elif not old.strip(b" ").isdigit() or int(old.strip(b" ")) > 2 ** 64 - 1:
-                assert answer.startswith(b"CLIENT_ERROR"), answer
-            elif answer.startswith(b"SERVER_ERROR"):
-                model.pop(key)              # no chunk for the longer number: item gone
-            else:
-                digits = b"%d" % ((int(old.strip(b" ")) + arg) % 2 ** 64)
-                assert answer == digits + b"\r\n"
-                model[key] = digits.ljust(len(old)) if len(digits) <= len(old) else digits
+            check_delta(model, key, arg, answer, b"NOT_FOUND\r\n", lambda d: d + b"\r\n")
         else:
             value = ((b"%d|" % n) * (arg // 2 + 1))[:arg]
             if cmd == b"set" and n % 5 == 0:

@@ -124,6 +124,13 @@ CASES = [
     ("verbosity without a level", b"verbosity\r\n", b"ERROR\r\n"),
     ("stats of something unknown", b"stats nonsense\r\n", b"ERROR\r\n"),
     ("get without a key", b"get\r\n", b"ERROR\r\n"),
+    # Numbers longer than int() takes (4,300 digits) once ended the server with a ValueError.
+    ("a delta of 5,000 digits", b"incr keep " + b"9" * 5000 + b"\r\n",
+     b"CLIENT_ERROR invalid numeric delta argument\r\n"),
+    ("a length of 5,000 digits", b"set k 0 0 " + b"1" * 5000 + b"\r\n", BAD),
+    ("5,000 leading zeros are still a number, as strtoull reads them",
+     b"set lz 0 0 " + b"0" * 5000 + b"2\r\nok\r\nget lz\r\n",
+     b"STORED\r\nVALUE lz 0 2\r\nok\r\nEND\r\n"),
     ("bare newlines end lines too", b"set nl 0 0 2\nok\r\nget nl\n",
      b"STORED\r\nVALUE nl 0 2\r\nok\r\nEND\r\n"),
 ]
@@ -152,8 +159,11 @@ def test_oversized_value_is_refused_swallowed_and_drops_the_old_item(server):
         # Under noreply the error is still sent (memcached's out_errstring).
         assert c.ask(b"add victim2 0 0 %d noreply\r\n%s\r\n" % (len(big), big)) == \
             b"SERVER_ERROR object too large for cache\r\n"
-        # The largest value that fits a slab page is stored.
-        fit = b"y" * (MAX_ITEM - 40 - len(b"fits"))
+        # The largest value memcached takes is stored: its item size (ITEM_ntotal: a 48-byte
+        # header, key + NUL, value + CRLF, an 8-byte CAS) is -I (checked with -I 1m).
+        fit = b"y" * (MAX_ITEM - 59 - len(b"fits"))
+        assert c.ask(b"set fits 0 0 %d\r\n%s\r\n" % (len(fit) + 1, fit + b"y")) == \
+            b"SERVER_ERROR object too large for cache\r\n"
         assert c.ask(b"set fits 0 0 %d\r\n%s\r\n" % (len(fit), fit)) == b"STORED\r\n"
         assert c.ask(b"get fits\r\n") == b"VALUE fits 0 %d\r\n%s\r\nEND\r\n" % (len(fit), fit)
     finally:
@@ -296,3 +306,83 @@ def test_a_slow_reader_gets_every_byte_of_large_pipelined_answers(server):
     finally:
         c.close()
     still_serving(server)
+
+
+def test_multiget_naming_a_large_item_thousands_of_times_pins_bounded_memory():
+    """One 16 KB line naming a 1 MB item 4,000 times, from a client that reads almost
+    nothing: the reply (4 GB) is streamed as the client reads, so the server's memory stays
+    bounded and another client is served meanwhile. (The server's address space is capped
+    at 1 GB: a server that built the whole reply dies of MemoryError instead of taking the
+    machine's memory.)"""
+    import psutil
+    with kvserver("native", "-m", "8", "-I", "1m", address_space=1 << 30) as srv:
+        proc = psutil.Process(srv.proc.pid)
+        other = Conn(srv.address)
+        hog = Conn(srv.address, rcvbuf=65536)
+        try:
+            value = bytes(range(256)) * 3906
+            assert other.ask(b"set big 5 0 %d\r\n%s\r\n" % (len(value), value)) == b"STORED\r\n"
+            base = proc.memory_info().rss
+            hog.send(b"get " + b" ".join([b"big"] * 4000) + b"\r\n")
+            head = b"VALUE big 5 %d\r\n" % len(value)
+            assert hog.until(head) == head          # the server is answering it
+            assert other.ask(b"get nope\r\n") == b"END\r\n"
+            assert proc.memory_info().rss - base < 48 << 20
+            for _ in range(20):                     # 20 MB read: the stream goes on, bounded
+                assert hog.until(b"\r\n" + head) == value + b"\r\n" + head
+            assert proc.memory_info().rss - base < 48 << 20
+            assert other.ask(b"get nope\r\n") == b"END\r\n"
+        finally:
+            hog.close()                             # mid-reply: the server drops the rest
+        try:
+            assert other.ask(b"get big\r\n") == b"VALUE big 5 %d\r\n%s\r\nEND\r\n" % (
+                len(value), value)
+        finally:
+            other.close()
+        assert proc.is_running()
+
+
+def test_a_multiget_past_the_output_bound_with_a_bad_key_drops_the_whole_reply(server):
+    """Streaming does not change the answer: a bad key anywhere drops every value."""
+    c = Conn(server.address)
+    try:
+        value = b"v" * 60000
+        assert c.ask(b"set mid 0 0 %d\r\n%s\r\n" % (len(value), value)) == b"STORED\r\n"
+        keys = b" ".join([b"mid"] * 200)
+        assert c.ask(b"get " + keys + b" " + LONG_KEY + b"\r\n") == BAD
+        got = c.ask(b"gets " + keys + b"\r\n")
+        assert got.count(b"VALUE mid 0 60000 ") == 200 and got.endswith(b"\r\nEND\r\n")
+    finally:
+        c.close()
+    still_serving(server)
+
+
+def test_an_exception_serving_one_connection_closes_it_and_the_server_keeps_serving(monkeypatch):
+    """An in-process server (real sockets) whose incr raises: that client is closed, the
+    others are served and the server still runs."""
+    import threading
+    from apps import kvstore as kv
+    server = kv.KVServer(kv.parse_args(["-p", "0", "-m", "2", "-I", "64k", "-A"]))
+
+    def broken(conn, tokens):
+        raise RuntimeError("injected fault")
+    monkeypatch.setattr(server, "_arith", broken)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    address = ("127.0.0.1", server.port)
+    try:
+        keeper = Conn(address)
+        assert keeper.ask(b"set keep 0 0 2\r\n10\r\n") == b"STORED\r\n"
+        bad = Conn(address)
+        try:
+            bad.send(b"incr keep 1\r\n")
+            assert bad.at_eof() == b""
+        finally:
+            bad.close()
+        assert keeper.ask(b"get keep\r\n") == b"VALUE keep 0 2\r\n10\r\nEND\r\n"
+        keeper.send(b"shutdown\r\n")
+        keeper.at_eof()
+        keeper.close()
+    finally:
+        t.join(timeout=10)
+    assert not t.is_alive()

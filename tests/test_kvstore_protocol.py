@@ -187,7 +187,8 @@ def test_stats_use_memcached_names_and_count(server):
     assert st[b"get_hits"] == 2 and st[b"get_misses"] == 1 and st[b"cmd_get"] == 3
     assert st[b"delete_hits"] == 1
     assert st[b"limit_maxbytes"] == 16 * 1024 * 1024
-    assert st[b"bytes"] - before[b"bytes"] == 4 * (40 + 10 + 100)   # header + key + value
+    # memcached's ITEM_ntotal: 48-byte header, key + NUL, value + CRLF, 8-byte CAS
+    assert st[b"bytes"] - before[b"bytes"] == 4 * (48 + 11 + 102 + 8)
     assert st[b"curr_connections"] >= 1
 
 

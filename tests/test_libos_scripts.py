@@ -59,7 +59,7 @@ def test_n_os_writes_are_n_write_ocalls():
     assert run.returncode == 0, run.stderr
     assert run.stdout == f"wrote {n}\n"
     write = run.stats["calls"]["write"]
-    assert write["ocall"] == n and write["count"] == n
+    assert write["ocall"] == n + 1 and write["count"] == n + 1    # and stdout's one
     assert run.stats["calls"]["openat"]["ocall"] == 1
     assert run.stats["calls"]["close"]["ocall"] == 1
     assert run.stats["transitions"]["eexit"] >= n + 2
@@ -70,9 +70,9 @@ def test_n_os_writes_in_rpc_mode_are_n_write_calls_and_no_ocall():
     run = run_shim("eleos", SCRIPTS / "libos_writes.py", n)
     assert run.returncode == 0, run.stderr
     write = run.stats["calls"]["write"]
-    assert write["count"] == n
+    assert write["count"] == n + 1                                 # and stdout's one
     assert write["ocall"] == 0
-    assert write["rpc"] + write["fallback"] == n
+    assert write["rpc"] + write["fallback"] == n + 1
 
 
 def test_native_mode_routes_nothing():
@@ -85,15 +85,37 @@ def test_fork_inside_the_enclave_fails_with_a_clear_error(tmp_path):
     script = tmp_path / "forker.py"
     script.write_text(
         "import os, subprocess, sys\n"
-        "for f in (os.fork, lambda: subprocess.run([sys.executable, '-c', 'pass']),\n"
-        "          lambda: os.posix_spawn(sys.executable, [sys.executable], {})):\n"
+        "for f in (os.fork, lambda: os.posix_spawn(sys.executable, [sys.executable], {})):\n"
         "    try:\n"
         "        f()\n"
         "    except OSError as e:\n"
         "        print(type(e).__name__, e.errno, 'cannot fork' in str(e))\n")
     run = run_shim("sgx", script)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.splitlines() == ["EnclaveForkError 38 True"] * 3
+    assert run.stdout.splitlines() == ["EnclaveForkError 38 True"] * 2
+
+
+@pytest.mark.parametrize("mode", ["sgx", "eleos"])
+def test_subprocess_system_and_spawn_start_host_programs_through_a_counted_spawn_ocall(
+        tmp_path, mode):
+    script = tmp_path / "child.py"
+    script.write_text(
+        "import os, subprocess, sys\n"
+        "r = subprocess.run([sys.executable, '-c', 'import sys; print(sys.stdin.read()[::-1])'],\n"
+        "                   input=b'olleh', capture_output=True, check=True)\n"
+        "print(r.stdout.decode().strip())\n"
+        "try:\n"
+        "    subprocess.run(['/nonexistent/eleos-prog'])\n"
+        "except FileNotFoundError as e:\n"
+        "    print('missing', e.filename)\n"
+        "print(os.system('exit 3') >> 8)\n"
+        "print(os.spawnv(os.P_WAIT, sys.executable, ['py', '-c', 'raise SystemExit(5)']),\n"
+        "      os.spawnvp(os.P_WAIT, 'eleos-no-such-prog', ['x']))\n")
+    run = run_shim(mode, script)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == ["hello", "missing /nonexistent/eleos-prog", "3", "5 127"]
+    assert run.stats["calls"]["spawn"]["count"] == 5
+    assert run.stats["calls"]["spawn"]["ocall"] == 5
 
 
 @pytest.mark.parametrize("mode", ["sgx", "eleos"])

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import bisect
 import errno
+import mmap as _mmap
 import threading
 import weakref
 from typing import Callable
@@ -51,6 +52,8 @@ STAT_KEYS = ("hits", "faults", "evictions", "writebacks", "subpage_reads", "inte
              "store_bytes")
 
 _SMALL_MIN = 16  # smallest slab chunk: keeps the per-slab bitmaps short
+# The advice values Linux's madvise knows (mmap.MADV_*): anything else is EINVAL, as natively.
+_MADV = frozenset(getattr(_mmap, n) for n in dir(_mmap) if n.startswith("MADV_"))
 
 
 def _check(rc: int) -> None:
@@ -442,9 +445,51 @@ class SecureMemory(Region):
         return len(self)
 
     def flush(self, offset: int = 0, size: int | None = None) -> None:
-        """Nothing to do: the memory is already protected (sealed when it leaves the cache)."""
+        """Nothing to write: the memory is already protected (sealed when it leaves the
+        cache).  The arguments are checked as mmap.flush checks them (msync on Linux wants
+        a page-aligned offset)."""
         if self.closed:
             raise ValueError("mmap closed or invalid")
+        n = len(self)
+        size = n - offset if size is None else size
+        if size < 0 or offset < 0 or n - offset < size:
+            raise ValueError("flush values out of range")
+        if offset % _mmap.PAGESIZE:
+            raise OSError(errno.EINVAL, "Invalid argument")
+
+    def madvise(self, option: int, start: int = 0, length: int | None = None) -> None:
+        """Checked as mmap.madvise; SUVM pages have no host mapping to advise, so a valid
+        advice changes nothing."""
+        if self.closed:
+            raise ValueError("mmap closed or invalid")
+        n = len(self)
+        length = n if length is None else length
+        if start < 0 or start >= n:
+            raise ValueError("madvise start out of bounds")
+        if length < 0:
+            raise ValueError("madvise length invalid")
+        if length > (1 << 63) - 1 - start:
+            raise OverflowError("madvise length too large")
+        if start % _mmap.PAGESIZE or option not in _MADV:
+            raise OSError(errno.EINVAL, "Invalid argument")
+
+    def resize(self, newsize: int) -> None:
+        """As mmap.resize: a new SUVM allocation of ``newsize`` bytes (zero beyond the old
+        end) holding the old contents, the position kept; the old one is freed."""
+        if self.closed:
+            raise ValueError("mmap closed or invalid")
+        if newsize < 0:
+            raise ValueError("new size out of range")
+        if newsize == 0:
+            raise OSError(errno.EINVAL, "Invalid argument")   # as mremap to 0 bytes
+        s = self._suvm
+        addr, _ = s._alloc(newsize)
+        keep = min(len(self), newsize)
+        if keep:
+            _check(lib.suvm_move(s._h, addr, self._cur, keep))
+        old = self._lo
+        self._bind(s.addr, addr, addr, addr + newsize, self.tell())
+        s.free(old)
 
     def move(self, dest: int, src: int, count: int) -> None:
         n = len(self)

@@ -31,8 +31,8 @@ _INITIAL_CAPACITY = 64 << 10
 # Ops whose result is a byte count the host wrote into buffer 1.
 _READ_LIKE = frozenset({abi.OP_READ, abi.OP_PREAD, abi.OP_GETDENTS})
 # Ops whose result is a byte count taken from buffer 1.
-_WRITE_LIKE = frozenset({abi.OP_WRITE, abi.OP_PWRITE, abi.OP_SENDTO})
-_CHECKED = _READ_LIKE | _WRITE_LIKE | {abi.OP_RECVFROM, abi.OP_SENDFILE}
+_WRITE_LIKE = frozenset({abi.OP_WRITE, abi.OP_PWRITE, abi.OP_SENDTO, abi.OP_SENDMSG})
+_CHECKED = _READ_LIKE | _WRITE_LIKE | {abi.OP_RECVFROM, abi.OP_RECVMSG, abi.OP_SENDFILE}
 _RPC, _OCALL = abi.PATH_RPC, abi.PATH_OCALL
 # The lowest -errno: the C data path returns a value below it when the host's reply lies.
 _LOWEST_ERRNO = -abi.MAX_ERRNO
@@ -41,7 +41,8 @@ _MSG_TRUNC = 0x20
 # enclave_submit's answer when a request does not fit its staging (a bug, never the host).
 _MISUSE = -2
 # Ops that return values in the arguments.
-_ARGS_BACK = frozenset({abi.OP_SENDFILE, abi.OP_IOCTL_INT, abi.OP_GETADDRINFO})
+_ARGS_BACK = frozenset({abi.OP_SENDFILE, abi.OP_IOCTL_INT, abi.OP_GETADDRINFO,
+                        abi.OP_RECVMSG})
 
 
 @dataclass(frozen=True)
@@ -295,7 +296,7 @@ class Transport:
             if ret > asked or ret != out_len:
                 raise IagoError(f"host returned {ret} for {name} of {asked} bytes "
                                 f"({out_len} written)")
-        elif op == abi.OP_RECVFROM:
+        elif op == abi.OP_RECVFROM or op == abi.OP_RECVMSG:
             # Only MSG_TRUNC (a2: flags) lets the result exceed the bytes written.
             if out_len > min(a1, len1) or ret < out_len or (ret > out_len and
                                                            not a2 & _MSG_TRUNC):

@@ -44,6 +44,10 @@ IDLE_TICK_S = 0.2
 # Per-client AES contexts are cached; the client id is attacker-chosen, so the cache is capped
 # (past it, it starts over) rather than growing with every id someone sends.
 MAX_CACHED_CLIENTS = 4096
+# Connections served at once (memcached's -c default). With reading stopped while a reply is
+# unsent and a frame capped at MAX_FRAME, one connection pins at most ~MAX_FRAME + RECV_BYTES
+# of input plus the replies to one read; this cap makes that a bound for the whole server.
+MAX_CONNECTIONS = 1024
 
 
 class TemplateDB:
@@ -210,8 +214,13 @@ class Server:
     that closes mid-frame (a truncated request) is simply closed.
     """
 
-    def __init__(self, verifier: Verifier, host: str = "127.0.0.1", port: int = 0):
+    def __init__(self, verifier: Verifier, host: str = "127.0.0.1", port: int = 0,
+                 max_connections: int = MAX_CONNECTIONS):
         self.verifier = verifier
+        self.max_connections = max_connections
+        self.open = 0
+        self.refused = 0
+        self.failures = 0
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.listener.bind((host, port))
@@ -233,14 +242,18 @@ class Server:
         try:
             while not self._stop:
                 for key, events in self.selector.select(IDLE_TICK_S):
-                    if key.data is None:
-                        self._accept()
-                        continue
                     conn = key.data
-                    if events & selectors.EVENT_WRITE:
-                        self._flush(conn)
-                    elif events & selectors.EVENT_READ:
-                        self._read(conn)
+                    try:
+                        if conn is None:
+                            self._accept()
+                        elif conn.sock.fileno() < 0:
+                            continue
+                        elif events & selectors.EVENT_WRITE:
+                            self._flush(conn)
+                        elif events & selectors.EVENT_READ:
+                            self._read(conn)
+                    except Exception as e:      # noqa: BLE001 - one client's failure only
+                        self._fail(conn, e)
         finally:
             self.close()
 
@@ -248,6 +261,15 @@ class Server:
         for key in list(self.selector.get_map().values()):
             key.fileobj.close()
         self.selector.close()
+
+    def _fail(self, conn: _Connection | None, e: Exception) -> None:
+        """A failure while serving one connection (a bug, MemoryError): say so on stderr and
+        close that connection; everyone else keeps being served."""
+        self.failures += 1
+        print(f"faceverify: closing a connection after an internal error: {e!r}",
+              file=sys.stderr, flush=True)
+        if conn is not None and conn.sock.fileno() >= 0:
+            self._drop(conn)
 
     def _accept(self) -> None:
         while True:
@@ -257,6 +279,13 @@ class Server:
                 return
             except OSError:          # e.g. EMFILE, or the peer reset before accept
                 return
+            if self.open >= self.max_connections:
+                # Beyond the cap a client is closed at once (memcached answers an error line
+                # first; this protocol has no unsealed way to say "busy").
+                self.refused += 1
+                sock.close()
+                continue
+            self.open += 1
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.selector.register(sock, selectors.EVENT_READ, _Connection(sock))
@@ -265,6 +294,7 @@ class Server:
     def _drop(self, conn: _Connection) -> None:
         self.selector.unregister(conn.sock)
         conn.sock.close()
+        self.open -= 1
 
     def _read(self, conn: _Connection) -> None:
         try:
@@ -360,7 +390,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--master-key", default=P.DEMO_MASTER_KEY.hex(),
                     help="pre-shared master secret, hex (clients' keys derive from it)")
     ap.add_argument("--seed", type=int, default=data.DEFAULT_SEED)
-    return ap.parse_args(argv)
+    ap.add_argument("-c", "--max-connections", type=int, default=MAX_CONNECTIONS,
+                    help="connections served at once; more are closed "
+                         f"(default {MAX_CONNECTIONS})")
+    args = ap.parse_args(argv)
+    if args.max_connections < 1:
+        ap.error("-c must be at least 1")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -373,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     db = build_database(identities, args.face_size, args.block, args.seed)
     build_s = time.perf_counter() - t0
     verifier = Verifier(db, args.block, args.threshold, bytes.fromhex(args.master_key))
-    server = Server(verifier, args.host, args.port)
+    server = Server(verifier, args.host, args.port, args.max_connections)
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     host, port = server.address
     print(f"listening on {host}:{port}", flush=True)
@@ -387,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         db.close()
     print(f"faceverify: served {verifier.served} requests ({verifier.errors} errors) on "
-          f"{server.connections} connections", file=sys.stderr, flush=True)
+          f"{server.connections} connections ({server.refused} refused, {server.failures} "
+          f"closed after an internal error)", file=sys.stderr, flush=True)
     return 0
 
 

@@ -54,13 +54,47 @@
                                       -> buf2 records "=iiiiI" (family,type,proto,addrlen,canonlen)
                                       + addr + canonname; ret = count.  On a resolver error:
                                       ret = 0, a5 = the EAI_* code, buf2 = gai_strerror text. */
-#define ELEOS_OP_FCNTL         35   /* a0=fd a1=cmd a2=arg                                     */
+#define ELEOS_OP_FCNTL         35   /* a0=fd a1=cmd a2=arg; a3=1: the arg is buf (<= 1024 bytes,
+                                      copied back into it)                                    */
 #define ELEOS_OP_DUP           36   /* a0=fd                                                   */
 #define ELEOS_OP_PIPE2         37   /* a0=flags                       -> buf int[2]            */
 #define ELEOS_OP_SOCKETPAIR    38   /* a0=family a1=type a2=proto     -> buf int[2]            */
 #define ELEOS_OP_FDATASYNC     39   /* a0=fd                                                   */
-#define ELEOS_OP_IOCTL_INT     40   /* a0=fd a1=request a2=int arg (FIONBIO, FIONREAD) -> a5 int out */
-#define ELEOS_OP_COUNT         41
+#define ELEOS_OP_IOCTL_INT     40   /* a0=fd a1=request a2=int arg (FIONBIO, FIONREAD) -> a5 int out;
+                                      a3=1: the arg is buf, copied back; a3=2: a2 by value   */
+#define ELEOS_OP_RECVMSG      41   /* a0=fd a1=n a2=flags a3=control capacity -> buf data, buf2 =
+                                      name (ELEOS_MSG_NAME_MAX bytes) then control; ret = bytes,
+                                      a4 out: msg_flags, a5 out: name length */
+#define ELEOS_OP_SENDMSG      42   /* a0=fd a1=flags a2=name length <- buf data, buf2 = name then
+                                      control (struct cmsghdr records); ret = bytes taken */
+#define ELEOS_OP_SPAWN        43   /* start a host program (fork+exec on the host, as CPython's
+                                      fork_exec) <- buf strings argv/executables/env/cwd,
+                                      buf2 int64 fields (host_ocalls.c: SP_*); ret = pid */
+#define ELEOS_OP_FCHMODAT     44   /* a0=dirfd a1=mode a2=flags      <- buf path (empty: fchmod(a0)) */
+#define ELEOS_OP_UTIMENSAT    45   /* a0=dirfd a1=flags <- buf path (empty: futimens(a0)),
+                                      buf2 struct timespec[2] (empty: now)                    */
+#define ELEOS_OP_FACCESSAT    46   /* a0=dirfd a1=mode a2=flags      <- buf path              */
+#define ELEOS_OP_DUP3         47   /* a0=fd a1=fd2 a2=flags (0: dup2)                         */
+#define ELEOS_OP_CHDIR        48   /* <- buf path (empty: fchdir(a0))                          */
+#define ELEOS_OP_GETCWD       49   /*                                -> buf path; ret = length */
+#define ELEOS_OP_READLINKAT   50   /* a0=dirfd <- buf path           -> buf2 target; ret = length */
+#define ELEOS_OP_SYMLINKAT    51   /* a0=newdirfd <- buf target, buf2 link path               */
+#define ELEOS_OP_LINKAT       52   /* a0=olddirfd a1=newdirfd a2=flags <- buf old, buf2 new    */
+#define ELEOS_OP_COUNT         53
+
+/* OP_SPAWN's buffer 2: these int64 fields in this order, then ngroups gids, then nkeep fds
+ * (fds the child keeps).  -1 means "none" for an fd, pgid, gid, uid, umask, nenv, ngroups.
+ * Keep in step with abi.SPAWN_FIELDS (a test checks). */
+enum eleos_spawn_field {
+    ELEOS_SP_P2CREAD, ELEOS_SP_P2CWRITE, ELEOS_SP_C2PREAD, ELEOS_SP_C2PWRITE, ELEOS_SP_ERRREAD,
+    ELEOS_SP_ERRWRITE, ELEOS_SP_ERRPIPE_READ, ELEOS_SP_ERRPIPE_WRITE, ELEOS_SP_CLOSE_FDS,
+    ELEOS_SP_RESTORE_SIGNALS, ELEOS_SP_SETSID, ELEOS_SP_PGID, ELEOS_SP_GID, ELEOS_SP_UID,
+    ELEOS_SP_UMASK, ELEOS_SP_NARGV, ELEOS_SP_NEXEC, ELEOS_SP_NENV, ELEOS_SP_HAS_CWD,
+    ELEOS_SP_NGROUPS, ELEOS_SP_NKEEP, ELEOS_SP_FIXED
+};
+
+/* recvmsg's name area at the start of buffer 2: sizeof(struct sockaddr_storage). */
+#define ELEOS_MSG_NAME_MAX    128
 
 /* The stat record the host fills (fixed layout, independent of the libc's struct stat). */
 struct eleos_stat {

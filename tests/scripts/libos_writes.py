@@ -1,5 +1,5 @@
 """Exactly N os.write calls of one byte to /dev/null (N = argv[1]), nothing else routed
-between opening and closing."""
+between opening and closing; then one write of the result to stdout (routed too)."""
 import os
 import sys
 
@@ -8,4 +8,5 @@ fd = os.open(os.devnull, os.O_WRONLY)
 for _ in range(n):
     os.write(fd, b"x")
 os.close(fd)
-print("wrote", n)
+sys.stdout.write(f"wrote {n}\n")
+sys.stdout.flush()

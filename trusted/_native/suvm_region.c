@@ -219,7 +219,8 @@ static int region_getbuffer(PyObject *self, Py_buffer *view, int flags)
 static PyObject *region_bind(Region *r, PyObject *args)
 {
     unsigned long long h, lo, cur, hi;
-    if (!PyArg_ParseTuple(args, "KKKK", &h, &lo, &cur, &hi))
+    Py_ssize_t pos = 0;
+    if (!PyArg_ParseTuple(args, "KKKK|n", &h, &lo, &cur, &hi, &pos))
         return NULL;
     if (!h || lo > cur || cur > hi) {
         PyErr_SetString(PyExc_ValueError, "bad SUVM region bounds");
@@ -227,7 +228,7 @@ static PyObject *region_bind(Region *r, PyObject *args)
     }
     r->s = (suvm_t *)(uintptr_t)h;
     r->lo = lo; r->cur = cur; r->hi = hi;
-    r->pos = 0;
+    r->pos = pos < 0 ? 0 : pos;      /* a resize keeps the position, even past the end (as mmap) */
     r->closed = 0;
     Py_RETURN_NONE;
 }
@@ -369,7 +370,7 @@ static PyObject *get_closed(Region *r, void *unused)
 }
 
 static PyMethodDef region_methods[] = {
-    {"_bind", (PyCFunction)region_bind, METH_VARARGS, "_bind(handle, lo, cur, hi): attach to SUVM space"},
+    {"_bind", (PyCFunction)region_bind, METH_VARARGS, "_bind(handle, lo, cur, hi[, pos]): attach to SUVM space"},
     {"_mark_closed", (PyCFunction)region_mark_closed, METH_NOARGS, "refuse every later access"},
     {"read", (PyCFunction)region_read, METH_VARARGS, "read([n]) -> bytes from the position, as mmap.read"},
     {"write", (PyCFunction)region_write, METH_O, "write(data) -> n, at the position, as mmap.write"},

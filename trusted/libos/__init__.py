@@ -4,8 +4,10 @@ Once installed, the app's file, socket and select calls (``open``, ``os.*``, ``s
 ``select.*``, and through them ``pathlib``, ``shutil``, ``selectors``, ``socketserver``,
 ``http.server``, ``urllib.request``, ``asyncio``) go through the transport (trusted/syscall.py:
 direct, ocall or rpc) instead of straight to the kernel, and behave as they do natively: same
-return values, same exceptions with the same errno and filename.  Anonymous ``mmap`` goes to the
-enclave heap when there is one, and fork/spawn fail with a clear error.
+return values, same exceptions with the same errno and filename.  So do ``fcntl.fcntl/ioctl``
+(answering as the app's view of blocking), ``print`` to stdout/stderr, and ``subprocess`` /
+``os.system`` (a host program started by a spawn OCALL).  Anonymous ``mmap`` goes to the
+enclave heap when there is one; ``os.fork`` fails with a clear error.
 
 What is patched is module *attributes* (``os.open``, ``socket.socket``, ...).  The import
 system uses ``posix`` and ``_io`` directly, and the shim itself uses only the transport, so
@@ -19,6 +21,7 @@ neither is routed: only the app's calls are counted.
 from __future__ import annotations
 
 import builtins
+import fcntl
 import io
 import mmap
 import os
@@ -27,9 +30,16 @@ import socket
 import sys
 import threading
 
-from trusted.libos import heap, mux, net, proc
+from trusted.libos import fdctl, heap, mux, net, paths, proc, stdio
+
+try:
+    # Imported before anything is patched, so that ssl.SSLSocket subclasses the stdlib
+    # socket class (tls.py makes the enclave's TLS socket a subclass of both).
+    from trusted.libos import tls
+except ImportError:          # Python built without OpenSSL: no TLS to route
+    tls = None
 from trusted.libos._kernel import Kernel
-from trusted.libos.fs import DirEntry, FileSystem
+from trusted.libos.fs import DirEntry, FileSystem, io_open
 
 __all__ = ["LibOS", "Kernel"]
 
@@ -51,23 +61,12 @@ _FEATURE_SETS = ("supports_dir_fd", "supports_fd", "supports_follow_symlinks",
                  "supports_effective_ids", "supports_bytes_environ")
 
 
-def _preimport_ssl() -> None:
-    """``ssl.SSLSocket`` subclasses whatever ``socket.socket`` is when ssl is imported, and its
-    C code drives the fd itself.  Imported before the patch, it subclasses the stdlib class, so
-    ``wrap_socket`` on an enclave socket works: the TLS connection then runs on the host fd
-    directly (not routed: a known gap, see README).  Imported after, it would subclass the
-    enclave socket, whose C object has no fd, and every TLS call would fail with EBADF."""
-    try:
-        import ssl  # noqa: F401
-    except ImportError:      # Python built without OpenSSL: nothing to protect
-        pass
-
-
 class LibOS:
     """The interposition layer of one enclave over one transport."""
 
-    def __init__(self, transport, heap_factory=None):
+    def __init__(self, transport, heap_factory=None, route_stdio=True):
         self.transport = transport
+        self.route_stdio = route_stdio
         self.heap_factory = heap_factory
         self.kernel = Kernel(transport)
         self.fs = FileSystem(self.kernel)
@@ -75,7 +74,10 @@ class LibOS:
         self.sockets = net.SocketModule(self.kernel, self.socket_class)
         self.select = mux.Select(self.kernel)
         self.epoll_class = mux.epoll_class(self.kernel)
+        self.poll_class = mux.poll_class(self.kernel)
         self.mmap_class = heap.mmap_class(heap_factory)
+        self.fcntl = fdctl.Fcntl(self.kernel)
+        self.paths = paths.PathCalls(self.kernel)
         self._saved: list[tuple[object, str, object]] = []
         self._sets: list[tuple[set, object, object]] = []
         self._lock = threading.Lock()
@@ -83,16 +85,19 @@ class LibOS:
 
     def poll(self):
         """``select.poll()``."""
-        return mux.Poll(self.kernel)
+        return mux.new_poll(self.poll_class)
 
     # -- what is patched ----------------------------------------------------------------------
     def _patches(self) -> list[tuple[object, str, object]]:
         fs, sm = self.fs, self.sockets
         # First: importing subprocess imports selectors, which must happen before the
         # selectors check below (else its classes would keep the real select functions).
-        refused = proc.patches()
-        out = [(builtins, "open", fs.open), (io, "open", fs.open)]
+        refused = proc.patches(self.kernel)
+        opener = io_open(fs)
+        out = [(builtins, "open", opener), (io, "open", opener)]
         out += [(os, name, getattr(fs, meth)) for name, meth in _OS_FUNCS if hasattr(os, name)]
+        out += [(os, name, getattr(self.paths, name)) for name in paths.NAMES
+                if hasattr(os, name)]
         out += [(os, "DirEntry", DirEntry)]
         out += [(socket, "socket", self.socket_class), (socket, "getaddrinfo", sm.getaddrinfo),
                 (socket, "socketpair", sm.socketpair), (socket, "fromfd", sm.fromfd),
@@ -102,6 +107,11 @@ class LibOS:
                 (select, "epoll", self.epoll_class)]
         out += self._selector_patches()
         out += [(mmap, "mmap", self.mmap_class)]
+        out += [(fcntl, "fcntl", self.fcntl.fcntl), (fcntl, "ioctl", self.fcntl.ioctl)]
+        if tls is not None:
+            out += tls.patches(self.socket_class)
+        if self.route_stdio:
+            out += stdio.patches(fs)
         return out + refused
 
     def _selector_patches(self):
@@ -119,7 +129,6 @@ class LibOS:
         with self._lock:
             if self.installed:
                 return
-            _preimport_ssl()
             originals = {}
             for owner, name, new in self._patches():
                 if isinstance(owner, type):
@@ -150,6 +159,12 @@ class LibOS:
             for fset, old, new in reversed(self._sets):
                 fset.discard(new)
                 fset.add(old)
+            for owner, name, _old in self._saved:
+                if owner is sys and name in ("stdout", "stderr"):
+                    try:
+                        getattr(sys, name).flush()     # the routed stream's last bytes
+                    except (OSError, ValueError):
+                        pass
             for owner, name, old in reversed(self._saved):
                 if old is _ABSENT:
                     delattr(owner, name)

@@ -146,6 +146,7 @@ class Kernel:
         self.raw_fds: set[int] = set()             # subset of fds: bare ints the app holds
         self.app_blocking: dict[int, bool] = {}   # host-O_NONBLOCK fd -> app sees it blocking
         self.full_write: set[int] = set()          # streams whose blocking write completes
+        self.epoll_sets: dict[int, dict] = {}      # epoll fd -> {fd: events} registered on it
 
     # -- the fd table --------------------------------------------------------------------------
     def adopt_fd(self, fd: int, what: str, raw: bool = False) -> int:
@@ -179,6 +180,7 @@ class Kernel:
             self.raw_fds.discard(fd)
             self.app_blocking.pop(fd, None)
             self.full_write.discard(fd)
+            self.epoll_sets.pop(fd, None)
 
     # -- calls ----------------------------------------------------------------------------------
     def check(self, op, *args, filename=None, filename2=None, **kw):

@@ -37,6 +37,12 @@ def mmap_class(heap_factory):
             return obj
         return _RealMmap.__new__(cls, fileno, length, *args, **kwargs)
 
+    def __repr__(self):
+        # The C repr names the type by tp_name, which for this class is "mmap": say
+        # "mmap.mmap" as the real type does.
+        text = _RealMmap.__repr__(self)
+        return "<mmap.mmap" + text[len("<mmap"):] if text.startswith("<mmap ") else text
+
     return _MmapType("mmap", (_RealMmap,), {
         "__new__": __new__, "__module__": "mmap", "_heap_types": set(),
-        "__doc__": _RealMmap.__doc__})
+        "__doc__": _RealMmap.__doc__, "__repr__": __repr__})

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno as _errno
 import math
+import operator
 import select as _select
 import struct
 import threading
@@ -40,11 +41,52 @@ _WRITE_SET = POLLOUT | POLLERR
 _EXCEPT_SET = POLLPRI
 
 
+_INT_MAX = (1 << 31) - 1
+_PYTIME_MAX_NS = (1 << 63) - 1           # CPython's _PyTime_t: int64 nanoseconds
+
+
 def _ms_from_seconds(timeout) -> int:
-    """Seconds (None: forever) to poll()'s milliseconds, rounding up as CPython does."""
+    """Seconds (None: forever) to poll()'s milliseconds, rounding up as CPython does, with
+    CPython's errors: OverflowError when it does not fit an int of milliseconds."""
     if timeout is None:
         return -1
-    return int(math.ceil(timeout * 1000))
+    ms = _timeout_ms(timeout, 1000)
+    if ms > _INT_MAX:
+        raise OverflowError("timeout is too large")
+    return ms
+
+
+def _timeout_ms(value, per_unit: int) -> int:
+    """``value`` (seconds: per_unit 1000; milliseconds: 1) as whole milliseconds rounded up,
+    as CPython's _PyTime_From*Object + _PyTime_AsMilliseconds(ROUND_TIMEOUT)."""
+    if isinstance(value, float):
+        if value != value:
+            raise ValueError("Invalid value NaN (not a number)")
+        ns = value * (1_000_000 * per_unit)
+        if not -_PYTIME_MAX_NS - 1 <= ns <= _PYTIME_MAX_NS:
+            raise OverflowError("timestamp too large to convert to C _PyTime_t")
+        ms = ns / 1_000_000
+        return math.ceil(ms) if ms >= 0 else math.floor(ms)
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"'{type(value).__name__}' object cannot be interpreted as an "
+                        f"integer") from None
+    if abs(value * 1_000_000 * per_unit) > _PYTIME_MAX_NS:
+        raise OverflowError("timestamp too large to convert to C _PyTime_t")
+    return value * per_unit
+
+
+def _ushort(value) -> int:
+    """CPython's unsigned short converter (poll event masks)."""
+    value = operator.index(value)
+    if value < 0:
+        raise ValueError("value must be positive")
+    if value >= 1 << 64:
+        raise OverflowError("Python int too large to convert to C unsigned long")
+    if value > 0xFFFF:
+        raise OverflowError("Python int too large for C unsigned short")
+    return value
 
 
 def poll_fds(kernel: Kernel, fds: list[tuple[int, int]], timeout_ms: int):
@@ -100,18 +142,26 @@ class Select:
                 raise TypeError("timeout must be a float or None")
             if timeout < 0:
                 raise ValueError("timeout must be non-negative")
+            if isinstance(timeout, float) and timeout != timeout:
+                raise ValueError("Invalid value NaN (not a number)")
         lists = []
         for seq in (rlist, wlist, xlist):
-            try:
-                items = list(seq)
-            except TypeError:
-                raise TypeError("arguments 1-3 must be sequences") from None
+            if not isinstance(seq, (list, tuple)):
+                try:
+                    seq = list(seq)
+                except TypeError:
+                    raise TypeError("arguments 1-3 must be sequences") from None
             entries = []
-            for obj in items:
+            i = 0
+            # By index against the current length, as CPython's seq2set: a fileno() that
+            # changes the list changes what is selected.
+            while i < len(seq):
+                obj = seq[i]
                 fd = _fildes(obj)
                 if fd >= FD_SETSIZE:
                     raise ValueError("filedescriptor out of range in select()")
                 entries.append((obj, fd))
+                i += 1
             lists.append(entries)
         events: dict[int, int] = {}
         for bit, entries in zip((POLLIN, POLLOUT, POLLPRI), lists):
@@ -136,25 +186,28 @@ class Select:
 
 
 class Poll:
-    """``select.poll()`` objects."""
+    """``select.poll()`` objects.  As the C type, it cannot be instantiated directly (only
+    ``select.poll()`` makes them): see :func:`new_poll`."""
 
-    def __init__(self, kernel: Kernel):
-        self._k = kernel
+    _k: Kernel
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("cannot create 'select.poll' instances")
+
+    def _setup(self):
         self._fds: dict[int, int] = {}
         self._busy = threading.Lock()
+        return self
 
     def register(self, fd, eventmask=POLLIN | POLLPRI | POLLOUT, /):
         fd = _fildes(fd)
-        if not 0 <= eventmask <= 0xFFFF:
-            raise OverflowError("Python int too large for C unsigned short")
-        self._fds[fd] = eventmask
+        self._fds[fd] = _ushort(eventmask)
 
     def modify(self, fd, eventmask, /):
         fd = _fildes(fd)
+        eventmask = _ushort(eventmask)
         if fd not in self._fds:
             raise oserror(_errno.ENOENT)
-        if not 0 <= eventmask <= 0xFFFF:
-            raise OverflowError("Python int too large for C unsigned short")
         self._fds[fd] = eventmask
 
     def unregister(self, fd, /):
@@ -167,9 +220,13 @@ class Poll:
         if timeout is None:
             ms = -1
         else:
-            if not isinstance(timeout, (int, float)):
-                raise TypeError("Timeout must be an integer or None")
-            ms = -1 if timeout < 0 else int(math.ceil(timeout))
+            try:
+                ms = _timeout_ms(timeout, 1)
+            except TypeError:
+                raise TypeError("timeout must be an integer or None") from None
+            if not -_INT_MAX - 1 <= ms <= _INT_MAX:
+                raise OverflowError("timeout is too large")
+            ms = -1 if ms < 0 else ms
         if not self._busy.acquire(blocking=False):
             raise RuntimeError("concurrent poll() invocation")
         try:
@@ -192,17 +249,24 @@ class Epoll:
     _k: Kernel
 
     def __init__(self, sizehint=-1, flags=0):
+        sizehint, flags = operator.index(sizehint), operator.index(flags)
         if sizehint == 0 or sizehint < -1:
             raise ValueError("negative sizehint")
+        if flags and flags != EPOLL_CLOEXEC:
+            raise OSError("invalid flags")
         r = self._k.check(abi.OP_EPOLL_CREATE, EPOLL_CLOEXEC)
         self._epfd = self._k.adopt_fd(r.ret, "epoll_create")
-        self._registered: dict[int, int] | None = {}
+        # What was registered on this epoll fd, shared by every object on it (fromfd).
+        self._registered: dict[int, int] | None = self._k.epoll_sets.setdefault(self._epfd, {})
 
     @classmethod
     def fromfd(cls, fd, /):
         self = cls.__new__(cls)
-        self._epfd = fd
-        self._registered = None      # registrations made elsewhere: only fd >= 0 is checkable
+        self._epfd = _fildes(fd)
+        # An epoll fd the enclave made shares its registrations; one from elsewhere is
+        # unknown (only fd >= 0 is checkable then).
+        self._registered = self._k.epoll_sets.get(self._epfd)
+        self._k.own_fd(self._epfd)
         return self
 
     def _check_open(self) -> int:
@@ -220,7 +284,10 @@ class Epoll:
     def close(self) -> None:
         if self._epfd >= 0:
             fd, self._epfd = self._epfd, -1
-            self._k.close(fd)
+            # Another object on the same fd (fromfd) may have closed it already: closing the
+            # number again could close an fd opened since.
+            if fd in self._k.fds:
+                self._k.close(fd)
 
     def __enter__(self):
         self._check_open()
@@ -311,3 +378,14 @@ class Epoll:
 
 def epoll_class(kernel: Kernel):
     return type("epoll", (Epoll,), {"_k": kernel, "__module__": "select"})
+
+
+def poll_class(kernel: Kernel):
+    """The type of ``select.poll()`` objects for this kernel, named as the C type."""
+    return type("poll", (Poll,), {"_k": kernel, "__module__": "select",
+                                  "__qualname__": "poll", "__doc__": Poll.__doc__})
+
+
+def new_poll(cls):
+    """``select.poll()``: a new poll object of ``cls`` (a :func:`poll_class` type)."""
+    return cls.__new__(cls)._setup()

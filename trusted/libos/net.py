@@ -12,11 +12,15 @@ OCALL (``wait=True``), and retry.  So no RPC worker is ever tied up by a blockin
 
 Socket addresses cross the boundary as raw ``struct sockaddr_*`` bytes, built and parsed here
 as CPython's ``getsockaddrarg``/``makesockaddr`` do; a reply of the wrong family or length is
-an Iago attack.  Host names are resolved by OP_GETADDRINFO, whose records this module parses.
+an Iago attack.  ``sendmsg``/``recvmsg``/``recvmsg_into`` carry ancillary data as raw
+``struct cmsghdr`` records (OP_SENDMSG/OP_RECVMSG), and the ones the host returns are parsed
+here as hostile input: lengths, and SCM_RIGHTS fds, which enter the enclave's fd table.
+Flags such as MSG_DONTWAIT take the general path, never the C data path.  Host names are resolved by OP_GETADDRINFO, whose records this module parses.
 """
 from __future__ import annotations
 
 import _socket
+import array
 import errno as _errno
 import operator
 import os as _os
@@ -32,6 +36,7 @@ from trusted.libos._kernel import (F_GETFL, F_SETFL, MAX_IO, O_NONBLOCK, POLLIN,
 from trusted.syscall import Reply
 
 AF_UNIX, AF_INET, AF_INET6 = _socket.AF_UNIX, _socket.AF_INET, _socket.AF_INET6
+AF_VSOCK = getattr(_socket, "AF_VSOCK", 40)
 SOCK_NONBLOCK, SOCK_CLOEXEC = _socket.SOCK_NONBLOCK, _socket.SOCK_CLOEXEC
 SO_TYPE, SO_ERROR, SO_PROTOCOL, SO_DOMAIN = 3, 4, 38, 39
 SOCKADDR_MAX = 128          # sizeof(struct sockaddr_storage)
@@ -65,6 +70,45 @@ _EAI_CODES = frozenset([getattr(_socket, n) for n in dir(_socket) if n.startswit
 
 _RealSocket = _socketmod.socket         # the stdlib class, saved before anything is patched
 _intenum = _socketmod._intenum_converter
+MSG_DONTWAIT, MSG_TRUNC, MSG_CTRUNC = _socket.MSG_DONTWAIT, _socket.MSG_TRUNC, _socket.MSG_CTRUNC
+SCM_RIGHTS = _socket.SCM_RIGHTS
+SCM_CREDENTIALS = getattr(_socket, "SCM_CREDENTIALS", 2)
+_CMSG = struct.Struct("=Qii")            # struct cmsghdr on x86_64: len, level, type
+_CREDS = struct.Struct("=iII")           # struct ucred: pid, uid, gid
+_INT_MAX = (1 << 31) - 1
+
+
+def _c_int(value) -> int:
+    """CPython's ``i`` argument converter: an index that fits a C int, else OverflowError."""
+    value = operator.index(value)
+    if value > _INT_MAX:
+        raise OverflowError("signed integer is greater than maximum")
+    if value < -_INT_MAX - 1:
+        raise OverflowError("signed integer is less than minimum")
+    return value
+
+
+def _as_int(value) -> int:
+    """CPython's _PyLong_AsInt (shutdown's ``how``): the same bounds, its own message."""
+    value = operator.index(value)
+    if not -_INT_MAX - 1 <= value <= _INT_MAX:
+        raise OverflowError("Python int too large to convert to C int")
+    return value
+
+
+def _bytes_like(data):
+    """CPython's ``y*`` converter: bytes stay bytes, anything else a flat byte view."""
+    if type(data) is bytes:
+        return data
+    try:
+        return memoryview(data).cast("B")
+    except TypeError:
+        raise TypeError(f"a bytes-like object is required, not "
+                        f"'{type(data).__name__}'") from None
+
+
+def _cmsg_space(n: int) -> int:
+    return _CMSG.size + ((n + 7) & ~7)
 
 
 # -- socket addresses ---------------------------------------------------------------------------
@@ -366,6 +410,7 @@ class EnclaveSocket(_RealSocket):
     __slots__ = ("_fd", "_family", "_stype", "_proto", "_timeout")
     _k: Kernel
     _res: Resolver
+    _plain: type
 
     def __init__(self, family=-1, type=-1, proto=-1, fileno=None):
         # Not _socket.socket.__init__: the C object must never hold the real fd.
@@ -465,7 +510,8 @@ class EnclaveSocket(_RealSocket):
             value = float(value)
             if value < 0:
                 raise ValueError("Timeout value out of range")
-        if self._fd < 0:
+        if self._fd < 0 or self._fd not in self._k.fds:
+            # natively this is an fcntl on the fd: an fd closed elsewhere fails (EBADF)
             raise oserror(_errno.EBADF)
         self._timeout = value
         self._k.app_blocking[self._fd] = value is None
@@ -477,10 +523,11 @@ class EnclaveSocket(_RealSocket):
         return self._timeout != 0.0
 
     # -- the blocking rule ---------------------------------------------------------------------
-    def _io(self, events, attempt, deadline=None, first=None):
+    def _io(self, events, attempt, deadline=None, first=None, flags=0):
         """Finish a socket call by the blocking rule (see Kernel.blocking_io); ``first`` is the
-        reply of the attempt the caller already made."""
-        timeout = self._timeout
+        reply of the attempt the caller already made.  MSG_DONTWAIT in ``flags`` makes this
+        one call non-blocking whatever the socket's mode, as the kernel does."""
+        timeout = 0.0 if flags & MSG_DONTWAIT else self._timeout
         if deadline is not None:
             timeout = max(0.0, deadline - time.monotonic())
             if timeout == 0.0 and (first is None or first.ret < 0):
@@ -493,7 +540,7 @@ class EnclaveSocket(_RealSocket):
         self._k.check(abi.OP_BIND, self._fd, inbuf=raw)
 
     def listen(self, backlog=min(_socket.SOMAXCONN, 128)):
-        self._k.check(abi.OP_LISTEN, self._fd, max(0, operator.index(backlog)))
+        self._k.check(abi.OP_LISTEN, self._fd, max(0, _c_int(backlog)))
 
     def accept(self):
         fd = self._fd
@@ -506,7 +553,7 @@ class EnclaveSocket(_RealSocket):
             self._k.call(abi.OP_CLOSE, newfd)   # not the app's connection: give it back
             self._k.forget_fd(newfd)
             raise
-        sock = self._from_new_fd(newfd, self._family, self._stype, self._proto)
+        sock = self._plain._from_new_fd(newfd, self._family, self._stype, self._proto)
         return sock, addr
 
     def _connect(self, address) -> int:
@@ -571,7 +618,7 @@ class EnclaveSocket(_RealSocket):
 
     def send(self, data, flags=0):
         if type(data) is not bytes:
-            data = memoryview(data).cast("B")
+            data = _bytes_like(data)
         if len(data) > MAX_IO:
             data = data[:MAX_IO]
         fd, k = self._fd, self._k
@@ -579,20 +626,20 @@ class EnclaveSocket(_RealSocket):
         if ret < 0:
             call = k._call
             ret = self._io(POLLOUT, lambda: call(abi.OP_SENDTO, fd, flags, inbuf=data),
-                           first=Reply(ret, b"", b"", ())).ret
+                           first=Reply(ret, b"", b"", ()), flags=flags).ret
         if ret < len(data):
             if ret == 0:
                 # a socket takes a byte of non-empty data or says EAGAIN: an app looping on
                 # send() would spin for ever on this
                 raise IagoError(f"host says a send of {len(data)} bytes took none")
-            if self._timeout is None:
+            if self._timeout is None and not flags & MSG_DONTWAIT:
                 # natively a blocking stream send returns only when all of it is queued
                 return k.complete_write(fd, data, ret,
                                         lambda b: k._call(abi.OP_SENDTO, fd, flags, inbuf=b))
         return ret
 
     def sendall(self, data, flags=0):
-        m = memoryview(data).cast("B")
+        m = memoryview(_bytes_like(data))
         fd, call = self._fd, self._k._call
         # As CPython >= 3.5: the timeout bounds the whole sendall, not each send.
         deadline = None if not self._timeout else time.monotonic() + self._timeout
@@ -601,7 +648,7 @@ class EnclaveSocket(_RealSocket):
             r = call(abi.OP_SENDTO, fd, flags, inbuf=chunk)
             if r.ret < 0:
                 r = self._io(POLLOUT, lambda: call(abi.OP_SENDTO, fd, flags, inbuf=chunk),
-                             deadline, r)
+                             deadline, r, flags)
             if r.ret == 0 and len(chunk):
                 raise IagoError(f"host says a send of {len(chunk)} bytes took none (sendall "
                                 f"would loop for ever)")
@@ -610,20 +657,22 @@ class EnclaveSocket(_RealSocket):
                 return None
 
     def sendto(self, data, *args):
+        if not 1 <= len(args) <= 2:
+            raise TypeError(f"sendto() takes 2 or 3 arguments ({len(args) + 1} given)")
+        m = _bytes_like(data)          # as CPython: the data, then flags, then the address
         if len(args) == 1:
             flags, address = 0, args[0]
-        elif len(args) == 2:
-            flags, address = operator.index(args[0]), args[1]
         else:
-            raise TypeError(f"sendto() takes 2 or 3 arguments ({len(args) + 1} given)")
+            flags, address = _c_int(args[0]), args[1]
         raw = self._res.encode(self._family, address, "sendto")
-        m = memoryview(data).cast("B")
         fd, call = self._fd, self._k.call
         return self._io(POLLOUT, lambda: call(abi.OP_SENDTO, fd, flags, inbuf=m,
-                                              in2=raw)).ret
+                                              in2=raw), flags=flags).ret
 
     def recv(self, bufsize, flags=0):
         bufsize = operator.index(bufsize)
+        if flags:
+            flags = _c_int(flags)
         if bufsize < 0:
             raise ValueError("negative buffersize in recv")
         n = bufsize if bufsize <= MAX_IO else MAX_IO
@@ -637,7 +686,7 @@ class EnclaveSocket(_RealSocket):
             first = None
         call = self._k._call
         return self._io(POLLIN, lambda: call(abi.OP_RECVFROM, fd, n, flags, outcap=n),
-                        first=first).out
+                        first=first, flags=flags).out
 
     def recv_into(self, buffer, nbytes=0, flags=0):
         nbytes = operator.index(nbytes)
@@ -653,7 +702,7 @@ class EnclaveSocket(_RealSocket):
         r = call(abi.OP_RECVFROM, fd, n, flags, outcap=n, into=m)
         if r.ret < 0:
             r = self._io(POLLIN, lambda: call(abi.OP_RECVFROM, fd, n, flags, outcap=n,
-                                              into=m), first=r)
+                                              into=m), first=r, flags=flags)
         return r.ret
 
     def _has_sender(self) -> bool:
@@ -669,7 +718,7 @@ class EnclaveSocket(_RealSocket):
         n = min(bufsize, MAX_IO)
         fd, call = self._fd, self._k.call
         r = self._io(POLLIN, lambda: call(abi.OP_RECVFROM, fd, n, flags, outcap=n,
-                                          out2cap=SOCKADDR_MAX))
+                                          out2cap=SOCKADDR_MAX), flags=flags)
         return r.out, decode_sockaddr(self._family, r.out2, "recvfrom", self._has_sender())
 
     def recvfrom_into(self, buffer, nbytes=0, flags=0):
@@ -684,30 +733,131 @@ class EnclaveSocket(_RealSocket):
         n = min(nbytes, MAX_IO)
         fd, call = self._fd, self._k.call
         r = self._io(POLLIN, lambda: call(abi.OP_RECVFROM, fd, n, flags, outcap=n,
-                                          out2cap=SOCKADDR_MAX, into=m))
+                                          out2cap=SOCKADDR_MAX, into=m), flags=flags)
         return r.ret, decode_sockaddr(self._family, r.out2, "recvfrom_into",
                                       self._has_sender())
 
     def sendmsg(self, buffers, ancdata=(), flags=0, address=None, /):
-        """Without ancillary data only: SCM_RIGHTS and friends cannot cross this boundary."""
-        if ancdata:
-            raise OSError(_errno.EOPNOTSUPP, "ancillary data is not supported inside the "
-                          "enclave (eleos-shim routes sendmsg without it)")
-        data = b"".join(bytes(memoryview(b).cast("B")) for b in buffers)
-        if address is None:
-            return self.send(data, flags)
-        return self.sendto(data, flags, address)
+        """One OP_SENDMSG: the buffers gathered in the enclave, the control messages built
+        here as ``struct cmsghdr`` records (SCM_RIGHTS fds are the app's own host fds)."""
+        try:
+            bufs = [_bytes_like(b) for b in buffers]
+        except TypeError as e:
+            if "bytes-like" in str(e):
+                raise
+            raise TypeError("sendmsg() argument 1 must be an iterable") from None
+        data = bufs[0] if len(bufs) == 1 else b"".join(bufs)
+        ctl = []
+        try:
+            items = list(ancdata)
+        except TypeError:
+            raise TypeError("sendmsg() argument 2 must be an iterable") from None
+        for item in items:
+            try:
+                level, ctype, cdata = item
+            except (TypeError, ValueError):
+                n = len(item) if hasattr(item, "__len__") else None
+                raise TypeError("[sendmsg() ancillary data items]() argument must be "
+                                "sequence of length 3" + (f", not {n}" if n is not None
+                                                           else "")) from None
+            level, ctype, cdata = _c_int(level), _c_int(ctype), bytes(_bytes_like(cdata))
+            pad = _cmsg_space(len(cdata)) - _CMSG.size - len(cdata)
+            ctl.append(_CMSG.pack(_CMSG.size + len(cdata), level, ctype) + cdata + bytes(pad))
+        flags = _c_int(flags)
+        name = b"" if address is None else self._res.encode(self._family, address, "sendmsg")
+        in2 = name + b"".join(ctl)
+        fd, k = self._fd, self._k
+        call = k.call
+        ret = self._io(POLLOUT, lambda: call(abi.OP_SENDMSG, fd, flags, len(name), inbuf=data,
+                                             in2=in2), flags=flags).ret
+        if ret < len(data) and self._timeout is None and not flags & MSG_DONTWAIT:
+            # a blocking stream sendmsg returns when all is queued; the control data went
+            # with the first part
+            return k.complete_write(fd, data, ret, lambda b: call(abi.OP_SENDTO, fd, flags,
+                                                                  inbuf=b))
+        return ret
+
+    def _recvmsg(self, n, ancbufsize, flags, into):
+        """One OP_RECVMSG by the blocking rule: (Reply, control messages, msg_flags, address),
+        every field of the host's reply checked."""
+        flags = _c_int(flags)
+        fd, k = self._fd, self._k
+        call = k.call
+        r = self._io(POLLIN, lambda: call(abi.OP_RECVMSG, fd, n, flags, ancbufsize, outcap=n,
+                                          out2cap=abi.MSG_NAME_MAX + ancbufsize, into=into),
+                     flags=flags)
+        msg_flags, namelen = r.args[4], r.args[5]
+        if not 0 <= msg_flags <= 0xFFFFFFFF or not 0 <= namelen <= abi.MSG_NAME_MAX \
+                or len(r.out2) < abi.MSG_NAME_MAX:
+            raise IagoError(f"host's recvmsg reply has msg_flags {msg_flags:#x}, a {namelen}-"
+                            f"byte name and {len(r.out2)} bytes of name and control data")
+        anc = self._cmsgs(r.out2[abi.MSG_NAME_MAX:], msg_flags)
+        addr = decode_sockaddr(self._family, r.out2[:namelen], "recvmsg", self._has_sender())
+        return r, anc, msg_flags, addr
+
+    def _cmsgs(self, ctl: bytes, msg_flags: int) -> list:
+        """The control messages the host returned, as CPython's (level, type, data) list;
+        checked as hostile: lengths, and the fds of SCM_RIGHTS, which enter the fd table."""
+        out, pos, cut = [], 0, bool(msg_flags & MSG_CTRUNC)
+        while pos + _CMSG.size <= len(ctl):
+            clen, level, ctype = _CMSG.unpack_from(ctl, pos)
+            end = pos + clen
+            if clen < _CMSG.size or (end > len(ctl) and not cut):
+                raise IagoError(f"host's recvmsg control message at {pos} claims {clen} "
+                                f"bytes of {len(ctl)}")
+            data = ctl[pos + _CMSG.size:min(end, len(ctl))]
+            if level == SOL_SOCKET and ctype == SCM_RIGHTS:
+                if len(data) % 4 and not cut:
+                    raise IagoError(f"host's SCM_RIGHTS message holds {len(data)} bytes")
+                fds = array.array("i", data[:len(data) // 4 * 4])
+                for fd in fds:
+                    self._k.adopt_fd(fd, "recvmsg SCM_RIGHTS", raw=True)
+            elif level == SOL_SOCKET and ctype == SCM_CREDENTIALS and not cut \
+                    and len(data) != _CREDS.size:
+                raise IagoError(f"host's SCM_CREDENTIALS message holds {len(data)} bytes")
+            out.append((level, ctype, data))
+            pos += _cmsg_space(clen - _CMSG.size)
+        if pos < len(ctl) and not cut and len(ctl) - pos >= _CMSG.size:
+            raise IagoError("host's recvmsg control data has a stray tail")
+        return out
 
     def recvmsg(self, bufsize, ancbufsize=0, flags=0, /):
-        """Without ancillary data only; msg_flags is reported as 0."""
-        if ancbufsize:
-            raise OSError(_errno.EOPNOTSUPP, "ancillary data is not supported inside the "
-                          "enclave (eleos-shim routes recvmsg without it)")
-        data, addr = self.recvfrom(bufsize, flags)
-        return data, [], 0, addr
+        bufsize, ancbufsize = operator.index(bufsize), operator.index(ancbufsize)
+        if bufsize < 0:
+            raise ValueError("negative buffer size in recvmsg()")
+        if ancbufsize < 0:
+            raise ValueError("invalid ancillary data buffer length")
+        r, anc, msg_flags, addr = self._recvmsg(min(bufsize, MAX_IO), ancbufsize, flags, None)
+        return r.out, anc, msg_flags, addr
+
+    def recvmsg_into(self, buffers, ancbufsize=0, flags=0, /):
+        ancbufsize = operator.index(ancbufsize)
+        if ancbufsize < 0:
+            raise ValueError("invalid ancillary data buffer length")
+        try:
+            views = [memoryview(b).cast("B") for b in buffers]
+        except TypeError:
+            raise TypeError("recvmsg_into() argument 1 must be an iterable of single-segment "
+                            "read-write buffers") from None
+        if any(v.readonly for v in views):
+            raise TypeError("recvmsg_into() argument 1 must be an iterable of single-segment "
+                            "read-write buffers")
+        total = sum(len(v) for v in views)
+        n = min(total, MAX_IO)
+        into = views[0] if len(views) == 1 else bytearray(n)
+        r, anc, msg_flags, addr = self._recvmsg(n, ancbufsize, flags, into)
+        if len(views) > 1:                  # scatter, as the kernel's iovec would
+            left, pos = min(r.ret, n), 0
+            for v in views:
+                take = min(len(v), left - pos)
+                if take <= 0:
+                    break
+                v[:take] = into[pos:pos + take]
+                pos += take
+        return r.ret, anc, msg_flags, addr
 
     def shutdown(self, how):
-        self._k.check(abi.OP_SHUTDOWN, self._fd, operator.index(how))
+        self._k.check(abi.OP_SHUTDOWN, self._fd, _as_int(how))
 
     def setsockopt(self, level, optname, value, optlen=None, /):
         if optlen is not None:
@@ -715,13 +865,17 @@ class EnclaveSocket(_RealSocket):
                 raise TypeError("setsockopt() takes 3 or 4 arguments with None as value")
             raw = bytes(operator.index(optlen))
         elif isinstance(value, int):
-            raw = struct.pack("=i", value)
+            # as CPython: AF_VSOCK options are 64-bit, all others a C int
+            raw = struct.pack("=Q", value) if level == AF_VSOCK else struct.pack("=i", value)
         else:
             raw = bytes(memoryview(value).cast("B"))
         self._k.check(abi.OP_SETSOCKOPT, self._fd, level, optname, inbuf=raw)
 
     def getsockopt(self, level, optname, buflen=None, /):
         if buflen is None:
+            if level == AF_VSOCK:
+                r = self._k.check(abi.OP_GETSOCKOPT, self._fd, level, optname, 8, outcap=8)
+                return int.from_bytes(r.out.ljust(8, b"\0"), "little")
             r = self._k.check(abi.OP_GETSOCKOPT, self._fd, level, optname, 4, outcap=4)
             value = int.from_bytes(r.out.ljust(4, b"\0"), "little", signed=True)
             return _checked_sockopt(optname, value) if level == SOL_SOCKET else value
@@ -758,7 +912,7 @@ class EnclaveSocket(_RealSocket):
     def dup(self):
         r = self._k.check(abi.OP_DUP, self._fd)
         newfd = self._k.adopt_fd(r.ret, "dup")
-        sock = self._from_new_fd(newfd, self._family, self._stype, self._proto)
+        sock = self._plain._from_new_fd(newfd, self._family, self._stype, self._proto)
         sock.settimeout(self._timeout)
         return sock
 
@@ -825,4 +979,5 @@ def socket_class(kernel: Kernel):
     cls = type("socket", (EnclaveSocket,), {"__slots__": (), "_k": kernel,
                                             "_res": Resolver(kernel), "__module__": "socket",
                                             "__doc__": EnclaveSocket.__doc__})
+    cls._plain = cls       # what accept() and dup() make, also from a subclass (TLS)
     return cls

@@ -23,6 +23,10 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+#include <grp.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -93,6 +97,213 @@ static int64_t do_getaddrinfo(struct eleos_req *req)
     freeaddrinfo(list);
     req->out2_len = used;
     return (int64_t)count;
+}
+
+/* spawn: the enclave cannot fork, so it asks the host to start a program (as SDK enclaves
+ * do with an OCALL).  What CPython's _posixsubprocess.fork_exec does, on the host: fork, and
+ * in the child only async-signal-safe calls (dup2 the stdio pipes, close fds, chdir, exec),
+ * reporting a failure on the error pipe in CPython's "OSError:<hex errno>:noexec" format.
+ * buf: the strings (argv, executables, env, cwd), each NUL-terminated; buf2: int64 fields,
+ * ELEOS_SP_* in eleos_abi.h.  ret = the child's pid. */
+#define SPAWN_MAX_ITEMS 65536
+
+static void child_report(int fd, int err, const char *what)
+{
+    char hex[20], *cur = hex + sizeof hex;
+    unsigned e = (unsigned)err;
+    do { *--cur = "0123456789abcdef"[e % 16]; e /= 16; } while (e && cur > hex);
+    if (write(fd, "OSError:", 8) < 0) return;
+    if (write(fd, cur, (size_t)(hex + sizeof hex - cur)) < 0) return;
+    if (write(fd, ":", 1) < 0) return;
+    if (what && write(fd, what, strlen(what)) < 0) return;
+}
+
+static int is_kept(const int64_t *keep, int64_t n, int fd)
+{
+    for (int64_t i = 0; i < n; i++) if (keep[i] == fd) return 1;
+    return 0;
+}
+
+static void child_blocking_stdio(int fd)
+{
+    /* the enclave keeps its pipes O_NONBLOCK in the host; a native child's stdio blocks */
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0 && (fl & O_NONBLOCK)) fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+}
+
+static void child_exec(const int64_t *v, char *const *argv, char *const *execs, char *const *envp,
+                       const char *cwd, const gid_t *groups, const int64_t *keep)
+{
+    int errpipe = (int)v[ELEOS_SP_ERRPIPE_WRITE];
+    int p2cread = (int)v[ELEOS_SP_P2CREAD], c2pwrite = (int)v[ELEOS_SP_C2PWRITE], errwrite = (int)v[ELEOS_SP_ERRWRITE];
+    const char *stage = "noexec";
+    if (v[ELEOS_SP_P2CWRITE] != -1) close((int)v[ELEOS_SP_P2CWRITE]);
+    if (v[ELEOS_SP_C2PREAD] != -1) close((int)v[ELEOS_SP_C2PREAD]);
+    if (v[ELEOS_SP_ERRREAD] != -1) close((int)v[ELEOS_SP_ERRREAD]);
+    if (v[ELEOS_SP_ERRPIPE_READ] != -1) close((int)v[ELEOS_SP_ERRPIPE_READ]);
+    /* as CPython: keep the later dup2s from clobbering an fd still needed */
+    if (c2pwrite == 0 && (c2pwrite = dup(c2pwrite)) < 0) goto fail;
+    while (errwrite == 0 || errwrite == 1) if ((errwrite = dup(errwrite)) < 0) goto fail;
+    if (p2cread == 0) { if (fcntl(0, F_SETFD, 0) < 0) goto fail; }
+    else if (p2cread != -1 && dup2(p2cread, 0) < 0) goto fail;
+    if (c2pwrite == 1) { if (fcntl(1, F_SETFD, 0) < 0) goto fail; }
+    else if (c2pwrite != -1 && dup2(c2pwrite, 1) < 0) goto fail;
+    if (errwrite == 2) { if (fcntl(2, F_SETFD, 0) < 0) goto fail; }
+    else if (errwrite != -1 && dup2(errwrite, 2) < 0) goto fail;
+    if (p2cread != -1) child_blocking_stdio(0);
+    if (c2pwrite != -1) child_blocking_stdio(1);
+    if (errwrite != -1) child_blocking_stdio(2);
+    for (int64_t i = 0; i < v[ELEOS_SP_NKEEP]; i++)
+        if (keep[i] != errpipe && fcntl((int)keep[i], F_SETFD, 0) < 0) goto fail;
+    if (v[ELEOS_SP_CLOSE_FDS]) {
+        long max = sysconf(_SC_OPEN_MAX);
+        if (max < 0 || max > 1 << 20) max = 1 << 20;
+        for (int fd = 3; fd < max; fd++) {
+            if (is_kept(keep, v[ELEOS_SP_NKEEP], fd)) continue;
+            int lo = fd;
+            while (fd + 1 < max && !is_kept(keep, v[ELEOS_SP_NKEEP], fd + 1)) fd++;
+            if (syscall(SYS_close_range, (unsigned)lo, (unsigned)fd, 0) < 0)
+                for (int c = lo; c <= fd; c++) close(c);
+        }
+    }
+    if (v[ELEOS_SP_HAS_CWD] && chdir(cwd) < 0) { stage = "noexec:chdir"; goto fail; }
+    if (v[ELEOS_SP_UMASK] >= 0) umask((mode_t)v[ELEOS_SP_UMASK]);
+    if (v[ELEOS_SP_RESTORE_SIGNALS]) {
+        signal(SIGPIPE, SIG_DFL);
+        signal(SIGXFSZ, SIG_DFL);
+    }
+    if (v[ELEOS_SP_SETSID] && setsid() < 0) goto fail;
+    if (v[ELEOS_SP_PGID] >= 0 && setpgid(0, (pid_t)v[ELEOS_SP_PGID]) < 0) goto fail;
+    if (v[ELEOS_SP_NGROUPS] >= 0 && setgroups((size_t)v[ELEOS_SP_NGROUPS], groups) < 0) goto fail;
+    if (v[ELEOS_SP_GID] >= 0 && setregid((gid_t)v[ELEOS_SP_GID], (gid_t)v[ELEOS_SP_GID]) < 0) goto fail;
+    if (v[ELEOS_SP_UID] >= 0 && setreuid((uid_t)v[ELEOS_SP_UID], (uid_t)v[ELEOS_SP_UID]) < 0) goto fail;
+    stage = NULL;
+    int saved = 0;
+    for (int64_t i = 0; i < v[ELEOS_SP_NEXEC]; i++) {
+        if (envp) execve(execs[i], argv, envp);
+        else execv(execs[i], argv);
+        if (errno != ENOENT && errno != ENOTDIR && saved == 0) saved = errno;
+    }
+    if (saved) errno = saved;
+fail:
+    if (errpipe < 0) _exit(127);     /* no error pipe (os.spawn*): the shell's "cannot exec" */
+    child_report(errpipe, errno, stage);
+    _exit(255);
+}
+
+/* Split `n` NUL-terminated strings off *p (within end) into out[0..n-1], out[n] = NULL. */
+static int take_strings(char **p, const char *end, int64_t n, char **out)
+{
+    for (int64_t i = 0; i < n; i++) {
+        char *nul = memchr(*p, 0, (size_t)(end - *p));
+        if (!nul) return -1;
+        out[i] = *p;
+        *p = nul + 1;
+    }
+    out[n] = NULL;
+    return 0;
+}
+
+static int64_t do_spawn(struct eleos_req *req)
+{
+    const int64_t *v = BUF2(req);
+    uint64_t nints = req->buf2_len / sizeof(int64_t);
+    if (nints < ELEOS_SP_FIXED) return -EINVAL;
+    int64_t nargv = v[ELEOS_SP_NARGV], nexec = v[ELEOS_SP_NEXEC], nenv = v[ELEOS_SP_NENV];
+    int64_t ngroups = v[ELEOS_SP_NGROUPS], nkeep = v[ELEOS_SP_NKEEP];
+    if (nargv < 1 || nargv > SPAWN_MAX_ITEMS || nexec < 1 || nexec > SPAWN_MAX_ITEMS ||
+        nenv < -1 || nenv > SPAWN_MAX_ITEMS || ngroups < -1 || ngroups > SPAWN_MAX_ITEMS ||
+        nkeep < 0 || nkeep > SPAWN_MAX_ITEMS ||
+        (uint64_t)(ELEOS_SP_FIXED + (ngroups > 0 ? ngroups : 0) + nkeep) > nints)
+        return -EINVAL;
+    char *p = BUF(req), *end = p + req->buf_len;
+    char **argv = calloc((size_t)nargv + 1, sizeof *argv);
+    char **execs = calloc((size_t)nexec + 1, sizeof *execs);
+    char **envp = nenv >= 0 ? calloc((size_t)nenv + 1, sizeof *envp) : NULL;
+    gid_t *groups = calloc((size_t)(ngroups > 0 ? ngroups : 1), sizeof *groups);
+    int64_t r = -ENOMEM;
+    char *cwd[2] = {NULL, NULL};
+    if (!argv || !execs || (nenv >= 0 && !envp) || !groups) goto out;
+    r = -EINVAL;
+    if (take_strings(&p, end, nargv, argv) || take_strings(&p, end, nexec, execs) ||
+        (envp && take_strings(&p, end, nenv, envp)) ||
+        (v[ELEOS_SP_HAS_CWD] && take_strings(&p, end, 1, cwd)))
+        goto out;
+    for (int64_t i = 0; i < ngroups; i++) groups[i] = (gid_t)v[ELEOS_SP_FIXED + i];
+    const int64_t *keep = v + ELEOS_SP_FIXED + (ngroups > 0 ? ngroups : 0);
+    pid_t pid = fork();
+    if (pid == 0) child_exec(v, argv, execs, envp, cwd[0], groups, keep);   /* never returns */
+    r = pid < 0 ? -(int64_t)errno : (int64_t)pid;
+out:
+    free(argv); free(execs); free(envp); free(groups);
+    return r;
+}
+
+/* fcntl/ioctl with a buffer argument (a3 = 1): as CPython, the argument is copied into a
+ * 1024-byte buffer of our own (a call that writes more than it was given cannot overrun the
+ * request's buffer), the call made on it, and it is copied back. */
+static int64_t buffer_ctl(struct eleos_req *req, int is_ioctl)
+{
+    char arg[1024 + 1];
+    uint64_t n = req->buf_len;
+    if (n > 1024) {
+        if (!is_ioctl) return -EINVAL;
+        /* a larger mutable ioctl argument is used in place, as CPython does */
+        int64_t r = res(ioctl((int)A(0), (unsigned long)(uint32_t)A(1), BUF(req)));
+        if (r >= 0) req->out_len = n;
+        return r;
+    }
+    memset(arg, 0, sizeof arg);
+    memcpy(arg, BUF(req), n);
+    int64_t r = is_ioctl ? res(ioctl((int)A(0), (unsigned long)(uint32_t)A(1), arg))
+                         : res(fcntl((int)A(0), (int)A(1), arg));
+    if (r >= 0) { memcpy(BUF(req), arg, n); req->out_len = n; }
+    return r;
+}
+
+/* recvmsg: data into buffer 1; buffer 2 is the name (ELEOS_MSG_NAME_MAX bytes) then the
+ * control data (capacity a3).  a4 = msg_flags, a5 = the name's length. */
+static int64_t do_recvmsg(struct eleos_req *req)
+{
+    uint64_t n = (uint64_t)A(1) < req->buf_len ? (uint64_t)A(1) : req->buf_len;
+    uint64_t ctl = (uint64_t)A(3);
+    if (req->buf2_len < ELEOS_MSG_NAME_MAX || ctl > req->buf2_len - ELEOS_MSG_NAME_MAX)
+        return -EINVAL;
+    struct iovec iov = {BUF(req), n};
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_name = BUF2(req);
+    msg.msg_namelen = ELEOS_MSG_NAME_MAX;
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = ctl ? (char *)BUF2(req) + ELEOS_MSG_NAME_MAX : NULL;
+    msg.msg_controllen = ctl;
+    int64_t r = res(recvmsg((int)A(0), &msg, (int)A(2)));
+    if (r < 0) return r;
+    req->out_len = (uint64_t)r < n ? (uint64_t)r : n;
+    uint64_t nl = msg.msg_namelen < ELEOS_MSG_NAME_MAX ? msg.msg_namelen : ELEOS_MSG_NAME_MAX;
+    uint64_t cl = msg.msg_controllen < ctl ? msg.msg_controllen : ctl;
+    req->out2_len = ELEOS_MSG_NAME_MAX + cl;
+    A(4) = msg.msg_flags;
+    A(5) = (int64_t)nl;
+    return r;
+}
+
+/* sendmsg: data from buffer 1; buffer 2 is the name (a2 bytes, 0: none) then control data. */
+static int64_t do_sendmsg(struct eleos_req *req)
+{
+    uint64_t nl = (uint64_t)A(2);
+    if (nl > req->buf2_len || nl > ELEOS_MSG_NAME_MAX) return -EINVAL;
+    struct iovec iov = {BUF(req), req->buf_len};
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_name = nl ? BUF2(req) : NULL;
+    msg.msg_namelen = (socklen_t)nl;
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = req->buf2_len > nl ? (char *)BUF2(req) + nl : NULL;
+    msg.msg_controllen = req->buf2_len - nl;
+    return res(sendmsg((int)A(0), &msg, (int)A(1)));
 }
 
 /* The adversary's handle (tests, demos): make the next `count` replies lie.  A hostile host
@@ -360,7 +571,8 @@ void host_dispatch(struct eleos_req *req)
         r = do_getaddrinfo(req);
         break;
     case ELEOS_OP_FCNTL:
-        r = res(fcntl((int)A(0), (int)A(1), (long)A(2)));
+        if (A(3) == 1) r = buffer_ctl(req, 0);
+        else r = res(fcntl((int)A(0), (int)A(1), (long)A(2)));
         break;
     case ELEOS_OP_DUP:
         r = res(fcntl((int)A(0), F_DUPFD_CLOEXEC, 0));
@@ -374,7 +586,68 @@ void host_dispatch(struct eleos_req *req)
         if (r == 0) { memcpy(BUF(req), fds, sizeof fds); req->out_len = sizeof fds; }
         break;
     }
+    case ELEOS_OP_SPAWN:
+        r = do_spawn(req);
+        break;
+    case ELEOS_OP_FCHMODAT: {
+        const char *p = path_arg(req->buf, req->buf_len);
+        r = p ? res(fchmodat((int)A(0), p, (mode_t)A(1), (int)A(2)))
+              : res(fchmod((int)A(0), (mode_t)A(1)));
+        break;
+    }
+    case ELEOS_OP_UTIMENSAT: {
+        const char *p = path_arg(req->buf, req->buf_len);
+        const struct timespec *ts = req->buf2_len == 2 * sizeof(struct timespec) ? BUF2(req) : NULL;
+        r = p ? res(utimensat((int)A(0), p, ts, (int)A(1))) : res(futimens((int)A(0), ts));
+        break;
+    }
+    case ELEOS_OP_FACCESSAT: {
+        const char *p = path_arg(req->buf, req->buf_len);
+        r = p ? res(faccessat((int)A(0), p, (int)A(1), (int)A(2))) : -EINVAL;
+        break;
+    }
+    case ELEOS_OP_DUP3:
+        r = A(2) ? res(dup3((int)A(0), (int)A(1), (int)A(2))) : res(dup2((int)A(0), (int)A(1)));
+        break;
+    case ELEOS_OP_CHDIR: {
+        const char *p = path_arg(req->buf, req->buf_len);
+        r = p ? res(chdir(p)) : res(fchdir((int)A(0)));
+        break;
+    }
+    case ELEOS_OP_GETCWD:
+        if (!req->buf_len) { r = -EINVAL; break; }
+        if (getcwd(BUF(req), req->buf_len) == NULL) { r = -(int64_t)errno; break; }
+        r = (int64_t)strnlen(BUF(req), req->buf_len);
+        req->out_len = (uint64_t)r;
+        break;
+    case ELEOS_OP_READLINKAT: {
+        const char *p = path_arg(req->buf, req->buf_len);
+        if (!p) { r = -EINVAL; break; }
+        r = res(readlinkat((int)A(0), p, BUF2(req), req->buf2_len));
+        if (r >= 0) req->out2_len = (uint64_t)r;
+        break;
+    }
+    case ELEOS_OP_SYMLINKAT: {
+        const char *target = path_arg(req->buf, req->buf_len);
+        const char *link = path_arg(req->buf2, req->buf2_len);
+        r = target && link ? res(symlinkat(target, (int)A(0), link)) : -EINVAL;
+        break;
+    }
+    case ELEOS_OP_LINKAT: {
+        const char *old = path_arg(req->buf, req->buf_len);
+        const char *new = path_arg(req->buf2, req->buf2_len);
+        r = old && new ? res(linkat((int)A(0), old, (int)A(1), new, (int)A(2))) : -EINVAL;
+        break;
+    }
+    case ELEOS_OP_RECVMSG:
+        r = do_recvmsg(req);
+        break;
+    case ELEOS_OP_SENDMSG:
+        r = do_sendmsg(req);
+        break;
     case ELEOS_OP_IOCTL_INT: {
+        if (A(3) == 1) { r = buffer_ctl(req, 1); break; }
+        if (A(3) == 2) { r = res(ioctl((int)A(0), (unsigned long)(uint32_t)A(1), (unsigned long)A(2))); break; }
         int v = (int)A(2);
         r = res(ioctl((int)A(0), (unsigned long)A(1), &v));
         A(5) = v;
