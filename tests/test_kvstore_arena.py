@@ -175,6 +175,10 @@ def run(server: kv.KVServer, program, exact: bool) -> dict[bytes, bytes]:
             elif (cmd == b"add") == (old is not None) and cmd in (b"add", b"replace",
                                                                  b"append", b"prepend"):
                 assert res == b"NOT_STORED\r\n", (n, cmd, key, res)
+            elif cmd in (b"append", b"prepend") and not store.fits(len(key),
+                                                                  len(old) + len(value), 0):
+                # memcached: no item can hold the merged value; the old one stays as it was
+                assert res == b"NOT_STORED\r\n", (n, cmd, key, res)
             else:
                 assert res == b"STORED\r\n", (n, cmd, key, res)
                 model[key] = (old + value if cmd == b"append" else
