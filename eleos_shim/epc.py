@@ -47,7 +47,9 @@ INTEGRITY_SIGNAL = signal.SIGRTMAX - 3
 
 _REASONS = {1: "its version slot is occupied", 2: "no sealed copy may be loaded there (replayed)",
             3: "its AES-GCM tag does not verify (tampered with, swapped or replayed)",
-            4: "bad version slot", 5: "libcrypto failed"}
+            4: "bad version slot (not the slot of that page)", 5: "libcrypto failed",
+            6: "no enclave memory is at that address",
+            7: "the verified page could not be put in enclave memory"}
 
 _current: "EPC | None" = None
 
@@ -105,10 +107,18 @@ class EPCMap(mmap.mmap):
             address = int(ffi.cast("uintptr_t", buf))
         finally:
             ffi.release(buf)
+        # The CPU learns from the enclave, not from the driver, where this region lives and
+        # which memory backs it: ELDU installs a page only at the address it verified.
+        rc = _epcm.epcm_region_add(address, length, va_first, memfd)
+        if rc < 0:
+            super().close()
+            driver.destroy(rid)
+            _epcm.epcm_eremove(va_first, npages)
+            raise OSError(-rc, f"the CPU refused the EPC region: {os.strerror(-rc)}")
         self._epc_region = rid
         self._epc_pages = npages
         self._epc_address = address
-        self._epc_release = weakref.finalize(self, epc._release, rid, va_first, npages)
+        self._epc_release = weakref.finalize(self, epc._release, rid, va_first, npages, address)
         driver.attach(rid, address)
         return self
 
@@ -267,8 +277,9 @@ class EPC:
         self._final = self._driver.raw_stats()
         self._final_trap = self._driver.trap_stats()
         with self._lock:
-            for rid, (_addr, _n) in list(self._regions.items()):
+            for rid, (addr, _n) in list(self._regions.items()):
                 self._driver_destroy(rid)
+                _epcm.epcm_region_remove(addr)
             self._regions.clear()
         if self.domain is not None:
             self._driver.release_domain()
@@ -283,14 +294,15 @@ class EPC:
         from untrusted._native._epc import lib
         lib.epc_region_destroy(rid)
 
-    def _release(self, rid: int, va_first: int, npages: int) -> None:
+    def _release(self, rid: int, va_first: int, npages: int, address: int) -> None:
         # The enclave freed the region: EREMOVE its version slots (so nothing sealed for it can
-        # be loaded again) and give its frames back.
+        # be loaded again), give its frames back, and the CPU forgets the region.
         _epcm.epcm_eremove(va_first, npages)
         with self._lock:
             known = self._regions.pop(rid, None)
         if known is not None and self._driver is not None:
             self._driver.destroy(rid)
+            _epcm.epcm_region_remove(address)
 
     def __enter__(self) -> "EPC":
         return self

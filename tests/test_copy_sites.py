@@ -7,9 +7,9 @@ memcpy/memmove, every libcrypto EVP_*crypt* call and every call of the seal.h wr
 reviewed sites, one line each saying where the pointers and lengths come from.  A new site, or
 a site whose call changed, fails until someone has reviewed it and added it here.
 
-A key is (file, enclosing function, the call as written, whitespace squeezed).  Sites marked
-UNSAFE are known holes being closed elsewhere (issue 11 part 2); the last test is an xfail
-while any is left."""
+A key is (file, enclosing function, the call as written, whitespace squeezed).  A site marked
+UNSAFE is a known hole; the last test is an xfail while any is left (none is: the last ones,
+AES-GCM on host memory, were closed by issue 11 part 2)."""
 from __future__ import annotations
 
 import re
@@ -85,14 +85,8 @@ def scan_sites() -> set[tuple[str, str, str]]:
 
 REVIEWED: dict[tuple[str, str, str], str] = {
     ('eleos_shim/_native/epcm.c', 'epcm_eldu',
-     'eleos_open(cpu_paging_key, nonce, aad, sizeof aad, page, EPCM_PAGE, epc_frame, tag)'):
-        "UNSAFE: opens the sealed page in place in the host's backing store (GCM reads it twice)",
-    ('eleos_shim/_native/epcm.c', 'epcm_eldu',
      'memcpy(tag, pcmd, sizeof tag)'):
         'copy-in of the 16-byte tag from host memory into a local before it is used',
-    ('eleos_shim/_native/epcm.c', 'epcm_ewb',
-     'eleos_seal(cpu_paging_key, nonce, aad, sizeof aad, epc_page, EPCM_PAGE, out_page, (uint8_t *)out_pcmd)'):
-        'UNSAFE: seals straight into host memory; the tag covers ciphertext the host can rewrite',
     ('eleos_shim/_native/epcm.c', 'make_aad',
      'memcpy(aad + 16, &version, 8)'):
         'locals into a local array, constant size',
@@ -171,9 +165,6 @@ REVIEWED: dict[tuple[str, str, str], str] = {
     ('trusted/_native/suvm.c', 'open_subpages',
      'memcpy(dst, s->store_base + vpn * s->page_size + (size_t)first * s->subpage, len)'):
         "copy-in before open: store base and page size are the enclave's own, vpn and len bounded by it",
-    ('trusted/_native/suvm.c', 'seal_page',
-     'eleos_seal(s->key, nonce, aad, sizeof aad, src + (size_t)sub * s->subpage, s->subpage, dst + (size_t)sub * s->subpage, p->tags + (size_t)sub * 16)'):
-        "UNSAFE: seals straight into the host's backing store; the tag covers ciphertext the host can rewrite",
     ('trusted/_native/suvm.c', 'subpage_read',
      'memcpy(dst, tmp + (off - (size_t)first * s->subpage), n)'):
         "from the enclave's bounce buffer (opened there) to the caller; within the sub-pages opened",
@@ -210,12 +201,7 @@ REVIEWED: dict[tuple[str, str, str], str] = {
     ('trusted/syscall.py', 'data_in',
      'ffi.unpack(st.chars, ret)'):
         "from the enclave's own record of buffer 1; ret checked in C: 0 < ret <= n <= cap",
-}
-
-# Sites reviewed on the branch that closes issue 11 part 2 (wt/sec-crypto at 3f0f5ba: copy the
-# sealed page in, then open it; seal in enclave memory, then copy out), not yet on this one.
-# When it lands, they are found and the UNSAFE sites above are gone: move these up then.
-LANDING: dict[tuple[str, str, str], str] = {
+    # issue 11 part 2: copy the sealed page in, then open it; seal in enclave memory, then copy out
     ('eleos_shim/_native/epcm.c', 'epcm_eldu',
      'memcpy(frame, page, EPCM_PAGE)'):
         "copy-in: the sealed page from host memory into the CPU's private frame, one page",
@@ -233,19 +219,16 @@ LANDING: dict[tuple[str, str, str], str] = {
         "the copy out of the local tag, constant size",
     ('trusted/_native/suvm.c', 'seal_page',
      'eleos_seal(s->key, nonce, aad, sizeof aad, frame + at, s->subpage, sealed + at, p->tags + (size_t)sub * 16)'):
-        "from the enclave frame into the enclave's bounce buffer (or the frame itself)",
+        "from the claimed enclave frame into enclave memory: the frame itself (evicted) or the bounce buffer (flushed)",
     ('trusted/_native/suvm.c', 'seal_page',
      'memcpy(s->store_base + vpn * s->page_size, sealed, s->page_size)'):
         "the copy out after sealing: store base, vpn and page size are the enclave's own",
 }
 
 
-def _reviewed() -> dict:
-    return {**REVIEWED, **LANDING}
-
 
 def test_every_copy_or_cipher_call_site_in_trusted_code_is_reviewed():
-    unreviewed = sorted(scan_sites() - set(_reviewed()))
+    unreviewed = sorted(scan_sites() - set(REVIEWED))
     assert not unreviewed, (
         "trusted copy/AES call sites nobody has reviewed (check that no pointer or length in "
         "them was read from untrusted memory without being copied and checked, then add each "
@@ -269,7 +252,7 @@ def test_the_scanner_finds_a_new_copy_through_an_untrusted_pointer(tmp_path, mon
     sites = set(_sites(path, _strip_c_comments(text), _C_CALL, _C_FUNC))
     assert sites == {("trusted/_native/x.c", "enclave_submit",
                       "memcpy((void *)(uintptr_t)req->buf, in, n)")}
-    assert not sites & set(_reviewed())
+    assert not sites & set(REVIEWED)
 
 
 def test_no_known_hole_is_left():

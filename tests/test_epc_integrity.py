@@ -1,12 +1,18 @@
-"""EPC integrity: the host may tamper with, swap or replay sealed pages; the enclave stops.
+"""EPC integrity: the host may tamper with, swap or replay sealed pages, race ELDU on them, or
+ask for a page at another address; the enclave stops.
 
 The test plays the hostile host: it changes the driver's backing store (untrusted memory)
-between an EWB and the next ELDU.  The app must stop with IntegrityError and never see data
-derived from what the host wrote.
+between an EWB and the next ELDU, or while ELDU or EWB runs, or drives the CPU as a hostile
+driver.  The app must stop with IntegrityError and never see data derived from what the host
+wrote.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import mmap
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -18,7 +24,9 @@ import pytest
 from eleos_shim import IntegrityError
 from eleos_shim._native._epcm import ffi as cpu_ffi, lib as cpu
 from eleos_shim.config import Config
-from eleos_shim.epc import EPC
+from eleos_shim.epc import EPC, INTEGRITY_SIGNAL
+from tests.racing import check_raced, racing
+from untrusted.backing_store import Racer
 
 PAGE = 4096
 ROOT = Path(__file__).resolve().parent.parent
@@ -163,32 +171,191 @@ def test_app_that_reads_a_tampered_page_exits_with_integrity_error(tmp_path):
     env["PYTHONPATH"] = str(ROOT)
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                           env=env, timeout=60)
-    assert proc.returncode == 1
-    assert proc.stdout == "before\n"
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stdout == "before\n", proc.stderr
     assert "eleos_shim.errors.IntegrityError: ELDU" in proc.stderr
 
 
-def test_cpu_refuses_to_load_a_copy_twice_or_to_overwrite_a_live_version():
-    # The version array semantics of the modeled CPU, driven directly (no driver).
+@pytest.fixture
+def cpu_region():
+    """Two pages of enclave memory registered with the modeled CPU, driven directly (no
+    driver): (view, its address, first VA slot)."""
     assert cpu.epcm_init() == 0
     slot = cpu.epcm_epa(2)
     assert slot
-    src = cpu_ffi.new("char[]", b"x" * PAGE)
+    fd = os.memfd_create("epc-test")
+    os.ftruncate(fd, 2 * PAGE)
+    view = mmap.mmap(fd, 2 * PAGE)
+    buf = cpu_ffi.from_buffer(view)
+    addr = int(cpu_ffi.cast("uintptr_t", buf))
+    assert cpu.epcm_region_add(addr, 2 * PAGE, slot, fd) == 0
+    os.close(fd)                      # the CPU keeps its own descriptor of the region's memory
+    try:
+        yield view, addr, slot
+    finally:
+        cpu.epcm_region_remove(addr)
+        cpu_ffi.release(buf)
+        view.close()
+        cpu.epcm_eremove(slot, 2)
+        cpu.epcm_reset()
+
+
+def test_cpu_refuses_to_load_a_copy_twice_or_to_overwrite_a_live_version(cpu_region):
+    # The version array semantics of the modeled CPU, driven directly (no driver).
+    view, addr, slot = cpu_region
     sealed = cpu_ffi.new("char[]", PAGE)
     tag = cpu_ffi.new("char[]", 16)
-    frame = cpu_ffi.new("char[]", PAGE)
+    res = cpu_ffi.new("uint64_t[2]")
+    view[0:PAGE] = b"x" * PAGE
+    assert cpu.epcm_ewb(addr, slot, sealed, tag) == cpu.EPCM_OK
+    assert view[0:PAGE] == bytes(PAGE)                    # EWB freed the EPC page
+    assert b"xxxx" not in cpu_ffi.buffer(sealed)[:]
+    assert cpu.epcm_ewb(addr, slot, sealed, tag) == cpu.EPCM_ERR_SLOT_OCCUPIED
+    assert cpu.epcm_eldu(addr + PAGE, slot, sealed, tag, -1, res) == cpu.EPCM_ERR_BAD_SLOT
+    assert cpu.epcm_eldu(addr + PAGE, slot + 1, sealed, tag, -1, res) == cpu.EPCM_ERR_SLOT_EMPTY
+    assert view[:] == bytes(2 * PAGE)                     # nothing installed anywhere
+    cpu.epcm_reset()
+    assert cpu.epcm_eldu(addr, slot, sealed, tag, -1, res) == cpu.EPCM_OK
+    assert view[0:PAGE] == b"x" * PAGE and res[0] == 0    # written into the region, not mapped
+    assert cpu.epcm_eldu(addr, slot, sealed, tag, -1, res) == cpu.EPCM_ERR_SLOT_EMPTY  # replay
+    cpu.epcm_reset()
+    assert cpu.epcm_ewb(addr, slot, sealed, tag) == cpu.EPCM_OK
+    cpu.epcm_eremove(slot, 2)                                                   # freed region
+    assert cpu.epcm_eldu(addr, slot, sealed, tag, -1, res) == cpu.EPCM_ERR_SLOT_EMPTY
+
+
+def test_cpu_knows_only_the_regions_the_enclave_registered(cpu_region):
+    view, addr, slot = cpu_region
+    sealed, tag = cpu_ffi.new("char[]", PAGE), cpu_ffi.new("char[]", 16)
+    res = cpu_ffi.new("uint64_t[2]")
+    # an address no region holds, or not page-aligned
+    assert cpu.epcm_ewb(addr + 2 * PAGE, slot + 2, sealed, tag) == cpu.EPCM_ERR_BAD_ADDR
+    assert cpu.epcm_ewb(addr + 8, slot, sealed, tag) == cpu.EPCM_ERR_BAD_ADDR
+    # a region overlapping a registered one
+    fd = os.memfd_create("epc-test")
+    os.ftruncate(fd, PAGE)
     try:
-        assert cpu.epcm_ewb(src, 0x1000, slot, sealed, tag) == cpu.EPCM_OK
-        assert cpu.epcm_ewb(src, 0x1000, slot, sealed, tag) == cpu.EPCM_ERR_SLOT_OCCUPIED
-        assert cpu.epcm_eldu(frame, 0x2000, slot, sealed, tag) == cpu.EPCM_ERR_MAC   # wrong address
-        assert cpu_ffi.buffer(frame)[:] == bytes(PAGE)                             # wiped
-        cpu.epcm_reset()
-        assert cpu.epcm_eldu(frame, 0x1000, slot, sealed, tag) == cpu.EPCM_OK
-        assert cpu_ffi.buffer(frame)[:] == b"x" * PAGE
-        assert cpu.epcm_eldu(frame, 0x1000, slot, sealed, tag) == cpu.EPCM_ERR_SLOT_EMPTY  # replay
-        cpu.epcm_reset()
-        assert cpu.epcm_ewb(src, 0x1000, slot, sealed, tag) == cpu.EPCM_OK
-        cpu.epcm_eremove(slot, 2)                                                   # freed region
-        assert cpu.epcm_eldu(frame, 0x1000, slot, sealed, tag) == cpu.EPCM_ERR_SLOT_EMPTY
+        assert cpu.epcm_region_add(addr + PAGE, PAGE, slot + 1, fd) == -errno.EEXIST
+        assert cpu.epcm_region_add(addr + 4 * PAGE, 2 * PAGE, slot, fd) == -errno.EINVAL  # too small
     finally:
-        cpu.epcm_reset()
+        os.close(fd)
+    view[0:1] = b"y"
+    assert cpu.epcm_ewb(addr, slot, sealed, tag) == cpu.EPCM_OK
+    assert cpu.epcm_eldu(addr, slot, sealed, tag, -1, res) == cpu.EPCM_OK
+    assert view[0:1] == b"y"
+
+
+# ---- a host thread racing ELDU; a driver installing a page somewhere else ----
+
+@contextlib.contextmanager
+def integrity_signal_blocked():
+    """Many enclaves die in a row here: take the CPU's signal synchronously (sigtimedwait)
+    instead of as an exception at an arbitrary point of the loop."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {INTEGRITY_SIGNAL})
+    try:
+        yield
+    finally:
+        while signal.sigtimedwait([INTEGRITY_SIGNAL], 0) is not None:
+            pass
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {INTEGRITY_SIGNAL})
+
+
+@pytest.mark.parametrize("trap", ["userfaultfd", "sigsegv"])
+def test_ciphertext_flipped_during_eldu_never_reaches_the_app(trap):
+    # The host flips one byte of the sealed page while ELDU opens it, one round per byte of the
+    # page (which bytes an AES-GCM implementation reads twice, for the tag and to decrypt,
+    # depends on it).  The CPU copies the page in once and opens its copy: the app reads the
+    # page as written, or the enclave dies (then the app saw a zero page), never a flipped byte.
+    cfg = make_cfg(trap)
+    raced = deaths = flipped = 0
+    with integrity_signal_blocked(), racing() as racer:
+        e = None
+        try:
+            for i in range(PAGE):
+                if e is None:                              # the driver threads share our CPU
+                    e = EPC(cfg)
+                    m = e.map(PAGE)
+                    store = Racer.address_of(e.backing_store(m)[0])
+                data = os.urandom(PAGE)
+                m[:] = data
+                assert e.evict(m, 0) == 1
+                racer.arm(store + i)
+                got = m[:]                                 # the fault: ELDU, raced
+                raced += racer.disarm() > 0
+                if e.dead:
+                    deaths += 1
+                    assert got == bytes(PAGE)
+                    assert signal.sigtimedwait([INTEGRITY_SIGNAL], 10) is not None
+                    m.close()
+                    e.close()
+                    e = None
+                else:
+                    flipped += got != data
+        finally:
+            if e is not None:
+                m.close()
+                e.close()
+    assert flipped == 0, f"{flipped} of {PAGE} raced loads gave the app a byte the host flipped"
+    check_raced(raced, PAGE)
+    assert deaths > 0                                      # the flips were seen: as tampering
+
+
+@pytest.mark.parametrize("slot_of", ["sealed", "at"])
+def test_page_verified_for_one_address_never_appears_at_another(epc, slot_of):
+    # A hostile driver asks the CPU to load page 0's sealed copy as page 1 (with page 0's VA
+    # slot, or page 1's).  The CPU installs only at the address it verified, and that address
+    # is in the tag: the enclave dies, and page 1 never shows page 0's data.
+    m = epc.map(2 * PAGE)
+    m[0:PAGE] = b"A" * PAGE
+    m[PAGE:2 * PAGE] = b"B" * PAGE
+    assert epc.evict(m) == 2
+    drv = epc._driver
+    seen = []
+    with pytest.raises(IntegrityError):
+        rc = drv.hostile_load(m._epc_region, 0, 0 if slot_of == "sealed" else 1, 1)
+        seen.append(rc)
+        seen.append(m[PAGE:PAGE + 16])
+        access_then_work(m, PAGE, seen, [])
+    assert all(b"A" * 16 != s for s in seen)
+    assert seen[:1] in ([], [cpu.EPCM_ERR_BAD_SLOT if slot_of == "sealed" else cpu.EPCM_ERR_MAC])
+    assert epc.dead
+
+
+def test_driver_loading_a_page_at_its_own_address_gets_it_there(epc):
+    # The same path, told the truth: the CPU loads and installs page 0 at page 0.
+    m = epc.map(2 * PAGE)
+    m[0:PAGE] = b"A" * PAGE
+    assert epc.evict(m, 0) == 1
+    assert epc._driver.hostile_load(m._epc_region, 0, 0, 0) == 0
+    assert epc.page_states(m)[0] == "resident"
+    assert m[0:PAGE] == b"A" * PAGE
+
+
+def test_sealed_page_rewritten_while_ewb_writes_it_out_never_loads_as_forged(cpu_region):
+    # The host keeps writing a byte of its own into the page EWB is writing out, one byte of
+    # the page after the other.  The CPU computes the tag in its own frame before the copy out,
+    # so ELDU then loads the page as it was, or refuses it, never the host's byte.
+    view, addr, slot = cpu_region
+    sealed, tag = cpu_ffi.new("char[]", PAGE), cpu_ffi.new("char[]", 16)
+    res = cpu_ffi.new("uint64_t[2]")
+    out = int(cpu_ffi.cast("uintptr_t", sealed))
+    raced = forged = refused = 0
+    with racing() as racer:
+        for i in range(PAGE):
+            data = os.urandom(PAGE)
+            view[0:PAGE] = data
+            racer.arm(out + i, value=0x5A)
+            rc = cpu.epcm_ewb(addr, slot, sealed, tag)
+            raced += racer.disarm() > 0
+            assert rc == cpu.EPCM_OK
+            rc = cpu.epcm_eldu(addr, slot, sealed, tag, -1, res)
+            if rc == cpu.EPCM_OK:
+                forged += view[0:PAGE] != data
+            else:
+                assert rc == cpu.EPCM_ERR_MAC
+                refused += 1
+                cpu.epcm_eremove(slot, 1)                  # the failed copy's slot, emptied
+                cpu.epcm_reset()
+    assert forged == 0, f"{forged} of {PAGE} raced write-outs loaded as forged pages"
+    check_raced(raced, PAGE)
+    assert refused > 0

@@ -97,3 +97,53 @@ class BackingStore:
     def find(self, pattern: bytes) -> int:
         """Offset of pattern anywhere in the committed store, or -1 (a confidentiality scan)."""
         return self.raw().find(pattern)
+
+
+class Racer:
+    """A hostile host thread that races the enclave on shared memory (tests and demos).
+
+    A native thread pinned to ``cpu`` (None: not pinned) that, between :meth:`arm` and
+    :meth:`disarm`, flips ``mask`` in some bytes of host memory as fast as it can (or keeps
+    writing a value of its choosing there), on its own core, while the enclave reads or writes
+    that memory (an ELDU, a write-back).  :meth:`arm` returns once the racer is writing, so what
+    the caller does next runs inside the race; :meth:`disarm` returns once it has stopped, with
+    how many rounds of writes it made.  It spins while idle; :meth:`close` ends it."""
+
+    def __init__(self, cpu: int | None = None):
+        self._h = lib.store_racer_new(-1 if cpu is None else cpu)
+        if not self._h:
+            raise OSError("could not start the racing thread")
+
+    @staticmethod
+    def address_of(buf, offset: int = 0) -> int:
+        """The address of byte ``offset`` of a writable buffer (a memoryview of host memory)."""
+        c = ffi.from_buffer(buf)
+        try:
+            return int(ffi.cast("uintptr_t", c)) + offset
+        finally:
+            ffi.release(c)
+
+    def arm(self, address: int, mask: int = 0x01, *, value: int | None = None, count: int = 1,
+            stride: int = 16) -> None:
+        """Start flipping the bits of ``mask`` in the bytes ``address + k * stride`` for
+        ``k < count`` (one byte by default), or, given ``value``, keep writing that value there.
+        One byte in every 16-byte AES block of a page catches a re-read wherever the AES-GCM
+        implementation of this machine makes it."""
+        if value is None:
+            lib.store_racer_arm(self._h, address, count, stride, mask, 0)
+        else:
+            lib.store_racer_arm(self._h, address, count, stride, value, 1)
+
+    def disarm(self) -> int:
+        return int(lib.store_racer_disarm(self._h))
+
+    def close(self) -> None:
+        if self._h:
+            lib.store_racer_free(self._h)
+            self._h = 0
+
+    def __enter__(self) -> "Racer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -117,6 +117,13 @@ class EPCDriver:
         """EWB page ``index`` now, if resident (the host may do this at any time)."""
         return bool(_check(lib.epc_evict(rid, index), "evicting a page"))
 
+    def hostile_load(self, rid: int, sealed: int, slot_of: int, at: int) -> int:
+        """The host as an attacker: try to make the verified content of page ``sealed`` appear
+        as page ``at`` (not resident), giving the CPU that page's sealed copy and the VA slot
+        of page ``slot_of``.  Returns the CPU's EPCM code (0: it loaded; else the enclave is
+        dead)."""
+        return _check(lib.epc_host_load(rid, sealed, slot_of, at), "loading a page")
+
     def backing_store(self, rid: int) -> tuple[memoryview, memoryview]:
         """The region's sealed pages and their tags: untrusted memory the host (and a test
         playing a hostile host) can read and write."""

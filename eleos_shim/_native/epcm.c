@@ -22,13 +22,21 @@
  * an enclave whose ELDU failed) and, if the loader armed it, sends a real-time signal to the
  * app's main thread, whose Python-level handler raises IntegrityError (a real signal, so that a
  * main thread blocked in a lock or a syscall wakes up; tgkill needs no GIL); the bad plaintext
- * never leaves the caller's frame and is wiped here.  See eleos_shim/epc.py.
+ * never leaves the CPU's private frame and is wiped there.  See eleos_shim/epc.py.
  */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/userfaultfd.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -46,6 +54,10 @@
 #define EPCM_ERR_MAC 3             /* ELDU: the tag does not verify: tampered or swapped */
 #define EPCM_ERR_BAD_SLOT 4        /* slot out of range */
 #define EPCM_ERR_CRYPTO 5          /* libcrypto failed */
+#define EPCM_ERR_BAD_ADDR 6        /* no enclave region holds that linear address */
+#define EPCM_ERR_INSTALL 7         /* the verified page could not be put in the enclave's memory */
+/* Regions of enclave memory the CPU knows (one per EPC mapping of the app). */
+#define EPCM_MAX_REGIONS 1024
 
 static uint8_t cpu_paging_key[ELEOS_SEAL_KEY_BYTES];
 static int key_ready;
@@ -61,6 +73,47 @@ static int dead_reason;
 static int trip_signum;                    /* 0: not armed */
 static int trip_tid;                       /* the app's main thread */
 static uint64_t n_ewb, n_eldu, n_integrity_errors, ewb_ns, eldu_ns;
+
+/* The enclave's EPC regions, as the enclave registered them (EPCMap, eleos_shim/epc.py): where
+ * each lives, its VA slots, and the CPU's own descriptor of its memory (a dup of the memfd the
+ * app maps, so the driver cannot swap the file under the CPU).  Read by every EWB/ELDU, written
+ * when a region comes or goes. */
+struct epcm_region {
+    uint64_t base, nbytes, npages, va_first;
+    int fd;
+};
+static struct epcm_region regions[EPCM_MAX_REGIONS];
+static int nregions;
+static pthread_rwlock_t regions_lock = PTHREAD_RWLOCK_INITIALIZER;
+
+/* The CPU-private frames of this thread: [0] ELDU, [1] EWB (4 KiB each).  mmap'ed on first use
+ * (async-signal-safe, for a driver that loads pages in a fault handler), out of core dumps,
+ * wiped and unmapped when the thread exits.  initial-exec: no allocation on access. */
+static __thread uint8_t *cpu_frames __attribute__((tls_model("initial-exec")));
+static pthread_key_t frames_key;
+static pthread_once_t frames_once = PTHREAD_ONCE_INIT;
+
+static void frames_free(void *p)
+{
+    OPENSSL_cleanse(p, 2 * EPCM_PAGE);
+    munmap(p, 2 * EPCM_PAGE);
+}
+
+static void frames_key_make(void) { (void)pthread_key_create(&frames_key, frames_free); }
+
+static uint8_t *cpu_frame(int which)
+{
+    if (!cpu_frames) {
+        void *p = mmap(NULL, 2 * EPCM_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED)
+            return NULL;
+        (void)madvise(p, 2 * EPCM_PAGE, MADV_DONTDUMP);
+        pthread_once(&frames_once, frames_key_make);
+        (void)pthread_setspecific(frames_key, p);
+        cpu_frames = p;
+    }
+    return cpu_frames + (size_t)which * EPCM_PAGE;
+}
 
 static inline uint64_t mono_ns(void)
 {
@@ -139,6 +192,83 @@ void epcm_eremove(uint64_t first_slot, uint64_t n)
     }
 }
 
+/* The enclave maps `nbytes` of EPC at `base` (page-aligned), backed by `memfd`, page i sealed
+ * under VA slot va_first + i.  0, or -errno (overlap, bad arguments, fd not a file that big). */
+int epcm_region_add(uint64_t base, uint64_t nbytes, uint64_t va_first, int memfd)
+{
+    if (!base || base % EPCM_PAGE || !nbytes || base + nbytes < base || !va_first)
+        return -EINVAL;
+    uint64_t npages = (nbytes + EPCM_PAGE - 1) / EPCM_PAGE;
+    int fd = fcntl(memfd, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size < nbytes) {
+        close(fd);
+        return -EINVAL;
+    }
+    pthread_rwlock_wrlock(&regions_lock);
+    int rc = 0;
+    for (int k = 0; k < nregions && !rc; k++)
+        if (base < regions[k].base + regions[k].npages * EPCM_PAGE &&
+            regions[k].base < base + npages * EPCM_PAGE)
+            rc = -EEXIST;
+    if (!rc && nregions == EPCM_MAX_REGIONS)
+        rc = -ENOSPC;
+    if (!rc)
+        regions[nregions++] = (struct epcm_region){ base, nbytes, npages, va_first, fd };
+    pthread_rwlock_unlock(&regions_lock);
+    if (rc)
+        close(fd);
+    return rc;
+}
+
+/* The region at `base` is gone (after the driver released its frames).  0, or -ENOENT. */
+int epcm_region_remove(uint64_t base)
+{
+    int fd = -1;
+    pthread_rwlock_wrlock(&regions_lock);
+    for (int k = 0; k < nregions; k++)
+        if (regions[k].base == base) {
+            fd = regions[k].fd;
+            regions[k] = regions[--nregions];
+            break;
+        }
+    pthread_rwlock_unlock(&regions_lock);
+    if (fd < 0)
+        return -ENOENT;
+    close(fd);
+    return 0;
+}
+
+/* The region holding page-aligned `linaddr` (*g) and the page's offset in it.  EPCM_OK with
+ * regions_lock held for reading (the caller unlocks), or, unlocked: EPCM_ERR_BAD_ADDR if no
+ * region holds it, EPCM_ERR_BAD_SLOT if `slot` is not the VA slot of that page (the driver
+ * names the slot, the enclave's layout decides which one is right). */
+static int page_of(uint64_t linaddr, uint64_t slot, const struct epcm_region **g, uint64_t *off)
+{
+    int rc = EPCM_ERR_BAD_ADDR;
+    pthread_rwlock_rdlock(&regions_lock);
+    for (int k = 0; k < nregions && linaddr % EPCM_PAGE == 0; k++) {
+        const struct epcm_region *r = &regions[k];
+        if (linaddr >= r->base && linaddr - r->base < r->npages * EPCM_PAGE) {
+            *g = r;
+            *off = linaddr - r->base;
+            rc = slot == r->va_first + *off / EPCM_PAGE ? EPCM_OK : EPCM_ERR_BAD_SLOT;
+            break;
+        }
+    }
+    if (rc != EPCM_OK)
+        pthread_rwlock_unlock(&regions_lock);
+    return rc;
+}
+
+/* Bytes of the page at `off` that lie inside the region (the last page may be partial). */
+static size_t bytes_at(const struct epcm_region *g, uint64_t off)
+{
+    return g->nbytes - off < EPCM_PAGE ? (size_t)(g->nbytes - off) : EPCM_PAGE;
+}
+
 static void make_aad(uint8_t aad[24], uint64_t linaddr, uint64_t slot, uint64_t version)
 {
     memcpy(aad, &linaddr, 8);
@@ -146,10 +276,11 @@ static void make_aad(uint8_t aad[24], uint64_t linaddr, uint64_t slot, uint64_t 
     memcpy(aad + 16, &version, 8);
 }
 
-/* EWB: seal the EPC page at `epc_page` (its enclave address is `linaddr`) into `out_page`
- * (untrusted memory, 4096 bytes) and `out_pcmd` (16 bytes), and record its version in VA slot
- * `slot`.  Returns EPCM_OK or an EPCM_ERR_*. */
-int epcm_ewb(const void *epc_page, uint64_t linaddr, uint64_t slot, void *out_page, void *out_pcmd)
+/* EWB: seal the EPC page at enclave address `linaddr` (VA slot `slot`) and write it out to
+ * `out_page` (4096 bytes) and `out_pcmd` (16 bytes), untrusted memory; record its version in
+ * the slot and free the EPC page.  The driver must have EBLOCKed the page (unmapped it from the
+ * app), so no write slips in after the CPU read it.  Returns EPCM_OK or an EPCM_ERR_*. */
+int epcm_ewb(uint64_t linaddr, uint64_t slot, void *out_page, void *out_pcmd)
 {
     uint64_t t0 = mono_ns();
     uint64_t *v = va_slot_ptr(slot);
@@ -157,16 +288,40 @@ int epcm_ewb(const void *epc_page, uint64_t linaddr, uint64_t slot, void *out_pa
         return EPCM_ERR_BAD_SLOT;
     if (__atomic_load_n(v, __ATOMIC_ACQUIRE) != 0)
         return EPCM_ERR_SLOT_OCCUPIED;
+    uint8_t *frame = cpu_frame(1);
+    if (!frame)
+        return EPCM_ERR_CRYPTO;
+    uint64_t off;
+    const struct epcm_region *g;
+    int bad = page_of(linaddr, slot, &g, &off);
+    if (bad)
+        return bad;
+    size_t n = bytes_at(g, off);
+    ssize_t got = pread(g->fd, frame, n, (off_t)off);
+    if (got < 0)
+        got = 0;
+    memset(frame + got, 0, EPCM_PAGE - (size_t)got);   /* a hole or the end of the region */
     uint64_t version = __atomic_add_fetch(&version_counter, 1, __ATOMIC_RELAXED);
-    uint8_t nonce[ELEOS_SEAL_NONCE_BYTES], aad[24];
+    uint8_t nonce[ELEOS_SEAL_NONCE_BYTES], aad[24], tag[ELEOS_SEAL_TAG_BYTES];
     eleos_nonce(nonce, 0x00435045u /* "EPC" */, version);
     make_aad(aad, linaddr, slot, version);
-    if (eleos_seal(cpu_paging_key, nonce, aad, sizeof aad, epc_page, EPCM_PAGE, out_page,
-                   (uint8_t *)out_pcmd) != 0)
+    /* Sealed in place: the frame holds ciphertext only from here on. */
+    if (eleos_seal(cpu_paging_key, nonce, aad, sizeof aad, frame, EPCM_PAGE, frame, tag) != 0) {
+        pthread_rwlock_unlock(&regions_lock);
+        OPENSSL_cleanse(frame, EPCM_PAGE);
         return EPCM_ERR_CRYPTO;
+    }
     uint64_t expected = 0;
-    if (!__atomic_compare_exchange_n(v, &expected, version, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+    if (!__atomic_compare_exchange_n(v, &expected, version, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
+        pthread_rwlock_unlock(&regions_lock);
         return EPCM_ERR_SLOT_OCCUPIED;
+    }
+    /* The page leaves the EPC: its frame is freed (a hole reads as zero and is unmapped from
+     * every view of it), so the sealed copy is the only one. */
+    (void)fallocate(g->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, EPCM_PAGE);
+    pthread_rwlock_unlock(&regions_lock);
+    memcpy(out_page, frame, EPCM_PAGE);                /* the copy out: tag already computed */
+    memcpy(out_pcmd, tag, sizeof tag);
     __atomic_add_fetch(&n_ewb, 1, __ATOMIC_RELAXED);
     __atomic_add_fetch(&ewb_ns, mono_ns() - t0, __ATOMIC_RELAXED);
     return EPCM_OK;
@@ -186,12 +341,39 @@ static void die(uint64_t linaddr, int reason)
         (void)syscall(SYS_tgkill, getpid(), tid, sig);
 }
 
-/* ELDU: open the sealed page (`page`, `pcmd`, untrusted) into the EPC frame `epc_frame`, for
- * enclave address `linaddr`, checking it against the version in VA slot `slot`; clears the slot.
- * On any failure the frame is wiped, the enclave is dead, and an EPCM_ERR_* is returned. */
-int epcm_eldu(void *epc_frame, uint64_t linaddr, uint64_t slot, const void *page, const void *pcmd)
+/* Put the verified page in `frame` into the enclave's memory at `linaddr` (offset `off` of
+ * region g).  With the driver's userfaultfd (`uffd` >= 0): UFFDIO_COPY, which also maps it
+ * (*mapped = 1), without waking the faulting threads: the driver releases them once the
+ * fault's cost is paid, as ERESUME comes last.  Else, or if the kernel refused: written into
+ * the region's memory, which the driver then maps (*mapped = 0); the driver can only map an
+ * address to what lives at that address, so the destination is the CPU's choice either way. */
+static int install_verified(const struct epcm_region *g, uint64_t linaddr, uint64_t off,
+                            const uint8_t *frame, int uffd, uint64_t *mapped)
+{
+    if (uffd >= 0) {
+        struct uffdio_copy c = { .dst = linaddr, .src = (uintptr_t)frame, .len = EPCM_PAGE,
+                                 .mode = UFFDIO_COPY_MODE_DONTWAKE };
+        if (ioctl(uffd, UFFDIO_COPY, &c) == 0) {
+            *mapped = 1;
+            return 0;
+        }
+    }
+    size_t n = bytes_at(g, off);
+    *mapped = 0;
+    return pwrite(g->fd, frame, n, (off_t)off) == (ssize_t)n ? 0 : -1;
+}
+
+/* ELDU: load the sealed page (`page`, `pcmd`: untrusted memory) for enclave address `linaddr`,
+ * checking it against the version in VA slot `slot` (which it clears), and install it at
+ * `linaddr` (see install_verified; `uffd` is the driver's userfaultfd or -1).
+ * result[0] = 1 if the page is mapped (the driver wakes its waiters), 0 if the driver must
+ * map it; result[1] = ns spent installing.  On any failure nothing is installed, the private
+ * frame is wiped, the enclave is dead, and an EPCM_ERR_* is returned. */
+int epcm_eldu(uint64_t linaddr, uint64_t slot, const void *page, const void *pcmd, int uffd,
+              uint64_t result[2])
 {
     uint64_t t0 = mono_ns();
+    result[0] = result[1] = 0;
     uint64_t *v = va_slot_ptr(slot);
     if (!v) {
         die(linaddr, EPCM_ERR_BAD_SLOT);
@@ -202,25 +384,45 @@ int epcm_eldu(void *epc_frame, uint64_t linaddr, uint64_t slot, const void *page
         die(linaddr, EPCM_ERR_SLOT_EMPTY);
         return EPCM_ERR_SLOT_EMPTY;
     }
+    uint8_t *frame = cpu_frame(0);
+    if (!frame) {
+        die(linaddr, EPCM_ERR_CRYPTO);
+        return EPCM_ERR_CRYPTO;
+    }
+    uint64_t off;
+    const struct epcm_region *g;
+    int bad = page_of(linaddr, slot, &g, &off);
+    if (bad) {
+        die(linaddr, bad);
+        return bad;
+    }
     uint8_t nonce[ELEOS_SEAL_NONCE_BYTES], aad[24], tag[ELEOS_SEAL_TAG_BYTES];
-    /* Copy the tag first: the host may change its memory while we read it. */
+    /* Copy in, then open: the host may change its memory while we work. */
     memcpy(tag, pcmd, sizeof tag);
+    memcpy(frame, page, EPCM_PAGE);
     eleos_nonce(nonce, 0x00435045u, version);
     make_aad(aad, linaddr, slot, version);
-    if (eleos_open(cpu_paging_key, nonce, aad, sizeof aad, page, EPCM_PAGE, epc_frame, tag) != 0) {
-        /* Never leave unverified plaintext behind. */
-        OPENSSL_cleanse(epc_frame, EPCM_PAGE);
-        die(linaddr, EPCM_ERR_MAC);
-        return EPCM_ERR_MAC;
+    int rc = EPCM_OK;
+    if (eleos_open(cpu_paging_key, nonce, aad, sizeof aad, frame, EPCM_PAGE, frame, tag) != 0)
+        rc = EPCM_ERR_MAC;
+    else if (!__atomic_compare_exchange_n(v, &version, 0, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+        rc = EPCM_ERR_SLOT_EMPTY;      /* two loads raced for one sealed copy: only one may win */
+    if (rc == EPCM_OK) {
+        uint64_t i0 = mono_ns();
+        if (install_verified(g, linaddr, off, frame, uffd, &result[0]) != 0)
+            rc = EPCM_ERR_INSTALL;     /* the slot is spent: the page is lost */
+        result[1] = mono_ns() - i0;
     }
-    if (!__atomic_compare_exchange_n(v, &version, 0, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-        /* Two loads raced for one sealed copy: only one may win. */
-        OPENSSL_cleanse(epc_frame, EPCM_PAGE);
-        die(linaddr, EPCM_ERR_SLOT_EMPTY);
-        return EPCM_ERR_SLOT_EMPTY;
+    pthread_rwlock_unlock(&regions_lock);
+    /* Verified or not, no plaintext stays behind (explicit_bzero: a memset the compiler keeps,
+     * 4x faster than OPENSSL_cleanse's byte loop on a 4 KiB frame, on every fault). */
+    explicit_bzero(frame, EPCM_PAGE);
+    if (rc != EPCM_OK) {
+        die(linaddr, rc);
+        return rc;
     }
     __atomic_add_fetch(&n_eldu, 1, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&eldu_ns, mono_ns() - t0, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&eldu_ns, mono_ns() - t0 - result[1], __ATOMIC_RELAXED);
     return EPCM_OK;
 }
 

@@ -16,11 +16,16 @@ ffi.cdef("""
     #define EPCM_ERR_MAC 3
     #define EPCM_ERR_BAD_SLOT 4
     #define EPCM_ERR_CRYPTO 5
+    #define EPCM_ERR_BAD_ADDR 6
+    #define EPCM_ERR_INSTALL 7
     int epcm_init(void);
     uint64_t epcm_epa(uint64_t n);
     void epcm_eremove(uint64_t first_slot, uint64_t n);
-    int epcm_ewb(const void *epc_page, uint64_t linaddr, uint64_t slot, void *out_page, void *out_pcmd);
-    int epcm_eldu(void *epc_frame, uint64_t linaddr, uint64_t slot, const void *page, const void *pcmd);
+    int epcm_region_add(uint64_t base, uint64_t nbytes, uint64_t va_first, int memfd);
+    int epcm_region_remove(uint64_t base);
+    int epcm_ewb(uint64_t linaddr, uint64_t slot, void *out_page, void *out_pcmd);
+    int epcm_eldu(uint64_t linaddr, uint64_t slot, const void *page, const void *pcmd, int uffd,
+                  uint64_t result[2]);
     void epcm_arm(int signum, int tid);
     void epcm_status(uint64_t out[8]);
     int epcm_dead(void);

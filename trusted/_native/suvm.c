@@ -51,7 +51,7 @@
 #define PT_CHUNK_SHIFT 10              /* page table chunks of 1024 PTEs, allocated as space is reserved */
 #define PT_CHUNK (1u << PT_CHUNK_SHIFT)
 #define PIN_EVICT (INT32_MIN / 2)      /* pins value of a frame being evicted, loaded, or free */
-#define BOUNCE (64 * 1024)             /* bounce buffer for SUVM->SUVM moves and sub-page reads */
+#define BOUNCE (64 * 1024)             /* per-thread enclave buffer: sub-page reads, write-back seals */
 #define HIT_SLOTS 64                   /* per-thread hit counters; thread 64 and up share slot 0 atomically */
 
 struct pte {
@@ -326,28 +326,56 @@ static void make_nonce_aad(suvm_t *s, uint64_t vpn, uint32_t sub, uint64_t versi
     for (int i = 0; i < 4; i++) aad[20 + i] = (uint8_t)(s->subpage >> (8 * i));  /* binds the layout */
 }
 
-/* Seal page vpn from the enclave frame `src` into the store.  Called with vpn's stripe held. */
-static void seal_page(suvm_t *s, uint64_t vpn, struct pte *p, const uint8_t *src)
+/* This thread's bounce buffer (enclave memory, BOUNCE bytes), freed when the thread exits:
+ * servers that start a thread per connection would otherwise leak one per connection. */
+static __thread uint8_t *tls_bounce;
+static pthread_key_t bounce_key;
+static pthread_once_t bounce_once = PTHREAD_ONCE_INIT;
+
+static void bounce_free(void *b) { free(b); }
+static void bounce_key_make(void) { (void)pthread_key_create(&bounce_key, bounce_free); }
+
+static uint8_t *bounce_buf(void)
+{
+    if (!tls_bounce) {
+        pthread_once(&bounce_once, bounce_key_make);
+        tls_bounce = malloc(BOUNCE);
+        if (tls_bounce)
+            (void)pthread_setspecific(bounce_key, tls_bounce);
+    }
+    return tls_bounce;
+}
+
+/* Seal page vpn from the enclave frame `frame` (claimed) into the store.  Called with vpn's
+ * stripe held.  The page is sealed in enclave memory and only then copied out: AES-GCM
+ * computes the tag over the ciphertext it has written, and some implementations read that
+ * ciphertext back from `out` to do it (OpenSSL 3's AVX-512 GCM does, for a few blocks), so
+ * sealing straight into host memory let a racing host change a byte between the write and the
+ * read and get a tag for its own byte.  What the host changes after the copy fails.  `keep`:
+ * the frame stays resident (a flush), so seal into this thread's bounce buffer; else (an
+ * eviction: the frame's content is dropped) seal it in place. */
+static void seal_page(suvm_t *s, uint64_t vpn, struct pte *p, uint8_t *frame, int keep)
 {
     uint8_t nonce[12], aad[24];
-    if (!p->tags) {
+    uint8_t *sealed = keep ? bounce_buf() : frame;   /* page_size <= BOUNCE (suvm_new checks) */
+    if (!p->tags)
         p->tags = malloc((size_t)s->nsub * 16);
-        if (!p->tags) {
-            fprintf(stderr, "eleos suvm: out of enclave memory for page tags\n");
-            abort();
-        }
+    if (!p->tags || !sealed) {
+        fprintf(stderr, "eleos suvm: out of enclave memory to write a page back\n");
+        abort();
     }
     uint64_t version = atomic_fetch_add(&s->seal_counter, 1) + 1;
-    uint8_t *dst = s->store_base + vpn * s->page_size;
     for (uint32_t sub = 0; sub < s->nsub; sub++) {
         make_nonce_aad(s, vpn, sub, version, nonce, aad);
-        if (eleos_seal(s->key, nonce, aad, sizeof aad, src + (size_t)sub * s->subpage, s->subpage,
-                       dst + (size_t)sub * s->subpage, p->tags + (size_t)sub * 16) != 0) {
+        size_t at = (size_t)sub * s->subpage;
+        if (eleos_seal(s->key, nonce, aad, sizeof aad, frame + at, s->subpage, sealed + at,
+                       p->tags + (size_t)sub * 16) != 0) {
             /* Losing a dirty page silently would be worse than stopping. */
             fprintf(stderr, "eleos suvm: libcrypto failed to seal a page; stopping\n");
             abort();
         }
     }
+    memcpy(s->store_base + vpn * s->page_size, sealed, s->page_size);   /* the copy out */
     p->version = version;
     p->sealed = 1;
     ST_ADD(s, SUVM_ST_BYTES_SEALED, s->page_size);
@@ -396,7 +424,7 @@ static void evict_frame(suvm_t *s, int32_t f, uint64_t v)
     struct pte *p = pte_of(s, v);
     atomic_store_explicit(&p->frame, -1, memory_order_release);
     if (atomic_load(&s->fm[f].dirty)) {
-        seal_page(s, v, p, frame_ptr(s, f));
+        seal_page(s, v, p, frame_ptr(s, f), 0);   /* its content is dropped: sealed in place */
         ST_ADD(s, SUVM_ST_WRITEBACKS, 1);
     } else {
         ST_ADD(s, SUVM_ST_CLEAN_DROPS, 1);   /* clean: the stored copy (or zero) is still right */
@@ -526,15 +554,6 @@ static int32_t fault_in(suvm_t *s, uint64_t vpn, const uint8_t *whole, int op, i
         ST_ADD(s, SUVM_ST_FAULTS, 1);
         return f;
     }
-}
-
-static __thread uint8_t *tls_bounce;
-
-static uint8_t *bounce_buf(void)
-{
-    if (!tls_bounce)
-        tls_bounce = malloc(BOUNCE);
-    return tls_bounce;
 }
 
 /* Sub-page direct read: vpn is not resident, has a sealed copy, and the read covers at most
@@ -802,7 +821,7 @@ static int sweep(suvm_t *s, int evict)
             free_frame(s, (int32_t)f);
         } else {
             if (atomic_load(&s->fm[f].dirty)) {
-                seal_page(s, (uint64_t)v, p, frame_ptr(s, (int32_t)f));
+                seal_page(s, (uint64_t)v, p, frame_ptr(s, (int32_t)f), 1);
                 atomic_store(&s->fm[f].dirty, 0);
                 ST_ADD(s, SUVM_ST_WRITEBACKS, 1);
             }

@@ -7,19 +7,20 @@
  * (ERESUME).  This file is that driver, for real, over memory of this process:
  *
  *   enclave memory  a memfd per region.  The app maps it (a real mmap.mmap, created in Python);
- *                   the driver never maps it: the CPU's EWB reads a page through the memfd
- *                   (pread into the driver thread's staging frame), ELDU decrypts into that
- *                   frame, which is put into the memfd in one step (UFFDIO_COPY, or pwrite), so
- *                   the app never sees a half-loaded page and evicting a page unmaps it from
- *                   one address space only (one TLB shootdown, not two).  A page is resident
- *                   while it is in the memfd; EWB ends with a hole punched in it, so resident
- *                   pages are real memory you can count with mincore(2) or /proc/self/smaps.
+ *                   the driver never maps it and never reads or writes enclave pages: the CPU's
+ *                   EWB reads a page through the memfd into a CPU-private frame, and ELDU opens
+ *                   into such a frame and puts it into the memfd at the page's verified address
+ *                   in one step (UFFDIO_COPY, or pwrite), so the app never sees a half-loaded
+ *                   page, plaintext never sits in the driver's memory, and evicting a page
+ *                   unmaps it from one address space only (one TLB shootdown, not two).  A page
+ *                   is resident while it is in the memfd; EWB ends with a hole punched in it, so
+ *                   resident pages are real memory you can count with mincore(2) or smaps.
  *   traps           userfaultfd (MISSING|MINOR on the app's view) with UFFD_FEATURE_SIGBUS
  *                   (TRAP_SIGBUS, the default): a non-resident page, or one being evicted,
  *                   raises SIGBUS in the faulting thread, whose handler resolves its own fault
- *                   (ELDU into its frame, UFFDIO_COPY, or UFFDIO_CONTINUE for a page still in the
- *                   memfd) and returns, as SGX's kernel handles a #PF on the faulting core: no
- *                   cross-thread wake-up.  TRAP_USERFAULTFD: the thread blocks in the kernel and
+ *                   (the CPU's ELDU installs the page, UFFDIO_COPY, or UFFDIO_CONTINUE maps one
+ *                   still in the memfd) and returns, as SGX's kernel handles a #PF on the
+ *                   faulting core: no cross-thread wake-up.  TRAP_USERFAULTFD: the thread blocks in the kernel and
  *                   a native driver thread reads the fault and wakes it.  TRAP_SIGSEGV (no
  *                   userfaultfd): the app's view is PROT_NONE where not resident; the SIGSEGV
  *                   handler hands the fault to a driver thread through a lock-free queue and
@@ -29,7 +30,9 @@
  *                   TLB shootdown covers the batch as one ETRACK does; or mprotect PROT_NONE),
  *                   so no write can slip in after EWB read the page.
  *   EWB/ELDU        function pointers into the modeled CPU (eleos_shim/_native/epcm.c): the
- *                   driver moves ciphertext and names VA slots; it never sees the key or versions.
+ *                   driver names the page and its VA slot and gives the backing store to write
+ *                   to or read from; it never sees the key, the versions or a page's plaintext,
+ *                   and the CPU installs what it loads where it verified it belongs.
  *   cost            every trap is one modeled event, AEX ... ERESUME (cpu_charge of
  *                   eleos_shim/_native/cpu.c, a function pointer): what runs between is timed
  *                   against the fault's budget and a spin pays the rest; what a trap costs
@@ -68,7 +71,7 @@
  *
  * Integrity: if ELDU fails, the CPU has marked the enclave dead and raised IntegrityError
  * towards the app (epcm.c); the driver installs a zero page so the faulting thread, which the
- * kernel holds, can be released and reach the exception.  It never receives the bad plaintext.
+ * kernel holds, can be released and reach the exception.  The bad plaintext never left the CPU.
  * After the death, non-resident pages are installed as zero pages, never ELDUed.
  *
  * No GIL: everything here runs in native threads or in a signal handler, and takes no Python
@@ -109,10 +112,9 @@
 #define EPC_SPIN_NS 50000
 
 /* The modeled CPU's paging instructions, as epcm.c defines them. */
-typedef int (*epc_ewb_fn)(const void *epc_page, uint64_t linaddr, uint64_t slot,
-                          void *out_page, void *out_pcmd);
-typedef int (*epc_eldu_fn)(void *epc_frame, uint64_t linaddr, uint64_t slot,
-                           const void *page, const void *pcmd);
+typedef int (*epc_ewb_fn)(uint64_t linaddr, uint64_t slot, void *out_page, void *out_pcmd);
+typedef int (*epc_eldu_fn)(uint64_t linaddr, uint64_t slot, const void *page, const void *pcmd,
+                           int uffd, uint64_t result[2]);
 
 enum { PG_NEW, PG_RESIDENT, PG_LOADING, PG_EVICTING, PG_EVICTED };
 
@@ -330,6 +332,16 @@ static int install_at(uintptr_t a)
 
 static int install(struct epc_region *r, uint64_t i) { return install_at(r->app + i * EPC_PAGE); }
 
+/* The CPU's ELDU mapped page `a` without waking anyone: release the threads the kernel holds
+ * on it (only driver-thread userfaultfd makes faulting threads wait in the kernel). */
+static void wake_at(uintptr_t a)
+{
+    if (D.trap != TRAP_USERFAULTFD)
+        return;
+    struct uffdio_range w = { .start = a, .len = EPC_PAGE };
+    ioctl(D.uffd, UFFDIO_WAKE, &w);
+}
+
 static void eblock(struct epc_region *r, uint64_t i)
 {
     void *a = (void *)(r->app + i * EPC_PAGE);
@@ -359,15 +371,10 @@ static void eblock_batch(struct epc_page **batch, int n)
         eblock(batch[k]->region, batch[k]->index);
 }
 
-static void punch(struct epc_region *r, uint64_t i)
-{
-    fallocate(r->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)(i * EPC_PAGE), EPC_PAGE);
-}
-
-/* Put the loaded content of page i (in `frame`, the handler's staging frame) into the memfd and
- * map it for the app, which wakes the threads waiting on it.  userfaultfd: UFFDIO_COPY does all
- * of it in one call (the kernel allocates the page and copies, no zeroing, no fault in the
- * driver).  SIGSEGV: pwrite into the memfd, then open the app's view. */
+/* Put `frame` (a zero page: a page the CPU loads, it installs itself) into page i's place in
+ * the memfd and map it for the app, which wakes the threads waiting on it.  userfaultfd:
+ * UFFDIO_COPY does all of it in one call (the kernel allocates the page and copies, no zeroing,
+ * no fault in the driver).  SIGSEGV: pwrite into the memfd, then open the app's view. */
 static int commit(struct epc_region *r, uint64_t i, const uint8_t *frame)
 {
     uintptr_t a = r->app + i * EPC_PAGE;
@@ -382,8 +389,12 @@ static int commit(struct epc_region *r, uint64_t i, const uint8_t *frame)
     return install(r, i);
 }
 
-/* The EPC frame a handler thread loads into before committing it (one per driver thread). */
-static __thread uint8_t staging[EPC_PAGE] __attribute__((aligned(4096)));
+/* What a page the enclave never wrote (or one of a dead enclave) reads as. */
+static const uint8_t zero_page[EPC_PAGE] __attribute__((aligned(4096)));
+
+/* The CPU installs what it loads through our userfaultfd, or (none: SIGSEGV mode) writes it
+ * into the memfd for us to map. */
+static inline int cpu_uffd(void) { return D.uffd; }
 
 /* ---- the fault path ---- */
 
@@ -428,6 +439,16 @@ static int reclaim_one(void)
         return 1;
     }
     return 0;
+}
+
+/* ELDU failed: the CPU has killed the enclave; remember the first faulting thread and page. */
+static void eldu_failed(int tid, uint64_t addr)
+{
+    ADD(integrity_failures, 1);
+    if (!__atomic_exchange_n(&D.dead, 1, __ATOMIC_ACQ_REL)) {
+        D.dead_tid = tid;
+        D.dead_addr = addr;
+    }
 }
 
 /* Bring page i of r in and release the faulting thread(s).  `tid` is the faulting thread. */
@@ -488,27 +509,24 @@ static void handle_fault(struct epc_region *r, uint64_t i, uintptr_t fault_addr,
         pthread_cond_signal(&D.swapd_cv);
     uintptr_t page_addr = live ? r->app + i * EPC_PAGE : 0;
     pthread_mutex_unlock(&D.lk);
+    int loaded = 0;                 /* the CPU loaded and installed the page */
+    uint64_t cpu[2] = {0, 0};       /* from ELDU: mapped already?, ns it spent installing */
 
     if (!load) {
         ADD(spurious, 1);
     } else if (from == PG_EVICTED && !__atomic_load_n(&D.dead, __ATOMIC_ACQUIRE)) {
         uint64_t c0 = now_ns();
-        int rc = D.eldu(staging, (uint64_t)page_addr, r->va_first + i,
-                        r->store + i * EPC_PAGE, r->pcmd + i * EPC_PCMD);
-        ADD(eldu_ns, now_ns() - c0);
+        int rc = D.eldu((uint64_t)page_addr, r->va_first + i, r->store + i * EPC_PAGE,
+                        r->pcmd + i * EPC_PCMD, cpu_uffd(), cpu);
+        ADD(eldu_ns, now_ns() - c0 - cpu[1]);
         if (rc == 0) {
             ADD(eldu, 1);
+            loaded = 1;
         } else {
-            ADD(integrity_failures, 1);
-            if (!__atomic_exchange_n(&D.dead, 1, __ATOMIC_ACQ_REL)) {
-                D.dead_tid = tid;
-                D.dead_addr = (uint64_t)page_addr;
-            }
-            memset(staging, 0, EPC_PAGE);     /* the CPU wiped it; the app gets a zero page */
+            eldu_failed(tid, (uint64_t)page_addr);
         }
     } else {
-        memset(staging, 0, EPC_PAGE);         /* first touch (or a dead enclave): a zero page */
-        ADD(zero_fills, 1);
+        ADD(zero_fills, 1);                   /* first touch (or a dead enclave): a zero page */
     }
     uint64_t m0 = now_ns();
     if (charge_here) {
@@ -522,9 +540,14 @@ static void handle_fault(struct epc_region *r, uint64_t i, uintptr_t fault_addr,
     t_modeled += now_ns() - m0;
     uint64_t i0 = now_ns();
     if (load) {
-        /* A LOADING page keeps its region alive: destroy waits for it to settle. */
-        commit(r, i, staging);
-        memset(staging, 0, EPC_PAGE);         /* no plaintext stays in the driver's frame */
+        /* A LOADING page keeps its region alive: destroy waits for it to settle.  A failed ELDU
+         * installed nothing: the app gets a zero page. */
+        if (!loaded)
+            commit(r, i, zero_page);
+        else if (cpu[0])
+            wake_at(page_addr);               /* the CPU mapped it: release the thread */
+        else
+            install(r, i);                    /* the CPU put it in the memfd: map it */
     } else if (live) {
         install_at(page_addr);                /* resident already: map it, wake the thread */
     } else if (UFFD_TRAP && page_addr == 0) {
@@ -532,7 +555,7 @@ static void handle_fault(struct epc_region *r, uint64_t i, uintptr_t fault_addr,
         struct uffdio_range w = { .start = fault_addr & ~(uintptr_t)(EPC_PAGE - 1), .len = EPC_PAGE };
         ioctl(D.uffd, UFFDIO_WAKE, &w);
     }
-    ADD(install_ns, now_ns() - i0);
+    ADD(install_ns, now_ns() - i0 + cpu[1]);
     if (load) {
         pthread_mutex_lock(&D.lk);
         p->state = PG_RESIDENT;
@@ -760,18 +783,13 @@ static int write_page(struct epc_page *p)
     struct epc_region *r = p->region;
     uint64_t i = p->index;
     uint64_t c0 = now_ns();
-    /* The CPU reads the EPC frame: through the memfd, into this thread's frame (wiped after). */
-    if (pread(r->memfd, staging, EPC_PAGE, (off_t)(i * EPC_PAGE)) != (ssize_t)EPC_PAGE)
-        memset(staging, 0, EPC_PAGE);          /* the last page past the end of a region */
-    int rc = D.ewb(staging, (uint64_t)(r->app + i * EPC_PAGE), r->va_first + i,
+    /* The CPU reads the page from the memfd, seals it, writes it to the store and punches the
+     * page out of the memfd. */
+    int rc = D.ewb((uint64_t)(r->app + i * EPC_PAGE), r->va_first + i,
                    r->store + i * EPC_PAGE, r->pcmd + i * EPC_PCMD);
-    memset(staging, 0, EPC_PAGE);
     ADD(ewb_ns, now_ns() - c0);
     pthread_mutex_lock(&D.lk);
     if (rc == 0) {
-        pthread_mutex_unlock(&D.lk);
-        punch(r, i);
-        pthread_mutex_lock(&D.lk);
         ADD(ewb, 1);
         p->state = PG_EVICTED;
         frames_put(1);
@@ -1117,6 +1135,54 @@ int epc_evict(int id, uint64_t index)
     pthread_mutex_unlock(&D.lk);
     eblock(r, index);
     return write_page(p) == 0 ? 1 : -EIO;
+}
+
+/* The host as an attacker (tests): a driver that wants the verified content of page `sealed`
+ * to appear as page `at` of the same region.  It hands the CPU that page's sealed copy
+ * (ciphertext and PCMD) and the VA slot of page `slot_of`, for the address of page `at`, which
+ * is where the CPU installs whatever it verifies; page `at` must not be resident.  Returns the
+ * CPU's answer (0 = EPCM_OK, else an EPCM_ERR_*: then the enclave is dead), or -errno. */
+int epc_host_load(int id, uint64_t sealed, uint64_t slot_of, uint64_t at)
+{
+    if (id < 0 || id >= EPC_MAX_REGIONS || !D.regions[id].pages) return -EINVAL;
+    struct epc_region *r = &D.regions[id];
+    if (sealed >= r->npages || slot_of >= r->npages || at >= r->npages) return -EINVAL;
+    struct epc_page *p = &r->pages[at];
+    pthread_mutex_lock(&D.lk);
+    while (p->state == PG_LOADING || p->state == PG_EVICTING)
+        pthread_cond_wait(&D.changed, &D.lk);
+    uint32_t seq;
+    if (p->state == PG_RESIDENT || !frame_take(&seq)) {
+        pthread_mutex_unlock(&D.lk);
+        return -EBUSY;
+    }
+    int from = p->state;
+    p->state = PG_LOADING;
+    D.resident++;
+    pthread_mutex_unlock(&D.lk);
+    uint64_t cpu[2] = {0, 0};
+    uint64_t addr = (uint64_t)(r->app + at * EPC_PAGE);
+    int rc = D.eldu(addr, r->va_first + slot_of, r->store + sealed * EPC_PAGE,
+                    r->pcmd + sealed * EPC_PCMD, cpu_uffd(), cpu);
+    if (rc == 0 && cpu[0])
+        wake_at(addr);
+    else if (rc == 0)
+        install(r, at);
+    if (rc != 0)
+        eldu_failed((int)syscall(SYS_gettid), addr);
+    pthread_mutex_lock(&D.lk);
+    if (rc == 0) {
+        p->state = PG_RESIDENT;
+        p->accessed = 1;
+        list_add_tail(p);
+    } else {
+        p->state = (uint8_t)from;
+        frames_put(1);
+        D.resident--;
+    }
+    pthread_cond_broadcast(&D.changed);
+    pthread_mutex_unlock(&D.lk);
+    return rc;
 }
 
 /* Where the backing store of a region is: out = {store, pcmd, npages, va_first}. */

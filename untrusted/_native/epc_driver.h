@@ -20,6 +20,7 @@ int epc_region_create(uint64_t npages, uint64_t nbytes, uint64_t va_first, int *
 int epc_region_attach(int id, uintptr_t app);
 int epc_region_destroy(int id);
 int epc_evict(int id, uint64_t index);
+int epc_host_load(int id, uint64_t sealed, uint64_t slot_of, uint64_t at);
 int epc_region_info(int id, uint64_t out[4]);
 int epc_region_states(int id, uint8_t *out, uint64_t n);
 void epc_driver_stats(uint64_t out[26]);

@@ -18,6 +18,11 @@ DECLS = """
     void store_discard(void *handle, uint64_t off, uint64_t len);
     uintptr_t store_grow_fn(void);
     uintptr_t store_discard_fn(void);
+    uintptr_t store_racer_new(int cpu);
+    void store_racer_arm(uintptr_t handle, uintptr_t addr, uint32_t count, uint32_t stride,
+                         uint8_t mask, int set);
+    uint64_t store_racer_disarm(uintptr_t handle);
+    void store_racer_free(uintptr_t handle);
 """
 ffi = FFI()
 ffi.cdef(DECLS)
