@@ -139,9 +139,12 @@ def sample_plain(scale: float) -> dict:
             for name, kind in WORKLOADS.items() for n in THREADS}
 
 
+TIME_SCALE = 1.0    # ELEOS_TIME_SCALE of the enclaves (--time-scale)
+
+
 def sample(path: str, scale: float) -> dict:
     """One run of every workload on one path (one enclave started and closed)."""
-    cfg = Config.from_env({}, mode="native", syscalls=path, cost="spin")
+    cfg = Config.from_env({}, mode="native", syscalls=path, cost="spin", time_scale=TIME_SCALE)
     enclave = Enclave(cfg).start(route=True)
     rows = {}
     try:
@@ -198,8 +201,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", type=float, default=1.0, help="multiply the iteration counts")
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--time-scale", type=float, default=1.0,
+                    help="ELEOS_TIME_SCALE of the enclaves (benchmarks/kvstore.py measures it)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    global TIME_SCALE
+    TIME_SCALE = args.time_scale
     m = machine()
     from untrusted._native._host import lib as hlib
     n = max(1000, int(200_000 * args.scale))
@@ -213,8 +220,9 @@ def main() -> int:
         run["ring_nop_ns"], run["ring_nop_served"] = ring_round_trip_ns(n)
         runs.append(run)
     print(machine_line(m))
-    print("cost model: spin (EEXIT 3800 + EENTER 3300 cycles + pollution per OCALL); rpc: "
-          "1 worker, spin and sleep budgets at their defaults")
+    print(f"cost model: spin (an OCALL's budget {Config().ocall_cycles} cycles, then the indirect "
+          f"window; time scale {TIME_SCALE:g}); rpc: 1 worker, spin and sleep budgets at their "
+          "defaults")
     print(f"median of {args.runs} runs; the ratios are medians of per-run ratios\n")
 
     def med(p, key, field):

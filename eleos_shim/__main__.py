@@ -41,6 +41,10 @@ Every option below is also an environment variable; a flag wins over the variabl
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="eleos-shim", usage=USAGE, description=DESCRIPTION,
+                                     epilog="the cost model's constants (each event pays its "
+                                     "budget: the real part timed, a TSC spin the rest;\n"
+                                     "each is the variable shown and its flag):\n"
+                                     + config_mod.cost_table().replace("%", "%%"),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-m", dest="module", metavar="MODULE",
                         help="run a library module as a script (like python -m)")

@@ -1,10 +1,19 @@
-"""``eleos-shim calibrate``: measure the cost model on this machine (eleos_shim/).
+"""``eleos-shim calibrate``: how faithfully this machine pays the cost model (eleos_shim/).
 
-Prints the TSC frequency, the cost of a null OCALL against a direct call (medians, ns and
-cycles, timed in C and through the Python transport), and the indirect cost: how much slower a
-fixed piece of Python work runs right after an exit's pollution than without it, for several
-pollution sizes, so the default ``ELEOS_POLLUTE_KB`` can be chosen inside the 1.5x-5x range
-the paper cites (FlexSC, OSDI'10).
+Each modeled event has a budget (the sourced constants, ``python -m eleos_shim --help``); the
+shim times the real part of each event and a TSC spin pays the rest.  This measures, on this
+machine, with the configured constants (ELEOS_* variables and flags apply):
+
+  * the fidelity table: per event (ocall, epc_fault per trap, indirect), the budget, median
+    and p90 of what was paid (cycles and ns), the median real and spun parts, the overruns
+    (events whose real part alone exceeded the budget) and median paid/budget;
+  * the same from outside: what a null OCALL costs a caller in C over a direct call, and what
+    an access that faults costs over a resident one;
+  * what a trap costs outside its handler, per trap (measured by the driver at start);
+  * with ``--pollution``: how much slower a slice of Python work runs right after touching a
+    pollution buffer of each size (ELEOS_INDIRECT=pollute), against the modeled factor.
+
+``--json PATH`` writes all of it.
 """
 from __future__ import annotations
 
@@ -15,26 +24,121 @@ import time
 
 from eleos_shim.config import Config
 
-SIZES_KB = (0, 64, 128, 256, 512, 1024, 2048, 4096)
+SIZES_KB = (0, 256, 512, 1024, 2048)
+TRAPS = ("sigbus", "userfaultfd", "sigsegv")
 
 
 def _work(data: dict, keys: list) -> int:
     # The slice of app code between two syscalls of a request handler: 256 lookups in a
-    # 4096-entry dict of small values (~10-20 us of Python), a working set that stays in the
-    # caches when nothing disturbs it.
+    # 4096-entry dict of small values (~10-20 us of Python).
     total = 0
     for k in keys:
         total += len(data[k])
     return total
 
 
+def _pct(values: list[int], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return float(s[min(len(s) - 1, int(q * len(s)))])
+
+
+def fidelity_row(name: str, cpu, event: str) -> dict:
+    """Median/p90 paid, median real and spun, overruns, budget per event: from the CPU's
+    counters and its ring of recent events."""
+    from eleos_shim.cpu import ModeledCPU
+    tot = ModeledCPU.events()[event]
+    paid, real = ModeledCPU.samples(event)
+    n = tot["count"]
+    budget = tot["budget_cycles"] / n if n else 0.0
+    spun = [p - r for p, r in zip(paid, real)]
+    med = statistics.median(paid) if paid else float("nan")
+    return {"event": name, "count": n, "budget_cycles": budget,
+            "paid_median_cycles": med, "paid_p90_cycles": _pct(paid, 0.9),
+            "paid_median_ns": cpu.cycles_to_ns(med), "paid_p90_ns": cpu.cycles_to_ns(_pct(paid, 0.9)),
+            "paid_mean_cycles": tot["paid_cycles"] / n if n else float("nan"),
+            "real_median_cycles": statistics.median(real) if real else float("nan"),
+            "spun_median_cycles": statistics.median(spun) if spun else float("nan"),
+            "overruns": tot["overruns"],
+            "paid_over_budget": med / budget if budget else float("nan")}
+
+
+def ocall_events(cfg: Config, n: int = 20000) -> tuple[dict, dict, dict]:
+    """Null OCALLs (ocall and indirect rows) and the outside view: C loop ns per call, ocall
+    and direct.  The OCALLs alternate with a slice of Python work so each exit's window has
+    work in it, as a request handler's does."""
+    from eleos_shim.cpu import ModeledCPU
+    from trusted.syscall import Bridge, Transport
+    from untrusted._native._host import lib as host
+    cpu = ModeledCPU(cfg)
+    bridge = Bridge(host.host_dispatch_fn(), host.host_alloc_fn(), host.host_free_fn(),
+                    cpu.charge_fn, cpu.pollute_fn)
+    outside = {}
+    for path in ("direct", "ocall"):
+        t = Transport(path, bridge)
+        outside[path] = statistics.median(t.bench(n, path=path) for _ in range(5)) * 1e9
+    ModeledCPU.reset()
+    t = Transport("ocall", bridge)
+    t.bench(n, path="ocall")                   # back to back: windows empty
+    ocall = fidelity_row("ocall", cpu, "ocall")
+    ModeledCPU.reset()
+    rng = random.Random(1)
+    data = {f"key{i}": bytes(32) for i in range(4096)}
+    keys = rng.sample(sorted(data), 256)
+    for _ in range(2000):
+        t.call(0)
+        _work(data, keys)
+    t.call(0)
+    indirect = fidelity_row("indirect", cpu, "indirect")
+    ModeledCPU.reset()
+    extra_ns = outside["ocall"] - outside["direct"]
+    out = {"direct_ns": outside["direct"], "ocall_ns": outside["ocall"], "extra_ns": extra_ns,
+           "extra_cycles": extra_ns * cpu.tsc_hz / 1e9, "budget_cycles": ocall["budget_cycles"]}
+    return ocall, indirect, out
+
+
+def fault_events(cfg: Config, trap: str, accesses: int = 3000) -> tuple[dict, dict]:
+    """Random reads over a region 4x a 4 MB EPC, each page touched once first: every read
+    misses with probability 3/4; the epc_fault row, and the outside view (ns per access that
+    faulted over one that did not)."""
+    from eleos_shim.cpu import ModeledCPU
+    from eleos_shim.epc import EPC
+    cfg = cfg.replace(epc_mb=4, suvm_cache_mb=2, epc_trap=trap)
+    cpu = ModeledCPU(cfg)
+    with EPC(cfg, cpu) as epc:
+        m = epc.map(16 << 20)
+        npages = len(m) // 4096
+        for i in range(npages):
+            m[i * 4096] = 1
+        ModeledCPU.reset()
+        rng = random.Random(2)
+        idx = [rng.randrange(npages) for _ in range(accesses)]
+        c0 = epc.counters()
+        t0 = time.perf_counter_ns()
+        for i in idx:
+            m[i * 4096]
+        wall = time.perf_counter_ns() - t0
+        faults = epc.counters()["faults"] - c0["faults"]
+        t0 = time.perf_counter_ns()
+        for _ in range(accesses):
+            m[0]                               # resident: the floor of an access
+        hit = (time.perf_counter_ns() - t0) / accesses
+        row = fidelity_row(f"epc_fault ({epc.trap})", cpu, "epc_fault")
+        trap_cycles = epc.trap_cycles
+        m.close()
+    per_fault = (wall - hit * accesses) / max(1, faults)
+    ModeledCPU.reset()
+    return row, {"trap": trap, "faults": faults, "ns_per_fault": per_fault,
+                 "cycles_per_fault": per_fault * cpu.tsc_hz / 1e9, "trap_cycles": trap_cycles}
+
+
 def indirect_slowdown(pollute_kb: int, rounds: int = 300) -> tuple[float, float, float]:
-    """Median ns of: the work right after an exit's pollution (the work alone), the same plus
-    the pollution itself (the whole indirect cost the app's thread pays), the work without."""
+    """Median ns of: the work right after touching the pollution buffer, the same plus the
+    touch, the work without (ELEOS_INDIRECT=pollute's real effect here)."""
+    from eleos_shim.cpu import ModeledCPU
     from eleos_shim._native._cpu import lib as cpu
-    cfg = Config.from_env({}, mode="native")
-    cpu.cpu_configure(cfg.eenter_cycles, cfg.eexit_cycles, cfg.aex_cycles, cfg.eresume_cycles,
-                      1, pollute_kb * 1024, 1.0)
+    ModeledCPU(Config.from_env({}, mode="native", indirect="pollute", pollute_kb=pollute_kb))
     rng = random.Random(1)
     data = {f"key{i}": bytes(32) for i in range(4096)}
     keys = rng.sample(sorted(data), 256)
@@ -51,62 +155,66 @@ def indirect_slowdown(pollute_kb: int, rounds: int = 300) -> tuple[float, float,
         t2 = time.perf_counter_ns()
         after.append(t2 - t1)
         whole.append(t2 - t0)
+    ModeledCPU.reset()
     return statistics.median(after), statistics.median(whole), statistics.median(clean)
 
 
-def null_call_costs(cfg: Config, n: int = 20000, runs: int = 5) -> dict:
-    from eleos_shim.cpu import ModeledCPU
-    from trusted.syscall import Bridge, Transport
-    from untrusted._native._host import lib as host
-    cpu = ModeledCPU(cfg)
-    bridge = Bridge(host.host_dispatch_fn(), host.host_alloc_fn(), host.host_free_fn(),
-                    cpu.charge_fn, cpu.pollute_fn)
-    out = {}
-    for path in ("direct", "ocall"):
-        t = Transport(path, bridge)
-        c_level = statistics.median(t.bench(n, path=path) for _ in range(runs))
-        py = []
-        for _ in range(runs):
-            t0 = time.perf_counter()
-            for _ in range(n // 10):
-                t.call(0)
-            py.append((time.perf_counter() - t0) / (n // 10))
-        out[path] = {"c_ns": c_level * 1e9, "c_cycles": c_level * cpu.tsc_hz,
-                     "python_ns": statistics.median(py) * 1e9}
-    ModeledCPU.reset()
-    return out
+def print_table(rows: list[dict]) -> None:
+    print(f"  {'event':<24}{'count':>7}{'budget':>9}{'paid p50':>10}{'p90':>9}{'p50 ns':>9}"
+          f"{'p90 ns':>9}{'mean':>9}{'real p50':>10}{'spun p50':>10}{'overruns':>10}{'paid/budget':>13}")
+    for r in rows:
+        print(f"  {r['event']:<24}{r['count']:>7}{r['budget_cycles']:>9.0f}{r['paid_median_cycles']:>10.0f}"
+              f"{r['paid_p90_cycles']:>9.0f}{r['paid_median_ns']:>9.0f}{r['paid_p90_ns']:>9.0f}"
+              f"{r['paid_mean_cycles']:>9.0f}"
+              f"{r['real_median_cycles']:>10.0f}{r['spun_median_cycles']:>10.0f}{r['overruns']:>10}"
+              f"{r['paid_over_budget']:>12.2f}x")
 
 
 def main(cfg: Config, args: list[str]) -> int:
     from eleos_shim.cpu import measured_tsc_hz
     tsc = cfg.tsc_mhz * 1e6 if cfg.tsc_mhz else measured_tsc_hz()
     print(f"TSC frequency: {tsc / 1e6:.1f} MHz"
-          f"{' (ELEOS_TSC_MHZ)' if cfg.tsc_mhz else ' (measured)'}")
-    print(f"modeled costs: EENTER {cfg.eenter_cycles}  EEXIT {cfg.eexit_cycles}  "
-          f"AEX {cfg.aex_cycles}  ERESUME {cfg.eresume_cycles} cycles; pollution "
-          f"{cfg.pollute_kb} KB; cost={cfg.cost}")
-    costs = null_call_costs(cfg)
-    print("\nnull call (ELEOS_OP_NOP), median of 5 runs:")
-    print(f"  {'path':<8}{'C loop ns':>12}{'cycles':>10}{'via Python ns':>16}")
-    for path, c in costs.items():
-        print(f"  {path:<8}{c['c_ns']:>12.0f}{c['c_cycles']:>10.0f}{c['python_ns']:>16.0f}")
-    ocall, direct = costs["ocall"], costs["direct"]
-    print(f"  an OCALL costs {ocall['c_ns'] - direct['c_ns']:.0f} ns "
-          f"({ocall['c_cycles'] - direct['c_cycles']:.0f} cycles) more than a direct call")
-    print("\nindirect cost: a fixed slice of Python work (~15 us) right after an exit vs without,")
-    print("by pollution size; 'with pollution' counts the touch of the buffer too, since the app's")
-    print("thread pays it: that is the slowdown the default is chosen by (1.5x-5x, FlexSC OSDI'10):")
-    print(f"  {'KB':>6}{'clean ns':>10}{'after exit ns':>15}{'slowdown':>10}{'with pollution':>16}")
-    rows = []
-    for kb in SIZES_KB:
-        after, whole, clean = indirect_slowdown(kb)
-        rows.append({"pollute_kb": kb, "after_ns": after, "with_pollution_ns": whole,
-                     "clean_ns": clean, "slowdown": after / clean,
-                     "slowdown_with_pollution": whole / clean})
-        mark = "  <- default" if kb == cfg.pollute_kb else ""
-        print(f"  {kb:>6}{clean:>10.0f}{after:>15.0f}{after / clean:>9.2f}x{whole / clean:>15.2f}x{mark}")
+          f"{' (ELEOS_TSC_MHZ)' if cfg.tsc_mhz else ' (measured)'}; cost={cfg.cost}, "
+          f"time scale {cfg.time_scale:g}, indirect={cfg.indirect}")
+    print(f"budgets (cycles, x{cfg.time_scale:g}): ocall {cfg.ocall_cycles} (EEXIT part "
+          f"{cfg.eexit_cycles}), epc_fault {cfg.epc_fault_cycles}, indirect "
+          f"({cfg.indirect_slowdown:g} - 1) x min({cfg.indirect_window_cycles}, work after the exit)")
+    ocall, indirect, outside = ocall_events(cfg)
+    rows, faults = [ocall, indirect], []
+    traps = [t for t in TRAPS if f"--trap={t}" in args] or list(TRAPS)
+    for trap in traps:
+        try:
+            row, out = fault_events(cfg, trap)
+        except OSError as exc:
+            print(f"  ({trap}: not available here: {exc})")
+            continue
+        rows.append(row)
+        faults.append(out)
+    print("\nfidelity: what each modeled event cost the app (cycles unless ns), from the CPU's own")
+    print("timing; real = what the shim ran on the event's path, spun = the TSC top-up:")
+    print_table(rows)
+    print("\nthe same from outside:")
+    print(f"  null OCALL from C: {outside['ocall_ns']:.0f} ns vs direct {outside['direct_ns']:.0f} ns: "
+          f"{outside['extra_cycles']:.0f} cycles more, budget {outside['budget_cycles']:.0f} "
+          f"({outside['extra_cycles'] / outside['budget_cycles']:.2f}x)")
+    for f in faults:
+        print(f"  an access that faults ({f['trap']}): {f['ns_per_fault']:.0f} ns = "
+              f"{f['cycles_per_fault']:.0f} cycles more than a resident one "
+              f"({f['faults']} faults; the trap outside its handler, measured at start: "
+              f"{f['trap_cycles']} cycles)")
+    pollution = []
+    if "--pollution" in args:
+        print("\nELEOS_INDIRECT=pollute: a slice of Python work right after touching the buffer vs "
+              f"without (the model charges {cfg.indirect_slowdown:g}x within its window):")
+        print(f"  {'KB':>6}{'clean ns':>10}{'after ns':>10}{'slowdown':>10}{'with touch':>12}")
+        for kb in SIZES_KB:
+            after, whole, clean = indirect_slowdown(kb)
+            pollution.append({"pollute_kb": kb, "after_ns": after, "with_pollution_ns": whole,
+                              "clean_ns": clean})
+            print(f"  {kb:>6}{clean:>10.0f}{after:>10.0f}{after / clean:>9.2f}x{whole / clean:>11.2f}x")
     if "--json" in args:
         path = args[args.index("--json") + 1]
         with open(path, "w") as f:
-            json.dump({"tsc_hz": tsc, "null_call": costs, "indirect": rows}, f, indent=1)
+            json.dump({"tsc_hz": tsc, "fidelity": rows, "ocall_outside": outside,
+                       "faults_outside": faults, "pollution": pollution}, f, indent=1)
     return 0

@@ -20,7 +20,9 @@ SYSCALL_PATHS = ("direct", "ocall", "rpc")
 MEMORIES = ("native", "epc", "suvm")
 EVICTION_POLICIES = ("fifo", "lru", "clock", "random")
 COST_MODES = ("spin", "account")
-EPC_TRAPS = ("auto", "userfaultfd", "sigsegv")
+EPC_TRAPS = ("auto", "sigbus", "userfaultfd", "sigsegv")
+EPC_RECLAIMS = ("direct", "background")
+INDIRECT_MODES = ("model", "pollute", "off")
 BALLOON_POLICIES = ("demand", "fair", "static")
 
 # The presets of ELEOS_MODE: (syscall path, heap).
@@ -62,14 +64,22 @@ def _int(minimum: int = 0, maximum: int | None = None) -> Callable[[str], int]:
     return parse
 
 
-def _mb(text: str) -> float:
-    try:
-        value = float(text.strip())
-    except ValueError:
-        raise ValueError("expected a positive number of MB (e.g. 93 or 0.5)") from None
-    if not value > 0 or value != value or value == float("inf"):
-        raise ValueError("expected a positive number of MB (e.g. 93 or 0.5)")
-    return value
+def _number(expected: str, low: float = 0.0, high: float = float("inf"),
+            low_inclusive: bool = False) -> Callable[[str], float]:
+    """A finite float above ``low`` (or at it, if inclusive) and at most ``high``."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise ValueError(f"expected {expected}") from None
+        above = value >= low if low_inclusive else value > low
+        if not (above and value <= high) or value == float("inf"):
+            raise ValueError(f"expected {expected}")
+        return value
+    return parse
+
+
+_mb = _number("a positive number of MB (e.g. 93 or 0.5)")
 
 
 def _page_size(text: str) -> int:
@@ -133,6 +143,57 @@ def _tsc(text: str) -> float:
     return value
 
 
+_scale = _number("a positive number up to 1e6 (1 = no dilation)", high=1e6)
+_slowdown = _number("a number >= 1 and <= 100 (1 = no indirect cost)", low=1.0, high=100.0,
+                    low_inclusive=True)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """One constant of the cost model: its default and where the number comes from."""
+    field: str
+    default: Any
+    unit: str
+    source: str
+
+
+# The cost model's constants, the one table (DESIGN.md section 3): `--help` and the README
+# print it.  Cycles are cycles of the machine the source measured, spent as TSC cycles here.
+COSTS: tuple[Cost, ...] = (
+    Cost("eenter_cycles", 3300, "cycles", "EENTER; the Eleos talk (EuroSys'17), overhead analysis: "
+         "'Enter enclave ~3,300 cycles'"),
+    Cost("eexit_cycles", 3800, "cycles", "EEXIT, the first part of an OCALL's budget, paid before "
+         "the host call; the Eleos talk: 'Exit enclave ~3,800 cycles'"),
+    Cost("ocall_cycles", 8200, "cycles", "a whole OCALL (EEXIT + SDK bridge + EENTER), the host "
+         "call excluded; HotCalls (ISCA'17): 8,200 warm to 17,000 cold"),
+    Cost("aex_cycles", 3800, "cycles", "AEX, counted as a fault's exit (default = EEXIT); part of "
+         "the fault's budget"),
+    Cost("eresume_cycles", 3300, "cycles", "ERESUME, counted (default = EENTER); part of the "
+         "fault's budget"),
+    Cost("epc_fault_cycles", 40000, "cycles", "a whole EPC page fault (AEX, driver, ELDU, the EWB "
+         "share, ERESUME); VAULT (ASPLOS'18): ~40,000 cycles a page swap"),
+    Cost("indirect_slowdown", 1.5, "x", "the app's code after an exit runs this much slower; the "
+         "Eleos talk after FlexSC (OSDI'10): 1.5x-5x, its lower bound (with it an OCALL and a "
+         "full window, 8,200 + 7,000, stay under HotCalls' cold 17,000)"),
+    Cost("indirect_window_cycles", 14000, "cycles", "for this many cycles of the app's work after "
+         "an exit; FlexSC (OSDI'10): 'up to 14,000 cycles of execution before the IPC returns'"),
+    Cost("time_scale", 1.0, "x", "every budget (and the window) times this: stands in for an app "
+         "that many times faster (time dilation, NSDI'06); benchmarks/kvstore.py measures it"),
+    Cost("pollute_kb", 512, "KB", "ELEOS_INDIRECT=pollute only: the buffer touched after each "
+         "exit, its time counted against the indirect budget (512 KB = this VM's L2)"),
+)
+COST_DEFAULTS = {c.field: c.default for c in COSTS}
+
+
+def cost_table() -> str:
+    """The constants with their sources, as `--help` and the README show them."""
+    lines = []
+    for c in COSTS:
+        default = f"{c.default:,}" if isinstance(c.default, int) else f"{c.default:g}"
+        lines.append(f"  ELEOS_{c.field.upper():<24} {default:>7} {c.unit:<6}  {c.source}")
+    return "\n".join(lines)
+
+
 @dataclass(frozen=True)
 class Option:
     field: str
@@ -184,13 +245,31 @@ OPTIONS: tuple[Option, ...] = (
            "when the app keeps at least one; none: not pinned", "CPUS"),
     Option("eenter_cycles", _int(0), "modeled EENTER cost in cycles (default 3300)"),
     Option("eexit_cycles", _int(0), "modeled EEXIT cost in cycles (default 3800)"),
+    Option("ocall_cycles", _int(0), "budget of a whole OCALL in cycles, the host call excluded "
+           "(default 8200)"),
     Option("aex_cycles", _int(0), "modeled AEX cost in cycles (default = EEXIT)"),
     Option("eresume_cycles", _int(0), "modeled ERESUME cost in cycles (default = EENTER)"),
-    Option("pollute_kb", _int(0, 1 << 20), "KB of the pollution buffer touched after each exit: "
-           "the indirect cost (default 512, calibrated: see README)"),
+    Option("epc_fault_cycles", _int(0), "budget of a whole EPC page fault in cycles (default 40000)"),
+    Option("indirect", _choice(INDIRECT_MODES), "the indirect cost of an exit: model = the app's "
+           "code in a window after it is charged as slower (default); pollute = also touch a "
+           "buffer of ELEOS_POLLUTE_KB for real, its time counted against that charge; off"),
+    Option("indirect_slowdown", _slowdown, "how much slower the app's code runs after an exit "
+           "(default 1.5)"),
+    Option("indirect_window_cycles", _int(0), "cycles of app work after an exit that run slower "
+           "(default 14000)"),
+    Option("time_scale", _scale, "multiply every budget (time dilation for an app this many times "
+           "faster; default 1)"),
+    Option("pollute_kb", _int(0, 1 << 20), "KB of the pollution buffer touched after each exit "
+           "with ELEOS_INDIRECT=pollute (default 512)"),
     Option("cost", _choice(COST_MODES), "spin = spend modeled cycles (default); account = only count them"),
     Option("tsc_mhz", _tsc, "TSC frequency in MHz for cycle->time (default: measured)"),
-    Option("epc_trap", _choice(EPC_TRAPS), "EPC fault trap: auto, userfaultfd, sigsegv (default auto)"),
+    Option("epc_trap", _choice(EPC_TRAPS), "EPC fault trap: sigbus = userfaultfd's SIGBUS, the "
+           "faulting thread handles its own fault; userfaultfd = a driver thread handles it; "
+           "sigsegv = mprotect + SIGSEGV, handed to a driver thread; auto (default) = the first "
+           "of those the kernel allows"),
+    Option("epc_reclaim", _choice(EPC_RECLAIMS), "who EWBs: direct = a fault that finds no free "
+           "frame EWBs one victim itself, in its own budget (default); background = a ksgxswapd "
+           "thread keeps frames free between watermarks and a fault that finds none waits for it"),
     Option("stats", _stats, "at exit write stats as JSON to this path, or '-' for a report on stderr",
            "PATH"),
     Option("profile", _bool, "1 = attribute every exit and EPC fault to the app's source line and "
@@ -219,14 +298,21 @@ class Config:
     rpc_sleep: int = 20000
     rpc_slots: int = 1024
     rpc_cpus: tuple[int, ...] | str = "auto"
-    eenter_cycles: int = 3300
-    eexit_cycles: int = 3800
-    aex_cycles: int = 3800
-    eresume_cycles: int = 3300
-    pollute_kb: int = 512
+    eenter_cycles: int = COST_DEFAULTS["eenter_cycles"]
+    eexit_cycles: int = COST_DEFAULTS["eexit_cycles"]
+    ocall_cycles: int = COST_DEFAULTS["ocall_cycles"]
+    aex_cycles: int = COST_DEFAULTS["aex_cycles"]
+    eresume_cycles: int = COST_DEFAULTS["eresume_cycles"]
+    epc_fault_cycles: int = COST_DEFAULTS["epc_fault_cycles"]
+    indirect: str = "model"
+    indirect_slowdown: float = COST_DEFAULTS["indirect_slowdown"]
+    indirect_window_cycles: int = COST_DEFAULTS["indirect_window_cycles"]
+    time_scale: float = COST_DEFAULTS["time_scale"]
+    pollute_kb: int = COST_DEFAULTS["pollute_kb"]
     cost: str = "spin"
     tsc_mhz: float | None = None
     epc_trap: str = "auto"
+    epc_reclaim: str = "direct"
     stats: str | None = None
     profile: bool = False
 
@@ -319,6 +405,9 @@ def _finish(raw: dict[str, Any], explicit: set[str]) -> Config:
                           f"ELEOS_SUVM_PAGE_SIZE={cfg.suvm_page_size} (or 0 = off)")
     if cfg.epc_bytes < 16 * 4096:
         raise ConfigError(f"ELEOS_EPC_MB={cfg.epc_mb:g}: the EPC must hold at least 16 pages (0.0625 MB)")
+    if cfg.ocall_cycles < cfg.eexit_cycles:
+        raise ConfigError(f"ELEOS_OCALL_CYCLES={cfg.ocall_cycles}: a whole OCALL's budget must be at "
+                          f"least its EEXIT part (ELEOS_EEXIT_CYCLES={cfg.eexit_cycles})")
     if cfg.rpc_slots & (cfg.rpc_slots - 1):
         raise ConfigError(f"ELEOS_RPC_SLOTS={cfg.rpc_slots}: expected a power of two")
     return cfg
@@ -341,4 +430,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def describe(cfg: Config) -> str:
     return (f"mode={cfg.mode} syscalls={cfg.syscalls} memory={cfg.memory} "
-            f"epc={cfg.epc_mb:g}MB cost={cfg.cost}")
+            f"epc={cfg.epc_mb:g}MB cost={cfg.cost} time_scale={cfg.time_scale:g}")

@@ -1,9 +1,11 @@
 """The modeled SGX CPU, Python side (eleos_shim/: knows both halves).
 
-Configures the C cost model (eleos_shim/_native/cpu.c) from the Config: the cycles each
-transition costs, whether they are spent (spin) or only counted (account), and the pollution
-buffer that models an exit's indirect cost.  Modeled cycles are TSC cycles; the TSC frequency
-is measured once per process (or given by ELEOS_TSC_MHZ) to turn them into time.
+Configures the C cost model (eleos_shim/_native/cpu.c) from the Config: each modeled event's
+budget in cycles (the sourced constants of eleos_shim/config.py ``COSTS``, times
+ELEOS_TIME_SCALE), whether the top-up is spent (spin) or only counted (account), and how the
+indirect cost of an exit is charged.  Reads back, per event, what was budgeted, paid, really
+run and spun, and the overruns.  Modeled cycles are TSC cycles; the TSC frequency is measured
+once per process (or given by ELEOS_TSC_MHZ) to turn them into time.
 """
 from __future__ import annotations
 
@@ -12,18 +14,10 @@ import functools
 from eleos_shim._native._cpu import ffi, lib
 from eleos_shim.config import Config
 
-# Where the defaults come from (DESIGN.md section 3): EENTER ~3,300 and EEXIT ~3,800 cycles,
-# the Eleos talk's overhead analysis slide; AEX ~ EEXIT and ERESUME ~ EENTER as in the paper's
-# model of a page fault (an AEX leaves the enclave like EEXIT, ERESUME enters like EENTER).
-SOURCES = {
-    "eenter_cycles": "Eleos talk, overhead analysis: 'Enter enclave ~3,300 cycles'",
-    "eexit_cycles": "Eleos talk, overhead analysis: 'Exit enclave ~3,800 cycles'",
-    "aex_cycles": "modeled as EEXIT (an AEX is an exit)",
-    "eresume_cycles": "modeled as EENTER (ERESUME re-enters)",
-    "pollute_kb": "calibrated so a slice of app code right after an exit, with the pollution "
-                  "it pays, runs 1.5x-5x slower (FlexSC, OSDI'10, as cited by Eleos): 512 KB "
-                  "gave 1.9x here; see `eleos-shim calibrate`",
-}
+# The events of cpu.c, in its order, and the totals kept for each (the stats JSON's keys).
+EVENTS = ("ocall", "epc_fault", "indirect")
+EVENT_FIELDS = ("count", "budget_cycles", "paid_cycles", "real_cycles", "spun_cycles", "overruns")
+INDIRECT_MODES = {"off": 0, "model": 1, "pollute": 2}
 
 
 @functools.lru_cache(maxsize=None)
@@ -32,17 +26,29 @@ def measured_tsc_hz() -> float:
     return lib.cpu_measure_tick_hz(0.02)
 
 
+def costs_struct(cfg: Config, spin: bool | None = None):
+    """The C cost table for ``cfg`` (``spin`` overrides cfg.cost)."""
+    c = ffi.new("struct cpu_costs *")
+    c.eenter, c.eexit = cfg.eenter_cycles, cfg.eexit_cycles
+    c.aex, c.eresume = cfg.aex_cycles, cfg.eresume_cycles
+    c.ocall, c.epc_fault = cfg.ocall_cycles, cfg.epc_fault_cycles
+    c.indirect_window = cfg.indirect_window_cycles
+    c.indirect_slowdown = cfg.indirect_slowdown
+    c.time_scale = cfg.time_scale
+    c.spin = int(cfg.cost == "spin" if spin is None else spin)
+    c.indirect = INDIRECT_MODES[cfg.indirect]
+    c.pollute_bytes = cfg.pollute_kb * 1024
+    return c
+
+
 class ModeledCPU:
-    """The enclave's CPU: transition costs, their counters, and the function pointers the
-    trusted stubs and the EPC driver call to charge them."""
+    """The enclave's CPU: event budgets, their counters, and the function pointers the trusted
+    stubs and the EPC driver call to charge them.  One cost model per process (C globals)."""
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.tsc_hz = cfg.tsc_mhz * 1e6 if cfg.tsc_mhz else measured_tsc_hz()
-        rc = lib.cpu_configure(cfg.eenter_cycles, cfg.eexit_cycles, cfg.aex_cycles,
-                               cfg.eresume_cycles, 1 if cfg.cost == "spin" else 0,
-                               cfg.pollute_kb * 1024, 1.0)
-        if rc != 0:
+        if lib.cpu_configure(costs_struct(cfg)) != 0:
             raise MemoryError(f"pollution buffer of {cfg.pollute_kb} KB could not be allocated")
 
     @property
@@ -53,12 +59,33 @@ class ModeledCPU:
     def pollute_fn(self) -> int:
         return lib.cpu_pollute_fn()
 
+    def set_trap_cycles(self, cycles: int) -> None:
+        """What a trap costs outside the fault handler (measured by the EPC driver): added to
+        each fault's real part."""
+        lib.cpu_set_trap_cycles(max(0, int(cycles)))
+
     def counters(self) -> dict:
         raw = ffi.new("uint64_t[6]")
         lib.cpu_counters(raw)
         return {"eenter": raw[0], "eexit": raw[1], "aex": raw[2], "eresume": raw[3],
                 "modeled_cycles": raw[4], "modeled_s": raw[4] / self.tsc_hz,
                 "pollutions": raw[5]}
+
+    @staticmethod
+    def events() -> dict:
+        """Per event: count, budget, paid, real and spun cycles (totals), overruns."""
+        raw = ffi.new("uint64_t[18]")
+        lib.cpu_events(raw)
+        n = len(EVENT_FIELDS)
+        return {name: {f: int(raw[e * n + k]) for k, f in enumerate(EVENT_FIELDS)}
+                for e, name in enumerate(EVENTS)}
+
+    @staticmethod
+    def samples(event: str, n: int = 4096) -> tuple[list[int], list[int]]:
+        """The last (up to 4096) events of a kind: (paid cycles, real cycles), unordered."""
+        paid, real = ffi.new("uint64_t[]", n), ffi.new("uint64_t[]", n)
+        got = lib.cpu_samples(EVENTS.index(event), paid, real, n)
+        return list(paid[0:got]), list(real[0:got])
 
     @staticmethod
     def reset() -> None:

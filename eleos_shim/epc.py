@@ -145,8 +145,8 @@ class EPC:
     """The enclave's EPC with the SGX driver paging it (one per process at a time).
 
     ``EPC(cfg, cpu)`` starts the driver with ``cfg.epc_bytes`` of EPC and ``cfg.epc_trap``;
-    ``cpu`` (eleos_shim.cpu.ModeledCPU) is charged AEX + ERESUME and the indirect cost per
-    fault (one is built from ``cfg`` if not given).  Use as a context manager or call close().
+    ``cpu`` (eleos_shim.cpu.ModeledCPU) is charged each fault's budget (ELEOS_EPC_FAULT_CYCLES)
+    and the indirect cost after it (one is built from ``cfg`` if not given).  Use as a context manager or call close().
     """
 
     def __init__(self, cfg: Config | None = None, cpu=None, *, threads: int = DRIVER_THREADS):
@@ -177,7 +177,7 @@ class EPC:
             self._driver = EPCDriver(cfg.epc_bytes, ewb_fn=_epcm.epcm_ewb_fn(),
                                      eldu_fn=_epcm.epcm_eldu_fn(), charge_fn=cpu.charge_fn,
                                      pollute_fn=cpu.pollute_fn, trap=cfg.epc_trap, threads=threads,
-                                     domain=self.domain)
+                                     reclaim=cfg.epc_reclaim, domain=self.domain)
         except BaseException:
             if self.domain is not None:
                 self.domain.leave()
@@ -185,6 +185,10 @@ class EPC:
         if self.domain is not None:
             self.domain.start_history()
         self.trap = self._driver.trap
+        # The trap's delivery and return run where no code can time them: the driver measured
+        # them once; each fault's real part includes them.
+        self.trap_cycles = self._driver.trap_cycles
+        cpu.set_trap_cycles(self.trap_cycles)
         self._old_handler = None
         if threading.current_thread() is threading.main_thread():
             self._old_handler = signal.signal(INTEGRITY_SIGNAL, _on_integrity_failure)
@@ -245,7 +249,7 @@ class EPC:
             "crypto_ns": (d["eldu_ns"] + d["ewb_ns"]) / faults,
             "eldu_ns": d["eldu_ns"] / max(1, d["eldu"] + d["integrity_errors"]),
             "ewb_ns": d["ewb_ns"] / max(1, d["ewb"]),
-            "modeled_cycles": cfg.aex_cycles + cfg.eresume_cycles,
+            "modeled_cycles": int(cfg.epc_fault_cycles * cfg.time_scale),
             "modeled_ns": d["modeled_ns"] / faults,
             "frame_wait_ns": d["frame_wait_ns"] / faults,
         }
@@ -260,6 +264,7 @@ class EPC:
             "watermarks": [d["low_watermark"], d["high_watermark"]],
             "trap": d["trap"], "regions": len(self._regions), "dead": bool(d["dead"]),
             "per_fault": per_fault,
+            **(self._driver.trap_stats() if self._driver is not None else self._final_trap),
         }
 
     def close(self) -> None:
@@ -270,6 +275,7 @@ class EPC:
             return
         self._driver.stop()
         self._final = self._driver.raw_stats()
+        self._final_trap = self._driver.trap_stats()
         with self._lock:
             for rid, (addr, _n) in list(self._regions.items()):
                 self._driver_destroy(rid)

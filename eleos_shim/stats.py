@@ -1,8 +1,12 @@
 """Stats: the JSON of DESIGN.md section 4 and a readable report (eleos_shim/).
 
-``collect`` gathers the counters every component keeps (the modeled CPU's transitions, the
-enclave stubs' per-call counts, the RPC pool, the EPC driver, SUVM) into one dict; ``write``
-puts it where ``ELEOS_STATS`` says: a JSON file, or ``-`` for the report on stderr.
+``collect`` gathers the counters every component keeps (the modeled CPU's transitions and
+per-event budgets, the enclave stubs' per-call counts, the RPC pool, the EPC driver, SUVM) into
+one dict; ``write`` puts it where ``ELEOS_STATS`` says: a JSON file, or ``-`` for the report on
+stderr.  ``events`` holds, per modeled event (``ocall``, ``epc_fault``, ``indirect``), totals
+over the run: ``count``, ``budget_cycles``, ``paid_cycles``, ``real_cycles``, ``spun_cycles``
+and ``overruns`` (events whose real part alone exceeded the budget); ``modeled_s`` is the time
+the app paid in them and ``modeled_share`` that over ``wall_s``.
 """
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ import posix  # the real syscalls: the LibOS patches ``os``, and the shim's own 
 import sys
 
 EPC_KEYS = ("limit_bytes", "faults", "ewb", "eldu")
+from eleos_shim.cpu import EVENT_FIELDS, EVENTS
+
 SUVM_KEYS = ("hits", "faults", "evictions", "writebacks", "subpage_reads", "integrity_errors")
 
 
@@ -18,7 +24,9 @@ def collect(enclave, wall_s: float) -> dict:
     cfg = enclave.cfg
     out = {
         "mode": cfg.mode, "syscalls": cfg.syscalls, "memory": cfg.memory,
-        "cost": cfg.cost, "wall_s": wall_s,
+        "cost": cfg.cost, "wall_s": wall_s, "time_scale": cfg.time_scale,
+        "events": {e: {f: 0 for f in EVENT_FIELDS} for e in EVENTS},
+        "modeled_s": 0.0, "modeled_share": 0.0,
         "transitions": {"eenter": 0, "eexit": 0, "aex": 0, "eresume": 0,
                         "modeled_cycles": 0, "modeled_s": 0.0, "pollutions": 0},
         "calls": {},
@@ -30,6 +38,9 @@ def collect(enclave, wall_s: float) -> dict:
     if enclave.cpu is not None:
         out["transitions"] = enclave.cpu.counters()
         out["tsc_mhz"] = enclave.cpu.tsc_hz / 1e6
+        out["events"] = enclave.cpu.events()
+        out["modeled_s"] = out["transitions"]["modeled_s"]
+        out["modeled_share"] = out["modeled_s"] / wall_s if wall_s > 0 else 0.0
     if enclave.transport is not None:
         out["calls"] = enclave.transport.counts()
     if enclave.host is not None:

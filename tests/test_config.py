@@ -23,6 +23,27 @@ def test_aex_and_eresume_follow_eexit_and_eenter_unless_set():
     assert resolve({"ELEOS_AEX_CYCLES": "1"}).aex_cycles == 1
 
 
+def test_every_cost_constant_has_a_source_a_variable_and_a_flag():
+    from eleos_shim.config import COSTS, Config, cost_table
+    flags = {o.field: o for o in OPTIONS}
+    for c in COSTS:
+        assert c.source and c.field in flags
+        assert getattr(Config(), c.field) == c.default
+        assert getattr(resolve({f"ELEOS_{c.field.upper()}": str(c.default * 2)}), c.field) == c.default * 2
+        assert f"ELEOS_{c.field.upper()}" in cost_table()
+    defaults = {c.field: c.default for c in COSTS}
+    assert (defaults["eenter_cycles"], defaults["eexit_cycles"], defaults["ocall_cycles"],
+            defaults["epc_fault_cycles"], defaults["indirect_window_cycles"]) == (3300, 3800, 8200, 40000, 14000)
+
+
+def test_help_prints_the_cost_table_with_its_sources():
+    run = run_shim(None, "--help", stats=False)
+    assert run.returncode == 0
+    for source in ("HotCalls (ISCA'17)", "VAULT (ASPLOS'18)", "FlexSC (OSDI'10)", "NSDI'06",
+                   "ELEOS_TIME_SCALE", "ELEOS_EPC_FAULT_CYCLES"):
+        assert source in run.stdout
+
+
 def test_suvm_cache_defaults_inside_a_small_epc():
     cfg = resolve({"ELEOS_EPC_MB": "16"})
     assert cfg.suvm_cache_mb <= 16
@@ -55,7 +76,16 @@ BAD = [
     ("ELEOS_POLLUTE_KB", "-1", "integer >= 0"),
     ("ELEOS_COST", "free", "one of spin, account"),
     ("ELEOS_TSC_MHZ", "0", "positive number"),
-    ("ELEOS_EPC_TRAP", "ptrace", "one of auto, userfaultfd, sigsegv"),
+    ("ELEOS_EPC_TRAP", "ptrace", "one of auto, sigbus, userfaultfd, sigsegv"),
+    ("ELEOS_EPC_RECLAIM", "lazy", "one of direct, background"),
+    ("ELEOS_OCALL_CYCLES", "-1", "integer >= 0"),
+    ("ELEOS_OCALL_CYCLES", "100", "at least its EEXIT part"),
+    ("ELEOS_EPC_FAULT_CYCLES", "4e4", "integer"),
+    ("ELEOS_INDIRECT", "cache", "one of model, pollute, off"),
+    ("ELEOS_INDIRECT_SLOWDOWN", "0.5", "number >= 1"),
+    ("ELEOS_INDIRECT_WINDOW_CYCLES", "-3", "integer >= 0"),
+    ("ELEOS_TIME_SCALE", "0", "positive number"),
+    ("ELEOS_TIME_SCALE", "fast", "positive number"),
     ("ELEOS_EPC_DOMAIN", "a/b", "letters, digits"),
     ("ELEOS_EPC_DOMAIN", ".hidden", "not starting with '.'"),
     ("ELEOS_EPC_BALLOON", "greedy", "one of demand, fair, static"),

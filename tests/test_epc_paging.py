@@ -45,7 +45,7 @@ def make_cfg(trap: str, **kw) -> Config:
     return Config.from_env({}, mode="sgx", epc_mb=EPC_MB, cost="account", epc_trap=trap, **kw)
 
 
-@pytest.fixture(params=["userfaultfd", "sigsegv"])
+@pytest.fixture(params=["sigbus", "userfaultfd", "sigsegv"])
 def epc(request):
     with EPC(make_cfg(request.param)) as e:
         assert e.trap == request.param
@@ -158,21 +158,71 @@ def test_four_threads_faulting_at_once_on_shared_pages_are_correct(epc):
     m.close()
 
 
-def test_each_fault_charges_aex_and_eresume():
+@pytest.mark.parametrize("trap", ["sigbus", "userfaultfd", "sigsegv"])
+def test_each_fault_is_one_event_that_pays_its_budget(trap):
     from eleos_shim.cpu import ModeledCPU
-    cfg = make_cfg("auto")
+    cfg = make_cfg(trap)
     cpu = ModeledCPU(cfg)
-    cpu.reset()
     with EPC(cfg, cpu) as e:
+        cpu.reset()
         m = e.map(2 * LIMIT)
         for off in range(0, 2 * LIMIT, PAGE):
             m[off] = 1
         faults = e.stats()["faults"]
         counters = cpu.counters()
+        ev = cpu.events()["epc_fault"]
         m.close()
     assert faults >= 2 * LIMIT // PAGE
     assert counters["aex"] == faults and counters["eresume"] == faults
-    assert counters["modeled_cycles"] >= faults * (cfg.aex_cycles + cfg.eresume_cycles)
+    assert ev["count"] == faults and ev["budget_cycles"] == faults * cfg.epc_fault_cycles
+    assert ev["paid_cycles"] == ev["real_cycles"] + ev["spun_cycles"] >= ev["budget_cycles"]
+    # the trap's delivery, measured at start, is part of every fault's real part
+    assert ev["real_cycles"] >= faults * e.trap_cycles > 0
+
+
+def test_sigbus_faults_are_resolved_by_the_faulting_threads_while_others_run():
+    cfg = make_cfg("sigbus")
+    with EPC(cfg) as e:
+        m = e.map(3 * LIMIT)
+        spins = [0]
+        stop = threading.Event()
+
+        def busy():                      # a Python thread that never touches the EPC
+            while not stop.is_set():
+                spins[0] += 1
+
+        def writer(k):
+            for off in range(k * PAGE, len(m), 4 * PAGE):
+                m[off:off + 8] = off.to_bytes(8, "little")
+
+        other = threading.Thread(target=busy)
+        other.start()
+        workers = [threading.Thread(target=writer, args=(k,)) for k in range(4)]
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join()
+        for off in range(0, len(m), PAGE):
+            assert int.from_bytes(m[off:off + 8], "little") == off
+        stop.set()
+        other.join()
+        st = e.stats()
+        m.close()
+    assert spins[0] > 0
+    assert st["trap"] == "sigbus" and st["sigbus_faults"] >= st["faults"] > 3 * LIMIT // PAGE
+
+
+@pytest.mark.parametrize("reclaim", ["background", "direct"])
+def test_both_reclaimers_page_a_region_larger_than_the_epc(reclaim):
+    with EPC(make_cfg("sigbus", epc_reclaim=reclaim)) as e:
+        m = e.map(3 * LIMIT)
+        for off in range(0, len(m), PAGE):
+            m[off] = off // PAGE % 251
+        assert all(m[off] == off // PAGE % 251 for off in range(0, len(m), PAGE))
+        st = e.stats()
+        m.close()
+    assert st["reclaim"] == reclaim and st["ewb"] > 0
+    assert (st["direct_reclaims"] > 0) == (reclaim == "direct")
 
 
 def test_reclaim_evicts_the_oldest_loaded_pages_first(epc):
@@ -255,8 +305,32 @@ def test_close_with_an_exported_view_keeps_the_map_usable(epc):
 def test_explicit_userfaultfd_or_sigsegv_is_what_runs():
     with EPC(make_cfg("sigsegv")) as e:
         assert e.stats()["trap"] == "sigsegv"
+    with EPC(make_cfg("userfaultfd")) as e:
+        assert e.stats()["trap"] == "userfaultfd"
     with EPC(make_cfg("auto")) as e:
-        assert e.stats()["trap"] in ("userfaultfd", "sigsegv")
+        assert e.stats()["trap"] in ("sigbus", "userfaultfd", "sigsegv")
+
+
+def test_a_sigbus_outside_the_epc_still_kills_as_without_the_driver(tmp_path):
+    script = tmp_path / "bus.py"
+    script.write_text(textwrap.dedent("""
+        import mmap, tempfile
+        from eleos_shim.config import Config
+        from eleos_shim.epc import EPC
+        epc = EPC(Config.from_env({}, mode="sgx", epc_mb=1, cost="account", epc_trap="sigbus"))
+        m = epc.map(1 << 20)
+        m[0] = 1
+        print("mapped", flush=True)
+        f = tempfile.TemporaryFile()
+        f.truncate(8192)
+        beyond = mmap.mmap(f.fileno(), 8192)
+        f.truncate(1)                          # the second page is now past the end of the file
+        beyond[5000]
+    """))
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}, timeout=60)
+    assert proc.stdout == "mapped\n"
+    assert proc.returncode == -7          # SIGBUS, as under plain python
 
 
 def test_a_segfault_outside_the_epc_still_crashes_as_without_the_driver(tmp_path):

@@ -1,9 +1,11 @@
 """The SGX driver model, Python side (untrusted/: the host).
 
 A thin wrapper over ``untrusted._native._epc`` (epc_driver.c, where the design is described):
-EPC frames limited to ``limit_bytes``, real page-fault traps (userfaultfd, or mprotect+SIGSEGV
-where userfaultfd is refused) handled by native driver threads that never take the GIL, and a
-ksgxswapd-style reclaimer that EWBs victims to an untrusted backing store.
+EPC frames limited to ``limit_bytes``, real page-fault traps (userfaultfd's SIGBUS, handled by
+the faulting thread itself in C; or userfaultfd served by native driver threads; or
+mprotect+SIGSEGV where userfaultfd is refused), none of which takes the GIL, and EWB of victims
+to an untrusted backing store by the faulting thread (direct reclaim) or a ksgxswapd-style
+reclaimer.
 
 The driver is given the modeled CPU's EWB/ELDU and cost functions as addresses (integers) by
 the loader (eleos_shim/epc.py); it never sees the paging key or the version array.  One driver
@@ -25,8 +27,11 @@ from __future__ import annotations
 from untrusted._native._epc import ffi, lib
 
 PAGE = 4096
-TRAPS = {"auto": 0, "userfaultfd": lib.TRAP_USERFAULTFD, "sigsegv": lib.TRAP_SIGSEGV}
-TRAP_NAMES = {lib.TRAP_USERFAULTFD: "userfaultfd", lib.TRAP_SIGSEGV: "sigsegv"}
+TRAPS = {"auto": 0, "sigbus": lib.TRAP_SIGBUS, "userfaultfd": lib.TRAP_USERFAULTFD,
+         "sigsegv": lib.TRAP_SIGSEGV}
+TRAP_NAMES = {lib.TRAP_SIGBUS: "sigbus", lib.TRAP_USERFAULTFD: "userfaultfd",
+              lib.TRAP_SIGSEGV: "sigsegv"}
+RECLAIMS = {"direct": lib.RECLAIM_DIRECT, "background": lib.RECLAIM_BACKGROUND}
 PAGE_STATES = ("new", "resident", "loading", "evicting", "evicted")
 
 # The order of epc_driver_stats()'s output (struct epc_stats, then the driver's state).
@@ -52,15 +57,24 @@ def _check(rc: int, what: str) -> int:
 class EPCDriver:
     """The host's SGX driver: ``limit_bytes`` of EPC shared by all regions of the enclave.
 
-    ``trap`` is ``auto`` (userfaultfd, else SIGSEGV), ``userfaultfd`` or ``sigsegv``;
-    ``threads`` native fault-handling threads serve traps concurrently.
+    ``trap`` is ``auto`` (the first of sigbus, userfaultfd, sigsegv the kernel allows),
+    ``sigbus``, ``userfaultfd`` or ``sigsegv``; ``threads`` native fault-handling threads serve
+    traps concurrently (userfaultfd and sigsegv; under sigbus each faulting thread serves its
+    own).  ``reclaim``: ``direct`` (a fault with no free frame EWBs one page itself) or
+    ``background`` (ksgxswapd keeps frames free; a fault that finds none waits for it); in a
+    domain the domain's reclaimers always do it.  ``trap_cycles`` is what a trap costs outside
+    its handler, measured at start (TSC cycles; 0 in a domain).
     """
 
     def __init__(self, limit_bytes: int, *, ewb_fn: int, eldu_fn: int, charge_fn: int = 0,
-                 pollute_fn: int = 0, trap: str = "auto", threads: int = 4, domain=None):
+                 pollute_fn: int = 0, trap: str = "auto", threads: int = 4,
+                 reclaim: str = "direct", domain=None):
         if trap not in TRAPS:
             raise ValueError(f"trap must be one of {', '.join(TRAPS)}, not {trap!r}")
+        if reclaim not in RECLAIMS:
+            raise ValueError(f"reclaim must be one of {', '.join(RECLAIMS)}, not {reclaim!r}")
         pages = limit_bytes // PAGE
+        lib.epc_driver_set_reclaim(RECLAIMS[reclaim])
         # A domain (untrusted.epc_domain.Domain): frames come from the EPC the domain's
         # enclaves share, and this driver's reclaimer is one of the domain's.
         self.domain = domain
@@ -69,9 +83,16 @@ class EPCDriver:
         if rc < 0:
             lib.epc_driver_use_domain(0)
         if rc == -1:  # -EPERM: userfaultfd explicitly asked for and refused
-            raise DriverError(1, "userfaultfd is refused here (ELEOS_EPC_TRAP=sigsegv works without it)")
+            raise DriverError(1, f"userfaultfd{' with SIGBUS' if trap == 'sigbus' else ''} is "
+                              "refused here (ELEOS_EPC_TRAP=sigsegv works without it)")
         _check(rc, "starting the EPC driver")
         self.trap = TRAP_NAMES[rc]
+        self.reclaim = reclaim
+        got = lib.epc_driver_measure_trap(16)
+        if got < 0:
+            lib.epc_driver_stop()
+            _check(got, "measuring the trap's cost")
+        self.trap_cycles = int(got)
         self.limit_bytes = pages * PAGE
         self._stopped = False
 
@@ -124,6 +145,15 @@ class EPCDriver:
         d = dict(zip(STAT_FIELDS, (int(out[i]) for i in range(len(STAT_FIELDS)))))
         d["trap"] = TRAP_NAMES.get(d["trap"], "none")
         return d
+
+    def trap_stats(self) -> dict:
+        """The trap's measured cost outside its handler, faults resolved by their own thread
+        (SIGBUS), victims EWBed by a faulting thread (direct reclaim)."""
+        out = ffi.new("uint64_t[4]")
+        lib.epc_driver_trap_stats(out)
+        return {"trap_cycles": int(out[0]), "sigbus_faults": int(out[1]),
+                "direct_reclaims": int(out[2]),
+                "reclaim": "background" if out[3] == lib.RECLAIM_BACKGROUND else "direct"}
 
     def failure(self) -> tuple[bool, int, int]:
         """``(dead, faulting thread id, page address)`` of the first failed ELDU."""

@@ -9,15 +9,30 @@ INCLUDE = os.path.join(HERE, "..", "include")
 
 ffi = FFI()
 ffi.cdef("""
+    struct cpu_costs {
+        uint64_t eenter, eexit, aex, eresume;
+        uint64_t ocall, epc_fault;
+        uint64_t indirect_window;
+        double indirect_slowdown;
+        double time_scale;
+        int spin;
+        int indirect;
+        uint64_t pollute_bytes;
+    };
     uint64_t cpu_ticks(void);
     double cpu_measure_tick_hz(double seconds);
     void cpu_spin_cycles(uint64_t cycles);
-    int cpu_configure(uint64_t eenter, uint64_t eexit, uint64_t aex, uint64_t eresume,
-                      int spin, uint64_t pollute_bytes, double ticks_per_modeled_cycle);
+    int cpu_configure(const struct cpu_costs *c);
+    void cpu_set_trap_cycles(uint64_t cycles);
+    uint64_t cpu_trap_cycles(void);
+    uint64_t cpu_indirect_budget(uint64_t dt);
     void cpu_charge(int t);
     void cpu_pollute(void);
     void cpu_counters(uint64_t out[6]);
+    void cpu_events(uint64_t out[18]);
+    uint64_t cpu_samples(int e, uint64_t *paid, uint64_t *real, uint64_t n);
     void cpu_reset_counters(void);
+    void cpu_test_clock(int on, uint64_t value);
     uintptr_t cpu_charge_fn(void);
     uintptr_t cpu_pollute_fn(void);
 """)

@@ -15,13 +15,16 @@
  *                   unmaps it from one address space only (one TLB shootdown, not two).  A page
  *                   is resident while it is in the memfd; EWB ends with a hole punched in it, so
  *                   resident pages are real memory you can count with mincore(2) or smaps.
- *   traps           userfaultfd (MISSING|MINOR on the app's view): a non-resident page, or one
- *                   being evicted, blocks the thread in the kernel and a native driver thread
- *                   reads the fault; UFFDIO_COPY (UFFDIO_CONTINUE for a page still in the memfd)
- *                   installs the page and wakes the thread.  Fallback (userfaultfd refused):
- *                   the app's view is PROT_NONE where not resident; the SIGSEGV handler hands
- *                   the fault to a driver thread through a lock-free queue and sleeps on a
- *                   futex until the page is in; mprotect installs it.
+ *   traps           userfaultfd (MISSING|MINOR on the app's view) with UFFD_FEATURE_SIGBUS
+ *                   (TRAP_SIGBUS, the default): a non-resident page, or one being evicted,
+ *                   raises SIGBUS in the faulting thread, whose handler resolves its own fault
+ *                   (the CPU's ELDU installs the page, UFFDIO_COPY, or UFFDIO_CONTINUE maps one
+ *                   still in the memfd) and returns, as SGX's kernel handles a #PF on the
+ *                   faulting core: no cross-thread wake-up.  TRAP_USERFAULTFD: the thread blocks in the kernel and
+ *                   a native driver thread reads the fault and wakes it.  TRAP_SIGSEGV (no
+ *                   userfaultfd): the app's view is PROT_NONE where not resident; the SIGSEGV
+ *                   handler hands the fault to a driver thread through a lock-free queue and
+ *                   sleeps on a futex until the page is in; mprotect installs it.
  *   EBLOCK/ETRACK   before EWB the victims are unmapped from the app's view (MADV_DONTNEED for
  *                   the whole batch in one process_madvise call where the kernel has it, so one
  *                   TLB shootdown covers the batch as one ETRACK does; or mprotect PROT_NONE),
@@ -30,8 +33,19 @@
  *                   driver names the page and its VA slot and gives the backing store to write
  *                   to or read from; it never sees the key, the versions or a page's plaintext,
  *                   and the CPU installs what it loads where it verified it belongs.
- *   cost            every trap charges the modeled AEX and ERESUME cycles and the indirect cost
- *                   (cpu_charge / cpu_pollute of eleos_shim/_native/cpu.c, function pointers).
+ *   cost            every trap is one modeled event, AEX ... ERESUME (cpu_charge of
+ *                   eleos_shim/_native/cpu.c, a function pointer): what runs between is timed
+ *                   against the fault's budget and a spin pays the rest; what a trap costs
+ *                   outside the handler (delivery, return) cannot be timed per fault and is
+ *                   measured once at start (epc_driver_measure_trap).  cpu_pollute opens the
+ *                   indirect window after the fault.
+ *   reclaim         RECLAIM_DIRECT (default): a fault that finds no free frame EWBs one victim
+ *                   itself, its time part of the fault's, as the 40,000-cycle budget of a page
+ *                   swap includes the EWB; RECLAIM_BACKGROUND: ksgxswapd (below) keeps frames
+ *                   free and a fault that finds none waits for it.  Measured on a loaded 2-vCPU
+ *                   VM: direct faults cost 42,000-47,000 cycles (a lone EBLOCK is one madvise
+ *                   and one TLB shootdown, 2-10 us); background ones 40,000 at the median but
+ *                   60,000+ on average, from the waits for a reclaimer that shares the CPUs.
  *
  * Reclaim: an approximation of the Intel SGX driver the paper measured (linux-sgx-driver,
  * sgx_page_cache.c, 2017), whose policy survives in today's in-kernel driver:
@@ -70,6 +84,7 @@
 #include <linux/userfaultfd.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -173,6 +188,13 @@ static struct {
     uint32_t req_seq;
     struct sigaction old_segv;
     int segv_installed;
+    /* SIGBUS mode, reclaim, and the trap's own cost */
+    struct sigaction old_bus;
+    int bus_installed;
+    int reclaim;                    /* RECLAIM_* */
+    int calibrating;                /* epc_driver_measure_trap runs: charge nothing */
+    uint64_t cal_inner;             /* its last fault's ticks inside the handler */
+    uint64_t trap_ticks, direct_reclaims, sigbus_faults;
 } D = {
     .lk = PTHREAD_MUTEX_INITIALIZER,
     .changed = PTHREAD_COND_INITIALIZER,
@@ -180,6 +202,7 @@ static struct {
     .qlock = PTHREAD_MUTEX_INITIALIZER,
     .uffd = -1,
     .stopfd = -1,
+    .reclaim = RECLAIM_DIRECT,
 };
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -188,12 +211,28 @@ static struct {
 #define relax() __asm__ __volatile__("" ::: "memory")
 #endif
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <x86intrin.h>
+static inline uint64_t ticks(void) { return __rdtsc(); }   /* the modeled CPU's clock */
+#else
+static inline uint64_t ticks(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_RAW, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+#endif
+
 static inline uint64_t now_ns(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
+
+/* The views are registered with a userfaultfd (SIGBUS or driver-thread mode): pages are put in
+ * and taken out through it, not by mprotect. */
+#define UFFD_TRAP (D.trap == TRAP_USERFAULTFD || D.trap == TRAP_SIGBUS)
 
 #define ADD(field, v) __atomic_add_fetch(&D.st.field, (v), __ATOMIC_RELAXED)
 
@@ -263,14 +302,20 @@ static struct epc_region *find_region(uintptr_t addr)
 
 static inline void spend(int t)
 {
-    if (D.charge) D.charge(t);
+    if (D.charge && !D.calibrating) D.charge(t);
+}
+
+/* The exit is over: open the indirect window (on the thread that pays it). */
+static inline void after_exit(void)
+{
+    if (D.pollute && !D.calibrating) D.pollute();
 }
 
 /* ---- the two ways to make a page visible to / hidden from the app ---- */
 
 static int install_at(uintptr_t a)
 {
-    if (D.trap == TRAP_USERFAULTFD) {
+    if (UFFD_TRAP) {
         struct uffdio_continue c = { .range = { .start = a, .len = EPC_PAGE }, .mode = 0 };
         if (ioctl(D.uffd, UFFDIO_CONTINUE, &c) != 0) {
             /* EEXIST: already mapped by another handler; wake whoever still waits (it will
@@ -300,7 +345,7 @@ static void wake_at(uintptr_t a)
 static void eblock(struct epc_region *r, uint64_t i)
 {
     void *a = (void *)(r->app + i * EPC_PAGE);
-    if (D.trap == TRAP_USERFAULTFD)
+    if (UFFD_TRAP)
         madvise(a, EPC_PAGE, MADV_DONTNEED);   /* page stays in the memfd; next touch: MINOR */
     else
         mprotect(a, EPC_PAGE, PROT_NONE);
@@ -312,7 +357,7 @@ static int pidfd_self = -1;
 
 static void eblock_batch(struct epc_page **batch, int n)
 {
-    if (D.trap == TRAP_USERFAULTFD && pidfd_self >= 0) {
+    if (UFFD_TRAP && pidfd_self >= 0) {
         struct iovec iov[EPC_NR_TO_SCAN];
         for (int k = 0; k < n; k++) {
             iov[k].iov_base = (void *)(batch[k]->region->app + (uintptr_t)batch[k]->index * EPC_PAGE);
@@ -333,7 +378,7 @@ static void eblock_batch(struct epc_page **batch, int n)
 static int commit(struct epc_region *r, uint64_t i, const uint8_t *frame)
 {
     uintptr_t a = r->app + i * EPC_PAGE;
-    if (D.trap == TRAP_USERFAULTFD) {
+    if (UFFD_TRAP) {
         struct uffdio_copy c = { .dst = a, .src = (uintptr_t)frame, .len = EPC_PAGE, .mode = 0 };
         if (ioctl(D.uffd, UFFDIO_COPY, &c) == 0)
             return 0;
@@ -353,6 +398,49 @@ static inline int cpu_uffd(void) { return D.uffd; }
 
 /* ---- the fault path ---- */
 
+static int write_page(struct epc_page *p);
+static void eblock(struct epc_region *r, uint64_t i);
+
+/* Take the active list's head (under D.lk, list not empty): a page whose accessed bit is set
+ * gets it cleared and goes back to the tail (its second chance: NULL); any other is isolated
+ * for EWB (PG_EVICTING) and returned. */
+static struct epc_page *scan_head(void)
+{
+    struct epc_page *p = D.head.next;
+    list_del(p);
+    ADD(scanned, 1);
+    if (p->accessed) {
+        p->accessed = 0;
+        list_add_tail(p);
+        ADD(second_chances, 1);
+        return NULL;
+    }
+    p->state = PG_EVICTING;
+    return p;
+}
+
+/* RECLAIM_DIRECT: the fault found no free frame, so its thread EWBs one victim itself (the
+ * active list's head; a page with its accessed bit set gets its second chance first).  Under
+ * D.lk; returns with it held: 1 if a frame was freed, 0 if nothing can be evicted now (every
+ * page loading: wait). */
+static int reclaim_one(void)
+{
+    for (uint64_t k = 0; k <= D.limit && D.head.next != &D.head; k++) {
+        struct epc_page *p = scan_head();
+        if (!p)
+            continue;
+        __atomic_add_fetch(&D.direct_reclaims, 1, __ATOMIC_RELAXED);
+        pthread_mutex_unlock(&D.lk);
+        uint64_t b0 = now_ns();
+        eblock(p->region, p->index);
+        ADD(eblock_ns, now_ns() - b0);
+        write_page(p);
+        pthread_mutex_lock(&D.lk);
+        return 1;
+    }
+    return 0;
+}
+
 /* ELDU failed: the CPU has killed the enclave; remember the first faulting thread and page. */
 static void eldu_failed(int tid, uint64_t addr)
 {
@@ -367,7 +455,7 @@ static void eldu_failed(int tid, uint64_t addr)
 static void handle_fault(struct epc_region *r, uint64_t i, uintptr_t fault_addr, int tid, int charge_here);
 static void handle_fault(struct epc_region *r, uint64_t i, uintptr_t fault_addr, int tid, int charge_here)
 {
-    uint64_t t0 = now_ns();
+    uint64_t t0 = now_ns(), k0 = ticks();
     ADD(faults, 1);
     if (charge_here) spend(ELEOS_T_AEX);
     uint64_t t_modeled = now_ns() - t0;
@@ -390,6 +478,10 @@ static void handle_fault(struct epc_region *r, uint64_t i, uintptr_t fault_addr,
         }
         uint32_t seq = 0;
         if (!frame_take(&seq)) {
+            /* RECLAIM_DIRECT, own EPC: this thread EWBs a victim itself.  (In a domain the
+             * domain's reclaimers choose the victim, the oldest page of all its members.) */
+            if (!D.dom && D.reclaim == RECLAIM_DIRECT && reclaim_one())
+                continue;
             /* SGX_ALLOC_ATOMIC failed: let ksgxswapd free frames, wait for one.  In a domain
              * the frame may come from another process: wait on the domain's futex (bounded,
              * so a member that died holding frames is swept by the next look). */
@@ -413,7 +505,8 @@ static void handle_fault(struct epc_region *r, uint64_t i, uintptr_t fault_addr,
         load = 1;
         break;
     }
-    if (!D.dom && D.free_frames < D.low) pthread_cond_signal(&D.swapd_cv);
+    if (!D.dom && D.free_frames < D.low && D.reclaim == RECLAIM_BACKGROUND)
+        pthread_cond_signal(&D.swapd_cv);
     uintptr_t page_addr = live ? r->app + i * EPC_PAGE : 0;
     pthread_mutex_unlock(&D.lk);
     int loaded = 0;                 /* the CPU loaded and installed the page */
@@ -437,8 +530,12 @@ static void handle_fault(struct epc_region *r, uint64_t i, uintptr_t fault_addr,
     }
     uint64_t m0 = now_ns();
     if (charge_here) {
+        /* Before the install, which wakes the faulting thread: it must not run before its
+         * fault's budget is paid.  The window opens in this thread, whose next trap pays it:
+         * the app's work between two faults is as near as a handler thread can see. */
+        __atomic_store_n(&D.cal_inner, ticks() - k0, __ATOMIC_RELAXED);
         spend(ELEOS_T_ERESUME);
-        if (D.pollute) D.pollute();
+        after_exit();
     }
     t_modeled += now_ns() - m0;
     uint64_t i0 = now_ns();
@@ -453,7 +550,7 @@ static void handle_fault(struct epc_region *r, uint64_t i, uintptr_t fault_addr,
             install(r, i);                    /* the CPU put it in the memfd: map it */
     } else if (live) {
         install_at(page_addr);                /* resident already: map it, wake the thread */
-    } else if (D.trap == TRAP_USERFAULTFD && page_addr == 0) {
+    } else if (UFFD_TRAP && page_addr == 0) {
         /* The region is gone: release the thread; it faults again on whatever is there now. */
         struct uffdio_range w = { .start = fault_addr & ~(uintptr_t)(EPC_PAGE - 1), .len = EPC_PAGE };
         ioctl(D.uffd, UFFDIO_WAKE, &w);
@@ -554,24 +651,30 @@ static void *uffd_thread(void *arg)
 
 /* ---- SIGSEGV fallback ---- */
 
+/* A fault that is not ours: behave as if we were not here (the handler before us, or the
+ * default action). */
+static void chain(struct sigaction *o, int sig, siginfo_t *info, void *uctx)
+{
+    if (o->sa_flags & SA_SIGINFO) {
+        o->sa_sigaction(sig, info, uctx);
+    } else if (o->sa_handler == SIG_DFL || o->sa_handler == SIG_IGN) {
+        signal(sig, SIG_DFL);               /* return: the access faults again and kills */
+    } else {
+        o->sa_handler(sig);
+    }
+}
+
 static void segv_handler(int sig, siginfo_t *info, void *uctx)
 {
     uintptr_t addr = (uintptr_t)info->si_addr;
     uint64_t i;
     struct epc_region *r = __atomic_load_n(&D.running, __ATOMIC_ACQUIRE) ? region_of(addr, &i) : NULL;
     if (!r) {
-        /* Not ours: behave as if we were not here. */
-        struct sigaction *o = &D.old_segv;
-        if (o->sa_flags & SA_SIGINFO) {
-            o->sa_sigaction(sig, info, uctx);
-        } else if (o->sa_handler == SIG_DFL || o->sa_handler == SIG_IGN) {
-            signal(sig, SIG_DFL);           /* return: the access faults again and kills */
-        } else {
-            o->sa_handler(sig);
-        }
+        chain(&D.old_segv, sig, info, uctx);
         return;
     }
     int saved = errno;
+    uint64_t k0 = ticks();
     spend(ELEOS_T_AEX);                     /* the faulting thread pays its own exit */
     struct fault_req req = { .addr = addr, .tid = (int)syscall(SYS_gettid), .done = 0 };
     struct fault_req *head = __atomic_load_n(&D.req_stack, __ATOMIC_RELAXED);
@@ -582,8 +685,45 @@ static void segv_handler(int sig, siginfo_t *info, void *uctx)
     futex(&D.req_seq, FUTEX_WAKE_PRIVATE, 1);
     while (!__atomic_load_n(&req.done, __ATOMIC_ACQUIRE))
         futex(&req.done, FUTEX_WAIT_PRIVATE, 0);
+    __atomic_store_n(&D.cal_inner, ticks() - k0, __ATOMIC_RELAXED);
     spend(ELEOS_T_ERESUME);
-    if (D.pollute) D.pollute();
+    after_exit();
+    errno = saved;
+}
+
+/* ---- SIGBUS: the faulting thread resolves its own fault ---- */
+
+/* userfaultfd with UFFD_FEATURE_SIGBUS raises SIGBUS, in the faulting thread, for every access
+ * the driver must serve.  The handler is that thread's fault path: AEX, the driver's work
+ * (handle_fault: reclaim a frame if none is free, ELDU, UFFDIO_COPY), ERESUME; returning
+ * retries the access, which now finds the page.  It runs only on an access to the app's EPC
+ * view, which neither libc's allocator, the dynamic loader nor this driver ever touch, so the
+ * interrupted thread holds none of their locks: what ELDU's libcrypto and the lazily made TLS
+ * frame may allocate cannot deadlock.  No Python, no GIL: the app's other threads run on. */
+static void bus_handler(int sig, siginfo_t *info, void *uctx)
+{
+    uintptr_t addr = (uintptr_t)info->si_addr;
+    uint64_t i;
+    struct epc_region *r = region_of(addr, &i);
+    if (!r) {
+        chain(&D.old_bus, sig, info, uctx);
+        return;
+    }
+    int saved = errno;
+    if (!__atomic_load_n(&D.running, __ATOMIC_ACQUIRE)) {
+        /* The driver is stopping: once it closes the userfaultfd the view is plain memory;
+         * until then, retry. */
+        sched_yield();
+        errno = saved;
+        return;
+    }
+    uint64_t k0 = ticks();
+    spend(ELEOS_T_AEX);
+    __atomic_add_fetch(&D.sigbus_faults, 1, __ATOMIC_RELAXED);
+    handle_fault(r, i, addr, (int)syscall(SYS_gettid), 0);
+    __atomic_store_n(&D.cal_inner, ticks() - k0, __ATOMIC_RELAXED);
+    spend(ELEOS_T_ERESUME);
+    after_exit();
     errno = saved;
 }
 
@@ -674,17 +814,9 @@ static void reclaim_pass(void)
     int n = 0;
     ADD(batches, 1);
     for (int k = 0; k < EPC_NR_TO_SCAN && D.head.next != &D.head; k++) {
-        struct epc_page *p = D.head.next;
-        list_del(p);
-        ADD(scanned, 1);
-        if (p->accessed) {
-            p->accessed = 0;
-            list_add_tail(p);
-            ADD(second_chances, 1);
-        } else {
-            p->state = PG_EVICTING;
+        struct epc_page *p = scan_head();
+        if (p)
             batch[n++] = p;
-        }
     }
     if (!n) return;
     pthread_mutex_unlock(&D.lk);
@@ -699,6 +831,14 @@ static void reclaim_pass(void)
 static void *swapd_thread(void *arg)
 {
     (void)arg;
+    /* ksgxswapd is a kernel thread: the app's CPU mask (a benchmark pins the app to one core)
+     * does not bind it, so it may run on any online CPU, as the kernel's would. */
+    cpu_set_t all;
+    CPU_ZERO(&all);
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    for (long c = 0; c < ncpu && c < CPU_SETSIZE; c++)
+        CPU_SET((int)c, &all);
+    sched_setaffinity(0, sizeof all, &all);
     pthread_mutex_lock(&D.lk);
     int passed = 0;
     while (D.running) {
@@ -730,9 +870,34 @@ static void *swapd_thread(void *arg)
 
 /* ---- the API Python calls (through cffi, GIL released) ---- */
 
-/* Start the driver: `limit_pages` EPC frames, `trap` TRAP_USERFAULTFD or TRAP_SIGSEGV (0: try
- * userfaultfd, fall back to SIGSEGV), `nthreads` fault-handling threads.  Returns the trap in
- * use, or -errno. */
+/* The trap's handler for `sig`, keeping the one before it in *old (to chain and restore). */
+static int install_handler(int sig, void (*fn)(int, siginfo_t *, void *), struct sigaction *old)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_sigaction = fn;
+    sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    return sigaction(sig, &sa, old);
+}
+
+/* A userfaultfd with `features` (and what every mode needs), or -1 if the kernel refuses. */
+static int open_uffd(uint64_t features)
+{
+    int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) return -1;
+    struct uffdio_api api = { .api = UFFD_API,
+        .features = UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_MINOR_SHMEM | features };
+    if (ioctl(fd, UFFDIO_API, &api) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* Start the driver: `limit_pages` EPC frames, `trap` TRAP_SIGBUS, TRAP_USERFAULTFD or
+ * TRAP_SIGSEGV (0: the first of those the kernel allows), `nthreads` fault-handling threads
+ * (none in SIGBUS mode: each faulting thread is its own).  Returns the trap in use, or -errno. */
 int epc_driver_start(uint64_t limit_pages, int trap, int nthreads, uintptr_t ewb, uintptr_t eldu,
                      uintptr_t charge, uintptr_t pollute)
 {
@@ -760,20 +925,19 @@ int epc_driver_start(uint64_t limit_pages, int trap, int nthreads, uintptr_t ewb
     D.spin_ns = EPC_SPIN_NS;
     leader_taken = 0;
 
-    if (trap == 0 || trap == TRAP_USERFAULTFD) {
-        int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
-        if (fd >= 0) {
-            struct uffdio_api api = { .api = UFFD_API,
-                .features = UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_MINOR_SHMEM | UFFD_FEATURE_THREAD_ID };
-            if (ioctl(fd, UFFDIO_API, &api) == 0) {
-                D.uffd = fd;
-            } else {
-                close(fd);
-            }
-        }
-        if (D.uffd < 0 && trap == TRAP_USERFAULTFD) return -EPERM;
+    D.trap = TRAP_SIGSEGV;
+    if (trap == 0 || trap == TRAP_SIGBUS) {
+        D.uffd = open_uffd(UFFD_FEATURE_SIGBUS);
+        if (D.uffd >= 0) D.trap = TRAP_SIGBUS;
+        else if (trap == TRAP_SIGBUS) return -EPERM;
     }
-    D.trap = D.uffd >= 0 ? TRAP_USERFAULTFD : TRAP_SIGSEGV;
+    if (D.uffd < 0 && (trap == 0 || trap == TRAP_USERFAULTFD)) {
+        D.uffd = open_uffd(UFFD_FEATURE_THREAD_ID);
+        if (D.uffd >= 0) D.trap = TRAP_USERFAULTFD;
+        else if (trap == TRAP_USERFAULTFD) return -EPERM;
+    }
+    D.trap_ticks = D.direct_reclaims = D.sigbus_faults = 0;
+    D.calibrating = 0;
     pidfd_self = (int)syscall(SYS_pidfd_open, getpid(), 0);
     /* Measured on a 2-core VM: polling saves the userfaultfd path a wake-up per fault, while on
      * the SIGSEGV path (futex hand-offs both ways) it only took CPU from the app. */
@@ -781,13 +945,18 @@ int epc_driver_start(uint64_t limit_pages, int trap, int nthreads, uintptr_t ewb
     D.running = 1;
     if (D.trap == TRAP_USERFAULTFD) {
         D.stopfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    } else if (D.trap == TRAP_SIGBUS) {
+        if (install_handler(SIGBUS, bus_handler, &D.old_bus) != 0) {
+            int err = errno;
+            D.running = 0;
+            close(D.uffd);
+            D.uffd = -1;
+            return -err;
+        }
+        D.bus_installed = 1;
+        nthreads = 0;
     } else {
-        struct sigaction sa;
-        memset(&sa, 0, sizeof sa);
-        sa.sa_sigaction = segv_handler;
-        sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_RESTART;
-        sigemptyset(&sa.sa_mask);
-        if (sigaction(SIGSEGV, &sa, &D.old_segv) != 0) {
+        if (install_handler(SIGSEGV, segv_handler, &D.old_segv) != 0) {
             D.running = 0;
             return -errno;
         }
@@ -834,7 +1003,14 @@ void epc_driver_stop(void)
         sigaction(SIGSEGV, &D.old_segv, NULL);
         D.segv_installed = 0;
     }
+    /* SIGBUS mode: closing the userfaultfd unregisters the views (they become plain memory),
+     * and only then may a stray access reach whatever handler was there before. */
     if (D.uffd >= 0) close(D.uffd);
+    D.uffd = -1;
+    if (D.bus_installed) {
+        sigaction(SIGBUS, &D.old_bus, NULL);
+        D.bus_installed = 0;
+    }
     if (pidfd_self >= 0) close(pidfd_self);
     pidfd_self = -1;
     if (D.stopfd >= 0) close(D.stopfd);
@@ -893,7 +1069,7 @@ int epc_region_attach(int id, uintptr_t app)
     if (id < 0 || id >= EPC_MAX_REGIONS || !D.regions[id].pages) return -EINVAL;
     struct epc_region *r = &D.regions[id];
     uint64_t len = r->npages * EPC_PAGE;
-    if (D.trap == TRAP_USERFAULTFD) {
+    if (UFFD_TRAP) {
         struct uffdio_register reg = { .range = { .start = app, .len = len },
             .mode = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_MINOR };
         if (ioctl(D.uffd, UFFDIO_REGISTER, &reg) != 0) return -errno;
@@ -1044,6 +1220,78 @@ int epc_driver_use_domain(uintptr_t dom)
 
 /* Set the driver threads' poll-before-sleep time (0: sleep at once).  For experiments. */
 void epc_driver_set_spin(uint64_t ns) { __atomic_store_n(&D.spin_ns, ns, __ATOMIC_RELAXED); }
+
+/* RECLAIM_DIRECT or RECLAIM_BACKGROUND (see the header comment); kept across starts. */
+void epc_driver_set_reclaim(int how)
+{
+    __atomic_store_n(&D.reclaim, how == RECLAIM_BACKGROUND ? RECLAIM_BACKGROUND : RECLAIM_DIRECT,
+                     __ATOMIC_RELAXED);
+}
+
+/* What a trap costs outside its handler, in TSC ticks: the kernel's delivery of the fault to
+ * the handler (a signal frame, or a driver thread's wake-up) and the way back (sigreturn, or the
+ * faulting thread's wake-up after the install).  No code runs there to read the clock, so it is
+ * measured here, once: `n` first touches of a scratch region (each a zero-fill fault, nothing
+ * charged), the time the toucher sees minus the time inside the handler; the median.  Call
+ * after epc_driver_start, before the app maps anything (it needs n free frames).  Returns the
+ * ticks (also kept for epc_driver_trap_stats), or -errno. */
+int64_t epc_driver_measure_trap(int n)
+{
+    if (!D.created) return -EINVAL;
+    if (n < 1) n = 1;
+    if (n > 64) n = 64;
+    /* Stay clear of the reclaim marks: a scratch page must never be EWBed.  In a domain the
+     * frames are the domain's and its reclaimers may evict any member's page: not measured
+     * there (each fault's real part then lacks the trap's delivery). */
+    uint64_t room = !D.dom && D.free_frames > 2 * D.high + 1 ? D.free_frames - 2 * D.high - 1 : 0;
+    if ((uint64_t)n > room) n = (int)room;
+    if (n < 2) return 0;
+    int memfd;
+    int id = epc_region_create((uint64_t)n, (uint64_t)n * EPC_PAGE, 0, &memfd);
+    if (id < 0) return id;
+    uint8_t *view = mmap(NULL, (size_t)n * EPC_PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+    if (view == MAP_FAILED) {
+        epc_region_destroy(id);
+        return -errno;
+    }
+    int rc = epc_region_attach(id, (uintptr_t)view);
+    uint64_t d[64];
+    int got = 0;
+    if (rc == 0) {
+        __atomic_store_n(&D.calibrating, 1, __ATOMIC_RELEASE);
+        for (int k = 0; k < n; k++) {
+            __atomic_store_n(&D.cal_inner, 0, __ATOMIC_RELAXED);
+            uint64_t t0 = ticks();
+            (void)*(volatile uint8_t *)(view + (size_t)k * EPC_PAGE);
+            uint64_t outer = ticks() - t0;
+            uint64_t inner = __atomic_load_n(&D.cal_inner, __ATOMIC_RELAXED);
+            if (k >= 1) d[got++] = outer > inner ? outer - inner : 0;   /* the first warms up */
+        }
+        __atomic_store_n(&D.calibrating, 0, __ATOMIC_RELEASE);
+    }
+    munmap(view, (size_t)n * EPC_PAGE);
+    epc_region_destroy(id);
+    pthread_mutex_lock(&D.lk);
+    memset(&D.st, 0, sizeof D.st);          /* the app's stats start from its first fault */
+    pthread_mutex_unlock(&D.lk);
+    if (rc != 0) return rc;
+    if (!got) d[got++] = 0;
+    for (int a = 1; a < got; a++)           /* insertion sort: a handful of values */
+        for (int b = a; b > 0 && d[b - 1] > d[b]; b--) {
+            uint64_t t = d[b]; d[b] = d[b - 1]; d[b - 1] = t;
+        }
+    D.trap_ticks = d[got / 2];
+    return (int64_t)D.trap_ticks;
+}
+
+/* out = {trap ticks measured, faults resolved in SIGBUS handlers, direct reclaims, reclaim mode}. */
+void epc_driver_trap_stats(uint64_t out[4])
+{
+    out[0] = D.trap_ticks;
+    out[1] = __atomic_load_n(&D.sigbus_faults, __ATOMIC_RELAXED);
+    out[2] = __atomic_load_n(&D.direct_reclaims, __ATOMIC_RELAXED);
+    out[3] = (uint64_t)(D.dom ? RECLAIM_BACKGROUND : D.reclaim);   /* a domain's is its reclaimers' */
+}
 
 /* out: see EPC_STAT_FIELDS in untrusted/epc.py (same order). */
 void epc_driver_stats(uint64_t out[26])

@@ -9,6 +9,9 @@
 
 #define TRAP_USERFAULTFD 1
 #define TRAP_SIGSEGV 2
+#define TRAP_SIGBUS 3               /* userfaultfd's SIGBUS: the faulting thread handles it */
+#define RECLAIM_DIRECT 0            /* a fault with no free frame EWBs one page itself */
+#define RECLAIM_BACKGROUND 1        /* it waits for ksgxswapd */
 
 int epc_driver_start(uint64_t limit_pages, int trap, int nthreads, uintptr_t ewb,
                      uintptr_t eldu, uintptr_t charge, uintptr_t pollute);
@@ -23,6 +26,9 @@ int epc_region_states(int id, uint8_t *out, uint64_t n);
 void epc_driver_stats(uint64_t out[26]);
 void epc_driver_failure(uint64_t out[3]);
 void epc_driver_set_spin(uint64_t ns);
+void epc_driver_set_reclaim(int how);
+int64_t epc_driver_measure_trap(int n);
+void epc_driver_trap_stats(uint64_t out[4]);
 int epc_driver_use_domain(uintptr_t dom);
 
 #endif
