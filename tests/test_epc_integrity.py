@@ -36,7 +36,7 @@ def make_cfg(trap: str) -> Config:
     return Config.from_env({}, mode="sgx", epc_mb=1, cost="account", epc_trap=trap)
 
 
-@pytest.fixture(params=["userfaultfd", "sigsegv"])
+@pytest.fixture(params=["sigbus", "userfaultfd", "sigsegv"])
 def epc(request):
     with EPC(make_cfg(request.param)) as e:
         yield e
@@ -260,7 +260,7 @@ def integrity_signal_blocked():
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {INTEGRITY_SIGNAL})
 
 
-@pytest.mark.parametrize("trap", ["userfaultfd", "sigsegv"])
+@pytest.mark.parametrize("trap", ["sigbus", "userfaultfd", "sigsegv"])
 def test_ciphertext_flipped_during_eldu_never_reaches_the_app(trap):
     # The host flips one byte of the sealed page while ELDU opens it, one round per byte of the
     # page (which bytes an AES-GCM implementation reads twice, for the tag and to decrypt,
