@@ -48,9 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def child_env(mode: str, settings: dict[str, str]) -> dict[str, str]:
     """The harness's environment for ``mode``, with the user's other ELEOS_ settings."""
-    user = {k: v for k, v in {**os.environ, **settings}.items()
-            if k.startswith("ELEOS_") and k not in _MODE_VARS}
-    return harness.app_env(mode, user)
+    return harness.app_env(mode, config_mod.settings_in_environ(settings, _MODE_VARS))
 
 
 def _row(mode: str, stats: dict | None, out: str, seconds: float) -> dict:
@@ -188,8 +186,7 @@ def main(argv: list[str], settings: dict[str, str] | None = None) -> int:
         ap.error("compare runs a script: give app.py, not -m module")
     settings = settings or {}
     try:   # a bad setting stops here, once, rather than in every child
-        config_mod.resolve({**{k: v for k, v in os.environ.items() if k not in _MODE_VARS},
-                            **settings})
+        config_mod.resolve(config_mod.settings_in_environ(settings, _MODE_VARS))
     except config_mod.ConfigError as exc:
         sys.stderr.write(f"eleos-shim compare: {exc}\n")
         return 2

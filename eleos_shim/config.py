@@ -413,6 +413,14 @@ def _finish(raw: dict[str, Any], explicit: set[str]) -> Config:
     return cfg
 
 
+def settings_in_environ(overrides: Mapping[str, str] | None = None,
+                        drop: tuple[str, ...] = ()) -> dict[str, str]:
+    """This process's ELEOS_ variables with ``overrides`` on top, less the names in ``drop``:
+    the settings a tool (``eleos-shim compare``) hands on to the children it runs."""
+    merged = {**os.environ, **(overrides or {})}
+    return {k: v for k, v in merged.items() if k.startswith("ELEOS_") and k not in drop}
+
+
 def environ_without_settings(base: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment (default: this process's) without any ELEOS_ variable: the start of a
     child's environment that gets a configuration of its own."""
