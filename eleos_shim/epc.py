@@ -177,7 +177,8 @@ class EPC:
             self._driver = EPCDriver(cfg.epc_bytes, ewb_fn=_epcm.epcm_ewb_fn(),
                                      eldu_fn=_epcm.epcm_eldu_fn(), charge_fn=cpu.charge_fn,
                                      pollute_fn=cpu.pollute_fn, trap=cfg.epc_trap, threads=threads,
-                                     reclaim=cfg.epc_reclaim, domain=self.domain)
+                                     reclaim=cfg.epc_reclaim, domain=self.domain,
+                                     tick_hz=cpu.tsc_hz)
         except BaseException:
             if self.domain is not None:
                 self.domain.leave()

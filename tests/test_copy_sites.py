@@ -211,6 +211,14 @@ REVIEWED: dict[tuple[str, str, str], str] = {
     ('eleos_shim/_native/epcm.c', 'epcm_ewb',
      'eleos_seal(cpu_paging_key, nonce, aad, sizeof aad, frame, EPCM_PAGE, frame, tag)'):
         "seals in place in the CPU-private frame; the tag is a local",
+    # issue 12: the CPU reaches EPC frames through its own view of each region, not pread/pwrite
+    ('eleos_shim/_native/epcm.c', 'epcm_ewb',
+     'memcpy(frame, g->view + off, n)'):
+        "the EPC page into the CPU-private frame: view, offset and length from the CPU's region table",
+    ('eleos_shim/_native/epcm.c', 'install_verified',
+     'memcpy(g->view + off, frame, bytes_at(g, off))'):
+        "the verified plaintext into its EPC frame (the app's view unmapped): the CPU's own view, "
+        "offset and length of the address it verified",
     ('eleos_shim/_native/epcm.c', 'epcm_ewb',
      'memcpy(out_page, frame, EPCM_PAGE)'):
         "the copy out of ciphertext whose tag is already computed, one page",

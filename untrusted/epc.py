@@ -63,18 +63,21 @@ class EPCDriver:
     own).  ``reclaim``: ``direct`` (a fault with no free frame EWBs one page itself) or
     ``background`` (ksgxswapd keeps frames free; a fault that finds none waits for it); in a
     domain the domain's reclaimers always do it.  ``trap_cycles`` is what a trap costs outside
-    its handler, measured at start (TSC cycles; 0 in a domain).
+    its handler, measured at start (TSC cycles; 0 in a domain).  ``tick_hz``: the TSC's rate
+    (the modeled CPU's), at which the driver's times, taken with the TSC, convert to ns.
     """
 
     def __init__(self, limit_bytes: int, *, ewb_fn: int, eldu_fn: int, charge_fn: int = 0,
                  pollute_fn: int = 0, trap: str = "auto", threads: int = 4,
-                 reclaim: str = "direct", domain=None):
+                 reclaim: str = "direct", domain=None, tick_hz: float = 0.0):
         if trap not in TRAPS:
             raise ValueError(f"trap must be one of {', '.join(TRAPS)}, not {trap!r}")
         if reclaim not in RECLAIMS:
             raise ValueError(f"reclaim must be one of {', '.join(RECLAIMS)}, not {reclaim!r}")
         pages = limit_bytes // PAGE
         lib.epc_driver_set_reclaim(RECLAIMS[reclaim])
+        # The fault path times itself with the TSC; its stats come out in ns at this rate.
+        lib.epc_driver_set_tick_hz(tick_hz)
         # A domain (untrusted.epc_domain.Domain): frames come from the EPC the domain's
         # enclaves share, and this driver's reclaimer is one of the domain's.
         self.domain = domain

@@ -86,6 +86,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -153,8 +154,12 @@ struct fault_req {                  /* a SIGSEGV-mode fault, on the faulting thr
 struct epc_stats {
     uint64_t faults, zero_fills, eldu, ewb, frame_waits, batches, scanned, second_chances;
     uint64_t integrity_failures, ewb_failures, peak_resident, spurious;
-    uint64_t fault_ns, eldu_ns, ewb_ns, install_ns, modeled_ns, wait_ns, eblock_ns;
+    /* TSC ticks (the fault path reads no other clock); epc_driver_stats gives them in ns */
+    uint64_t fault_tk, eldu_tk, ewb_tk, install_tk, modeled_tk, wait_tk, eblock_tk;
 };
+#define EPC_FIRST_TK_FIELD 12       /* fault_tk's index in struct epc_stats */
+_Static_assert(offsetof(struct epc_stats, fault_tk) == EPC_FIRST_TK_FIELD * sizeof(uint64_t),
+               "the tick fields follow the counts");
 
 static struct {
     int created;
@@ -195,6 +200,7 @@ static struct {
     int calibrating;                /* epc_driver_measure_trap runs: charge nothing */
     uint64_t cal_inner;             /* its last fault's ticks inside the handler */
     uint64_t trap_ticks, direct_reclaims, sigbus_faults;
+    double tick_hz;                 /* ticks() per second (epc_driver_set_tick_hz) */
 } D = {
     .lk = PTHREAD_MUTEX_INITIALIZER,
     .changed = PTHREAD_COND_INITIALIZER,
@@ -203,6 +209,7 @@ static struct {
     .uffd = -1,
     .stopfd = -1,
     .reclaim = RECLAIM_DIRECT,
+    .tick_hz = 1e9,
 };
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -431,9 +438,9 @@ static int reclaim_one(void)
             continue;
         __atomic_add_fetch(&D.direct_reclaims, 1, __ATOMIC_RELAXED);
         pthread_mutex_unlock(&D.lk);
-        uint64_t b0 = now_ns();
+        uint64_t b0 = ticks();
         eblock(p->region, p->index);
-        ADD(eblock_ns, now_ns() - b0);
+        ADD(eblock_tk, ticks() - b0);
         write_page(p);
         pthread_mutex_lock(&D.lk);
         return 1;
@@ -455,10 +462,10 @@ static void eldu_failed(int tid, uint64_t addr)
 static void handle_fault(struct epc_region *r, uint64_t i, uintptr_t fault_addr, int tid, int charge_here);
 static void handle_fault(struct epc_region *r, uint64_t i, uintptr_t fault_addr, int tid, int charge_here)
 {
-    uint64_t t0 = now_ns(), k0 = ticks();
+    uint64_t t0 = ticks(), k0 = t0;
     ADD(faults, 1);
     if (charge_here) spend(ELEOS_T_AEX);
-    uint64_t t_modeled = now_ns() - t0;
+    uint64_t t_modeled = ticks() - t0;
     struct epc_page *p = NULL;
     int load = 0, from = PG_NEW, live = 0;
     uint64_t tw = 0;
@@ -485,7 +492,7 @@ static void handle_fault(struct epc_region *r, uint64_t i, uintptr_t fault_addr,
             /* SGX_ALLOC_ATOMIC failed: let ksgxswapd free frames, wait for one.  In a domain
              * the frame may come from another process: wait on the domain's futex (bounded,
              * so a member that died holding frames is swept by the next look). */
-            uint64_t w0 = now_ns();
+            uint64_t w0 = ticks();
             ADD(frame_waits, 1);
             if (D.dom) {
                 pthread_mutex_unlock(&D.lk);
@@ -495,7 +502,7 @@ static void handle_fault(struct epc_region *r, uint64_t i, uintptr_t fault_addr,
                 pthread_cond_signal(&D.swapd_cv);
                 pthread_cond_wait(&D.changed, &D.lk);
             }
-            tw += now_ns() - w0;
+            tw += ticks() - w0;
             continue;
         }
         D.resident++;
@@ -515,10 +522,10 @@ static void handle_fault(struct epc_region *r, uint64_t i, uintptr_t fault_addr,
     if (!load) {
         ADD(spurious, 1);
     } else if (from == PG_EVICTED && !__atomic_load_n(&D.dead, __ATOMIC_ACQUIRE)) {
-        uint64_t c0 = now_ns();
+        uint64_t c0 = ticks();
         int rc = D.eldu((uint64_t)page_addr, r->va_first + i, r->store + i * EPC_PAGE,
                         r->pcmd + i * EPC_PCMD, cpu_uffd(), cpu);
-        ADD(eldu_ns, now_ns() - c0 - cpu[1]);
+        ADD(eldu_tk, ticks() - c0 - cpu[1]);
         if (rc == 0) {
             ADD(eldu, 1);
             loaded = 1;
@@ -528,7 +535,7 @@ static void handle_fault(struct epc_region *r, uint64_t i, uintptr_t fault_addr,
     } else {
         ADD(zero_fills, 1);                   /* first touch (or a dead enclave): a zero page */
     }
-    uint64_t m0 = now_ns();
+    uint64_t m0 = ticks();
     if (charge_here) {
         /* Before the install, which wakes the faulting thread: it must not run before its
          * fault's budget is paid.  The window opens in this thread, whose next trap pays it:
@@ -537,8 +544,8 @@ static void handle_fault(struct epc_region *r, uint64_t i, uintptr_t fault_addr,
         spend(ELEOS_T_ERESUME);
         after_exit();
     }
-    t_modeled += now_ns() - m0;
-    uint64_t i0 = now_ns();
+    t_modeled += ticks() - m0;
+    uint64_t i0 = ticks();
     if (load) {
         /* A LOADING page keeps its region alive: destroy waits for it to settle.  A failed ELDU
          * installed nothing: the app gets a zero page. */
@@ -555,7 +562,7 @@ static void handle_fault(struct epc_region *r, uint64_t i, uintptr_t fault_addr,
         struct uffdio_range w = { .start = fault_addr & ~(uintptr_t)(EPC_PAGE - 1), .len = EPC_PAGE };
         ioctl(D.uffd, UFFDIO_WAKE, &w);
     }
-    ADD(install_ns, now_ns() - i0 + cpu[1]);
+    ADD(install_tk, ticks() - i0 + cpu[1]);
     if (load) {
         pthread_mutex_lock(&D.lk);
         p->state = PG_RESIDENT;
@@ -564,9 +571,9 @@ static void handle_fault(struct epc_region *r, uint64_t i, uintptr_t fault_addr,
         pthread_cond_broadcast(&D.changed);
         pthread_mutex_unlock(&D.lk);
     }
-    ADD(modeled_ns, t_modeled);
-    ADD(wait_ns, tw);
-    ADD(fault_ns, now_ns() - t0);
+    ADD(modeled_tk, t_modeled);
+    ADD(wait_tk, tw);
+    ADD(fault_tk, ticks() - t0);
 }
 
 static struct epc_region *region_of(uintptr_t addr, uint64_t *index)
@@ -782,12 +789,12 @@ static int write_page(struct epc_page *p)
 {
     struct epc_region *r = p->region;
     uint64_t i = p->index;
-    uint64_t c0 = now_ns();
+    uint64_t c0 = ticks();
     /* The CPU reads the page from the memfd, seals it, writes it to the store and punches the
      * page out of the memfd. */
     int rc = D.ewb((uint64_t)(r->app + i * EPC_PAGE), r->va_first + i,
                    r->store + i * EPC_PAGE, r->pcmd + i * EPC_PCMD);
-    ADD(ewb_ns, now_ns() - c0);
+    ADD(ewb_tk, ticks() - c0);
     pthread_mutex_lock(&D.lk);
     if (rc == 0) {
         ADD(ewb, 1);
@@ -820,9 +827,9 @@ static void reclaim_pass(void)
     }
     if (!n) return;
     pthread_mutex_unlock(&D.lk);
-    uint64_t b0 = now_ns();
+    uint64_t b0 = ticks();
     eblock_batch(batch, n);
-    ADD(eblock_ns, now_ns() - b0);
+    ADD(eblock_tk, ticks() - b0);
     for (int k = 0; k < n; k++)
         write_page(batch[k]);
     pthread_mutex_lock(&D.lk);
@@ -1293,13 +1300,21 @@ void epc_driver_trap_stats(uint64_t out[4])
     out[3] = (uint64_t)(D.dom ? RECLAIM_BACKGROUND : D.reclaim);   /* a domain's is its reclaimers' */
 }
 
-/* out: see EPC_STAT_FIELDS in untrusted/epc.py (same order). */
+/* How fast ticks() runs (the TSC's rate the modeled CPU measured), for the stats in ns. */
+void epc_driver_set_tick_hz(double hz)
+{
+    if (hz > 0) D.tick_hz = hz;
+}
+
+/* out: see EPC_STAT_FIELDS in untrusted/epc.py (same order); the times in ns. */
 void epc_driver_stats(uint64_t out[26])
 {
     pthread_mutex_lock(&D.lk);
     uint64_t *s = (uint64_t *)&D.st;
-    for (size_t k = 0; k < sizeof D.st / sizeof(uint64_t); k++)
+    for (size_t k = 0; k < sizeof D.st / sizeof(uint64_t); k++) {
         out[k] = __atomic_load_n(&s[k], __ATOMIC_RELAXED);
+        if (k >= EPC_FIRST_TK_FIELD) out[k] = (uint64_t)((double)out[k] * 1e9 / D.tick_hz + 0.5);
+    }
     size_t k = sizeof D.st / sizeof(uint64_t);
     out[k++] = D.limit;
     out[k++] = D.resident;
