@@ -128,7 +128,7 @@ def fault_events(cfg: Config, trap: str, accesses: int = 3000) -> tuple[dict, di
             m[0]                               # resident: the floor of an access
         hit = (time.perf_counter_ns() - t0) / accesses
         row = fidelity_row(f"epc_fault ({epc.trap})", cpu, "epc_fault")
-        trap_cycles = epc.trap_cycles
+        trap_cycles, trap_return = epc.trap_cycles, epc._driver.trap_return_cycles
         m.close()
     per_fault = (wall - hit * accesses) / max(1, faults)
     ModeledCPU.reset()
@@ -136,6 +136,7 @@ def fault_events(cfg: Config, trap: str, accesses: int = 3000) -> tuple[dict, di
     indirect = indirect_cycles / max(1, faults)
     return row, {"trap": trap, "faults": faults, "ns_per_fault": per_fault,
                  "cycles_per_fault": cycles, "trap_cycles": trap_cycles,
+                 "trap_return_cycles": trap_return,
                  "indirect_cycles_per_fault": indirect, "fault_alone_cycles": cycles - indirect,
                  "budget_cycles": row["budget_cycles"]}
 
@@ -211,7 +212,8 @@ def main(cfg: Config, args: list[str]) -> int:
               f"({f['cycles_per_fault'] / budget:.2f}x), of which {f['indirect_cycles_per_fault']:.0f} "
               f"the indirect window after it: the fault alone {f['fault_alone_cycles']:.0f} "
               f"({f['fault_alone_cycles'] / budget:.2f}x) ({f['faults']} faults; the trap outside "
-              f"its handler, measured at start: {f['trap_cycles']} cycles)")
+              f"its handler, measured at start: {f['trap_cycles']} cycles, "
+              f"{f['trap_return_cycles']} of them after it)")
     pollution = []
     if "--pollution" in args:
         print("\nELEOS_INDIRECT=pollute: a slice of Python work right after touching the buffer vs "

@@ -189,7 +189,7 @@ class EPC:
         # The trap's delivery and return run where no code can time them: the driver measured
         # them once; each fault's real part includes them.
         self.trap_cycles = self._driver.trap_cycles
-        cpu.set_trap_cycles(self.trap_cycles)
+        cpu.set_trap_cycles(self.trap_cycles, self._driver.trap_return_cycles)
         self._old_handler = None
         if threading.current_thread() is threading.main_thread():
             self._old_handler = signal.signal(INTEGRITY_SIGNAL, _on_integrity_failure)

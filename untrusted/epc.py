@@ -63,7 +63,8 @@ class EPCDriver:
     own).  ``reclaim``: ``direct`` (a fault with no free frame EWBs one page itself) or
     ``background`` (ksgxswapd keeps frames free; a fault that finds none waits for it); in a
     domain the domain's reclaimers always do it.  ``trap_cycles`` is what a trap costs outside
-    its handler, measured at start (TSC cycles; 0 in a domain).  ``tick_hz``: the TSC's rate
+    its handler, measured at start (TSC cycles; 0 in a domain), ``trap_return_cycles`` the part
+    of it after the handler (the way back to the app).  ``tick_hz``: the TSC's rate
     (the modeled CPU's), at which the driver's times, taken with the TSC, convert to ns.
     """
 
@@ -96,6 +97,7 @@ class EPCDriver:
             lib.epc_driver_stop()
             _check(got, "measuring the trap's cost")
         self.trap_cycles = int(got)
+        self.trap_return_cycles = self.trap_stats()["trap_return_cycles"]
         self.limit_bytes = pages * PAGE
         self._stopped = False
 
@@ -152,9 +154,10 @@ class EPCDriver:
     def trap_stats(self) -> dict:
         """The trap's measured cost outside its handler, faults resolved by their own thread
         (SIGBUS), victims EWBed by a faulting thread (direct reclaim)."""
-        out = ffi.new("uint64_t[4]")
+        out = ffi.new("uint64_t[5]")
         lib.epc_driver_trap_stats(out)
-        return {"trap_cycles": int(out[0]), "sigbus_faults": int(out[1]),
+        return {"trap_cycles": int(out[0]), "trap_return_cycles": int(out[4]),
+                "sigbus_faults": int(out[1]),
                 "direct_reclaims": int(out[2]),
                 "reclaim": "background" if out[3] == lib.RECLAIM_BACKGROUND else "direct"}
 

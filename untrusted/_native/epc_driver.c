@@ -389,6 +389,7 @@ void handle_fault(struct epc_region *r, uint64_t i, uintptr_t fault_addr, int ti
          * fault's budget is paid.  The window opens in this thread, whose next trap pays it:
          * the app's work between two faults is as near as a handler thread can see. */
         __atomic_store_n(&D.cal_inner, ticks() - k0, __ATOMIC_RELAXED);
+    __atomic_store_n(&D.cal_entry, k0, __ATOMIC_RELAXED);
         spend(ELEOS_T_ERESUME);
         after_exit();
     }
@@ -556,7 +557,7 @@ int epc_driver_start(uint64_t limit_pages, int trap, int nthreads, uintptr_t ewb
 
     int got = trap_open(trap);
     if (got < 0) return got;
-    D.trap_ticks = D.direct_reclaims = D.sigbus_faults = 0;
+    D.trap_ticks = D.trap_return_ticks = D.direct_reclaims = D.sigbus_faults = 0;
     D.calibrating = 0;
     pidfd_self = (int)syscall(SYS_pidfd_open, getpid(), 0);
     D.running = 1;
@@ -800,6 +801,16 @@ void epc_driver_set_reclaim(int how)
                      __ATOMIC_RELAXED);
 }
 
+/* The median of n values (sorted in place: insertion sort, a handful of them). */
+static uint64_t median(uint64_t *v, int n)
+{
+    for (int a = 1; a < n; a++)
+        for (int b = a; b > 0 && v[b - 1] > v[b]; b--) {
+            uint64_t t = v[b]; v[b] = v[b - 1]; v[b - 1] = t;
+        }
+    return v[n / 2];
+}
+
 /* What a trap costs outside its handler, in TSC ticks: the kernel's delivery of the fault to
  * the handler (a signal frame, or a driver thread's wake-up) and the way back (sigreturn, or the
  * faulting thread's wake-up after the install).  No code runs there to read the clock, so it is
@@ -827,7 +838,7 @@ int64_t epc_driver_measure_trap(int n)
         return -errno;
     }
     int rc = epc_region_attach(id, (uintptr_t)view);
-    uint64_t d[64];
+    uint64_t d[64], back[64];
     int got = 0;
     if (rc == 0) {
         __atomic_store_n(&D.calibrating, 1, __ATOMIC_RELEASE);
@@ -837,7 +848,13 @@ int64_t epc_driver_measure_trap(int n)
             (void)*(volatile uint8_t *)(view + (size_t)k * EPC_PAGE);
             uint64_t outer = ticks() - t0;
             uint64_t inner = __atomic_load_n(&D.cal_inner, __ATOMIC_RELAXED);
-            if (k >= 1) d[got++] = outer > inner ? outer - inner : 0;   /* the first warms up */
+            uint64_t entry = __atomic_load_n(&D.cal_entry, __ATOMIC_RELAXED);
+            uint64_t out = outer > inner ? outer - inner : 0;
+            uint64_t in = entry > t0 ? entry - t0 : 0;               /* delivery */
+            if (k >= 1) {                                            /* the first warms up */
+                back[got] = out > in ? out - in : 0;                 /* the way back */
+                d[got++] = out;
+            }
         }
         __atomic_store_n(&D.calibrating, 0, __ATOMIC_RELEASE);
     }
@@ -847,18 +864,21 @@ int64_t epc_driver_measure_trap(int n)
     memset(&D.st, 0, sizeof D.st);          /* the app's stats start from its first fault */
     pthread_mutex_unlock(&D.lk);
     if (rc != 0) return rc;
-    if (!got) d[got++] = 0;
-    for (int a = 1; a < got; a++)           /* insertion sort: a handful of values */
-        for (int b = a; b > 0 && d[b - 1] > d[b]; b--) {
-            uint64_t t = d[b]; d[b] = d[b - 1]; d[b - 1] = t;
-        }
-    D.trap_ticks = d[got / 2];
+    if (!got) {
+        d[0] = back[0] = 0;
+        got = 1;
+    }
+    D.trap_ticks = median(d, got);
+    D.trap_return_ticks = median(back, got);
+    if (D.trap_return_ticks > D.trap_ticks) D.trap_return_ticks = D.trap_ticks;
     return (int64_t)D.trap_ticks;
 }
 
-/* out = {trap ticks measured, faults resolved in SIGBUS handlers, direct reclaims, reclaim mode}. */
-void epc_driver_trap_stats(uint64_t out[4])
+/* out = {trap ticks measured, faults resolved in SIGBUS handlers, direct reclaims, reclaim mode,
+ * the trap's return part (ticks, of the first)}. */
+void epc_driver_trap_stats(uint64_t out[5])
 {
+    out[4] = D.trap_return_ticks;
     out[0] = D.trap_ticks;
     out[1] = __atomic_load_n(&D.sigbus_faults, __ATOMIC_RELAXED);
     out[2] = __atomic_load_n(&D.direct_reclaims, __ATOMIC_RELAXED);

@@ -120,7 +120,8 @@ struct epc_state {
     int reclaim;                    /* RECLAIM_* */
     int calibrating;                /* epc_driver_measure_trap runs: charge nothing */
     uint64_t cal_inner;             /* its last fault's ticks inside the handler */
-    uint64_t trap_ticks, direct_reclaims, sigbus_faults;
+    uint64_t cal_entry;             /* and the tick the handler started at */
+    uint64_t trap_ticks, trap_return_ticks, direct_reclaims, sigbus_faults;
     double tick_hz;                 /* ticks() per second (epc_driver_set_tick_hz) */
 };
 extern struct epc_state D __attribute__((visibility("hidden")));

@@ -146,6 +146,7 @@ static void segv_handler(int sig, siginfo_t *info, void *uctx)
     while (!__atomic_load_n(&req.done, __ATOMIC_ACQUIRE))
         futex(&req.done, FUTEX_WAIT_PRIVATE, 0);
     __atomic_store_n(&D.cal_inner, ticks() - k0, __ATOMIC_RELAXED);
+    __atomic_store_n(&D.cal_entry, k0, __ATOMIC_RELAXED);
     spend(ELEOS_T_ERESUME);
     after_exit();
     errno = saved;
@@ -182,6 +183,7 @@ static void bus_handler(int sig, siginfo_t *info, void *uctx)
     __atomic_add_fetch(&D.sigbus_faults, 1, __ATOMIC_RELAXED);
     handle_fault(r, i, addr, (int)syscall(SYS_gettid), 0);
     __atomic_store_n(&D.cal_inner, ticks() - k0, __ATOMIC_RELAXED);
+    __atomic_store_n(&D.cal_entry, k0, __ATOMIC_RELAXED);
     spend(ELEOS_T_ERESUME);
     after_exit();
     errno = saved;
