@@ -171,7 +171,7 @@ class SgxSide:
 
 class SuvmSide:
     def __init__(self, cfg, cpu, region):
-        self.inst = suvm.create(cfg, charge_fn=cpu.charge_fn)
+        self.inst = suvm.create(cfg, charge_fn=cpu.charge_fn, pollute_fn=cpu.pollute_fn)
         self.p = self.inst.malloc(region)
         self.p.fill(1, region)
 
