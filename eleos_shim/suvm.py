@@ -35,7 +35,7 @@ def create(cfg: Config | None = None, *, charge_fn: int = 0, pollute_fn: int = 0
     store = BackingStore(cfg.suvm_store_bytes, cfg.suvm_page_size)
     inst = Suvm(store.bridge(), cache_bytes=cfg.suvm_cache_bytes, page_size=cfg.suvm_page_size,
                 subpage=cfg.suvm_subpage, eviction=cfg.suvm_eviction, charge_fn=charge_fn,
-                pollute_fn=pollute_fn)
+                pollute_fn=pollute_fn, overwrite=cfg.suvm_overwrite)
     inst.backing_store = store   # the host's side, for stats and the adversary API in tests
     inst.on_close.append(store.close)   # the enclave is gone: the host unmaps its store
     return inst

@@ -101,6 +101,7 @@ struct suvm {
     suvm_store_discard_fn discard;
     eleos_cpu_charge_fn charge;
     eleos_cpu_pollute_fn pollute;     /* opens the indirect window after an exit (cpu.c) */
+    int overwrite_skips_open;         /* a write miss over a whole page does not open it */
 
     uint8_t key[16];
     _Atomic uint64_t seal_counter;
@@ -621,7 +622,10 @@ static int access_page(suvm_t *s, uint64_t vpn, uint32_t off, uint8_t *buf, size
                 return rc < 0 ? rc : SUVM_OK;
         }
         int done = 0;
-        f = fault_in(s, vpn, op != 0 && off == 0 && n == s->page_size ? buf : NULL, op, &done);
+        /* Eleos' SUVM opens the stored copy on every miss, a write's too (its hint_write only
+         * marks the page dirty); skipping that for a write over the whole page is an option. */
+        int whole = s->overwrite_skips_open && op != 0 && off == 0 && n == s->page_size;
+        f = fault_in(s, vpn, whole ? buf : NULL, op, &done);
         if (f < 0)
             return f;
         if (done) {
@@ -1003,6 +1007,14 @@ uint32_t suvm_resize(suvm_t *s, uint32_t n)
 }
 
 uint32_t suvm_cache_frames(suvm_t *s) { return atomic_load(&s->active); }
+
+/* skip != 0: a write miss that overwrites a whole page puts the new content in its frame
+ * without opening the stored copy (ELEOS_SUVM_OVERWRITE=skip); 0, the default: it opens it
+ * first, as Eleos' SUVM does. */
+void suvm_set_overwrite(suvm_t *s, int skip)
+{
+    s->overwrite_skips_open = skip != 0;
+}
 
 /* The modeled CPU's cpu_pollute (0: none), called after each of SUVM's own exits. */
 void suvm_set_pollute(suvm_t *s, uintptr_t cpu_pollute_fn)
