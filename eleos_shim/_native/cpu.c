@@ -28,15 +28,13 @@
 #include <time.h>
 #include "eleos_abi.h"
 
+#include "eleos_tsc.h"
+
+static inline uint64_t tsc(void) { return eleos_tsc(); }
 #if defined(__x86_64__) || defined(__i386__)
 #include <x86intrin.h>
-static inline uint64_t tsc(void) { return __rdtsc(); }
 static inline void relax(void) { _mm_pause(); }
 #else
-static inline uint64_t tsc(void) {
-    struct timespec ts; clock_gettime(CLOCK_MONOTONIC_RAW, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 static inline void relax(void) { __asm__ __volatile__("" ::: "memory"); }
 #endif
 

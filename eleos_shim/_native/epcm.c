@@ -40,6 +40,7 @@
 #include <time.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include "eleos_tsc.h"
 #include "seal.h"
 
 #define EPCM_PAGE 4096
@@ -117,18 +118,8 @@ static uint8_t *cpu_frame(int which)
     return cpu_frames + (size_t)which * EPCM_PAGE;
 }
 
-/* The CPU's own clock for its counters: the TSC (a clock_gettime per call was 5% of a fault). */
-#if defined(__x86_64__) || defined(__i386__)
-#include <x86intrin.h>
-static inline uint64_t ticks(void) { return __rdtsc(); }
-#else
-static inline uint64_t ticks(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC_RAW, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-#endif
+/* The CPU's own clock for its counters: the TSC. */
+static inline uint64_t ticks(void) { return eleos_tsc(); }
 
 /* Create the CPU's paging key (from the kernel's CSPRNG), once per process, as SGX derives a
  * fresh paging key at every power-on. */

@@ -14,10 +14,8 @@
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
-#if defined(__x86_64__) || defined(__i386__)
-#include <x86intrin.h>
-#endif
 #include "eleos_abi.h"
+#include "eleos_tsc.h"
 #include "epc_driver.h"
 #include "epc_domain.h"
 
@@ -132,16 +130,7 @@ extern struct epc_state D __attribute__((visibility("hidden")));
 #define relax() __asm__ __volatile__("" ::: "memory")
 #endif
 
-#if defined(__x86_64__) || defined(__i386__)
-static inline uint64_t ticks(void) { return __rdtsc(); }   /* the modeled CPU's clock */
-#else
-static inline uint64_t ticks(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC_RAW, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-#endif
+static inline uint64_t ticks(void) { return eleos_tsc(); }   /* the modeled CPU's clock */
 
 static inline uint64_t now_ns(void)
 {
