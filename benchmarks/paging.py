@@ -336,8 +336,8 @@ def one_pass(args, trap_asked, runs, accesses, multiples, lffi, llib) -> dict:
           f"{resident_ns[0]:.0f}/{resident_ns[1]:.0f} ns per resident read/write), the indirect "
           "cost after it included; budget, paid (median, mean), real (median) and overruns in "
           "cycles, from the modeled CPU (real = the trap, measured once at start, and the "
-          "handler); handler, eldu, install (the copy into the EPC frame and UFFDIO_CONTINUE / mprotect) in us, from the "
-          "driver; ewb and eblock: per victim, on the faulting path (direct reclaim) or in "
+          "handler); handler, eldu, install (the copy into the EPC frame, then UFFDIO_CONTINUE "
+          "or mprotect) in us, from the driver; ewb and eblock: per victim, on the faulting path (direct reclaim) or in "
           "ksgxswapd (background), where frame wait = no free frame, waiting for it")
     print(table(["region", "op", "thr", "app us", "budget", "paid p50", "paid mean", "real p50",
                  "overruns", "handler", "eldu", "install", "ewb", "eblock", "frame wait"], brows))

@@ -249,6 +249,18 @@ def test_evicted_pages_come_back_sealed_and_loaded_by_eldu(epc):
     m.close()
 
 
+def test_a_partial_last_page_round_trips_through_ewb_and_eldu(epc):
+    # The region's last page is only partly inside it: EWB pads it in the CPU's frame, ELDU
+    # writes back only the bytes that belong to the region.
+    m = epc.map(2 * PAGE + 100)
+    m[:] = bytes(range(256)) * ((2 * PAGE + 100) // 256) + bytes(range((2 * PAGE + 100) % 256))
+    want = m[:]
+    assert epc.evict(m) == 3
+    assert m[:] == want
+    assert epc.stats()["eldu"] == 3
+    m.close()
+
+
 def test_closing_a_map_returns_its_frames_and_its_pages_cannot_come_back(epc):
     m = epc.map(LIMIT)
     m[:PAGE] = b"x" * PAGE

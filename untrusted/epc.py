@@ -104,7 +104,7 @@ class EPCDriver:
     def create_region(self, nbytes: int, va_first: int) -> tuple[int, int]:
         """A region of ``nbytes`` whose page i uses VA slot ``va_first + i``.  Returns
         ``(region id, memfd)``; the caller maps the memfd and calls :meth:`attach`.  The
-        memfd stays the driver's (it punches holes in it to evict)."""
+        memfd stays the driver's (the modeled CPU maps it too: its frames are the EPC's)."""
         npages = (nbytes + PAGE - 1) // PAGE
         fd = ffi.new("int *")
         rid = _check(lib.epc_region_create(npages, nbytes, va_first, fd), "creating an EPC region")

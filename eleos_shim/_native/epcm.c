@@ -303,14 +303,20 @@ int epcm_ewb(uint64_t linaddr, uint64_t slot, void *out_page, void *out_pcmd)
     if (bad)
         return bad;
     size_t n = bytes_at(g, off);
-    memcpy(frame, g->view + off, n);                   /* the EPC page, through the CPU's view */
-    memset(frame + n, 0, EPCM_PAGE - n);               /* past the end of the region */
+    /* The EPC page, through the CPU's view: EBLOCKed (no mapping of the app's writes to it), so
+     * it is sealed from where it is; a region's partial last page is padded in the frame. */
+    const uint8_t *page = g->view + off;
+    if (n < EPCM_PAGE) {
+        memcpy(frame, page, n);
+        memset(frame + n, 0, EPCM_PAGE - n);
+        page = frame;
+    }
     uint64_t version = __atomic_add_fetch(&version_counter, 1, __ATOMIC_RELAXED);
     uint8_t nonce[ELEOS_SEAL_NONCE_BYTES], aad[24], tag[ELEOS_SEAL_TAG_BYTES];
     eleos_nonce(nonce, 0x00435045u /* "EPC" */, version);
     make_aad(aad, linaddr, slot, version);
-    /* Sealed in place: the frame holds ciphertext only from here on. */
-    if (eleos_seal(cpu_paging_key, nonce, aad, sizeof aad, frame, EPCM_PAGE, frame, tag) != 0) {
+    /* Sealed into the private frame, which holds ciphertext only from here on. */
+    if (eleos_seal(cpu_paging_key, nonce, aad, sizeof aad, page, EPCM_PAGE, frame, tag) != 0) {
         pthread_rwlock_unlock(&regions_lock);
         OPENSSL_cleanse(frame, EPCM_PAGE);
         return EPCM_ERR_CRYPTO;

@@ -440,8 +440,8 @@ static int write_page(struct epc_page *p)
     struct epc_region *r = p->region;
     uint64_t i = p->index;
     uint64_t c0 = ticks();
-    /* The CPU reads the page from the memfd, seals it, writes it to the store and punches the
-     * page out of the memfd. */
+    /* The CPU reads the page through its view, seals it, wipes its frame and writes it to the
+     * store. */
     int rc = D.ewb((uint64_t)(r->app + i * EPC_PAGE), r->va_first + i,
                    r->store + i * EPC_PAGE, r->pcmd + i * EPC_PCMD);
     ADD(ewb_tk, ticks() - c0);

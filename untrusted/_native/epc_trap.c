@@ -156,7 +156,7 @@ static void segv_handler(int sig, siginfo_t *info, void *uctx)
 
 /* userfaultfd with UFFD_FEATURE_SIGBUS raises SIGBUS, in the faulting thread, for every access
  * the driver must serve.  The handler is that thread's fault path: AEX, the driver's work
- * (handle_fault: reclaim a frame if none is free, ELDU, UFFDIO_COPY), ERESUME; returning
+ * (handle_fault: reclaim a frame if none is free, ELDU, UFFDIO_CONTINUE), ERESUME; returning
  * retries the access, which now finds the page.  It runs only on an access to the app's EPC
  * view, which neither libc's allocator, the dynamic loader nor this driver ever touch, so the
  * interrupted thread holds none of their locks: what ELDU's libcrypto and the lazily made TLS
