@@ -250,3 +250,20 @@ def test_suvm_store_growth_is_an_ocall_whose_window_the_next_event_charges(clock
         assert ModeledCPU.events()["indirect"]["budget_cycles"] == 2000
     finally:
         inst.close()
+
+
+def test_a_faults_window_spans_only_the_apps_work_between_the_traps(clock):
+    # A trap's delivery (before the handler) and return (after it) are the fault's, counted in
+    # its real part: the window after one fault opens when its return is over, and the next
+    # fault closes a window where its own delivery began.
+    cpu = clock.cpu()
+    cpu.set_trap_cycles(3000, return_cycles=1000)     # delivery 2,000, return 1,000
+    fault(clock, 100)
+    lib.cpu_pollute()
+    clock.at(clock.t + 5000)                          # return, then 4,000 of the app's work
+    ocall(clock)
+    assert ModeledCPU.events()["indirect"]["budget_cycles"] == 2000
+    lib.cpu_pollute()
+    clock.at(clock.t + 6000)                          # 4,000 of work, then the delivery
+    fault(clock, 100)
+    assert ModeledCPU.events()["indirect"]["budget_cycles"] == 2000 + 2000

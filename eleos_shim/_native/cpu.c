@@ -139,13 +139,15 @@ uint64_t cpu_indirect_budget(uint64_t dt)
     return (uint64_t)(s * (double)(dt < w ? dt : w) + 0.5);
 }
 
-/* The thread's next event begins: charge the window the last exit opened. */
-static void settle_window(void)
+/* The thread's next event began `lead` cycles ago: charge the window the last exit opened,
+ * up to then. */
+static void settle_window(uint64_t lead)
 {
     if (!T.w_open) return;
     T.w_open = 0;
     uint64_t t0 = now_ticks();
-    uint64_t budget = cpu_indirect_budget(t0 > T.w_start ? t0 - T.w_start : 0);
+    uint64_t end = t0 > lead ? t0 - lead : 0;
+    uint64_t budget = cpu_indirect_budget(end > T.w_start ? end - T.w_start : 0);
     uint64_t real = T.w_real;
     uint64_t spun = top_up(budget > real ? budget - real : 0);
     record(EV_INDIRECT, budget, real, spun);
@@ -155,7 +157,7 @@ static inline void count(int t) { __atomic_add_fetch(&n_transitions[t], 1, __ATO
 
 static void ocall_begin(void)
 {
-    settle_window();
+    settle_window(0);
     uint64_t t0 = now_ticks();
     uint64_t budget = scaled(C.ocall), part = scaled(C.eexit);
     uint64_t spun = top_up(part < budget ? part : budget);     /* EEXIT, before the host call */
@@ -180,7 +182,11 @@ static void ocall_end(void)
 
 static void fault_begin(void)
 {
-    settle_window();
+    /* The fault began at the access, a trap's delivery before its handler's AEX: the app's
+     * work ended there (the delivery is the fault's, in trap_cycles). */
+    uint64_t trap = __atomic_load_n(&trap_cycles, __ATOMIC_RELAXED);
+    uint64_t back = __atomic_load_n(&trap_return_cycles, __ATOMIC_RELAXED);
+    settle_window(trap > back ? trap - back : 0);
     T.f_start = now_ticks();
     T.f_open = 1;
 }
