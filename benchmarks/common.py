@@ -8,10 +8,13 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
@@ -46,6 +49,27 @@ def machine_line(m: dict | None = None) -> str:
 
 def median(xs) -> float:
     return statistics.median(list(xs))
+
+
+def same_run_ratio(runs: list[dict], key: str, num: dict, den: dict) -> float | None:
+    """Median over runs of ``key`` of the row that matches ``num`` (field: value) over that of
+    the row that matches ``den`` in the same run (rows carry ``run``): ratios of configurations
+    measured side by side, so drift between runs cancels."""
+    rs = []
+    for r in {x["run"] for x in runs}:
+        a = [x for x in runs if x["run"] == r and all(x.get(k) == v for k, v in num.items())]
+        b = [x for x in runs if x["run"] == r and all(x.get(k) == v for k, v in den.items())]
+        if a and b and a[0][key] is not None and b[0][key]:
+            rs.append(a[0][key] / b[0][key])
+    return median(rs) if rs else None
+
+
+def fmt_ratio(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def fmt_count(v) -> str:
+    return f"{v:,.0f}" if isinstance(v, (int, float)) else "-"
 
 
 def table(headers: list[str], rows: list[list]) -> str:
@@ -128,6 +152,98 @@ def client_line(batch: bool) -> str:
         return ("client: SCHED_BATCH, so its wake-ups do not preempt the server (it stands in "
                 "for the paper's client on another host; --client-preempts to turn off)")
     return "client: an ordinary task (its wake-ups may preempt the server mid-round)"
+
+
+# -- server capacity -------------------------------------------------------------------------
+# The paper's load generators ran on other hosts and its servers were saturated, so what it
+# reports is the server's capacity: how many operations a second the server's own threads
+# can serve.  Here the client shares the server's core, so a closed loop measures 1 / (server
+# time + client time) per operation, which compresses every ratio between configurations.
+# The capacity takes the client out: operations served over the CPU time of the server's app
+# threads alone, read per thread from /proc before and after the load.  The shim's host-side
+# threads (RPC workers, the EPC driver's reclaimer and fault threads, an EPC domain's member
+# thread) name themselves ``eleos-*`` (pthread_setname_np in untrusted/_native/) and sat, in
+# the paper, on cores of their own: they are not the app's.
+
+HOST_THREAD_PREFIX = "eleos-"
+MEMCACHED_WORKER = "mc-worker"      # memcached (1.6) names the threads that serve requests
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class ThreadCPU:
+    """One thread's name (its comm) and CPU seconds so far."""
+    name: str
+    user_s: float
+    system_s: float
+
+    @property
+    def cpu_s(self) -> float:
+        return self.user_s + self.system_s
+
+
+def parse_task_stat(text: str) -> ThreadCPU:
+    """A /proc/<pid>/task/<tid>/stat line: the name sits in parentheses (and may hold spaces
+    and parentheses itself, so it ends at the last ``)``); utime and stime, fields 14 and 15,
+    are in clock ticks."""
+    name = text[text.index("(") + 1:text.rindex(")")]
+    fields = text[text.rindex(")") + 2:].split()
+    return ThreadCPU(name, int(fields[11]) / _TICK, int(fields[12]) / _TICK)
+
+
+def thread_cpu(pid: int) -> dict[int, ThreadCPU]:
+    """Every live thread of a process, by thread id (empty if the process is gone)."""
+    out = {}
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            out[int(stat.parent.name)] = parse_task_stat(stat.read_text())
+        except (OSError, ValueError):
+            pass    # a thread that ended meanwhile
+    return out
+
+
+def thread_cpu_delta(before: dict[int, ThreadCPU], after: dict[int, ThreadCPU]) -> dict[int, ThreadCPU]:
+    """Per thread alive at the second reading, the CPU it spent between the two: a thread
+    born in between counts from zero (as does a reused id whose count went down).  A thread
+    that ended in between is not counted (the servers' app threads live as long as they)."""
+    out = {}
+    for tid, a in after.items():
+        b = before.get(tid)
+        if b is None or b.cpu_s > a.cpu_s:
+            b = ThreadCPU(a.name, 0.0, 0.0)
+        out[tid] = ThreadCPU(a.name, a.user_s - b.user_s, a.system_s - b.system_s)
+    return out
+
+
+def is_app_thread(name: str) -> bool:
+    """A shim server's thread that is the app's (not one of the shim's named host threads)."""
+    return not name.startswith(HOST_THREAD_PREFIX)
+
+
+def selected_cpu_s(delta: dict[int, ThreadCPU], select: Callable[[str], bool] = is_app_thread) -> float:
+    """The CPU seconds of the threads whose name ``select`` accepts."""
+    return sum(t.cpu_s for t in delta.values() if select(t.name))
+
+
+def cpu_by_name(delta: dict[int, ThreadCPU]) -> dict[str, float]:
+    """CPU seconds per thread name (threads of one name summed), for the record."""
+    out: dict[str, float] = {}
+    for t in delta.values():
+        out[t.name] = round(out.get(t.name, 0.0) + t.cpu_s, 4)
+    return out
+
+
+def capacity(served: int, cpu_s: float) -> float | None:
+    """Operations per second of the selected threads' CPU: the throughput they would sustain
+    saturated, each on a core of its own (None if they spent no measurable CPU)."""
+    return served / cpu_s if cpu_s > 0 else None
+
+
+def children_cpu_s() -> float:
+    """CPU seconds of this process's children that have ended and been waited for (their
+    own waited-for children included): a load generator's, read around its run."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
 
 # -- figures ---------------------------------------------------------------------------------
