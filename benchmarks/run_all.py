@@ -22,7 +22,7 @@ sys.path.insert(0, str(HERE.parent))
 from benchmarks.common import RESULTS, machine, machine_line, plot_bars  # noqa: E402
 
 ORDER = ["calibrate", "ocall_cost", "syscall_paths", "suvm_micro", "paging", "kvstore",
-         "faceverify"]
+         "faceverify", "multi_enclave"]
 WHAT = {
     "calibrate": "the cost model's budgets against what this machine paid (`eleos-shim calibrate`)",
     "ocall_cost": "an app's routed null-ish call under direct and ocall, spin and account",
@@ -31,6 +31,7 @@ WHAT = {
     "paging": "the paper's paging microbenchmark: SUVM vs SGX paging per op and threads",
     "kvstore": "the paper's memcached experiment, throughput normalised to vanilla SGX",
     "faceverify": "the paper's face verification experiment, normalised to vanilla SGX",
+    "multi_enclave": "enclaves sharing one EPC: SGX shared paging, SUVM static split, ballooning",
 }
 
 
@@ -40,7 +41,8 @@ QUICK = {"ocall_cost": ["--calls", "2000", "--runs", "2"],
          "syscall_paths": ["--scale", "0.05", "--runs", "1"],
          "suvm_micro": ["--quick", "--runs", "1"], "paging": ["--quick"],
          "kvstore": ["--runs", "1", "--duration", "2"],
-         "faceverify": ["--runs", "1", "--duration", "2", "--warmup", "0.5"]}
+         "faceverify": ["--runs", "1", "--duration", "2", "--warmup", "0.5"],
+         "multi_enclave": ["--quick"]}
 
 
 def command(name: str, quick: bool = False) -> list[str]:

@@ -52,6 +52,13 @@ def test_report_md_holds_machine_figures_and_tables(tmp_path, monkeypatch):
     assert "![paging]" not in text                          # no figure: none drawn
 
 
+def test_make_bench_runs_every_benchmark_program():
+    # every program in benchmarks/ but the runner and the workers a benchmark starts itself
+    programs = {p.stem for p in run_all.HERE.glob("*.py") if "def main(" in p.read_text()
+                and p.stem != "run_all" and not p.stem.endswith("_worker")}
+    assert programs and programs <= set(run_all.ORDER)
+
+
 def test_run_all_refuses_an_unknown_benchmark(capsys):
     assert run_all.main(["nope"]) == 2
     assert "no such benchmark: nope" in capsys.readouterr().out
