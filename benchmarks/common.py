@@ -289,9 +289,12 @@ def plot_bars(path: str | Path, groups: dict[str, dict[str, float | None]], *, t
     for i, s in enumerate(series):
         xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
         vals = [row.get(s) for row in groups.values()]
+        # "eleos@2.01" (a configuration at a time scale) in eleos's colour, hatched
+        base, scaled = s.partition("@")[0], "@" in s
         bars = ax.bar([x for x, v in zip(xs, vals) if v is not None],
                       [v for v in vals if v is not None], width * 0.95, label=s,
-                      color=COLORS.get(s, colors(i % 10)))
+                      color=COLORS.get(s, COLORS.get(base, colors(i % 10))),
+                      hatch="//" if scaled else None, edgecolor="white" if scaled else None)
         ax.bar_label(bars, labels=[_bar_label(v) for v in vals if v is not None], fontsize=7,
                      padding=1)
     if targets:

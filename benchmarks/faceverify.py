@@ -14,6 +14,13 @@ The client shares the machine with the server (Eleos's ran on another host): on 
 100 Python client threads cost the server CPU, so the default is 16 threads, enough to keep
 the single-threaded server busy (``--threads 100`` for the paper's number).
 
+Two measures side by side, from the same runs: the closed-loop throughput (the client's
+threads on the server's core, so 1 / (server time + client time) per request) and the
+server's capacity, the paper's (its client ran on another host): requests served over the
+CPU time of the server's app thread alone, per thread from /proc, the shim's host threads
+(named ``eleos-*``) and the client left out (benchmarks/common.py).  The server is a
+single-threaded event loop; the client's CPU per request is in the table too.
+
 Time dilation: every mode also runs at the time scale the KV benchmark measured (our server's
 CPU per operation over memcached's, results/kvstore.json; ``--time-scale`` names another
 measurement's, ``1`` runs scale 1 only), labelled ``mode@S``; each is compared with sgx at the
@@ -232,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         plot_bars(path, {f"{name} ({mb:g} MB)": {s["mode"]: s[key] for s in summary
                                                 if s["db_mb"] == mb} for name, mb in sizes},
                   title=f"face verification, EPC {args.epc_mb:g} MB: {what} vs sgx",
-                  ylabel="vs sgx at the same scale (median of per-run ratios)", ref_line=1.0,
+                  ylabel="vs sgx at the same scale (median of runs)", ref_line=1.0,
                   targets={f"5x EPC ({sizes[1][1]:g} MB)": 2.3},
                   target_label=f"paper: eleos/sgx (for {eleos_target})",
                   target_series=eleos_target, note=machine_line(m))

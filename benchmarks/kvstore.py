@@ -29,6 +29,15 @@ memcached's, under the same load; the median over runs is the scale S (from data
 it runs).  Nothing else chooses it.  Then every enclave configuration runs at scale 1 (faithful
 for this Python app) and at S (a C-speed app), labelled ``sgx`` and ``sgx@S``.
 
+Two measures side by side, from the same runs.  The closed-loop throughput is what this box
+delivers with the client on the server's core: 1 / (server time + client time) per operation.
+The server's capacity is the paper's (its clients ran on other hosts, its server was saturated,
+its RPC workers had cores of their own): operations served over the CPU time of the server's
+app threads alone, read per thread from /proc before and after the load; the shim's host
+threads (named ``eleos-*``: the RPC workers, the EPC driver's) and the client are left out
+(benchmarks/common.py).  The window is the load alone: kvload's warm-up runs before it, and
+the server's own counters say how many operations it served in it.
+
 Each run starts every configuration once, in a rotated order so drift on a shared machine
 spreads evenly; each ratio is the median over runs of ratios measured within the same run.
 Exits and faults per operation come from the shim's stats over the server's life (warm-up
@@ -548,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
                                                    if s["db"] == db and s["config"] != "memcached"}
                          for db, mb in dbs.items()},
                   title=f"KV store (apps/kvstore.py), EPC {args.epc_mb:g} MB: {what} vs sgx",
-                  ylabel="vs sgx at the same scale (median of per-run ratios)", ref_line=1.0,
+                  ylabel="vs sgx at the same scale (median of runs)", ref_line=1.0,
                   targets={_db_label(db, mb, args): 2.0 if db == "fits" else 2.2
                            for db, mb in dbs.items()},
                   target_label=f"paper: eleos/sgx (for {eleos_target})",
