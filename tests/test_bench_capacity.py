@@ -86,7 +86,7 @@ def kv_row(run: int, config: str, ops: float, cap: float | None, db: str = "fits
     return {"run": run, "db": db, "config": config, "tool": "memcaslap", "ops_per_s": ops,
             "capacity_ops_per_s": cap, "exits_per_op": 0.0, "preemptions_per_op": 0.0,
             "epc_faults_per_op": 0.0, "suvm_faults_per_op": 0.0, "evictions": 0,
-            "cpu_us_per_op": 1.0, "app_cpu_us_per_op": 1.0, "client_cpu_us_per_op": 1.0,
+            "cpu_us_per_op": 1.0, "user_us_per_op": 0.5, "app_cpu_us_per_op": 1.0, "client_cpu_us_per_op": 1.0,
             "app_busy": 0.5, "modeled_exit_share": 0.0, "rpc_processed": 0, "rpc_fallbacks": 0}
 
 
