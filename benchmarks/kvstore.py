@@ -290,6 +290,7 @@ def one_run(config: str, db: str, db_mb: float, args) -> dict:
     if load["errors"]:
         raise RuntimeError(f"{config} {db}: {load['errors']} client errors\n{err[-2000:]}")
     served = max(1, served_ops(sstats) - served0)
+    life = max(1, served_ops(sstats))       # for the shim's counts, over the server's life
     server_user = cpu1[0] - cpu0[0]
     server_cpu = server_user + cpu1[1] - cpu0[1]
     threads = thread_cpu_delta(threads0, threads1)
@@ -310,10 +311,10 @@ def one_run(config: str, db: str, db_mb: float, args) -> dict:
         "client_cpu_us_per_op": (client1 - client0) / served * 1e6,
         "curr_items": sstats.get("curr_items"),
         "evictions": sstats.get("evictions"), "store_bytes": sstats.get("bytes"),
-        "exits_per_op": shim.get("exits", {}).get("total", 0) / served,
+        "exits_per_op": shim.get("exits", {}).get("total", 0) / life,
         "preemptions_per_op": preempted / max(1, load["ops"]),
-        "epc_faults_per_op": shim.get("epc", {}).get("faults", 0) / served,
-        "suvm_faults_per_op": shim.get("suvm", {}).get("faults", 0) / served,
+        "epc_faults_per_op": shim.get("epc", {}).get("faults", 0) / life,
+        "suvm_faults_per_op": shim.get("suvm", {}).get("faults", 0) / life,
         "rpc_processed": shim.get("rpc", {}).get("processed", 0),
         "rpc_fallbacks": shim.get("rpc", {}).get("fallbacks", 0),
         # The share of the server's life spent paying modeled events (ocall, epc_fault, indirect).
