@@ -5,6 +5,7 @@ ratios with medians of several runs, print the machine, and write JSON under res
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -12,7 +13,6 @@ import resource
 import statistics
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -166,16 +166,20 @@ def client_line(batch: bool) -> str:
 # the paper, on cores of their own: they are not the app's.
 
 HOST_THREAD_PREFIX = "eleos-"
+RPC_WORKER = "eleos-rpc"            # the RPC workers' name (untrusted/_native/rpc_workers.c)
 MEMCACHED_WORKER = "mc-worker"      # memcached (1.6) names the threads that serve requests
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class ThreadCPU:
-    """One thread's name (its comm) and CPU seconds so far."""
+    """One thread's name (its comm) and CPU seconds so far; ``waited_s``: how long it was
+    runnable but not running (on a run queue, from schedstat): a thread whose core others
+    took, as a shared machine's tenants take the RPC worker's."""
     name: str
     user_s: float
     system_s: float
+    waited_s: float = 0.0
 
     @property
     def cpu_s(self) -> float:
@@ -191,14 +195,25 @@ def parse_task_stat(text: str) -> ThreadCPU:
     return ThreadCPU(name, int(fields[11]) / _TICK, int(fields[12]) / _TICK)
 
 
+def parse_schedstat(text: str) -> float:
+    """Seconds a thread waited on a run queue, from /proc/<pid>/task/<tid>/schedstat (its
+    second field, in ns: on-CPU time, run-queue wait, time slices)."""
+    return int(text.split()[1]) / 1e9
+
+
 def thread_cpu(pid: int) -> dict[int, ThreadCPU]:
     """Every live thread of a process, by thread id (empty if the process is gone)."""
     out = {}
-    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+    for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
-            out[int(stat.parent.name)] = parse_task_stat(stat.read_text())
+            t = parse_task_stat((task / "stat").read_text())
         except (OSError, ValueError):
-            pass    # a thread that ended meanwhile
+            continue    # a thread that ended meanwhile
+        try:
+            t = dataclasses.replace(t, waited_s=parse_schedstat((task / "schedstat").read_text()))
+        except (OSError, ValueError, IndexError):
+            pass        # a kernel without schedstats: no wait, the CPU still counts
+        out[int(task.name)] = t
     return out
 
 
@@ -211,7 +226,8 @@ def thread_cpu_delta(before: dict[int, ThreadCPU], after: dict[int, ThreadCPU]) 
         b = before.get(tid)
         if b is None or b.cpu_s > a.cpu_s:
             b = ThreadCPU(a.name, 0.0, 0.0)
-        out[tid] = ThreadCPU(a.name, a.user_s - b.user_s, a.system_s - b.system_s)
+        out[tid] = ThreadCPU(a.name, a.user_s - b.user_s, a.system_s - b.system_s,
+                             max(0.0, a.waited_s - b.waited_s))
     return out
 
 
@@ -231,6 +247,22 @@ def cpu_by_name(delta: dict[int, ThreadCPU]) -> dict[str, float]:
     for t in delta.values():
         out[t.name] = round(out.get(t.name, 0.0) + t.cpu_s, 4)
     return out
+
+
+def waited_by_name(delta: dict[int, ThreadCPU]) -> dict[str, float]:
+    """Run-queue wait seconds per thread name (threads of one name summed)."""
+    out: dict[str, float] = {}
+    for t in delta.values():
+        out[t.name] = round(out.get(t.name, 0.0) + t.waited_s, 4)
+    return out
+
+
+def rpc_worker_waited(delta: dict[int, ThreadCPU], window_s: float) -> float | None:
+    """The share of a window the RPC workers (each, on average) spent runnable but not
+    running: their core was taken (None without workers).  The paper's had cores of their
+    own; a worker kept waiting makes enclave calls spin longer and fall back to OCALLs."""
+    w = [t.waited_s for t in delta.values() if t.name == RPC_WORKER]
+    return sum(w) / len(w) / window_s if w and window_s > 0 else None
 
 
 def capacity(served: int, cpu_s: float) -> float | None:

@@ -44,8 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import RESULTS, add_pin_argument, pin_line, pin_rpc_core, machine, machine_line, median, table, write_json  # noqa: E402
 from benchmarks.common import Progress, figure_path, plot_bars  # noqa: E402
 from benchmarks.common import (capacity, cpu_by_name, fmt_count, fmt_ratio,  # noqa: E402
-                               is_app_thread, same_run_ratio, selected_cpu_s, thread_cpu,
-                               thread_cpu_delta)
+                               is_app_thread, rpc_worker_waited, same_run_ratio,
+                               selected_cpu_s, thread_cpu, thread_cpu_delta, waited_by_name)
 from eleos_shim.harness import CONFIGS, AppProcess, app_command, app_env  # noqa: E402
 from apps.faceverify import load  # noqa: E402
 from apps.faceverify.server import identities_for_mb  # noqa: E402
@@ -73,10 +73,11 @@ def one_run(mode: str, db_mb: float, pool, identities: int, args) -> dict:
         # The window is the load's whole run (warm-up included): the server serves nothing
         # outside it (it builds its database before it listens), so every request it counts
         # is in it.  The client is this process's threads.
-        threads0, client0 = thread_cpu(srv.proc.pid), _self_cpu_s()
+        threads0, client0, t0 = thread_cpu(srv.proc.pid), _self_cpu_s(), time.monotonic()
         summary = load.run(srv.address, identities, args.threads, args.duration,
                            args.warmup, pool=pool)
         threads1, client1 = thread_cpu(srv.proc.pid), _self_cpu_s()
+        window_s = time.monotonic() - t0
         srv.stop()
         err, stats = srv.stderr(), srv.stats() or {}
     if summary["errors"]:
@@ -92,7 +93,8 @@ def one_run(mode: str, db_mb: float, pool, identities: int, args) -> dict:
         "app_cpu_us_per_request": app_cpu / served * 1e6,
         "server_cpu_us_per_request": sum(t.cpu_s for t in threads.values()) / served * 1e6,
         "client_cpu_us_per_request": (client1 - client0) / served * 1e6,
-        "thread_cpu_s": cpu_by_name(threads),
+        "thread_cpu_s": cpu_by_name(threads), "thread_waited_s": waited_by_name(threads),
+        "rpc_worker_waited": rpc_worker_waited(threads, window_s),
         "latency_us": summary["latency_us"],
         "accuracy": summary["accuracy"],
         # Per request over the whole server life: the shim writes its stats only at exit, so
@@ -187,7 +189,10 @@ def main(argv: list[str] | None = None) -> int:
                       f"{res['client_cpu_us_per_request']:.0f}  "
                       f"p50 {res['latency_us']['p50']:.0f} us  faults/req epc "
                       f"{res['epc_faults_per_request']:.2f} suvm {res['suvm_faults_per_request']:.2f}"
-                      f"  rpc fallbacks {res['rpc_fallbacks']}  load {load_before:.1f}",
+                      f"  rpc fallbacks {res['rpc_fallbacks']}"
+                      + ("" if res["rpc_worker_waited"] is None else
+                         f", worker waited {100 * res['rpc_worker_waited']:.0f}%")
+                      + f"  load {load_before:.1f}",
                       flush=True)
     bar.stop()
 
@@ -205,15 +210,18 @@ def main(argv: list[str] | None = None) -> int:
           "vs sgx = against sgx at the same scale, the median of per-run ratios")
     print()
     print(table(["database", "mode", "server us/req", "app us/req", "client us/req",
-                 "exits/req", "faults/req*", "TPR/FPR"],
+                 "exits/req", "faults/req*", "rpc fallback", "worker waited", "TPR/FPR"],
                 [[f"{s['db']} ({s['db_mb']:g} MB)", s["mode"], s["server_cpu_us_per_request"],
                   s["app_cpu_us_per_request"], s["client_cpu_us_per_request"],
-                  s["exits_per_request"], s["faults_per_request"],
-                  f"{s['tpr']:.3f}/{s['fpr']:.3f}"] for s in summary]))
+                  s["exits_per_request"], s["faults_per_request"], _pct(s["rpc_fallback_share"]),
+                  _pct(s["rpc_worker_waited"]), f"{s['tpr']:.3f}/{s['fpr']:.3f}"]
+                 for s in summary]))
     print("CPU per request served during the load (warm-up included): server = all its "
           "threads, app = its app threads (the capacity's), client = this process's client "
-          "threads; * per request served, counted over the server's life: includes building "
-          "the database")
+          "threads; rpc fallback = share of RPC calls that left through an OCALL; worker waited = "
+          "share of the load's run the RPC worker was runnable but not running (its core "
+          "taken by another task); * per request served, counted over the server's life: "
+          "includes building the database")
     print(CAPACITY_NOTE)
     print(machine_line(m))
     headline = {"time_scale": scale, "paper_measure": "capacity", "target": 2.3}
@@ -277,11 +285,24 @@ def summarise(runs: list[dict], name: str, mb: float, mode: str) -> dict:
         "app_cpu_us_per_request": median(x["app_cpu_us_per_request"] for x in mine),
         "client_cpu_us_per_request": median(x["client_cpu_us_per_request"] for x in mine),
         "exits_per_request": median(x["exits_per_request"] for x in mine),
+        "rpc_fallback_share": _median_or_none(
+            x["rpc_fallbacks"] / (x["rpc_fallbacks"] + x["rpc_processed"])
+            if x["rpc_fallbacks"] + x["rpc_processed"] else None for x in mine),
+        "rpc_worker_waited": _median_or_none(x["rpc_worker_waited"] for x in mine),
         "faults_per_request": median(x["epc_faults_per_request"] + x["suvm_faults_per_request"]
                                      for x in mine),
         "tpr": median(x["accuracy"]["tpr"] for x in mine),
         "fpr": median(x["accuracy"]["fpr"] for x in mine),
     }
+
+
+def _median_or_none(xs) -> float | None:
+    xs = list(xs)
+    return None if not xs or None in xs else median(xs)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.0f}%"
 
 
 _x, _n = fmt_ratio, fmt_count

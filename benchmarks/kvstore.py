@@ -68,8 +68,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import add_client_argument, add_pin_argument, client_line, client_preexec, pin_line, pin_rpc_core, ROOT, machine, machine_line, median, table, write_json  # noqa: E402
 from benchmarks.common import Progress, figure_path, plot_bars  # noqa: E402
 from benchmarks.common import (MEMCACHED_WORKER, capacity, children_cpu_s, cpu_by_name,  # noqa: E402
-                               fmt_count, fmt_ratio, is_app_thread, same_run_ratio,
-                               selected_cpu_s, thread_cpu, thread_cpu_delta)
+                               fmt_count, fmt_ratio, is_app_thread, rpc_worker_waited,
+                               same_run_ratio, selected_cpu_s, thread_cpu, thread_cpu_delta,
+                               waited_by_name)
 from eleos_shim.harness import CONFIGS, AppProcess, app_command, app_env  # noqa: E402
 
 SERVER = "apps/kvstore.py"
@@ -306,7 +307,8 @@ def one_run(config: str, db: str, db_mb: float, args) -> dict:
         "app_cpu_s": app_cpu, "app_cpu_us_per_op": app_cpu / served * 1e6,
         "capacity_ops_per_s": capacity(served, app_cpu),
         "app_busy": app_cpu / window_s if window_s > 0 else None,
-        "thread_cpu_s": cpu_by_name(threads),
+        "thread_cpu_s": cpu_by_name(threads), "thread_waited_s": waited_by_name(threads),
+        "rpc_worker_waited": rpc_worker_waited(threads, window_s),
         "request_thread_us_per_op": _request_thread_cpu(config, threads) / served * 1e6,
         "client_cpu_us_per_op": (client1 - client0) / served * 1e6,
         "curr_items": sstats.get("curr_items"),
@@ -436,7 +438,10 @@ def main(argv: list[str] | None = None) -> int:
                           f"{res['app_cpu_us_per_op']:.1f}, client {res['client_cpu_us_per_op']:.1f})  "
                           f"exits/op {res['exits_per_op']:.2f}  "
                           f"faults/op epc {res['epc_faults_per_op']:.2f} "
-                          f"suvm {res['suvm_faults_per_op']:.2f}", flush=True)
+                          f"suvm {res['suvm_faults_per_op']:.2f}"
+                          + ("" if res["rpc_worker_waited"] is None else
+                             f"  rpc worker waited {100 * res['rpc_worker_waited']:.0f}%, "
+                             f"fallbacks {100 * (_fallback_share(res) or 0):.0f}%"), flush=True)
         bar.stop()
 
     # Phase 1: the time scale, from our native server and memcached under the same load.
@@ -478,13 +483,16 @@ def main(argv: list[str] | None = None) -> int:
           "median of per-run ratios")
     print()
     print(table(["database", "config", "cpu us/op", "app us/op", "client us/op", "app busy",
-                 "exits/op*", "preempted/op", "faults/op*", "modeled*", "rpc fallback*"],
+                 "exits/op*", "preempted/op", "faults/op*", "modeled*", "rpc fallback*",
+                 "worker waited"],
                 [[_db_short(s["db"], s["db_mb"]), s["config"], s["cpu_us_per_op"],
                   s["app_cpu_us_per_op"], s["client_cpu_us_per_op"],
                   f"{100 * s['app_busy']:.0f}%", s["exits_per_op"], s["preemptions_per_op"],
                   s["faults_per_op"], f"{100 * s['modeled_exit_share']:.1f}%",
                   "-" if s["rpc_fallback_share"] is None
-                  else f"{100 * s['rpc_fallback_share']:.0f}%"] for s in summary]))
+                  else f"{100 * s['rpc_fallback_share']:.0f}%",
+                  "-" if s["rpc_worker_waited"] is None
+                  else f"{100 * s['rpc_worker_waited']:.0f}%"] for s in summary]))
     print("per operation served in the measured window: cpu = all of the server's CPU (its "
           "host threads included), app = its app threads' (the capacity's), client = the load "
           "generator's; app busy = the app threads' CPU over the wall time of the load "
@@ -493,7 +501,9 @@ def main(argv: list[str] | None = None) -> int:
           "server's wall time spent paying modeled events (ocall, epc_fault, indirect); rpc "
           "fallback = share of RPC calls that no worker took in time and that left through an "
           "OCALL; preempted/op = involuntary context switches of the server's busiest thread "
-          "per operation of the load")
+          "per operation of the load; worker waited = share of the window the RPC worker was "
+          "runnable but not running (its core taken by another task: on a shared machine, "
+          "what makes enclave calls fall back)")
     headline = {"time_scale": scale, "time_scale_per_db": scales,
                 "user_time_scale_per_db": user_scales, "request_thread_time_scale_per_db": app_scales,
                 "paper_measure": "capacity"}
@@ -626,6 +636,9 @@ def summarise(runs: list[dict], db: str, mb: float, config: str) -> dict:
             "client_cpu_us_per_op": median(x["client_cpu_us_per_op"] for x in mine),
             "app_busy": median(x["app_busy"] or 0.0 for x in mine),
             "modeled_exit_share": median(x["modeled_exit_share"] for x in mine),
+            "rpc_worker_waited": (median(x["rpc_worker_waited"] for x in mine)
+                                  if all(x["rpc_worker_waited"] is not None for x in mine)
+                                  else None),
             "rpc_fallback_share": (median(f for f in map(_fallback_share, mine))
                                    if all(_fallback_share(x) is not None for x in mine)
                                    else None)}

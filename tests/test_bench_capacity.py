@@ -54,6 +54,19 @@ def test_delta_counts_a_thread_born_in_between_from_zero_and_drops_one_that_ende
                      4: ThreadCPU("python", 0.25, 0.0), 5: ThreadCPU("python", 0.5, 0.0)}
 
 
+def test_schedstat_gives_the_run_queue_wait_and_the_delta_keeps_it():
+    assert common.parse_schedstat("123456789 2500000000 77\n") == 2.5
+    before = {1: ThreadCPU("eleos-rpc", 1.0, 0.0, 4.0), 2: ThreadCPU("eleos-rpc", 1.0, 0.0, 1.0)}
+    after = {1: ThreadCPU("eleos-rpc", 2.0, 0.0, 6.0), 2: ThreadCPU("eleos-rpc", 3.0, 0.0, 1.0),
+             3: ThreadCPU("python", 1.0, 0.0, 0.5)}
+    delta = common.thread_cpu_delta(before, after)
+    assert [delta[t].waited_s for t in (1, 2, 3)] == [2.0, 0.0, 0.5]
+    assert common.waited_by_name(delta) == {"eleos-rpc": 2.0, "python": 0.5}
+    # each worker, on average, waited 1 s of a 4 s window; no workers: nothing to say
+    assert common.rpc_worker_waited(delta, 4.0) == 0.25
+    assert common.rpc_worker_waited({3: delta[3]}, 4.0) is None
+
+
 def test_app_threads_are_every_thread_but_the_shims_host_threads():
     delta = {1: ThreadCPU("python", 2.0, 0.5), 2: ThreadCPU("eleos-rpc", 3.0, 0.0),
              3: ThreadCPU("eleos-rpc", 1.0, 0.0), 4: ThreadCPU("eleos-epc-swapd", 0.5, 0.25),
@@ -87,7 +100,8 @@ def kv_row(run: int, config: str, ops: float, cap: float | None, db: str = "fits
             "capacity_ops_per_s": cap, "exits_per_op": 0.0, "preemptions_per_op": 0.0,
             "epc_faults_per_op": 0.0, "suvm_faults_per_op": 0.0, "evictions": 0,
             "cpu_us_per_op": 1.0, "user_us_per_op": 0.5, "app_cpu_us_per_op": 1.0, "client_cpu_us_per_op": 1.0,
-            "app_busy": 0.5, "modeled_exit_share": 0.0, "rpc_processed": 0, "rpc_fallbacks": 0}
+            "app_busy": 0.5, "modeled_exit_share": 0.0, "rpc_processed": 0, "rpc_fallbacks": 0,
+            "rpc_worker_waited": None}
 
 
 def test_kv_capacity_ratio_is_against_sgx_at_the_same_scale_within_each_run():
@@ -121,6 +135,7 @@ def face_row(run: int, mode: str, verif: float, cap: float, mb: float = 80) -> d
             "server_cpu_us_per_request": 3.0, "app_cpu_us_per_request": 2.0,
             "client_cpu_us_per_request": 1.0, "exits_per_request": 0.0,
             "epc_faults_per_request": 0.0, "suvm_faults_per_request": 0.0,
+            "rpc_fallbacks": 1, "rpc_processed": 3, "rpc_worker_waited": 0.25,
             "accuracy": {"tpr": 1.0, "fpr": 0.0}}
 
 
@@ -134,4 +149,5 @@ def test_face_capacity_ratio_is_against_sgx_at_the_same_scale_within_each_run():
     assert s["capacity_over_sgx"] == pytest.approx(2.5)      # median of 2.4 and 2.6
     assert s["speedup_over_sgx"] == pytest.approx(1.55)      # median of 1.5 and 1.6
     assert s["capacity_per_s"] == 380 and s["capacity_range"] == "240-520"
+    assert s["rpc_fallback_share"] == 0.25 and s["rpc_worker_waited"] == 0.25
 
