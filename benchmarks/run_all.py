@@ -99,9 +99,10 @@ def write_report(done: list[dict], quick: bool = False) -> Path:
                      f"{d['rc']} | {d['seconds'] / 60:.1f} |")
     for d in done:
         lines += ["", f"## {d['name']}", "", WHAT.get(d["name"], ""), ""]
-        png = RESULTS / f"{d['name']}.png"
-        if png.exists():
-            lines += [f"![{d['name']}]({png.name})", ""]
+        # the figure, and the app benchmarks' second one (closed-loop throughput)
+        for png in (RESULTS / f"{d['name']}.png", RESULTS / f"{d['name']}-closed-loop.png"):
+            if png.exists():
+                lines += [f"![{png.stem}]({png.name})", ""]
         if (RESULTS / f"{d['name']}.json").exists():
             lines += [f"Data: [{d['name']}.json]({d['name']}.json)", ""]
         lines += ["```", d["output"].rstrip(), "```"]
