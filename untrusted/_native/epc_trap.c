@@ -298,9 +298,14 @@ int trap_start(int nthreads)
         if (install_handler(SIGSEGV, segv_handler, &D.old_segv) != 0) return -errno;
         D.segv_installed = 1;
     }
-    D.nthreads = nthreads;
-    for (int k = 0; k < nthreads; k++)
-        pthread_create(&D.threads[k], NULL, D.trap == TRAP_USERFAULTFD ? uffd_thread : segv_thread, NULL);
+    D.nthreads = 0;
+    for (int k = 0; k < nthreads; k++) {
+        if (pthread_create(&D.threads[k], NULL, D.trap == TRAP_USERFAULTFD ? uffd_thread : segv_thread,
+                           NULL) != 0)
+            break;
+        pthread_setname_np(D.threads[k], "eleos-epc-fault");   /* host threads: named for benchmarks */
+        D.nthreads = k + 1;
+    }
     return 0;
 }
 
