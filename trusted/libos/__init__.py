@@ -93,7 +93,7 @@ class LibOS:
         fs, sm = self.fs, self.sockets
         # First: importing subprocess imports selectors, which must happen before the
         # selectors check below (else its classes would keep the real select functions).
-        refused = proc.patches(self.kernel)
+        refused = proc.patches(self.kernel, fs)
         opener = io_open(fs)
         out = [(builtins, "open", opener), (io, "open", opener), (io, "FileIO", fs.FileIO)]
         out += [(os, name, getattr(fs, meth)) for name, meth in _OS_FUNCS if hasattr(os, name)]
