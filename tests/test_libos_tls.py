@@ -18,16 +18,13 @@ import threading
 import pytest
 
 from tests.libos_helpers import installed
-from tests.test_libos_conformance import _self_signed
+from tests.test_libos_conformance import _self_signed, tls_contexts
 from tests.test_libos_fidelity import transport  # noqa: F401
 
 
 def after_reset(cert: str, op, *, ragged: bool = True):
     """``op(client)`` once the server has reset the established TLS connection."""
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(cert)
-    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    client_ctx.load_verify_locations(cert)
+    server_ctx, client_ctx = tls_contexts(cert)
     with socket.create_server(("127.0.0.1", 0)) as listener:
         port = listener.getsockname()[1]
 
