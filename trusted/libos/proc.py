@@ -43,13 +43,16 @@ def _refuse(what: str):
     return refused
 
 
+def _fsencode_one(item) -> bytes:
+    """As PyUnicode_FSConverter: str, bytes or PathLike; no NUL."""
+    raw = _os.fsencode(item)
+    if b"\0" in raw:
+        raise ValueError("embedded null byte")
+    return raw
+
+
 def _fsencode_all(items, what: str) -> list[bytes]:
-    out = []
-    for item in items:
-        raw = _os.fsencode(item)
-        if b"\0" in raw:
-            raise ValueError("embedded null byte")
-        out.append(raw)
+    out = [_fsencode_one(item) for item in items]
     if not out and what == "args":
         raise ValueError("args must not be empty")
     return out
@@ -60,14 +63,6 @@ _NSIG = 65                         # Linux: signals 1..64
 # What glibc's posix_spawnattr_setschedpolicy accepts.
 _SCHED_POLICIES = tuple(getattr(_os, n) for n in ("SCHED_OTHER", "SCHED_FIFO", "SCHED_RR")
                         if hasattr(_os, n))
-
-
-def _fsencode_one(item) -> bytes:
-    """As PyUnicode_FSConverter: str, bytes or PathLike; no NUL."""
-    raw = _os.fsencode(item)
-    if b"\0" in raw:
-        raise ValueError("embedded null byte")
-    return raw
 
 
 def _env_list(env) -> list[bytes]:
@@ -117,7 +112,6 @@ class SpawnAttrs:
         self.sigmask = None
         self.sigdef: list[int] = []
         self.sched = None                 # (policy or None, priority)
-        self.dup2_from: list[int] = []    # the dup2 actions (whose fds may block, see spawn)
 
 
 def _bad_fd(fd: int) -> bool:
@@ -126,7 +120,7 @@ def _bad_fd(fd: int) -> bool:
     return fd < 0 or fd >= resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
-def spawn_attrs(file_actions, setpgroup, resetids, setsid, setsigmask, setsigdef,
+def spawn_attrs(file_actions, setpgroup, resetids, setsigmask, setsigdef,
                 scheduler) -> SpawnAttrs:
     """CPython's parse_file_actions and parse_posix_spawn_flags: the same checks, errors and
     order."""
@@ -163,7 +157,6 @@ def spawn_attrs(file_actions, setpgroup, resetids, setsid, setsigmask, setsigdef
                 if _bad_fd(fd) or _bad_fd(new):
                     raise OSError(_errno.EBADF, _os.strerror(_errno.EBADF))
                 a.actions.append((abi.SPAWN_DUP2, fd, new, 0))
-                a.dup2_from.append(len(a.actions) - 1)
             else:
                 raise TypeError("Unknown file_actions identifier")
     if setpgroup is not _UNSET:
@@ -240,8 +233,8 @@ class Spawner:
                       sched_policy=policy or 0, sched_priority=priority,
                       nactions=len(attrs.actions))
         ints = [fields[name] for name in abi.SPAWN_FIELDS] + (groups or []) + keep
-        for i, action in enumerate(attrs.actions):
-            if i in attrs.dup2_from and self.kernel.app_blocking.get(action[1]):
+        for action in attrs.actions:
+            if action[0] == abi.SPAWN_DUP2 and self.kernel.app_blocking.get(action[1]):
                 # The host keeps the enclave's pipes and sockets O_NONBLOCK; the child's copy
                 # blocks, as the app's view of the fd does (fork_exec's stdio likewise).
                 action = action[:3] + (1,)
@@ -327,8 +320,7 @@ class Spawner:
         if not args[0]:
             raise ValueError(f"{func}: argv first element cannot be empty")
         env_list = _env_list(env)
-        attrs = spawn_attrs(file_actions, setpgroup, resetids, setsid, setsigmask, setsigdef,
-                            scheduler)
+        attrs = spawn_attrs(file_actions, setpgroup, resetids, setsigmask, setsigdef, scheduler)
         sys.audit("os.posix_spawn", path, argv, env)
         if func == "posix_spawnp" and b"/" not in raw:
             executables = [_os.path.join(_os.fsencode(d), raw) for d in _os.get_exec_path()]
