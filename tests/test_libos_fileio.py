@@ -161,3 +161,20 @@ def test_a_nonblocking_buffered_write_reports_eagain_whatever_thread_ran_it():
             except BlockingIOError:
                 pass
             os.set_blocking(w, True)
+
+
+def test_the_buffered_layers_closed_check_runs_no_python_code(libos, tmp_path):
+    # BufferedWriter reads raw.closed before each flush and takes an exception from it for
+    # "closed": a signal handler that raised inside a Python-level ``closed`` (as test_io's
+    # reentrant-write tests' handler does) turned into "flush of closed file".
+    calls = []
+    with open(tmp_path / "f", "wb") as f:
+        f.write(b"x")
+        sys.setprofile(lambda frame, event, arg: calls.append(frame.f_code.co_name)
+                       if event == "call" else None)
+        try:
+            f.closed  # noqa: B018
+            f.raw.closed  # noqa: B018
+        finally:
+            sys.setprofile(None)
+    assert "closed" not in calls

@@ -167,6 +167,7 @@ class FileIO(_io.RawIOBase, metaclass=_FileIOType):
     _k: Kernel = None             # set in each enclave's class (FileSystem.FileIO)
     # What a FileIO that was never opened (or failed to open) reports: closed.
     _fd = -1
+    _closed = True                # kept with _fd: what ``closed`` reads (see there)
     _closefd = True
     _readable = _writable = False
     _mode = "rb"
@@ -177,7 +178,7 @@ class FileIO(_io.RawIOBase, metaclass=_FileIOType):
     def __init__(self, file, mode="r", closefd=True, opener=None):
         k = self._k
         if self._fd >= 0:             # __init__ again: as CPython, let go of the old file
-            fd, self._fd = self._fd, -1
+            fd, self._fd, self._closed = self._fd, -1, True
             if self._closefd:
                 k.close(fd)
         if not isinstance(mode, str):
@@ -261,7 +262,7 @@ class FileIO(_io.RawIOBase, metaclass=_FileIOType):
                 st_mode = st.st_mode
                 if st.st_blksize > 1:
                     blksize = st.st_blksize
-            self._fd, self._mode, self._closefd = fd, mstr, bool(closefd)
+            self._fd, self._closed, self._mode, self._closefd = fd, False, mstr, bool(closefd)
             self._readable, self._writable = readable, writable
             self._st_mode, self._blksize, self._seekable = st_mode, blksize, None
             if closefd and isinstance(file, int):
@@ -273,15 +274,17 @@ class FileIO(_io.RawIOBase, metaclass=_FileIOType):
                 if r.ret < 0 and r.ret != -_errno.ESPIPE:
                     raise oserror(-r.ret)
         except BaseException:
-            self._fd = -1
+            self._fd, self._closed = -1, True
             if own:    # as CPython: close only an fd this call opened, never the caller's
                 k.close(fd)
             raise
 
     # -- state ------------------------------------------------------------------------------
-    @property
-    def closed(self) -> bool:
-        return self._fd < 0
+    # A C getter, no Python frame: the Buffered* layers above read ``closed`` before each
+    # operation and take an exception from it for "closed" ("flush of closed file"); a Python
+    # function would let a signal handler run, and raise, inside it (C FileIO's cannot).
+    closed = property(operator.attrgetter("_closed"),
+                      doc="True if the file is closed")
 
     @property
     def closefd(self) -> bool:
@@ -434,7 +437,7 @@ class FileIO(_io.RawIOBase, metaclass=_FileIOType):
                 self._dealloc_warn(self)
             super().close()
         finally:
-            fd, self._fd = self._fd, -1
+            fd, self._fd, self._closed = self._fd, -1, True
             if self._closefd:
                 self._k.close(fd)
 

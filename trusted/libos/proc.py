@@ -36,8 +36,8 @@ def _refuse(what: str):
         raise EnclaveForkError(
             _errno.ENOSYS,
             f"{what} is not possible inside the enclave: an SGX enclave cannot fork (its "
-            f"memory is bound to this enclave instance); subprocess and os.system start "
-            f"host programs instead")
+            f"memory is bound to this enclave instance); subprocess, os.system and "
+            f"os.posix_spawn start host programs instead")
     refused.__name__ = what.rsplit(".", 1)[-1].rstrip("()")
     refused.__qualname__ = refused.__name__
     return refused
