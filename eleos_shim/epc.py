@@ -120,7 +120,8 @@ class EPCMap(mmap.mmap):
         contents up to the smaller size kept, zeros beyond the old end, the position
         unchanged (a position past the new end reads nothing).  A new region replaces the old
         one (realloc: allocate, copy, free), so the map may move; its EPC frames follow what
-        is resident.  Growing works (the kernel's own shared anonymous maps cannot grow)."""
+        is resident.  Growing works (the kernel's own shared anonymous maps cannot grow).
+        Not atomic for other threads: one that touches the map meanwhile may fault."""
         size = len(self)                      # ValueError once closed (CHECK_VALID)
         newsize = _ssize_arg(newsize)         # TypeError / OverflowError, as the "n" format
         super().resize(size)                  # exports, access: a same-size mremap is a no-op
