@@ -27,10 +27,8 @@ from __future__ import annotations
 import ctypes
 import errno
 import mmap
-import operator
 import os
 import signal
-import sys
 import threading
 import time
 import weakref
@@ -38,6 +36,7 @@ import weakref
 from eleos_shim._native._epcm import ffi as _epcm_ffi, lib as _epcm
 from eleos_shim.config import Config
 from eleos_shim.errors import IntegrityError
+from trusted.cargs import ssize
 
 PAGE = 4096
 # Fault-handling driver threads: enough for faults on different pages to be served at once,
@@ -123,7 +122,7 @@ class EPCMap(mmap.mmap):
         is resident.  Growing works (the kernel's own shared anonymous maps cannot grow).
         Not atomic for other threads: one that touches the map meanwhile may fault."""
         size = len(self)                      # ValueError once closed (CHECK_VALID)
-        newsize = _ssize_arg(newsize)         # TypeError / OverflowError, as the "n" format
+        newsize = ssize(newsize)              # TypeError / OverflowError, as the "n" format
         super().resize(size)                  # exports, access: a same-size mremap is a no-op
         if newsize < 0:
             raise ValueError("new size out of range")
@@ -167,14 +166,6 @@ def _address_of(m: mmap.mmap) -> int:
         return int(ffi.cast("uintptr_t", buf))
     finally:
         ffi.release(buf)
-
-
-def _ssize_arg(value) -> int:
-    """A Py_ssize_t argument as CPython's "n" format parses it."""
-    n = operator.index(value)
-    if not -sys.maxsize - 1 <= n <= sys.maxsize:
-        raise OverflowError("Python int too large to convert to C ssize_t")
-    return n
 
 
 def _driver_ffi():

@@ -97,3 +97,22 @@ def test_leaving_a_with_block_frees_the_region(epc):
             m[0] = 1
         assert m.closed
         assert epc.stats()["regions"] == 0 and epc.stats()["resident_bytes"] == 0
+
+
+def test_suvm_map_resize_errors_are_cpythons():
+    from eleos_shim import suvm
+    cfg = Config.from_env({}, mode="eleos", cost="account").replace(suvm_cache_mb=1,
+                                                                    suvm_store_mb=4)
+    inst = suvm.create(cfg)
+    try:
+        real, ours = mmap.mmap(-1, 2 * PAGE), suvm.SecureMemory(2 * PAGE, suvm=inst)
+        ours[:3] = b"abc"
+        for arg in (-1, 0, 1.5, "4096", 1 << 70):
+            assert outcome(lambda: ours.resize(arg)) == outcome(lambda: real.resize(arg)), arg
+        ours.resize(PAGE)
+        assert len(ours) == PAGE and ours[:3] == b"abc"
+        real.close()
+        ours.close()
+        assert outcome(lambda: ours.resize(PAGE)) == outcome(lambda: real.resize(PAGE))
+    finally:
+        inst.close()

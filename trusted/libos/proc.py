@@ -25,6 +25,7 @@ import sys
 
 from eleos_shim import abi
 from eleos_shim.errors import IagoError
+from trusted.cargs import as_int, c_int
 
 
 class EnclaveForkError(OSError):
@@ -73,14 +74,6 @@ def _env_list(env) -> list[bytes]:
             raise ValueError("illegal environment variable name")
         out.append(key + b"=" + value)
     return out
-
-
-def _c_int(value) -> int:
-    n = operator.index(value)
-    if not -(1 << 31) <= n < 1 << 31:
-        raise OverflowError("signed integer is greater than maximum" if n > 0 else
-                            "signed integer is less than minimum")
-    return n
 
 
 def _sigset(signals) -> list[int]:
@@ -137,8 +130,8 @@ def spawn_attrs(file_actions, setpgroup, resetids, setsigmask, setsigdef,
             if tag == _os.POSIX_SPAWN_OPEN:
                 if len(action) != 5:
                     raise TypeError("A open file_action tuple must have 5 elements")
-                fd, path = _c_int(action[1]), _fsencode_one(action[2])
-                flags, mode = _c_int(action[3]), operator.index(action[4]) & 0xFFFFFFFF
+                fd, path = c_int(action[1]), _fsencode_one(action[2])
+                flags, mode = c_int(action[3]), operator.index(action[4]) & 0xFFFFFFFF
                 if _bad_fd(fd):
                     raise OSError(_errno.EBADF, _os.strerror(_errno.EBADF))
                 a.actions.append((abi.SPAWN_OPEN, fd, flags, mode))
@@ -146,21 +139,21 @@ def spawn_attrs(file_actions, setpgroup, resetids, setsigmask, setsigdef,
             elif tag == _os.POSIX_SPAWN_CLOSE:
                 if len(action) != 2:
                     raise TypeError("A close file_action tuple must have 2 elements")
-                fd = _c_int(action[1])
+                fd = c_int(action[1])
                 if _bad_fd(fd):
                     raise OSError(_errno.EBADF, _os.strerror(_errno.EBADF))
                 a.actions.append((abi.SPAWN_CLOSE, fd, 0, 0))
             elif tag == _os.POSIX_SPAWN_DUP2:
                 if len(action) != 3:
                     raise TypeError("A dup2 file_action tuple must have 3 elements")
-                fd, new = _c_int(action[1]), _c_int(action[2])
+                fd, new = c_int(action[1]), c_int(action[2])
                 if _bad_fd(fd) or _bad_fd(new):
                     raise OSError(_errno.EBADF, _os.strerror(_errno.EBADF))
                 a.actions.append((abi.SPAWN_DUP2, fd, new, 0))
             else:
                 raise TypeError("Unknown file_actions identifier")
     if setpgroup is not _UNSET:
-        a.pgroup = _c_int(setpgroup)
+        a.pgroup = as_int(setpgroup)
     a.resetids = resetids
     if setsigmask is not _UNSET:
         a.sigmask = _sigset(setsigmask)
@@ -174,9 +167,9 @@ def spawn_attrs(file_actions, setpgroup, resetids, setsigmask, setsigdef,
         policy, param = scheduler
         if not isinstance(param, _os.sched_param):
             raise TypeError("must have a sched_param object")
-        priority = _c_int(param.sched_priority)
+        priority = as_int(param.sched_priority)
         if policy is not None:
-            policy = _c_int(policy)
+            policy = as_int(policy)
             if policy not in _SCHED_POLICIES:
                 raise OSError(_errno.EINVAL, _os.strerror(_errno.EINVAL))
         a.sched = (policy, priority)
