@@ -5,13 +5,16 @@ ratios with medians of several runs, print the machine, and write JSON under res
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
@@ -46,6 +49,27 @@ def machine_line(m: dict | None = None) -> str:
 
 def median(xs) -> float:
     return statistics.median(list(xs))
+
+
+def same_run_ratio(runs: list[dict], key: str, num: dict, den: dict) -> float | None:
+    """Median over runs of ``key`` of the row that matches ``num`` (field: value) over that of
+    the row that matches ``den`` in the same run (rows carry ``run``): ratios of configurations
+    measured side by side, so drift between runs cancels."""
+    rs = []
+    for r in {x["run"] for x in runs}:
+        a = [x for x in runs if x["run"] == r and all(x.get(k) == v for k, v in num.items())]
+        b = [x for x in runs if x["run"] == r and all(x.get(k) == v for k, v in den.items())]
+        if a and b and a[0][key] is not None and b[0][key]:
+            rs.append(a[0][key] / b[0][key])
+    return median(rs) if rs else None
+
+
+def fmt_ratio(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}x"
+
+
+def fmt_count(v) -> str:
+    return f"{v:,.0f}" if isinstance(v, (int, float)) else "-"
 
 
 def table(headers: list[str], rows: list[list]) -> str:
@@ -130,6 +154,130 @@ def client_line(batch: bool) -> str:
     return "client: an ordinary task (its wake-ups may preempt the server mid-round)"
 
 
+# -- server capacity -------------------------------------------------------------------------
+# The paper's load generators ran on other hosts and its servers were saturated, so what it
+# reports is the server's capacity: how many operations a second the server's own threads
+# can serve.  Here the client shares the server's core, so a closed loop measures 1 / (server
+# time + client time) per operation, which compresses every ratio between configurations.
+# The capacity takes the client out: operations served over the CPU time of the server's app
+# threads alone, read per thread from /proc before and after the load.  The shim's host-side
+# threads (RPC workers, the EPC driver's reclaimer and fault threads, an EPC domain's member
+# thread) name themselves ``eleos-*`` (pthread_setname_np in untrusted/_native/) and sat, in
+# the paper, on cores of their own: they are not the app's.
+
+HOST_THREAD_PREFIX = "eleos-"
+RPC_WORKER = "eleos-rpc"            # the RPC workers' name (untrusted/_native/rpc_workers.c)
+MEMCACHED_WORKER = "mc-worker"      # memcached (1.6) names the threads that serve requests
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclasses.dataclass(frozen=True)
+class ThreadCPU:
+    """One thread's name (its comm) and CPU seconds so far; ``waited_s``: how long it was
+    runnable but not running (on a run queue, from schedstat): a thread whose core others
+    took, as a shared machine's tenants take the RPC worker's."""
+    name: str
+    user_s: float
+    system_s: float
+    waited_s: float = 0.0
+
+    @property
+    def cpu_s(self) -> float:
+        return self.user_s + self.system_s
+
+
+def parse_task_stat(text: str) -> ThreadCPU:
+    """A /proc/<pid>/task/<tid>/stat line: the name sits in parentheses (and may hold spaces
+    and parentheses itself, so it ends at the last ``)``); utime and stime, fields 14 and 15,
+    are in clock ticks."""
+    name = text[text.index("(") + 1:text.rindex(")")]
+    fields = text[text.rindex(")") + 2:].split()
+    return ThreadCPU(name, int(fields[11]) / _TICK, int(fields[12]) / _TICK)
+
+
+def parse_schedstat(text: str) -> float:
+    """Seconds a thread waited on a run queue, from /proc/<pid>/task/<tid>/schedstat (its
+    second field, in ns: on-CPU time, run-queue wait, time slices)."""
+    return int(text.split()[1]) / 1e9
+
+
+def thread_cpu(pid: int) -> dict[int, ThreadCPU]:
+    """Every live thread of a process, by thread id (empty if the process is gone)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            t = parse_task_stat((task / "stat").read_text())
+        except (OSError, ValueError):
+            continue    # a thread that ended meanwhile
+        try:
+            t = dataclasses.replace(t, waited_s=parse_schedstat((task / "schedstat").read_text()))
+        except (OSError, ValueError, IndexError):
+            pass        # a kernel without schedstats: no wait, the CPU still counts
+        out[int(task.name)] = t
+    return out
+
+
+def thread_cpu_delta(before: dict[int, ThreadCPU], after: dict[int, ThreadCPU]) -> dict[int, ThreadCPU]:
+    """Per thread alive at the second reading, the CPU it spent between the two: a thread
+    born in between counts from zero (as does a reused id whose count went down).  A thread
+    that ended in between is not counted (the servers' app threads live as long as they)."""
+    out = {}
+    for tid, a in after.items():
+        b = before.get(tid)
+        if b is None or b.cpu_s > a.cpu_s:
+            b = ThreadCPU(a.name, 0.0, 0.0)
+        out[tid] = ThreadCPU(a.name, a.user_s - b.user_s, a.system_s - b.system_s,
+                             max(0.0, a.waited_s - b.waited_s))
+    return out
+
+
+def is_app_thread(name: str) -> bool:
+    """A shim server's thread that is the app's (not one of the shim's named host threads)."""
+    return not name.startswith(HOST_THREAD_PREFIX)
+
+
+def selected_cpu_s(delta: dict[int, ThreadCPU], select: Callable[[str], bool] = is_app_thread) -> float:
+    """The CPU seconds of the threads whose name ``select`` accepts."""
+    return sum(t.cpu_s for t in delta.values() if select(t.name))
+
+
+def cpu_by_name(delta: dict[int, ThreadCPU]) -> dict[str, float]:
+    """CPU seconds per thread name (threads of one name summed), for the record."""
+    out: dict[str, float] = {}
+    for t in delta.values():
+        out[t.name] = round(out.get(t.name, 0.0) + t.cpu_s, 4)
+    return out
+
+
+def waited_by_name(delta: dict[int, ThreadCPU]) -> dict[str, float]:
+    """Run-queue wait seconds per thread name (threads of one name summed)."""
+    out: dict[str, float] = {}
+    for t in delta.values():
+        out[t.name] = round(out.get(t.name, 0.0) + t.waited_s, 4)
+    return out
+
+
+def rpc_worker_waited(delta: dict[int, ThreadCPU], window_s: float) -> float | None:
+    """The share of a window the RPC workers (each, on average) spent runnable but not
+    running: their core was taken (None without workers).  The paper's had cores of their
+    own; a worker kept waiting makes enclave calls spin longer and fall back to OCALLs."""
+    w = [t.waited_s for t in delta.values() if t.name == RPC_WORKER]
+    return sum(w) / len(w) / window_s if w and window_s > 0 else None
+
+
+def capacity(served: int, cpu_s: float) -> float | None:
+    """Operations per second of the selected threads' CPU: the throughput they would sustain
+    saturated, each on a core of its own (None if they spent no measurable CPU)."""
+    return served / cpu_s if cpu_s > 0 else None
+
+
+def children_cpu_s() -> float:
+    """CPU seconds of this process's children that have ended and been waited for (their
+    own waited-for children included): a load generator's, read around its run."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 # -- figures ---------------------------------------------------------------------------------
 # The paper's results are figures: each benchmark draws its own beside its JSON, through this
 # one helper, so they all read the same way (grouped bars, the baseline as a dashed line, the
@@ -173,9 +321,12 @@ def plot_bars(path: str | Path, groups: dict[str, dict[str, float | None]], *, t
     for i, s in enumerate(series):
         xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
         vals = [row.get(s) for row in groups.values()]
+        # "eleos@2.01" (a configuration at a time scale) in eleos's colour, hatched
+        base, scaled = s.partition("@")[0], "@" in s
         bars = ax.bar([x for x, v in zip(xs, vals) if v is not None],
                       [v for v in vals if v is not None], width * 0.95, label=s,
-                      color=COLORS.get(s, colors(i % 10)))
+                      color=COLORS.get(s, COLORS.get(base, colors(i % 10))),
+                      hatch="//" if scaled else None, edgecolor="white" if scaled else None)
         ax.bar_label(bars, labels=[_bar_label(v) for v in vals if v is not None], fontsize=7,
                      padding=1)
     if targets:

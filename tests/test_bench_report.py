@@ -41,6 +41,7 @@ def test_calibrate_figure_from_its_fidelity_rows(tmp_path):
 def test_report_md_holds_machine_figures_and_tables(tmp_path, monkeypatch):
     monkeypatch.setattr(run_all, "RESULTS", tmp_path)
     (tmp_path / "kvstore.png").write_bytes(b"\x89PNG")
+    (tmp_path / "kvstore-closed-loop.png").write_bytes(b"\x89PNG")
     (tmp_path / "kvstore.json").write_text("{}")
     out = run_all.write_report([
         {"name": "kvstore", "rc": 0, "seconds": 90, "output": "config  ops/s\nsgx  15,489\n"},
@@ -48,8 +49,16 @@ def test_report_md_holds_machine_figures_and_tables(tmp_path, monkeypatch):
     text = out.read_text()
     assert out == tmp_path / "report.md"
     assert "machine: " in text and "![kvstore](kvstore.png)" in text
+    assert "![kvstore-closed-loop](kvstore-closed-loop.png)" in text
     assert "sgx  15,489" in text and "| [paging](#paging) |" in text and "| 1 |" in text
     assert "![paging]" not in text                          # no figure: none drawn
+
+
+def test_make_bench_runs_every_benchmark_program():
+    # every program in benchmarks/ but the runner and the workers a benchmark starts itself
+    programs = {p.stem for p in run_all.HERE.glob("*.py") if "def main(" in p.read_text()
+                and p.stem != "run_all" and not p.stem.endswith("_worker")}
+    assert programs and programs <= set(run_all.ORDER)
 
 
 def test_run_all_refuses_an_unknown_benchmark(capsys):

@@ -366,6 +366,7 @@ epc_domain_t *epc_domain_join(const char *name, uint64_t limit_pages, int kind, 
         if (rc) break;
         h->phase = 0;
         if (pthread_create(&h->thread, NULL, member_main, h) != 0) { rc = -EAGAIN; unmap(h); break; }
+        pthread_setname_np(h->thread, "eleos-epc-dom");   /* a host thread: named for benchmarks */
         pthread_mutex_lock(&h->lk);
         while (h->phase == 0) pthread_cond_wait(&h->cv, &h->lk);
         rc = h->err;

@@ -966,6 +966,8 @@ int epc_driver_start(uint64_t limit_pages, int trap, int nthreads, uintptr_t ewb
     for (int k = 0; k < nthreads; k++)
         pthread_create(&D.threads[k], NULL, D.trap == TRAP_USERFAULTFD ? uffd_thread : segv_thread, NULL);
     pthread_create(&D.swapd, NULL, swapd_thread, NULL);
+    for (int k = 0; k < nthreads; k++) pthread_setname_np(D.threads[k], "eleos-epc-fault");
+    pthread_setname_np(D.swapd, "eleos-epc-swapd");   /* host threads: named for benchmarks */
     D.created = 1;
     return D.trap;
 }
