@@ -22,12 +22,14 @@ OPS = (
     "GETCWD", "READLINKAT", "SYMLINKAT", "LINKAT",
 )
 MSG_NAME_MAX = 128      # ELEOS_MSG_NAME_MAX: recvmsg's name area at the start of buffer 2
-# OP_SPAWN's buffer 2: these int64 fields (host_ocalls.c SP_*), then the groups, then the fds
-# to keep.
+# OP_SPAWN's buffer 2: these int64 fields (eleos_abi.h ELEOS_SP_*), then the groups, then the
+# fds to keep, then the file actions (4 int64 each: SPAWN_OPEN/CLOSE/DUP2, fd, a, b).
 SPAWN_FIELDS = ("p2cread", "p2cwrite", "c2pread", "c2pwrite", "errread", "errwrite",
                 "errpipe_read", "errpipe_write", "close_fds", "restore_signals", "setsid",
                 "pgid", "gid", "uid", "umask", "nargv", "nexec", "nenv", "has_cwd", "ngroups",
-                "nkeep")
+                "nkeep", "resetids", "has_sigmask", "sigmask", "sigdef", "sched", "sched_policy",
+                "sched_priority", "nactions")
+SPAWN_OPEN, SPAWN_CLOSE, SPAWN_DUP2 = range(3)    # ELEOS_SPAWN_*
 OP = {name: number for number, name in enumerate(OPS)}
 OP_NAMES = dict(enumerate(OPS))
 globals().update({"OP_" + name: number for name, number in OP.items()})

@@ -36,6 +36,7 @@ import weakref
 from eleos_shim._native._epcm import ffi as _epcm_ffi, lib as _epcm
 from eleos_shim.config import Config
 from eleos_shim.errors import IntegrityError
+from trusted.cargs import ssize
 
 PAGE = 4096
 # Fault-handling driver threads: enough for faults on different pages to be served at once,
@@ -80,8 +81,13 @@ def _on_integrity_failure(signum, frame):  # runs in the main thread, between by
 
 
 class EPCMap(mmap.mmap):
-    """An anonymous-memory mmap whose pages live in the EPC.  Everything mmap.mmap offers works;
-    ``close()`` (or garbage collection) returns its frames to the EPC."""
+    """An anonymous-memory mmap whose pages live in the EPC.  Everything mmap.mmap offers works,
+    ``resize`` included; ``close()`` (or garbage collection) returns its frames to the EPC.
+
+    The object is a real anonymous mmap (no fd, as ``mmap.mmap(-1, n)`` is) whose pages are
+    replaced, in place, by a shared mapping of the driver's region: the kernel then holds the
+    region's memory and the mmap object only its address, which is what lets ``resize`` swap
+    in a new region (the driver has no call that grows or shrinks one)."""
 
     def __new__(cls, epc: "EPC", length: int):
         epc.check()
@@ -89,37 +95,18 @@ class EPCMap(mmap.mmap):
             raise OverflowError("memory mapped length must be positive")
         if length == 0:
             raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
-        npages = (length + PAGE - 1) // PAGE
-        va_first = _epcm.epcm_epa(npages)
-        if not va_first:
-            raise MemoryError("the CPU's version array is full")
-        driver = epc._driver
-        rid, memfd = driver.create_region(length, va_first)
+        region = epc._region_new(length)
         try:
-            self = super().__new__(cls, memfd, length)
+            self = super().__new__(cls, -1, length)
         except BaseException:
-            driver.destroy(rid)
-            _epcm.epcm_eremove(va_first, npages)
+            epc._region_drop(region)
             raise
-        ffi = _driver_ffi()
-        buf = ffi.from_buffer(self)
+        self._epc = epc
         try:
-            address = int(ffi.cast("uintptr_t", buf))
-        finally:
-            ffi.release(buf)
-        # The CPU learns from the enclave, not from the driver, where this region lives and
-        # which memory backs it: ELDU installs a page only at the address it verified.
-        rc = _epcm.epcm_region_add(address, length, va_first, memfd)
-        if rc < 0:
-            super().close()
-            driver.destroy(rid)
-            _epcm.epcm_eremove(va_first, npages)
-            raise OSError(-rc, f"the CPU refused the EPC region: {os.strerror(-rc)}")
-        self._epc_region = rid
-        self._epc_pages = npages
-        self._epc_address = address
-        self._epc_release = weakref.finalize(self, epc._release, rid, va_first, npages, address)
-        driver.attach(rid, address)
+            epc._region_place(self, region, _address_of(self), length)
+        except BaseException:
+            super(EPCMap, self).close()
+            raise
         return self
 
     @property
@@ -128,12 +115,57 @@ class EPCMap(mmap.mmap):
         return self._epc_address
 
     def resize(self, newsize: int) -> None:
-        # The driver sized the region's page table, VA slots and traps at creation.
-        raise OSError(errno.EOPNOTSUPP, "an EPC map cannot be resized; map a new one and copy")
+        """As ``mmap.resize`` of an anonymous map: the same errors in the same order; the
+        contents up to the smaller size kept, zeros beyond the old end, the position
+        unchanged (a position past the new end reads nothing).  A new region replaces the old
+        one (realloc: allocate, copy, free), so the map may move; its EPC frames follow what
+        is resident.  Growing works (the kernel's own shared anonymous maps cannot grow).
+        Not atomic for other threads: one that touches the map meanwhile may fault."""
+        size = len(self)                      # ValueError once closed (CHECK_VALID)
+        newsize = ssize(newsize)              # TypeError / OverflowError, as the "n" format
+        super().resize(size)                  # exports, access: a same-size mremap is a no-op
+        if newsize < 0:
+            raise ValueError("new size out of range")
+        if newsize == 0:                      # what mremap(2) says to a zero length
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        self._epc.check()
+        self._epc._region_resize(self, newsize)
 
     def close(self) -> None:
         super().close()              # BufferError while views exist: then nothing changes
         self._epc_release()
+
+    def __exit__(self, *exc) -> None:
+        # The C __exit__ calls the C close directly, which would unmap the region without
+        # giving its frames back or telling the CPU.
+        self.close()
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_int, ctypes.c_long]
+# Linux's values; the mmap module does not export them.
+_MAP_FIXED = 0x10
+_PROT_NONE = 0
+_MAP_NORESERVE = 0x4000
+
+
+def _map_fixed(address: int, length: int, prot: int, flags: int, fd: int) -> None:
+    """mmap(2) over [address, address+length), replacing what the caller owns there."""
+    got = _libc.mmap(address, length, prot, flags | _MAP_FIXED, fd, 0)
+    if got != address:
+        err = ctypes.get_errno() if got in (None, ctypes.c_void_p(-1).value) else errno.EFAULT
+        raise OSError(err, f"mapping an EPC region at {address:#x}: {os.strerror(err)}")
+
+
+def _address_of(m: mmap.mmap) -> int:
+    ffi = _driver_ffi()
+    buf = ffi.from_buffer(m)
+    try:
+        return int(ffi.cast("uintptr_t", buf))
+    finally:
+        ffi.release(buf)
 
 
 def _driver_ffi():
@@ -200,10 +232,86 @@ class EPC:
 
     def map(self, length: int) -> EPCMap:
         """``length`` bytes of zeroed enclave memory in the EPC, as a real mmap object."""
-        m = EPCMap(self, length)
+        return EPCMap(self, length)
+
+    # -- regions behind the maps -------------------------------------------------------------
+
+    def _region_new(self, length: int) -> tuple[int, int, int, int]:
+        """A driver region of ``length`` bytes with its own VA slots, not yet mapped:
+        ``(region id, memfd, first VA slot, pages)``."""
+        npages = (length + PAGE - 1) // PAGE
+        va_first = _epcm.epcm_epa(npages)
+        if not va_first:
+            raise MemoryError("the CPU's version array is full")
+        try:
+            rid, memfd = self._driver.create_region(length, va_first)
+        except BaseException:
+            _epcm.epcm_eremove(va_first, npages)
+            raise
+        return rid, memfd, va_first, npages
+
+    def _region_drop(self, region: tuple[int, int, int, int]) -> None:
+        rid, _memfd, va_first, npages = region
+        self._driver.destroy(rid)
+        _epcm.epcm_eremove(va_first, npages)
+
+    def _region_place(self, m: EPCMap, region: tuple[int, int, int, int], address: int,
+                      length: int) -> None:
+        """Put ``region`` under ``m``'s pages at ``address`` (the mmap object's own anonymous
+        memory, which it replaces), tell the CPU and trap its accesses; on failure the region
+        is dropped and ``m``'s memory is whatever was there."""
+        rid, memfd, va_first, npages = region
+        try:
+            _map_fixed(address, npages * PAGE, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED,
+                       memfd)
+            # The CPU learns from the enclave, not from the driver, where this region lives and
+            # which memory backs it: ELDU installs a page only at the address it verified.
+            rc = _epcm.epcm_region_add(address, length, va_first, memfd)
+            if rc < 0:
+                raise OSError(-rc, f"the CPU refused the EPC region: {os.strerror(-rc)}")
+        except BaseException:
+            self._region_drop(region)
+            raise
+        m._epc_region = rid
+        m._epc_pages = npages
+        m._epc_address = address
+        m._epc_release = weakref.finalize(m, self._release, rid, va_first, npages, address)
         with self._lock:
-            self._regions[m._epc_region] = (m._epc_address, m._epc_pages)
-        return m
+            self._regions[rid] = (address, npages)
+        try:
+            self._driver.attach(rid, address)
+        except BaseException:
+            m._epc_release()
+            raise
+
+    def _region_resize(self, m: EPCMap, newsize: int) -> None:
+        """Give ``m`` a new region of ``newsize`` bytes holding its contents (realloc).  The
+        contents are copied into enclave memory first, so a failure once the old region is
+        gone puts them back, in a new region under the map as it then is."""
+        old_size, address = len(m), m._epc_address
+        region = self._region_new(newsize)                 # fails: nothing changed
+        content = m[:]
+        parked = resized = False
+        try:
+            # Park the map's pages on private anonymous memory: mremap then moves nothing the
+            # driver traps, and the old region can go (its frames back, its slots EREMOVEd).
+            _map_fixed(address, m._epc_pages * PAGE, _PROT_NONE,
+                       mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | _MAP_NORESERVE, -1)
+            parked = True
+            m._epc_release()
+            super(EPCMap, m).resize(newsize)               # may move the parked pages
+            resized = True
+            self._region_place(m, region, _address_of(m), newsize)
+        except BaseException:
+            if not resized:
+                self._region_drop(region)
+            if parked:
+                m._epc_release()                           # (a no-op if it ran)
+                self._region_place(m, self._region_new(len(m)), _address_of(m), len(m))
+                m[:min(len(m), old_size)] = content[:len(m)]
+            raise
+        keep = min(old_size, newsize)
+        m[:keep] = content[:keep]
 
     def check(self) -> None:
         """Raise IntegrityError if a page failed to load: the enclave is dead."""

@@ -21,6 +21,7 @@ to say what the other mode would have charged).
 """
 from __future__ import annotations
 
+import _io
 import os
 import posix
 import sys
@@ -255,7 +256,8 @@ def _stdio_routed() -> bool:
     """Does the app's ``sys.stdout`` write through the LibOS (trusted/) or straight to fd 1?"""
     buf = getattr(sys.stdout, "buffer", None)
     raw = getattr(buf, "raw", buf)          # python -u: the text layer sits on the FileIO
-    return raw is not None and type(raw).__module__.startswith("trusted")
+    from trusted.libos.fs import FileIO     # the enclave's (its class says module "_io")
+    return type(raw) is not _io.FileIO and isinstance(raw, FileIO)
 
 
 def event_cycles(stats: dict) -> dict[str, float]:

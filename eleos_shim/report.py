@@ -152,7 +152,7 @@ def _unrouted(stats: dict) -> list[str]:
         what = "stdout/stderr (print) are NOT routed: they go straight to the host and no exit is charged"
     if writes:
         what += (f"; {writes:,} write syscalls did not go through the shim (print, "
-                 f"io.FileIO, the stats file...)")
+                 f"_io or posix called directly, the stats file...)")
     return [f"unrouted I/O: {what}"]
 
 

@@ -33,5 +33,8 @@ def test_spawn_fields_and_msg_name_size_match_the_header():
     enum = re.search(r"enum eleos_spawn_field \{(.*?)\};", text, re.S).group(1)
     names = [n.strip().removeprefix("ELEOS_SP_").lower() for n in enum.split(",") if n.strip()]
     assert names == list(abi.SPAWN_FIELDS) + ["fixed"]
+    kinds = dict(re.findall(r"#define ELEOS_SPAWN_(\w+)\s+(\d+)", text))
+    assert kinds == {"OPEN": str(abi.SPAWN_OPEN), "CLOSE": str(abi.SPAWN_CLOSE),
+                     "DUP2": str(abi.SPAWN_DUP2)}
     assert re.search(r"#define ELEOS_MSG_NAME_MAX\s+(\d+)", text).group(1) == \
         str(abi.MSG_NAME_MAX)

@@ -6,8 +6,11 @@ import pytest
 from scripts import conformance
 
 # Seconds each; together they reach select/poll/epoll, sockets' blocking rule and fcntl,
-# recvmsg_into and SCM_RIGHTS, child processes (test_select), utime and links.
-SUBSET = ("test.test_epoll", "test.test_select",
+# recvmsg_into and SCM_RIGHTS, child processes (test_select), utime and links, the enclave
+# heap's maps (test_mmap: resize, with blocks), io.FileIO and non-blocking buffered writes
+# (CMiscIOTest), a TLS peer's reset under a write (test_wrong_cert_tls13).
+SUBSET = ("test.test_epoll", "test.test_select", "test.test_mmap", "test.test_io.CMiscIOTest",
+          "test.test_ssl.ThreadedTests.test_wrong_cert_tls13",
           *(f"test.test_poll.PollTests.test_{t}" for t in ("poll1", "poll3",
                                                           "poll_c_limits", "poll_unit_tests")),
           "test.test_socket.NonBlockingTCPTests", "test.test_socket.TestUnixDomain",

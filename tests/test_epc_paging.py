@@ -278,15 +278,6 @@ def test_bad_lengths_fail_as_with_anonymous_mmap(epc):
         epc.map(-1)
 
 
-def test_resize_is_refused_and_the_map_stays_intact(epc):
-    m = epc.map(2 * PAGE)
-    m[0:2] = b"ok"
-    with pytest.raises(OSError):
-        m.resize(4 * PAGE)
-    assert len(m) == 2 * PAGE and m[0:2] == b"ok"
-    m.close()
-
-
 def test_map_garbage_collected_returns_its_frames(epc):
     m = epc.map(LIMIT // 2)
     m[0] = 1

@@ -336,6 +336,16 @@ def _self_signed(tmp_path):
     return str(path)
 
 
+def tls_contexts(cert: str):
+    """(server, client) contexts: the server's key and certificate, the client trusting it."""
+    import ssl
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert)
+    client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_ctx.load_verify_locations(cert)
+    return server_ctx, client_ctx
+
+
 class _Spy:
     """A transport that keeps every byte that crosses the boundary, both ways."""
 
@@ -370,10 +380,7 @@ def test_tls_terminates_in_the_enclave_only_ciphertext_crosses(tmp_path):
     spy = _Spy(make_transport("ocall"))
     secret = b"plaintext that must never reach the host " * 4
     with installed(spy):
-        server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        server_ctx.load_cert_chain(cert)
-        client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-        client_ctx.load_verify_locations(cert)
+        server_ctx, client_ctx = tls_contexts(cert)
         with socket.create_server(("127.0.0.1", 0)) as listener:
             port = listener.getsockname()[1]
             got = []

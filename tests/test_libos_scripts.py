@@ -85,7 +85,7 @@ def test_fork_inside_the_enclave_fails_with_a_clear_error(tmp_path):
     script = tmp_path / "forker.py"
     script.write_text(
         "import os, subprocess, sys\n"
-        "for f in (os.fork, lambda: os.posix_spawn(sys.executable, [sys.executable], {})):\n"
+        "for f in (os.fork, os.forkpty):\n"
         "    try:\n"
         "        f()\n"
         "    except OSError as e:\n"
@@ -110,12 +110,18 @@ def test_subprocess_system_and_spawn_start_host_programs_through_a_counted_spawn
         "    print('missing', e.filename)\n"
         "print(os.system('exit 3') >> 8)\n"
         "print(os.spawnv(os.P_WAIT, sys.executable, ['py', '-c', 'raise SystemExit(5)']),\n"
-        "      os.spawnvp(os.P_WAIT, 'eleos-no-such-prog', ['x']))\n")
+        "      os.spawnvp(os.P_WAIT, 'eleos-no-such-prog', ['x']))\n"
+        "r, w = os.pipe()\n"
+        "pid = os.posix_spawnp('sh', ['sh', '-c', 'echo spawned'], os.environ,\n"
+        "                      file_actions=[(os.POSIX_SPAWN_DUP2, w, 1)])\n"
+        "os.close(w)\n"
+        "print(os.read(r, 100).decode().strip(), os.waitpid(pid, 0)[1])\n")
     run = run_shim(mode, script)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.splitlines() == ["hello", "missing /nonexistent/eleos-prog", "3", "5 127"]
-    assert run.stats["calls"]["spawn"]["count"] == 5
-    assert run.stats["calls"]["spawn"]["ocall"] == 5
+    assert run.stdout.splitlines() == ["hello", "missing /nonexistent/eleos-prog", "3", "5 127",
+                                       "spawned 0"]
+    assert run.stats["calls"]["spawn"]["count"] == 6
+    assert run.stats["calls"]["spawn"]["ocall"] == 6
 
 
 @pytest.mark.parametrize("mode", ["sgx", "eleos"])

@@ -31,6 +31,7 @@ import weakref
 from typing import Callable
 
 from eleos_shim.errors import IntegrityError
+from trusted.cargs import ssize
 
 try:
     from trusted._native import _suvm
@@ -484,6 +485,7 @@ class SecureMemory(Region):
         end) holding the old contents, the position kept; the old one is freed."""
         if self.closed:
             raise ValueError("mmap closed or invalid")
+        newsize = ssize(newsize)          # TypeError / OverflowError, as the "n" format
         if newsize < 0:
             raise ValueError("new size out of range")
         if newsize == 0:

@@ -68,7 +68,7 @@
 #define ELEOS_OP_SENDMSG      42   /* a0=fd a1=flags a2=name length <- buf data, buf2 = name then
                                       control (struct cmsghdr records); ret = bytes taken */
 #define ELEOS_OP_SPAWN        43   /* start a host program (fork+exec on the host, as CPython's
-                                      fork_exec) <- buf strings argv/executables/env/cwd,
+                                      fork_exec) <- buf strings argv/executables/env/cwd/open paths,
                                       buf2 int64 fields (host_ocalls.c: SP_*); ret = pid */
 #define ELEOS_OP_FCHMODAT     44   /* a0=dirfd a1=mode a2=flags      <- buf path (empty: fchmod(a0)) */
 #define ELEOS_OP_UTIMENSAT    45   /* a0=dirfd a1=flags <- buf path (empty: futimens(a0)),
@@ -83,15 +83,24 @@
 #define ELEOS_OP_COUNT         53
 
 /* OP_SPAWN's buffer 2: these int64 fields in this order, then ngroups gids, then nkeep fds
- * (fds the child keeps).  -1 means "none" for an fd, pgid, gid, uid, umask, nenv, ngroups.
+ * (fds the child keeps), then nactions file actions of 4 int64 each (ELEOS_SPAWN_*, fd, a, b:
+ * open(path, a=flags, b=mode) onto fd, its path the next string of buffer 1 after cwd;
+ * close(fd); dup2(fd, a), b=1: make it blocking, the app's view of fd), applied in order, as posix_spawn's file_actions are.  -1 means
+ * "none" for an fd, pgid, gid, uid, umask, nenv, ngroups.  sigmask/sigdef: bit n-1 is signal
+ * n; sched: 0 none, 1 sched_setparam, 2 sched_setscheduler.
  * Keep in step with abi.SPAWN_FIELDS (a test checks). */
 enum eleos_spawn_field {
     ELEOS_SP_P2CREAD, ELEOS_SP_P2CWRITE, ELEOS_SP_C2PREAD, ELEOS_SP_C2PWRITE, ELEOS_SP_ERRREAD,
     ELEOS_SP_ERRWRITE, ELEOS_SP_ERRPIPE_READ, ELEOS_SP_ERRPIPE_WRITE, ELEOS_SP_CLOSE_FDS,
     ELEOS_SP_RESTORE_SIGNALS, ELEOS_SP_SETSID, ELEOS_SP_PGID, ELEOS_SP_GID, ELEOS_SP_UID,
     ELEOS_SP_UMASK, ELEOS_SP_NARGV, ELEOS_SP_NEXEC, ELEOS_SP_NENV, ELEOS_SP_HAS_CWD,
-    ELEOS_SP_NGROUPS, ELEOS_SP_NKEEP, ELEOS_SP_FIXED
+    ELEOS_SP_NGROUPS, ELEOS_SP_NKEEP, ELEOS_SP_RESETIDS, ELEOS_SP_HAS_SIGMASK, ELEOS_SP_SIGMASK,
+    ELEOS_SP_SIGDEF, ELEOS_SP_SCHED, ELEOS_SP_SCHED_POLICY, ELEOS_SP_SCHED_PRIORITY,
+    ELEOS_SP_NACTIONS, ELEOS_SP_FIXED
 };
+#define ELEOS_SPAWN_OPEN       0
+#define ELEOS_SPAWN_CLOSE      1
+#define ELEOS_SPAWN_DUP2       2
 
 /* recvmsg's name area at the start of buffer 2: sizeof(struct sockaddr_storage). */
 #define ELEOS_MSG_NAME_MAX    128

@@ -1,13 +1,14 @@
 """TRUSTED side: the LibOS, a Graphene-style interposition layer for unmodified Python apps.
 
-Once installed, the app's file, socket and select calls (``open``, ``os.*``, ``socket.*``,
-``select.*``, and through them ``pathlib``, ``shutil``, ``selectors``, ``socketserver``,
-``http.server``, ``urllib.request``, ``asyncio``) go through the transport (trusted/syscall.py:
-direct, ocall or rpc) instead of straight to the kernel, and behave as they do natively: same
-return values, same exceptions with the same errno and filename.  So do ``fcntl.fcntl/ioctl``
-(answering as the app's view of blocking), ``print`` to stdout/stderr, and ``subprocess`` /
-``os.system`` (a host program started by a spawn OCALL).  Anonymous ``mmap`` goes to the
-enclave heap when there is one; ``os.fork`` fails with a clear error.
+Once installed, the app's file, socket and select calls (``open``, ``io.FileIO``, ``os.*``,
+``socket.*``, ``select.*``, and through them ``pathlib``, ``shutil``, ``selectors``,
+``socketserver``, ``http.server``, ``urllib.request``, ``asyncio``) go through the transport
+(trusted/syscall.py: direct, ocall or rpc) instead of straight to the kernel, and behave as
+they do natively: same return values, same exceptions with the same errno and filename.  So
+do ``fcntl.fcntl/ioctl`` (answering as the app's view of blocking), ``print`` to
+stdout/stderr, and ``subprocess`` / ``os.system`` / ``os.posix_spawn`` (a host program started
+by a spawn OCALL).  Anonymous ``mmap`` goes to the enclave heap when there is one; ``os.fork``
+fails with a clear error.
 
 What is patched is module *attributes* (``os.open``, ``socket.socket``, ...).  The import
 system uses ``posix`` and ``_io`` directly, and the shim itself uses only the transport, so
@@ -92,9 +93,9 @@ class LibOS:
         fs, sm = self.fs, self.sockets
         # First: importing subprocess imports selectors, which must happen before the
         # selectors check below (else its classes would keep the real select functions).
-        refused = proc.patches(self.kernel)
+        refused = proc.patches(self.kernel, fs)
         opener = io_open(fs)
-        out = [(builtins, "open", opener), (io, "open", opener)]
+        out = [(builtins, "open", opener), (io, "open", opener), (io, "FileIO", fs.FileIO)]
         out += [(os, name, getattr(fs, meth)) for name, meth in _OS_FUNCS if hasattr(os, name)]
         out += [(os, name, getattr(self.paths, name)) for name in paths.NAMES
                 if hasattr(os, name)]

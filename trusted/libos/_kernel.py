@@ -68,6 +68,21 @@ def oserror(err: int, filename=None, filename2=None) -> OSError:
     return OSError(err, _strerror(err))
 
 
+_libc = None
+
+
+def set_errno(err: int) -> None:
+    """Leave ``err`` in the calling thread's C errno, as the real syscall would have: CPython's
+    C layers read it after some calls (BufferedWriter's BlockingIOError takes its errno from
+    the raw write that returned None), and a routed call may have run on another thread."""
+    global _libc
+    if _libc is None:
+        import ctypes
+        _libc = ctypes.CDLL(None)
+        _libc.__errno_location.restype = ctypes.POINTER(ctypes.c_int)
+    _libc.__errno_location()[0] = err
+
+
 def timeout_error() -> TimeoutError:
     # CPython's socket.timeout is TimeoutError('timed out'), no errno.
     return TimeoutError("timed out")

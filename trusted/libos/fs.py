@@ -21,7 +21,7 @@ from eleos_shim import abi
 from eleos_shim.errors import IagoError
 from trusted.libos._kernel import (AT_FDCWD, AT_REMOVEDIR, AT_SYMLINK_NOFOLLOW, F_GETFL,
                                    F_SETFL, MAX_IO, O_CLOEXEC, O_DIRECTORY, O_NONBLOCK, POLLIN,
-                                   POLLOUT, STAT, Kernel, oserror, stat_result)
+                                   POLLOUT, STAT, Kernel, oserror, set_errno, stat_result)
 from trusted.syscall import Reply
 
 DEFAULT_BUFFER_SIZE = _io.DEFAULT_BUFFER_SIZE
@@ -139,29 +139,152 @@ def _fildes(obj) -> int:
     return fd
 
 
-class FileIO(_io.RawIOBase):
+_RealFileIO = _io.FileIO
+
+
+class _FileIOType(type(_io.RawIOBase)):
+    """Metaclass: once the LibOS's FileIO is patched in as ``io.FileIO``, the files the
+    interpreter opened before (``sys.stdin``'s raw file, ...) are still ``io.FileIO``s."""
+
+    def __instancecheck__(cls, obj):
+        return (cls.__dict__.get("_is_io_fileio", False) and isinstance(obj, _RealFileIO)) \
+            or super().__instancecheck__(obj)
+
+    def __subclasscheck__(cls, sub):
+        return (cls.__dict__.get("_is_io_fileio", False) and issubclass(sub, _RealFileIO)) \
+            or super().__subclasscheck__(sub)
+
+
+class FileIO(_io.RawIOBase, metaclass=_FileIOType):
     """The raw layer of an enclave file: CPython's ``_io.FileIO`` with its syscalls routed.
 
-    The C BufferedReader/Writer/Random and TextIOWrapper sit on top of it unchanged, so
-    buffering, iteration, encodings and newlines are CPython's own."""
+    ``FileSystem.FileIO`` (this class bound to one enclave's kernel) is what the app gets as
+    ``io.FileIO``: the same constructor, ``FileIO(file, mode="r", closefd=True,
+    opener=None)``, the same checks and errors in the same order.  The C BufferedReader/
+    Writer/Random and TextIOWrapper sit on top of it unchanged, so buffering, iteration,
+    encodings and newlines are CPython's own."""
 
-    def __init__(self, kernel: Kernel, fd: int, name, mode: str, readable: bool,
-                 writable: bool, closefd: bool, st_mode: int, blksize: int):
-        self._k = kernel
-        self._fd = fd
-        self.name = name
-        self._mode = mode
-        self._readable = readable
-        self._writable = writable
-        self._closefd = closefd
-        self._st_mode = st_mode
-        self._blksize = blksize
-        self._seekable = None
+    _k: Kernel = None             # set in each enclave's class (FileSystem.FileIO)
+    # What a FileIO that was never opened (or failed to open) reports: closed.
+    _fd = -1
+    _closed = True                # kept with _fd: what ``closed`` reads (see there)
+    _closefd = True
+    _readable = _writable = False
+    _mode = "rb"
+    _st_mode = 0
+    _blksize = DEFAULT_BUFFER_SIZE
+    _seekable = None
+
+    def __init__(self, file, mode="r", closefd=True, opener=None):
+        k = self._k
+        if self._fd >= 0:             # __init__ again: as CPython, let go of the old file
+            fd, self._fd, self._closed = self._fd, -1, True
+            if self._closefd:
+                k.close(fd)
+        if not isinstance(mode, str):
+            raise TypeError(f"FileIO() argument 'mode' must be str, not {type(mode).__name__}")
+        closefd = bool(operator.index(closefd))
+        if not isinstance(file, int) or not -(1 << 31) <= file < 1 << 31:
+            # Not a C int: a path, as PyUnicode_FSConverter takes it (str, bytes, PathLike).
+            if isinstance(file, int):
+                raise TypeError("expected str, bytes or os.PathLike object, not int")
+            _os.fspath(file)
+        readable = writable = appending = created = False
+        plus = rwa = flags = 0
+        for c in mode:
+            if c in "xrwa":
+                if rwa:
+                    rwa = 2
+                    break
+                rwa = 1
+                if c == "x":
+                    created = writable = True
+                    flags |= _os.O_EXCL | _os.O_CREAT
+                elif c == "r":
+                    readable = True
+                elif c == "w":
+                    writable = True
+                    flags |= _os.O_CREAT | _os.O_TRUNC
+                else:
+                    writable = appending = True
+                    flags |= _os.O_APPEND | _os.O_CREAT
+            elif c == "+":
+                if plus:
+                    rwa = 2
+                    break
+                plus = 1
+                readable = writable = True
+            elif c != "b":
+                raise ValueError(f"invalid mode: {mode}")
+        if rwa != 1:
+            raise ValueError("Must have exactly one of create/read/write/append mode and at "
+                             "most one plus")
+        flags |= _os.O_RDWR if (readable and writable) else (_os.O_RDONLY if readable
+                                                             else _os.O_WRONLY)
+        flags |= O_CLOEXEC
+        if created:
+            mstr = "xb+" if readable else "xb"
+        elif appending:
+            mstr = "ab+" if readable else "ab"
+        elif readable:
+            mstr = "rb+" if writable else "rb"
+        else:
+            mstr = "wb"
+        own = True
+        if isinstance(file, int):
+            if file < 0:
+                raise ValueError("negative file descriptor")
+            fd, own = file, False
+        else:
+            if not closefd:
+                raise ValueError("Cannot use closefd=False with file name")
+            if opener is None:
+                raw_path, _ = _path("open", file)
+                r = k.check(abi.OP_OPENAT, AT_FDCWD, flags, 0o666, inbuf=raw_path,
+                            filename=file)
+                fd = k.adopt_fd(r.ret, "open")
+            else:
+                fd = opener(file, flags)
+                if not isinstance(fd, int):
+                    raise TypeError("expected integer from opener")
+                if fd < 0:
+                    raise ValueError(f"opener returned {fd}")
+                k.own_fd(fd)              # the file object holds it from now on
+        try:
+            r = k.call(abi.OP_FSTAT, fd, outcap=STAT.size)
+            blksize, st_mode = DEFAULT_BUFFER_SIZE, 0
+            if r.ret == -_errno.EBADF:    # as CPython: other fstat errors are tolerated
+                raise oserror(_errno.EBADF)
+            if r.ret == 0:
+                st = stat_result(r.out, "open")
+                if _stat.S_ISDIR(st.st_mode):
+                    raise oserror(_errno.EISDIR, file)
+                st_mode = st.st_mode
+                if st.st_blksize > 1:
+                    blksize = st.st_blksize
+            self._fd, self._closed, self._mode, self._closefd = fd, False, mstr, bool(closefd)
+            self._readable, self._writable = readable, writable
+            self._st_mode, self._blksize, self._seekable = st_mode, blksize, None
+            if closefd and isinstance(file, int):
+                k.own_fd(fd)              # the file object holds the caller's fd from now on
+            self.name = file
+            if appending:
+                # As CPython's FileIO: seek to the end, but a pipe or socket (ESPIPE) is fine.
+                r = k.call(abi.OP_LSEEK, fd, 0, _os.SEEK_END)
+                if r.ret < 0 and r.ret != -_errno.ESPIPE:
+                    raise oserror(-r.ret)
+        except BaseException:
+            self._fd, self._closed = -1, True
+            if own:    # as CPython: close only an fd this call opened, never the caller's
+                k.close(fd)
+            raise
 
     # -- state ------------------------------------------------------------------------------
-    @property
-    def closed(self) -> bool:
-        return self._fd < 0
+    # A C getter, no Python frame: the Buffered* layers above read ``closed`` before each
+    # operation and take an exception from it for "closed" ("flush of closed file"); a Python
+    # function would let a signal handler run, and raise, inside it (C FileIO's cannot).
+    closed = property(operator.attrgetter("_closed"),
+                      doc="True if the file is closed")
 
     @property
     def closefd(self) -> bool:
@@ -275,6 +398,7 @@ class FileIO(_io.RawIOBase):
         if r.ret < 0:
             r = self._retry(POLLOUT, r, lambda: call(abi.OP_WRITE, fd, inbuf=m))
             if r is None:
+                set_errno(_errno.EAGAIN)    # what the BufferedWriter above reports
                 return None
         if r.ret < len(m):
             return self._k.complete_write(fd, m, r.ret, lambda c: call(abi.OP_WRITE, fd, inbuf=c))
@@ -313,7 +437,7 @@ class FileIO(_io.RawIOBase):
                 self._dealloc_warn(self)
             super().close()
         finally:
-            fd, self._fd = self._fd, -1
+            fd, self._fd, self._closed = self._fd, -1, True
             if self._closefd:
                 self._k.close(fd)
 
@@ -471,6 +595,10 @@ class FileSystem:
         self.kernel = kernel
         k = kernel
         self._call, self._check = k.call, k.check
+        # What the app gets as io.FileIO (and what open() builds on).
+        self.FileIO = _FileIOType("FileIO", (FileIO,), {
+            "_k": kernel, "_is_io_fileio": True, "__module__": "_io",   # as io.FileIO's
+            "__qualname__": "FileIO", "__doc__": _RealFileIO.__doc__})
 
     # -- open ---------------------------------------------------------------------------------
     def open(self, file, mode="r", buffering=-1, encoding=None, errors=None, newline=None,
@@ -543,91 +671,7 @@ class FileSystem:
 
     def open_raw(self, file, mode: str, closefd: bool = True, opener=None) -> FileIO:
         """The raw file for ``file`` (path or fd) in FileIO's ``mode`` ("r", "w+", ...)."""
-        readable = writable = appending = created = False
-        plus = 0
-        rwa = 0
-        flags = 0
-        for c in mode:
-            if c == "x":
-                rwa += 1
-                created = writable = True
-                flags |= _os.O_EXCL | _os.O_CREAT
-            elif c == "r":
-                rwa += 1
-                readable = True
-            elif c == "w":
-                rwa += 1
-                writable = True
-                flags |= _os.O_CREAT | _os.O_TRUNC
-            elif c == "a":
-                rwa += 1
-                writable = appending = True
-                flags |= _os.O_APPEND | _os.O_CREAT
-            elif c == "+":
-                plus += 1
-                readable = writable = True
-            elif c == "b":
-                pass
-            else:
-                raise ValueError(f"invalid mode: {mode}")
-        if rwa != 1 or plus > 1:
-            raise ValueError("Must have exactly one of create/read/write/append mode and at "
-                             "most one plus")
-        flags |= _os.O_RDWR if (readable and writable) else (_os.O_RDONLY if readable
-                                                             else _os.O_WRONLY)
-        flags |= O_CLOEXEC
-        if created:
-            mstr = "xb+" if readable else "xb"
-        elif appending:
-            mstr = "ab+" if readable else "ab"
-        elif readable:
-            mstr = "rb+" if writable else "rb"
-        else:
-            mstr = "wb"
-        k = self.kernel
-        own = True
-        if isinstance(file, float):
-            raise TypeError("integer argument expected, got float")
-        if isinstance(file, int):
-            if file < 0:
-                raise ValueError("negative file descriptor")
-            fd, own = file, False
-        else:
-            if not closefd:
-                raise ValueError("Cannot use closefd=False with file name")
-            if opener is None:
-                raw_path, _ = _path("open", file)
-                r = self._check(abi.OP_OPENAT, AT_FDCWD, flags, 0o666, inbuf=raw_path,
-                                filename=file)
-                fd = k.adopt_fd(r.ret, "open")
-            else:
-                fd = opener(file, flags)
-                if not isinstance(fd, int):
-                    fd = fd.__index__()
-                if fd < 0:
-                    raise ValueError(f"opener returned {fd}")
-                k.own_fd(fd)              # the file object holds it from now on
-        try:
-            r = self._call(abi.OP_FSTAT, fd, outcap=STAT.size)
-            if r.ret < 0:
-                raise oserror(-r.ret)
-            st = stat_result(r.out, "open")
-            if _stat.S_ISDIR(st.st_mode):
-                raise oserror(_errno.EISDIR, file)
-            blksize = st.st_blksize if st.st_blksize > 1 else DEFAULT_BUFFER_SIZE
-            raw = FileIO(k, fd, file, mstr, readable, writable, closefd, st.st_mode, blksize)
-            if closefd and isinstance(file, int):
-                k.own_fd(fd)              # the file object holds the caller's fd from now on
-            if appending:
-                # As CPython's FileIO: seek to the end, but a pipe or socket (ESPIPE) is fine.
-                r = self._call(abi.OP_LSEEK, fd, 0, _os.SEEK_END)
-                if r.ret < 0 and r.ret != -_errno.ESPIPE:
-                    raise oserror(-r.ret)
-            return raw
-        except BaseException:
-            if own:    # as CPython: close only an fd this call opened, never the caller's
-                k.close(fd)
-            raise
+        return self.FileIO(file, mode, closefd, opener)
 
     def fdopen(self, fd, mode="r", buffering=-1, encoding=None, *args, **kwargs):
         if not isinstance(fd, int):

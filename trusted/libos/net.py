@@ -31,6 +31,7 @@ import warnings
 
 from eleos_shim import abi
 from eleos_shim.errors import IagoError
+from trusted.cargs import as_int, c_int
 from trusted.libos._kernel import (F_GETFL, F_SETFL, MAX_IO, O_NONBLOCK, POLLIN, POLLOUT,
                                    SOL_SOCKET, Kernel, oserror, timeout_error)
 from trusted.syscall import Reply
@@ -75,25 +76,6 @@ SCM_RIGHTS = _socket.SCM_RIGHTS
 SCM_CREDENTIALS = getattr(_socket, "SCM_CREDENTIALS", 2)
 _CMSG = struct.Struct("=Qii")            # struct cmsghdr on x86_64: len, level, type
 _CREDS = struct.Struct("=iII")           # struct ucred: pid, uid, gid
-_INT_MAX = (1 << 31) - 1
-
-
-def _c_int(value) -> int:
-    """CPython's ``i`` argument converter: an index that fits a C int, else OverflowError."""
-    value = operator.index(value)
-    if value > _INT_MAX:
-        raise OverflowError("signed integer is greater than maximum")
-    if value < -_INT_MAX - 1:
-        raise OverflowError("signed integer is less than minimum")
-    return value
-
-
-def _as_int(value) -> int:
-    """CPython's _PyLong_AsInt (shutdown's ``how``): the same bounds, its own message."""
-    value = operator.index(value)
-    if not -_INT_MAX - 1 <= value <= _INT_MAX:
-        raise OverflowError("Python int too large to convert to C int")
-    return value
 
 
 def _bytes_like(data):
@@ -540,7 +522,7 @@ class EnclaveSocket(_RealSocket):
         self._k.check(abi.OP_BIND, self._fd, inbuf=raw)
 
     def listen(self, backlog=min(_socket.SOMAXCONN, 128)):
-        self._k.check(abi.OP_LISTEN, self._fd, max(0, _c_int(backlog)))
+        self._k.check(abi.OP_LISTEN, self._fd, max(0, c_int(backlog)))
 
     def accept(self):
         fd = self._fd
@@ -663,7 +645,7 @@ class EnclaveSocket(_RealSocket):
         if len(args) == 1:
             flags, address = 0, args[0]
         else:
-            flags, address = _c_int(args[0]), args[1]
+            flags, address = c_int(args[0]), args[1]
         raw = self._res.encode(self._family, address, "sendto")
         fd, call = self._fd, self._k.call
         return self._io(POLLOUT, lambda: call(abi.OP_SENDTO, fd, flags, inbuf=m,
@@ -672,7 +654,7 @@ class EnclaveSocket(_RealSocket):
     def recv(self, bufsize, flags=0):
         bufsize = operator.index(bufsize)
         if flags:
-            flags = _c_int(flags)
+            flags = c_int(flags)
         if bufsize < 0:
             raise ValueError("negative buffersize in recv")
         n = bufsize if bufsize <= MAX_IO else MAX_IO
@@ -760,10 +742,10 @@ class EnclaveSocket(_RealSocket):
                 raise TypeError("[sendmsg() ancillary data items]() argument must be "
                                 "sequence of length 3" + (f", not {n}" if n is not None
                                                            else "")) from None
-            level, ctype, cdata = _c_int(level), _c_int(ctype), bytes(_bytes_like(cdata))
+            level, ctype, cdata = c_int(level), c_int(ctype), bytes(_bytes_like(cdata))
             pad = _cmsg_space(len(cdata)) - _CMSG.size - len(cdata)
             ctl.append(_CMSG.pack(_CMSG.size + len(cdata), level, ctype) + cdata + bytes(pad))
-        flags = _c_int(flags)
+        flags = c_int(flags)
         name = b"" if address is None else self._res.encode(self._family, address, "sendmsg")
         in2 = name + b"".join(ctl)
         fd, k = self._fd, self._k
@@ -780,7 +762,7 @@ class EnclaveSocket(_RealSocket):
     def _recvmsg(self, n, ancbufsize, flags, into):
         """One OP_RECVMSG by the blocking rule: (Reply, control messages, msg_flags, address),
         every field of the host's reply checked."""
-        flags = _c_int(flags)
+        flags = c_int(flags)
         fd, k = self._fd, self._k
         call = k.call
         r = self._io(POLLIN, lambda: call(abi.OP_RECVMSG, fd, n, flags, ancbufsize, outcap=n,
@@ -857,7 +839,7 @@ class EnclaveSocket(_RealSocket):
         return r.ret, anc, msg_flags, addr
 
     def shutdown(self, how):
-        self._k.check(abi.OP_SHUTDOWN, self._fd, _as_int(how))
+        self._k.check(abi.OP_SHUTDOWN, self._fd, as_int(how))
 
     def setsockopt(self, level, optname, value, optlen=None, /):
         if optlen is not None:

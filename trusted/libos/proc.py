@@ -8,24 +8,28 @@ enclave in the child) raise :class:`EnclaveForkError`.
 
 What an enclave *can* do is what SDK enclaves do: ask the host, with an OCALL, to start a host
 program.  ``subprocess`` (through ``_posixsubprocess.fork_exec``, which it calls for every
-child), ``os.spawn*`` and ``os.system`` are routed that way (OP_SPAWN, always an OCALL: it is slow and the
-host's fork must not run on an RPC worker).  The child's pipes are ordinary enclave fds made
+child), ``os.spawn*``, ``os.system`` and ``os.posix_spawn``/``posix_spawnp`` (file actions,
+process group, session, reset ids, signal mask and defaults, scheduler: all of them) are
+routed that way (OP_SPAWN, always an OCALL: it is slow and the host's fork must not run on an
+RPC worker).  The child's pipes are ordinary enclave fds made
 by ``os.pipe``, so the parent's reads and writes on them are routed; the child itself is a
 host program, outside the enclave, and sees only what the app sends it.
 """
 from __future__ import annotations
 
 import errno as _errno
+import operator
 import os as _os
 import struct
+import sys
 
 from eleos_shim import abi
 from eleos_shim.errors import IagoError
+from trusted.cargs import as_int, c_int
 
 
 class EnclaveForkError(OSError):
-    """Raised by os.fork, os.forkpty, os.posix_spawn and preexec_fn inside the enclave
-    (errno ENOSYS)."""
+    """Raised by os.fork, os.forkpty and preexec_fn inside the enclave (errno ENOSYS)."""
 
 
 def _refuse(what: str):
@@ -33,40 +37,179 @@ def _refuse(what: str):
         raise EnclaveForkError(
             _errno.ENOSYS,
             f"{what} is not possible inside the enclave: an SGX enclave cannot fork (its "
-            f"memory is bound to this enclave instance); subprocess and os.system start "
-            f"host programs instead")
+            f"memory is bound to this enclave instance); subprocess, os.system and "
+            f"os.posix_spawn start host programs instead")
     refused.__name__ = what.rsplit(".", 1)[-1].rstrip("()")
     refused.__qualname__ = refused.__name__
     return refused
 
 
+def _fsencode_one(item) -> bytes:
+    """As PyUnicode_FSConverter: str, bytes or PathLike; no NUL."""
+    raw = _os.fsencode(item)
+    if b"\0" in raw:
+        raise ValueError("embedded null byte")
+    return raw
+
+
 def _fsencode_all(items, what: str) -> list[bytes]:
-    out = []
-    for item in items:
-        raw = _os.fsencode(item)
-        if b"\0" in raw:
-            raise ValueError("embedded null byte")
-        out.append(raw)
+    out = [_fsencode_one(item) for item in items]
     if not out and what == "args":
         raise ValueError("args must not be empty")
     return out
 
 
+_UNSET = object()                  # an argument not given (C's NULL default), not None
+_NSIG = 65                         # Linux: signals 1..64
+# What glibc's posix_spawnattr_setschedpolicy accepts.
+_SCHED_POLICIES = tuple(getattr(_os, n) for n in ("SCHED_OTHER", "SCHED_FIFO", "SCHED_RR")
+                        if hasattr(_os, n))
+
+
+def _env_list(env) -> list[bytes]:
+    out = []
+    for key, value in zip(list(env.keys()), list(env.values())):
+        key, value = _fsencode_one(key), _fsencode_one(value)
+        if not key or b"=" in key[1:]:
+            raise ValueError("illegal environment variable name")
+        out.append(key + b"=" + value)
+    return out
+
+
+def _sigset(signals) -> list[int]:
+    """As CPython's _Py_Sigset_Converter."""
+    out = []
+    for item in signals:
+        n = operator.index(item)
+        if not 0 < n < _NSIG:
+            raise ValueError(f"signal number {n} out of range [1; {_NSIG - 1}]")
+        out.append(n)
+    return out
+
+
+def _bits(signals) -> int:
+    bits = 0
+    for n in signals:
+        bits |= 1 << (n - 1)
+    return bits - (1 << 64) if bits >= 1 << 63 else bits      # an int64 field
+
+
+class SpawnAttrs:
+    """posix_spawn's attributes and file actions, checked, ready for OP_SPAWN."""
+
+    def __init__(self):
+        self.actions: list[tuple[int, int, int, int]] = []
+        self.open_paths: list[bytes] = []
+        self.pgroup = None
+        self.resetids = False
+        self.sigmask = None
+        self.sigdef: list[int] = []
+        self.sched = None                 # (policy or None, priority)
+
+
+def _bad_fd(fd: int) -> bool:
+    # glibc's posix_spawn_file_actions_add*: EBADF for an fd no process can have.
+    import resource
+    return fd < 0 or fd >= resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def spawn_attrs(file_actions, setpgroup, resetids, setsigmask, setsigdef,
+                scheduler) -> SpawnAttrs:
+    """CPython's parse_file_actions and parse_posix_spawn_flags: the same checks, errors and
+    order."""
+    a = SpawnAttrs()
+    if file_actions is not None and file_actions is not _UNSET:
+        try:
+            actions = list(file_actions)          # PySequence_Fast: any iterable
+        except TypeError:
+            raise TypeError("file_actions must be a sequence or None") from None
+        for action in actions:
+            if not isinstance(action, tuple) or not action:
+                raise TypeError("Each file_actions element must be a non-empty tuple")
+            tag = operator.index(action[0])
+            if tag == _os.POSIX_SPAWN_OPEN:
+                if len(action) != 5:
+                    raise TypeError("A open file_action tuple must have 5 elements")
+                fd, path = c_int(action[1]), _fsencode_one(action[2])
+                flags, mode = c_int(action[3]), operator.index(action[4]) & 0xFFFFFFFF
+                if _bad_fd(fd):
+                    raise OSError(_errno.EBADF, _os.strerror(_errno.EBADF))
+                a.actions.append((abi.SPAWN_OPEN, fd, flags, mode))
+                a.open_paths.append(path)
+            elif tag == _os.POSIX_SPAWN_CLOSE:
+                if len(action) != 2:
+                    raise TypeError("A close file_action tuple must have 2 elements")
+                fd = c_int(action[1])
+                if _bad_fd(fd):
+                    raise OSError(_errno.EBADF, _os.strerror(_errno.EBADF))
+                a.actions.append((abi.SPAWN_CLOSE, fd, 0, 0))
+            elif tag == _os.POSIX_SPAWN_DUP2:
+                if len(action) != 3:
+                    raise TypeError("A dup2 file_action tuple must have 3 elements")
+                fd, new = c_int(action[1]), c_int(action[2])
+                if _bad_fd(fd) or _bad_fd(new):
+                    raise OSError(_errno.EBADF, _os.strerror(_errno.EBADF))
+                a.actions.append((abi.SPAWN_DUP2, fd, new, 0))
+            else:
+                raise TypeError("Unknown file_actions identifier")
+    if setpgroup is not _UNSET:
+        a.pgroup = as_int(setpgroup)
+    a.resetids = resetids
+    if setsigmask is not _UNSET:
+        a.sigmask = _sigset(setsigmask)
+    if setsigdef is not _UNSET:
+        a.sigdef = _sigset(setsigdef)
+    if scheduler is not _UNSET:
+        if not isinstance(scheduler, tuple):
+            raise SystemError("new style getargs format but argument is not a tuple")
+        if len(scheduler) != 2:
+            raise TypeError("A scheduler tuple must have two elements")
+        policy, param = scheduler
+        if not isinstance(param, _os.sched_param):
+            raise TypeError("must have a sched_param object")
+        priority = as_int(param.sched_priority)
+        if policy is not None:
+            policy = as_int(policy)
+            if policy not in _SCHED_POLICIES:
+                raise OSError(_errno.EINVAL, _os.strerror(_errno.EINVAL))
+        a.sched = (policy, priority)
+    return a
+
+
+def _child_errno(report: bytes) -> int:
+    """The errno in the host child's "OSError:<hex>:..." report (checked: hostile input)."""
+    parts = report.split(b":", 2)
+    try:
+        if parts[0] != b"OSError" or len(parts) < 2:
+            raise ValueError
+        err = int(parts[1], 16)
+    except ValueError:
+        raise IagoError(f"host's spawn child reported {report[:80]!r}") from None
+    if not 0 < err < 4096:
+        raise IagoError(f"host's spawn child reported errno {err}")
+    return err
+
+
 class Spawner:
     """The routed process starters of one enclave."""
 
-    def __init__(self, kernel):
+    def __init__(self, kernel, fs=None):
         self.kernel = kernel
+        self.fs = fs
 
     def spawn(self, argv, executables, env, cwd, fds=(-1,) * 8, close_fds=False,
               keep=(), restore_signals=True, setsid=False, pgid=-1, gid=None, groups=None,
-              uid=None, umask=-1) -> int:
-        """One OP_SPAWN: the pid of the host program started (checked: a positive pid)."""
+              uid=None, umask=-1, spawn_attrs=None) -> int:
+        """One OP_SPAWN: the pid of the host program started (checked: a positive pid).
+        ``spawn_attrs``: posix_spawn's, from :func:`spawn_attrs`."""
         argv, executables = _fsencode_all(argv, "args"), _fsencode_all(executables, "exec")
         env_list = None if env is None else _fsencode_all(env, "env")
         strings = b"".join(s + b"\0" for s in argv + executables + (env_list or []))
         if cwd is not None:
             strings += _fsencode_all([cwd], "cwd")[0] + b"\0"
+        attrs = spawn_attrs or SpawnAttrs()
+        policy, priority = attrs.sched if attrs.sched is not None else (None, 0)
+        strings += b"".join(path + b"\0" for path in attrs.open_paths)
         groups = None if groups is None else [int(g) for g in groups]
         keep = sorted(int(fd) for fd in keep)
         fields = dict(zip(("p2cread", "p2cwrite", "c2pread", "c2pwrite", "errread",
@@ -76,8 +219,19 @@ class Spawner:
                       uid=-1 if uid is None else uid, umask=umask, nargv=len(argv),
                       nexec=len(executables), nenv=-1 if env_list is None else len(env_list),
                       has_cwd=int(cwd is not None), ngroups=-1 if groups is None else len(groups),
-                      nkeep=len(keep))
+                      nkeep=len(keep), resetids=int(attrs.resetids),
+                      has_sigmask=int(attrs.sigmask is not None),
+                      sigmask=_bits(attrs.sigmask or ()), sigdef=_bits(attrs.sigdef),
+                      sched=0 if attrs.sched is None else (1 if policy is None else 2),
+                      sched_policy=policy or 0, sched_priority=priority,
+                      nactions=len(attrs.actions))
         ints = [fields[name] for name in abi.SPAWN_FIELDS] + (groups or []) + keep
+        for action in attrs.actions:
+            if action[0] == abi.SPAWN_DUP2 and self.kernel.app_blocking.get(action[1]):
+                # The host keeps the enclave's pipes and sockets O_NONBLOCK; the child's copy
+                # blocks, as the app's view of the fd does (fork_exec's stdio likewise).
+                action = action[:3] + (1,)
+            ints += action
         r = self.kernel.check(abi.OP_SPAWN, inbuf=strings,
                               in2=struct.pack(f"={len(ints)}q", *ints), wait=True)
         if r.ret <= 0 or r.ret >= 1 << 31:
@@ -126,6 +280,75 @@ class Spawner:
                 continue
             return _os.waitstatus_to_exitcode(sts)
 
+    def posix_spawn(self, path, argv, env, /, *, file_actions=(), setpgroup=_UNSET,
+                    resetids=False, setsid=False, setsigmask=_UNSET, setsigdef=_UNSET,
+                    scheduler=_UNSET):
+        """``os.posix_spawn``: ``path`` as a host program, with CPython's checks and errors."""
+        return self._posix_spawn("posix_spawn", path, argv, env, file_actions, setpgroup,
+                                 resetids, setsid, setsigmask, setsigdef, scheduler)
+
+    def posix_spawnp(self, path, argv, env, /, *, file_actions=(), setpgroup=_UNSET,
+                     resetids=False, setsid=False, setsigmask=_UNSET, setsigdef=_UNSET,
+                     scheduler=_UNSET):
+        """``os.posix_spawnp``: as posix_spawn, ``path`` looked up in this process's PATH
+        (not in ``env``'s)."""
+        return self._posix_spawn("posix_spawnp", path, argv, env, file_actions, setpgroup,
+                                 resetids, setsid, setsigmask, setsigdef, scheduler)
+
+    def _posix_spawn(self, func, path, argv, env, file_actions, setpgroup, resetids, setsid,
+                     setsigmask, setsigdef, scheduler):
+        from trusted.libos.fs import _path
+        # Argument parsing first, as Argument Clinic does it, then the body's checks in order.
+        if isinstance(path, str) and "\0" in path or isinstance(path, bytes) and b"\0" in path:
+            raise ValueError(f"{func}: embedded null character in path")
+        raw = _path(func, path)[0][:-1]
+        resetids, setsid = bool(operator.index(resetids)), bool(operator.index(setsid))
+        if not isinstance(argv, (list, tuple)):
+            raise TypeError(f"{func}: argv must be a tuple or list")
+        if not argv:
+            raise ValueError(f"{func}: argv must not be empty")
+        if not hasattr(type(env), "__getitem__"):
+            raise TypeError(f"{func}: environment must be a mapping object")
+        args = [_fsencode_one(a) for a in argv]
+        if not args[0]:
+            raise ValueError(f"{func}: argv first element cannot be empty")
+        env_list = _env_list(env)
+        attrs = spawn_attrs(file_actions, setpgroup, resetids, setsigmask, setsigdef, scheduler)
+        sys.audit("os.posix_spawn", path, argv, env)
+        if func == "posix_spawnp" and b"/" not in raw:
+            executables = [_os.path.join(_os.fsencode(d), raw) for d in _os.get_exec_path()]
+        else:
+            executables = [raw]
+        fs = self.fs
+        errpipe_read, errpipe_write = fs.pipe2(_os.O_CLOEXEC)
+        try:
+            fds = (-1,) * 6 + (errpipe_read, errpipe_write)
+            try:
+                pid = self.spawn(args, executables, env_list, None, fds,
+                                 restore_signals=False, setsid=setsid,
+                                 pgid=-1 if attrs.pgroup is None else attrs.pgroup,
+                                 spawn_attrs=attrs)
+            finally:
+                fs.close(errpipe_write)
+            report = b""
+            while chunk := fs.read(errpipe_read, 50000):
+                report += chunk
+        finally:
+            fs.close(errpipe_read)
+        if not report:
+            return pid
+        # As glibc's posix_spawn: the child that failed is reaped, its errno is the result.
+        while True:
+            try:
+                _os.waitpid(pid, 0)
+                break
+            except InterruptedError:
+                continue
+            except ChildProcessError:
+                break
+        err = _child_errno(report)
+        raise OSError(err, _os.strerror(err), path)
+
     def system(self, command):
         """``os.system``: ``/bin/sh -c command`` on the host, with the app's stdio; the wait
         status."""
@@ -137,14 +360,17 @@ class Spawner:
                 continue
 
 
-def patches(kernel) -> list[tuple[object, str, object]]:
+def patches(kernel, fs) -> list[tuple[object, str, object]]:
     """(owner, attribute, replacement) for every fork/spawn entry point that exists."""
     import subprocess
-    spawner = Spawner(kernel)
+    spawner = Spawner(kernel, fs)
     out = []
-    for name in ("fork", "forkpty", "posix_spawn", "posix_spawnp"):
+    for name in ("fork", "forkpty"):
         if hasattr(_os, name):
             out.append((_os, name, _refuse(f"os.{name}()")))
+    for name in ("posix_spawn", "posix_spawnp"):
+        if hasattr(_os, name):
+            out.append((_os, name, getattr(spawner, name)))
     out.append((_os, "system", spawner.system))
     if hasattr(_os, "_spawnvef"):
         out.append((_os, "_spawnvef", spawner.spawnvef))

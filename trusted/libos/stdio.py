@@ -2,17 +2,16 @@
 
 At install, ``sys.stdout`` and ``sys.stderr`` are rebuilt as CPython's start-up builds them
 (TextIOWrapper over a BufferedWriter) with the same encoding, errors, line buffering and
-write-through, over an enclave :class:`trusted.libos.fs.FileIO` on the same fd (never closing
+write-through, over the enclave's ``io.FileIO`` (trusted.libos.fs) on the same fd (never closing
 it), so a ``print`` is a counted write through the transport.  Only streams that are still
 the interpreter's own are replaced: a stream the app or a test harness swapped in is left
 alone.  stdin is not routed: a read may wait without end, which must not tie up an RPC worker.
 """
 from __future__ import annotations
 
+import _io
 import io
 import sys
-
-from trusted.libos.fs import DEFAULT_BUFFER_SIZE, FileIO
 
 _STREAMS = (("stdout", 1), ("stderr", 2))
 
@@ -20,12 +19,12 @@ _STREAMS = (("stdout", 1), ("stderr", 2))
 def _raw(stream):
     """The FileIO under a stream (``python -u``: the text layer sits on it directly)."""
     buf = getattr(stream, "buffer", None)
-    return buf if type(buf) is io.FileIO else getattr(buf, "raw", None)
+    return buf if type(buf) is _io.FileIO else getattr(buf, "raw", None)
 
 
 def _is_interpreters(stream, fd: int) -> bool:
     raw = _raw(stream)
-    return (type(stream) is io.TextIOWrapper and type(raw) is io.FileIO and not raw.closed
+    return (type(stream) is io.TextIOWrapper and type(raw) is _io.FileIO and not raw.closed
             and raw.fileno() == fd)
 
 
@@ -36,11 +35,10 @@ def patches(fs) -> list[tuple[object, str, object]]:
         old = getattr(sys, name, None)
         if not _is_interpreters(old, fd):
             continue
-        st = fs.kernel.fstat(fd)
-        blksize = st.st_blksize if st.st_blksize > 1 else DEFAULT_BUFFER_SIZE
-        raw = FileIO(fs.kernel, fd, f"<{name}>", "wb", False, True, False, st.st_mode, blksize)
+        raw = fs.FileIO(fd, "wb", closefd=False)
+        raw.name = f"<{name}>"
         buffered = old.buffer is not _raw(old)
-        new = io.TextIOWrapper(io.BufferedWriter(raw, blksize) if buffered else raw,
+        new = io.TextIOWrapper(io.BufferedWriter(raw, raw._blksize) if buffered else raw,
                                encoding=old.encoding,
                                errors=old.errors, newline="\n",
                                line_buffering=old.line_buffering,

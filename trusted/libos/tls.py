@@ -136,13 +136,28 @@ class BioPump:
     def do_handshake(self):
         return self._pump("handshake", self._obj.do_handshake)
 
+    def _pump_data(self, what, fn, *args):
+        """read/write as the C module's: a socket error under SSL_read_ex/SSL_write_ex (a
+        reset, a broken pipe) is SSL_ERROR_SYSCALL with a 0 return, which it reports as
+        SSLEOFError, "EOF occurred in violation of protocol" (so ``SSLSocket.read`` with
+        ``suppress_ragged_eofs`` returns b"", and a write that meets the peer's reset after
+        its alert raises an SSLError), not as the OSError.  Handshake and shutdown return -1
+        and report the OSError itself, as ``_pump`` lets them."""
+        try:
+            return self._pump(what, fn, *args)
+        except (_sslmod.SSLError, TimeoutError):
+            raise
+        except OSError:
+            raise _sslmod.SSLEOFError(_ssl.SSL_ERROR_EOF,
+                                      "EOF occurred in violation of protocol") from None
+
     def read(self, len=1024, buffer=None):
         if buffer is not None:
-            return self._pump("read", self._obj.read, len, buffer)
-        return self._pump("read", self._obj.read, len)
+            return self._pump_data("read", self._obj.read, len, buffer)
+        return self._pump_data("read", self._obj.read, len)
 
     def write(self, data):
-        return self._pump("write", self._obj.write, data)
+        return self._pump_data("write", self._obj.write, data)
 
     def shutdown(self):
         """As the C object's shutdown (``SSLSocket.unwrap``): close_notify both ways, then

@@ -26,6 +26,7 @@
 #include <sys/uio.h>
 #include <sys/wait.h>
 #include <grp.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -131,8 +132,61 @@ static void child_blocking_stdio(int fd)
     if (fl >= 0 && (fl & O_NONBLOCK)) fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
 }
 
+/* posix_spawn's attributes and file actions, in the order glibc's spawn child applies them
+ * (the signal mask last, just before exec).  0, or -1 with errno set. */
+static int child_spawn_attrs(const int64_t *v, const int64_t *act, char *const *opens)
+{
+    if (v[ELEOS_SP_RESETIDS] && (seteuid(getuid()) < 0 || setegid(getgid()) < 0)) return -1;
+    if (v[ELEOS_SP_SIGDEF]) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = SIG_DFL;
+        for (int sig = 1; sig <= 64; sig++)
+            if ((uint64_t)v[ELEOS_SP_SIGDEF] >> (sig - 1) & 1)
+                sigaction(sig, &sa, NULL);      /* as glibc: SIGKILL/SIGSTOP refuse, ignored */
+    }
+    if (v[ELEOS_SP_SCHED]) {
+        struct sched_param sp = { .sched_priority = (int)v[ELEOS_SP_SCHED_PRIORITY] };
+        int rc = v[ELEOS_SP_SCHED] == 2
+            ? sched_setscheduler(0, (int)v[ELEOS_SP_SCHED_POLICY], &sp) : sched_setparam(0, &sp);
+        if (rc < 0) return -1;
+    }
+    int64_t nopen = 0;
+    for (int64_t i = 0; i < v[ELEOS_SP_NACTIONS]; i++) {
+        const int64_t *a = act + 4 * i;
+        int fd = (int)a[1];
+        if (a[0] == ELEOS_SPAWN_CLOSE) {
+            close(fd);                          /* as glibc: a close that fails is not an error */
+        } else if (a[0] == ELEOS_SPAWN_OPEN) {
+            int nfd = open(opens[nopen++], (int)a[2], (mode_t)a[3]);
+            if (nfd < 0) return -1;
+            if (nfd != fd) {
+                if (dup2(nfd, fd) < 0) return -1;
+                close(nfd);
+            }
+        } else {
+            if (fd == (int)a[2]) {              /* dup2 onto itself: keep it across exec */
+                int fl = fcntl(fd, F_GETFD);
+                if (fl < 0 || fcntl(fd, F_SETFD, fl & ~FD_CLOEXEC) < 0) return -1;
+            } else if (dup2(fd, (int)a[2]) < 0) {
+                return -1;
+            }
+            if (a[3]) child_blocking_stdio((int)a[2]);   /* the app's view of it blocks */
+        }
+    }
+    if (v[ELEOS_SP_HAS_SIGMASK]) {
+        sigset_t set;
+        sigemptyset(&set);
+        for (int sig = 1; sig <= 64; sig++)
+            if ((uint64_t)v[ELEOS_SP_SIGMASK] >> (sig - 1) & 1) sigaddset(&set, sig);
+        if (sigprocmask(SIG_SETMASK, &set, NULL) < 0) return -1;
+    }
+    return 0;
+}
+
 static void child_exec(const int64_t *v, char *const *argv, char *const *execs, char *const *envp,
-                       const char *cwd, const gid_t *groups, const int64_t *keep)
+                       const char *cwd, const gid_t *groups, const int64_t *keep,
+                       char *const *opens)
 {
     int errpipe = (int)v[ELEOS_SP_ERRPIPE_WRITE];
     int p2cread = (int)v[ELEOS_SP_P2CREAD], c2pwrite = (int)v[ELEOS_SP_C2PWRITE], errwrite = (int)v[ELEOS_SP_ERRWRITE];
@@ -177,6 +231,7 @@ static void child_exec(const int64_t *v, char *const *argv, char *const *execs, 
     if (v[ELEOS_SP_NGROUPS] >= 0 && setgroups((size_t)v[ELEOS_SP_NGROUPS], groups) < 0) goto fail;
     if (v[ELEOS_SP_GID] >= 0 && setregid((gid_t)v[ELEOS_SP_GID], (gid_t)v[ELEOS_SP_GID]) < 0) goto fail;
     if (v[ELEOS_SP_UID] >= 0 && setreuid((uid_t)v[ELEOS_SP_UID], (uid_t)v[ELEOS_SP_UID]) < 0) goto fail;
+    if (child_spawn_attrs(v, keep + v[ELEOS_SP_NKEEP], opens) < 0) goto fail;
     stage = NULL;
     int saved = 0;
     for (int64_t i = 0; i < v[ELEOS_SP_NEXEC]; i++) {
@@ -211,31 +266,40 @@ static int64_t do_spawn(struct eleos_req *req)
     if (nints < ELEOS_SP_FIXED) return -EINVAL;
     int64_t nargv = v[ELEOS_SP_NARGV], nexec = v[ELEOS_SP_NEXEC], nenv = v[ELEOS_SP_NENV];
     int64_t ngroups = v[ELEOS_SP_NGROUPS], nkeep = v[ELEOS_SP_NKEEP];
+    int64_t nactions = v[ELEOS_SP_NACTIONS], nopen = 0;
     if (nargv < 1 || nargv > SPAWN_MAX_ITEMS || nexec < 1 || nexec > SPAWN_MAX_ITEMS ||
         nenv < -1 || nenv > SPAWN_MAX_ITEMS || ngroups < -1 || ngroups > SPAWN_MAX_ITEMS ||
-        nkeep < 0 || nkeep > SPAWN_MAX_ITEMS ||
-        (uint64_t)(ELEOS_SP_FIXED + (ngroups > 0 ? ngroups : 0) + nkeep) > nints)
+        nkeep < 0 || nkeep > SPAWN_MAX_ITEMS || nactions < 0 || nactions > SPAWN_MAX_ITEMS ||
+        v[ELEOS_SP_SCHED] < 0 || v[ELEOS_SP_SCHED] > 2 ||
+        (uint64_t)(ELEOS_SP_FIXED + (ngroups > 0 ? ngroups : 0) + nkeep + 4 * nactions) > nints)
         return -EINVAL;
+    const int64_t *act = v + ELEOS_SP_FIXED + (ngroups > 0 ? ngroups : 0) + nkeep;
+    for (int64_t i = 0; i < nactions; i++) {
+        if (act[4 * i] == ELEOS_SPAWN_OPEN) nopen++;
+        else if (act[4 * i] != ELEOS_SPAWN_CLOSE && act[4 * i] != ELEOS_SPAWN_DUP2) return -EINVAL;
+    }
     char *p = BUF(req), *end = p + req->buf_len;
     char **argv = calloc((size_t)nargv + 1, sizeof *argv);
     char **execs = calloc((size_t)nexec + 1, sizeof *execs);
     char **envp = nenv >= 0 ? calloc((size_t)nenv + 1, sizeof *envp) : NULL;
     gid_t *groups = calloc((size_t)(ngroups > 0 ? ngroups : 1), sizeof *groups);
+    char **opens = calloc((size_t)nopen + 1, sizeof *opens);
     int64_t r = -ENOMEM;
     char *cwd[2] = {NULL, NULL};
-    if (!argv || !execs || (nenv >= 0 && !envp) || !groups) goto out;
+    if (!argv || !execs || (nenv >= 0 && !envp) || !groups || !opens) goto out;
     r = -EINVAL;
     if (take_strings(&p, end, nargv, argv) || take_strings(&p, end, nexec, execs) ||
         (envp && take_strings(&p, end, nenv, envp)) ||
-        (v[ELEOS_SP_HAS_CWD] && take_strings(&p, end, 1, cwd)))
+        (v[ELEOS_SP_HAS_CWD] && take_strings(&p, end, 1, cwd)) ||
+        take_strings(&p, end, nopen, opens))
         goto out;
     for (int64_t i = 0; i < ngroups; i++) groups[i] = (gid_t)v[ELEOS_SP_FIXED + i];
     const int64_t *keep = v + ELEOS_SP_FIXED + (ngroups > 0 ? ngroups : 0);
     pid_t pid = fork();
-    if (pid == 0) child_exec(v, argv, execs, envp, cwd[0], groups, keep);   /* never returns */
+    if (pid == 0) child_exec(v, argv, execs, envp, cwd[0], groups, keep, opens);  /* never returns */
     r = pid < 0 ? -(int64_t)errno : (int64_t)pid;
 out:
-    free(argv); free(execs); free(envp); free(groups);
+    free(argv); free(execs); free(envp); free(groups); free(opens);
     return r;
 }
 
