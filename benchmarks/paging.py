@@ -6,7 +6,7 @@ the threads), read-only (copy an item out) and write-only (copy an item in), 1 a
 
 * SGX paging: the region is an EPC map (eleos_shim.epc): plain memory, every access to a page
   that is not resident is a real page fault served by the modeled SGX driver (by default the
-  faulting thread's own SIGBUS handler: ELDU, UFFDIO_COPY, and the EWB of a victim when no
+  faulting thread's own SIGBUS handler: ELDU, UFFDIO_CONTINUE, and the EWB of a victim when no
   frame is free; ``--reclaim background``: ksgxswapd),
   each fault one modeled event that pays its budget (ELEOS_EPC_FAULT_CYCLES, 40,000: the real
   part timed, a spin the rest), then the indirect cost.  The access loop is C (compiled here
@@ -171,7 +171,7 @@ class SgxSide:
 
 class SuvmSide:
     def __init__(self, cfg, cpu, region):
-        self.inst = suvm.create(cfg, charge_fn=cpu.charge_fn)
+        self.inst = suvm.create(cfg, charge_fn=cpu.charge_fn, pollute_fn=cpu.pollute_fn)
         self.p = self.inst.malloc(region)
         self.p.fill(1, region)
 
@@ -336,8 +336,8 @@ def one_pass(args, trap_asked, runs, accesses, multiples, lffi, llib) -> dict:
           f"{resident_ns[0]:.0f}/{resident_ns[1]:.0f} ns per resident read/write), the indirect "
           "cost after it included; budget, paid (median, mean), real (median) and overruns in "
           "cycles, from the modeled CPU (real = the trap, measured once at start, and the "
-          "handler); handler, eldu, install (UFFDIO_COPY / pwrite+mprotect) in us, from the "
-          "driver; ewb and eblock: per victim, on the faulting path (direct reclaim) or in "
+          "handler); handler, eldu, install (the copy into the EPC frame, then UFFDIO_CONTINUE "
+          "or mprotect) in us, from the driver; ewb and eblock: per victim, on the faulting path (direct reclaim) or in "
           "ksgxswapd (background), where frame wait = no free frame, waiting for it")
     print(table(["region", "op", "thr", "app us", "budget", "paid p50", "paid mean", "real p50",
                  "overruns", "handler", "eldu", "install", "ewb", "eblock", "frame wait"], brows))

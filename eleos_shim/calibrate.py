@@ -8,7 +8,8 @@ machine, with the configured constants (ELEOS_* variables and flags apply):
     and p90 of what was paid (cycles and ns), the median real and spun parts, the overruns
     (events whose real part alone exceeded the budget) and median paid/budget;
   * the same from outside: what a null OCALL costs a caller in C over a direct call, and what
-    an access that faults costs over a resident one;
+    an access that faults costs over a resident one (and how much of that is the indirect
+    window's charge after the fault, an event of its own);
   * what a trap costs outside its handler, per trap (measured by the driver at start);
   * with ``--pollution``: how much slower a slice of Python work runs right after touching a
     pollution buffer of each size (ELEOS_INDIRECT=pollute), against the modeled factor.
@@ -120,17 +121,24 @@ def fault_events(cfg: Config, trap: str, accesses: int = 3000) -> tuple[dict, di
             m[i * 4096]
         wall = time.perf_counter_ns() - t0
         faults = epc.counters()["faults"] - c0["faults"]
+        # The indirect window each fault opens is charged at the next one: its own event.
+        indirect_cycles = ModeledCPU.events()["indirect"]["paid_cycles"]
         t0 = time.perf_counter_ns()
         for _ in range(accesses):
             m[0]                               # resident: the floor of an access
         hit = (time.perf_counter_ns() - t0) / accesses
         row = fidelity_row(f"epc_fault ({epc.trap})", cpu, "epc_fault")
-        trap_cycles = epc.trap_cycles
+        trap_cycles, trap_return = epc.trap_cycles, epc._driver.trap_return_cycles
         m.close()
     per_fault = (wall - hit * accesses) / max(1, faults)
     ModeledCPU.reset()
+    cycles = per_fault * cpu.tsc_hz / 1e9
+    indirect = indirect_cycles / max(1, faults)
     return row, {"trap": trap, "faults": faults, "ns_per_fault": per_fault,
-                 "cycles_per_fault": per_fault * cpu.tsc_hz / 1e9, "trap_cycles": trap_cycles}
+                 "cycles_per_fault": cycles, "trap_cycles": trap_cycles,
+                 "trap_return_cycles": trap_return,
+                 "indirect_cycles_per_fault": indirect, "fault_alone_cycles": cycles - indirect,
+                 "budget_cycles": row["budget_cycles"]}
 
 
 def indirect_slowdown(pollute_kb: int, rounds: int = 300) -> tuple[float, float, float]:
@@ -198,10 +206,14 @@ def main(cfg: Config, args: list[str]) -> int:
           f"{outside['extra_cycles']:.0f} cycles more, budget {outside['budget_cycles']:.0f} "
           f"({outside['extra_cycles'] / outside['budget_cycles']:.2f}x)")
     for f in faults:
+        budget = f["budget_cycles"] or float("nan")
         print(f"  an access that faults ({f['trap']}): {f['ns_per_fault']:.0f} ns = "
               f"{f['cycles_per_fault']:.0f} cycles more than a resident one "
-              f"({f['faults']} faults; the trap outside its handler, measured at start: "
-              f"{f['trap_cycles']} cycles)")
+              f"({f['cycles_per_fault'] / budget:.2f}x), of which {f['indirect_cycles_per_fault']:.0f} "
+              f"the indirect window after it: the fault alone {f['fault_alone_cycles']:.0f} "
+              f"({f['fault_alone_cycles'] / budget:.2f}x) ({f['faults']} faults; the trap outside "
+              f"its handler, measured at start: {f['trap_cycles']} cycles, "
+              f"{f['trap_return_cycles']} of them after it)")
     pollution = []
     if "--pollution" in args:
         print("\nELEOS_INDIRECT=pollute: a slice of Python work right after touching the buffer vs "

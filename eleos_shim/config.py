@@ -19,6 +19,7 @@ MODES = ("native", "sgx", "eleos")
 SYSCALL_PATHS = ("direct", "ocall", "rpc")
 MEMORIES = ("native", "epc", "suvm")
 EVICTION_POLICIES = ("fifo", "lru", "clock", "random")
+OVERWRITE_MODES = ("open", "skip")
 COST_MODES = ("spin", "account")
 EPC_TRAPS = ("auto", "sigbus", "userfaultfd", "sigsegv")
 EPC_RECLAIMS = ("direct", "background")
@@ -234,6 +235,10 @@ OPTIONS: tuple[Option, ...] = (
            "(default clock: measured, hit ratio within 1%% of lru on zipf with no lock on a hit, so "
            "resident slicing stays within ~1.2x of plain mmap where lru's per-hit lock costs "
            "1.1-1.4x; benchmarks/suvm_micro.py)"),
+    Option("suvm_overwrite", _choice(OVERWRITE_MODES), "SUVM write miss over a whole page: open "
+           "(default: its stored copy is opened first, as Eleos' SUVM does: its page fault "
+           "handler decrypts on every miss, hint_write only marks the page dirty) or skip (the "
+           "new content goes in without opening it)"),
     Option("suvm_store_mb", _mb, "limit of the SUVM backing store in untrusted memory (default 8192)"),
     Option("rpc_workers", _int(0, 64), "untrusted RPC worker threads (default 1; 0 = every call falls back)"),
     Option("rpc_spin", _int(0), "spins an enclave call waits for a worker before it falls back to "
@@ -292,6 +297,7 @@ class Config:
     suvm_page_size: int = 4096
     suvm_subpage: int = 0
     suvm_eviction: str = "clock"
+    suvm_overwrite: str = "open"
     suvm_store_mb: float = 8192.0
     rpc_workers: int = 1
     rpc_spin: int = 20000

@@ -59,10 +59,12 @@ class ModeledCPU:
     def pollute_fn(self) -> int:
         return lib.cpu_pollute_fn()
 
-    def set_trap_cycles(self, cycles: int) -> None:
+    def set_trap_cycles(self, cycles: int, return_cycles: int = 0) -> None:
         """What a trap costs outside the fault handler (measured by the EPC driver): added to
-        each fault's real part."""
+        each fault's real part.  ``return_cycles`` of it come after the handler (the way back
+        to the app): the indirect window after the fault opens when they are over."""
         lib.cpu_set_trap_cycles(max(0, int(cycles)))
+        lib.cpu_set_trap_return_cycles(max(0, min(int(cycles), int(return_cycles))))
 
     def counters(self) -> dict:
         raw = ffi.new("uint64_t[6]")

@@ -209,7 +209,8 @@ class EPC:
             self._driver = EPCDriver(cfg.epc_bytes, ewb_fn=_epcm.epcm_ewb_fn(),
                                      eldu_fn=_epcm.epcm_eldu_fn(), charge_fn=cpu.charge_fn,
                                      pollute_fn=cpu.pollute_fn, trap=cfg.epc_trap, threads=threads,
-                                     reclaim=cfg.epc_reclaim, domain=self.domain)
+                                     reclaim=cfg.epc_reclaim, domain=self.domain,
+                                     tick_hz=cpu.tsc_hz)
         except BaseException:
             if self.domain is not None:
                 self.domain.leave()
@@ -220,7 +221,7 @@ class EPC:
         # The trap's delivery and return run where no code can time them: the driver measured
         # them once; each fault's real part includes them.
         self.trap_cycles = self._driver.trap_cycles
-        cpu.set_trap_cycles(self.trap_cycles)
+        cpu.set_trap_cycles(self.trap_cycles, self._driver.trap_return_cycles)
         self._old_handler = None
         if threading.current_thread() is threading.main_thread():
             self._old_handler = signal.signal(INTEGRITY_SIGNAL, _on_integrity_failure)

@@ -23,16 +23,19 @@ __all__ = ["SecureMemory", "SPointer", "Suvm", "create", "install", "install_def
            "suvm_malloc", "suvm_free", "stats", "BackingStore"]
 
 
-def create(cfg: Config | None = None, *, charge_fn: int = 0, **overrides) -> Suvm:
+def create(cfg: Config | None = None, *, charge_fn: int = 0, pollute_fn: int = 0,
+           **overrides) -> Suvm:
     """A new SUVM instance with its own backing store, sized by ``cfg`` (default: from the
     environment).  ``overrides`` replace config fields (``cfg.replace``).  ``charge_fn`` is the
-    modeled CPU's ``cpu_charge`` address, charged as an OCALL when the store grows."""
+    modeled CPU's ``cpu_charge`` address, charged as an OCALL when the store grows, and
+    ``pollute_fn`` its ``cpu_pollute``, which opens the indirect window after that exit."""
     cfg = cfg or Config.from_env()
     if overrides:
         cfg = cfg.replace(**overrides)
     store = BackingStore(cfg.suvm_store_bytes, cfg.suvm_page_size)
     inst = Suvm(store.bridge(), cache_bytes=cfg.suvm_cache_bytes, page_size=cfg.suvm_page_size,
-                subpage=cfg.suvm_subpage, eviction=cfg.suvm_eviction, charge_fn=charge_fn)
+                subpage=cfg.suvm_subpage, eviction=cfg.suvm_eviction, charge_fn=charge_fn,
+                pollute_fn=pollute_fn, overwrite=cfg.suvm_overwrite)
     inst.backing_store = store   # the host's side, for stats and the adversary API in tests
     inst.on_close.append(store.close)   # the enclave is gone: the host unmaps its store
     return inst
@@ -55,9 +58,11 @@ def suvm_malloc(n: int) -> SPointer:
 
 def install_default(cfg: Config | None = None, cpu=None) -> Suvm:
     """Build the enclave's SUVM from ``cfg`` and make it the default (the loader's entry).
-    ``cpu`` (eleos_shim.cpu.ModeledCPU) is charged an OCALL when the backing store grows."""
+    ``cpu`` (eleos_shim.cpu.ModeledCPU) is charged an OCALL when the backing store grows
+    (its indirect window after it included)."""
     charge = int(getattr(cpu, "charge_fn", 0) or 0) if cpu is not None else 0
-    inst = create(cfg, charge_fn=charge)
+    pollute = int(getattr(cpu, "pollute_fn", 0) or 0) if cpu is not None else 0
+    inst = create(cfg, charge_fn=charge, pollute_fn=pollute)
     install(inst)
     if cfg.epc_domain:
         inst.domain = SuvmDomain(inst, cfg)

@@ -60,6 +60,7 @@ BAD = [
     ("ELEOS_SUVM_PAGE_SIZE", "131072", "power of two"),
     ("ELEOS_SUVM_SUBPAGE", "100", "power of two"),
     ("ELEOS_SUVM_EVICTION", "mru", "one of fifo, lru, clock, random"),
+    ("ELEOS_SUVM_OVERWRITE", "never", "one of open, skip"),
     ("ELEOS_SUVM_STORE_MB", "0", "positive number"),
     ("ELEOS_RPC_WORKERS", "-1", "integer >= 0"),
     ("ELEOS_RPC_WORKERS", "many", "integer"),

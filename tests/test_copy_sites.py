@@ -209,8 +209,18 @@ REVIEWED: dict[tuple[str, str, str], str] = {
      'eleos_open(cpu_paging_key, nonce, aad, sizeof aad, frame, EPCM_PAGE, frame, tag)'):
         "opens in place in the CPU-private frame (copied in above); tag copied in first",
     ('eleos_shim/_native/epcm.c', 'epcm_ewb',
-     'eleos_seal(cpu_paging_key, nonce, aad, sizeof aad, frame, EPCM_PAGE, frame, tag)'):
-        "seals in place in the CPU-private frame; the tag is a local",
+     'eleos_seal(cpu_paging_key, nonce, aad, sizeof aad, page, EPCM_PAGE, frame, tag)'):
+        "seals the EBLOCKed EPC page (the CPU's view, or its padded copy in the frame) into the "
+        "CPU-private frame; the tag is a local; no host memory on either side",
+    # issue 12: the CPU reaches EPC frames through its own view of each region, not pread/pwrite
+    ('eleos_shim/_native/epcm.c', 'epcm_ewb',
+     'memcpy(frame, page, n)'):
+        "a partial last EPC page into the CPU-private frame for padding: the CPU's view, offset "
+        "and length from its region table",
+    ('eleos_shim/_native/epcm.c', 'install_verified',
+     'memcpy(g->view + off, frame, bytes_at(g, off))'):
+        "the verified plaintext into its EPC frame (the app's view unmapped): the CPU's own view, "
+        "offset and length of the address it verified",
     ('eleos_shim/_native/epcm.c', 'epcm_ewb',
      'memcpy(out_page, frame, EPCM_PAGE)'):
         "the copy out of ciphertext whose tag is already computed, one page",

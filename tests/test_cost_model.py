@@ -232,3 +232,38 @@ def test_calibrate_prints_each_events_budget_paid_and_overruns(tmp_path):
     # account mode: an event below its budget pays exactly its budget
     assert rows["ocall"]["paid_median_cycles"] == rows["ocall"]["budget_cycles"] == 8200
     assert rows["epc_fault (sigbus)"]["budget_cycles"] == 40000
+
+
+def test_suvm_store_growth_is_an_ocall_whose_window_the_next_event_charges(clock):
+    # SUVM asking the host for backing store is an exit like any OCALL: charged, and the app's
+    # code after it runs in an indirect window (it opened none before issue 12).
+    from eleos_shim import suvm
+    cpu = clock.cpu()
+    inst = suvm.create(Config().replace(suvm_cache_mb=0.0625, suvm_store_mb=4),
+                       charge_fn=cpu.charge_fn, pollute_fn=cpu.pollute_fn)
+    try:
+        inst.malloc(256 * 1024)              # the store grows: one OCALL
+        assert ModeledCPU.events()["ocall"]["count"] >= 1
+        assert ModeledCPU.events()["indirect"]["count"] == 0
+        clock.at(clock.t + 4000)             # the app's work after the exit
+        fault(clock, 100)                    # the next event settles the window
+        assert ModeledCPU.events()["indirect"]["budget_cycles"] == 2000
+    finally:
+        inst.close()
+
+
+def test_a_faults_window_spans_only_the_apps_work_between_the_traps(clock):
+    # A trap's delivery (before the handler) and return (after it) are the fault's, counted in
+    # its real part: the window after one fault opens when its return is over, and the next
+    # fault closes a window where its own delivery began.
+    cpu = clock.cpu()
+    cpu.set_trap_cycles(3000, return_cycles=1000)     # delivery 2,000, return 1,000
+    fault(clock, 100)
+    lib.cpu_pollute()
+    clock.at(clock.t + 5000)                          # return, then 4,000 of the app's work
+    ocall(clock)
+    assert ModeledCPU.events()["indirect"]["budget_cycles"] == 2000
+    lib.cpu_pollute()
+    clock.at(clock.t + 6000)                          # 4,000 of work, then the delivery
+    fault(clock, 100)
+    assert ModeledCPU.events()["indirect"]["budget_cycles"] == 2000 + 2000

@@ -2,14 +2,13 @@
 
 Each enclave is a real process under the shim (SGX mode, a 1 MB EPC, ELEOS_COST=account) driven
 line by line (tests/scripts/epc_domain_member.py).  Resident pages are measured by this
-process, independently of the driver's accounting: it opens each enclave's EPC memfds through
-/proc/PID/fd and asks mincore(2) which of their pages are in memory (the driver punches a hole
-for every page it EWBs).  To sum the enclaves at one instant it stops them all (SIGSTOP,
-waitpid WUNTRACED: every thread, driver threads included, is stopped) and lets them go after.
+process, independently of the driver's accounting: the pages of EPC memory each enclave's app
+maps, from /proc/PID/smaps (tests/epc_helpers.py: the driver unmaps every page it EWBs).  To
+sum the enclaves at one instant it stops them all (SIGSTOP, waitpid WUNTRACED: every thread,
+driver threads included, is stopped) and lets them go after.
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import selectors
@@ -21,6 +20,7 @@ import time
 import pytest
 
 from eleos_shim.harness import ROOT, app_command, app_env, first_line
+from tests.epc_helpers import app_mapped_pages
 from untrusted import epc_domain
 
 PAGE = 4096
@@ -28,46 +28,9 @@ EPC_MB = 1
 LIMIT_PAGES = (EPC_MB << 20) // PAGE          # 256
 SCRIPT = str(ROOT / "tests" / "scripts" / "epc_domain_member.py")
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mmap.restype = ctypes.c_void_p
-_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                       ctypes.c_long]
-_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-
-
 def memfd_resident(pid: int) -> int:
-    """Pages in memory of every EPC memfd of process ``pid``, as the kernel sees them."""
-    total = 0
-    seen = set()                                  # mmap.mmap keeps a dup of the driver's fd
-    fd_dir = f"/proc/{pid}/fd"
-    for name in os.listdir(fd_dir):
-        try:
-            if "memfd:eleos-epc" not in os.readlink(f"{fd_dir}/{name}"):
-                continue
-            fd = os.open(f"{fd_dir}/{name}", os.O_RDONLY)
-        except OSError:
-            continue                              # closed meanwhile
-        try:
-            st = os.fstat(fd)
-            size = st.st_size
-            if not size or st.st_ino in seen:
-                continue
-            seen.add(st.st_ino)
-            npages = (size + PAGE - 1) // PAGE
-            addr = _libc.mmap(None, size, 1, 1, fd, 0)          # PROT_READ, MAP_SHARED
-            if addr in (None, ctypes.c_void_p(-1).value):
-                raise OSError(ctypes.get_errno(), "mmap")
-            try:
-                vec = (ctypes.c_ubyte * npages)()
-                if _libc.mincore(addr, npages * PAGE, vec) != 0:
-                    raise OSError(ctypes.get_errno(), "mincore")
-                total += sum(b & 1 for b in vec)
-            finally:
-                _libc.munmap(addr, size)
-        finally:
-            os.close(fd)
-    return total
+    """Pages of EPC memory process ``pid``'s app maps, as the kernel sees them."""
+    return app_mapped_pages(pid)
 
 
 class Member:

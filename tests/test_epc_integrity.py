@@ -359,3 +359,42 @@ def test_sealed_page_rewritten_while_ewb_writes_it_out_never_loads_as_forged(cpu
     assert forged == 0, f"{forged} of {PAGE} raced write-outs loaded as forged pages"
     check_raced(raced, PAGE)
     assert refused > 0
+
+
+def _region_memfd(m) -> int:
+    """A descriptor of the memfd behind EPC map ``m`` (its frames), found as the host would."""
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if "memfd:eleos-epc" not in os.readlink(f"/proc/self/fd/{name}"):
+                continue
+            fd = os.open(f"/proc/self/fd/{name}", os.O_RDONLY)
+        except OSError:
+            continue
+        if os.fstat(fd).st_size == len(m):
+            return fd
+        os.close(fd)
+    raise LookupError("no memfd of that size")
+
+
+def test_evicted_pages_leave_only_wiped_frames_and_still_trap(epc):
+    # EWB wipes the frame instead of freeing it: what stays in the EPC memory of an evicted
+    # page is zeros, never its plaintext, and the next access traps (the app's view has no
+    # mapping of it; the kernel maps no neighbour that is in the memfd without a fault).
+    npages = 3 * (1 << 20) // PAGE
+    m = epc.map(npages * PAGE)
+    for i in range(npages):
+        m[i * PAGE:(i + 1) * PAGE] = bytes([i % 251 + 1]) * PAGE
+    states = epc.page_states(m)
+    evicted = [i for i, s in enumerate(states) if s == "evicted"]
+    assert len(evicted) > npages // 2
+    fd = _region_memfd(m)
+    try:
+        for i in evicted:
+            assert os.pread(fd, PAGE, i * PAGE) == bytes(PAGE), f"page {i} left plaintext behind"
+    finally:
+        os.close(fd)
+    before = epc.stats()["eldu"]
+    for i in evicted[:64]:                  # neighbours: fault-around would map their zeros
+        assert m[i * PAGE + 7] == i % 251 + 1
+    assert epc.stats()["eldu"] >= before + 64
+    m.close()

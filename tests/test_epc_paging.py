@@ -2,7 +2,7 @@
 
 Real traps (userfaultfd, and the mprotect+SIGSEGV fallback), real AES-GCM EWB/ELDU, small EPCs
 so that every test pages heavily and stays fast.  Resident pages are measured independently of
-the driver's own accounting, with mincore(2) on the app's mappings.
+the driver's own accounting, as the pages the app's views map (tests/epc_helpers.py).
 """
 from __future__ import annotations
 
@@ -19,26 +19,17 @@ import pytest
 
 from eleos_shim.config import Config
 from eleos_shim.epc import EPC, EPCMap
+from tests.epc_helpers import app_mapped_pages
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = 4096
 EPC_MB = 1
 LIMIT = EPC_MB << 20
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-
-
 def resident_pages(maps) -> int:
-    """Pages of ``maps`` that are in memory, as the kernel sees it."""
-    total = 0
-    for m in maps:
-        npages = (len(m) + PAGE - 1) // PAGE
-        vec = (ctypes.c_ubyte * npages)()
-        if _libc.mincore(ctypes.c_void_p(m._epc_address), npages * PAGE, vec) != 0:
-            raise OSError(ctypes.get_errno(), "mincore")
-        total += sum(b & 1 for b in vec)
-    return total
+    """Pages of ``maps`` in the EPC, as the kernel sees it: mapped in the app's views."""
+    return app_mapped_pages("self", [(m._epc_address, (len(m) + PAGE - 1) // PAGE * PAGE)
+                                     for m in maps])
 
 
 def make_cfg(trap: str, **kw) -> Config:
@@ -255,6 +246,18 @@ def test_evicted_pages_come_back_sealed_and_loaded_by_eldu(epc):
     before = epc.stats()["eldu"]
     assert all(m[i * PAGE + 17] == i + 1 for i in range(8))
     assert epc.stats()["eldu"] == before + 8
+    m.close()
+
+
+def test_a_partial_last_page_round_trips_through_ewb_and_eldu(epc):
+    # The region's last page is only partly inside it: EWB pads it in the CPU's frame, ELDU
+    # writes back only the bytes that belong to the region.
+    m = epc.map(2 * PAGE + 100)
+    m[:] = bytes(range(256)) * ((2 * PAGE + 100) // 256) + bytes(range((2 * PAGE + 100) % 256))
+    want = m[:]
+    assert epc.evict(m) == 3
+    assert m[:] == want
+    assert epc.stats()["eldu"] == 3
     m.close()
 
 

@@ -165,8 +165,11 @@ def race_byte(i: int) -> int:
 
 
 def race_instance():
+    # overwrite=skip: each round rewrites the whole page without opening the copy a raced round
+    # may have left tampered (by default that write would open it and stop on IntegrityError).
     return suvm.create(Config().replace(suvm_page_size=PAGE, suvm_subpage=0, suvm_eviction="clock",
-                                        suvm_cache_mb=4 * PAGE / 2**20, suvm_store_mb=8))
+                                        suvm_cache_mb=4 * PAGE / 2**20, suvm_store_mb=8,
+                                        suvm_overwrite="skip"))
 
 
 def test_ciphertext_rewritten_during_write_back_never_opens_as_a_forged_page():
@@ -207,9 +210,11 @@ def test_ciphertext_flipped_while_a_miss_opens_it_never_reaches_the_app(subpage)
     # The host flips a byte of the stored page while the enclave's miss handler (or its
     # sub-page direct read) opens it: the enclave copies the ciphertext in once and opens its
     # copy, so the app gets the right data or IntegrityError.
+    # overwrite=skip: each round's whole-page write must not open the copy the last round's
+    # race may have left flipped.
     inst = suvm.create(Config().replace(suvm_page_size=PAGE, suvm_subpage=subpage,
                                         suvm_eviction="clock", suvm_cache_mb=4 * PAGE / 2**20,
-                                        suvm_store_mb=8))
+                                        suvm_store_mb=8, suvm_overwrite="skip"))
     try:
         p = inst.malloc(PAGE)
         vpn = p.address // PAGE

@@ -85,10 +85,14 @@ class Suvm:
     ``store`` is a mapping of plain integers the host side provides: ``handle``, ``base``,
     ``capacity``, ``grow_fn``, ``discard_fn`` (see untrusted/backing_store.py).  ``charge_fn``
     is the modeled CPU's ``cpu_charge`` address (0 = none), charged when the store must grow
-    (an OCALL).  Thread-safe."""
+    or the cache is resized (an OCALL each); ``pollute_fn`` its ``cpu_pollute`` (0 = none),
+    called after each such exit, as after every OCALL.  ``overwrite``: ``open`` (a write
+    miss opens the page's stored copy first, as Eleos' SUVM does) or ``skip`` (a write over a
+    whole page does not).  Thread-safe."""
 
     def __init__(self, store: dict, *, cache_bytes: int, page_size: int = 4096, subpage: int = 0,
-                 eviction: str = "clock", charge_fn: int = 0):
+                 eviction: str = "clock", charge_fn: int = 0, pollute_fn: int = 0,
+                 overwrite: str = "open"):
         if eviction not in POLICIES:
             raise ValueError(f"unknown SUVM eviction policy {eviction!r}: expected one of "
                              + ", ".join(POLICIES))
@@ -99,6 +103,8 @@ class Suvm:
             raise ValueError(f"bad SUVM parameters: cache {cache_bytes} B, page {page_size} B, "
                              f"sub-page {subpage} B (need >= 4 pages, power-of-two sizes)")
         self._h = h
+        lib.suvm_set_pollute(h, pollute_fn)
+        lib.suvm_set_overwrite(h, overwrite == "skip")
         self.addr = int(ffi.cast("uintptr_t", h))
         self.store = store           # keeps the host's store (and its owner) alive
         self.page_size, self.subpage, self.eviction = page_size, subpage, eviction

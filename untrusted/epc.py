@@ -63,18 +63,22 @@ class EPCDriver:
     own).  ``reclaim``: ``direct`` (a fault with no free frame EWBs one page itself) or
     ``background`` (ksgxswapd keeps frames free; a fault that finds none waits for it); in a
     domain the domain's reclaimers always do it.  ``trap_cycles`` is what a trap costs outside
-    its handler, measured at start (TSC cycles; 0 in a domain).
+    its handler, measured at start (TSC cycles; 0 in a domain), ``trap_return_cycles`` the part
+    of it after the handler (the way back to the app).  ``tick_hz``: the TSC's rate
+    (the modeled CPU's), at which the driver's times, taken with the TSC, convert to ns.
     """
 
     def __init__(self, limit_bytes: int, *, ewb_fn: int, eldu_fn: int, charge_fn: int = 0,
                  pollute_fn: int = 0, trap: str = "auto", threads: int = 4,
-                 reclaim: str = "direct", domain=None):
+                 reclaim: str = "direct", domain=None, tick_hz: float = 0.0):
         if trap not in TRAPS:
             raise ValueError(f"trap must be one of {', '.join(TRAPS)}, not {trap!r}")
         if reclaim not in RECLAIMS:
             raise ValueError(f"reclaim must be one of {', '.join(RECLAIMS)}, not {reclaim!r}")
         pages = limit_bytes // PAGE
         lib.epc_driver_set_reclaim(RECLAIMS[reclaim])
+        # The fault path times itself with the TSC; its stats come out in ns at this rate.
+        lib.epc_driver_set_tick_hz(tick_hz)
         # A domain (untrusted.epc_domain.Domain): frames come from the EPC the domain's
         # enclaves share, and this driver's reclaimer is one of the domain's.
         self.domain = domain
@@ -93,13 +97,14 @@ class EPCDriver:
             lib.epc_driver_stop()
             _check(got, "measuring the trap's cost")
         self.trap_cycles = int(got)
+        self.trap_return_cycles = self.trap_stats()["trap_return_cycles"]
         self.limit_bytes = pages * PAGE
         self._stopped = False
 
     def create_region(self, nbytes: int, va_first: int) -> tuple[int, int]:
         """A region of ``nbytes`` whose page i uses VA slot ``va_first + i``.  Returns
         ``(region id, memfd)``; the caller maps the memfd and calls :meth:`attach`.  The
-        memfd stays the driver's (it punches holes in it to evict)."""
+        memfd stays the driver's (the modeled CPU maps it too: its frames are the EPC's)."""
         npages = (nbytes + PAGE - 1) // PAGE
         fd = ffi.new("int *")
         rid = _check(lib.epc_region_create(npages, nbytes, va_first, fd), "creating an EPC region")
@@ -149,9 +154,10 @@ class EPCDriver:
     def trap_stats(self) -> dict:
         """The trap's measured cost outside its handler, faults resolved by their own thread
         (SIGBUS), victims EWBed by a faulting thread (direct reclaim)."""
-        out = ffi.new("uint64_t[4]")
+        out = ffi.new("uint64_t[5]")
         lib.epc_driver_trap_stats(out)
-        return {"trap_cycles": int(out[0]), "sigbus_faults": int(out[1]),
+        return {"trap_cycles": int(out[0]), "trap_return_cycles": int(out[4]),
+                "sigbus_faults": int(out[1]),
                 "direct_reclaims": int(out[2]),
                 "reclaim": "background" if out[3] == lib.RECLAIM_BACKGROUND else "direct"}
 

@@ -28,15 +28,13 @@
 #include <time.h>
 #include "eleos_abi.h"
 
+#include "eleos_tsc.h"
+
+static inline uint64_t tsc(void) { return eleos_tsc(); }
 #if defined(__x86_64__) || defined(__i386__)
 #include <x86intrin.h>
-static inline uint64_t tsc(void) { return __rdtsc(); }
 static inline void relax(void) { _mm_pause(); }
 #else
-static inline uint64_t tsc(void) {
-    struct timespec ts; clock_gettime(CLOCK_MONOTONIC_RAW, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 static inline void relax(void) { __asm__ __volatile__("" ::: "memory"); }
 #endif
 
@@ -59,6 +57,7 @@ struct cpu_costs {
 
 static struct cpu_costs C = { 3300, 3800, 3800, 3300, 8200, 40000, 14000, 1.5, 1.0, 1, 1, 0 };
 static uint64_t trap_cycles;            /* a trap's delivery and return, outside the handler */
+static uint64_t trap_return_cycles;     /* of which the return (after the handler) */
 static volatile unsigned char *pollute_buf;
 static size_t pollute_len;
 
@@ -78,7 +77,7 @@ static inline uint64_t now_ticks(void) { return fake_clock ? fake_now : tsc(); }
  * one event inside another (a fault during a host call) cannot corrupt either. */
 struct tstate {
     uint64_t o_real, o_spun, o_mid;
-    uint64_t f_start;
+    uint64_t f_start, f_return;         /* f_return: the trap's return still ahead (cycles) */
     uint64_t w_start, w_real;
     int o_open, f_open, w_open;
 };
@@ -140,13 +139,15 @@ uint64_t cpu_indirect_budget(uint64_t dt)
     return (uint64_t)(s * (double)(dt < w ? dt : w) + 0.5);
 }
 
-/* The thread's next event begins: charge the window the last exit opened. */
-static void settle_window(void)
+/* The thread's next event began `lead` cycles ago: charge the window the last exit opened,
+ * up to then. */
+static void settle_window(uint64_t lead)
 {
     if (!T.w_open) return;
     T.w_open = 0;
     uint64_t t0 = now_ticks();
-    uint64_t budget = cpu_indirect_budget(t0 - T.w_start);
+    uint64_t end = t0 > lead ? t0 - lead : 0;
+    uint64_t budget = cpu_indirect_budget(end > T.w_start ? end - T.w_start : 0);
     uint64_t real = T.w_real;
     uint64_t spun = top_up(budget > real ? budget - real : 0);
     record(EV_INDIRECT, budget, real, spun);
@@ -156,7 +157,7 @@ static inline void count(int t) { __atomic_add_fetch(&n_transitions[t], 1, __ATO
 
 static void ocall_begin(void)
 {
-    settle_window();
+    settle_window(0);
     uint64_t t0 = now_ticks();
     uint64_t budget = scaled(C.ocall), part = scaled(C.eexit);
     uint64_t spun = top_up(part < budget ? part : budget);     /* EEXIT, before the host call */
@@ -181,7 +182,11 @@ static void ocall_end(void)
 
 static void fault_begin(void)
 {
-    settle_window();
+    /* The fault began at the access, a trap's delivery before its handler's AEX: the app's
+     * work ended there (the delivery is the fault's, in trap_cycles). */
+    uint64_t trap = __atomic_load_n(&trap_cycles, __ATOMIC_RELAXED);
+    uint64_t back = __atomic_load_n(&trap_return_cycles, __ATOMIC_RELAXED);
+    settle_window(trap > back ? trap - back : 0);
     T.f_start = now_ticks();
     T.f_open = 1;
 }
@@ -195,6 +200,9 @@ static void fault_end(void)
     uint64_t real = (t0 - T.f_start) + __atomic_load_n(&trap_cycles, __ATOMIC_RELAXED);
     uint64_t spun = top_up(budget > real ? budget - real : 0);
     record(EV_FAULT, budget, real, spun);
+    /* The app resumes only after the trap's return, which the fault has paid for: the window
+     * its exit opens starts then. */
+    T.f_return = __atomic_load_n(&trap_return_cycles, __ATOMIC_RELAXED);
 }
 
 void cpu_charge(int t)
@@ -224,7 +232,8 @@ void cpu_pollute(void)
                 pollute_buf[i]++;
         real = now_ticks() - t0;
     }
-    T.w_start = now_ticks();
+    T.w_start = now_ticks() + T.f_return;
+    T.f_return = 0;
     T.w_real = real;
     T.w_open = 1;
 }
@@ -249,8 +258,13 @@ int cpu_configure(const struct cpu_costs *c)
 }
 
 /* The EPC driver measured what a trap costs outside its handler (delivery and return): no code
- * runs there to read the TSC, so it is added to each fault's real part. */
+ * runs there to read the TSC, so it is added to each fault's real part; the return part, which
+ * comes after the handler opened the fault's indirect window, delays that window's start. */
 void cpu_set_trap_cycles(uint64_t cycles) { __atomic_store_n(&trap_cycles, cycles, __ATOMIC_RELAXED); }
+void cpu_set_trap_return_cycles(uint64_t cycles)
+{
+    __atomic_store_n(&trap_return_cycles, cycles, __ATOMIC_RELAXED);
+}
 uint64_t cpu_trap_cycles(void) { return __atomic_load_n(&trap_cycles, __ATOMIC_RELAXED); }
 
 /* out: eenter, eexit, aex, eresume, paid cycles of all events, pollutions. */
@@ -294,6 +308,7 @@ void cpu_reset_counters(void)
         __atomic_store_n(&sample_next[e], 0, __ATOMIC_RELAXED);
     }
     T.o_open = T.f_open = T.w_open = 0;
+    T.f_return = 0;
 }
 
 /* Tests: a clock that moves only when told (account mode), so the arithmetic is exact. */

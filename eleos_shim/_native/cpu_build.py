@@ -24,6 +24,7 @@ ffi.cdef("""
     void cpu_spin_cycles(uint64_t cycles);
     int cpu_configure(const struct cpu_costs *c);
     void cpu_set_trap_cycles(uint64_t cycles);
+    void cpu_set_trap_return_cycles(uint64_t cycles);
     uint64_t cpu_trap_cycles(void);
     uint64_t cpu_indirect_budget(uint64_t dt);
     void cpu_charge(int t);

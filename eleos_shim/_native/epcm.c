@@ -40,6 +40,7 @@
 #include <time.h>
 #include <sys/syscall.h>
 #include <unistd.h>
+#include "eleos_tsc.h"
 #include "seal.h"
 
 #define EPCM_PAGE 4096
@@ -72,15 +73,17 @@ static uint64_t dead_linaddr;
 static int dead_reason;
 static int trip_signum;                    /* 0: not armed */
 static int trip_tid;                       /* the app's main thread */
-static uint64_t n_ewb, n_eldu, n_integrity_errors, ewb_ns, eldu_ns;
+static uint64_t n_ewb, n_eldu, n_integrity_errors, ewb_ticks, eldu_ticks;
 
 /* The enclave's EPC regions, as the enclave registered them (EPCMap, eleos_shim/epc.py): where
- * each lives, its VA slots, and the CPU's own descriptor of its memory (a dup of the memfd the
- * app maps, so the driver cannot swap the file under the CPU).  Read by every EWB/ELDU, written
- * when a region comes or goes. */
+ * each lives, its VA slots, and the CPU's own view of its memory: a mapping, made at
+ * registration, of the memfd the app maps (so the driver cannot swap the file under the CPU),
+ * through which EWB reads and wipes a page and ELDU writes one, with memcpy: as the CPU reaches
+ * EPC frames by physical address, without the app's page tables.  Read by every EWB/ELDU,
+ * written when a region comes or goes. */
 struct epcm_region {
     uint64_t base, nbytes, npages, va_first;
-    int fd;
+    uint8_t *view;
 };
 static struct epcm_region regions[EPCM_MAX_REGIONS];
 static int nregions;
@@ -115,12 +118,8 @@ static uint8_t *cpu_frame(int which)
     return cpu_frames + (size_t)which * EPCM_PAGE;
 }
 
-static inline uint64_t mono_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
+/* The CPU's own clock for its counters: the TSC. */
+static inline uint64_t ticks(void) { return eleos_tsc(); }
 
 /* Create the CPU's paging key (from the kernel's CSPRNG), once per process, as SGX derives a
  * fresh paging key at every power-on. */
@@ -193,7 +192,8 @@ void epcm_eremove(uint64_t first_slot, uint64_t n)
 }
 
 /* The enclave maps `nbytes` of EPC at `base` (page-aligned), backed by `memfd`, page i sealed
- * under VA slot va_first + i.  0, or -errno (overlap, bad arguments, fd not a file that big). */
+ * under VA slot va_first + i; the CPU maps the memfd itself (its view) and keeps no descriptor.
+ * 0, or -errno (overlap, bad arguments, fd not a file that big, no room for the view). */
 int epcm_region_add(uint64_t base, uint64_t nbytes, uint64_t va_first, int memfd)
 {
     if (!base || base % EPCM_PAGE || !nbytes || base + nbytes < base || !va_first)
@@ -207,6 +207,11 @@ int epcm_region_add(uint64_t base, uint64_t nbytes, uint64_t va_first, int memfd
         close(fd);
         return -EINVAL;
     }
+    void *view = mmap(NULL, npages * EPCM_PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (view == MAP_FAILED)
+        return -errno;
+    (void)madvise(view, npages * EPCM_PAGE, MADV_DONTDUMP);
     pthread_rwlock_wrlock(&regions_lock);
     int rc = 0;
     for (int k = 0; k < nregions && !rc; k++)
@@ -216,28 +221,28 @@ int epcm_region_add(uint64_t base, uint64_t nbytes, uint64_t va_first, int memfd
     if (!rc && nregions == EPCM_MAX_REGIONS)
         rc = -ENOSPC;
     if (!rc)
-        regions[nregions++] = (struct epcm_region){ base, nbytes, npages, va_first, fd };
+        regions[nregions++] = (struct epcm_region){ base, nbytes, npages, va_first, view };
     pthread_rwlock_unlock(&regions_lock);
     if (rc)
-        close(fd);
+        munmap(view, npages * EPCM_PAGE);
     return rc;
 }
 
 /* The region at `base` is gone (after the driver released its frames).  0, or -ENOENT. */
 int epcm_region_remove(uint64_t base)
 {
-    int fd = -1;
+    struct epcm_region gone = { 0 };
     pthread_rwlock_wrlock(&regions_lock);
     for (int k = 0; k < nregions; k++)
         if (regions[k].base == base) {
-            fd = regions[k].fd;
+            gone = regions[k];
             regions[k] = regions[--nregions];
             break;
         }
     pthread_rwlock_unlock(&regions_lock);
-    if (fd < 0)
+    if (!gone.view)
         return -ENOENT;
-    close(fd);
+    munmap(gone.view, gone.npages * EPCM_PAGE);   /* no EWB/ELDU holds it: they hold the lock */
     return 0;
 }
 
@@ -278,11 +283,12 @@ static void make_aad(uint8_t aad[24], uint64_t linaddr, uint64_t slot, uint64_t 
 
 /* EWB: seal the EPC page at enclave address `linaddr` (VA slot `slot`) and write it out to
  * `out_page` (4096 bytes) and `out_pcmd` (16 bytes), untrusted memory; record its version in
- * the slot and free the EPC page.  The driver must have EBLOCKed the page (unmapped it from the
- * app), so no write slips in after the CPU read it.  Returns EPCM_OK or an EPCM_ERR_*. */
+ * the slot and free the EPC page (its frame is wiped).  The driver must have EBLOCKed the page
+ * (unmapped it from the app), so no write slips in after the CPU read it.  Returns EPCM_OK or
+ * an EPCM_ERR_*. */
 int epcm_ewb(uint64_t linaddr, uint64_t slot, void *out_page, void *out_pcmd)
 {
-    uint64_t t0 = mono_ns();
+    uint64_t t0 = ticks();
     uint64_t *v = va_slot_ptr(slot);
     if (!v)
         return EPCM_ERR_BAD_SLOT;
@@ -297,16 +303,20 @@ int epcm_ewb(uint64_t linaddr, uint64_t slot, void *out_page, void *out_pcmd)
     if (bad)
         return bad;
     size_t n = bytes_at(g, off);
-    ssize_t got = pread(g->fd, frame, n, (off_t)off);
-    if (got < 0)
-        got = 0;
-    memset(frame + got, 0, EPCM_PAGE - (size_t)got);   /* a hole or the end of the region */
+    /* The EPC page, through the CPU's view: EBLOCKed (no mapping of the app's writes to it), so
+     * it is sealed from where it is; a region's partial last page is padded in the frame. */
+    const uint8_t *page = g->view + off;
+    if (n < EPCM_PAGE) {
+        memcpy(frame, page, n);
+        memset(frame + n, 0, EPCM_PAGE - n);
+        page = frame;
+    }
     uint64_t version = __atomic_add_fetch(&version_counter, 1, __ATOMIC_RELAXED);
     uint8_t nonce[ELEOS_SEAL_NONCE_BYTES], aad[24], tag[ELEOS_SEAL_TAG_BYTES];
     eleos_nonce(nonce, 0x00435045u /* "EPC" */, version);
     make_aad(aad, linaddr, slot, version);
-    /* Sealed in place: the frame holds ciphertext only from here on. */
-    if (eleos_seal(cpu_paging_key, nonce, aad, sizeof aad, frame, EPCM_PAGE, frame, tag) != 0) {
+    /* Sealed into the private frame, which holds ciphertext only from here on. */
+    if (eleos_seal(cpu_paging_key, nonce, aad, sizeof aad, page, EPCM_PAGE, frame, tag) != 0) {
         pthread_rwlock_unlock(&regions_lock);
         OPENSSL_cleanse(frame, EPCM_PAGE);
         return EPCM_ERR_CRYPTO;
@@ -316,14 +326,16 @@ int epcm_ewb(uint64_t linaddr, uint64_t slot, void *out_page, void *out_pcmd)
         pthread_rwlock_unlock(&regions_lock);
         return EPCM_ERR_SLOT_OCCUPIED;
     }
-    /* The page leaves the EPC: its frame is freed (a hole reads as zero and is unmapped from
-     * every view of it), so the sealed copy is the only one. */
-    (void)fallocate(g->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, EPCM_PAGE);
+    /* The page leaves the EPC: its frame is wiped, so the sealed copy is the only one.  The
+     * frame stays allocated (the driver's frame count, not the memfd's pages, is the EPC's
+     * size): punching a hole cost a fault a third of its time (the page cache's truncation and
+     * a walk of every mapping), and the next ELDU then needed a page allocated again. */
+    explicit_bzero(g->view + off, n);
     pthread_rwlock_unlock(&regions_lock);
     memcpy(out_page, frame, EPCM_PAGE);                /* the copy out: tag already computed */
     memcpy(out_pcmd, tag, sizeof tag);
     __atomic_add_fetch(&n_ewb, 1, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&ewb_ns, mono_ns() - t0, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&ewb_ticks, ticks() - t0, __ATOMIC_RELAXED);
     return EPCM_OK;
 }
 
@@ -342,37 +354,37 @@ static void die(uint64_t linaddr, int reason)
 }
 
 /* Put the verified page in `frame` into the enclave's memory at `linaddr` (offset `off` of
- * region g).  With the driver's userfaultfd (`uffd` >= 0): UFFDIO_COPY, which also maps it
- * (*mapped = 1), without waking the faulting threads: the driver releases them once the
- * fault's cost is paid, as ERESUME comes last.  Else, or if the kernel refused: written into
- * the region's memory, which the driver then maps (*mapped = 0); the driver can only map an
- * address to what lives at that address, so the destination is the CPU's choice either way. */
+ * region g): written into its EPC frame through the CPU's view, while the app's view has no
+ * mapping of it (the driver EBLOCKed it before the EWB), so the app never sees a half-written
+ * page.  Then, with the driver's userfaultfd (`uffd` >= 0), UFFDIO_CONTINUE maps that frame
+ * for the app (*mapped = 1), without waking the faulting threads: the driver releases them once
+ * the fault's cost is paid, as ERESUME comes last.  Else, or if the kernel refused, the driver
+ * maps it (*mapped = 0); it can only map an address to what lives at that address, so the
+ * destination is the CPU's choice either way. */
 static int install_verified(const struct epcm_region *g, uint64_t linaddr, uint64_t off,
                             const uint8_t *frame, int uffd, uint64_t *mapped)
 {
-    if (uffd >= 0) {
-        struct uffdio_copy c = { .dst = linaddr, .src = (uintptr_t)frame, .len = EPCM_PAGE,
-                                 .mode = UFFDIO_COPY_MODE_DONTWAKE };
-        if (ioctl(uffd, UFFDIO_COPY, &c) == 0) {
-            *mapped = 1;
-            return 0;
-        }
-    }
-    size_t n = bytes_at(g, off);
+    memcpy(g->view + off, frame, bytes_at(g, off));
     *mapped = 0;
-    return pwrite(g->fd, frame, n, (off_t)off) == (ssize_t)n ? 0 : -1;
+    if (uffd >= 0) {
+        struct uffdio_continue c = { .range = { .start = linaddr, .len = EPCM_PAGE },
+                                     .mode = UFFDIO_CONTINUE_MODE_DONTWAKE };
+        if (ioctl(uffd, UFFDIO_CONTINUE, &c) == 0)
+            *mapped = 1;
+    }
+    return 0;
 }
 
 /* ELDU: load the sealed page (`page`, `pcmd`: untrusted memory) for enclave address `linaddr`,
  * checking it against the version in VA slot `slot` (which it clears), and install it at
  * `linaddr` (see install_verified; `uffd` is the driver's userfaultfd or -1).
  * result[0] = 1 if the page is mapped (the driver wakes its waiters), 0 if the driver must
- * map it; result[1] = ns spent installing.  On any failure nothing is installed, the private
+ * map it; result[1] = TSC ticks spent installing.  On any failure nothing is installed, the private
  * frame is wiped, the enclave is dead, and an EPCM_ERR_* is returned. */
 int epcm_eldu(uint64_t linaddr, uint64_t slot, const void *page, const void *pcmd, int uffd,
               uint64_t result[2])
 {
-    uint64_t t0 = mono_ns();
+    uint64_t t0 = ticks();
     result[0] = result[1] = 0;
     uint64_t *v = va_slot_ptr(slot);
     if (!v) {
@@ -408,10 +420,10 @@ int epcm_eldu(uint64_t linaddr, uint64_t slot, const void *page, const void *pcm
     else if (!__atomic_compare_exchange_n(v, &version, 0, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
         rc = EPCM_ERR_SLOT_EMPTY;      /* two loads raced for one sealed copy: only one may win */
     if (rc == EPCM_OK) {
-        uint64_t i0 = mono_ns();
+        uint64_t i0 = ticks();
         if (install_verified(g, linaddr, off, frame, uffd, &result[0]) != 0)
             rc = EPCM_ERR_INSTALL;     /* the slot is spent: the page is lost */
-        result[1] = mono_ns() - i0;
+        result[1] = ticks() - i0;
     }
     pthread_rwlock_unlock(&regions_lock);
     /* Verified or not, no plaintext stays behind (explicit_bzero: a memset the compiler keeps,
@@ -422,7 +434,7 @@ int epcm_eldu(uint64_t linaddr, uint64_t slot, const void *page, const void *pcm
         return rc;
     }
     __atomic_add_fetch(&n_eldu, 1, __ATOMIC_RELAXED);
-    __atomic_add_fetch(&eldu_ns, mono_ns() - t0 - result[1], __ATOMIC_RELAXED);
+    __atomic_add_fetch(&eldu_ticks, ticks() - t0 - result[1], __ATOMIC_RELAXED);
     return EPCM_OK;
 }
 
@@ -433,7 +445,7 @@ void epcm_arm(int signum, int tid)
     __atomic_store_n(&trip_signum, signum, __ATOMIC_RELEASE);
 }
 
-/* out: dead, reason, linaddr, ewb, eldu, integrity_errors, ewb_ns, eldu_ns */
+/* out: dead, reason, linaddr, ewb, eldu, integrity_errors, ewb_ticks, eldu_ticks (TSC) */
 void epcm_status(uint64_t out[8])
 {
     out[0] = (uint64_t)__atomic_load_n(&enclave_dead, __ATOMIC_ACQUIRE);
@@ -442,8 +454,8 @@ void epcm_status(uint64_t out[8])
     out[3] = __atomic_load_n(&n_ewb, __ATOMIC_RELAXED);
     out[4] = __atomic_load_n(&n_eldu, __ATOMIC_RELAXED);
     out[5] = __atomic_load_n(&n_integrity_errors, __ATOMIC_RELAXED);
-    out[6] = __atomic_load_n(&ewb_ns, __ATOMIC_RELAXED);
-    out[7] = __atomic_load_n(&eldu_ns, __ATOMIC_RELAXED);
+    out[6] = __atomic_load_n(&ewb_ticks, __ATOMIC_RELAXED);
+    out[7] = __atomic_load_n(&eldu_ticks, __ATOMIC_RELAXED);
 }
 
 int epcm_dead(void) { return __atomic_load_n(&enclave_dead, __ATOMIC_ACQUIRE); }
@@ -458,8 +470,8 @@ void epcm_reset(void)
     __atomic_store_n(&n_ewb, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&n_eldu, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&n_integrity_errors, 0, __ATOMIC_RELAXED);
-    __atomic_store_n(&ewb_ns, 0, __ATOMIC_RELAXED);
-    __atomic_store_n(&eldu_ns, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&ewb_ticks, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&eldu_ticks, 0, __ATOMIC_RELAXED);
 }
 
 /* The function pointers handed to the driver by the loader. */

@@ -100,6 +100,8 @@ struct suvm {
     suvm_store_grow_fn grow;
     suvm_store_discard_fn discard;
     eleos_cpu_charge_fn charge;
+    eleos_cpu_pollute_fn pollute;     /* opens the indirect window after an exit (cpu.c) */
+    int overwrite_skips_open;         /* a write miss over a whole page does not open it */
 
     uint8_t key[16];
     _Atomic uint64_t seal_counter;
@@ -111,6 +113,20 @@ struct suvm {
      * instead of the frame's pin counter: one locked store instead of two locked adds. */
     struct { _Alignas(64) _Atomic uint64_t hits; _Atomic int32_t hazard; } hit_slot[HIT_SLOTS];
 };
+
+/* SUVM's own exits (the store's growth, a resize) are OCALLs like the syscall stub's: EEXIT
+ * before the host's work, EENTER after, and then, as after every exit, the indirect window
+ * opens (cpu.c: the app's code after it runs slower for a while). */
+static inline void exit_begin(suvm_t *s)
+{
+    if (s->charge) s->charge(ELEOS_T_EEXIT);
+}
+
+static inline void exit_end(suvm_t *s)
+{
+    if (s->charge) s->charge(ELEOS_T_EENTER);
+    if (s->pollute) s->pollute();
+}
 
 #define ST_ADD(s, i, v) atomic_fetch_add_explicit(&(s)->st[i], (v), memory_order_relaxed)
 
@@ -606,7 +622,10 @@ static int access_page(suvm_t *s, uint64_t vpn, uint32_t off, uint8_t *buf, size
                 return rc < 0 ? rc : SUVM_OK;
         }
         int done = 0;
-        f = fault_in(s, vpn, op != 0 && off == 0 && n == s->page_size ? buf : NULL, op, &done);
+        /* Eleos' SUVM opens the stored copy on every miss, a write's too (its hint_write only
+         * marks the page dirty); skipping that for a write over the whole page is an option. */
+        int whole = s->overwrite_skips_open && op != 0 && off == 0 && n == s->page_size;
+        f = fault_in(s, vpn, whole ? buf : NULL, op, &done);
         if (f < 0)
             return f;
         if (done) {
@@ -744,9 +763,9 @@ int suvm_reserve(suvm_t *s, uint64_t end)
     }
     if (bytes > s->committed) {
         /* Asking the host for memory is an OCALL: an exit and a re-entry. */
-        if (s->charge) s->charge(ELEOS_T_EEXIT);
+        exit_begin(s);
         int64_t got = s->grow(s->store, bytes);
-        if (s->charge) s->charge(ELEOS_T_EENTER);
+        exit_end(s);
         if (got < 0 || (uint64_t)got < bytes) {   /* refused, or an impossible answer */
             rc = SUVM_ENOMEM;
             goto out;
@@ -939,7 +958,7 @@ uint32_t suvm_resize(suvm_t *s, uint32_t n)
         pthread_mutex_unlock(&s->resize_lock);
         return n;
     }
-    if (s->charge) s->charge(ELEOS_T_EEXIT);
+    exit_begin(s);
     pthread_mutex_lock(&s->cache_lock);
     if (n > old) {
         for (uint32_t f = old; f < n; f++) {
@@ -982,12 +1001,26 @@ uint32_t suvm_resize(suvm_t *s, uint32_t n)
         OPENSSL_cleanse(s->frames + (size_t)n * s->page_size, (size_t)(old - n) * s->page_size);
         if (hi > lo) madvise(s->frames + lo, hi - lo, MADV_DONTNEED);
     }
-    if (s->charge) s->charge(ELEOS_T_EENTER);
+    exit_end(s);
     pthread_mutex_unlock(&s->resize_lock);
     return n;
 }
 
 uint32_t suvm_cache_frames(suvm_t *s) { return atomic_load(&s->active); }
+
+/* skip != 0: a write miss that overwrites a whole page puts the new content in its frame
+ * without opening the stored copy (ELEOS_SUVM_OVERWRITE=skip); 0, the default: it opens it
+ * first, as Eleos' SUVM does. */
+void suvm_set_overwrite(suvm_t *s, int skip)
+{
+    s->overwrite_skips_open = skip != 0;
+}
+
+/* The modeled CPU's cpu_pollute (0: none), called after each of SUVM's own exits. */
+void suvm_set_pollute(suvm_t *s, uintptr_t cpu_pollute_fn)
+{
+    s->pollute = (eleos_cpu_pollute_fn)cpu_pollute_fn;
+}
 
 void suvm_stats(suvm_t *s, uint64_t out[SUVM_ST_COUNT])
 {

@@ -56,6 +56,8 @@ suvm_t *suvm_new(uint64_t cache_bytes, uint32_t page_size, uint32_t subpage, int
                  uintptr_t store, uintptr_t store_base, uint64_t store_capacity,
                  uintptr_t grow_fn, uintptr_t discard_fn, uintptr_t cpu_charge_fn);
 void suvm_destroy(suvm_t *s);
+void suvm_set_pollute(suvm_t *s, uintptr_t cpu_pollute_fn);
+void suvm_set_overwrite(suvm_t *s, int skip);
 
 int suvm_reserve(suvm_t *s, uint64_t end);             /* make [0, end) usable */
 uint64_t suvm_reserved(suvm_t *s);

@@ -19,7 +19,7 @@ for header in ("epc_driver.h", "epc_domain.h"):
                                                     "#define EPC_DOMAIN_H"))))
 ffi.set_source("untrusted._native._epc",
                '#include "eleos_abi.h"\n#include "epc_driver.h"\n#include "epc_domain.h"\n',
-               sources=[os.path.relpath(os.path.join(HERE, c), ROOT) for c in ("epc_driver.c", "epc_domain.c")],
+               sources=[os.path.relpath(os.path.join(HERE, c), ROOT) for c in ("epc_driver.c", "epc_trap.c", "epc_domain.c")],
                include_dirs=[INCLUDE, HERE], libraries=["pthread"],
                extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wno-unused-function"])
 

@@ -1,34 +1,34 @@
 /*
- * epc_driver.c - the SGX driver model: EPC limit, page-fault traps, reclaim (untrusted/, host).
+ * epc_driver.c - the SGX driver model: EPC limit, the fault path, reclaim (untrusted/, host).
  *
  * Vanilla SGX keeps the enclave's memory in the EPC, a few dozen MB.  When an enclave touches
  * more, the kernel driver pages: the access traps (AEX), the driver picks a victim, EWBs it
  * (sealed by the CPU) to normal memory, ELDUs the wanted page back and the thread resumes
  * (ERESUME).  This file is that driver, for real, over memory of this process:
  *
- *   enclave memory  a memfd per region.  The app maps it (a real mmap.mmap, created in Python);
- *                   the driver never maps it and never reads or writes enclave pages: the CPU's
- *                   EWB reads a page through the memfd into a CPU-private frame, and ELDU opens
- *                   into such a frame and puts it into the memfd at the page's verified address
- *                   in one step (UFFDIO_COPY, or pwrite), so the app never sees a half-loaded
- *                   page, plaintext never sits in the driver's memory, and evicting a page
- *                   unmaps it from one address space only (one TLB shootdown, not two).  A page
- *                   is resident while it is in the memfd; EWB ends with a hole punched in it, so
- *                   resident pages are real memory you can count with mincore(2) or smaps.
- *   traps           userfaultfd (MISSING|MINOR on the app's view) with UFFD_FEATURE_SIGBUS
- *                   (TRAP_SIGBUS, the default): a non-resident page, or one being evicted,
- *                   raises SIGBUS in the faulting thread, whose handler resolves its own fault
- *                   (the CPU's ELDU installs the page, UFFDIO_COPY, or UFFDIO_CONTINUE maps one
- *                   still in the memfd) and returns, as SGX's kernel handles a #PF on the
- *                   faulting core: no cross-thread wake-up.  TRAP_USERFAULTFD: the thread blocks in the kernel and
- *                   a native driver thread reads the fault and wakes it.  TRAP_SIGSEGV (no
- *                   userfaultfd): the app's view is PROT_NONE where not resident; the SIGSEGV
- *                   handler hands the fault to a driver thread through a lock-free queue and
- *                   sleeps on a futex until the page is in; mprotect installs it.
- *   EBLOCK/ETRACK   before EWB the victims are unmapped from the app's view (MADV_DONTNEED for
- *                   the whole batch in one process_madvise call where the kernel has it, so one
- *                   TLB shootdown covers the batch as one ETRACK does; or mprotect PROT_NONE),
- *                   so no write can slip in after EWB read the page.
+ *   enclave memory  a memfd per region: its pages are the EPC frames of the region's pages.
+ *                   The app maps it (a real mmap.mmap, created in Python); so does the modeled
+ *                   CPU (its own view, epcm.c).  The driver never maps it and never reads or
+ *                   writes enclave pages: the CPU's EWB copies a page from its view into a
+ *                   CPU-private frame, seals it there and wipes the page; ELDU opens into such
+ *                   a frame, copies the plaintext into the page through its view while the
+ *                   app's view has no mapping of it, and maps it (UFFDIO_CONTINUE; SIGSEGV mode:
+ *                   the driver's mprotect), so the app never sees a half-loaded page and
+ *                   plaintext never sits in the driver's memory.  A page is in the EPC while
+ *                   the app's view maps it; the driver's frame count (D.limit, free_frames, or
+ *                   the domain's) is what bounds that.  A wiped frame stays allocated in the
+ *                   memfd (reading as zero, as a punched hole did): punching the hole cost a
+ *                   third of a fault (the page cache's truncation, a walk of every mapping, a
+ *                   page allocated again at the next load), so the host's memory holds the
+ *                   whole region, while the EPC holds D.limit pages of it.
+ *   traps           epc_trap.c: userfaultfd's SIGBUS in the faulting thread (TRAP_SIGBUS, the
+ *                   default: a never-touched page is a MISSING fault, an evicted one a MINOR
+ *                   one, both raise SIGBUS), userfaultfd served by driver threads, or
+ *                   mprotect+SIGSEGV; each calls handle_fault below.
+ *   EBLOCK/ETRACK   before EWB the victims are unmapped from the app's view (MADV_DONTNEED: a
+ *                   direct reclaim's one victim, or ksgxswapd's batch in one process_madvise
+ *                   call where the kernel has it, which still zaps and flushes range by range;
+ *                   or mprotect PROT_NONE), so no write can slip in after EWB read the page.
  *   EWB/ELDU        function pointers into the modeled CPU (eleos_shim/_native/epcm.c): the
  *                   driver names the page and its VA slot and gives the backing store to write
  *                   to or read from; it never sees the key, the versions or a page's plaintext,
@@ -43,9 +43,10 @@
  *                   itself, its time part of the fault's, as the 40,000-cycle budget of a page
  *                   swap includes the EWB; RECLAIM_BACKGROUND: ksgxswapd (below) keeps frames
  *                   free and a fault that finds none waits for it.  Measured on a loaded 2-vCPU
- *                   VM: direct faults cost 42,000-47,000 cycles (a lone EBLOCK is one madvise
- *                   and one TLB shootdown, 2-10 us); background ones 40,000 at the median but
- *                   60,000+ on average, from the waits for a reclaimer that shares the CPUs.
+ *                   VM (benchmarks/paging.py, 1 thread): direct faults' real part is
+ *                   30,000-40,000 cycles at the median, so they pay 40,040 (a lone EBLOCK is
+ *                   one madvise and one TLB shootdown, ~2.5 us); background ones ~19,000, but
+ *                   the app loses more per fault to the reclaimer sharing the CPUs.
  *
  * Reclaim: an approximation of the Intel SGX driver the paper measured (linux-sgx-driver,
  * sgx_page_cache.c, 2017), whose policy survives in today's in-kernel driver:
@@ -82,120 +83,22 @@
 #include <fcntl.h>
 #include <linux/futex.h>
 #include <linux/userfaultfd.h>
-#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
-#include "eleos_abi.h"
-#include "epc_driver.h"
-#include "epc_domain.h"
+#include "epc_internal.h"
 
-#define EPC_PAGE 4096u
-#define EPC_PCMD 16u                /* the tag of a sealed page (PCMD's MAC) */
-#define EPC_MAX_REGIONS 1024
-#define EPC_MAX_FAULT_THREADS 16
-#define EPC_NR_TO_SCAN 16           /* SGX_NR_SWAP_CLUSTER_MAX of the 2017 driver */
-#define EPC_NR_LOW 32               /* SGX_NR_LOW_EPC_PAGES_DEFAULT */
-/* An idle userfaultfd leader polls this long before it sleeps: about one fault's worth of
- * driver time, so a paging app's next trap is taken without a wake-up, and an app that stopped
- * paging costs at most this much CPU per fault. */
-#define EPC_SPIN_NS 50000
-
-/* The modeled CPU's paging instructions, as epcm.c defines them. */
-typedef int (*epc_ewb_fn)(uint64_t linaddr, uint64_t slot, void *out_page, void *out_pcmd);
-typedef int (*epc_eldu_fn)(uint64_t linaddr, uint64_t slot, const void *page, const void *pcmd,
-                           int uffd, uint64_t result[2]);
-
-enum { PG_NEW, PG_RESIDENT, PG_LOADING, PG_EVICTING, PG_EVICTED };
-
-struct epc_region;
-
-struct epc_page {
-    struct epc_page *prev, *next;   /* active list, while resident and not isolated */
-    struct epc_region *region;
-    uint32_t index;
-    uint8_t state;
-    uint8_t accessed;               /* the modeled A bit: set on install, cleared by the scan */
-    uint8_t on_list;
-    uint64_t stamp;                 /* domain mode: its place in the domain's global LRU */
-};
-
-struct epc_region {
-    uintptr_t app;                  /* the app's view; read lock-free by the SIGSEGV handler */
-    uint64_t len;                   /* bytes of the app's view (pages * 4096), 0 = no region */
-    int live;                       /* accepts faults */
-    int attached;
-    int memfd;
-    uint8_t *store;                 /* backing store: sealed pages, untrusted memory */
-    uint8_t *pcmd;                  /* backing store: tags */
-    uint64_t npages;
-    uint64_t va_first;              /* first VA slot (the CPU's EPA) */
-    struct epc_page *pages;
-};
-
-struct fault_req {                  /* a SIGSEGV-mode fault, on the faulting thread's stack */
-    struct fault_req *next;
-    uintptr_t addr;
-    int tid;
-    uint32_t done;
-};
-
-struct epc_stats {
-    uint64_t faults, zero_fills, eldu, ewb, frame_waits, batches, scanned, second_chances;
-    uint64_t integrity_failures, ewb_failures, peak_resident, spurious;
-    uint64_t fault_ns, eldu_ns, ewb_ns, install_ns, modeled_ns, wait_ns, eblock_ns;
-};
-
-static struct {
-    int created;
-    int trap;
-    uint64_t limit, free_frames, resident, low, high;
-    int uffd, stopfd;
-    int nthreads;
-    uint64_t spin_ns;               /* how long an idle driver thread polls before sleeping */
-    pthread_t threads[EPC_MAX_FAULT_THREADS];
-    pthread_t swapd;
-    int running;
-    pthread_mutex_t lk;
-    pthread_cond_t changed;         /* a page changed state or a frame was freed */
-    pthread_cond_t swapd_cv;        /* work for ksgxswapd */
-    struct epc_page head;           /* active list sentinel */
-    struct epc_region regions[EPC_MAX_REGIONS];
-    int regions_used;               /* slots [0, regions_used) may hold a region: the scan bound */
-    epc_ewb_fn ewb;
-    epc_eldu_fn eldu;
-    eleos_cpu_charge_fn charge;
-    eleos_cpu_pollute_fn pollute;
-    struct epc_stats st;
-    epc_domain_t *dom;              /* a shared EPC (epc_domain.c), or NULL: a private one */
-    int dead;
-    int dead_tid;
-    uint64_t dead_addr;
-    /* SIGSEGV mode */
-    struct fault_req *req_stack;    /* pushed by signal handlers (lock-free) */
-    struct fault_req *req_local;    /* taken by fault threads under qlock */
-    pthread_mutex_t qlock;
-    uint32_t req_seq;
-    struct sigaction old_segv;
-    int segv_installed;
-    /* SIGBUS mode, reclaim, and the trap's own cost */
-    struct sigaction old_bus;
-    int bus_installed;
-    int reclaim;                    /* RECLAIM_* */
-    int calibrating;                /* epc_driver_measure_trap runs: charge nothing */
-    uint64_t cal_inner;             /* its last fault's ticks inside the handler */
-    uint64_t trap_ticks, direct_reclaims, sigbus_faults;
-} D = {
+struct epc_state D = {
     .lk = PTHREAD_MUTEX_INITIALIZER,
     .changed = PTHREAD_COND_INITIALIZER,
     .swapd_cv = PTHREAD_COND_INITIALIZER,
@@ -203,43 +106,8 @@ static struct {
     .uffd = -1,
     .stopfd = -1,
     .reclaim = RECLAIM_DIRECT,
+    .tick_hz = 1e9,
 };
-
-#if defined(__x86_64__) || defined(__i386__)
-#define relax() __builtin_ia32_pause()
-#else
-#define relax() __asm__ __volatile__("" ::: "memory")
-#endif
-
-#if defined(__x86_64__) || defined(__i386__)
-#include <x86intrin.h>
-static inline uint64_t ticks(void) { return __rdtsc(); }   /* the modeled CPU's clock */
-#else
-static inline uint64_t ticks(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC_RAW, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-#endif
-
-static inline uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-/* The views are registered with a userfaultfd (SIGBUS or driver-thread mode): pages are put in
- * and taken out through it, not by mprotect. */
-#define UFFD_TRAP (D.trap == TRAP_USERFAULTFD || D.trap == TRAP_SIGBUS)
-
-#define ADD(field, v) __atomic_add_fetch(&D.st.field, (v), __ATOMIC_RELAXED)
-
-static long futex(uint32_t *addr, int op, uint32_t val)
-{
-    return syscall(SYS_futex, addr, op, val, NULL, NULL, 0);
-}
 
 /* ---- frames: this process's own, or the domain's (epc_domain.c) ---- */
 
@@ -300,17 +168,6 @@ static struct epc_region *find_region(uintptr_t addr)
     return NULL;
 }
 
-static inline void spend(int t)
-{
-    if (D.charge && !D.calibrating) D.charge(t);
-}
-
-/* The exit is over: open the indirect window (on the thread that pays it). */
-static inline void after_exit(void)
-{
-    if (D.pollute && !D.calibrating) D.pollute();
-}
-
 /* ---- the two ways to make a page visible to / hidden from the app ---- */
 
 static int install_at(uintptr_t a)
@@ -351,8 +208,9 @@ static void eblock(struct epc_region *r, uint64_t i)
         mprotect(a, EPC_PAGE, PROT_NONE);
 }
 
-/* EBLOCK a batch: one process_madvise call, whose TLB flush the kernel batches (as one ETRACK
- * covers a batch), where the kernel supports MADV_DONTNEED there; else page by page. */
+/* EBLOCK a batch (ksgxswapd's): one process_madvise call where the kernel supports
+ * MADV_DONTNEED there (one syscall; measured here, it still flushes range by range: ~1.6 us a
+ * page against ~2.5 for a lone madvise); else page by page. */
 static int pidfd_self = -1;
 
 static void eblock_batch(struct epc_page **batch, int n)
@@ -372,9 +230,10 @@ static void eblock_batch(struct epc_page **batch, int n)
 }
 
 /* Put `frame` (a zero page: a page the CPU loads, it installs itself) into page i's place in
- * the memfd and map it for the app, which wakes the threads waiting on it.  userfaultfd:
- * UFFDIO_COPY does all of it in one call (the kernel allocates the page and copies, no zeroing,
- * no fault in the driver).  SIGSEGV: pwrite into the memfd, then open the app's view. */
+ * the memfd and map it for the app, which wakes the threads waiting on it.  userfaultfd, a
+ * never-touched page (a hole): UFFDIO_COPY does all of it in one call (the kernel allocates
+ * the page and copies, no zeroing, no fault in the driver).  Else pwrite into the memfd, then
+ * map it. */
 static int commit(struct epc_region *r, uint64_t i, const uint8_t *frame)
 {
     uintptr_t a = r->app + i * EPC_PAGE;
@@ -382,7 +241,8 @@ static int commit(struct epc_region *r, uint64_t i, const uint8_t *frame)
         struct uffdio_copy c = { .dst = a, .src = (uintptr_t)frame, .len = EPC_PAGE, .mode = 0 };
         if (ioctl(D.uffd, UFFDIO_COPY, &c) == 0)
             return 0;
-        /* EEXIST (cannot happen: the page is a hole while loading) or a signal: fall back. */
+        /* EEXIST: the page has a frame already (an evicted page's, wiped, whose ELDU failed),
+         * or a signal: write it and map that frame. */
     }
     ssize_t n = pwrite(r->memfd, frame, EPC_PAGE, (off_t)(i * EPC_PAGE));
     (void)n;   /* a short write leaves a zero tail: cannot happen for a 4 KiB tmpfs write */
@@ -431,9 +291,9 @@ static int reclaim_one(void)
             continue;
         __atomic_add_fetch(&D.direct_reclaims, 1, __ATOMIC_RELAXED);
         pthread_mutex_unlock(&D.lk);
-        uint64_t b0 = now_ns();
+        uint64_t b0 = ticks();
         eblock(p->region, p->index);
-        ADD(eblock_ns, now_ns() - b0);
+        ADD(eblock_tk, ticks() - b0);
         write_page(p);
         pthread_mutex_lock(&D.lk);
         return 1;
@@ -452,13 +312,12 @@ static void eldu_failed(int tid, uint64_t addr)
 }
 
 /* Bring page i of r in and release the faulting thread(s).  `tid` is the faulting thread. */
-static void handle_fault(struct epc_region *r, uint64_t i, uintptr_t fault_addr, int tid, int charge_here);
-static void handle_fault(struct epc_region *r, uint64_t i, uintptr_t fault_addr, int tid, int charge_here)
+void handle_fault(struct epc_region *r, uint64_t i, uintptr_t fault_addr, int tid, int charge_here)
 {
-    uint64_t t0 = now_ns(), k0 = ticks();
+    uint64_t t0 = ticks(), k0 = t0;
     ADD(faults, 1);
     if (charge_here) spend(ELEOS_T_AEX);
-    uint64_t t_modeled = now_ns() - t0;
+    uint64_t t_modeled = ticks() - t0;
     struct epc_page *p = NULL;
     int load = 0, from = PG_NEW, live = 0;
     uint64_t tw = 0;
@@ -485,7 +344,7 @@ static void handle_fault(struct epc_region *r, uint64_t i, uintptr_t fault_addr,
             /* SGX_ALLOC_ATOMIC failed: let ksgxswapd free frames, wait for one.  In a domain
              * the frame may come from another process: wait on the domain's futex (bounded,
              * so a member that died holding frames is swept by the next look). */
-            uint64_t w0 = now_ns();
+            uint64_t w0 = ticks();
             ADD(frame_waits, 1);
             if (D.dom) {
                 pthread_mutex_unlock(&D.lk);
@@ -495,7 +354,7 @@ static void handle_fault(struct epc_region *r, uint64_t i, uintptr_t fault_addr,
                 pthread_cond_signal(&D.swapd_cv);
                 pthread_cond_wait(&D.changed, &D.lk);
             }
-            tw += now_ns() - w0;
+            tw += ticks() - w0;
             continue;
         }
         D.resident++;
@@ -515,10 +374,10 @@ static void handle_fault(struct epc_region *r, uint64_t i, uintptr_t fault_addr,
     if (!load) {
         ADD(spurious, 1);
     } else if (from == PG_EVICTED && !__atomic_load_n(&D.dead, __ATOMIC_ACQUIRE)) {
-        uint64_t c0 = now_ns();
+        uint64_t c0 = ticks();
         int rc = D.eldu((uint64_t)page_addr, r->va_first + i, r->store + i * EPC_PAGE,
                         r->pcmd + i * EPC_PCMD, cpu_uffd(), cpu);
-        ADD(eldu_ns, now_ns() - c0 - cpu[1]);
+        ADD(eldu_tk, ticks() - c0 - cpu[1]);
         if (rc == 0) {
             ADD(eldu, 1);
             loaded = 1;
@@ -528,17 +387,18 @@ static void handle_fault(struct epc_region *r, uint64_t i, uintptr_t fault_addr,
     } else {
         ADD(zero_fills, 1);                   /* first touch (or a dead enclave): a zero page */
     }
-    uint64_t m0 = now_ns();
+    uint64_t m0 = ticks();
     if (charge_here) {
         /* Before the install, which wakes the faulting thread: it must not run before its
          * fault's budget is paid.  The window opens in this thread, whose next trap pays it:
          * the app's work between two faults is as near as a handler thread can see. */
         __atomic_store_n(&D.cal_inner, ticks() - k0, __ATOMIC_RELAXED);
+    __atomic_store_n(&D.cal_entry, k0, __ATOMIC_RELAXED);
         spend(ELEOS_T_ERESUME);
         after_exit();
     }
-    t_modeled += now_ns() - m0;
-    uint64_t i0 = now_ns();
+    t_modeled += ticks() - m0;
+    uint64_t i0 = ticks();
     if (load) {
         /* A LOADING page keeps its region alive: destroy waits for it to settle.  A failed ELDU
          * installed nothing: the app gets a zero page. */
@@ -555,7 +415,7 @@ static void handle_fault(struct epc_region *r, uint64_t i, uintptr_t fault_addr,
         struct uffdio_range w = { .start = fault_addr & ~(uintptr_t)(EPC_PAGE - 1), .len = EPC_PAGE };
         ioctl(D.uffd, UFFDIO_WAKE, &w);
     }
-    ADD(install_ns, now_ns() - i0 + cpu[1]);
+    ADD(install_tk, ticks() - i0 + cpu[1]);
     if (load) {
         pthread_mutex_lock(&D.lk);
         p->state = PG_RESIDENT;
@@ -564,215 +424,16 @@ static void handle_fault(struct epc_region *r, uint64_t i, uintptr_t fault_addr,
         pthread_cond_broadcast(&D.changed);
         pthread_mutex_unlock(&D.lk);
     }
-    ADD(modeled_ns, t_modeled);
-    ADD(wait_ns, tw);
-    ADD(fault_ns, now_ns() - t0);
+    ADD(modeled_tk, t_modeled);
+    ADD(wait_tk, tw);
+    ADD(fault_tk, ticks() - t0);
 }
 
-static struct epc_region *region_of(uintptr_t addr, uint64_t *index)
+struct epc_region *region_of(uintptr_t addr, uint64_t *index)
 {
     struct epc_region *r = find_region(addr);
     if (r) *index = (addr - r->app) / EPC_PAGE;
     return r;
-}
-
-/* Leader/followers over the one userfaultfd: only the leader waits for a trap (userfaultfd
- * readers are not exclusive, so every waiting thread would wake on every trap); when it gets
- * one it promotes a follower and handles the trap.  A new leader first polls the userfaultfd
- * without sleeping for up to D.spin_ns: a paging app traps again within a few microseconds of
- * being resumed, and a thread that is already running takes the trap without a wake-up, as
- * the kernel's own fault handler runs on the faulting core. */
-static int leader_taken;
-static pthread_mutex_t lf_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t lf_cv = PTHREAD_COND_INITIALIZER;
-
-/* 1: a message in *msg; 0: stop. */
-static int next_trap(struct uffd_msg *msg)
-{
-    uint64_t spin_until = D.spin_ns ? now_ns() + D.spin_ns : 0;
-    struct pollfd fds[2] = { { .fd = D.uffd, .events = POLLIN }, { .fd = D.stopfd, .events = POLLIN } };
-    for (;;) {
-        if (!__atomic_load_n(&D.running, __ATOMIC_ACQUIRE)) return 0;
-        ssize_t n = read(D.uffd, msg, sizeof *msg);
-        if (n == (ssize_t)sizeof *msg) {
-            if (msg->event == UFFD_EVENT_PAGEFAULT) return 1;
-            continue;
-        }
-        if (spin_until && now_ns() < spin_until) {
-            relax();
-            continue;
-        }
-        spin_until = 0;
-        if (poll(fds, 2, -1) < 0 && errno != EINTR) return 0;
-        if (fds[1].revents) return 0;
-    }
-}
-
-static void *uffd_thread(void *arg)
-{
-    (void)arg;
-    for (;;) {
-        pthread_mutex_lock(&lf_lock);
-        while (leader_taken && __atomic_load_n(&D.running, __ATOMIC_ACQUIRE))
-            pthread_cond_wait(&lf_cv, &lf_lock);
-        if (!__atomic_load_n(&D.running, __ATOMIC_ACQUIRE)) {
-            pthread_cond_broadcast(&lf_cv);
-            pthread_mutex_unlock(&lf_lock);
-            break;
-        }
-        leader_taken = 1;
-        pthread_mutex_unlock(&lf_lock);
-
-        struct uffd_msg msg;
-        int got = next_trap(&msg);
-
-        pthread_mutex_lock(&lf_lock);
-        leader_taken = 0;
-        pthread_cond_signal(&lf_cv);
-        pthread_mutex_unlock(&lf_lock);
-        if (!got) {
-            pthread_mutex_lock(&lf_lock);
-            pthread_cond_broadcast(&lf_cv);
-            pthread_mutex_unlock(&lf_lock);
-            break;
-        }
-        uintptr_t addr = (uintptr_t)msg.arg.pagefault.address;
-        uint64_t i;
-        struct epc_region *r = region_of(addr, &i);
-        if (!r) {
-            struct uffdio_range w = { .start = addr & ~(uintptr_t)(EPC_PAGE - 1), .len = EPC_PAGE };
-            ioctl(D.uffd, UFFDIO_WAKE, &w);
-            continue;
-        }
-        handle_fault(r, i, addr, (int)msg.arg.pagefault.feat.ptid, 1);
-    }
-    return NULL;
-}
-
-/* ---- SIGSEGV fallback ---- */
-
-/* A fault that is not ours: behave as if we were not here (the handler before us, or the
- * default action). */
-static void chain(struct sigaction *o, int sig, siginfo_t *info, void *uctx)
-{
-    if (o->sa_flags & SA_SIGINFO) {
-        o->sa_sigaction(sig, info, uctx);
-    } else if (o->sa_handler == SIG_DFL || o->sa_handler == SIG_IGN) {
-        signal(sig, SIG_DFL);               /* return: the access faults again and kills */
-    } else {
-        o->sa_handler(sig);
-    }
-}
-
-static void segv_handler(int sig, siginfo_t *info, void *uctx)
-{
-    uintptr_t addr = (uintptr_t)info->si_addr;
-    uint64_t i;
-    struct epc_region *r = __atomic_load_n(&D.running, __ATOMIC_ACQUIRE) ? region_of(addr, &i) : NULL;
-    if (!r) {
-        chain(&D.old_segv, sig, info, uctx);
-        return;
-    }
-    int saved = errno;
-    uint64_t k0 = ticks();
-    spend(ELEOS_T_AEX);                     /* the faulting thread pays its own exit */
-    struct fault_req req = { .addr = addr, .tid = (int)syscall(SYS_gettid), .done = 0 };
-    struct fault_req *head = __atomic_load_n(&D.req_stack, __ATOMIC_RELAXED);
-    do {
-        req.next = head;
-    } while (!__atomic_compare_exchange_n(&D.req_stack, &head, &req, 1, __ATOMIC_RELEASE, __ATOMIC_RELAXED));
-    __atomic_add_fetch(&D.req_seq, 1, __ATOMIC_RELEASE);
-    futex(&D.req_seq, FUTEX_WAKE_PRIVATE, 1);
-    while (!__atomic_load_n(&req.done, __ATOMIC_ACQUIRE))
-        futex(&req.done, FUTEX_WAIT_PRIVATE, 0);
-    __atomic_store_n(&D.cal_inner, ticks() - k0, __ATOMIC_RELAXED);
-    spend(ELEOS_T_ERESUME);
-    after_exit();
-    errno = saved;
-}
-
-/* ---- SIGBUS: the faulting thread resolves its own fault ---- */
-
-/* userfaultfd with UFFD_FEATURE_SIGBUS raises SIGBUS, in the faulting thread, for every access
- * the driver must serve.  The handler is that thread's fault path: AEX, the driver's work
- * (handle_fault: reclaim a frame if none is free, ELDU, UFFDIO_COPY), ERESUME; returning
- * retries the access, which now finds the page.  It runs only on an access to the app's EPC
- * view, which neither libc's allocator, the dynamic loader nor this driver ever touch, so the
- * interrupted thread holds none of their locks: what ELDU's libcrypto and the lazily made TLS
- * frame may allocate cannot deadlock.  No Python, no GIL: the app's other threads run on. */
-static void bus_handler(int sig, siginfo_t *info, void *uctx)
-{
-    uintptr_t addr = (uintptr_t)info->si_addr;
-    uint64_t i;
-    struct epc_region *r = region_of(addr, &i);
-    if (!r) {
-        chain(&D.old_bus, sig, info, uctx);
-        return;
-    }
-    int saved = errno;
-    if (!__atomic_load_n(&D.running, __ATOMIC_ACQUIRE)) {
-        /* The driver is stopping: once it closes the userfaultfd the view is plain memory;
-         * until then, retry. */
-        sched_yield();
-        errno = saved;
-        return;
-    }
-    uint64_t k0 = ticks();
-    spend(ELEOS_T_AEX);
-    __atomic_add_fetch(&D.sigbus_faults, 1, __ATOMIC_RELAXED);
-    handle_fault(r, i, addr, (int)syscall(SYS_gettid), 0);
-    __atomic_store_n(&D.cal_inner, ticks() - k0, __ATOMIC_RELAXED);
-    spend(ELEOS_T_ERESUME);
-    after_exit();
-    errno = saved;
-}
-
-static struct fault_req *take_request(void)
-{
-    pthread_mutex_lock(&D.qlock);
-    if (!D.req_local) {
-        /* Take everything pushed so far, oldest first. */
-        struct fault_req *s = __atomic_exchange_n(&D.req_stack, NULL, __ATOMIC_ACQUIRE), *rev = NULL;
-        while (s) {
-            struct fault_req *n = s->next;
-            s->next = rev;
-            rev = s;
-            s = n;
-        }
-        D.req_local = rev;
-    }
-    struct fault_req *q = D.req_local;
-    if (q) D.req_local = q->next;
-    pthread_mutex_unlock(&D.qlock);
-    return q;
-}
-
-static void *segv_thread(void *arg)
-{
-    (void)arg;
-    uint64_t spin_until = 0;
-    for (;;) {
-        uint32_t seq = __atomic_load_n(&D.req_seq, __ATOMIC_ACQUIRE);
-        if (!__atomic_load_n(&D.running, __ATOMIC_ACQUIRE)) break;
-        struct fault_req *q = take_request();
-        if (!q) {
-            /* As the userfaultfd leader: poll a while before sleeping (see next_trap). */
-            if (spin_until && now_ns() < spin_until) {
-                relax();
-                continue;
-            }
-            spin_until = 0;
-            futex(&D.req_seq, FUTEX_WAIT_PRIVATE, seq);
-            continue;
-        }
-        uint64_t i;
-        struct epc_region *r = region_of(q->addr, &i);
-        if (r) handle_fault(r, i, q->addr, q->tid, 0);
-        __atomic_store_n(&q->done, 1, __ATOMIC_RELEASE);
-        futex(&q->done, FUTEX_WAKE_PRIVATE, 1);
-        spin_until = D.spin_ns ? now_ns() + D.spin_ns : 0;
-    }
-    return NULL;
 }
 
 /* ---- reclaim ---- */
@@ -782,12 +443,12 @@ static int write_page(struct epc_page *p)
 {
     struct epc_region *r = p->region;
     uint64_t i = p->index;
-    uint64_t c0 = now_ns();
-    /* The CPU reads the page from the memfd, seals it, writes it to the store and punches the
-     * page out of the memfd. */
+    uint64_t c0 = ticks();
+    /* The CPU reads the page through its view, seals it, wipes its frame and writes it to the
+     * store. */
     int rc = D.ewb((uint64_t)(r->app + i * EPC_PAGE), r->va_first + i,
                    r->store + i * EPC_PAGE, r->pcmd + i * EPC_PCMD);
-    ADD(ewb_ns, now_ns() - c0);
+    ADD(ewb_tk, ticks() - c0);
     pthread_mutex_lock(&D.lk);
     if (rc == 0) {
         ADD(ewb, 1);
@@ -820,9 +481,9 @@ static void reclaim_pass(void)
     }
     if (!n) return;
     pthread_mutex_unlock(&D.lk);
-    uint64_t b0 = now_ns();
+    uint64_t b0 = ticks();
     eblock_batch(batch, n);
-    ADD(eblock_ns, now_ns() - b0);
+    ADD(eblock_tk, ticks() - b0);
     for (int k = 0; k < n; k++)
         write_page(batch[k]);
     pthread_mutex_lock(&D.lk);
@@ -869,32 +530,6 @@ static void *swapd_thread(void *arg)
 }
 
 /* ---- the API Python calls (through cffi, GIL released) ---- */
-
-/* The trap's handler for `sig`, keeping the one before it in *old (to chain and restore). */
-static int install_handler(int sig, void (*fn)(int, siginfo_t *, void *), struct sigaction *old)
-{
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_sigaction = fn;
-    sa.sa_flags = SA_SIGINFO | SA_NODEFER | SA_RESTART;
-    sigemptyset(&sa.sa_mask);
-    return sigaction(sig, &sa, old);
-}
-
-/* A userfaultfd with `features` (and what every mode needs), or -1 if the kernel refuses. */
-static int open_uffd(uint64_t features)
-{
-    int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0) return -1;
-    struct uffdio_api api = { .api = UFFD_API,
-        .features = UFFD_FEATURE_MISSING_SHMEM | UFFD_FEATURE_MINOR_SHMEM | features };
-    if (ioctl(fd, UFFDIO_API, &api) != 0) {
-        close(fd);
-        return -1;
-    }
-    return fd;
-}
-
 /* Start the driver: `limit_pages` EPC frames, `trap` TRAP_SIGBUS, TRAP_USERFAULTFD or
  * TRAP_SIGSEGV (0: the first of those the kernel allows), `nthreads` fault-handling threads
  * (none in SIGBUS mode: each faulting thread is its own).  Returns the trap in use, or -errno. */
@@ -923,50 +558,22 @@ int epc_driver_start(uint64_t limit_pages, int trap, int nthreads, uintptr_t ewb
     D.req_stack = D.req_local = NULL;
     D.uffd = -1;
     D.spin_ns = EPC_SPIN_NS;
-    leader_taken = 0;
 
-    D.trap = TRAP_SIGSEGV;
-    if (trap == 0 || trap == TRAP_SIGBUS) {
-        D.uffd = open_uffd(UFFD_FEATURE_SIGBUS);
-        if (D.uffd >= 0) D.trap = TRAP_SIGBUS;
-        else if (trap == TRAP_SIGBUS) return -EPERM;
-    }
-    if (D.uffd < 0 && (trap == 0 || trap == TRAP_USERFAULTFD)) {
-        D.uffd = open_uffd(UFFD_FEATURE_THREAD_ID);
-        if (D.uffd >= 0) D.trap = TRAP_USERFAULTFD;
-        else if (trap == TRAP_USERFAULTFD) return -EPERM;
-    }
-    D.trap_ticks = D.direct_reclaims = D.sigbus_faults = 0;
+    int got = trap_open(trap);
+    if (got < 0) return got;
+    D.trap_ticks = D.trap_return_ticks = D.direct_reclaims = D.sigbus_faults = 0;
     D.calibrating = 0;
     pidfd_self = (int)syscall(SYS_pidfd_open, getpid(), 0);
-    /* Measured on a 2-core VM: polling saves the userfaultfd path a wake-up per fault, while on
-     * the SIGSEGV path (futex hand-offs both ways) it only took CPU from the app. */
-    if (D.trap != TRAP_USERFAULTFD) D.spin_ns = 0;
     D.running = 1;
-    if (D.trap == TRAP_USERFAULTFD) {
-        D.stopfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-    } else if (D.trap == TRAP_SIGBUS) {
-        if (install_handler(SIGBUS, bus_handler, &D.old_bus) != 0) {
-            int err = errno;
-            D.running = 0;
-            close(D.uffd);
-            D.uffd = -1;
-            return -err;
-        }
-        D.bus_installed = 1;
-        nthreads = 0;
-    } else {
-        if (install_handler(SIGSEGV, segv_handler, &D.old_segv) != 0) {
-            D.running = 0;
-            return -errno;
-        }
-        D.segv_installed = 1;
+    int err = trap_start(nthreads);
+    if (err < 0) {
+        D.running = 0;
+        trap_close();
+        if (pidfd_self >= 0) close(pidfd_self);
+        pidfd_self = -1;
+        return err;
     }
-    D.nthreads = nthreads;
-    for (int k = 0; k < nthreads; k++)
-        pthread_create(&D.threads[k], NULL, D.trap == TRAP_USERFAULTFD ? uffd_thread : segv_thread, NULL);
     pthread_create(&D.swapd, NULL, swapd_thread, NULL);
-    for (int k = 0; k < nthreads; k++) pthread_setname_np(D.threads[k], "eleos-epc-fault");
     pthread_setname_np(D.swapd, "eleos-epc-swapd");   /* host threads: named for benchmarks */
     D.created = 1;
     return D.trap;
@@ -981,42 +588,11 @@ void epc_driver_stop(void)
     pthread_cond_broadcast(&D.changed);
     pthread_mutex_unlock(&D.lk);
     if (D.dom) epc_domain_kick(D.dom);   /* our reclaimer may sleep on the domain's futex */
-    if (D.trap == TRAP_USERFAULTFD) {
-        uint64_t one = 1;
-        if (write(D.stopfd, &one, sizeof one) < 0) { /* the poll also ends on close */ }
-    } else {
-        __atomic_add_fetch(&D.req_seq, 1, __ATOMIC_RELEASE);
-        futex(&D.req_seq, FUTEX_WAKE_PRIVATE, INT32_MAX);
-    }
-    for (int k = 0; k < D.nthreads; k++)
-        pthread_join(D.threads[k], NULL);
+    trap_stop();
     pthread_join(D.swapd, NULL);
-    if (D.trap == TRAP_SIGSEGV) {
-        /* Threads still waiting in the SIGSEGV handler must not wait forever: open their page
-         * (what the memfd holds: a page that was evicted is lost, as close() documents). */
-        struct fault_req *q;
-        while ((q = take_request()) != NULL) {
-            mprotect((void *)(q->addr & ~(uintptr_t)(EPC_PAGE - 1)), EPC_PAGE, PROT_READ | PROT_WRITE);
-            __atomic_store_n(&q->done, 1, __ATOMIC_RELEASE);
-            futex(&q->done, FUTEX_WAKE_PRIVATE, 1);
-        }
-    }
-    if (D.segv_installed) {
-        sigaction(SIGSEGV, &D.old_segv, NULL);
-        D.segv_installed = 0;
-    }
-    /* SIGBUS mode: closing the userfaultfd unregisters the views (they become plain memory),
-     * and only then may a stray access reach whatever handler was there before. */
-    if (D.uffd >= 0) close(D.uffd);
-    D.uffd = -1;
-    if (D.bus_installed) {
-        sigaction(SIGBUS, &D.old_bus, NULL);
-        D.bus_installed = 0;
-    }
+    trap_close();
     if (pidfd_self >= 0) close(pidfd_self);
     pidfd_self = -1;
-    if (D.stopfd >= 0) close(D.stopfd);
-    D.uffd = D.stopfd = -1;
     D.created = 0;
 }
 
@@ -1230,6 +806,16 @@ void epc_driver_set_reclaim(int how)
                      __ATOMIC_RELAXED);
 }
 
+/* The median of n values (sorted in place: insertion sort, a handful of them). */
+static uint64_t median(uint64_t *v, int n)
+{
+    for (int a = 1; a < n; a++)
+        for (int b = a; b > 0 && v[b - 1] > v[b]; b--) {
+            uint64_t t = v[b]; v[b] = v[b - 1]; v[b - 1] = t;
+        }
+    return v[n / 2];
+}
+
 /* What a trap costs outside its handler, in TSC ticks: the kernel's delivery of the fault to
  * the handler (a signal frame, or a driver thread's wake-up) and the way back (sigreturn, or the
  * faulting thread's wake-up after the install).  No code runs there to read the clock, so it is
@@ -1257,7 +843,7 @@ int64_t epc_driver_measure_trap(int n)
         return -errno;
     }
     int rc = epc_region_attach(id, (uintptr_t)view);
-    uint64_t d[64];
+    uint64_t d[64], back[64];
     int got = 0;
     if (rc == 0) {
         __atomic_store_n(&D.calibrating, 1, __ATOMIC_RELEASE);
@@ -1267,7 +853,13 @@ int64_t epc_driver_measure_trap(int n)
             (void)*(volatile uint8_t *)(view + (size_t)k * EPC_PAGE);
             uint64_t outer = ticks() - t0;
             uint64_t inner = __atomic_load_n(&D.cal_inner, __ATOMIC_RELAXED);
-            if (k >= 1) d[got++] = outer > inner ? outer - inner : 0;   /* the first warms up */
+            uint64_t entry = __atomic_load_n(&D.cal_entry, __ATOMIC_RELAXED);
+            uint64_t out = outer > inner ? outer - inner : 0;
+            uint64_t in = entry > t0 ? entry - t0 : 0;               /* delivery */
+            if (k >= 1) {                                            /* the first warms up */
+                back[got] = out > in ? out - in : 0;                 /* the way back */
+                d[got++] = out;
+            }
         }
         __atomic_store_n(&D.calibrating, 0, __ATOMIC_RELEASE);
     }
@@ -1277,31 +869,42 @@ int64_t epc_driver_measure_trap(int n)
     memset(&D.st, 0, sizeof D.st);          /* the app's stats start from its first fault */
     pthread_mutex_unlock(&D.lk);
     if (rc != 0) return rc;
-    if (!got) d[got++] = 0;
-    for (int a = 1; a < got; a++)           /* insertion sort: a handful of values */
-        for (int b = a; b > 0 && d[b - 1] > d[b]; b--) {
-            uint64_t t = d[b]; d[b] = d[b - 1]; d[b - 1] = t;
-        }
-    D.trap_ticks = d[got / 2];
+    if (!got) {
+        d[0] = back[0] = 0;
+        got = 1;
+    }
+    D.trap_ticks = median(d, got);
+    D.trap_return_ticks = median(back, got);
+    if (D.trap_return_ticks > D.trap_ticks) D.trap_return_ticks = D.trap_ticks;
     return (int64_t)D.trap_ticks;
 }
 
-/* out = {trap ticks measured, faults resolved in SIGBUS handlers, direct reclaims, reclaim mode}. */
-void epc_driver_trap_stats(uint64_t out[4])
+/* out = {trap ticks measured, faults resolved in SIGBUS handlers, direct reclaims, reclaim mode,
+ * the trap's return part (ticks, of the first)}. */
+void epc_driver_trap_stats(uint64_t out[5])
 {
+    out[4] = D.trap_return_ticks;
     out[0] = D.trap_ticks;
     out[1] = __atomic_load_n(&D.sigbus_faults, __ATOMIC_RELAXED);
     out[2] = __atomic_load_n(&D.direct_reclaims, __ATOMIC_RELAXED);
     out[3] = (uint64_t)(D.dom ? RECLAIM_BACKGROUND : D.reclaim);   /* a domain's is its reclaimers' */
 }
 
-/* out: see EPC_STAT_FIELDS in untrusted/epc.py (same order). */
+/* How fast ticks() runs (the TSC's rate the modeled CPU measured), for the stats in ns. */
+void epc_driver_set_tick_hz(double hz)
+{
+    if (hz > 0) D.tick_hz = hz;
+}
+
+/* out: see EPC_STAT_FIELDS in untrusted/epc.py (same order); the times in ns. */
 void epc_driver_stats(uint64_t out[26])
 {
     pthread_mutex_lock(&D.lk);
     uint64_t *s = (uint64_t *)&D.st;
-    for (size_t k = 0; k < sizeof D.st / sizeof(uint64_t); k++)
+    for (size_t k = 0; k < sizeof D.st / sizeof(uint64_t); k++) {
         out[k] = __atomic_load_n(&s[k], __ATOMIC_RELAXED);
+        if (k >= EPC_FIRST_TK_FIELD) out[k] = (uint64_t)((double)out[k] * 1e9 / D.tick_hz + 0.5);
+    }
     size_t k = sizeof D.st / sizeof(uint64_t);
     out[k++] = D.limit;
     out[k++] = D.resident;

@@ -26,9 +26,10 @@ int epc_region_states(int id, uint8_t *out, uint64_t n);
 void epc_driver_stats(uint64_t out[26]);
 void epc_driver_failure(uint64_t out[3]);
 void epc_driver_set_spin(uint64_t ns);
+void epc_driver_set_tick_hz(double hz);
 void epc_driver_set_reclaim(int how);
 int64_t epc_driver_measure_trap(int n);
-void epc_driver_trap_stats(uint64_t out[4]);
+void epc_driver_trap_stats(uint64_t out[5]);
 int epc_driver_use_domain(uintptr_t dom);
 
 #endif
