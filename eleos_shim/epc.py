@@ -2,13 +2,15 @@
 
 ``EPC(cfg)`` joins the two halves as the loader does for the app: the modeled CPU's paging
 instructions (``eleos_shim._native._epcm``: EWB/ELDU under the CPU's key, the version array)
-and the host's driver (``untrusted.epc``: the EPC limit, userfaultfd or SIGSEGV traps,
-ksgxswapd-style reclaim), which gets EWB, ELDU and the transition charges as addresses.
+and the host's driver (``untrusted.epc``: the EPC limit, the traps (by default SIGBUS from
+userfaultfd, resolved in the faulting thread; a userfaultfd or SIGSEGV handler thread as options),
+direct or ksgxswapd-style background reclaim), which gets EWB, ELDU and the transition charges
+as addresses.
 
 ``EPC.map(n)`` returns a real :class:`mmap.mmap` (a subclass that releases its EPC frames on
 close) whose pages live in the EPC: slicing, the buffer protocol, memoryview and numpy work
-unchanged, and every access to a page that is not resident is a real page fault served by a
-driver thread.  :func:`heap_factory` is what the LibOS calls for an app's anonymous
+unchanged, and every access to a page that is not resident is a real page fault (served in
+the faulting thread's SIGBUS handler by default).  :func:`heap_factory` is what the LibOS calls for an app's anonymous
 ``mmap.mmap(-1, n)`` under ``ELEOS_MEMORY=epc``.
 
 Integrity, fail-stop: when ELDU finds a tampered, swapped or replayed page the CPU marks the
