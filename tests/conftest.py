@@ -7,6 +7,7 @@ test says otherwise: modeled cycles are counted, not spent, so tests stay fast.
 from __future__ import annotations
 
 import json
+import signal
 import os
 import subprocess
 import sys
@@ -26,6 +27,14 @@ class ShimRun:
     stdout: str
     stderr: str
     stats: dict | None
+
+
+def sigint_as_at_a_terminal():
+    """In the child: SIGINT at its default and unblocked, as a terminal's Ctrl-C finds it.  A
+    suite started as a background job of a non-interactive shell inherits SIGINT ignored, and
+    then Python installs no KeyboardInterrupt handler (plain python then hangs in pause too)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def shim_env(mode: str | None = None, **extra: str) -> dict:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, SCRIPTS, run_shim, shim_env
+from tests.conftest import ROOT, SCRIPTS, run_shim, shim_env, sigint_as_at_a_terminal
 
 MODES = ("native", "sgx")
 
@@ -15,14 +15,6 @@ MODES = ("native", "sgx")
 def plain(script, *args, preexec_fn=None):
     return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,
                           cwd=ROOT, env=shim_env(), preexec_fn=preexec_fn)
-
-
-def sigint_as_at_a_terminal():
-    """In the child: SIGINT at its default and unblocked, as a terminal's Ctrl-C finds it.  A
-    suite started as a background job of a non-interactive shell inherits SIGINT ignored, and
-    then Python installs no KeyboardInterrupt handler (plain python then hangs in pause too)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from eleos_shim.harness import first_line
+from tests.conftest import sigint_as_at_a_terminal
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -79,7 +80,7 @@ def run(cmd: str) -> None:
 def run_with_server(server_cmd: str, clients: list[str]) -> None:
     proc = subprocess.Popen(["bash", "-c", server_cmd], cwd=ROOT, env=env(), text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=sigint_as_at_a_terminal)
     err: list[str] = []
     drain = threading.Thread(target=lambda: err.append(proc.stderr.read()), daemon=True)
     drain.start()
