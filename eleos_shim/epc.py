@@ -52,7 +52,8 @@ _REASONS = {1: "its version slot is occupied", 2: "no sealed copy may be loaded 
             3: "its AES-GCM tag does not verify (tampered with, swapped or replayed)",
             4: "bad version slot (not the slot of that page)", 5: "libcrypto failed",
             6: "no enclave memory is at that address",
-            7: "the verified page could not be put in enclave memory"}
+            7: "the verified page could not be put in enclave memory",
+            8: "another paging instruction was working on that page (the host raced them)"}
 
 _current: "EPC | None" = None
 
