@@ -37,7 +37,7 @@ import weakref
 
 from eleos_shim._native._epcm import ffi as _epcm_ffi, lib as _epcm
 from eleos_shim.config import Config
-from eleos_shim.errors import IntegrityError
+from eleos_shim.errors import IagoError, IntegrityError
 from trusted.cargs import ssize
 
 PAGE = 4096
@@ -251,6 +251,14 @@ class EPC:
         except BaseException:
             _epcm.epcm_eremove(va_first, npages)
             raise
+        with self._lock:
+            taken = rid in self._regions
+        if taken:
+            # A live region's id handed out again: attaching, freeing or evicting "this" region
+            # would act on the other one (its frames freed while the app maps them).  Nothing
+            # is dropped: the id names the other region.
+            _epcm.epcm_eremove(va_first, npages)
+            raise IagoError(f"the EPC driver gave region id {rid} to a second region")
         return rid, memfd, va_first, npages
 
     def _region_drop(self, region: tuple[int, int, int, int]) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from eleos_shim import IntegrityError
+from eleos_shim import IagoError, IntegrityError
 from eleos_shim._native._epcm import ffi as cpu_ffi, lib as cpu
 from eleos_shim.config import Config
 from eleos_shim.epc import EPC, INTEGRITY_SIGNAL
@@ -498,3 +498,25 @@ def test_driver_handing_out_another_regions_memory_gets_no_new_map(epc):
     assert old[0:6] == b"first!"
     assert epc.stats()["regions"] == 1
     assert not epc.dead
+
+
+def test_driver_giving_a_live_region_id_to_a_new_map_is_a_lie(epc):
+    # The driver names regions; the enclave frees, evicts and attaches by that name.  A name
+    # handed out twice would let "closing the new map" free the old one's frames under the app.
+    old = epc.map(2 * PAGE)
+    old[0:5] = b"first"
+    real = epc._driver.create_region
+
+    def hostile(nbytes, va_first):
+        _rid, memfd = real(nbytes, va_first)
+        return old._epc_region, memfd
+
+    epc._driver.create_region = hostile
+    try:
+        with pytest.raises(IagoError, match="region id"):
+            epc.map(PAGE)
+    finally:
+        del epc._driver.create_region
+    assert epc.evict(old, 0) == 1
+    assert old[0:5] == b"first"
+    assert epc.stats()["regions"] == 1
