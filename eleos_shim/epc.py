@@ -148,6 +148,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
 _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
                        ctypes.c_int, ctypes.c_long]
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 # Linux's values; the mmap module does not export them.
 _MAP_FIXED = 0x10
 _PROT_NONE = 0
@@ -275,6 +276,9 @@ class EPC:
         try:
             _map_fixed(address, npages * PAGE, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED,
                        memfd)
+            # Enclave memory is not in a core dump (SGX's VMAs are VM_DONTDUMP): a host that
+            # makes the app dump core gets no plaintext of its resident pages.
+            _libc.madvise(address, npages * PAGE, mmap.MADV_DONTDUMP)
             # The CPU learns from the enclave, not from the driver, where this region lives and
             # which memory backs it: ELDU installs a page only at the address it verified.
             rc = _epcm.epcm_region_add(address, length, va_first, memfd)

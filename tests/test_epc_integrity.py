@@ -520,3 +520,36 @@ def test_driver_giving_a_live_region_id_to_a_new_map_is_a_lie(epc):
     assert epc.evict(old, 0) == 1
     assert old[0:5] == b"first"
     assert epc.stats()["regions"] == 1
+
+
+def _vmas_of(inode: int) -> dict[int, set[str]]:
+    """The start address and VmFlags of every mapping of file ``inode`` in this process."""
+    out, start = {}, None
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+                start = int(head[0].split("-")[0], 16) if int(head[4]) == inode else None
+            elif head[0] == "VmFlags:" and start is not None:
+                out[start] = set(head[1:])
+    return out
+
+
+def test_epc_frames_stay_out_of_core_dumps_and_forks(epc):
+    # A host can make the app dump core, or fork it: the app's view of its EPC (resident
+    # plaintext) is not dumped, as SGX's enclave mappings are not; the CPU's own view of the
+    # frames is neither dumped nor inherited by a child.
+    m = epc.map(2 * PAGE)
+    m[0:6] = b"secret"
+    fd = _region_memfd(m)
+    try:
+        vmas = _vmas_of(os.fstat(fd).st_ino)
+    finally:
+        os.close(fd)
+    app = [a for a in vmas if m.address <= a < m.address + len(m)]   # split by mprotect
+    assert m.address in app and len(vmas) - len(app) == 1, vmas      # and the CPU's view
+    for start, flags in vmas.items():
+        assert "dd" in flags, f"the mapping at {start:#x} would be in a core dump"
+        if start not in app:
+            assert "dc" in flags, "a forked child would keep the CPU's view of the frames"
+    m.close()

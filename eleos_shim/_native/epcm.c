@@ -228,7 +228,10 @@ int epcm_region_add(uint64_t base, uint64_t nbytes, uint64_t va_first, int memfd
     close(fd);
     if (view == MAP_FAILED)
         return -errno;
+    /* The view reaches every frame of the region, for as long as it is mapped: out of core
+     * dumps, and not inherited by a fork (a host's child that does not exec keeps no access). */
     (void)madvise(view, npages * EPCM_PAGE, MADV_DONTDUMP);
+    (void)madvise(view, npages * EPCM_PAGE, MADV_DONTFORK);
     pthread_rwlock_wrlock(&regions_lock);
     int rc = 0;
     for (int k = 0; k < nregions && !rc; k++)
