@@ -53,7 +53,8 @@ _REASONS = {1: "its version slot is occupied", 2: "no sealed copy may be loaded 
             4: "bad version slot (not the slot of that page)", 5: "libcrypto failed",
             6: "no enclave memory is at that address",
             7: "the verified page could not be put in enclave memory",
-            8: "another paging instruction was working on that page (the host raced them)"}
+            8: "another paging instruction was working on that page (the host raced them)",
+            9: "the driver's sealed page or tag buffer lies in enclave memory"}
 
 _current: "EPC | None" = None
 

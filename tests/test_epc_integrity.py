@@ -553,3 +553,24 @@ def test_epc_frames_stay_out_of_core_dumps_and_forks(epc):
         if start not in app:
             assert "dc" in flags, "a forked child would keep the CPU's view of the frames"
     m.close()
+
+
+def test_cpu_writes_a_sealed_page_only_outside_enclave_memory(cpu_region):
+    # The driver names where EWB writes the sealed page and its tag.  Pointed at enclave memory
+    # (another page of a region), EWB would write ciphertext over the app's data: SGX's EWB
+    # takes only buffers outside the EPC, and so does this CPU (nor does ELDU read from it).
+    view, addr, slot = cpu_region
+    data = os.urandom(2 * PAGE)
+    view[:] = data
+    tag = cpu_ffi.new("char[]", 16)
+    sealed = cpu_ffi.new("char[]", PAGE)
+    res = cpu_ffi.new("uint64_t[2]")
+    other = addr + PAGE
+    assert cpu.epcm_ewb(addr, slot, cpu_ffi.cast("void *", other), tag) == cpu.EPCM_ERR_BAD_BUFFER
+    assert cpu.epcm_ewb(addr, slot, sealed, cpu_ffi.cast("void *", other + 40)) == \
+        cpu.EPCM_ERR_BAD_BUFFER
+    assert view[:] == data                        # neither page written, page 0 still resident
+    assert cpu.epcm_ewb(addr, slot, sealed, tag) == cpu.EPCM_OK   # its slot was left empty
+    assert cpu.epcm_eldu(addr, slot, cpu_ffi.cast("void *", other), tag, -1, res) == \
+        cpu.EPCM_ERR_BAD_BUFFER
+    assert cpu.epcm_dead()

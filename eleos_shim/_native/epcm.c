@@ -61,6 +61,7 @@
 #define EPCM_ERR_BAD_ADDR 6        /* no enclave region holds that linear address */
 #define EPCM_ERR_INSTALL 7         /* the verified page could not be put in the enclave's memory */
 #define EPCM_ERR_BUSY 8            /* another EWB/ELDU is working on that page (SGX_EPC_PAGE_CONFLICT) */
+#define EPCM_ERR_BAD_BUFFER 9      /* the driver's page or PCMD buffer lies in the EPC or the CPU */
 /* A slot's value while one EWB or ELDU works on its page: the EPCM entry's lock.  No version
  * reaches it (a 64-bit counter, one per EWB). */
 #define EPCM_VA_BUSY UINT64_MAX
@@ -290,6 +291,27 @@ static int page_of(uint64_t linaddr, uint64_t slot, const struct epcm_region **g
     return rc;
 }
 
+/* Whether [p, p+len) overlaps enclave or CPU memory the CPU knows: a region (the app's view
+ * or the CPU's), this thread's private frames, the paging key.  EWB's and ELDU's page and PCMD
+ * are the driver's memory, outside the EPC (SGX's EWB/ELDU fault otherwise): a pointer of the
+ * driver's must not make EWB write ciphertext over enclave memory (or the CPU's), nor ELDU
+ * read its input from there.  Called with regions_lock held. */
+static int overlaps_cpu_memory(const void *ptr, size_t len)
+{
+    uintptr_t p = (uintptr_t)ptr, e = p + len;
+    if (e < p)
+        return 1;
+#define OVERLAPS(a, n) (p < (uintptr_t)(a) + (n) && (uintptr_t)(a) < e)
+    if (OVERLAPS(cpu_frames, 2 * EPCM_PAGE) || OVERLAPS(cpu_paging_key, sizeof cpu_paging_key))
+        return 1;
+    for (int k = 0; k < nregions; k++)
+        if (OVERLAPS(regions[k].base, regions[k].npages * EPCM_PAGE) ||
+            OVERLAPS(regions[k].view, regions[k].npages * EPCM_PAGE))
+            return 1;
+#undef OVERLAPS
+    return 0;
+}
+
 /* Bytes of the page at `off` that lie inside the region (the last page may be partial). */
 static size_t bytes_at(const struct epcm_region *g, uint64_t off)
 {
@@ -325,6 +347,10 @@ int epcm_ewb(uint64_t linaddr, uint64_t slot, void *out_page, void *out_pcmd)
     int bad = page_of(linaddr, slot, &g, &off);
     if (bad)
         return bad;
+    if (overlaps_cpu_memory(out_page, EPCM_PAGE) || overlaps_cpu_memory(out_pcmd, ELEOS_SEAL_TAG_BYTES)) {
+        pthread_rwlock_unlock(&regions_lock);
+        return EPCM_ERR_BAD_BUFFER;
+    }
     /* The page is this EWB's until its version is recorded (see EPCM_VA_BUSY). */
     uint64_t expected = 0;
     if (!__atomic_compare_exchange_n(v, &expected, EPCM_VA_BUSY, 0, __ATOMIC_ACQ_REL,
@@ -441,6 +467,11 @@ int epcm_eldu(uint64_t linaddr, uint64_t slot, const void *page, const void *pcm
     uint64_t off;
     const struct epcm_region *g;
     int bad = page_of(linaddr, slot, &g, &off);
+    if (!bad && (overlaps_cpu_memory(page, EPCM_PAGE) ||
+                 overlaps_cpu_memory(pcmd, ELEOS_SEAL_TAG_BYTES))) {
+        pthread_rwlock_unlock(&regions_lock);
+        bad = EPCM_ERR_BAD_BUFFER;
+    }
     if (bad) {
         die(linaddr, bad);
         return bad;
