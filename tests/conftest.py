@@ -40,7 +40,8 @@ def shim_env(mode: str | None = None, **extra: str) -> dict:
 
 
 def run_shim(mode: str | None, script, *args, env: dict | None = None, stats: bool = True,
-             cwd=None, timeout: float = 60, input: str | None = None) -> ShimRun:
+             cwd=None, timeout: float = 60, input: str | None = None,
+             preexec_fn=None) -> ShimRun:
     env = shim_env(mode, **(env or {}))
     stats_path = None
     if stats:
@@ -52,7 +53,7 @@ def run_shim(mode: str | None, script, *args, env: dict | None = None, stats: bo
     cmd += ["-m", script[3:]] if str(script).startswith("-m ") else [str(script)]
     cmd += [str(a) for a in args]
     proc = subprocess.run(cmd, env=env, cwd=cwd or ROOT, capture_output=True, text=True,
-                          timeout=timeout, input=input)
+                          timeout=timeout, input=input, preexec_fn=preexec_fn)
     data = None
     if stats_path and os.path.exists(stats_path):
         with open(stats_path) as f:

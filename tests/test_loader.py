@@ -12,9 +12,17 @@ from tests.conftest import ROOT, SCRIPTS, run_shim, shim_env
 MODES = ("native", "sgx")
 
 
-def plain(script, *args):
+def plain(script, *args, preexec_fn=None):
     return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,
-                          cwd=ROOT, env=shim_env())
+                          cwd=ROOT, env=shim_env(), preexec_fn=preexec_fn)
+
+
+def sigint_as_at_a_terminal():
+    """In the child: SIGINT at its default and unblocked, as a terminal's Ctrl-C finds it.  A
+    suite started as a background job of a non-interactive shell inherits SIGINT ignored, and
+    then Python installs no KeyboardInterrupt handler (plain python then hangs in pause too)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -55,8 +63,8 @@ def test_uncaught_exception_prints_the_apps_traceback_and_exits_1(mode):
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("how", ["interrupt", "sigint"])
 def test_ctrl_c_gives_keyboardinterrupt_and_dies_of_sigint(mode, how):
-    r = run_shim(mode, SCRIPTS / "exit_with.py", how)
-    ref = plain(SCRIPTS / "exit_with.py", how)
+    r = run_shim(mode, SCRIPTS / "exit_with.py", how, preexec_fn=sigint_as_at_a_terminal)
+    ref = plain(SCRIPTS / "exit_with.py", how, preexec_fn=sigint_as_at_a_terminal)
     assert r.returncode == ref.returncode == -signal.SIGINT
     assert "KeyboardInterrupt" in r.stderr
     assert r.stats is not None
