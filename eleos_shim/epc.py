@@ -37,7 +37,7 @@ import weakref
 
 from eleos_shim._native._epcm import ffi as _epcm_ffi, lib as _epcm
 from eleos_shim.config import Config
-from eleos_shim.errors import IntegrityError
+from eleos_shim.errors import IagoError, IntegrityError
 from trusted.cargs import ssize
 
 PAGE = 4096
@@ -52,7 +52,9 @@ _REASONS = {1: "its version slot is occupied", 2: "no sealed copy may be loaded 
             3: "its AES-GCM tag does not verify (tampered with, swapped or replayed)",
             4: "bad version slot (not the slot of that page)", 5: "libcrypto failed",
             6: "no enclave memory is at that address",
-            7: "the verified page could not be put in enclave memory"}
+            7: "the verified page could not be put in enclave memory",
+            8: "another paging instruction was working on that page (the host raced them)",
+            9: "the driver's sealed page or tag buffer lies in enclave memory"}
 
 _current: "EPC | None" = None
 
@@ -147,6 +149,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mmap.restype = ctypes.c_void_p
 _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
                        ctypes.c_int, ctypes.c_long]
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 # Linux's values; the mmap module does not export them.
 _MAP_FIXED = 0x10
 _PROT_NONE = 0
@@ -250,6 +253,14 @@ class EPC:
         except BaseException:
             _epcm.epcm_eremove(va_first, npages)
             raise
+        with self._lock:
+            taken = rid in self._regions
+        if taken:
+            # A live region's id handed out again: attaching, freeing or evicting "this" region
+            # would act on the other one (its frames freed while the app maps them).  Nothing
+            # is dropped: the id names the other region.
+            _epcm.epcm_eremove(va_first, npages)
+            raise IagoError(f"the EPC driver gave region id {rid} to a second region")
         return rid, memfd, va_first, npages
 
     def _region_drop(self, region: tuple[int, int, int, int]) -> None:
@@ -266,6 +277,9 @@ class EPC:
         try:
             _map_fixed(address, npages * PAGE, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED,
                        memfd)
+            # Enclave memory is not in a core dump (SGX's VMAs are VM_DONTDUMP): a host that
+            # makes the app dump core gets no plaintext of its resident pages.
+            _libc.madvise(address, npages * PAGE, mmap.MADV_DONTDUMP)
             # The CPU learns from the enclave, not from the driver, where this region lives and
             # which memory backs it: ELDU installs a page only at the address it verified.
             rc = _epcm.epcm_region_add(address, length, va_first, memfd)

@@ -5,8 +5,9 @@ A page is in the EPC while the app's view maps it: the driver installs a page by
 (MADV_DONTNEED, or mprotect PROT_NONE) before its EWB wipes its frame.  The frames themselves
 stay allocated in the region's memfd (a wiped frame is not in the EPC), so what counts is the
 app's page table: the Rss of the readable mappings of an EPC memfd in /proc/PID/smaps.  The
-modeled CPU's own view of each region (eleos_shim/_native/epcm.c) maps every frame; it is out
-of core dumps (VmFlags ``dd``), which is how it is told apart and left out.
+modeled CPU's own view of each region (eleos_shim/_native/epcm.c) maps every frame; it is not
+inherited by a fork (VmFlags ``dc``; both views are out of core dumps), which is how it is told
+apart and left out.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def app_mapped_pages(pid: int | str = "self", ranges: list[tuple[int, int]] | No
     table), only within ``ranges`` ((address, length) pairs) if given."""
     total = 0
     for start, end, perms, path, rss_kb, flags in _vmas(pid):
-        if EPC_MEMFD not in path or not perms.startswith("r") or "dd" in flags.split():
+        if EPC_MEMFD not in path or not perms.startswith("r") or "dc" in flags.split():
             continue
         if ranges is not None and not any(a <= start and end <= a + n for a, n in ranges):
             continue

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from eleos_shim import IntegrityError
+from eleos_shim import IagoError, IntegrityError
 from eleos_shim._native._epcm import ffi as cpu_ffi, lib as cpu
 from eleos_shim.config import Config
 from eleos_shim.epc import EPC, INTEGRITY_SIGNAL
-from tests.racing import check_raced, racing
+from tests.racing import check_raced, racing, two_cpus
 from untrusted.backing_store import Racer
 
 PAGE = 4096
@@ -361,13 +361,13 @@ def test_sealed_page_rewritten_while_ewb_writes_it_out_never_loads_as_forged(cpu
     assert refused > 0
 
 
-def _region_memfd(m) -> int:
+def _region_memfd(m, flags: int = os.O_RDONLY) -> int:
     """A descriptor of the memfd behind EPC map ``m`` (its frames), found as the host would."""
     for name in os.listdir("/proc/self/fd"):
         try:
             if "memfd:eleos-epc" not in os.readlink(f"/proc/self/fd/{name}"):
                 continue
-            fd = os.open(f"/proc/self/fd/{name}", os.O_RDONLY)
+            fd = os.open(f"/proc/self/fd/{name}", flags)
         except OSError:
             continue
         if os.fstat(fd).st_size == len(m):
@@ -398,3 +398,179 @@ def test_evicted_pages_leave_only_wiped_frames_and_still_trap(epc):
         assert m[i * PAGE + 7] == i % 251 + 1
     assert epc.stats()["eldu"] >= before + 64
     m.close()
+
+
+def test_racing_paging_instructions_on_one_page_never_lose_or_tear_it(cpu_region):
+    # A hostile driver runs EWB and ELDU of one page from two threads at once (each thread
+    # loads back the copy it sealed), as a driver whose reclaimer and fault path ignore each
+    # other would.  An EWB that checked the slot before another EWB's ELDU, or before an ELDU
+    # had put the page back, must not record a version for what it read: a copy of the page
+    # half wiped, or of its wiped frame, would load later as the page, silently.  Like SGX's
+    # EPCM lock (SGX_EPC_PAGE_CONFLICT), a page one instruction is working on refuses another.
+    view, addr, slot = cpu_region
+    data = os.urandom(PAGE)
+    view[0:PAGE] = data
+    rounds, raced, wrong = 20000, [0, 0], []
+    start = threading.Barrier(2)
+
+    def host(k):
+        sealed, tag = cpu_ffi.new("char[]", PAGE), cpu_ffi.new("char[]", 16)
+        res = cpu_ffi.new("uint64_t[2]")
+        start.wait()
+        for _ in range(rounds):
+            rc = cpu.epcm_ewb(addr, slot, sealed, tag)
+            if rc != cpu.EPCM_OK:
+                raced[k] += 1
+                continue
+            rc = cpu.epcm_eldu(addr, slot, sealed, tag, -1, res)
+            if rc != cpu.EPCM_OK:
+                wrong.append(f"ELDU of its own copy failed: {rc}")
+                return
+
+    mine, other = two_cpus()
+    old = os.sched_getaffinity(0)
+    try:
+        t = threading.Thread(target=lambda: (os.sched_setaffinity(0, {other}), host(1)))
+        os.sched_setaffinity(0, {mine})
+        t.start()
+        host(0)
+        t.join()
+    finally:
+        os.sched_setaffinity(0, old)
+    assert not cpu.epcm_dead() and wrong == []
+    got = view[0:PAGE]
+    assert got == data, (f"the page came back with {sum(a != b for a, b in zip(got, data))} "
+                         "bytes wrong: an EWB sealed a page another instruction was changing")
+    check_raced(min(raced), rounds)
+
+
+def test_cpu_takes_as_a_region_only_fresh_memory_of_no_other_region(cpu_region, tmp_path):
+    # The memfd of a region comes from the driver.  The CPU takes only what EPC memory is when
+    # a region is added: a memfd, no page of it allocated (no bytes the host put there, no old
+    # region's frames), and no other region's memory (ELDU of one region's page would then write
+    # its plaintext into the other region).
+    view, addr, slot = cpu_region
+    base = addr + 64 * PAGE                       # the CPU only records where the region lives
+    used = os.memfd_create("epc-test")
+    fresh = os.memfd_create("epc-test")
+    with open(tmp_path / "disk", "wb") as f:
+        f.truncate(PAGE)
+    disk = os.open(tmp_path / "disk", os.O_RDWR)
+    try:
+        os.ftruncate(used, PAGE)
+        os.pwrite(used, b"host", 100)             # content the host chose
+        os.ftruncate(fresh, PAGE)
+        assert cpu.epcm_region_add(base, PAGE, slot, used) == -errno.EINVAL
+        assert cpu.epcm_region_add(base, PAGE, slot, disk) == -errno.EINVAL   # a file on disk
+        assert cpu.epcm_region_add(base, PAGE, slot, fresh) == 0
+        try:
+            # the same memory again, at another address
+            assert cpu.epcm_region_add(base + 4 * PAGE, PAGE, slot, fresh) == -errno.EEXIST
+        finally:
+            assert cpu.epcm_region_remove(base) == 0
+        assert os.lseek(fresh, 0, os.SEEK_CUR) == 0   # the driver's file offset untouched
+    finally:
+        for fd in (used, fresh, disk):
+            os.close(fd)
+
+
+def test_driver_handing_out_another_regions_memory_gets_no_new_map(epc):
+    # A hostile driver answers "create a region" with the memfd of a live one.  Had the CPU
+    # taken it, the new map and the old would share frames: whatever one region loaded (ELDU)
+    # or wrote, the other would show.  The map is refused; the old one keeps its contents.
+    old = epc.map(3 * PAGE)
+    old[0:6] = b"first!"
+    fd = _region_memfd(old, os.O_RDWR)
+    real = epc._driver.create_region
+
+    def hostile(nbytes, va_first):
+        rid, _memfd = real(nbytes, va_first)
+        return rid, fd
+
+    epc._driver.create_region = hostile
+    try:
+        with pytest.raises(OSError, match="the CPU refused the EPC region"):
+            new = epc.map(2 * PAGE)
+            new[0:6] = b"second"
+    finally:
+        del epc._driver.create_region
+        os.close(fd)
+    assert old[0:6] == b"first!"
+    assert epc.stats()["regions"] == 1
+    assert not epc.dead
+
+
+def test_driver_giving_a_live_region_id_to_a_new_map_is_a_lie(epc):
+    # The driver names regions; the enclave frees, evicts and attaches by that name.  A name
+    # handed out twice would let "closing the new map" free the old one's frames under the app.
+    old = epc.map(2 * PAGE)
+    old[0:5] = b"first"
+    real = epc._driver.create_region
+
+    def hostile(nbytes, va_first):
+        _rid, memfd = real(nbytes, va_first)
+        return old._epc_region, memfd
+
+    epc._driver.create_region = hostile
+    try:
+        with pytest.raises(IagoError, match="region id"):
+            epc.map(PAGE)
+    finally:
+        del epc._driver.create_region
+    assert epc.evict(old, 0) == 1
+    assert old[0:5] == b"first"
+    assert epc.stats()["regions"] == 1
+
+
+def _vmas_of(inode: int) -> dict[int, set[str]]:
+    """The start address and VmFlags of every mapping of file ``inode`` in this process."""
+    out, start = {}, None
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+                start = int(head[0].split("-")[0], 16) if int(head[4]) == inode else None
+            elif head[0] == "VmFlags:" and start is not None:
+                out[start] = set(head[1:])
+    return out
+
+
+def test_epc_frames_stay_out_of_core_dumps_and_forks(epc):
+    # A host can make the app dump core, or fork it: the app's view of its EPC (resident
+    # plaintext) is not dumped, as SGX's enclave mappings are not; the CPU's own view of the
+    # frames is neither dumped nor inherited by a child.
+    m = epc.map(2 * PAGE)
+    m[0:6] = b"secret"
+    fd = _region_memfd(m)
+    try:
+        vmas = _vmas_of(os.fstat(fd).st_ino)
+    finally:
+        os.close(fd)
+    app = [a for a in vmas if m.address <= a < m.address + len(m)]   # split by mprotect
+    assert m.address in app and len(vmas) - len(app) == 1, vmas      # and the CPU's view
+    for start, flags in vmas.items():
+        assert "dd" in flags, f"the mapping at {start:#x} would be in a core dump"
+        if start not in app:
+            assert "dc" in flags, "a forked child would keep the CPU's view of the frames"
+    m.close()
+
+
+def test_cpu_writes_a_sealed_page_only_outside_enclave_memory(cpu_region):
+    # The driver names where EWB writes the sealed page and its tag.  Pointed at enclave memory
+    # (another page of a region), EWB would write ciphertext over the app's data: SGX's EWB
+    # takes only buffers outside the EPC, and so does this CPU (nor does ELDU read from it).
+    view, addr, slot = cpu_region
+    data = os.urandom(2 * PAGE)
+    view[:] = data
+    tag = cpu_ffi.new("char[]", 16)
+    sealed = cpu_ffi.new("char[]", PAGE)
+    res = cpu_ffi.new("uint64_t[2]")
+    other = addr + PAGE
+    assert cpu.epcm_ewb(addr, slot, cpu_ffi.cast("void *", other), tag) == cpu.EPCM_ERR_BAD_BUFFER
+    assert cpu.epcm_ewb(addr, slot, sealed, cpu_ffi.cast("void *", other + 40)) == \
+        cpu.EPCM_ERR_BAD_BUFFER
+    assert view[:] == data                        # neither page written, page 0 still resident
+    assert cpu.epcm_ewb(addr, slot, sealed, tag) == cpu.EPCM_OK   # its slot was left empty
+    assert cpu.epcm_eldu(addr, slot, cpu_ffi.cast("void *", other), tag, -1, res) == \
+        cpu.EPCM_ERR_BAD_BUFFER
+    assert cpu.epcm_dead()

@@ -16,7 +16,10 @@
  *   PCMD  = the 16-byte tag (SGX also keeps SECINFO and the enclave id there; one enclave here)
  * A VA slot holds the version of the one sealed copy that may be loaded; 0 means empty.  EWB
  * refuses an occupied slot (SGX_VA_SLOT_OCCUPIED), ELDU refuses an empty one and clears it on
- * success, so an old copy can never be loaded again.
+ * success, so an old copy can never be loaded again.  While an EWB or ELDU works on a page its
+ * slot reads EPCM_VA_BUSY, and every other instruction on that page is refused: an EWB that
+ * read the page while another EWB wiped it, or before an ELDU had put it back, would otherwise
+ * record a version for a torn or wiped page that later loads as the page.
  *
  * Fail-stop: an ELDU whose tag does not verify marks the enclave dead (as the Linux driver kills
  * an enclave whose ELDU failed) and, if the loader armed it, sends a real-time signal to the
@@ -57,6 +60,11 @@
 #define EPCM_ERR_CRYPTO 5          /* libcrypto failed */
 #define EPCM_ERR_BAD_ADDR 6        /* no enclave region holds that linear address */
 #define EPCM_ERR_INSTALL 7         /* the verified page could not be put in the enclave's memory */
+#define EPCM_ERR_BUSY 8            /* another EWB/ELDU is working on that page (SGX_EPC_PAGE_CONFLICT) */
+#define EPCM_ERR_BAD_BUFFER 9      /* the driver's page or PCMD buffer lies in the EPC or the CPU */
+/* A slot's value while one EWB or ELDU works on its page: the EPCM entry's lock.  No version
+ * reaches it (a 64-bit counter, one per EWB). */
+#define EPCM_VA_BUSY UINT64_MAX
 /* Regions of enclave memory the CPU knows (one per EPC mapping of the app). */
 #define EPCM_MAX_REGIONS 1024
 
@@ -84,6 +92,8 @@ static uint64_t n_ewb, n_eldu, n_integrity_errors, ewb_ticks, eldu_ticks;
 struct epcm_region {
     uint64_t base, nbytes, npages, va_first;
     uint8_t *view;
+    dev_t dev;                     /* the memory's file: no two regions share one */
+    ino_t ino;
 };
 static struct epcm_region regions[EPCM_MAX_REGIONS];
 static int nregions;
@@ -193,7 +203,12 @@ void epcm_eremove(uint64_t first_slot, uint64_t n)
 
 /* The enclave maps `nbytes` of EPC at `base` (page-aligned), backed by `memfd`, page i sealed
  * under VA slot va_first + i; the CPU maps the memfd itself (its view) and keeps no descriptor.
- * 0, or -errno (overlap, bad arguments, fd not a file that big, no room for the view). */
+ * The memfd comes from the driver, so it must be what EPC memory is when a region is added
+ * (as EAUG gives zeroed pages): a memfd (shmem: no file on disk for the kernel to write pages
+ * back to), with no page allocated yet (no content the host put there, or an old region's
+ * frames), and the memory of no other region (else ELDU of one region's page would write its
+ * plaintext into the other's).  0, or -errno (overlap: -EEXIST; bad arguments, not a fresh
+ * memfd that big: -EINVAL; no room for the view). */
 int epcm_region_add(uint64_t base, uint64_t nbytes, uint64_t va_first, int memfd)
 {
     if (!base || base % EPCM_PAGE || !nbytes || base + nbytes < base || !va_first)
@@ -203,7 +218,10 @@ int epcm_region_add(uint64_t base, uint64_t nbytes, uint64_t va_first, int memfd
     if (fd < 0)
         return -errno;
     struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size < nbytes) {
+    /* SEEK_DATA fails with ENXIO exactly when no byte of the file is allocated (and then
+     * leaves the offset, which the driver's descriptor shares, alone). */
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || (uint64_t)st.st_size < nbytes ||
+        fcntl(fd, F_GET_SEALS) < 0 || lseek(fd, 0, SEEK_DATA) != -1 || errno != ENXIO) {
         close(fd);
         return -EINVAL;
     }
@@ -211,17 +229,22 @@ int epcm_region_add(uint64_t base, uint64_t nbytes, uint64_t va_first, int memfd
     close(fd);
     if (view == MAP_FAILED)
         return -errno;
+    /* The view reaches every frame of the region, for as long as it is mapped: out of core
+     * dumps, and not inherited by a fork (a host's child that does not exec keeps no access). */
     (void)madvise(view, npages * EPCM_PAGE, MADV_DONTDUMP);
+    (void)madvise(view, npages * EPCM_PAGE, MADV_DONTFORK);
     pthread_rwlock_wrlock(&regions_lock);
     int rc = 0;
     for (int k = 0; k < nregions && !rc; k++)
-        if (base < regions[k].base + regions[k].npages * EPCM_PAGE &&
-            regions[k].base < base + npages * EPCM_PAGE)
+        if ((base < regions[k].base + regions[k].npages * EPCM_PAGE &&
+             regions[k].base < base + npages * EPCM_PAGE) ||
+            (regions[k].dev == st.st_dev && regions[k].ino == st.st_ino))
             rc = -EEXIST;
     if (!rc && nregions == EPCM_MAX_REGIONS)
         rc = -ENOSPC;
     if (!rc)
-        regions[nregions++] = (struct epcm_region){ base, nbytes, npages, va_first, view };
+        regions[nregions++] = (struct epcm_region){ base, nbytes, npages, va_first, view,
+                                                    st.st_dev, st.st_ino };
     pthread_rwlock_unlock(&regions_lock);
     if (rc)
         munmap(view, npages * EPCM_PAGE);
@@ -268,6 +291,27 @@ static int page_of(uint64_t linaddr, uint64_t slot, const struct epcm_region **g
     return rc;
 }
 
+/* Whether [p, p+len) overlaps enclave or CPU memory the CPU knows: a region (the app's view
+ * or the CPU's), this thread's private frames, the paging key.  EWB's and ELDU's page and PCMD
+ * are the driver's memory, outside the EPC (SGX's EWB/ELDU fault otherwise): a pointer of the
+ * driver's must not make EWB write ciphertext over enclave memory (or the CPU's), nor ELDU
+ * read its input from there.  Called with regions_lock held. */
+static int overlaps_cpu_memory(const void *ptr, size_t len)
+{
+    uintptr_t p = (uintptr_t)ptr, e = p + len;
+    if (e < p)
+        return 1;
+#define OVERLAPS(a, n) (p < (uintptr_t)(a) + (n) && (uintptr_t)(a) < e)
+    if (OVERLAPS(cpu_frames, 2 * EPCM_PAGE) || OVERLAPS(cpu_paging_key, sizeof cpu_paging_key))
+        return 1;
+    for (int k = 0; k < nregions; k++)
+        if (OVERLAPS(regions[k].base, regions[k].npages * EPCM_PAGE) ||
+            OVERLAPS(regions[k].view, regions[k].npages * EPCM_PAGE))
+            return 1;
+#undef OVERLAPS
+    return 0;
+}
+
 /* Bytes of the page at `off` that lie inside the region (the last page may be partial). */
 static size_t bytes_at(const struct epcm_region *g, uint64_t off)
 {
@@ -292,8 +336,9 @@ int epcm_ewb(uint64_t linaddr, uint64_t slot, void *out_page, void *out_pcmd)
     uint64_t *v = va_slot_ptr(slot);
     if (!v)
         return EPCM_ERR_BAD_SLOT;
-    if (__atomic_load_n(v, __ATOMIC_ACQUIRE) != 0)
-        return EPCM_ERR_SLOT_OCCUPIED;
+    uint64_t now = __atomic_load_n(v, __ATOMIC_ACQUIRE);
+    if (now != 0)
+        return now == EPCM_VA_BUSY ? EPCM_ERR_BUSY : EPCM_ERR_SLOT_OCCUPIED;
     uint8_t *frame = cpu_frame(1);
     if (!frame)
         return EPCM_ERR_CRYPTO;
@@ -302,6 +347,17 @@ int epcm_ewb(uint64_t linaddr, uint64_t slot, void *out_page, void *out_pcmd)
     int bad = page_of(linaddr, slot, &g, &off);
     if (bad)
         return bad;
+    if (overlaps_cpu_memory(out_page, EPCM_PAGE) || overlaps_cpu_memory(out_pcmd, ELEOS_SEAL_TAG_BYTES)) {
+        pthread_rwlock_unlock(&regions_lock);
+        return EPCM_ERR_BAD_BUFFER;
+    }
+    /* The page is this EWB's until its version is recorded (see EPCM_VA_BUSY). */
+    uint64_t expected = 0;
+    if (!__atomic_compare_exchange_n(v, &expected, EPCM_VA_BUSY, 0, __ATOMIC_ACQ_REL,
+                                     __ATOMIC_ACQUIRE)) {
+        pthread_rwlock_unlock(&regions_lock);
+        return expected == EPCM_VA_BUSY ? EPCM_ERR_BUSY : EPCM_ERR_SLOT_OCCUPIED;
+    }
     size_t n = bytes_at(g, off);
     /* The EPC page, through the CPU's view: EBLOCKed (no mapping of the app's writes to it), so
      * it is sealed from where it is; a region's partial last page is padded in the frame. */
@@ -317,21 +373,27 @@ int epcm_ewb(uint64_t linaddr, uint64_t slot, void *out_page, void *out_pcmd)
     make_aad(aad, linaddr, slot, version);
     /* Sealed into the private frame, which holds ciphertext only from here on. */
     if (eleos_seal(cpu_paging_key, nonce, aad, sizeof aad, page, EPCM_PAGE, frame, tag) != 0) {
+        expected = EPCM_VA_BUSY;
+        (void)__atomic_compare_exchange_n(v, &expected, 0, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
         pthread_rwlock_unlock(&regions_lock);
         OPENSSL_cleanse(frame, EPCM_PAGE);
         return EPCM_ERR_CRYPTO;
-    }
-    uint64_t expected = 0;
-    if (!__atomic_compare_exchange_n(v, &expected, version, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) {
-        pthread_rwlock_unlock(&regions_lock);
-        return EPCM_ERR_SLOT_OCCUPIED;
     }
     /* The page leaves the EPC: its frame is wiped, so the sealed copy is the only one.  The
      * frame stays allocated (the driver's frame count, not the memfd's pages, is the EPC's
      * size): punching a hole cost a fault a third of its time (the page cache's truncation and
      * a walk of every mapping), and the next ELDU then needed a page allocated again. */
     explicit_bzero(g->view + off, n);
+    /* Wiped before its version is recorded: an ELDU may install the page only after that.  An
+     * EREMOVE meanwhile (the region freed) wins: no version for a freed region's page. */
+    expected = EPCM_VA_BUSY;
+    int kept = __atomic_compare_exchange_n(v, &expected, version, 0, __ATOMIC_ACQ_REL,
+                                           __ATOMIC_ACQUIRE);
     pthread_rwlock_unlock(&regions_lock);
+    if (!kept) {
+        OPENSSL_cleanse(frame, EPCM_PAGE);
+        return EPCM_ERR_SLOT_EMPTY;
+    }
     memcpy(out_page, frame, EPCM_PAGE);                /* the copy out: tag already computed */
     memcpy(out_pcmd, tag, sizeof tag);
     __atomic_add_fetch(&n_ewb, 1, __ATOMIC_RELAXED);
@@ -392,9 +454,10 @@ int epcm_eldu(uint64_t linaddr, uint64_t slot, const void *page, const void *pcm
         return EPCM_ERR_BAD_SLOT;
     }
     uint64_t version = __atomic_load_n(v, __ATOMIC_ACQUIRE);
-    if (version == 0) {
-        die(linaddr, EPCM_ERR_SLOT_EMPTY);
-        return EPCM_ERR_SLOT_EMPTY;
+    if (version == 0 || version == EPCM_VA_BUSY) {
+        int why = version ? EPCM_ERR_BUSY : EPCM_ERR_SLOT_EMPTY;
+        die(linaddr, why);
+        return why;
     }
     uint8_t *frame = cpu_frame(0);
     if (!frame) {
@@ -404,6 +467,11 @@ int epcm_eldu(uint64_t linaddr, uint64_t slot, const void *page, const void *pcm
     uint64_t off;
     const struct epcm_region *g;
     int bad = page_of(linaddr, slot, &g, &off);
+    if (!bad && (overlaps_cpu_memory(page, EPCM_PAGE) ||
+                 overlaps_cpu_memory(pcmd, ELEOS_SEAL_TAG_BYTES))) {
+        pthread_rwlock_unlock(&regions_lock);
+        bad = EPCM_ERR_BAD_BUFFER;
+    }
     if (bad) {
         die(linaddr, bad);
         return bad;
@@ -417,13 +485,18 @@ int epcm_eldu(uint64_t linaddr, uint64_t slot, const void *page, const void *pcm
     int rc = EPCM_OK;
     if (eleos_open(cpu_paging_key, nonce, aad, sizeof aad, frame, EPCM_PAGE, frame, tag) != 0)
         rc = EPCM_ERR_MAC;
-    else if (!__atomic_compare_exchange_n(v, &version, 0, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+    else if (!__atomic_compare_exchange_n(v, &version, EPCM_VA_BUSY, 0, __ATOMIC_ACQ_REL,
+                                          __ATOMIC_ACQUIRE))
         rc = EPCM_ERR_SLOT_EMPTY;      /* two loads raced for one sealed copy: only one may win */
     if (rc == EPCM_OK) {
+        /* The slot reads busy until the page is in its frame: an EWB meanwhile is refused
+         * instead of sealing the frame half installed. */
         uint64_t i0 = ticks();
         if (install_verified(g, linaddr, off, frame, uffd, &result[0]) != 0)
             rc = EPCM_ERR_INSTALL;     /* the slot is spent: the page is lost */
         result[1] = ticks() - i0;
+        uint64_t busy = EPCM_VA_BUSY;
+        (void)__atomic_compare_exchange_n(v, &busy, 0, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
     }
     pthread_rwlock_unlock(&regions_lock);
     /* Verified or not, no plaintext stays behind (explicit_bzero: a memset the compiler keeps,

@@ -18,6 +18,8 @@ ffi.cdef("""
     #define EPCM_ERR_CRYPTO 5
     #define EPCM_ERR_BAD_ADDR 6
     #define EPCM_ERR_INSTALL 7
+    #define EPCM_ERR_BUSY 8
+    #define EPCM_ERR_BAD_BUFFER 9
     int epcm_init(void);
     uint64_t epcm_epa(uint64_t n);
     void epcm_eremove(uint64_t first_slot, uint64_t n);
