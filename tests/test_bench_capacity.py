@@ -94,6 +94,34 @@ def test_a_shim_servers_host_threads_carry_their_names_and_the_app_thread_is_the
     assert app == [srv.proc.pid]                    # the server is single-threaded: its main
 
 
+def test_the_hosts_python_threads_carry_an_os_name_of_the_shims():
+    # Python 3.11 names a thread only for itself: without prctl the kernel calls it "python"
+    # and the capacity would count the balloon agent, its manager or the domain's sampler.
+    from untrusted.threads import host_thread
+    seen, read, go = {}, threading.Event(), threading.Event()
+
+    def body():
+        seen["comm"] = Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text().strip()
+        read.set()
+        go.wait(10)                                   # alive until the test has looked
+    t = host_thread(body, "eleos-balloon-agent")
+    t.start()
+    try:
+        assert read.wait(10)
+    finally:
+        go.set()
+        t.join(10)
+    assert seen["comm"] == "eleos-balloon-a"          # the kernel keeps 15 bytes
+    assert not common.is_app_thread(seen["comm"])
+
+
+def test_every_python_thread_the_host_starts_goes_through_host_thread():
+    root = Path(__file__).resolve().parents[1] / "untrusted"
+    starts = [p.name for p in root.glob("*.py")
+              if "threading.Thread(" in p.read_text() and p.name != "threads.py"]
+    assert starts == []
+
+
 # -- the tables' arithmetic ---------------------------------------------------------------
 def kv_row(run: int, config: str, ops: float, cap: float | None, db: str = "fits") -> dict:
     return {"run": run, "db": db, "config": config, "tool": "memcaslap", "ops_per_s": ops,

@@ -28,6 +28,8 @@ import threading
 import time
 from typing import Callable
 
+from untrusted.threads import host_thread
+
 # How often the agent re-reads its target even without a wake-up (frames freed by a member
 # that shrank become takeable), and how often the manager decides: targets follow a change
 # of load within a few rounds, well within the seconds the issue asks for.
@@ -207,7 +209,7 @@ class BalloonHost:
         free = self.domain.snapshot()["free_pages"]
         self.apply(min(self.cap_pages, self.held + free // 2))
         self.domain.set_target(self.domain.slot, self.held)
-        self._thread = threading.Thread(target=self._run, name="eleos-balloon-agent", daemon=True)
+        self._thread = host_thread(self._run, "eleos-balloon-agent")
         self._thread.start()
 
     def _run(self) -> None:
@@ -302,7 +304,7 @@ class Manager:
         return targets
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="eleos-balloon-manager", daemon=True)
+        self._thread = host_thread(self._run, "eleos-balloon-manager")
         self._thread.start()
 
     def _run(self) -> None:

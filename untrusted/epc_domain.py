@@ -18,6 +18,7 @@ import threading
 import time
 
 from untrusted._native._epc import ffi, lib
+from untrusted.threads import host_thread
 
 PAGE = 4096
 KINDS = {"sgx": lib.EPC_DOM_SGX, "suvm": lib.EPC_DOM_SUVM}
@@ -173,7 +174,7 @@ class Domain:
             while not self._stop.wait(interval_s):
                 self.record()
         self.record()
-        self._sampler = threading.Thread(target=run, name="eleos-epc-domain-history", daemon=True)
+        self._sampler = host_thread(run, "eleos-epc-domain-history")
         self._sampler.start()
 
     def stats(self) -> dict:
