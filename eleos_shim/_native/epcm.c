@@ -59,7 +59,7 @@
 #define EPCM_ERR_BAD_SLOT 4        /* slot out of range */
 #define EPCM_ERR_CRYPTO 5          /* libcrypto failed */
 #define EPCM_ERR_BAD_ADDR 6        /* no enclave region holds that linear address */
-#define EPCM_ERR_INSTALL 7         /* the verified page could not be put in the enclave's memory */
+#define EPCM_ERR_INSTALL 7         /* unused since ELDU writes through the CPU's view (kept: the codes are the ABI) */
 #define EPCM_ERR_BUSY 8            /* another EWB/ELDU is working on that page (SGX_EPC_PAGE_CONFLICT) */
 #define EPCM_ERR_BAD_BUFFER 9      /* the driver's page or PCMD buffer lies in the EPC or the CPU */
 /* A slot's value while one EWB or ELDU works on its page: the EPCM entry's lock.  No version
@@ -423,8 +423,8 @@ static void die(uint64_t linaddr, int reason)
  * the fault's cost is paid, as ERESUME comes last.  Else, or if the kernel refused, the driver
  * maps it (*mapped = 0); it can only map an address to what lives at that address, so the
  * destination is the CPU's choice either way. */
-static int install_verified(const struct epcm_region *g, uint64_t linaddr, uint64_t off,
-                            const uint8_t *frame, int uffd, uint64_t *mapped)
+static void install_verified(const struct epcm_region *g, uint64_t linaddr, uint64_t off,
+                             const uint8_t *frame, int uffd, uint64_t *mapped)
 {
     memcpy(g->view + off, frame, bytes_at(g, off));
     *mapped = 0;
@@ -434,7 +434,6 @@ static int install_verified(const struct epcm_region *g, uint64_t linaddr, uint6
         if (ioctl(uffd, UFFDIO_CONTINUE, &c) == 0)
             *mapped = 1;
     }
-    return 0;
 }
 
 /* ELDU: load the sealed page (`page`, `pcmd`: untrusted memory) for enclave address `linaddr`,
@@ -492,8 +491,7 @@ int epcm_eldu(uint64_t linaddr, uint64_t slot, const void *page, const void *pcm
         /* The slot reads busy until the page is in its frame: an EWB meanwhile is refused
          * instead of sealing the frame half installed. */
         uint64_t i0 = ticks();
-        if (install_verified(g, linaddr, off, frame, uffd, &result[0]) != 0)
-            rc = EPCM_ERR_INSTALL;     /* the slot is spent: the page is lost */
+        install_verified(g, linaddr, off, frame, uffd, &result[0]);   /* a memcpy: cannot fail */
         result[1] = ticks() - i0;
         uint64_t busy = EPCM_VA_BUSY;
         (void)__atomic_compare_exchange_n(v, &busy, 0, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
