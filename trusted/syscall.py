@@ -15,6 +15,7 @@ RPC ring.
 """
 from __future__ import annotations
 
+import struct
 import threading
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -34,8 +35,15 @@ _READ_LIKE = frozenset({abi.OP_READ, abi.OP_PREAD, abi.OP_GETDENTS})
 _WRITE_LIKE = frozenset({abi.OP_WRITE, abi.OP_PWRITE, abi.OP_SENDTO, abi.OP_SENDMSG})
 _CHECKED = _READ_LIKE | _WRITE_LIKE | {abi.OP_RECVFROM, abi.OP_RECVMSG, abi.OP_SENDFILE}
 _RPC, _OCALL = abi.PATH_RPC, abi.PATH_OCALL
-# The lowest -errno: the C data path returns a value below it when the host's reply lies.
+# The lowest -errno: the C data path returns a value below it when the host's reply lies
+# (ENCLAVE_LIE), or one lower still when the request did not fit what it was given (a bug).
 _LOWEST_ERRNO = -abi.MAX_ERRNO
+_ENCLAVE_BUG = -(1 << 62) - 1
+# What the C waits leave in enclave memory per ready fd: (fd, events), the tuples
+# select.epoll.poll and select.poll.poll return; epoll needs 4 more bytes per maxevents.
+_WAIT_RECORD = struct.Struct("=iI")
+_EPOLL_EVENT_SIZE, _POLLFD_SIZE = 12, 8
+_INITIAL_RECORDS = 16 << 10
 # recvfrom's flag that lets the result (a datagram's length) exceed the bytes written.
 _MSG_TRUNC = 0x20
 # enclave_submit's answer when a request does not fit its staging (a bug, never the host).
@@ -70,9 +78,10 @@ class _Staging:
     enclave_stage`` in enclave memory, enclave_ocalls.cdef): where the buffers are and how
     large, the request as the enclave made it and the reply as it read it back, once.  Every
     address and length used to copy in or out comes from here, never from the request."""
-    __slots__ = ("t", "mine", "req", "buf", "cap", "buf2", "cap2", "chars", "chars2")
+    __slots__ = ("t", "mine", "req", "buf", "cap", "buf2", "cap2", "chars", "chars2",
+                 "recs", "recs_p", "recs_view", "rcap")
 
-    def __init__(self, alloc):
+    def __init__(self, alloc, path: int):
         self.req = alloc(ffi.sizeof("struct eleos_req"))
         self.buf = alloc(_INITIAL_CAPACITY)
         self.buf2 = alloc(4096)
@@ -83,9 +92,34 @@ class _Staging:
         t.host_req = int(ffi.cast("uintptr_t", self.req))
         t.buf, t.cap = int(ffi.cast("uintptr_t", self.buf)), self.cap
         t.buf2, t.cap2 = int(ffi.cast("uintptr_t", self.buf2)), self.cap2
+        t.path = path
         self.mine = t.mine                            # the reply, as read once
         self.chars = ffi.cast("char *", self.buf)     # buffer 1, for ffi.unpack
         self.chars2 = ffi.cast("char *", self.buf2)
+        self.set_records(_INITIAL_RECORDS)
+
+    def set_records(self, size: int) -> None:
+        """Where a wait's checked records go (enclave memory: a bytearray, pinned by the
+        pointer C writes through, so it can never move under it)."""
+        recs = bytearray(size)
+        self.recs_p = ffi.from_buffer(recs)
+        self.recs_view = memoryview(recs)
+        # Recorded bigger-buffer-first, as _grow does: a signal handler's call in between
+        # never sees a size larger than the buffer it goes with.
+        self.t.recs = int(ffi.cast("uintptr_t", self.recs_p))
+        self.t.rcap = self.rcap = size
+        self.recs = recs
+
+
+def _records(st: _Staging, ret: int) -> list:
+    """The (fd, events) records a checked C wait left in ``st`` (enclave memory)."""
+    if ret == 1:
+        return [_WAIT_RECORD.unpack_from(st.recs)]
+    if ret > 0:
+        return list(_WAIT_RECORD.iter_unpack(st.recs_view[:ret * 8]))
+    if ret < _LOWEST_ERRNO:
+        raise Transport._lie(st.t, ret)
+    return []
 
 
 class Transport:
@@ -103,6 +137,8 @@ class Transport:
             raise ValueError(f"unknown syscall path {path!r}")
         self.path = path
         self._path_code = abi.PATH_NAMES.index(path)
+        # What a call that may block for long takes: it always exits (never ties up a worker).
+        self._wait_code = _OCALL if self._path_code == _RPC else self._path_code
         self._alloc = ffi.cast("void *(*)(uint64_t)", bridge.alloc)
         self._free = ffi.cast("void (*)(void *)", bridge.free)
         lib.enclave_bind(bridge.dispatch, bridge.charge, bridge.pollute)
@@ -121,7 +157,7 @@ class Transport:
         return free
 
     def _new_staging(self) -> _Staging:
-        st = _Staging(self._alloc)
+        st = _Staging(self._alloc, self._path_code)
         self._all_staging.append(st)
         return st
 
@@ -187,9 +223,7 @@ class Transport:
                 inbuf = ffi.NULL
             elif type(inbuf) is not bytes:
                 inbuf = ffi.from_buffer(inbuf)
-            path = self._path_code
-            if wait and path == _RPC:
-                path = _OCALL
+            path = self._wait_code if wait else self._path_code
             if in2 is None and not out2cap and not (a3 or a4 or a5):
                 len2 = 0
                 taken = lib.enclave_submit1(path, st.t, op, a0, a1, a2, inbuf, n_in, len1)
@@ -245,15 +279,16 @@ class Transport:
         except (AttributeError, IndexError):
             st = self._top_staging()
         n = len(data)
-        if n > MAX_TRANSFER:
-            data, n = memoryview(data)[:MAX_TRANSFER], MAX_TRANSFER
-        if n > st.cap:
-            self._grow(st, 1, n)
+        if n > st.cap:          # (a staging buffer is never larger than MAX_TRANSFER)
+            if n > MAX_TRANSFER:
+                data, n = memoryview(data)[:MAX_TRANSFER], MAX_TRANSFER
+            if n > st.cap:
+                self._grow(st, 1, n)
         if type(data) is not bytes:
             data = ffi.from_buffer(data)
-        ret = lib.enclave_out(self._path_code, st.t, op, fd, flags, data, n)
+        ret = lib.enclave_out(st.t, op, fd, flags, data, n)
         if ret < _LOWEST_ERRNO:
-            raise IagoError(ffi.string(st.t.why).decode(errors="replace"))
+            raise self._lie(st.t, ret)
         return ret
 
     def data_in(self, op: int, fd: int, n: int) -> tuple[int, bytes]:
@@ -266,18 +301,221 @@ class Transport:
             free = self._free_list()
         st = free.pop() if free else self._new_staging()
         try:
+            if n > st.cap:
+                if n > MAX_TRANSFER:
+                    n = MAX_TRANSFER
+                if n > st.cap:
+                    self._grow(st, 1, n)
+            ret = lib.enclave_in(st.t, op, fd, n)
+            if ret > 0:     # checked in C: ret <= n <= the buffer's size
+                return ret, ffi.unpack(st.chars, ret)
+            if ret < _LOWEST_ERRNO:
+                raise self._lie(st.t, ret)
+            return ret, b""
+        finally:
+            free.append(st)
+
+    def data_into(self, op: int, fd: int, n: int, dst) -> int:
+        """OP_READ or OP_RECVFROM (no flags) of up to ``n`` bytes straight into the writable
+        buffer ``dst`` (at least ``n`` bytes), in one checked C crossing: the byte count, or
+        -errno.  As ``call(op, fd, n, 0, outcap=n, into=dst).ret``, without its reply."""
+        try:
+            st = self._tls.free[-1]
+        except (AttributeError, IndexError):
+            st = self._top_staging()
+        if n > st.cap:
             if n > MAX_TRANSFER:
                 n = MAX_TRANSFER
             if n > st.cap:
                 self._grow(st, 1, n)
-            ret = lib.enclave_in(self._path_code, st.t, op, fd, n)
-            if ret > 0:     # checked in C: ret <= n <= the buffer's size
-                return ret, ffi.unpack(st.chars, ret)
-            if ret < _LOWEST_ERRNO:
-                raise IagoError(ffi.string(st.t.why).decode(errors="replace"))
-            return ret, b""
+        # Nothing is read after the crossing: the C side copies into dst before it returns.
+        ret = lib.enclave_in_into(st.t, op, fd, n, ffi.from_buffer(dst, require_writable=True),
+                                  len(dst))
+        if ret < _LOWEST_ERRNO:
+            raise self._lie(st.t, ret)
+        return ret
+
+    # -- the data path fused into the app's own call ------------------------------------------
+    def fused(self, kind: str, full, after):
+        """The app's ``os.write``/``os.read``/``socket.send``/``socket.recv`` (``kind``
+        "write", "read", "send", "recv") with the data path's common case done in its own
+        frame: the C crossing that checks the reply (as data_out/data_in), and nothing else.
+        ``full(*args)`` is the LibOS's complete version, called for anything else (an
+        argument that is not a plain bytes/int, a size over the staging buffer, no staging
+        yet); ``after(*args, ret)`` finishes a call whose one attempt came back with ``ret``
+        (an error such as EAGAIN, or a short write).  What the app gets is what ``full``
+        would have given it.  Under ELEOS_PROFILE (data_out/data_in wrapped on this object)
+        the app's calls go through ``full``, so that every crossing passes the probe."""
+        if "data_out" in self.__dict__ or "data_in" in self.__dict__:
+            return full
+        tls, unpack, lie, low = self._tls, ffi.unpack, self._lie, _LOWEST_ERRNO
+
+        if kind == "write":
+            out = lib.enclave_write
+
+            def write(fd, data, /):
+                if type(data) is bytes:
+                    try:
+                        st = tls.free[-1]
+                    except (AttributeError, IndexError):
+                        return full(fd, data)
+                    n = len(data)
+                    if n <= st.cap:
+                        ret = out(st.t, fd, data, n)
+                        if ret == n:
+                            return ret
+                        if ret < low:
+                            raise lie(st.t, ret)
+                        return after(fd, data, ret)
+                return full(fd, data)
+            fn = write
+        elif kind == "send":
+            out = lib.enclave_send
+
+            def send(sock, data, flags=0):
+                if type(data) is bytes and type(flags) is int:
+                    try:
+                        st = tls.free[-1]
+                    except (AttributeError, IndexError):
+                        return full(sock, data, flags)
+                    n = len(data)
+                    if n <= st.cap:
+                        ret = out(st.t, sock._fd, data, n, flags)
+                        if ret == n:
+                            return ret
+                        if ret < low:
+                            raise lie(st.t, ret)
+                        return after(sock, data, flags, ret)
+                return full(sock, data, flags)
+            fn = send
+        elif kind in ("read", "recv"):
+            inn = lib.enclave_read if kind == "read" else lib.enclave_recv
+
+            # The staging area is taken for the call: its bytes are read after the crossing.
+            def read(fd, n, /):
+                if type(n) is int:
+                    try:
+                        free = tls.free
+                    except AttributeError:
+                        return full(fd, n)
+                    if free and 0 <= n <= free[-1].cap:
+                        st = free.pop()
+                        try:
+                            ret = inn(st.t, fd, n)
+                            if ret > 0:
+                                return unpack(st.chars, ret)
+                            if ret == 0:
+                                return b""
+                            if ret < low:
+                                raise lie(st.t, ret)
+                        finally:
+                            free.append(st)
+                        return after(fd, n, ret)
+                return full(fd, n)
+
+            def recv(sock, bufsize, flags=0):
+                if type(bufsize) is int and not flags:
+                    try:
+                        free = tls.free
+                    except AttributeError:
+                        return full(sock, bufsize, flags)
+                    if free and 0 <= bufsize <= free[-1].cap:
+                        st = free.pop()
+                        try:
+                            ret = inn(st.t, sock._fd, bufsize)
+                            if ret > 0:
+                                return unpack(st.chars, ret)
+                            if ret == 0:
+                                return b""
+                            if ret < low:
+                                raise lie(st.t, ret)
+                        finally:
+                            free.append(st)
+                        return after(sock, bufsize, flags, ret)
+                return full(sock, bufsize, flags)
+            fn = read if kind == "read" else recv
+        else:
+            raise ValueError(f"no fused data path for {kind!r}")
+        fn.__name__, fn.__qualname__, fn.__doc__ = full.__name__, full.__qualname__, full.__doc__
+        return fn
+
+    # -- waits: the reply checked in C, its records built there ----------------------------
+    def epoll_wait(self, epfd: int, maxevents: int, ms: int) -> tuple[int, list]:
+        """OP_EPOLL_WAIT in one checked C crossing (enclave_epoll_wait): (count, the
+        [(fd, events)] records) or (-errno, []).  A wait (``ms`` not 0) always exits, as
+        ``call(..., wait=True)``.  The staging area is taken for the call: its records are
+        read after the crossing (see the class docstring)."""
+        try:
+            free = self._tls.free
+        except AttributeError:
+            free = self._free_list()
+        st = free.pop() if free else self._new_staging()
+        try:
+            need = maxevents * _EPOLL_EVENT_SIZE
+            if need > st.cap:
+                self._grow(st, 1, need)
+            if need > st.rcap:
+                st.set_records(need)
+            ret = lib.enclave_epoll_wait(st.t, epfd, maxevents, ms)
+            return ret, _records(st, ret)
         finally:
             free.append(st)
+
+    def poll(self, fds, events, ms: int) -> tuple[int, list]:
+        """OP_POLL of the pollfd table (``fds``, ``events``: parallel lists, events as
+        signed shorts) in one checked C crossing (enclave_poll): (count, the [(fd, revents)]
+        of the ready entries, in table order) or (-errno, []).  A wait (``ms`` not 0)
+        always exits."""
+        try:
+            free = self._tls.free
+        except AttributeError:
+            free = self._free_list()
+        st = free.pop() if free else self._new_staging()
+        try:
+            nfds = len(fds)
+            need = nfds * _POLLFD_SIZE
+            if need > st.cap:
+                self._grow(st, 1, need)
+            if need > st.rcap:
+                st.set_records(need)
+            ret = lib.enclave_poll(st.t, fds, events, nfds, ms)
+            return ret, _records(st, ret)
+        finally:
+            free.append(st)
+
+    # The same checks on a reply that reached the enclave as a Reply (the tests' lying host
+    # answers through ``call``): what ``epoll_wait``/``poll`` return for it.
+    @staticmethod
+    def epoll_reply(r: Reply, maxevents: int) -> tuple[int, list]:
+        recs = ffi.new("char[]", maxevents * _EPOLL_EVENT_SIZE)
+        why = ffi.new("char[]", 192)
+        ret = lib.enclave_epoll_events(why, r.ret, len(r.out), len(r.out2), r.out, maxevents,
+                                       recs, maxevents * _EPOLL_EVENT_SIZE)
+        return Transport._reply_records(ret, why, recs)
+
+    @staticmethod
+    def poll_reply(r: Reply, fds, events) -> tuple[int, list]:
+        n = len(fds)
+        recs = ffi.new("char[]", max(1, n * _POLLFD_SIZE))
+        why = ffi.new("char[]", 192)
+        ret = lib.enclave_poll_events(why, r.ret, len(r.out), len(r.out2), r.out, fds, events,
+                                      n, recs, n * _POLLFD_SIZE)
+        return Transport._reply_records(ret, why, recs)
+
+    @staticmethod
+    def _reply_records(ret, why, recs) -> tuple[int, list]:
+        if ret < _LOWEST_ERRNO:
+            msg = ffi.string(why).decode(errors="replace")
+            raise RuntimeError(msg) if ret == _ENCLAVE_BUG else IagoError(msg)
+        if ret <= 0:
+            return ret, []
+        return ret, list(_WAIT_RECORD.iter_unpack(ffi.buffer(recs, ret * 8)))
+
+    @staticmethod
+    def _lie(t, ret) -> Exception:
+        """The exception for a C data path's refusal (``st.why`` says why)."""
+        msg = ffi.string(t.why).decode(errors="replace")
+        return RuntimeError(f"enclave staging: {msg}") if ret == _ENCLAVE_BUG else IagoError(msg)
 
     @staticmethod
     def _check(op, ret, out_len, out2_len, len1, len2, n_in, a1, a2, a3) -> None:

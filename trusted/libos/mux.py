@@ -17,7 +17,6 @@ import errno as _errno
 import math
 import operator
 import select as _select
-import struct
 import threading
 import time
 
@@ -27,8 +26,6 @@ from trusted.libos._kernel import (POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT, 
                                    Kernel, oserror)
 from trusted.libos.fs import _fildes
 
-_POLLFD = struct.Struct("=ihh")
-_EPOLL_EVENT = struct.Struct("=IQ")      # packed on x86_64
 FD_SETSIZE = 1024
 EPOLL_CLOEXEC = 0o2000000
 EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLL_CTL_MOD = 1, 2, 3
@@ -89,39 +86,18 @@ def _ushort(value) -> int:
     return value
 
 
-def poll_fds(kernel: Kernel, fds: list[tuple[int, int]], timeout_ms: int):
-    """One OP_POLL over (fd, events) pairs; returns (count, [revents per entry]), checked."""
-    inbuf = b"".join(_POLLFD.pack(fd, ev, 0) for fd, ev in fds)
-    r = None
+def poll_fds(kernel: Kernel, fds: list[int], events: list[int], timeout_ms: int):
+    """One OP_POLL over the table ``fds``/``events`` (events as signed shorts); returns
+    (count or -errno, [(fd, revents)] of the ready entries in table order).  The reply is
+    checked as it is read, in C (Transport.poll): the same fds and events in the same order,
+    revents only of what was asked (or ERR/HUP/NVAL), none on an ignored entry, and as many
+    marked as counted."""
     if timeout_ms != 0 and kernel.exitless:
-        r = kernel.call(abi.OP_POLL, len(fds), 0, inbuf=inbuf, outcap=len(inbuf))
-        if r.ret == 0 or r.ret == -_errno.EINTR:
-            r = None        # nothing ready yet: wait, as an OCALL
-    if r is None:
-        r = kernel.call(abi.OP_POLL, len(fds), timeout_ms, inbuf=inbuf, outcap=len(inbuf),
-                        wait=timeout_ms != 0)
-    if r.ret < 0:
-        return r.ret, None
-    if len(r.out) != len(inbuf) or r.ret > len(fds):
-        raise IagoError(f"host's poll reply holds {len(r.out)} bytes and {r.ret} ready fds "
-                        f"for {len(fds)} fds")
-    revents, ready = [], 0
-    for i, (fd, ev) in enumerate(fds):
-        rfd, rev, rr = _POLLFD.unpack_from(r.out, i * _POLLFD.size)
-        if rfd != fd or rev != (ev if ev < 0x8000 else ev - 0x10000):
-            raise IagoError(f"host's poll reply rewrote entry {i} (fd {fd} -> {rfd})")
-        rr &= 0xFFFF
-        if fd < 0:
-            if rr:
-                raise IagoError(f"host's poll reports events on ignored entry {i}")
-        elif rr & ~((ev & 0xFFFF) | POLLERR | POLLHUP | POLLNVAL):
-            raise IagoError(f"host's poll reports events {rr:#x} on fd {fd}, which asked "
-                            f"only for {ev:#x}")
-        ready += rr != 0
-        revents.append(rr)
-    if ready != r.ret:
-        raise IagoError(f"host's poll says {r.ret} fds are ready but marks {ready}")
-    return r.ret, revents
+        n, ready = kernel.poll(fds, events, 0)
+        if n != 0 and n != -_errno.EINTR:
+            return n, ready
+        # nothing ready yet: wait, as an OCALL
+    return kernel.poll(fds, events, timeout_ms)
 
 
 class Select:
@@ -167,21 +143,26 @@ class Select:
         for bit, entries in zip((POLLIN, POLLOUT, POLLPRI), lists):
             for _, fd in entries:
                 events[fd] = events.get(fd, 0) | bit
-        fds = list(events.items())
-        deadline = None if timeout is None else time.monotonic() + timeout
+        fds, evs = list(events), list(events.values())
+        k = self.kernel
+        ms = 0 if timeout == 0 else None
+        deadline = None if timeout is None or ms == 0 else time.monotonic() + timeout
         while True:
-            n, revents = poll_fds(self.kernel, fds, self.kernel.wait_ms(deadline))
+            n, ready = poll_fds(k, fds, evs, k.wait_ms(deadline) if ms is None else 0)
             if n == -_errno.EINTR:
                 continue
             if n < 0:
                 raise oserror(-n)
             break
-        got = {fd: rr for (fd, _), rr in zip(fds, revents)}
-        if any(rr & POLLNVAL for rr in got.values()):
-            raise oserror(_errno.EBADF)           # as the kernel's select() on a closed fd
+        got = dict(ready)
+        for rr in got.values():
+            if rr & POLLNVAL:
+                raise oserror(_errno.EBADF)       # as the kernel's select() on a closed fd
+        if not got:
+            return [], [], []
         out = []
         for want, entries in zip((_READ_SET, _WRITE_SET, _EXCEPT_SET), lists):
-            out.append([obj for obj, fd in entries if got[fd] & want])
+            out.append([obj for obj, fd in entries if got.get(fd, 0) & want])
         return tuple(out)
 
 
@@ -196,12 +177,14 @@ class Poll:
 
     def _setup(self):
         self._fds: dict[int, int] = {}
+        self._table = None          # ([fd], [events as signed shorts]), made once per change
         self._busy = threading.Lock()
         return self
 
     def register(self, fd, eventmask=POLLIN | POLLPRI | POLLOUT, /):
         fd = _fildes(fd)
         self._fds[fd] = _ushort(eventmask)
+        self._table = None
 
     def modify(self, fd, eventmask, /):
         fd = _fildes(fd)
@@ -209,16 +192,20 @@ class Poll:
         if fd not in self._fds:
             raise oserror(_errno.ENOENT)
         self._fds[fd] = eventmask
+        self._table = None
 
     def unregister(self, fd, /):
         fd = _fildes(fd)
         if fd not in self._fds:
             raise KeyError(fd)
         del self._fds[fd]
+        self._table = None
 
     def poll(self, timeout=None, /):
         if timeout is None:
             ms = -1
+        elif timeout.__class__ is int and 0 <= timeout <= _INT_MAX:
+            ms = timeout
         else:
             try:
                 ms = _timeout_ms(timeout, 1)
@@ -230,15 +217,21 @@ class Poll:
         if not self._busy.acquire(blocking=False):
             raise RuntimeError("concurrent poll() invocation")
         try:
-            fds = [(fd, ev if ev < 0x8000 else ev - 0x10000) for fd, ev in self._fds.items()]
-            deadline = None if ms < 0 else time.monotonic() + ms / 1000
+            table = self._table
+            if table is None:
+                table = self._table = (list(self._fds), [ev if ev < 0x8000 else ev - 0x10000
+                                                         for ev in self._fds.values()])
+            fds, evs = table
+            k = self._k
+            deadline = None if ms <= 0 else time.monotonic() + ms / 1000
             while True:
-                n, revents = poll_fds(self._k, fds, self._k.wait_ms(deadline))
+                n, ready = poll_fds(k, fds, evs, ms if deadline is None else
+                                    k.wait_ms(deadline))
                 if n == -_errno.EINTR:
                     continue
                 if n < 0:
                     raise oserror(-n)
-                return [(fd, rr) for (fd, _), rr in zip(fds, revents) if rr]
+                return ready
         finally:
             self._busy.release()
 
@@ -256,7 +249,8 @@ class Epoll:
             raise OSError("invalid flags")
         r = self._k.check(abi.OP_EPOLL_CREATE, EPOLL_CLOEXEC)
         self._epfd = self._k.adopt_fd(r.ret, "epoll_create")
-        # What was registered on this epoll fd, shared by every object on it (fromfd).
+        # What each fd registered on this epoll fd may report (what it asked for, less the
+        # input-only flags, plus ERR/HUP), shared by every object on it (fromfd).
         self._registered: dict[int, int] | None = self._k.epoll_sets.setdefault(self._epfd, {})
 
     @classmethod
@@ -312,12 +306,12 @@ class Epoll:
     def register(self, fd, eventmask=_select.EPOLLIN | _select.EPOLLPRI | _select.EPOLLOUT):
         fd = self._ctl(EPOLL_CTL_ADD, fd, eventmask)
         if self._registered is not None:
-            self._registered[fd] = eventmask & 0xFFFFFFFF
+            self._registered[fd] = _reportable(eventmask)
 
     def modify(self, fd, eventmask):
         fd = self._ctl(EPOLL_CTL_MOD, fd, eventmask)
         if self._registered is not None:
-            self._registered[fd] = eventmask & 0xFFFFFFFF
+            self._registered[fd] = _reportable(eventmask)
 
     def unregister(self, fd):
         fd = self._ctl(EPOLL_CTL_DEL, fd, 0)
@@ -325,8 +319,14 @@ class Epoll:
             self._registered.pop(fd, None)
 
     def poll(self, timeout=None, maxevents=-1):
-        epfd = self._check_open()
-        if timeout is None or timeout < 0:
+        epfd = self._epfd
+        if epfd < 0:
+            raise ValueError("I/O operation on closed epoll object")
+        if timeout is None:
+            ms = -1
+        elif (timeout.__class__ is int or timeout.__class__ is float) and timeout == 0:
+            ms = 0          # selectors' select(0): no conversion to make
+        elif timeout < 0:
             ms = -1
         else:
             ms = _ms_from_seconds(timeout)
@@ -334,46 +334,42 @@ class Epoll:
             maxevents = FD_SETSIZE - 1
         elif maxevents < 1:
             raise ValueError(f"maxevents must be greater than 0, got {maxevents}")
-        deadline = None if ms < 0 else time.monotonic() + ms / 1000
-        cap = maxevents * _EPOLL_EVENT.size
         k = self._k
-        r = None
+        n = None
         if ms != 0 and k.exitless:
-            r = k.call(abi.OP_EPOLL_WAIT, epfd, maxevents, 0, outcap=cap)
-            if r.ret == 0 or r.ret == -_errno.EINTR:
-                r = None        # nothing ready yet: wait, as an OCALL
-        while r is None:
-            ms = k.wait_ms(deadline)
-            r = k.call(abi.OP_EPOLL_WAIT, epfd, maxevents, ms, outcap=cap, wait=ms != 0)
-            if r.ret == -_errno.EINTR:
-                r = None
-        if r.ret < 0:
-            raise oserror(-r.ret)
-        if r.ret > maxevents or len(r.out) != r.ret * _EPOLL_EVENT.size:
-            raise IagoError(f"host's epoll_wait returned {r.ret} events in {len(r.out)} "
-                            f"bytes (maxevents {maxevents})")
-        out, seen, open_fds = [], set(), k.fds
-        for i in range(r.ret):
-            events, data = _EPOLL_EVENT.unpack_from(r.out, i * _EPOLL_EVENT.size)
-            if data >= 1 << 31:
-                raise IagoError(f"host's epoll_wait names an impossible fd {data}")
-            # The kernel reports each ready fd once per wait, and drops an fd from the set
-            # when it is closed.
-            if data in seen:
-                raise IagoError(f"host's epoll_wait reports fd {data} twice")
-            seen.add(data)
-            if data not in open_fds:
-                raise IagoError(f"host's epoll_wait reports fd {data}, which is not open")
-            if self._registered is not None:
-                mask = self._registered.get(data)
-                if mask is None:
-                    raise IagoError(f"host's epoll_wait reports fd {data}, which was never "
+            n, events = k.epoll_wait(epfd, maxevents, 0)
+            if n == 0 or n == -_errno.EINTR:
+                n = None        # nothing ready yet: wait, as an OCALL
+        if n is None:
+            deadline = None if ms <= 0 else time.monotonic() + ms / 1000
+            while True:
+                n, events = k.epoll_wait(epfd, maxevents,
+                                         ms if deadline is None else k.wait_ms(deadline))
+                if n != -_errno.EINTR:
+                    break
+        if n < 0:
+            raise oserror(-n)
+        # Counted, sized, each fd possible and reported once: checked in C as it was read
+        # (Transport.epoll_wait).  What the enclave knows of each fd is checked here.
+        reg, open_fds = self._registered, k.fds
+        for fd, ev in events:
+            if fd not in open_fds:
+                raise IagoError(f"host's epoll_wait reports fd {fd}, which is not open")
+            if reg is not None:
+                allowed = reg.get(fd)
+                if allowed is None:
+                    raise IagoError(f"host's epoll_wait reports fd {fd}, which was never "
                                     f"registered")
-                if events & ~((mask & ~_EPOLL_INPUT_ONLY) | EPOLLERR | EPOLLHUP):
-                    raise IagoError(f"host's epoll_wait reports events {events:#x} on fd "
-                                    f"{data}, registered for {mask:#x}")
-            out.append((data, events))
-        return out
+                if ev & ~allowed:
+                    raise IagoError(f"host's epoll_wait reports events {ev:#x} on fd {fd}, "
+                                    f"registered for {allowed & ~(EPOLLERR | EPOLLHUP):#x}")
+        return events
+
+
+def _reportable(eventmask: int) -> int:
+    """The events epoll_wait may report for a registration of ``eventmask``: what it asks
+    for, less the flags that only shape delivery, and ERR/HUP, which the kernel always may."""
+    return (eventmask & 0xFFFFFFFF & ~_EPOLL_INPUT_ONLY) | EPOLLERR | EPOLLHUP
 
 
 def epoll_class(kernel: Kernel):
