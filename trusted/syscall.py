@@ -79,7 +79,7 @@ class _Staging:
     large, the request as the enclave made it and the reply as it read it back, once.  Every
     address and length used to copy in or out comes from here, never from the request."""
     __slots__ = ("t", "mine", "req", "buf", "cap", "buf2", "cap2", "chars", "chars2",
-                 "recs", "recs_p", "recs_view", "rcap")
+                 "bytes1", "recs", "recs_p", "recs_view", "rcap")
 
     def __init__(self, alloc, path: int):
         self.req = alloc(ffi.sizeof("struct eleos_req"))
@@ -96,6 +96,7 @@ class _Staging:
         self.mine = t.mine                            # the reply, as read once
         self.chars = ffi.cast("char *", self.buf)     # buffer 1, for ffi.unpack
         self.chars2 = ffi.cast("char *", self.buf2)
+        self.bytes1 = ffi.buffer(self.chars, self.cap)  # buffer 1: a slice is a bytes copy
         self.set_records(_INITIAL_RECORDS)
 
     def set_records(self, size: int) -> None:
@@ -113,8 +114,6 @@ class _Staging:
 
 def _records(st: _Staging, ret: int) -> list:
     """The (fd, events) records a checked C wait left in ``st`` (enclave memory)."""
-    if ret == 1:
-        return [_WAIT_RECORD.unpack_from(st.recs)]
     if ret > 0:
         return list(_WAIT_RECORD.iter_unpack(st.recs_view[:ret * 8]))
     if ret < _LOWEST_ERRNO:
@@ -182,6 +181,7 @@ class Transport:
         if which == 1:
             old, st.buf = st.buf, p
             st.t.buf, st.chars = addr, ffi.cast("char *", p)
+            st.bytes1 = ffi.buffer(st.chars, new)
             st.t.cap = st.cap = new
         else:
             old, st.buf2 = st.buf2, p
@@ -308,7 +308,7 @@ class Transport:
                     self._grow(st, 1, n)
             ret = lib.enclave_in(st.t, op, fd, n)
             if ret > 0:     # checked in C: ret <= n <= the buffer's size
-                return ret, ffi.unpack(st.chars, ret)
+                return ret, st.bytes1[:ret]
             if ret < _LOWEST_ERRNO:
                 raise self._lie(st.t, ret)
             return ret, b""
@@ -348,7 +348,7 @@ class Transport:
         the app's calls go through ``full``, so that every crossing passes the probe."""
         if "data_out" in self.__dict__ or "data_in" in self.__dict__:
             return full
-        tls, unpack, lie, low = self._tls, ffi.unpack, self._lie, _LOWEST_ERRNO
+        tls, lie, low = self._tls, self._lie, _LOWEST_ERRNO
 
         if kind == "write":
             out = lib.enclave_write
@@ -403,7 +403,7 @@ class Transport:
                         try:
                             ret = inn(st.t, fd, n)
                             if ret > 0:
-                                return unpack(st.chars, ret)
+                                return st.bytes1[:ret]
                             if ret == 0:
                                 return b""
                             if ret < low:
@@ -424,7 +424,7 @@ class Transport:
                         try:
                             ret = inn(st.t, sock._fd, bufsize)
                             if ret > 0:
-                                return unpack(st.chars, ret)
+                                return st.bytes1[:ret]
                             if ret == 0:
                                 return b""
                             if ret < low:
@@ -457,6 +457,8 @@ class Transport:
             if need > st.rcap:
                 st.set_records(need)
             ret = lib.enclave_epoll_wait(st.t, epfd, maxevents, ms)
+            if ret == 1:
+                return 1, [_WAIT_RECORD.unpack_from(st.recs)]
             return ret, _records(st, ret)
         finally:
             free.append(st)
@@ -479,6 +481,8 @@ class Transport:
             if need > st.rcap:
                 st.set_records(need)
             ret = lib.enclave_poll(st.t, fds, events, nfds, ms)
+            if ret == 1:
+                return 1, [_WAIT_RECORD.unpack_from(st.recs)]
             return ret, _records(st, ret)
         finally:
             free.append(st)

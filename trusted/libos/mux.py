@@ -39,6 +39,7 @@ _EXCEPT_SET = POLLPRI
 
 
 _INT_MAX = (1 << 31) - 1
+_EINTR = -_errno.EINTR
 _PYTIME_MAX_NS = (1 << 63) - 1           # CPython's _PyTime_t: int64 nanoseconds
 
 
@@ -325,7 +326,7 @@ class Epoll:
         if timeout is None:
             ms = -1
         elif (timeout.__class__ is int or timeout.__class__ is float) and timeout == 0:
-            ms = 0          # selectors' select(0): no conversion to make
+            ms = 0          # selectors' select(0): nothing to convert
         elif timeout < 0:
             ms = -1
         else:
@@ -335,18 +336,12 @@ class Epoll:
         elif maxevents < 1:
             raise ValueError(f"maxevents must be greater than 0, got {maxevents}")
         k = self._k
-        n = None
-        if ms != 0 and k.exitless:
+        if ms == 0:
             n, events = k.epoll_wait(epfd, maxevents, 0)
-            if n == 0 or n == -_errno.EINTR:
-                n = None        # nothing ready yet: wait, as an OCALL
-        if n is None:
-            deadline = None if ms <= 0 else time.monotonic() + ms / 1000
-            while True:
-                n, events = k.epoll_wait(epfd, maxevents,
-                                         ms if deadline is None else k.wait_ms(deadline))
-                if n != -_errno.EINTR:
-                    break
+            while n == _EINTR:
+                n, events = k.epoll_wait(epfd, maxevents, 0)
+        else:
+            n, events = self._wait(k, epfd, maxevents, ms)
         if n < 0:
             raise oserror(-n)
         # Counted, sized, each fd possible and reported once: checked in C as it was read
@@ -364,6 +359,21 @@ class Epoll:
                     raise IagoError(f"host's epoll_wait reports events {ev:#x} on fd {fd}, "
                                     f"registered for {allowed & ~(EPOLLERR | EPOLLHUP):#x}")
         return events
+
+    @staticmethod
+    def _wait(k, epfd, maxevents, ms):
+        """epoll_wait for up to ``ms`` (-1: no limit), retrying EINTR until the deadline."""
+        if k.exitless:
+            n, events = k.epoll_wait(epfd, maxevents, 0)
+            if n != 0 and n != _EINTR:
+                return n, events
+            # nothing ready yet: wait, as an OCALL
+        deadline = None if ms < 0 else time.monotonic() + ms / 1000
+        while True:
+            n, events = k.epoll_wait(epfd, maxevents,
+                                     -1 if deadline is None else k.wait_ms(deadline))
+            if n != _EINTR:
+                return n, events
 
 
 def _reportable(eventmask: int) -> int:
