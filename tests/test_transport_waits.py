@@ -206,3 +206,31 @@ def test_the_fused_data_path_is_what_the_app_gets_and_it_is_counted():
         finally:
             Host.lie_next("ret", 0, 0)
             a.close(), b.close(), os.close(r), os.close(w)
+
+
+def test_fused_writes_take_their_own_transports_path_on_every_thread():
+    """The area a fused write crosses with is held in C per thread and bound per transport:
+    alternating two transports, and a second thread, each call goes its own transport's way."""
+    import threading
+
+    def unexpected(*args):
+        raise AssertionError(f"the fused path handed over: {args}")
+    direct, ocall = make_transport("direct"), make_transport("ocall")
+    wd = direct.fused("write", unexpected, unexpected)
+    wo = ocall.fused("write", unexpected, unexpected)
+    r, w = os.pipe()
+    try:
+        direct.reset_counts()
+        assert (wd(w, b"a"), wo(w, b"b"), wd(w, b"c"), wo(w, b"d")) == (1, 1, 1, 1)
+        done = []
+        th = threading.Thread(target=lambda: done.append((wo(w, b"e"), wd(w, b"f"))))
+        th.start(), th.join()
+        assert done == [(1, 1)] and os.read(r, 10) == b"abcdef"
+        c = direct.counts()["write"]
+        assert (c["direct"], c["ocall"], c["count"]) == (3, 3, 6)
+        Host.lie_next("ret", 5, 1)              # a lie on the bound area's crossing
+        with pytest.raises(IagoError, match="host's reply to write of 1 bytes"):
+            wo(w, b"g")
+    finally:
+        Host.lie_next("ret", 0, 0)
+        os.close(r), os.close(w)

@@ -15,6 +15,7 @@ RPC ring.
 """
 from __future__ import annotations
 
+import itertools
 import struct
 import threading
 from dataclasses import dataclass
@@ -39,6 +40,9 @@ _RPC, _OCALL = abi.PATH_RPC, abi.PATH_OCALL
 # (ENCLAVE_LIE), or one lower still when the request did not fit what it was given (a bug).
 _LOWEST_ERRNO = -abi.MAX_ERRNO
 _ENCLAVE_BUG = -(1 << 62) - 1
+# enclave_write1/enclave_send1's answer when this thread has no area bound for the transport.
+_ENCLAVE_UNBOUND = _ENCLAVE_BUG - 1
+_OWNERS = itertools.count(1)        # each transport's number, for the areas C holds per thread
 # What the C waits leave in enclave memory per ready fd: (fd, events), the tuples
 # select.epoll.poll and select.poll.poll return; epoll needs 4 more bytes per maxevents.
 _WAIT_RECORD = struct.Struct("=iI")
@@ -81,7 +85,7 @@ class _Staging:
     __slots__ = ("t", "mine", "req", "buf", "cap", "buf2", "cap2", "chars", "chars2",
                  "bytes1", "recs", "recs_p", "recs_view", "rcap")
 
-    def __init__(self, alloc, path: int):
+    def __init__(self, alloc, path: int, owner: int):
         self.req = alloc(ffi.sizeof("struct eleos_req"))
         self.buf = alloc(_INITIAL_CAPACITY)
         self.buf2 = alloc(4096)
@@ -92,7 +96,7 @@ class _Staging:
         t.host_req = int(ffi.cast("uintptr_t", self.req))
         t.buf, t.cap = int(ffi.cast("uintptr_t", self.buf)), self.cap
         t.buf2, t.cap2 = int(ffi.cast("uintptr_t", self.buf2)), self.cap2
-        t.path = path
+        t.path, t.owner = path, owner
         self.mine = t.mine                            # the reply, as read once
         self.chars = ffi.cast("char *", self.buf)     # buffer 1, for ffi.unpack
         self.chars2 = ffi.cast("char *", self.buf2)
@@ -138,6 +142,7 @@ class Transport:
         self._path_code = abi.PATH_NAMES.index(path)
         # What a call that may block for long takes: it always exits (never ties up a worker).
         self._wait_code = _OCALL if self._path_code == _RPC else self._path_code
+        self._owner = next(_OWNERS)
         self._alloc = ffi.cast("void *(*)(uint64_t)", bridge.alloc)
         self._free = ffi.cast("void (*)(void *)", bridge.free)
         lib.enclave_bind(bridge.dispatch, bridge.charge, bridge.pollute)
@@ -156,7 +161,7 @@ class Transport:
         return free
 
     def _new_staging(self) -> _Staging:
-        st = _Staging(self._alloc, self._path_code)
+        st = _Staging(self._alloc, self._path_code, self._owner)
         self._all_staging.append(st)
         return st
 
@@ -167,6 +172,18 @@ class Transport:
         if not free:
             free.append(self._new_staging())
         return free[-1]
+
+    def _bind_out(self, n: int) -> _Staging:
+        """This thread's area for the fused writes and sends (made on first use, at least
+        ``n`` bytes), bound in C (enclave_bind_out) for this transport.  It is never on the
+        free stack: the calls that read their reply after the crossing never get it."""
+        st = getattr(self._tls, "out", None)
+        if st is None:
+            st = self._tls.out = self._new_staging()
+        if n > st.cap:
+            self._grow(st, 1, n)
+        lib.enclave_bind_out(st.t)
+        return st
 
     def _grow(self, st: _Staging, which: int, need: int) -> None:
         cap = st.cap if which == 1 else st.cap2
@@ -350,42 +367,49 @@ class Transport:
             return full
         tls, lie, low = self._tls, self._lie, _LOWEST_ERRNO
 
+        unbound, owner, bind = _ENCLAVE_UNBOUND, self._owner, self._bind_out
         if kind == "write":
-            out = lib.enclave_write
+            out = lib.enclave_write1
 
+            # The area is the thread's own, held in C (enclave_bind_out): the first call on a
+            # thread, or after another transport's, binds it and crosses again.
             def write(fd, data, /):
                 if type(data) is bytes:
-                    try:
-                        st = tls.free[-1]
-                    except (AttributeError, IndexError):
-                        return full(fd, data)
                     n = len(data)
-                    if n <= st.cap:
-                        ret = out(st.t, fd, data, n)
+                    ret = out(owner, fd, data, n)
+                    if ret == n:
+                        return ret
+                    if ret == unbound:
+                        if n > MAX_TRANSFER:
+                            return full(fd, data)
+                        bind(n)
+                        ret = out(owner, fd, data, n)
                         if ret == n:
                             return ret
-                        if ret < low:
-                            raise lie(st.t, ret)
-                        return after(fd, data, ret)
+                    if ret < low:
+                        raise lie(tls.out.t, ret)
+                    return after(fd, data, ret)
                 return full(fd, data)
             fn = write
         elif kind == "send":
-            out = lib.enclave_send
+            out = lib.enclave_send1
 
             def send(sock, data, flags=0):
                 if type(data) is bytes and type(flags) is int:
-                    try:
-                        st = tls.free[-1]
-                    except (AttributeError, IndexError):
-                        return full(sock, data, flags)
                     n = len(data)
-                    if n <= st.cap:
-                        ret = out(st.t, sock._fd, data, n, flags)
+                    ret = out(owner, sock._fd, data, n, flags)
+                    if ret == n:
+                        return ret
+                    if ret == unbound:
+                        if n > MAX_TRANSFER:
+                            return full(sock, data, flags)
+                        bind(n)
+                        ret = out(owner, sock._fd, data, n, flags)
                         if ret == n:
                             return ret
-                        if ret < low:
-                            raise lie(st.t, ret)
-                        return after(sock, data, flags, ret)
+                    if ret < low:
+                        raise lie(tls.out.t, ret)
+                    return after(sock, data, flags, ret)
                 return full(sock, data, flags)
             fn = send
         elif kind in ("read", "recv"):
@@ -518,6 +542,8 @@ class Transport:
     @staticmethod
     def _lie(t, ret) -> Exception:
         """The exception for a C data path's refusal (``st.why`` says why)."""
+        if ret == _ENCLAVE_UNBOUND:
+            return RuntimeError("enclave staging: no area bound for this thread")
         msg = ffi.string(t.why).decode(errors="replace")
         return RuntimeError(f"enclave staging: {msg}") if ret == _ENCLAVE_BUG else IagoError(msg)
 

@@ -582,3 +582,29 @@ int64_t enclave_recv(struct enclave_stage *st, int64_t fd, uint64_t n)
 {
     return run_checked(st->path, st, ELEOS_OP_RECVFROM, fd, (int64_t)n, NULL, 0, n, 1);
 }
+
+/* The staging area of this thread's fused writes and sends (trusted/syscall.py binds one per
+ * thread, for one transport at a time), so that they cross without the Python lookup of a
+ * thread's area, nor its arguments.  Nothing of it is read after a crossing, so a signal
+ * handler's own write, between two of the app's, may use it too; no call that reads its reply
+ * afterwards ever does (those take an area of their own). */
+static __thread struct enclave_stage *out_stage;
+#define ENCLAVE_UNBOUND (ENCLAVE_LIE - 2)   /* no area bound for this transport, or too small */
+
+void enclave_bind_out(struct enclave_stage *st) { out_stage = st; }
+
+int64_t enclave_write1(uint32_t owner, int64_t fd, const char *in, uint64_t n)
+{
+    struct enclave_stage *st = out_stage;
+    if (!st || st->owner != owner || n > st->cap)
+        return ENCLAVE_UNBOUND;
+    return run_checked(st->path, st, ELEOS_OP_WRITE, fd, 0, in, n, n, 0);
+}
+
+int64_t enclave_send1(uint32_t owner, int64_t fd, const char *in, uint64_t n, int64_t flags)
+{
+    struct enclave_stage *st = out_stage;
+    if (!st || st->owner != owner || n > st->cap)
+        return ENCLAVE_UNBOUND;
+    return run_checked(st->path, st, ELEOS_OP_SENDTO, fd, flags, in, n, n, 0);
+}
