@@ -9,6 +9,12 @@ rewrite the staged request at any time, so the enclave never reads it back: buff
 and sizes come from its own record of the staging area, and the reply is read once, in C,
 into enclave memory (``_Staging.t``) before anything is checked or copied out.
 
+The calls an app makes per request have narrower crossings, each checking its reply in C:
+``data_out``/``data_in``/``data_into`` (write, read, send, recv, recv_into), ``poll`` and
+``epoll_wait`` (the reply's records checked and built in enclave memory), and ``fused``, which
+gives the LibOS an ``os.write``/``os.read``/``send``/``recv`` whose common case is the
+crossing and a few Python operations in the app's own frame.
+
 The bridge is how the loader hands the host over without this half importing it: integer
 addresses of the host's dispatch and allocator, the modeled CPU's charge functions and the
 RPC ring.

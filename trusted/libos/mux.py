@@ -1,15 +1,19 @@
 """TRUSTED side: ``select.select``, ``select.poll`` and ``select.epoll``, routed.
 
-All three wait in the host (OP_POLL / OP_EPOLL_WAIT).  A wait that may last (a timeout other
-than 0) is sent with ``wait=True``: it always leaves the enclave as an OCALL, so it never ties
-up an RPC worker; a zero-timeout check is an ordinary (RPC-able) call.  On the rpc path a wait
+All three wait in the host (OP_POLL / OP_EPOLL_WAIT), each in one C crossing that reads the
+reply once into enclave memory and checks it there (Transport.poll / Transport.epoll_wait).
+A wait that may last (a timeout other than 0) always leaves the enclave as an OCALL, so it
+never ties up an RPC worker; a zero-timeout check is an ordinary (RPC-able) call.  On the rpc path a wait
 is first such a check, as the sockets' blocking rule does: a busy server's wait finds an fd
 ready at once and leaves no exit behind; only a wait that finds nothing ready exits.  (On the
 ocall path the check would be one more exit, so there the wait goes out at once.)
 
 What comes back is checked as hostile: a ready fd the enclave never asked about, a pollfd
 array reordered or resized, events that were not asked for (beyond ERR/HUP/NVAL, which the
-kernel always may report), more events than ``maxevents``: each raises IagoError.
+kernel always may report), more events than ``maxevents``, an fd reported twice: each raises
+IagoError.  The checks that need only the request are made in C as the reply is read; the
+ones that need the enclave's state (an epoll event on an fd not open, or never registered, or
+for events it did not register) are made here.
 """
 from __future__ import annotations
 
@@ -368,12 +372,17 @@ class Epoll:
             if n != 0 and n != _EINTR:
                 return n, events
             # nothing ready yet: wait, as an OCALL
-        deadline = None if ms < 0 else time.monotonic() + ms / 1000
-        while True:
-            n, events = k.epoll_wait(epfd, maxevents,
-                                     -1 if deadline is None else k.wait_ms(deadline))
-            if n != _EINTR:
-                return n, events
+        if ms < 0:
+            n, events = k.epoll_wait(epfd, maxevents, -1)
+            while n == _EINTR:
+                n, events = k.epoll_wait(epfd, maxevents, -1)
+            return n, events
+        # The first wait is for all of ms; only a wait cut short by a signal needs the clock.
+        deadline = time.monotonic() + ms / 1000
+        n, events = k.epoll_wait(epfd, maxevents, ms)
+        while n == _EINTR:
+            n, events = k.epoll_wait(epfd, maxevents, k.wait_ms(deadline))
+        return n, events
 
 
 def _reportable(eventmask: int) -> int:
