@@ -162,15 +162,29 @@ def test_a_blocking_sockets_wait_that_says_ready_for_nothing_is_caught(libos, pa
 
 # -- recv_into and the fused data path --------------------------------------------------------
 
-def test_recv_into_a_count_over_what_was_asked_is_caught_and_nothing_spills(libos, pair):
+@pytest.mark.parametrize("view", [False, True])     # the fused path; data_into's
+def test_recv_into_a_count_over_what_was_asked_is_caught_and_nothing_spills(libos, pair, view):
     a, b = pair
     a.sendall(b"0123456789")
     buf = bytearray(b"-" * 8)
+    into = memoryview(buf) if view else buf
     Host.lie_next("ret_add", 4, 1)
     with pytest.raises(IagoError, match="recv of 4 bytes"):
-        b.recv_into(buf, 4)
+        b.recv_into(into, 4)
     assert buf == bytearray(b"-" * 8)
-    assert b.recv_into(buf, 4) == 4 and buf[:4] in (b"0123", b"4567")
+    assert b.recv_into(into, 4) == 4 and buf[:4] in (b"0123", b"4567")
+
+
+def test_a_large_recv_into_lands_whole_in_the_apps_buffer(libos, pair):
+    a, b = pair
+    data = bytes(range(256)) * 400                  # over the size copied by slice
+    a.setblocking(False)
+    sent = a.send(data)
+    buf = bytearray(len(data))
+    got = 0
+    while got < sent:
+        got += b.recv_into(memoryview(buf)[got:])
+    assert buf[:sent] == data[:sent]
 
 
 def test_recv_into_fills_the_apps_buffer_as_natively(libos, pair):

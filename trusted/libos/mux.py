@@ -44,6 +44,7 @@ _EXCEPT_SET = POLLPRI
 
 _INT_MAX = (1 << 31) - 1
 _EINTR = -_errno.EINTR
+_SEQS = (list, tuple)
 _PYTIME_MAX_NS = (1 << 63) - 1           # CPython's _PyTime_t: int64 nanoseconds
 
 
@@ -125,50 +126,67 @@ class Select:
                 raise ValueError("timeout must be non-negative")
             if isinstance(timeout, float) and timeout != timeout:
                 raise ValueError("Invalid value NaN (not a number)")
-        lists = []
-        for seq in (rlist, wlist, xlist):
-            if not isinstance(seq, (list, tuple)):
-                try:
-                    seq = list(seq)
-                except TypeError:
-                    raise TypeError("arguments 1-3 must be sequences") from None
-            entries = []
-            i = 0
-            # By index against the current length, as CPython's seq2set: a fileno() that
-            # changes the list changes what is selected.
-            while i < len(seq):
-                obj = seq[i]
-                fd = _fildes(obj)
-                if fd >= FD_SETSIZE:
-                    raise ValueError("filedescriptor out of range in select()")
-                entries.append((obj, fd))
-                i += 1
-            lists.append(entries)
-        events: dict[int, int] = {}
-        for bit, entries in zip((POLLIN, POLLOUT, POLLPRI), lists):
-            for _, fd in entries:
-                events[fd] = events.get(fd, 0) | bit
-        fds, evs = list(events), list(events.values())
+        # (An empty list or tuple, the usual write and except lists, has nothing to convert.)
+        r = _select_entries(rlist)
+        w = [] if wlist.__class__ in _SEQS and not wlist else _select_entries(wlist)
+        x = [] if xlist.__class__ in _SEQS and not xlist else _select_entries(xlist)
+        if not w and not x:
+            # Read fds only: one entry each (an fd listed twice is asked about twice, which
+            # poll allows and which comes back the same).
+            fds = [fd for _, fd in r]
+            evs = [POLLIN] * len(fds)
+        else:
+            events: dict[int, int] = {}
+            for _, fd in r:
+                events[fd] = POLLIN
+            for _, fd in w:
+                events[fd] = events.get(fd, 0) | POLLOUT
+            for _, fd in x:
+                events[fd] = events.get(fd, 0) | POLLPRI
+            fds, evs = list(events), list(events.values())
         k = self.kernel
-        ms = 0 if timeout == 0 else None
-        deadline = None if timeout is None or ms == 0 else time.monotonic() + timeout
-        while True:
-            n, ready = poll_fds(k, fds, evs, k.wait_ms(deadline) if ms is None else 0)
-            if n == -_errno.EINTR:
-                continue
-            if n < 0:
-                raise oserror(-n)
-            break
+        if timeout == 0:
+            n, ready = k.poll(fds, evs, 0)
+            while n == _EINTR:
+                n, ready = k.poll(fds, evs, 0)
+        else:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                n, ready = poll_fds(k, fds, evs, k.wait_ms(deadline))
+                if n != _EINTR:
+                    break
+        if n < 0:
+            raise oserror(-n)
+        if not ready:
+            return [], [], []
         got = dict(ready)
         for rr in got.values():
             if rr & POLLNVAL:
                 raise oserror(_errno.EBADF)       # as the kernel's select() on a closed fd
-        if not got:
-            return [], [], []
-        out = []
-        for want, entries in zip((_READ_SET, _WRITE_SET, _EXCEPT_SET), lists):
-            out.append([obj for obj, fd in entries if got.get(fd, 0) & want])
-        return tuple(out)
+        return ([obj for obj, fd in r if got.get(fd, 0) & _READ_SET] if r else [],
+                [obj for obj, fd in w if got.get(fd, 0) & _WRITE_SET] if w else [],
+                [obj for obj, fd in x if got.get(fd, 0) & _EXCEPT_SET] if x else [])
+
+
+def _select_entries(seq) -> list:
+    """select()'s (object, fd) pairs of one of its lists, as CPython's seq2set makes them."""
+    if not isinstance(seq, (list, tuple)):
+        try:
+            seq = list(seq)
+        except TypeError:
+            raise TypeError("arguments 1-3 must be sequences") from None
+    entries = []
+    i = 0
+    # By index against the current length, as CPython's seq2set: a fileno() that changes
+    # the list changes what is selected.
+    while i < len(seq):
+        obj = seq[i]
+        fd = _fildes(obj)
+        if fd >= FD_SETSIZE:
+            raise ValueError("filedescriptor out of range in select()")
+        entries.append((obj, fd))
+        i += 1
+    return entries
 
 
 class Poll:
@@ -228,15 +246,20 @@ class Poll:
                                                          for ev in self._fds.values()])
             fds, evs = table
             k = self._k
-            deadline = None if ms <= 0 else time.monotonic() + ms / 1000
-            while True:
-                n, ready = poll_fds(k, fds, evs, ms if deadline is None else
-                                    k.wait_ms(deadline))
-                if n == -_errno.EINTR:
-                    continue
-                if n < 0:
-                    raise oserror(-n)
-                return ready
+            if ms == 0:
+                n, ready = k.poll(fds, evs, 0)
+                while n == _EINTR:
+                    n, ready = k.poll(fds, evs, 0)
+            else:
+                deadline = None if ms < 0 else time.monotonic() + ms / 1000
+                while True:
+                    n, ready = poll_fds(k, fds, evs, -1 if deadline is None else
+                                        k.wait_ms(deadline))
+                    if n != _EINTR:
+                        break
+            if n < 0:
+                raise oserror(-n)
+            return ready
         finally:
             self._busy.release()
 

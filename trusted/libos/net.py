@@ -629,14 +629,20 @@ class EnclaveSocket(_RealSocket):
         return ret
 
     def sendall(self, data, flags=0):
-        m = memoryview(_bytes_like(data))
         fd, k = self._fd, self._k
-        call = k._call
         # As CPython >= 3.5: the timeout bounds the whole sendall, not each send.
         deadline = None if not self._timeout else time.monotonic() + self._timeout
+        ret = None
+        if type(data) is bytes and len(data) <= MAX_IO:
+            ret = k.data_out(abi.OP_SENDTO, fd, data, flags)     # most often all of it
+            if ret == len(data):
+                return None
+        m = memoryview(_bytes_like(data))
+        call = k._call
         while True:
             chunk = m[:MAX_IO]
-            ret = k.data_out(abi.OP_SENDTO, fd, chunk, flags)    # one checked crossing
+            if ret is None:
+                ret = k.data_out(abi.OP_SENDTO, fd, chunk, flags)    # one checked crossing
             if ret < 0:
                 ret = self._io(POLLOUT, lambda: call(abi.OP_SENDTO, fd, flags, inbuf=chunk),
                                deadline, Reply(ret, b"", b"", ()), flags).ret
@@ -646,6 +652,7 @@ class EnclaveSocket(_RealSocket):
             m = m[ret:]
             if not len(m):
                 return None
+            ret = None
 
     def sendto(self, data, *args):
         if not 1 <= len(args) <= 2:
@@ -692,17 +699,20 @@ class EnclaveSocket(_RealSocket):
         if nbytes > len(m):
             raise ValueError("buffer too small for requested bytes")
         n = min(nbytes, MAX_IO)
-        fd, k = self._fd, self._k
         if not flags:
-            ret = k.data_into(abi.OP_RECVFROM, fd, n, m)     # one checked crossing
+            ret = self._k.data_into(abi.OP_RECVFROM, self._fd, n, m)   # one checked crossing
             if ret >= 0:
                 return ret
-            first = Reply(ret, b"", b"", ())
-        else:
-            first = None
-        call = k._call
+            return self._recv_into_after(n, flags, ret, m)
+        return self._recv_into_after(n, flags, None, m)
+
+    def _recv_into_after(self, n, flags, ret, m):
+        """recv_into ``m`` (a writable buffer of at least ``n`` bytes, n at most MAX_IO)
+        after its first attempt said -errno (``ret``), or without one (None)."""
+        fd, call = self._fd, self._k._call
         return self._io(POLLIN, lambda: call(abi.OP_RECVFROM, fd, n, flags, outcap=n, into=m),
-                        first=first, flags=flags).ret
+                        first=None if ret is None else Reply(ret, b"", b"", ()),
+                        flags=flags).ret
 
     def _has_sender(self) -> bool:
         """Whether the kernel always reports a received datagram's sender: an Internet
@@ -982,6 +992,8 @@ def socket_class(kernel: Kernel):
     if fused is not None:
         ns["send"] = fused("send", EnclaveSocket.send, EnclaveSocket._send_after)
         ns["recv"] = fused("recv", EnclaveSocket.recv, EnclaveSocket._recv_after)
+        ns["recv_into"] = fused("recv_into", EnclaveSocket.recv_into,
+                                EnclaveSocket._recv_into_after)
     cls = type("socket", (EnclaveSocket,), ns)
     cls._plain = cls       # what accept() and dup() make, also from a subclass (TLS)
     return cls
