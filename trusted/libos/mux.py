@@ -92,18 +92,33 @@ def _ushort(value) -> int:
     return value
 
 
-def poll_fds(kernel: Kernel, fds: list[int], events: list[int], timeout_ms: int):
-    """One OP_POLL over the table ``fds``/``events`` (events as signed shorts); returns
-    (count or -errno, [(fd, revents)] of the ready entries in table order).  The reply is
-    checked as it is read, in C (Transport.poll): the same fds and events in the same order,
-    revents only of what was asked (or ERR/HUP/NVAL), none on an ignored entry, and as many
-    marked as counted."""
-    if timeout_ms != 0 and kernel.exitless:
-        n, ready = kernel.poll(fds, events, 0)
-        if n != 0 and n != -_errno.EINTR:
-            return n, ready
+def wait(kernel: Kernel, call, a, b, ms: int):
+    """The app's wait of ``ms`` milliseconds (0: none, -1: no limit) through ``call(a, b,
+    ms)``, Kernel.poll or Kernel.epoll_wait, whose reply is checked in C: (count or -errno,
+    records).  EINTR is retried (PEP 475) within the time left.  A wait that may last
+    always exits (the transport sees to it); on the rpc path it is first a check without a
+    timeout, through the ring, so that a busy server's wait leaves no exit behind."""
+    if ms == 0:
+        n, records = call(a, b, 0)
+        while n == _EINTR:
+            n, records = call(a, b, 0)
+        return n, records
+    if kernel.exitless:
+        n, records = call(a, b, 0)
+        if n != 0 and n != _EINTR:
+            return n, records
         # nothing ready yet: wait, as an OCALL
-    return kernel.poll(fds, events, timeout_ms)
+    if ms < 0:
+        n, records = call(a, b, -1)
+        while n == _EINTR:
+            n, records = call(a, b, -1)
+        return n, records
+    # The first wait is for all of ms; only a wait cut short by a signal needs the clock.
+    deadline = time.monotonic() + ms / 1000
+    n, records = call(a, b, ms)
+    while n == _EINTR:
+        n, records = call(a, b, kernel.wait_ms(deadline))
+    return n, records
 
 
 class Select:
@@ -145,16 +160,9 @@ class Select:
                 events[fd] = events.get(fd, 0) | POLLPRI
             fds, evs = list(events), list(events.values())
         k = self.kernel
-        if timeout == 0:
-            n, ready = k.poll(fds, evs, 0)
-            while n == _EINTR:
-                n, ready = k.poll(fds, evs, 0)
-        else:
-            deadline = None if timeout is None else time.monotonic() + timeout
-            while True:
-                n, ready = poll_fds(k, fds, evs, k.wait_ms(deadline))
-                if n != _EINTR:
-                    break
+        ms = -1 if timeout is None else 0 if timeout == 0 else \
+            k.wait_ms(time.monotonic() + timeout)
+        n, ready = wait(k, k.poll, fds, evs, ms)
         if n < 0:
             raise oserror(-n)
         if not ready:
@@ -246,17 +254,7 @@ class Poll:
                                                          for ev in self._fds.values()])
             fds, evs = table
             k = self._k
-            if ms == 0:
-                n, ready = k.poll(fds, evs, 0)
-                while n == _EINTR:
-                    n, ready = k.poll(fds, evs, 0)
-            else:
-                deadline = None if ms < 0 else time.monotonic() + ms / 1000
-                while True:
-                    n, ready = poll_fds(k, fds, evs, -1 if deadline is None else
-                                        k.wait_ms(deadline))
-                    if n != _EINTR:
-                        break
+            n, ready = wait(k, k.poll, fds, evs, ms)
             if n < 0:
                 raise oserror(-n)
             return ready
@@ -363,12 +361,7 @@ class Epoll:
         elif maxevents < 1:
             raise ValueError(f"maxevents must be greater than 0, got {maxevents}")
         k = self._k
-        if ms == 0:
-            n, events = k.epoll_wait(epfd, maxevents, 0)
-            while n == _EINTR:
-                n, events = k.epoll_wait(epfd, maxevents, 0)
-        else:
-            n, events = self._wait(k, epfd, maxevents, ms)
+        n, events = wait(k, k.epoll_wait, epfd, maxevents, ms)
         if n < 0:
             raise oserror(-n)
         # Counted, sized, each fd possible and reported once: checked in C as it was read
@@ -386,27 +379,6 @@ class Epoll:
                     raise IagoError(f"host's epoll_wait reports events {ev:#x} on fd {fd}, "
                                     f"registered for {allowed & ~(EPOLLERR | EPOLLHUP):#x}")
         return events
-
-    @staticmethod
-    def _wait(k, epfd, maxevents, ms):
-        """epoll_wait for up to ``ms`` (-1: no limit), retrying EINTR until the deadline."""
-        if k.exitless:
-            n, events = k.epoll_wait(epfd, maxevents, 0)
-            if n != 0 and n != _EINTR:
-                return n, events
-            # nothing ready yet: wait, as an OCALL
-        if ms < 0:
-            n, events = k.epoll_wait(epfd, maxevents, -1)
-            while n == _EINTR:
-                n, events = k.epoll_wait(epfd, maxevents, -1)
-            return n, events
-        # The first wait is for all of ms; only a wait cut short by a signal needs the clock.
-        deadline = time.monotonic() + ms / 1000
-        n, events = k.epoll_wait(epfd, maxevents, ms)
-        while n == _EINTR:
-            n, events = k.epoll_wait(epfd, maxevents, k.wait_ms(deadline))
-        return n, events
-
 
 def _reportable(eventmask: int) -> int:
     """The events epoll_wait may report for a registration of ``eventmask``: what it asks
