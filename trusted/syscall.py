@@ -381,8 +381,10 @@ class Transport:
     # -- the data path fused into the app's own call ------------------------------------------
     def fused(self, kind: str, full, after):
         """The app's ``os.write``/``os.read``/``socket.send``/``socket.recv``/``recv_into``
-        (``kind`` "write", "read", "send", "recv", "recv_into") with the data path's common case done in its own
-        frame: the C crossing that checks the reply (as data_out/data_in), and nothing else.
+        (``kind`` "write", "read", "send", "recv", "recv_into") with the data path's common
+        case done in its own frame: the C crossing that checks the reply (as data_out /
+        data_in), and nothing else.  Writes and sends cross with this thread's area held in
+        C (enclave_bind_out), reads take one from the stack as data_in does.
         ``full(*args)`` is the LibOS's complete version, called for anything else (an
         argument that is not a plain bytes/int, a size over the staging buffer, no staging
         yet); ``after(*args, ret)`` finishes a call whose one attempt came back with ``ret``

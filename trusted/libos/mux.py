@@ -3,10 +3,11 @@
 All three wait in the host (OP_POLL / OP_EPOLL_WAIT), each in one C crossing that reads the
 reply once into enclave memory and checks it there (Transport.poll / Transport.epoll_wait).
 A wait that may last (a timeout other than 0) always leaves the enclave as an OCALL, so it
-never ties up an RPC worker; a zero-timeout check is an ordinary (RPC-able) call.  On the rpc path a wait
-is first such a check, as the sockets' blocking rule does: a busy server's wait finds an fd
-ready at once and leaves no exit behind; only a wait that finds nothing ready exits.  (On the
-ocall path the check would be one more exit, so there the wait goes out at once.)
+never ties up an RPC worker; a zero-timeout check is an ordinary (RPC-able) call.  On the rpc
+path a wait is first such a check, as the sockets' blocking rule does: a busy server's wait
+finds an fd ready at once and leaves no exit behind; only a wait that finds nothing ready
+exits.  (On the ocall path the check would be one more exit, so there the wait goes out at
+once.)
 
 What comes back is checked as hostile: a ready fd the enclave never asked about, a pollfd
 array reordered or resized, events that were not asked for (beyond ERR/HUP/NVAL, which the
