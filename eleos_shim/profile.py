@@ -282,9 +282,9 @@ class _ThreadTrace(threading.local):
 class TraceChain:
     """The profile's line tracer and the app's own, on one thread's single trace slot.
 
-    CPython calls one trace function per thread.  While installed, this keeps ``ours`` (a
-    global trace function: it returns a local one for the frames it wants) in every thread
-    and puts the app's behind it: ``sys.settrace``/``sys.gettrace`` and
+    CPython calls one trace function per thread.  While installed, this keeps its own
+    global one (:attr:`dispatch`: the profile's local tracer for the app's frames) in every
+    thread and puts the app's behind it: ``sys.settrace``/``sys.gettrace`` and
     ``threading.settrace``/``threading.gettrace`` are replaced by the chain's, which record
     the app's function for the thread (for new threads) instead of installing it.  The app's
     tracer then gets exactly the events CPython would give it alone: a 'call' for each new
