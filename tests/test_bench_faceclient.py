@@ -55,8 +55,11 @@ def test_the_face_benchmark_prints_and_records_how_its_client_runs(tmp_path, mon
                         lambda mode, mb, *a: {**face_row(0, mode, 100, 100, mb), "served": 1})
     monkeypatch.setattr(faceverify, "plot_bars", lambda *a, **k: None)
     out = tmp_path / "face.json"
-    assert faceverify.main(["--runs", "1", "--modes", "sgx", "--time-scale", "1",
+    affinity = os.sched_getaffinity(0)
+    # --no-pin: pinning would put this test process (and every later test) on CPU 0
+    assert faceverify.main(["--runs", "1", "--modes", "sgx", "--time-scale", "1", "--no-pin",
                             "--json", str(out), *flags]) == 0
+    assert os.sched_getaffinity(0) == affinity
     line = client_line(batch)
     assert line in capsys.readouterr().out.splitlines()
     data = json.loads(out.read_text())
