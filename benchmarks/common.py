@@ -138,7 +138,9 @@ def client_preexec(batch: bool = True):
     of a round of ready connections, which a client on another host never does (it costs
     context switches and breaks up the batches of both sides).  SCHED_BATCH tasks do not
     preempt on wake-up: the client runs when the server blocks, or at the scheduler tick.
-    Every configuration, memcached included, gets the same client."""
+    Every configuration, memcached included, gets the same client.  The function also serves
+    as a client thread's first call (the face benchmark's client is threads of its own
+    process): on Linux the policy is per thread, pid 0 the calling one."""
     if not batch:
         return None
 
@@ -285,7 +287,7 @@ def children_cpu_s() -> float:
 
 # One colour per configuration in every figure.
 COLORS = {"sgx": "#1f77b4", "eleos": "#ff7f0e", "native": "#2ca02c", "memcached": "#7f7f7f",
-          "suvm-only": "#9467bd", "rpc-only": "#8c564b", "direct": "#2ca02c", "ocall": "#1f77b4",
+          "suvm-only": "#9467bd", "rpc-only": "#8c564b", "no-exits": "#bcbd22", "direct": "#2ca02c", "ocall": "#1f77b4",
           "rpc": "#ff7f0e", "plain": "#7f7f7f"}
 
 
