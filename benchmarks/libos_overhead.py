@@ -25,7 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import machine, machine_line, median, table, write_json  # noqa: E402
+from benchmarks.common import (figure_path, machine, machine_line, median,  # noqa: E402
+                               plot_bars, table, write_json)
 
 ROOT = Path(__file__).resolve().parent.parent
 # The app: prints "name ns-per-call" lines.  Plain Python: it runs as any app does.
@@ -100,6 +101,10 @@ def main(argv=None) -> int:
                                          "scale": args.scale, "calls": result,
                                          "raw": runs}, args.json)
     print(f"wrote {path}")
+    groups = {name: {"native": r["native_ns"], "routed": r["routed_ns"]}
+              for name, r in result.items()}
+    plot_bars(figure_path("libos_overhead", args.json), groups,
+              title="the LibOS's own cost per call (no exit)", ylabel="ns per call")
     return 0
 
 
