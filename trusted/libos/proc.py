@@ -59,6 +59,9 @@ def _fsencode_all(items, what: str) -> list[bytes]:
     return out
 
 
+# The most of a spawn child's error report the enclave reads (CPython's subprocess reads
+# at most this much of its error pipe); an honest report ("OSError:<hex>:noexec") is ~30 bytes.
+_MAX_REPORT = 50000
 _UNSET = object()                  # an argument not given (C's NULL default), not None
 _NSIG = 65                         # Linux: signals 1..64
 # What glibc's posix_spawnattr_setschedpolicy accepts.
@@ -236,6 +239,11 @@ class Spawner:
                               in2=struct.pack(f"={len(ints)}q", *ints), wait=True)
         if r.ret <= 0 or r.ret >= 1 << 31:
             raise IagoError(f"host returned an impossible pid {r.ret} for spawn")
+        if r.ret in (_os.getpid(), _os.getppid()):
+            # A new child is neither the enclave nor its parent: the app's kill, send_signal or
+            # wait on it would act on one of them.
+            raise IagoError(f"host returned pid {r.ret} for spawn: the enclave's own or its "
+                            f"parent's, not a new child's")
         return r.ret
 
     def fork_exec(self, args, executable_list, close_fds, fds_to_keep, cwd, env_list,
@@ -331,8 +339,13 @@ class Spawner:
             finally:
                 fs.close(errpipe_write)
             report = b""
-            while chunk := fs.read(errpipe_read, 50000):
+            while chunk := fs.read(errpipe_read, _MAX_REPORT + 1 - len(report)):
                 report += chunk
+                if len(report) > _MAX_REPORT:
+                    # The host child's report is a few bytes; a pipe that keeps giving would
+                    # grow enclave memory for as long as the host likes.
+                    raise IagoError(f"host's spawn child reported more than {_MAX_REPORT} "
+                                    f"bytes of error")
         finally:
             fs.close(errpipe_read)
         if not report:

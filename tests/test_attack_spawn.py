@@ -1,0 +1,91 @@
+"""The host lies in its answers to a spawn (OP_SPAWN and the error pipe's reads after it).
+
+The child is a host program and its pid the host's name for it, which the enclave cannot
+verify (README "Threat model").  What it can check, it does: the pid is not the enclave's own
+or its parent's (the app's ``kill``/``send_signal``/``wait`` on the "child" would act on
+them), and the child's error report is at most what CPython reads of its error pipe (a host
+that keeps the pipe giving cannot grow enclave memory for ever).  Each test reaps the real
+child the honest host started.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from eleos_shim import abi
+from eleos_shim.errors import IagoError
+from tests.libos_helpers import LyingTransport, installed, make_transport
+from trusted.syscall import Reply
+
+TRUE = "/bin/true"
+
+
+class SpawnLiar(LyingTransport):
+    """Remembers every pid the real host started (to reap them), and can answer the reads
+    after a spawn with a flood of error report."""
+
+    def __init__(self, inner):
+        super().__init__(inner)
+        self.started: list[int] = []
+        self.flood = 0                # reads still to answer with a flood
+        self.flooded = 0
+
+    def call(self, op, *args, **kwargs):
+        if op == abi.OP_SPAWN:
+            fn = self._lies.pop(op, None)
+            reply = self.inner.call(op, *args, **kwargs)
+            if reply.ret > 0:
+                self.started.append(reply.ret)
+            if fn is None:
+                return reply
+            self.told += 1
+            return fn(reply, args, kwargs)
+        reply = super().call(op, *args, **kwargs)
+        if op == abi.OP_READ and self.flood:
+            self.flood -= 1
+            self.flooded += 1
+            n = args[1]
+            return Reply(n, b"x" * n, b"", reply.args)
+        return reply
+
+    def reap(self) -> None:
+        for pid in self.started:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
+
+
+@pytest.fixture
+def liar():
+    t = SpawnLiar(make_transport("ocall"))
+    with installed(t) as libos:
+        yield t, libos
+    t.reap()
+    t.close_hidden()
+    assert t._lies == {}, "a lie was set up but never told"
+
+
+@pytest.mark.parametrize("whose", ["own", "parent"])
+@pytest.mark.parametrize("how", ["subprocess", "posix_spawn"])
+def test_a_spawn_answered_with_the_enclaves_own_or_parents_pid_is_caught(liar, whose, how):
+    t, _libos = liar
+    pid = os.getpid() if whose == "own" else os.getppid()
+    t.lie(abi.OP_SPAWN, lambda r, a, k: r._replace(ret=pid))
+    with pytest.raises(IagoError, match=f"pid {pid}"):
+        if how == "subprocess":
+            subprocess.Popen([TRUE])
+        else:
+            os.posix_spawn(TRUE, [TRUE], os.environ)
+    assert len(t.started) == 1
+
+
+def test_a_spawn_error_report_that_never_ends_is_caught_after_what_cpython_reads(liar):
+    t, _libos = liar
+    t.flood = 1000                   # 50 MB of "error report" if the enclave kept reading
+    with pytest.raises(IagoError, match="more than 50000 bytes"):
+        os.posix_spawn(TRUE, [TRUE], os.environ)
+    assert t.flooded <= 2
+    t.flood = 0
