@@ -4,7 +4,9 @@ The child is a host program and its pid the host's name for it, which the enclav
 verify (README "Threat model").  What it can check, it does: the pid is not the enclave's own
 or its parent's (the app's ``kill``/``send_signal``/``wait`` on the "child" would act on
 them), and the child's error report is at most what CPython reads of its error pipe (a host
-that keeps the pipe giving cannot grow enclave memory for ever).  Each test reaps the real
+that keeps the pipe giving cannot grow enclave memory for ever), and it says only what an
+honest child says: an errno and where it failed.  (subprocess, given the report, raises the
+builtin it names: SystemExit, KeyboardInterrupt, anything.)  Each test reaps the real
 child the honest host started.
 """
 from __future__ import annotations
@@ -31,6 +33,7 @@ class SpawnLiar(LyingTransport):
         self.started: list[int] = []
         self.flood = 0                # reads still to answer with a flood
         self.flooded = 0
+        self.report = b""             # the next read's answer, if set: a child's report
 
     def call(self, op, *args, **kwargs):
         if op == abi.OP_SPAWN:
@@ -43,6 +46,9 @@ class SpawnLiar(LyingTransport):
             self.told += 1
             return fn(reply, args, kwargs)
         reply = super().call(op, *args, **kwargs)
+        if op == abi.OP_READ and self.report:
+            report, self.report = self.report, b""
+            return Reply(len(report), report, b"", reply.args)
         if op == abi.OP_READ and self.flood:
             self.flood -= 1
             self.flooded += 1
@@ -89,3 +95,41 @@ def test_a_spawn_error_report_that_never_ends_is_caught_after_what_cpython_reads
         os.posix_spawn(TRUE, [TRUE], os.environ)
     assert t.flooded <= 2
     t.flood = 0
+
+
+@pytest.mark.parametrize("report", [b"SystemExit:0:bye", b"KeyboardInterrupt:0:",
+                                    b"ValueError:0:noexec", b"print:0:", b"OSError:2:elsewhere",
+                                    b"OSError:0x2:noexec", b"OSError:fffff:noexec", b"OSError"])
+@pytest.mark.parametrize("how", ["subprocess", "posix_spawn"])
+def test_a_child_report_that_no_honest_child_writes_is_caught(liar, how, report):
+    t, _libos = liar
+    t.report = report
+    with pytest.raises(IagoError, match="spawn child reported"):
+        if how == "subprocess":
+            subprocess.Popen([TRUE])
+        else:
+            os.posix_spawn(TRUE, [TRUE], os.environ)
+
+
+def _failure(**popen):
+    try:
+        subprocess.Popen(**popen).wait()
+    except OSError as exc:
+        return type(exc), exc.errno, exc.filename, str(exc)
+    return "started"
+
+
+FAILING = [dict(args=["/nonexistent/eleos-prog"]), dict(args=[b"/nonexistent/eleos-prog"]),
+           dict(args=["eleos-no-such-prog"]), dict(args=["name"], executable="/nonexistent/x"),
+           dict(args=["name"], executable="eleos-no-such-prog"),
+           dict(args=[TRUE], cwd="/nonexistent/dir"), dict(args=[os.devnull]),
+           dict(args="exit 0", shell=True, executable="/nonexistent/sh")]
+
+
+@pytest.mark.parametrize("popen", FAILING, ids=range(len(FAILING)))
+def test_an_honest_childs_failure_is_the_oserror_subprocess_raises_natively(popen):
+    native = _failure(**popen)
+    assert native != "started"
+    with installed(make_transport("ocall")):
+        routed = _failure(**popen)
+    assert routed == native

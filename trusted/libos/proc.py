@@ -179,18 +179,53 @@ def spawn_attrs(file_actions, setpgroup, resetids, setsigmask, setsigdef,
     return a
 
 
-def _child_errno(report: bytes) -> int:
-    """The errno in the host child's "OSError:<hex>:..." report (checked: hostile input)."""
+# What the host child's report may say after its errno: where it failed (CPython's own child
+# reports the same): before exec ("noexec"), in chdir ("noexec:chdir"), or in exec itself.
+_STAGES = (b"noexec", b"noexec:chdir", b"")
+
+
+def _child_report(report: bytes) -> tuple[int, bytes]:
+    """The errno and stage of the host child's "OSError:<hex>:<stage>" report (checked:
+    hostile input, whose every other form is an IagoError)."""
     parts = report.split(b":", 2)
     try:
-        if parts[0] != b"OSError" or len(parts) < 2:
+        if len(parts) != 3 or parts[0] != b"OSError" or parts[2] not in _STAGES or \
+                not parts[1] or parts[1].strip(b"0123456789abcdef"):
             raise ValueError
         err = int(parts[1], 16)
     except ValueError:
         raise IagoError(f"host's spawn child reported {report[:80]!r}") from None
     if not 0 < err < 4096:
         raise IagoError(f"host's spawn child reported errno {err}")
-    return err
+    return err, parts[2]
+
+
+def _reap(pid: int) -> None:
+    """Wait for a child that failed before its exec (it exits at once), as glibc's posix_spawn
+    and subprocess do."""
+    while True:
+        try:
+            _os.waitpid(pid, 0)
+            return
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            return
+
+
+def _orig_executable(args, executable_list):
+    """What subprocess names in an exec failure (its ``orig_executable``): ``args[0]`` as the
+    app gave it when the executables came from it, else the program they were made from (as
+    a str: an ``executable=`` given as bytes is not seen here, only its encoding)."""
+    first = _os.fsencode(args[0])
+    names = [_os.fsencode(e) for e in executable_list]
+    if _os.path.dirname(first):
+        if names == [first]:
+            return args[0]
+    elif names and all(_os.path.basename(n) == first for n in names):
+        return args[0]
+    exe = names[0] if len(names) == 1 else _os.path.basename(names[0])
+    return _os.fsdecode(exe)
 
 
 class Spawner:
@@ -253,11 +288,49 @@ class Spawner:
         """``_posixsubprocess.fork_exec`` (CPython 3.11's arguments), as a host spawn."""
         if preexec_fn is not None:
             _refuse("subprocess preexec_fn")()
-        return self.spawn(args, executable_list, env_list, cwd,
-                          (p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite,
-                           errpipe_read, errpipe_write), close_fds, fds_to_keep,
-                          restore_signals, call_setsid, pgid_to_set, gid, extra_groups, uid,
-                          child_umask)
+        # The child reports on an error pipe of the enclave's own, read and checked here, not
+        # on subprocess's: subprocess raises whatever builtin the report names (SystemExit,
+        # KeyboardInterrupt, ...), and the report is the host's.  Its own pipe then reads
+        # empty (the child never has it open after exec), and a failure is raised here as
+        # subprocess raises it.
+        keep = [fd for fd in fds_to_keep if fd != errpipe_write]
+        pid, report = self._spawn_reporting(
+            args, executable_list, env_list, cwd,
+            (p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite), close_fds, keep,
+            restore_signals, call_setsid, pgid_to_set, gid, extra_groups, uid, child_umask)
+        if not report:
+            return pid
+        err, stage = _child_report(report)
+        _reap(pid)
+        if stage == b"noexec":
+            raise OSError(err, _os.strerror(err))
+        raise OSError(err, _os.strerror(err),
+                      cwd if stage == b"noexec:chdir" else _orig_executable(args, executable_list))
+
+    def _spawn_reporting(self, argv, executables, env, cwd, stdio_fds, close_fds, keep,
+                         *spawn_args, **spawn_kwargs) -> tuple[int, bytes]:
+        """:meth:`spawn` with an error pipe of the enclave's own: ``(pid, the child's error
+        report)``, the report empty once the child has exec'd."""
+        fs = self.fs
+        errpipe_read, errpipe_write = fs.pipe2(_os.O_CLOEXEC)
+        try:
+            try:
+                pid = self.spawn(argv, executables, env, cwd,
+                                 tuple(stdio_fds) + (errpipe_read, errpipe_write), close_fds,
+                                 list(keep) + [errpipe_write], *spawn_args, **spawn_kwargs)
+            finally:
+                fs.close(errpipe_write)
+            report = b""
+            while chunk := fs.read(errpipe_read, _MAX_REPORT + 1 - len(report)):
+                report += chunk
+                if len(report) > _MAX_REPORT:
+                    # The host child's report is a few bytes; a pipe that keeps giving would
+                    # grow enclave memory for as long as the host likes.
+                    raise IagoError(f"host's spawn child reported more than {_MAX_REPORT} "
+                                    f"bytes of error")
+        finally:
+            fs.close(errpipe_read)
+        return pid, report
 
     def spawnvef(self, mode, file, args, env, func):
         """``os.spawnv*``'s helper (``os._spawnvef``, which forks natively): the program as a
@@ -327,39 +400,15 @@ class Spawner:
             executables = [_os.path.join(_os.fsencode(d), raw) for d in _os.get_exec_path()]
         else:
             executables = [raw]
-        fs = self.fs
-        errpipe_read, errpipe_write = fs.pipe2(_os.O_CLOEXEC)
-        try:
-            fds = (-1,) * 6 + (errpipe_read, errpipe_write)
-            try:
-                pid = self.spawn(args, executables, env_list, None, fds,
-                                 restore_signals=False, setsid=setsid,
-                                 pgid=-1 if attrs.pgroup is None else attrs.pgroup,
-                                 spawn_attrs=attrs)
-            finally:
-                fs.close(errpipe_write)
-            report = b""
-            while chunk := fs.read(errpipe_read, _MAX_REPORT + 1 - len(report)):
-                report += chunk
-                if len(report) > _MAX_REPORT:
-                    # The host child's report is a few bytes; a pipe that keeps giving would
-                    # grow enclave memory for as long as the host likes.
-                    raise IagoError(f"host's spawn child reported more than {_MAX_REPORT} "
-                                    f"bytes of error")
-        finally:
-            fs.close(errpipe_read)
+        pid, report = self._spawn_reporting(args, executables, env_list, None, (-1,) * 6,
+                                            False, (), restore_signals=False, setsid=setsid,
+                                            pgid=-1 if attrs.pgroup is None else attrs.pgroup,
+                                            spawn_attrs=attrs)
         if not report:
             return pid
         # As glibc's posix_spawn: the child that failed is reaped, its errno is the result.
-        while True:
-            try:
-                _os.waitpid(pid, 0)
-                break
-            except InterruptedError:
-                continue
-            except ChildProcessError:
-                break
-        err = _child_errno(report)
+        err, _stage = _child_report(report)
+        _reap(pid)
         raise OSError(err, _os.strerror(err), path)
 
     def system(self, command):
