@@ -422,6 +422,18 @@ class Spawner:
                 continue
 
 
+class _NoReportExpected:
+    """subprocess's ``builtins`` under the shim, which it consults only to name the exception
+    of a child's error report (``getattr(builtins, name, SubprocessError)``).  The child
+    reports on the enclave's own pipe (:meth:`Spawner.fork_exec`), so subprocess's pipe reads
+    empty from an honest host; data there is the host's answer to the read, and subprocess
+    would raise the builtin it names (SystemExit, KeyboardInterrupt, ...)."""
+
+    def __getattr__(self, name):
+        raise IagoError(f"host answered a read of subprocess's error pipe, which no child "
+                        f"writes, with a report naming {name!r}")
+
+
 def patches(kernel, fs) -> list[tuple[object, str, object]]:
     """(owner, attribute, replacement) for every fork/spawn entry point that exists."""
     import subprocess
@@ -440,6 +452,7 @@ def patches(kernel, fs) -> list[tuple[object, str, object]]:
     # through fork_exec.
     out.append((subprocess, "_fork_exec", spawner.fork_exec))
     out.append((subprocess, "_USE_POSIX_SPAWN", False))
+    out.append((subprocess, "builtins", _NoReportExpected()))
     try:
         import _posixsubprocess
         out.append((_posixsubprocess, "fork_exec", spawner.fork_exec))
