@@ -151,3 +151,28 @@ def test_an_honest_childs_failure_is_the_oserror_subprocess_raises_natively(pope
     with installed(make_transport("ocall")):
         routed = _failure(**popen)
     assert routed == native
+
+
+# CPython's own tests of what a failed child raises (its cwd, its program, its errpipe's
+# parsing with a fake fork_exec, fork_exec's fds_to_keep checks), run against the shim.
+_SUBPROCESS_CASES = ["test_exception_cwd", "test_exception_bad_executable",
+                     "test_exception_bad_args_0", "test_exception_errpipe_normal",
+                     "test_exception_errpipe_bad_data", "test_fork_exec_sorted_fd_sanity_check",
+                     "test_file_not_found_includes_filename",
+                     "test_file_not_found_with_bad_cwd", "test_executable_without_cwd"]
+
+
+def test_cpythons_tests_of_a_failed_child_pass_with_the_enclaves_error_pipe(tmp_path,
+                                                                            monkeypatch):
+    import unittest
+    from test import test_subprocess
+    monkeypatch.chdir(tmp_path)
+    suite = unittest.TestSuite()
+    for cls in (test_subprocess.ProcessTestCase, test_subprocess.POSIXProcessTestCase):
+        names = unittest.defaultTestLoader.getTestCaseNames(cls)
+        suite.addTests(cls(n) for n in _SUBPROCESS_CASES if n in names)
+    result = unittest.TestResult()
+    with installed(make_transport("ocall")):
+        suite.run(result)
+    problems = [(str(t), tb.splitlines()[-1]) for t, tb in result.failures + result.errors]
+    assert problems == [] and result.testsRun == len(_SUBPROCESS_CASES)

@@ -62,6 +62,7 @@ def _fsencode_all(items, what: str) -> list[bytes]:
 # The most of a spawn child's error report the enclave reads (CPython's subprocess reads
 # at most this much of its error pipe); an honest report ("OSError:<hex>:noexec") is ~30 bytes.
 _MAX_REPORT = 50000
+_INT_MAX = (1 << 31) - 1
 _UNSET = object()                  # an argument not given (C's NULL default), not None
 _NSIG = 65                         # Linux: signals 1..64
 # What glibc's posix_spawnattr_setschedpolicy accepts.
@@ -286,6 +287,14 @@ class Spawner:
                   errpipe_read, errpipe_write, restore_signals, call_setsid, pgid_to_set,
                   gid, extra_groups, uid, child_umask, preexec_fn, *unused):
         """``_posixsubprocess.fork_exec`` (CPython 3.11's arguments), as a host spawn."""
+        if not isinstance(fds_to_keep, tuple):
+            raise TypeError(f"fork_exec() argument 4 must be tuple, not "
+                            f"{type(fds_to_keep).__name__}")
+        prev = -1
+        for fd in fds_to_keep:       # as _posixsubprocess: ints, sorted, no duplicate
+            if not isinstance(fd, int) or fd <= prev or fd > _INT_MAX:
+                raise ValueError("bad value(s) in fds_to_keep")
+            prev = fd
         if preexec_fn is not None:
             _refuse("subprocess preexec_fn")()
         # The child reports on an error pipe of the enclave's own, read and checked here, not
@@ -427,9 +436,18 @@ class _NoReportExpected:
     of a child's error report (``getattr(builtins, name, SubprocessError)``).  The child
     reports on the enclave's own pipe (:meth:`Spawner.fork_exec`), so subprocess's pipe reads
     empty from an honest host; data there is the host's answer to the read, and subprocess
-    would raise the builtin it names (SystemExit, KeyboardInterrupt, ...)."""
+    would raise the builtin it names (SystemExit, KeyboardInterrupt, ...).  Only while
+    ``subprocess._fork_exec`` is the shim's: an app that puts its own there (CPython's tests
+    of the report's parsing do) writes the pipe itself, and gets subprocess's parsing."""
+
+    def __init__(self, fork_exec):
+        self._fork_exec = fork_exec
 
     def __getattr__(self, name):
+        import builtins
+        import subprocess
+        if subprocess._fork_exec is not self._fork_exec:
+            return getattr(builtins, name)
         raise IagoError(f"host answered a read of subprocess's error pipe, which no child "
                         f"writes, with a report naming {name!r}")
 
@@ -450,9 +468,10 @@ def patches(kernel, fs) -> list[tuple[object, str, object]]:
         out.append((_os, "_spawnvef", spawner.spawnvef))
     # subprocess binds fork_exec at import and prefers posix_spawn when it can: route both
     # through fork_exec.
-    out.append((subprocess, "_fork_exec", spawner.fork_exec))
+    fork_exec = spawner.fork_exec          # one bound method: the guard knows it by identity
+    out.append((subprocess, "_fork_exec", fork_exec))
     out.append((subprocess, "_USE_POSIX_SPAWN", False))
-    out.append((subprocess, "builtins", _NoReportExpected()))
+    out.append((subprocess, "builtins", _NoReportExpected(fork_exec)))
     try:
         import _posixsubprocess
         out.append((_posixsubprocess, "fork_exec", spawner.fork_exec))
