@@ -19,7 +19,7 @@ import pytest
 
 from eleos_shim import abi
 from eleos_shim.errors import IagoError
-from tests.libos_helpers import LyingTransport, installed, make_transport
+from tests.libos_helpers import LyingTransport, installed, lying_libos, make_transport
 from trusted.syscall import Reply
 
 TRUE = "/bin/true"
@@ -72,12 +72,11 @@ class SpawnLiar(LyingTransport):
 
 @pytest.fixture
 def liar():
-    t = SpawnLiar(make_transport("ocall"))
-    with installed(t) as libos:
-        yield t, libos
-    t.reap()
-    t.close_hidden()
-    assert t._lies == {}, "a lie was set up but never told"
+    with lying_libos(SpawnLiar) as (t, libos):
+        try:
+            yield t, libos
+        finally:
+            t.reap()
 
 
 @pytest.mark.parametrize("whose", ["own", "parent"])
