@@ -153,12 +153,13 @@ def test_an_honest_childs_failure_is_the_oserror_subprocess_raises_natively(pope
 
 
 # CPython's own tests of what a failed child raises (its cwd, its program, its errpipe's
-# parsing with a fake fork_exec, fork_exec's fds_to_keep checks), run against the shim.
+# parsing with a fake fork_exec, fork_exec's fds_to_keep and id checks), run against the shim.
 _SUBPROCESS_CASES = ["test_exception_cwd", "test_exception_bad_executable",
                      "test_exception_bad_args_0", "test_exception_errpipe_normal",
                      "test_exception_errpipe_bad_data", "test_fork_exec_sorted_fd_sanity_check",
                      "test_file_not_found_includes_filename",
-                     "test_file_not_found_with_bad_cwd", "test_executable_without_cwd"]
+                     "test_file_not_found_with_bad_cwd", "test_executable_without_cwd",
+                     "test_user", "test_group", "test_extra_groups"]
 
 
 def test_cpythons_tests_of_a_failed_child_pass_with_the_enclaves_error_pipe(tmp_path,

@@ -25,7 +25,7 @@ import sys
 
 from eleos_shim import abi
 from eleos_shim.errors import IagoError
-from trusted.cargs import as_int, c_int
+from trusted.cargs import as_int, c_int, id_t
 
 
 class EnclaveForkError(OSError):
@@ -295,6 +295,14 @@ class Spawner:
             if not isinstance(fd, int) or fd <= prev or fd > _INT_MAX:
                 raise ValueError("bad value(s) in fds_to_keep")
             prev = fd
+        # As fork_exec's converters (subprocess leaves the range checks to them).
+        gid = None if gid is None else id_t(gid, "gid")
+        uid = None if uid is None else id_t(uid, "uid")
+        if extra_groups is not None:
+            try:
+                extra_groups = [id_t(g, "gid") for g in extra_groups]
+            except OverflowError:
+                raise ValueError("invalid group id") from None
         if preexec_fn is not None:
             _refuse("subprocess preexec_fn")()
         # The child reports on an error pipe of the enclave's own, read and checked here, not
