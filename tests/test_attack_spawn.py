@@ -176,3 +176,29 @@ def test_cpythons_tests_of_a_failed_child_pass_with_the_enclaves_error_pipe(tmp_
         suite.run(result)
     problems = [(str(t), tb.splitlines()[-1]) for t, tb in result.failures + result.errors]
     assert problems == [] and result.testsRun == len(_SUBPROCESS_CASES)
+
+
+def _direct_fork_exec_report(program: bytes):
+    import _posixsubprocess
+    r, w = os.pipe()
+    try:
+        pid = _posixsubprocess.fork_exec(
+            [program], [program], True, (w,), None, None, -1, -1, -1, -1, -1, -1, r, w,
+            True, False, -1, None, None, None, -1, None, False)
+        os.close(w)
+        w = -1
+        report = os.read(r, 100)
+        return report, os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    finally:
+        os.close(r)
+        if w >= 0:
+            os.close(w)
+
+
+def test_a_direct_fork_exec_caller_reads_the_failure_on_its_own_pipe_as_natively():
+    # multiprocessing calls _posixsubprocess.fork_exec itself and never reads the report:
+    # there a failed exec is no exception, and the report (checked) is the caller's.
+    native = _direct_fork_exec_report(b"/nonexistent/eleos-prog")
+    with installed(make_transport("ocall")):
+        routed = _direct_fork_exec_report(b"/nonexistent/eleos-prog")
+    assert routed == native == (b"OSError:2:", 255)

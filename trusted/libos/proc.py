@@ -282,11 +282,21 @@ class Spawner:
                             f"parent's, not a new child's")
         return r.ret
 
-    def fork_exec(self, args, executable_list, close_fds, fds_to_keep, cwd, env_list,
-                  p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite,
-                  errpipe_read, errpipe_write, restore_signals, call_setsid, pgid_to_set,
-                  gid, extra_groups, uid, child_umask, preexec_fn, *unused):
-        """``_posixsubprocess.fork_exec`` (CPython 3.11's arguments), as a host spawn."""
+    def fork_exec(self, *args):
+        """subprocess's ``_fork_exec``: as :meth:`posix_fork_exec`, but a child that fails
+        before or in its exec is an OSError raised here, as subprocess raises it (which
+        then finds its own error pipe empty)."""
+        return self._fork_exec(False, *args)
+
+    def posix_fork_exec(self, *args):
+        """``_posixsubprocess.fork_exec`` (CPython 3.11's arguments), as a host spawn; a child
+        that fails reports it on the caller's error pipe, as natively."""
+        return self._fork_exec(True, *args)
+
+    def _fork_exec(self, to_caller, args, executable_list, close_fds, fds_to_keep, cwd,
+                   env_list, p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite,
+                   errpipe_read, errpipe_write, restore_signals, call_setsid, pgid_to_set,
+                   gid, extra_groups, uid, child_umask, preexec_fn, *unused):
         if not isinstance(fds_to_keep, tuple):
             raise TypeError(f"fork_exec() argument 4 must be tuple, not "
                             f"{type(fds_to_keep).__name__}")
@@ -318,6 +328,11 @@ class Spawner:
         if not report:
             return pid
         err, stage = _child_report(report)
+        if to_caller:
+            # What the native child writes (checked: only that), for the caller to read; the
+            # child is the caller's to reap.
+            self.fs.write(errpipe_write, b"OSError:%x:%s" % (err, stage))
+            return pid
         _reap(pid)
         if stage == b"noexec":
             raise OSError(err, _os.strerror(err))
@@ -482,7 +497,7 @@ def patches(kernel, fs) -> list[tuple[object, str, object]]:
     out.append((subprocess, "builtins", _NoReportExpected(fork_exec)))
     try:
         import _posixsubprocess
-        out.append((_posixsubprocess, "fork_exec", spawner.fork_exec))
+        out.append((_posixsubprocess, "fork_exec", spawner.posix_fork_exec))
     except ImportError:   # pragma: no cover - always present on Linux
         pass
     return out
