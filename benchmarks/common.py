@@ -285,7 +285,7 @@ def children_cpu_s() -> float:
 
 # One colour per configuration in every figure.
 COLORS = {"sgx": "#1f77b4", "eleos": "#ff7f0e", "native": "#2ca02c", "memcached": "#7f7f7f",
-          "suvm-only": "#9467bd", "rpc-only": "#8c564b", "direct": "#2ca02c", "ocall": "#1f77b4",
+          "suvm-only": "#9467bd", "rpc-only": "#8c564b", "no-exits": "#bcbd22", "direct": "#2ca02c", "ocall": "#1f77b4",
           "rpc": "#ff7f0e", "plain": "#7f7f7f"}
 
 

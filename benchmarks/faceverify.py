@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epc-mb", type=float, default=16.0, help="usable EPC (paper: 93)")
     ap.add_argument("--fit-mb", type=float, default=None, help="database that fits (EPC/2)")
     ap.add_argument("--big-mb", type=float, default=None, help="database 5x the EPC")
-    ap.add_argument("--modes", default=",".join(CONFIGS),
+    ap.add_argument("--modes", default=",".join(c for c in CONFIGS if c != "no-exits"),
                     help="comma-separated, from " + ", ".join(CONFIGS))
     ap.add_argument("--cost", default="spin", choices=("spin", "account"))
     add_pin_argument(ap)

@@ -378,8 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fit-mb", type=float, default=None, help="database (a), default EPC/2")
     ap.add_argument("--big-mb", type=float, default=None, help="database (b), default 5.5x EPC")
     ap.add_argument("--dbs", default="fits,big", help="which databases: fits, big")
-    ap.add_argument("--modes", default="native,sgx,eleos",
-                    help="comma-separated, from " + ", ".join(CONFIGS))
+    ap.add_argument("--modes", default="native,no-exits,sgx,eleos",
+                    help="comma-separated, from " + ", ".join(CONFIGS) + " (no-exits: for the "
+                    "breakdown of a request's time)")
     ap.add_argument("--no-memcached", action="store_true", help="skip the memcached reference")
     ap.add_argument("--load", default="auto", choices=("auto", "memcaslap", "kvload"))
     ap.add_argument("--connections", type=int, default=16)
@@ -394,6 +395,7 @@ def main(argv: list[str] | None = None) -> int:
     args.pin_env = pin_rpc_core(args.pin)
     if args.demo:
         args.runs, args.duration, args.dbs = 1, 3.0, "fits"
+        args.modes = "native,sgx,eleos"
     modes = args.modes.split(",")
     bad = [m for m in modes if m not in CONFIGS]
     if bad or "sgx" not in modes or "native" not in modes:
@@ -545,6 +547,11 @@ def main(argv: list[str] | None = None) -> int:
                          f"ops/s, scale {scale:g}", "vs sgx", "capacity", "vs sgx"], side))
     print(CAPACITY_NOTE)
     for db in dbs:
+        rows = breakdown(summary, db, scale)
+        if rows:
+            headline[db]["breakdown_us_per_op"] = rows
+            print(_breakdown_text(db, rows))
+    for db in dbs:
         print(_worker_note(summary, db))
     if "fits" in dbs:
         print("note: with the database in the EPC the only cost Eleos removes is the exits (about "
@@ -608,6 +615,46 @@ def _worker_note(summary: list[dict], db: str) -> str:
             f"thread's {apps} us/op: the worker, on a core of its own, does not bound the capacity"
             + ("" if all(sys_us < s["app_cpu_us_per_op"] for s in eleos)
                else " -- EXCEPT where it is not smaller: there it may"))
+
+
+def breakdown(summary: list[dict], db: str, scale: float | None) -> list[dict]:
+    """Where a request's time goes, from the app threads' CPU per operation (medians): our
+    native server; what the LibOS itself adds (no-exits: vanilla SGX whose calls leave for
+    free, over native); what the exits add (sgx over no-exits); what Eleos adds instead
+    (eleos over no-exits: the RPC hand-offs, and with database (b) SUVM's paging in place of
+    the EPC's).  One row per scale; empty without no-exits."""
+    app = {s["config"]: s["app_cpu_us_per_op"] for s in summary if s["db"] == db}
+    rows = []
+    for suffix in [""] + ([f"@{scale:g}"] if scale is not None else []):
+        free = app.get("no-exits" + suffix)
+        if free is None or "native" not in app:
+            continue
+        row = {"scale": scale if suffix else 1.0, "native": app["native"],
+               "libos": free - app["native"], "no_exits": free}
+        if "sgx" + suffix in app:
+            row["sgx_over_no_exits"] = app["sgx" + suffix] - free
+        if "eleos" + suffix in app:
+            row["eleos_over_no_exits"] = app["eleos" + suffix] - free
+        rows.append(row)
+    return rows
+
+
+def _breakdown_text(db: str, rows: list[dict]) -> str:
+    name = "a" if db == "fits" else "b"
+    lines = [f"({name}) where a request's time goes, app threads' CPU per operation (us, "
+             "medians): no-exits = vanilla SGX whose calls leave for free"]
+    for r in rows:
+        parts = [f"native {r['native']:.1f}", f"+ LibOS routing {r['libos']:+.1f}"]
+        if "sgx_over_no_exits" in r:
+            parts.append(f"sgx: + exits{' and paging' if db == 'big' else ''} "
+                         f"{r['sgx_over_no_exits']:+.1f}")
+        if "eleos_over_no_exits" in r:
+            parts.append(f"eleos: + RPC{' and SUVM, less EPC paging' if db == 'big' else ''} "
+                         f"{r['eleos_over_no_exits']:+.1f}")
+        lines.append(f"  scale {r['scale']:g}: " + "; ".join(parts))
+    lines.append("  the LibOS's routing is this Python shim's own cost, paid alike in every "
+                 "enclave mode; it is not time dilated and so narrows eleos/sgx")
+    return "\n".join(lines)
 
 
 def summarise(runs: list[dict], db: str, mb: float, config: str) -> dict:

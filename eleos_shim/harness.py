@@ -25,12 +25,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # The configurations the paper compares, and Eleos's two halves alone (its breakdown): SUVM
 # for the heap with OCALL exits for the calls, and RPC calls with the heap in the EPC.
+# no-exits is vanilla SGX whose calls leave for free (the LibOS routes them, nothing is paid):
+# against native it is what the LibOS itself costs, against sgx what the exits cost.
 CONFIGS: dict[str, dict[str, str]] = {
     "native": {"ELEOS_MODE": "native"},
     "sgx": {"ELEOS_MODE": "sgx"},
     "eleos": {"ELEOS_MODE": "eleos"},
     "suvm-only": {"ELEOS_MODE": "eleos", "ELEOS_SYSCALLS": "ocall"},
     "rpc-only": {"ELEOS_MODE": "sgx", "ELEOS_SYSCALLS": "rpc"},
+    "no-exits": {"ELEOS_MODE": "sgx", "ELEOS_SYSCALLS": "direct"},
 }
 
 

@@ -149,6 +149,25 @@ def test_kv_capacity_ratio_is_against_sgx_at_the_same_scale_within_each_run():
     assert kvstore.ratio(runs, "fits", "eleos@2", "sgx", "capacity_ops_per_s") == 1.15
 
 
+def test_kv_breakdown_splits_a_request_into_the_libos_and_the_exits_or_the_rpc():
+    def row(config, app_us):
+        r = kv_row(0, config, 100, 100)
+        r["app_cpu_us_per_op"] = app_us
+        return r
+    runs = [row("native", 12.0), row("no-exits", 15.0), row("sgx", 26.0), row("eleos", 16.0),
+            row("no-exits@2", 15.5), row("sgx@2", 34.0), row("eleos@2", 16.5)]
+    summary = [kvstore.summarise(runs, "fits", 8, c) for c in
+               ("native", "no-exits", "sgx", "eleos", "no-exits@2", "sgx@2", "eleos@2")]
+    one, two = kvstore.breakdown(summary, "fits", 2)
+    assert (one["scale"], one["native"], one["libos"]) == (1.0, 12.0, 3.0)
+    assert (one["sgx_over_no_exits"], one["eleos_over_no_exits"]) == (11.0, 1.0)
+    assert (two["scale"], two["libos"], two["sgx_over_no_exits"]) == (2, 3.5, 18.5)
+    assert two["eleos_over_no_exits"] == 1.0
+    assert "LibOS routing +3.0" in kvstore._breakdown_text("fits", [one, two])
+    # without the no-exits runs there is nothing to split
+    assert kvstore.breakdown([s for s in summary if "no-exits" not in s["config"]], "fits", 2) == []
+
+
 def test_a_run_without_a_capacity_is_left_out_of_the_ratio():
     runs = [kv_row(0, "sgx", 100, 200), kv_row(0, "eleos", 150, None),
             kv_row(1, "sgx", 100, 0.0), kv_row(1, "eleos", 150, 300),
