@@ -202,3 +202,10 @@ def test_a_direct_fork_exec_caller_reads_the_failure_on_its_own_pipe_as_natively
     with installed(make_transport("ocall")):
         routed = _direct_fork_exec_report(b"/nonexistent/eleos-prog")
     assert routed == native == (b"OSError:2:", 255)
+
+
+def test_subprocesss_guarded_builtins_answer_introspection(liar):
+    import inspect
+    guard = subprocess.builtins
+    assert inspect.unwrap(guard) is guard and not hasattr(guard, "__wrapped__")
+    assert not inspect.isclass(guard) and type(guard).__name__ == "_NoReportExpected"

@@ -461,15 +461,19 @@ class _NoReportExpected:
     empty from an honest host; data there is the host's answer to the read, and subprocess
     would raise the builtin it names (SystemExit, KeyboardInterrupt, ...).  Only while
     ``subprocess._fork_exec`` is the shim's: an app that puts its own there (CPython's tests
-    of the report's parsing do) writes the pipe itself, and gets subprocess's parsing."""
+    of the report's parsing do) writes the pipe itself, and gets subprocess's parsing.
+    Dunder names are the object's own (what introspection asks for); a report naming one
+    makes subprocess fail with TypeError or SubprocessError, never a builtin of its choice."""
 
     def __init__(self, fork_exec):
-        self._fork_exec = fork_exec
+        self.__fork_exec__ = fork_exec
 
-    def __getattr__(self, name):
+    def __getattribute__(self, name):
+        if name.startswith("__") and name.endswith("__"):
+            return object.__getattribute__(self, name)
         import builtins
         import subprocess
-        if subprocess._fork_exec is not self._fork_exec:
+        if subprocess._fork_exec is not object.__getattribute__(self, "__fork_exec__"):
             return getattr(builtins, name)
         raise IagoError(f"host answered a read of subprocess's error pipe, which no child "
                         f"writes, with a report naming {name!r}")
