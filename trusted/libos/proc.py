@@ -13,7 +13,9 @@ process group, session, reset ids, signal mask and defaults, scheduler: all of t
 routed that way (OP_SPAWN, always an OCALL: it is slow and the host's fork must not run on an
 RPC worker).  The child's pipes are ordinary enclave fds made
 by ``os.pipe``, so the parent's reads and writes on them are routed; the child itself is a
-host program, outside the enclave, and sees only what the app sends it.
+host program, outside the enclave, and sees only what the app sends it.  What the host says
+of a child is hostile input: its pid is checked, and a child that fails reports on an error
+pipe of the enclave's own, in the one form an honest child writes (README "Threat model").
 """
 from __future__ import annotations
 
