@@ -138,7 +138,9 @@ def client_preexec(batch: bool = True):
     of a round of ready connections, which a client on another host never does (it costs
     context switches and breaks up the batches of both sides).  SCHED_BATCH tasks do not
     preempt on wake-up: the client runs when the server blocks, or at the scheduler tick.
-    Every configuration, memcached included, gets the same client."""
+    Every configuration, memcached included, gets the same client.  The function also serves
+    as a client thread's first call (the face benchmark's client is threads of its own
+    process): on Linux the policy is per thread, pid 0 the calling one."""
     if not batch:
         return None
 

@@ -12,7 +12,11 @@ exit through OCALLs) and rpc-only (exit-less sockets, database in the EPC).
 
 The client shares the machine with the server (Eleos's ran on another host): on a 2-core box
 100 Python client threads cost the server CPU, so the default is 16 threads, enough to keep
-the single-threaded server busy (``--threads 100`` for the paper's number).
+the single-threaded server busy (``--threads 100`` for the paper's number).  Each client
+thread makes itself SCHED_BATCH, as the KV benchmark's load generator is, so that its
+wake-ups do not preempt the server mid-request (benchmarks/common.py, client_preexec;
+``--client-preempts`` to turn off); the main thread, which starts the servers, keeps its
+policy, so the servers do too.
 
 Two measures side by side, from the same runs: the closed-loop throughput (the client's
 threads on the server's core, so 1 / (server time + client time) per request) and the
@@ -42,6 +46,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import RESULTS, add_pin_argument, pin_line, pin_rpc_core, machine, machine_line, median, table, write_json  # noqa: E402
+from benchmarks.common import add_client_argument, client_line, client_preexec  # noqa: E402
 from benchmarks.common import Progress, figure_path, plot_bars  # noqa: E402
 from benchmarks.common import (capacity, cpu_by_name, fmt_count, fmt_ratio,  # noqa: E402
                                is_app_thread, rpc_worker_waited, same_run_ratio,
@@ -74,8 +79,7 @@ def one_run(mode: str, db_mb: float, pool, identities: int, args) -> dict:
         # outside it (it builds its database before it listens), so every request it counts
         # is in it.  The client is this process's threads.
         threads0, client0, t0 = thread_cpu(srv.proc.pid), _self_cpu_s(), time.monotonic()
-        summary = load.run(srv.address, identities, args.threads, args.duration,
-                           args.warmup, pool=pool)
+        summary = drive(srv.address, identities, pool, args)
         threads1, client1 = thread_cpu(srv.proc.pid), _self_cpu_s()
         window_s = time.monotonic() - t0
         srv.stop()
@@ -109,6 +113,14 @@ def one_run(mode: str, db_mb: float, pool, identities: int, args) -> dict:
     }
 
 
+def drive(address, identities: int, pool, args) -> dict:
+    """The closed-loop load, from this process's threads: each SCHED_BATCH unless
+    ``--client-preempts`` (the policy is per thread, so the main thread, which starts the
+    servers, and the servers keep theirs)."""
+    return load.run(address, identities, args.threads, args.duration, args.warmup, pool=pool,
+                    thread_init=client_preexec(args.client_batch))
+
+
 def _self_cpu_s() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -121,7 +133,7 @@ def _served(stderr: str) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--duration", type=float, default=5.0, help="measured seconds per run")
@@ -141,6 +153,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="also run every mode at this time scale (auto: the one benchmarks/"
                          "kvstore.py measured, results/kvstore.json; 1: scale 1 only)")
     ap.add_argument("--json", help="output path (default results/faceverify.json)")
+    add_client_argument(ap)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = parser()
     args = ap.parse_args(argv)
     args.pin_env = pin_rpc_core(args.pin)
     modes = args.modes.split(",")
@@ -158,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     print(machine_line(m), flush=True)
     m["pinning"] = pin_line(args.pin_env)
     print(m["pinning"], flush=True)
+    m["client"] = client_line(args.client_batch)
+    print(m["client"], flush=True)
     print(f"EPC {args.epc_mb:g} MB (scaled down from 93), databases "
           + ", ".join(f"{mb:g} MB ({name})" for name, mb in sizes)
           + f"; {args.threads} client threads, {args.duration:g} s x {args.runs} runs, "

@@ -132,6 +132,8 @@ class Enclave:
 
     def uninstall(self) -> None:
         """Take the LibOS out and give this thread back the CPUs it had (in-process use)."""
+        if self.probe is not None:
+            self.probe.stop()       # the tracer chain out: sys.settrace is CPython's again
         if self.libos is not None:
             self.libos.uninstall()
         if self._affinity_before is not None:

@@ -13,6 +13,12 @@
   attribution is exact; with several, a fault can land on a line another thread ran at the
   same time (the totals stay exact).  Installed only when asked for: without it the LibOS
   calls the transport's own bound methods, with nothing in between.
+- **The app's own tracer** (a debugger, coverage, ``trace``): CPython has one trace function
+  per thread, so :class:`TraceChain` keeps the profile's installed and runs the app's behind
+  it: ``sys.settrace``/``gettrace`` and ``threading.settrace``/``gettrace`` are the chain's,
+  and the app's tracer gets exactly the events it would get alone.  A tracer installed past
+  them (C's ``PyEval_SetTrace``, as coverage's C tracer does) replaces the profile's; that is
+  noticed at the thread's next routed call (and at exit) and said in the report.
 
 :func:`extend` adds what the probes saw to the stats dict: ``calls[name]["mean_us"]``,
 ``profile`` {``sites``: [...]}, ``unrouted`` (write syscalls the shim did not
@@ -27,6 +33,7 @@ import posix
 import sys
 import sysconfig
 import threading
+import time
 
 from eleos_shim import abi
 
@@ -67,7 +74,8 @@ class Probe:
         self._all_sites: list[dict[tuple[object, int, str], int]] = []
         self._lock = threading.Lock()
         self._app_code: dict[object, str | None] = {}
-        self._tracing = False
+        self.chain: TraceChain | None = None
+        self._losses: list[dict] = []
 
     def _my_sites(self) -> dict:
         try:
@@ -88,12 +96,22 @@ class Probe:
 
     def _wrap(self, fn, last_path):
         exits, charge = _EXIT_PATHS, self._charge_exit
+        # Each routed call also checks that this thread still runs the profile's line tracer
+        # (one C call); `ours` is None when there is none, which gettrace() then matches.
+        gettrace, probe = _orig_gettrace, self
+
+        def check(frame):
+            chain = probe.chain
+            if chain is not None and gettrace() is not chain.dispatch:
+                chain.lost(frame)
         if fn.__name__ == "data_out":      # the data path's fixed signatures: no *args to pack
             def profiled_out(op, fd, data, flags=0):
                 ret = fn(op, fd, data, flags)
                 kind = exits.get(last_path())
                 if kind is not None:
                     charge(kind, sys._getframe(1))
+                if probe.chain is not None:
+                    check(sys._getframe(1))
                 return ret
             return profiled_out
         if fn.__name__ == "data_in":
@@ -102,6 +120,8 @@ class Probe:
                 kind = exits.get(last_path())
                 if kind is not None:
                     charge(kind, sys._getframe(1))
+                if probe.chain is not None:
+                    check(sys._getframe(1))
                 return ret
             return profiled_in
 
@@ -110,6 +130,8 @@ class Probe:
             kind = exits.get(last_path())
             if kind is not None:
                 charge(kind, sys._getframe(1))
+            if probe.chain is not None:
+                check(sys._getframe(1))
             return ret
         return profiled
 
@@ -212,17 +234,209 @@ class Probe:
                 tls.line = None
             return local
 
-        def on_call(frame, event, arg):
-            return local if app_site(frame.f_code) is not None else None
-        self._tracing = True
-        threading.settrace(on_call)
-        sys.settrace(on_call)
+        def resync() -> int:
+            # The tracer is back after an absence: the faults meanwhile belong to no line we
+            # saw (not to the next one); say how many instead.
+            with lock:
+                n = read()
+                missed, last[0] = n - last[0], max(n, last[0])
+            tls.line = None
+            return max(0, missed)
+        self.chain = TraceChain(local, self._app_code, app_site, self._site_of, resync)
+        self.chain.install()
+
+    def _site_of(self, frame) -> str | None:
+        """``path:line`` of the first app frame from ``frame`` outwards, or None."""
+        while frame is not None:
+            site = self._app_site(frame.f_code)
+            if site is not None:
+                return f"{site}:{frame.f_lineno}"
+            frame = frame.f_back
+        return None
+
+    def tracer_lost(self) -> list[dict]:
+        """Threads whose line tracer was taken away (see :class:`TraceChain`)."""
+        return list(self.chain.losses if self.chain is not None else self._losses)
 
     def stop(self) -> None:
-        if self._tracing:
-            sys.settrace(None)
-            threading.settrace(None)
-            self._tracing = False
+        chain, self.chain = self.chain, None
+        if chain is not None:
+            chain.check_here()
+            chain.uninstall()
+            self._losses = chain.losses
+
+
+_orig_settrace, _orig_gettrace = sys.settrace, sys.gettrace
+_orig_thread_settrace, _orig_thread_gettrace = threading.settrace, threading.gettrace
+
+
+class _ThreadTrace(threading.local):
+    """A thread's state in the chain; class attributes are the defaults (a missing attribute
+    of a threading.local costs an exception, and dispatch runs on every call)."""
+    app = None          # the app's trace function for this thread
+    armed = False       # ours was installed in this thread
+    lost = False        # ours is not this thread's trace function now (recorded)
+    lost_at = 0         # index of that record in TraceChain.losses
+
+
+class TraceChain:
+    """The profile's line tracer and the app's own, on one thread's single trace slot.
+
+    CPython calls one trace function per thread.  While installed, this keeps its own
+    global one (:attr:`dispatch`: the profile's local tracer for the app's frames) in every
+    thread and puts the app's behind it: ``sys.settrace``/``sys.gettrace`` and
+    ``threading.settrace``/``threading.gettrace`` are replaced by the chain's, which record
+    the app's function for the thread (for new threads) instead of installing it.  The app's
+    tracer then gets exactly the events CPython would give it alone: a 'call' for each new
+    frame while its global function is set, and local events only for the frames it asked
+    for, only while its global function is set (as CPython delivers none once it is None),
+    with its local function replaced by whatever non-None value that returns.  An exception
+    in the app's tracer propagates as natively, and CPython then turns tracing off for the
+    thread: the app's and ours, which is recorded.
+
+    Not chainable, so detected instead: a tracer installed below ``sys.settrace`` (C's
+    ``PyEval_SetTrace``, e.g. coverage's C tracer, or a ``sys.settrace`` saved before the
+    shim started), and ``frame.f_trace`` set by hand (pdb does, on the frames it steps:
+    those frames' lines then go to it alone).  :meth:`lost` is called where the shim runs on
+    the thread (each routed call, and at exit on the main thread) and records the first time
+    a thread's tracer is not ours: the thread, when, the app's line, what is there now."""
+
+    def __init__(self, local, app_code: dict, app_site, site_of, resync):
+        # ``local`` traces the frames of the app's code (``app_site(code)`` not None, cached in
+        # ``app_code``); ``site_of(frame)`` names a line for the report; ``resync()`` says how
+        # many faults the tracer missed while it was away.
+        self.site_of, self.resync = site_of, resync
+        self.tls = _ThreadTrace()
+        self.thread_hook = None            # the app's threading.settrace
+        self.losses: list[dict] = []
+        self._t0 = time.monotonic()
+        self._active = False
+        self.dispatch = self._make_dispatch(local, app_code, app_site)   # what gettrace() is
+
+    def install(self) -> None:
+        self._active = True
+        sys.settrace, sys.gettrace = self.settrace, self.gettrace
+        threading.settrace, threading.gettrace = self.thread_settrace, self.thread_gettrace
+        _orig_thread_settrace(self.dispatch)   # threading starts every new thread with ours
+        self.tls.armed = True
+        _orig_settrace(self.dispatch)
+
+    def uninstall(self) -> None:
+        """Put the originals back; this thread and new ones keep the app's tracer, if any."""
+        self._active = False
+        sys.settrace, sys.gettrace = _orig_settrace, _orig_gettrace
+        threading.settrace, threading.gettrace = _orig_thread_settrace, _orig_thread_gettrace
+        _orig_thread_settrace(self.thread_hook)
+        if _orig_gettrace() is self.dispatch:
+            _orig_settrace(self.tls.app)
+
+    # -- the app's view -----------------------------------------------------------------------
+    def settrace(self, func) -> None:
+        """sys.settrace for the app: ``func`` becomes this thread's app tracer."""
+        tls = self.tls
+        if func is self.dispatch:          # threading's bootstrap of a new thread
+            func = self.thread_hook
+        tls.app = func
+        tls.armed = True
+        _orig_settrace(self.dispatch)      # the audit event, and ours (back) in place
+        if tls.lost:
+            self._back()
+
+    def gettrace(self):
+        # What CPython would say: the app's function, or whatever was put in past us.
+        now = _orig_gettrace()
+        return self.tls.app if now is self.dispatch else now
+
+    def thread_settrace(self, func) -> None:
+        self.thread_hook = func
+
+    def thread_gettrace(self):
+        return self.thread_hook
+
+    # -- what CPython calls -------------------------------------------------------------------
+    def _make_dispatch(self, local, app_code, app_site):
+        tls, both, raised, unseen = self.tls, self._both, self._raised, object()
+
+        def dispatch(frame, event, arg):
+            """The thread's global trace function: CPython calls it for each new frame (a
+            closure, not a method: it runs on every call the app makes)."""
+            code = frame.f_code
+            site = app_code.get(code, unseen)
+            if site is unseen:
+                site = app_site(code)
+            mine = local if site is not None else None
+            app = tls.app
+            if app is None:
+                return mine
+            try:
+                theirs = app(frame, event, arg)
+            except BaseException:
+                raised(frame)
+                raise
+            if theirs is None:
+                return mine
+            return both(mine, theirs)
+        return dispatch
+
+    def _both(self, mine, theirs):
+        tls, raised = self.tls, self._raised
+
+        def both(frame, event, arg):
+            nonlocal theirs
+            if mine is not None:
+                mine(frame, event, arg)        # ours returns itself
+            if tls.app is not None:
+                try:
+                    new = theirs(frame, event, arg)
+                except BaseException:
+                    raised(frame)
+                    raise
+                if new is not None:
+                    theirs = new
+            return both
+        return both
+
+    def _raised(self, frame) -> None:
+        # CPython now clears the thread's trace function (the app's, and ours with it).
+        self.tls.app = None
+        self._record(frame, "the app's trace function raised; CPython turned tracing off")
+
+    # -- noticing a tracer we could not chain -------------------------------------------------
+    def lost(self, frame) -> None:
+        """This thread's trace function is not ours: record it once.  If it is no one's
+        (tracing turned off from C, or after the app's tracer raised) ours goes back in, and
+        the app's view stays as it was (gettrace() still says what the app set)."""
+        tls = self.tls
+        if not (self._active and tls.armed):
+            return
+        now = _orig_gettrace()
+        if now is None:
+            tls.app = None                 # natively gone too: the app's tracer stays off
+            _orig_settrace(self.dispatch)
+            if not tls.lost:
+                self._record(frame, "turned off below sys.settrace")
+            self._back()
+        elif not tls.lost:
+            self._record(frame, f"replaced by {now!r} below sys.settrace")
+
+    def _back(self) -> None:
+        tls = self.tls
+        rec = self.losses[tls.lost_at]
+        rec["back_at_s"] = round(time.monotonic() - self._t0, 3)
+        rec["faults_missed"] += self.resync()
+        tls.lost = False
+
+    def check_here(self) -> None:
+        if _orig_gettrace() is not self.dispatch:
+            self.lost(None)
+
+    def _record(self, frame, how: str) -> None:
+        tls = self.tls
+        tls.lost, tls.lost_at = True, len(self.losses)
+        self.losses.append({"thread": threading.current_thread().name,
+                            "at_s": round(time.monotonic() - self._t0, 3),
+                            "site": self.site_of(frame) if frame is not None else None,
+                            "how": how, "back_at_s": None, "faults_missed": 0})
 
 
 def install(enclave) -> Probe | None:
@@ -310,6 +524,7 @@ def extend(stats: dict, enclave) -> dict:
     probe = getattr(enclave, "probe", None)
     if probe is not None:
         probe.stop()
+        losses = probe.tracer_lost()
         cycles = event_cycles(stats)
         tsc_hz = stats.get("tsc_mhz", 0) * 1e6 or None
         rows = []
@@ -320,5 +535,6 @@ def extend(stats: dict, enclave) -> dict:
             row["modeled_ms"] = row["modeled_cycles"] / tsc_hz * 1e3 if tsc_hz else None
             rows.append(row)
         stats["profile"] = {"sites": sorted(rows, key=lambda r: (
-            -r["modeled_cycles"], -(r["ocall"] + r["fallback"] + r["epc_fault"] + r["suvm_fault"])))}
+            -r["modeled_cycles"], -(r["ocall"] + r["fallback"] + r["epc_fault"] + r["suvm_fault"]))),
+            "tracer_lost": losses}
     return stats

@@ -156,6 +156,17 @@ def _unrouted(stats: dict) -> list[str]:
     return [f"unrouted I/O: {what}"]
 
 
+def _tracer_lost(r: dict) -> str:
+    """One line for a thread whose fault tracer was taken away (eleos_shim/profile.py)."""
+    where = f" ({r['site']})" if r.get("site") else ""
+    if r.get("back_at_s") is None:
+        after = "not back: its later faults are in no line"
+    else:
+        after = f"back at {r['back_at_s']:.3f} s, {r['faults_missed']:,} faults in between in no line"
+    return (f"  ! fault tracer of thread {r['thread']} lost at {r['at_s']:.3f} s{where}: "
+            f"{r['how']}; {after}")
+
+
 def _sites(stats: dict) -> list[str]:
     prof = stats.get("profile")
     if prof is None:
@@ -164,6 +175,7 @@ def _sites(stats: dict) -> list[str]:
     tsc_hz = stats.get("tsc_mhz", 0) * 1e6 or None
     lines = [f"exit sites (ELEOS_PROFILE=1), top {min(TOP_SITES, len(sites))} of {len(sites)} "
              f"by modeled cost:"]
+    lines += [_tracer_lost(lost) for lost in prof.get("tracer_lost") or ()]
     if not sites:
         return lines + ["  none: no exit or fault happened"]
     lines.append(f"  {'ocall':>8}{'fallback':>9}{'epc_fault':>10}{'suvm_miss':>10}{'modeled':>11}  site")

@@ -150,6 +150,15 @@ REVIEWED: dict[tuple[str, str, str], str] = {
     ('trusted/_native/enclave_rpc.c', 'enclave_rpc',
      'memcpy(slot->args, in.args, sizeof slot->args)'):
         "from the enclave's copy into a slot indexed with the enclave's own mask, constant size",
+    ('trusted/_native/suvm_heap.c', 'give_pages',
+     'memmove(&h->runs[i + 1], &h->runs[i], (h->nruns - i) * sizeof *h->runs)'):
+        "the allocator's own free-run array (enclave heap), i <= nruns < runs_cap checked above",
+    ('trusted/_native/suvm_heap.c', 'give_pages',
+     'memmove(&h->runs[i], &h->runs[i + 1], (h->nruns - i - 1) * sizeof *h->runs)'):
+        "the allocator's own free-run array, i < nruns; no host value in index or length",
+    ('trusted/_native/suvm_heap.c', 'take_pages',
+     'memmove(r, r + 1, (h->nruns - i - 1) * sizeof *r)'):
+        "the allocator's own free-run array, i < nruns; no host value in index or length",
     ('trusted/_native/suvm.c', 'access_page',
      'memcpy(buf, page, n)'):
         "enclave frame (the enclave's page table) to the caller's buffer; n bounded by the page",

@@ -48,8 +48,8 @@ class Balloon:
         return self._pages(self.cap_frames)
 
     def frames(self) -> int:
-        with self.suvm._lock:
-            return 0 if self.suvm.closed else int(lib.suvm_cache_frames(self.suvm._h))
+        # One C call each: it refuses once the instance is closed (suvm_heap.c).
+        return int(lib.suvm_heap_cache_frames(self.suvm._heap))
 
     def pages(self) -> int:
         """EPC pages the cache holds now."""
@@ -64,21 +64,18 @@ class Balloon:
             want = self.pages()
         frames = max(0, want) * PAGE // self.frame_bytes
         frames = max(self.floor_frames, min(self.cap_frames, frames))
-        with self.suvm._lock:                 # not while the instance is being destroyed
-            if self.suvm.closed:
-                return 0
-            got = int(lib.suvm_resize(self.suvm._h, frames))
-            self.resizes += 1
+        got = int(lib.suvm_heap_resize(self.suvm._heap, frames))   # 0 once closed
+        if not got:
+            return 0
+        self.resizes += 1
         return self._pages(got)
 
     def demand(self) -> tuple[int, int]:
         """``(misses, accesses)`` so far: the enclave's own report of its demand.  A hint the
         host's policy may use; the host cannot check it, and a lie only changes the enclave's
         own share (as a VM's balloon driver reports to its hypervisor)."""
-        with self.suvm._lock:
-            if self.suvm.closed:
-                return 0, 0
-            out = ffi.new("uint64_t[]", lib.SUVM_ST_COUNT)
-            lib.suvm_stats(self.suvm._h, out)
+        out = ffi.new("uint64_t[]", lib.SUVM_ST_COUNT)
+        if lib.suvm_heap_stats(self.suvm._heap, out):   # closed
+            return 0, 0
         misses = int(out[STAT_KEYS.index("faults")])
         return misses, misses + int(out[STAT_KEYS.index("hits")])

@@ -23,7 +23,6 @@ Memory from :meth:`Suvm.malloc` reads as zero, as calloc.
 """
 from __future__ import annotations
 
-import bisect
 import errno
 import mmap as _mmap
 import threading
@@ -52,7 +51,6 @@ STAT_KEYS = ("hits", "faults", "evictions", "writebacks", "subpage_reads", "inte
              "bytes_sealed", "bytes_unsealed", "clean_drops", "resident_pages", "cache_pages",
              "store_bytes")
 
-_SMALL_MIN = 16  # smallest slab chunk: keeps the per-slab bitmaps short
 # The advice values Linux's madvise knows (mmap.MADV_*): anything else is EINVAL, as natively.
 _MADV = frozenset(getattr(_mmap, n) for n in dir(_mmap) if n.startswith("MADV_"))
 
@@ -68,15 +66,6 @@ def _check(rc: int) -> None:
     if rc == lib.SUVM_ENOMEM:
         raise MemoryError("SUVM backing store is full")
     raise RuntimeError(f"SUVM internal error {rc}")
-
-
-class _Slab:
-    """One page cut into equal chunks of a small size class."""
-    __slots__ = ("page", "size", "free")
-
-    def __init__(self, page: int, size: int, page_size: int):
-        self.page, self.size = page, size
-        self.free = list(range(page_size // size - 1, -1, -1))
 
 
 class Suvm:
@@ -110,18 +99,16 @@ class Suvm:
         self.page_size, self.subpage, self.eviction = page_size, subpage, eviction
         self.cache_bytes = cache_bytes // page_size * page_size
         self.capacity = store["capacity"] // page_size * page_size
-        self._lock = threading.Lock()
-        self._top = 0                             # high-water mark (pages)
-        self._free_runs: list[tuple[int, int]] = []   # sorted (first page, npages)
-        self._large: dict[int, int] = {}          # address -> npages
-        self._slabs: dict[int, list[_Slab]] = {}  # size class -> slabs with free chunks
-        self._slab_of: dict[int, _Slab] = {}      # page -> slab
-        self._small: dict[int, int] = {}          # address -> size class
+        heap = lib.suvm_heap_new(h, page_size, self.capacity)
+        if heap == ffi.NULL:   # pragma: no cover - out of memory
+            lib.suvm_destroy(h)
+            raise MemoryError("could not create the SUVM allocator")
+        self._heap = ffi.gc(heap, lib.suvm_heap_free_struct)   # the struct outlives close()
         self._regions: weakref.WeakSet = weakref.WeakSet()   # closed with the instance
         self.on_close: list[Callable[[], None]] = []   # e.g. the host releasing the store
         self.closed = False
 
-    # ---- allocator (metadata stays in the enclave) ----
+    # ---- allocator (trusted/_native/suvm_heap.c; metadata stays in the enclave) ----
 
     def malloc(self, n: int) -> "SPointer":
         """A zeroed allocation of n bytes as a secure pointer.  MemoryError when the backing
@@ -134,93 +121,41 @@ class Suvm:
         return p
 
     def _alloc(self, n: int) -> tuple[int, int]:
+        # One C call: no Python code runs while the allocator holds its lock, so a signal
+        # handler or a finalizer that allocates or frees can never re-enter it (suvm_heap.c).
         if not isinstance(n, int) or n < 0:
             raise ValueError(f"SUVM allocation size must be a non-negative int, not {n!r}")
-        n = max(n, 1)
-        ps = self.page_size
-        with self._lock:
-            if self.closed:
-                raise ValueError("this SUVM instance is closed")
-            if n <= ps // 2:
-                size = max(_SMALL_MIN, 1 << (n - 1).bit_length())
-                slabs = self._slabs.setdefault(size, [])
-                if not slabs:
-                    page = self._pages(1)
-                    slab = _Slab(page, size, ps)
-                    self._slab_of[page] = slab
-                    slabs.append(slab)
-                slab = slabs[-1]
-                addr = slab.page * ps + slab.free.pop() * size
-                if not slab.free:
-                    slabs.pop()
-                self._small[addr] = size
-                _check(lib.suvm_fill(self._h, addr, 0, size))   # chunks are reused: zero them
-                return addr, size
-            npages = (n + ps - 1) // ps
-            page = self._pages(npages)
-            self._large[page * ps] = npages
-            return page * ps, npages * ps
-
-    def _pages(self, npages: int) -> int:
-        # First fit among freed runs (freed pages read as zero), else grow the high-water mark.
-        for i, (first, count) in enumerate(self._free_runs):
-            if count >= npages:
-                if count == npages:
-                    del self._free_runs[i]
-                else:
-                    self._free_runs[i] = (first + npages, count - npages)
-                return first
-        first = self._top
-        end = (first + npages) * self.page_size
-        if end > self.capacity:
-            raise MemoryError(f"SUVM backing store is full: {npages * self.page_size} more bytes "
-                              f"would exceed its limit of {self.capacity} bytes (ELEOS_SUVM_STORE_MB)")
-        rc = lib.suvm_reserve(self._h, end)
+        if n > self.capacity:
+            self._full(n, (1 << 64) - 1)
+        out = ffi.new("uint64_t[2]")
+        rc = lib.suvm_heap_alloc(self._heap, n, out, out + 1)
+        if rc == lib.SUVM_EINVAL:
+            raise ValueError("this SUVM instance is closed")
         if rc == lib.SUVM_ENOMEM:
-            raise MemoryError(f"SUVM backing store is full: the host refused to grow it to {end} "
-                              f"bytes (limit {self.capacity} bytes, ELEOS_SUVM_STORE_MB)")
+            self._full(n, out[0])
         _check(rc)
-        self._top = first + npages
-        return first
+        return out[0], out[1]
 
-    def _release_pages(self, first: int, npages: int) -> None:
-        _check(lib.suvm_discard(self._h, first * self.page_size, npages * self.page_size))
-        runs = self._free_runs
-        i = bisect.bisect(runs, (first, npages))
-        # Coalesce with the neighbours so large allocations can reuse the space.
-        if i < len(runs) and runs[i][0] == first + npages:
-            npages += runs.pop(i)[1]
-        if i > 0 and runs[i - 1][0] + runs[i - 1][1] == first:
-            first, npages = runs[i - 1][0], runs[i - 1][1] + npages
-            runs[i - 1] = (first, npages)
-        else:
-            runs.insert(i, (first, npages))
-        if first + npages == self._top:     # the top run goes back to the bump pointer
-            runs.remove((first, npages))
-            self._top = first
+    def _full(self, n: int, need: int):
+        if need > self.capacity:
+            raise MemoryError(f"SUVM backing store is full: {n} more bytes would exceed its "
+                              f"limit of {self.capacity} bytes (ELEOS_SUVM_STORE_MB)")
+        raise MemoryError(f"SUVM backing store is full: the host refused to grow it to {need} "
+                          f"bytes (limit {self.capacity} bytes, ELEOS_SUVM_STORE_MB)")
 
     def free(self, addr: int) -> None:
         """Free the allocation that starts at SUVM address ``addr``."""
-        ps = self.page_size
-        with self._lock:
-            if addr in self._large:
-                self._release_pages(addr // ps, self._large.pop(addr))
-                return
-            size = self._small.pop(addr, None)
-            if size is None:
-                raise ValueError(f"SUVM free of {addr:#x}: not the start of a live allocation")
-            slab = self._slab_of[addr // ps]
-            if not slab.free:
-                self._slabs[size].append(slab)
-            slab.free.append((addr - slab.page * ps) // size)
-            if len(slab.free) == ps // size:        # slab empty: give its page back
-                self._slabs[size].remove(slab)
-                del self._slab_of[slab.page]
-                self._release_pages(slab.page, 1)
+        rc = lib.suvm_heap_free(self._heap, addr) if isinstance(addr, int) and addr >= 0 \
+            else lib.SUVM_EINVAL
+        if rc == lib.SUVM_EINVAL:
+            if self.closed:
+                raise ValueError("this SUVM instance is closed")
+            raise ValueError(f"SUVM free of {addr:#x}: not the start of a live allocation")
+        _check(rc)
 
     def allocated_bytes(self) -> int:
-        with self._lock:
-            return (sum(self._large.values()) * self.page_size) + sum(self._small.values())
+        """Bytes handed out: each allocation's chunk (a power of two) or whole pages."""
+        return lib.suvm_heap_allocated(self._heap)
 
     # ---- whole-instance operations ----
 
@@ -255,16 +190,18 @@ class Suvm:
     def close(self) -> None:
         """Destroy the instance: the page cache and the key are wiped.  Pointers into it must
         not be used afterwards."""
-        with self._lock:
-            if self.closed:
-                return
-            self.closed = True
-            for r in list(self._regions):   # a later access raises ValueError, not a crash
-                r._mark_closed()
-            lib.suvm_destroy(self._h)
-            self._h = ffi.NULL
-            callbacks, self.on_close = self.on_close, []
-            self.store = None
+        # Only the first close goes on (one C call decides, so a close from a signal handler or
+        # a finalizer in the middle of another cannot deadlock or destroy twice); it waits for
+        # the allocations under way and refuses later ones.
+        if not lib.suvm_heap_close(self._heap):
+            return
+        self.closed = True
+        for r in list(self._regions):   # a later access raises ValueError, not a crash
+            r._mark_closed()
+        lib.suvm_destroy(self._h)
+        self._h = ffi.NULL
+        callbacks, self.on_close = self.on_close, []
+        self.store = None
         for cb in callbacks:
             cb()
 
@@ -578,7 +515,11 @@ class SecureMemory(Region):
 # ---- the default instance (set by eleos_shim/suvm.py, which knows the backing store) ----
 
 _default: Suvm | None = None
-_default_lock = threading.Lock()
+# Re-entrant: a signal handler (or a finalizer) on the thread that is building the default
+# may ask for it too.  It then builds one of its own, which becomes the default; the outer
+# build, on return, finds one installed and closes its own.  The state is one global,
+# consistent at every bytecode.
+_default_lock = threading.RLock()
 _provider: Callable[[], Suvm] | None = None
 
 
@@ -604,7 +545,11 @@ def default() -> Suvm:
             if _provider is None:
                 raise RuntimeError("no SUVM instance: import eleos_shim.suvm (it wires the default "
                                    "one to its backing store) or run under `python -m eleos_shim`")
-            _default = _provider()
+            built = _provider()
+            if _default is None:
+                _default = built
+            else:
+                built.close()
         return _default
 
 

@@ -85,9 +85,12 @@ class ThreadResult:
 
 
 def _client(address: tuple[str, int], session: P.ClientSession, pool: list[Request], start: int,
-            clock_window: dict, result: ThreadResult, ready: threading.Barrier) -> None:
+            clock_window: dict, result: ThreadResult, ready: threading.Barrier,
+            thread_init=None) -> None:
     """One closed-loop client: connect, wait for the others, then request/reply until the end."""
     try:
+        if thread_init is not None:
+            thread_init()
         sock = socket.create_connection(address, timeout=60)
     except OSError:
         result.errors += 1
@@ -149,11 +152,13 @@ def run(address: tuple[str, int], identities: int, threads: int = 100, duration:
         warmup: float = 2.0, genuine_share: float = 0.5, pool_size: int = 2048, seed: int = 1,
         client_id: int = 1, master: bytes = P.DEMO_MASTER_KEY, mode: str = "template",
         pool: list[Request] | None = None, size: int = data.FACE_SIZE,
-        block: int = features.DEFAULT_BLOCK, data_seed: int = data.DEFAULT_SEED) -> dict:
+        block: int = features.DEFAULT_BLOCK, data_seed: int = data.DEFAULT_SEED,
+        thread_init=None) -> dict:
     """Drive the server for warmup + duration seconds; returns the summary dict.
 
     ``pool``: requests already built by build_pool for this client id (a benchmark reuses
-    one pool across servers; otherwise one is built here)."""
+    one pool across servers; otherwise one is built here).  ``thread_init``: called first in
+    each client thread (the benchmark makes them SCHED_BATCH with it)."""
     if pool is None:
         pool = build_pool(pool_size, identities, genuine_share, client_id, seed, master, size,
                           block, data_seed, mode)
@@ -165,7 +170,7 @@ def run(address: tuple[str, int], identities: int, threads: int = 100, duration:
     window: dict = {}
     workers = [threading.Thread(target=_client, daemon=True,
                                 args=(address, session, pool, int(starts[k]), window,
-                                      results[k], ready))
+                                      results[k], ready, thread_init))
                for k in range(threads)]
     for th in workers:
         th.start()

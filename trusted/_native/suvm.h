@@ -96,4 +96,25 @@ void suvm_test_key(suvm_t *s, uint8_t out[16]);
 int suvm_test_sealed(suvm_t *s, uint64_t vpn, uint32_t sub, uint8_t nonce[12], uint8_t aad[24],
                      uint8_t tag[16]);
 
+/* The allocator (suvm_heap.c): which SUVM addresses are in use.  Its critical sections are C
+ * that never calls back into Python, so a signal handler or finalizer cannot re-enter one. */
+typedef struct suvm_heap suvm_heap_t;
+suvm_heap_t *suvm_heap_new(suvm_t *s, uint32_t page_size, uint64_t capacity);
+/* A zeroed allocation of n bytes (0 counts as 1): *addr its SUVM address, *size what it
+ * takes (a chunk of a power of two up to half a page, else whole pages).  SUVM_ENOMEM: *addr
+ * is the store size it needed (UINT64_MAX: more than the capacity alone); SUVM_EINVAL: closed. */
+int suvm_heap_alloc(suvm_heap_t *h, uint64_t n, uint64_t *addr, uint64_t *size);
+/* SUVM_EINVAL: addr is not the start of a live allocation (nothing changes). */
+int suvm_heap_free(suvm_heap_t *h, uint64_t addr);
+uint64_t suvm_heap_allocated(suvm_heap_t *h);
+/* Refuse every later call (before the core is destroyed); waits for the calls under way.
+ * 1 for the call that closed it, 0 for any later one. */
+int suvm_heap_close(suvm_heap_t *h);
+void suvm_heap_free_struct(suvm_heap_t *h);   /* the struct itself (after close) */
+/* The core's calls another thread may make while the instance may be closed (the balloon):
+ * nothing happens once closed (0 frames; stats -1). */
+uint32_t suvm_heap_resize(suvm_heap_t *h, uint32_t frames);
+uint32_t suvm_heap_cache_frames(suvm_heap_t *h);
+int suvm_heap_stats(suvm_heap_t *h, uint64_t out[SUVM_ST_COUNT]);
+
 #endif

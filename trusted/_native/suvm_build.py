@@ -1,5 +1,5 @@
-"""cffi build of SUVM (trusted._native._suvm), enclave side: the core (suvm.c) and the
-app-facing fast path (suvm_region.c), linked with libcrypto.  Run directly to build in place:
+"""cffi build of SUVM (trusted._native._suvm), enclave side: the core (suvm.c), its allocator
+(suvm_heap.c) and the app-facing fast path (suvm_region.c), linked with libcrypto.  Run directly to build in place:
 ``.venv/bin/python trusted/_native/suvm_build.py``."""
 import os
 import sys
@@ -38,6 +38,16 @@ CDEF = """
     int suvm_test_sealed(suvm_t *s, uint64_t vpn, uint32_t sub, uint8_t nonce[12], uint8_t aad[24],
                          uint8_t tag[16]);
     int suvm_bench_raw_open(uint32_t page_size, uint64_t iters);
+    typedef struct suvm_heap suvm_heap_t;
+    suvm_heap_t *suvm_heap_new(suvm_t *s, uint32_t page_size, uint64_t capacity);
+    int suvm_heap_alloc(suvm_heap_t *h, uint64_t n, uint64_t *addr, uint64_t *size);
+    int suvm_heap_free(suvm_heap_t *h, uint64_t addr);
+    uint64_t suvm_heap_allocated(suvm_heap_t *h);
+    int suvm_heap_close(suvm_heap_t *h);
+    void suvm_heap_free_struct(suvm_heap_t *h);
+    uint32_t suvm_heap_resize(suvm_heap_t *h, uint32_t frames);
+    uint32_t suvm_heap_cache_frames(suvm_heap_t *h);
+    int suvm_heap_stats(suvm_heap_t *h, uint64_t out[]);
     int suvm_region_register(void);
     uintptr_t suvm_bench_access_fn(void);
 
@@ -59,7 +69,7 @@ ffi.set_source(
     "trusted._native._suvm",
     '#include "suvm.h"\nint suvm_region_register(void);\n'
     "uintptr_t suvm_bench_access_fn(void) { return (uintptr_t)&suvm_bench_access; }\n",
-    sources=[os.path.relpath(os.path.join(HERE, n), ROOT) for n in ("suvm.c", "suvm_region.c")],
+    sources=[os.path.relpath(os.path.join(HERE, n), ROOT) for n in ("suvm.c", "suvm_heap.c", "suvm_region.c")],
     include_dirs=[HERE, os.path.join(ROOT, "eleos_shim", "include"), os.path.join(ROOT, "eleos_shim", "_native")],
     libraries=["crypto", "pthread"],
     extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wno-unused-function"],
