@@ -265,8 +265,10 @@ class EPC:
 
     def _region_drop(self, region: tuple[int, int, int, int]) -> None:
         rid, _memfd, va_first, npages = region
-        self._driver.destroy(rid)
-        _epcm.epcm_eremove(va_first, npages)
+        try:
+            self._driver.destroy(rid)
+        finally:
+            _epcm.epcm_eremove(va_first, npages)     # whatever the driver answers
 
     def _region_place(self, m: EPCMap, region: tuple[int, int, int, int], address: int,
                       length: int) -> None:
@@ -319,15 +321,28 @@ class EPC:
             resized = True
             self._region_place(m, region, _address_of(m), newsize)
         except BaseException:
-            if not resized:
-                self._region_drop(region)
-            if parked:
-                m._epc_release()                           # (a no-op if it ran)
-                self._region_place(m, self._region_new(len(m)), _address_of(m), len(m))
-                m[:min(len(m), old_size)] = content[:len(m)]
+            try:
+                if not resized:
+                    self._region_drop(region)
+            finally:
+                if parked:
+                    self._region_restore(m, content, old_size)
             raise
         keep = min(old_size, newsize)
         m[:keep] = content[:keep]
+
+    def _region_restore(self, m: EPCMap, content: bytes, old_size: int) -> None:
+        """After a resize failed with ``m``'s old region gone: a new region under the map as it
+        now is, holding its contents.  If none can be placed (a driver that refuses every
+        one), the map's memory is parked (no access: a crash) or a dropped region's (no EPC,
+        not the contents): the map is closed instead, a ValueError to use."""
+        m._epc_release()                           # (a no-op if it ran)
+        try:
+            self._region_place(m, self._region_new(len(m)), _address_of(m), len(m))
+        except BaseException:
+            super(EPCMap, m).close()
+            raise
+        m[:min(len(m), old_size)] = content[:len(m)]
 
     def check(self) -> None:
         """Raise IntegrityError if a page failed to load: the enclave is dead."""
@@ -426,8 +441,13 @@ class EPC:
         with self._lock:
             known = self._regions.pop(rid, None)
         if known is not None and self._driver is not None:
-            self._driver.destroy(rid)
-            _epcm.epcm_region_remove(address)
+            try:
+                self._driver.destroy(rid)
+            finally:
+                # The CPU forgets the region whatever the driver answers: a driver that refuses
+                # to free it must not keep the address range the CPU's (a resize puts the next
+                # region there) nor the CPU's view of its frames alive.
+                _epcm.epcm_region_remove(address)
 
     def __enter__(self) -> "EPC":
         return self

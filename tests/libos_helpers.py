@@ -102,3 +102,15 @@ class LyingTransport:
 
     def counts(self):
         return self.inner.counts()
+
+
+@contextlib.contextmanager
+def lying_libos(liar_class=LyingTransport):
+    """An installed LibOS over a lying transport (``liar_class`` wrapping a real ocall one):
+    ``(liar, libos)``; afterwards the fds its lies hid are closed, and every lie set up must
+    have been told."""
+    t = liar_class(make_transport("ocall"))
+    with installed(t) as libos:
+        yield t, libos
+    t.close_hidden()
+    assert t._lies == {}, "a lie was set up but never told"

@@ -522,6 +522,70 @@ def test_driver_giving_a_live_region_id_to_a_new_map_is_a_lie(epc):
     assert epc.stats()["regions"] == 1
 
 
+def test_a_resize_whose_old_region_the_driver_says_it_could_not_free_keeps_the_map(tmp_path):
+    # A resize frees the map's old region before placing the new one.  A driver that frees it
+    # but answers with an error must not leave the CPU holding the old region's addresses:
+    # then no region could be put back there, and the map was left on parked (inaccessible)
+    # memory, a segfault at the app's next access.  (In a child: that is how it failed.)
+    script = tmp_path / "app.py"
+    script.write_text(textwrap.dedent("""
+        from eleos_shim.config import Config
+        from eleos_shim.epc import EPC
+        from untrusted.epc import DriverError
+        with EPC(Config.from_env({}, mode="sgx", epc_mb=1, cost="account")) as epc:
+            m = epc.map(2 * 4096)
+            m[0:6] = b"secret"
+            real = epc._driver.destroy
+            def lying(rid):
+                real(rid)
+                raise DriverError(5, "the driver says it could not free the region")
+            epc._driver.destroy = lying
+            try:
+                m.resize(3 * 4096)
+            except OSError as exc:
+                print("resize failed:", exc.strerror, flush=True)
+            del epc._driver.destroy
+            print(len(m), m[0:6], flush=True)
+            m.resize(5 * 4096)                       # an honest driver again: it works
+            print(len(m), m[0:6], epc.stats()["regions"], flush=True)
+            m.close()
+    """))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ELEOS_")}
+    env["PYTHONPATH"] = str(ROOT)
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          env=env, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout == ("resize failed: the driver says it could not free the region\n"
+                           "8192 b'secret'\n20480 b'secret' 1\n")
+
+
+def test_a_resize_no_region_can_be_placed_for_closes_the_map_not_zeros(epc):
+    # A driver that refuses to trap every new region: the resize fails, and the old region is
+    # already gone.  The map must not stay usable on memory that is no region's (outside the
+    # EPC, its contents zeros): it is closed, so the app's next access is a ValueError.
+    m = epc.map(2 * PAGE)
+    m[0:6] = b"secret"
+
+    def refusing(rid, address):
+        raise OSError(errno.ENOMEM, "the driver refuses to trap the region")
+
+    epc._driver.attach = refusing
+    try:
+        with pytest.raises(OSError, match="refuses to trap"):
+            m.resize(3 * PAGE)
+    finally:
+        del epc._driver.attach
+    with pytest.raises(ValueError, match="closed"):
+        m[0:6]
+    assert m.closed
+    assert epc.stats()["regions"] == 0
+    fresh = epc.map(3 * PAGE)                   # the CPU kept no stale region
+    fresh[0:5] = b"fresh"
+    assert epc.evict(fresh, 0) == 1
+    assert fresh[0:5] == b"fresh"
+    fresh.close()
+
+
 def _vmas_of(inode: int) -> dict[int, set[str]]:
     """The start address and VmFlags of every mapping of file ``inode`` in this process."""
     out, start = {}, None

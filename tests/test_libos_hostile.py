@@ -10,17 +10,14 @@ import pytest
 
 from eleos_shim import abi
 from eleos_shim.errors import IagoError
-from tests.libos_helpers import LyingTransport, installed, make_transport
+from tests.libos_helpers import installed, lying_libos, make_transport
 from untrusted.host import Host
 
 
 @pytest.fixture
 def liar():
-    t = LyingTransport(make_transport("ocall"))
-    with installed(t) as libos:
-        yield t, libos
-    t.close_hidden()
-    assert t._lies == {}, "a lie was set up but never told"
+    with lying_libos() as pair:
+        yield pair
 
 
 def ret(value):

@@ -10,6 +10,7 @@ import operator
 import sys
 
 _INT_MAX = (1 << 31) - 1
+_UINT_MAX = (1 << 32) - 1
 
 
 def c_int(value) -> int:
@@ -38,4 +39,15 @@ def ssize(value) -> int:
     return value
 
 
-__all__ = ["as_int", "c_int", "ssize"]
+def id_t(value, what: str = "uid") -> int:
+    """_Py_Uid_Converter / _Py_Gid_Converter (``what``: "uid" or "gid"): an index that fits a
+    32-bit uid_t/gid_t, or -1 (none)."""
+    value = operator.index(value)
+    if value < -1:
+        raise OverflowError(f"{what} is less than minimum")
+    if value > _UINT_MAX:
+        raise OverflowError(f"{what} is greater than maximum")
+    return value
+
+
+__all__ = ["as_int", "c_int", "id_t", "ssize"]

@@ -200,6 +200,7 @@ class Transport:
         p = self._alloc(new)
         if p == ffi.NULL:
             raise MemoryError(f"untrusted staging buffer of {new} bytes could not be allocated")
+        parked = self._park(st)
         # The new (larger) buffer is recorded before its size and the old one is freed last:
         # a signal handler's call that runs in between on this area never sees a size larger
         # than the buffer it goes with.
@@ -213,7 +214,23 @@ class Transport:
             old, st.buf2 = st.buf2, p
             st.t.buf2, st.chars2 = addr, ffi.cast("char *", p)
             st.t.cap2 = st.cap2 = new
+        self._unpark(st, parked)
         self._free(old)
+
+    def _park(self, st: _Staging) -> bool:
+        """Take ``st`` off this thread's free stack while :meth:`_grow` changes its record
+        (``data_out`` grows the area on top without taking it): a signal handler's call in
+        between would take it, and growing it too would leave this growth's size recorded
+        for the handler's smaller buffer.  True if it was there."""
+        try:
+            self._tls.free.remove(st)
+        except (AttributeError, ValueError):
+            return False
+        return True
+
+    def _unpark(self, st: _Staging, parked: bool) -> None:
+        if parked:
+            self._tls.free.append(st)
 
     @staticmethod
     def _refused(st: _Staging, taken: int, op: int) -> Exception:

@@ -408,7 +408,12 @@ class FileIO(_io.RawIOBase, metaclass=_FileIOType):
         fd = self._check()
         if isinstance(pos, float):
             raise TypeError("an integer is required")
-        r = self._k.check(abi.OP_LSEEK, fd, pos.__index__(), whence)
+        pos = pos.__index__()
+        r = self._k.check(abi.OP_LSEEK, fd, pos, whence)
+        if r.ret != pos and whence == _os.SEEK_SET and _stat.S_ISREG(self._st_mode):
+            # A regular file's lseek to an absolute offset lands there (or fails): the
+            # buffered layers above take the result as the file's position.
+            raise IagoError(f"host says a seek of {self.name!r} to {pos} landed at {r.ret}")
         return r.ret
 
     def tell(self):

@@ -13,7 +13,9 @@ process group, session, reset ids, signal mask and defaults, scheduler: all of t
 routed that way (OP_SPAWN, always an OCALL: it is slow and the host's fork must not run on an
 RPC worker).  The child's pipes are ordinary enclave fds made
 by ``os.pipe``, so the parent's reads and writes on them are routed; the child itself is a
-host program, outside the enclave, and sees only what the app sends it.
+host program, outside the enclave, and sees only what the app sends it.  What the host says
+of a child is hostile input: its pid is checked, and a child that fails reports on an error
+pipe of the enclave's own, in the one form an honest child writes (README "Threat model").
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import sys
 
 from eleos_shim import abi
 from eleos_shim.errors import IagoError
-from trusted.cargs import as_int, c_int
+from trusted.cargs import as_int, c_int, id_t
 
 
 class EnclaveForkError(OSError):
@@ -59,6 +61,10 @@ def _fsencode_all(items, what: str) -> list[bytes]:
     return out
 
 
+# The most of a spawn child's error report the enclave reads (CPython's subprocess reads
+# at most this much of its error pipe); an honest report ("OSError:<hex>:noexec") is ~30 bytes.
+_MAX_REPORT = 50000
+_INT_MAX = (1 << 31) - 1
 _UNSET = object()                  # an argument not given (C's NULL default), not None
 _NSIG = 65                         # Linux: signals 1..64
 # What glibc's posix_spawnattr_setschedpolicy accepts.
@@ -176,18 +182,53 @@ def spawn_attrs(file_actions, setpgroup, resetids, setsigmask, setsigdef,
     return a
 
 
-def _child_errno(report: bytes) -> int:
-    """The errno in the host child's "OSError:<hex>:..." report (checked: hostile input)."""
+# What the host child's report may say after its errno: where it failed (CPython's own child
+# reports the same): before exec ("noexec"), in chdir ("noexec:chdir"), or in exec itself.
+_STAGES = (b"noexec", b"noexec:chdir", b"")
+
+
+def _child_report(report: bytes) -> tuple[int, bytes]:
+    """The errno and stage of the host child's "OSError:<hex>:<stage>" report (checked:
+    hostile input, whose every other form is an IagoError)."""
     parts = report.split(b":", 2)
     try:
-        if parts[0] != b"OSError" or len(parts) < 2:
+        if len(parts) != 3 or parts[0] != b"OSError" or parts[2] not in _STAGES or \
+                not parts[1] or parts[1].strip(b"0123456789abcdef"):
             raise ValueError
         err = int(parts[1], 16)
     except ValueError:
         raise IagoError(f"host's spawn child reported {report[:80]!r}") from None
     if not 0 < err < 4096:
         raise IagoError(f"host's spawn child reported errno {err}")
-    return err
+    return err, parts[2]
+
+
+def _reap(pid: int) -> None:
+    """Wait for a child that failed before its exec (it exits at once), as glibc's posix_spawn
+    and subprocess do."""
+    while True:
+        try:
+            _os.waitpid(pid, 0)
+            return
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            return
+
+
+def _orig_executable(args, executable_list):
+    """What subprocess names in an exec failure (its ``orig_executable``): ``args[0]`` as the
+    app gave it when the executables came from it, else the program they were made from (as
+    a str: an ``executable=`` given as bytes is not seen here, only its encoding)."""
+    first = _os.fsencode(args[0])
+    names = [_os.fsencode(e) for e in executable_list]
+    if _os.path.dirname(first):
+        if names == [first]:
+            return args[0]
+    elif names and all(_os.path.basename(n) == first for n in names):
+        return args[0]
+    exe = names[0] if len(names) == 1 else _os.path.basename(names[0])
+    return _os.fsdecode(exe)
 
 
 class Spawner:
@@ -236,20 +277,94 @@ class Spawner:
                               in2=struct.pack(f"={len(ints)}q", *ints), wait=True)
         if r.ret <= 0 or r.ret >= 1 << 31:
             raise IagoError(f"host returned an impossible pid {r.ret} for spawn")
+        if r.ret in (_os.getpid(), _os.getppid()):
+            # A new child is neither the enclave nor its parent: the app's kill, send_signal or
+            # wait on it would act on one of them.
+            raise IagoError(f"host returned pid {r.ret} for spawn: the enclave's own or its "
+                            f"parent's, not a new child's")
         return r.ret
 
-    def fork_exec(self, args, executable_list, close_fds, fds_to_keep, cwd, env_list,
-                  p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite,
-                  errpipe_read, errpipe_write, restore_signals, call_setsid, pgid_to_set,
-                  gid, extra_groups, uid, child_umask, preexec_fn, *unused):
-        """``_posixsubprocess.fork_exec`` (CPython 3.11's arguments), as a host spawn."""
+    def fork_exec(self, *args):
+        """subprocess's ``_fork_exec``: as :meth:`posix_fork_exec`, but a child that fails
+        before or in its exec is an OSError raised here, as subprocess raises it (which
+        then finds its own error pipe empty)."""
+        return self._fork_exec(False, *args)
+
+    def posix_fork_exec(self, *args):
+        """``_posixsubprocess.fork_exec`` (CPython 3.11's arguments), as a host spawn; a child
+        that fails reports it on the caller's error pipe, as natively."""
+        return self._fork_exec(True, *args)
+
+    def _fork_exec(self, to_caller, args, executable_list, close_fds, fds_to_keep, cwd,
+                   env_list, p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite,
+                   errpipe_read, errpipe_write, restore_signals, call_setsid, pgid_to_set,
+                   gid, extra_groups, uid, child_umask, preexec_fn, *unused):
+        if not isinstance(fds_to_keep, tuple):
+            raise TypeError(f"fork_exec() argument 4 must be tuple, not "
+                            f"{type(fds_to_keep).__name__}")
+        prev = -1
+        for fd in fds_to_keep:       # as _posixsubprocess: ints, sorted, no duplicate
+            if not isinstance(fd, int) or fd <= prev or fd > _INT_MAX:
+                raise ValueError("bad value(s) in fds_to_keep")
+            prev = fd
+        # As fork_exec's converters (subprocess leaves the range checks to them).
+        gid = None if gid is None else id_t(gid, "gid")
+        uid = None if uid is None else id_t(uid, "uid")
+        if extra_groups is not None:
+            try:
+                extra_groups = [id_t(g, "gid") for g in extra_groups]
+            except OverflowError:
+                raise ValueError("invalid group id") from None
         if preexec_fn is not None:
             _refuse("subprocess preexec_fn")()
-        return self.spawn(args, executable_list, env_list, cwd,
-                          (p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite,
-                           errpipe_read, errpipe_write), close_fds, fds_to_keep,
-                          restore_signals, call_setsid, pgid_to_set, gid, extra_groups, uid,
-                          child_umask)
+        # The child reports on an error pipe of the enclave's own, read and checked here, not
+        # on subprocess's: subprocess raises whatever builtin the report names (SystemExit,
+        # KeyboardInterrupt, ...), and the report is the host's.  Its own pipe then reads
+        # empty (the child never has it open after exec), and a failure is raised here as
+        # subprocess raises it.
+        keep = [fd for fd in fds_to_keep if fd != errpipe_write]
+        pid, report = self._spawn_reporting(
+            args, executable_list, env_list, cwd,
+            (p2cread, p2cwrite, c2pread, c2pwrite, errread, errwrite), close_fds, keep,
+            restore_signals, call_setsid, pgid_to_set, gid, extra_groups, uid, child_umask)
+        if not report:
+            return pid
+        err, stage = _child_report(report)
+        if to_caller:
+            # What the native child writes (checked: only that), for the caller to read; the
+            # child is the caller's to reap.
+            self.fs.write(errpipe_write, b"OSError:%x:%s" % (err, stage))
+            return pid
+        _reap(pid)
+        if stage == b"noexec":
+            raise OSError(err, _os.strerror(err))
+        raise OSError(err, _os.strerror(err),
+                      cwd if stage == b"noexec:chdir" else _orig_executable(args, executable_list))
+
+    def _spawn_reporting(self, argv, executables, env, cwd, stdio_fds, close_fds, keep,
+                         *spawn_args, **spawn_kwargs) -> tuple[int, bytes]:
+        """:meth:`spawn` with an error pipe of the enclave's own: ``(pid, the child's error
+        report)``, the report empty once the child has exec'd."""
+        fs = self.fs
+        errpipe_read, errpipe_write = fs.pipe2(_os.O_CLOEXEC)
+        try:
+            try:
+                pid = self.spawn(argv, executables, env, cwd,
+                                 tuple(stdio_fds) + (errpipe_read, errpipe_write), close_fds,
+                                 list(keep) + [errpipe_write], *spawn_args, **spawn_kwargs)
+            finally:
+                fs.close(errpipe_write)
+            report = b""
+            while chunk := fs.read(errpipe_read, _MAX_REPORT + 1 - len(report)):
+                report += chunk
+                if len(report) > _MAX_REPORT:
+                    # The host child's report is a few bytes; a pipe that keeps giving would
+                    # grow enclave memory for as long as the host likes.
+                    raise IagoError(f"host's spawn child reported more than {_MAX_REPORT} "
+                                    f"bytes of error")
+        finally:
+            fs.close(errpipe_read)
+        return pid, report
 
     def spawnvef(self, mode, file, args, env, func):
         """``os.spawnv*``'s helper (``os._spawnvef``, which forks natively): the program as a
@@ -319,34 +434,15 @@ class Spawner:
             executables = [_os.path.join(_os.fsencode(d), raw) for d in _os.get_exec_path()]
         else:
             executables = [raw]
-        fs = self.fs
-        errpipe_read, errpipe_write = fs.pipe2(_os.O_CLOEXEC)
-        try:
-            fds = (-1,) * 6 + (errpipe_read, errpipe_write)
-            try:
-                pid = self.spawn(args, executables, env_list, None, fds,
-                                 restore_signals=False, setsid=setsid,
-                                 pgid=-1 if attrs.pgroup is None else attrs.pgroup,
-                                 spawn_attrs=attrs)
-            finally:
-                fs.close(errpipe_write)
-            report = b""
-            while chunk := fs.read(errpipe_read, 50000):
-                report += chunk
-        finally:
-            fs.close(errpipe_read)
+        pid, report = self._spawn_reporting(args, executables, env_list, None, (-1,) * 6,
+                                            False, (), restore_signals=False, setsid=setsid,
+                                            pgid=-1 if attrs.pgroup is None else attrs.pgroup,
+                                            spawn_attrs=attrs)
         if not report:
             return pid
         # As glibc's posix_spawn: the child that failed is reaped, its errno is the result.
-        while True:
-            try:
-                _os.waitpid(pid, 0)
-                break
-            except InterruptedError:
-                continue
-            except ChildProcessError:
-                break
-        err = _child_errno(report)
+        err, _stage = _child_report(report)
+        _reap(pid)
         raise OSError(err, _os.strerror(err), path)
 
     def system(self, command):
@@ -358,6 +454,31 @@ class Spawner:
                 return _os.waitpid(pid, 0)[1]
             except InterruptedError:
                 continue
+
+
+class _NoReportExpected:
+    """subprocess's ``builtins`` under the shim, which it consults only to name the exception
+    of a child's error report (``getattr(builtins, name, SubprocessError)``).  The child
+    reports on the enclave's own pipe (:meth:`Spawner.fork_exec`), so subprocess's pipe reads
+    empty from an honest host; data there is the host's answer to the read, and subprocess
+    would raise the builtin it names (SystemExit, KeyboardInterrupt, ...).  Only while
+    ``subprocess._fork_exec`` is the shim's: an app that puts its own there (CPython's tests
+    of the report's parsing do) writes the pipe itself, and gets subprocess's parsing.
+    Dunder names are the object's own (what introspection asks for); a report naming one
+    makes subprocess fail with TypeError or SubprocessError, never a builtin of its choice."""
+
+    def __init__(self, fork_exec):
+        self.__fork_exec__ = fork_exec
+
+    def __getattribute__(self, name):
+        if name.startswith("__") and name.endswith("__"):
+            return object.__getattribute__(self, name)
+        import builtins
+        import subprocess
+        if subprocess._fork_exec is not object.__getattribute__(self, "__fork_exec__"):
+            return getattr(builtins, name)
+        raise IagoError(f"host answered a read of subprocess's error pipe, which no child "
+                        f"writes, with a report naming {name!r}")
 
 
 def patches(kernel, fs) -> list[tuple[object, str, object]]:
@@ -376,11 +497,13 @@ def patches(kernel, fs) -> list[tuple[object, str, object]]:
         out.append((_os, "_spawnvef", spawner.spawnvef))
     # subprocess binds fork_exec at import and prefers posix_spawn when it can: route both
     # through fork_exec.
-    out.append((subprocess, "_fork_exec", spawner.fork_exec))
+    fork_exec = spawner.fork_exec          # one bound method: the guard knows it by identity
+    out.append((subprocess, "_fork_exec", fork_exec))
     out.append((subprocess, "_USE_POSIX_SPAWN", False))
+    out.append((subprocess, "builtins", _NoReportExpected(fork_exec)))
     try:
         import _posixsubprocess
-        out.append((_posixsubprocess, "fork_exec", spawner.fork_exec))
+        out.append((_posixsubprocess, "fork_exec", spawner.posix_fork_exec))
     except ImportError:   # pragma: no cover - always present on Linux
         pass
     return out
