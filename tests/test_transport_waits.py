@@ -248,3 +248,53 @@ def test_fused_writes_take_their_own_transports_path_on_every_thread():
     finally:
         Host.lie_next("ret", 0, 0)
         os.close(r), os.close(w)
+
+
+def test_a_handlers_fused_write_inside_the_out_areas_growth_never_overruns(tmp_path):
+    """The area C holds for a thread's fused writes is unbound while it grows: a signal
+    handler's write that lands between the new buffer and its size being recorded (injected
+    there with a line trace, as tests/test_attack_staging.py does) binds an area of its own,
+    and never leaves a size above the buffer it goes with."""
+    import ctypes
+    import inspect
+    import sys
+
+    libc = ctypes.CDLL(None)
+    libc.malloc_usable_size.restype = ctypes.c_size_t
+    libc.malloc_usable_size.argtypes = [ctypes.c_void_p]
+    lines, first = inspect.getsourcelines(Transport._grow)
+    target = first + next(i for i, line in enumerate(lines) if "st.t.cap = st.cap = new" in line)
+
+    def unexpected(*args):
+        raise AssertionError(f"the fused path handed over: {args}")
+    t = make_transport("direct")
+    write = t.fused("write", unexpected, unexpected)
+    out, out2 = (os.open(tmp_path / n, os.O_RDWR | os.O_CREAT) for n in ("out", "out2"))
+    try:
+        assert write(out, b"") == 0                  # this thread's area, bound at its size
+        small = t._tls.out.cap
+        mine, theirs = os.urandom(4 * small), os.urandom(small + 10)
+        handler_ran = []
+
+        def trace(frame, event, arg):
+            if frame.f_code is not Transport._grow.__code__:
+                return None
+
+            def on_line(frame, event, arg):
+                if event == "line" and frame.f_lineno == target and not handler_ran:
+                    handler_ran.append(write(out2, theirs))      # a handler's os.write
+                return on_line
+            return on_line
+        sys.settrace(trace)
+        try:
+            took = write(out, mine)
+        finally:
+            sys.settrace(None)
+        assert handler_ran == [len(theirs)] and took == len(mine)
+        for area in t._all_staging:
+            assert area.t.cap <= libc.malloc_usable_size(area.t.buf), \
+                "an area's recorded size is larger than the buffer it names"
+        assert os.pread(out, len(mine) + 1, 0) == mine
+        assert os.pread(out2, len(theirs) + 1, 0) == theirs
+    finally:
+        os.close(out), os.close(out2)

@@ -186,11 +186,18 @@ class Transport:
         """This thread's area for the fused writes and sends (made on first use, at least
         ``n`` bytes), bound in C (enclave_bind_out) for this transport.  It is never on the
         free stack: the calls that read their reply after the crossing never get it."""
-        st = getattr(self._tls, "out", None)
-        if st is None:
-            st = self._tls.out = self._new_staging()
-        if n > st.cap:
-            self._grow(st, 1, n)
+        tls = self._tls
+        st = getattr(tls, "out", None)
+        if st is None or n > st.cap:
+            # Unbound while it is made or grown: a signal handler's write in between binds an
+            # area of its own (and is done before this goes on), never one half grown.
+            lib.enclave_bind_out(ffi.NULL)
+            tls.out = None
+            if st is None:
+                st = self._new_staging()
+            if n > st.cap:
+                self._grow(st, 1, n)
+            tls.out = st
         lib.enclave_bind_out(st.t)
         return st
 
