@@ -21,12 +21,13 @@ sys.path.insert(0, str(HERE.parent))
 
 from benchmarks.common import RESULTS, machine, machine_line, plot_bars  # noqa: E402
 
-ORDER = ["calibrate", "ocall_cost", "syscall_paths", "suvm_micro", "paging", "kvstore",
-         "faceverify", "multi_enclave"]
+ORDER = ["calibrate", "ocall_cost", "syscall_paths", "libos_overhead", "suvm_micro", "paging",
+         "kvstore", "faceverify", "multi_enclave"]
 WHAT = {
     "calibrate": "the cost model's budgets against what this machine paid (`eleos-shim calibrate`)",
     "ocall_cost": "an app's routed null-ish call under direct and ocall, spin and account",
     "syscall_paths": "null call, pipe, TCP ping-pong under direct, ocall and rpc, 1 and 4 threads",
+    "libos_overhead": "the LibOS's own cost per call: native vs routed with no exit",
     "suvm_micro": "SUVM's fast path against plain mmap, its miss, policies, page sizes",
     "paging": "the paper's paging microbenchmark: SUVM vs SGX paging per op and threads",
     "kvstore": "the paper's memcached experiment, throughput normalised to vanilla SGX",
@@ -39,6 +40,7 @@ WHAT = {
 # numbers are then rough: one run each).
 QUICK = {"ocall_cost": ["--calls", "2000", "--runs", "2"],
          "syscall_paths": ["--scale", "0.05", "--runs", "1"],
+         "libos_overhead": ["--scale", "0.05", "--runs", "1"],
          "suvm_micro": ["--quick", "--runs", "1"], "paging": ["--quick"],
          "kvstore": ["--runs", "1", "--duration", "2"],
          "faceverify": ["--runs", "1", "--duration", "2", "--warmup", "0.5"],

@@ -39,7 +39,7 @@ from eleos_shim import abi
 
 _N_OPS = max(abi.OP_NAMES) + 1
 _EXIT_PATHS = {abi.PATH_OCALL: "ocall", abi.PATH_NAMES.index("fallback"): "fallback"}
-_ENTRY_POINTS = ("call", "data_out", "data_in")
+_ENTRY_POINTS = ("call", "data_out", "data_in", "data_into", "poll", "epoll_wait")
 # Where the shim and the stdlib live: a frame from here is not "the app's line".
 _SHIM_DIRS = tuple(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), d)
                    + os.sep for d in ("eleos_shim", "trusted", "untrusted"))

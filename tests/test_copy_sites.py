@@ -207,9 +207,53 @@ REVIEWED: dict[tuple[str, str, str], str] = {
     ('trusted/syscall.py', 'call',
      'ffi.unpack(st.chars2, out2_len)'):
         "from the enclave's own record of buffer 2; out2_len read once and checked <= len2",
-    ('trusted/syscall.py', 'data_in',
-     'ffi.unpack(st.chars, ret)'):
-        "from the enclave's own record of buffer 1; ret checked in C: 0 < ret <= n <= cap",
+    ('trusted/syscall.py', '__init__',
+     'ffi.buffer(self.chars, self.cap)'):
+        "a view of buffer 1 at the address and size the enclave allocated; sliced only by "
+        "counts checked in C (0 < ret <= n <= cap)",
+    ('trusted/syscall.py', '_grow',
+     'ffi.buffer(st.chars, new)'):
+        "the same view of the grown buffer 1: the address and size just allocated",
+    ('trusted/syscall.py', '_reply_records',
+     'ffi.buffer(recs, ret * 8)'):
+        "the records the C checker wrote into the enclave's ffi.new buffer; ret checked there "
+        "<= maxevents / nfds, which sized it",
+    # issue 12: the waits, checked in C as their records are read
+    ('trusted/_native/enclave_ocalls.c', 'enclave_epoll_events',
+     'memcpy(&events, raw + i * EPOLL_EVENT_SIZE, 4)'):
+        "one field of record i < ret <= maxevents, inside out_len = ret*12 (checked) and the "
+        "buffer of >= maxevents*12 (the enclave's own record of buffer 1, or the reply's bytes)",
+    ('trusted/_native/enclave_ocalls.c', 'enclave_epoll_events',
+     'memcpy(&data, raw + i * EPOLL_EVENT_SIZE + 4, 8)'):
+        "the other field of the same record, same bounds",
+    ('trusted/_native/enclave_ocalls.c', 'enclave_epoll_events',
+     'memcpy(&rec[2 * i + 1], &events, 4)'):
+        "into the enclave's out, i < ret <= maxevents, out_cap >= maxevents*12 checked first",
+    ('trusted/_native/enclave_ocalls.c', 'enclave_poll_events',
+     'memcpy(&rfd, raw + i * POLLFD_SIZE, 4)'):
+        "one field of entry i < nfds, inside out_len = nfds*8 (checked before the loop)",
+    ('trusted/_native/enclave_ocalls.c', 'enclave_poll_events',
+     'memcpy(&rev, raw + i * POLLFD_SIZE + 4, 2)'):
+        "the same entry's events, same bounds",
+    ('trusted/_native/enclave_ocalls.c', 'enclave_poll_events',
+     'memcpy(&rr, raw + i * POLLFD_SIZE + 6, 2)'):
+        "the same entry's revents, same bounds",
+    ('trusted/_native/enclave_ocalls.c', 'enclave_poll',
+     'memcpy(table + i * POLLFD_SIZE, &fds[i], 4)'):
+        "the pollfd table out to buffer 1 (the enclave's own record), nfds*8 <= cap checked",
+    ('trusted/_native/enclave_ocalls.c', 'enclave_poll',
+     'memcpy(table + i * POLLFD_SIZE + 4, &events[i], 2)'):
+        "the same entry's events, same bounds",
+    ('trusted/_native/enclave_ocalls.c', 'enclave_poll',
+     'memcpy(table + i * POLLFD_SIZE + 6, &zero, 2)'):
+        "the same entry's revents cleared, same bounds",
+    ('trusted/_native/enclave_ocalls.c', 'wait_refused',
+     'memcpy(why, st->why, sizeof why)'):
+        "the enclave's own message into a local of its size",
+    ('trusted/_native/enclave_ocalls.c', 'enclave_in_into',
+     'memcpy(dst, (const void *)(uintptr_t)st->buf, (size_t)ret)'):
+        "from the enclave's own record of buffer 1 into the app's buffer: ret checked in C "
+        "0 < ret <= n, and n <= dst_len checked first",
     # issue 11 part 2: copy the sealed page in, then open it; seal in enclave memory, then copy out
     ('eleos_shim/_native/epcm.c', 'epcm_eldu',
      'memcpy(frame, page, EPCM_PAGE)'):

@@ -372,6 +372,18 @@ class _Spy:
         self.seen += data
         return ret, data
 
+    def data_into(self, op, fd, n, dst):
+        ret = self.inner.data_into(op, fd, n, dst)
+        if ret > 0:
+            self.seen += bytes(memoryview(dst)[:ret])
+        return ret
+
+    def poll(self, fds, events, ms):          # pollfd tables: no payload crosses
+        return self.inner.poll(fds, events, ms)
+
+    def epoll_wait(self, epfd, maxevents, ms):
+        return self.inner.epoll_wait(epfd, maxevents, ms)
+
 
 def test_tls_terminates_in_the_enclave_only_ciphertext_crosses(tmp_path):
     import ssl

@@ -9,12 +9,20 @@ rewrite the staged request at any time, so the enclave never reads it back: buff
 and sizes come from its own record of the staging area, and the reply is read once, in C,
 into enclave memory (``_Staging.t``) before anything is checked or copied out.
 
+The calls an app makes per request have narrower crossings, each checking its reply in C:
+``data_out``/``data_in``/``data_into`` (write, read, send, recv, recv_into), ``poll`` and
+``epoll_wait`` (the reply's records checked and built in enclave memory), and ``fused``, which
+gives the LibOS an ``os.write``/``os.read``/``send``/``recv`` whose common case is the
+crossing and a few Python operations in the app's own frame.
+
 The bridge is how the loader hands the host over without this half importing it: integer
 addresses of the host's dispatch and allocator, the modeled CPU's charge functions and the
 RPC ring.
 """
 from __future__ import annotations
 
+import itertools
+import struct
 import threading
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -34,8 +42,21 @@ _READ_LIKE = frozenset({abi.OP_READ, abi.OP_PREAD, abi.OP_GETDENTS})
 _WRITE_LIKE = frozenset({abi.OP_WRITE, abi.OP_PWRITE, abi.OP_SENDTO, abi.OP_SENDMSG})
 _CHECKED = _READ_LIKE | _WRITE_LIKE | {abi.OP_RECVFROM, abi.OP_RECVMSG, abi.OP_SENDFILE}
 _RPC, _OCALL = abi.PATH_RPC, abi.PATH_OCALL
-# The lowest -errno: the C data path returns a value below it when the host's reply lies.
+# The lowest -errno: the C data path returns a value below it when the host's reply lies
+# (ENCLAVE_LIE), or one lower still when the request did not fit what it was given (a bug).
 _LOWEST_ERRNO = -abi.MAX_ERRNO
+_ENCLAVE_BUG = -(1 << 62) - 1
+# enclave_write1/enclave_send1's answer when this thread has no area bound for the transport.
+_ENCLAVE_UNBOUND = _ENCLAVE_BUG - 1
+_OWNERS = itertools.count(1)        # each transport's number, for the areas C holds per thread
+# What the C waits leave in enclave memory per ready fd: (fd, events), the tuples
+# select.epoll.poll and select.poll.poll return; epoll needs 4 more bytes per maxevents.
+_WAIT_RECORD = struct.Struct("=iI")
+_EPOLL_EVENT_SIZE, _POLLFD_SIZE = 12, 8
+_INITIAL_RECORDS = 16 << 10
+# Up to this size a buffer that is not bytes is copied (bytes(), a slice) rather than pinned
+# for C with ffi.from_buffer, which alone costs ~0.6 us.
+_VIEW_COPY = 64 << 10
 # recvfrom's flag that lets the result (a datagram's length) exceed the bytes written.
 _MSG_TRUNC = 0x20
 # enclave_submit's answer when a request does not fit its staging (a bug, never the host).
@@ -70,9 +91,10 @@ class _Staging:
     enclave_stage`` in enclave memory, enclave_ocalls.cdef): where the buffers are and how
     large, the request as the enclave made it and the reply as it read it back, once.  Every
     address and length used to copy in or out comes from here, never from the request."""
-    __slots__ = ("t", "mine", "req", "buf", "cap", "buf2", "cap2", "chars", "chars2")
+    __slots__ = ("t", "mine", "req", "buf", "cap", "buf2", "cap2", "chars", "chars2",
+                 "bytes1", "recs", "recs_p", "recs_view", "rcap")
 
-    def __init__(self, alloc):
+    def __init__(self, alloc, path: int, owner: int):
         self.req = alloc(ffi.sizeof("struct eleos_req"))
         self.buf = alloc(_INITIAL_CAPACITY)
         self.buf2 = alloc(4096)
@@ -83,9 +105,33 @@ class _Staging:
         t.host_req = int(ffi.cast("uintptr_t", self.req))
         t.buf, t.cap = int(ffi.cast("uintptr_t", self.buf)), self.cap
         t.buf2, t.cap2 = int(ffi.cast("uintptr_t", self.buf2)), self.cap2
+        t.path, t.owner = path, owner
         self.mine = t.mine                            # the reply, as read once
         self.chars = ffi.cast("char *", self.buf)     # buffer 1, for ffi.unpack
         self.chars2 = ffi.cast("char *", self.buf2)
+        self.bytes1 = ffi.buffer(self.chars, self.cap)  # buffer 1: a slice is a bytes copy
+        self.set_records(_INITIAL_RECORDS)
+
+    def set_records(self, size: int) -> None:
+        """Where a wait's checked records go (enclave memory: a bytearray, pinned by the
+        pointer C writes through, so it can never move under it)."""
+        recs = bytearray(size)
+        self.recs_p = ffi.from_buffer(recs)
+        self.recs_view = memoryview(recs)
+        # Recorded bigger-buffer-first, as _grow does: a signal handler's call in between
+        # never sees a size larger than the buffer it goes with.
+        self.t.recs = int(ffi.cast("uintptr_t", self.recs_p))
+        self.t.rcap = self.rcap = size
+        self.recs = recs
+
+
+def _records(st: _Staging, ret: int) -> list:
+    """The (fd, events) records a checked C wait left in ``st`` (enclave memory)."""
+    if ret > 0:
+        return list(_WAIT_RECORD.iter_unpack(st.recs_view[:ret * 8]))
+    if ret < _LOWEST_ERRNO:
+        raise Transport._lie(st.t, ret)
+    return []
 
 
 class Transport:
@@ -103,6 +149,9 @@ class Transport:
             raise ValueError(f"unknown syscall path {path!r}")
         self.path = path
         self._path_code = abi.PATH_NAMES.index(path)
+        # What a call that may block for long takes: it always exits (never ties up a worker).
+        self._wait_code = _OCALL if self._path_code == _RPC else self._path_code
+        self._owner = next(_OWNERS)
         self._alloc = ffi.cast("void *(*)(uint64_t)", bridge.alloc)
         self._free = ffi.cast("void (*)(void *)", bridge.free)
         lib.enclave_bind(bridge.dispatch, bridge.charge, bridge.pollute)
@@ -121,7 +170,7 @@ class Transport:
         return free
 
     def _new_staging(self) -> _Staging:
-        st = _Staging(self._alloc)
+        st = _Staging(self._alloc, self._path_code, self._owner)
         self._all_staging.append(st)
         return st
 
@@ -132,6 +181,25 @@ class Transport:
         if not free:
             free.append(self._new_staging())
         return free[-1]
+
+    def _bind_out(self, n: int) -> _Staging:
+        """This thread's area for the fused writes and sends (made on first use, at least
+        ``n`` bytes), bound in C (enclave_bind_out) for this transport.  It is never on the
+        free stack: the calls that read their reply after the crossing never get it."""
+        tls = self._tls
+        st = getattr(tls, "out", None)
+        if st is None or n > st.cap:
+            # Unbound while it is made or grown: a signal handler's write in between binds an
+            # area of its own (and is done before this goes on), never one half grown.
+            lib.enclave_bind_out(ffi.NULL)
+            tls.out = None
+            if st is None:
+                st = self._new_staging()
+            if n > st.cap:
+                self._grow(st, 1, n)
+            tls.out = st
+        lib.enclave_bind_out(st.t)
+        return st
 
     def _grow(self, st: _Staging, which: int, need: int) -> None:
         cap = st.cap if which == 1 else st.cap2
@@ -147,6 +215,7 @@ class Transport:
         if which == 1:
             old, st.buf = st.buf, p
             st.t.buf, st.chars = addr, ffi.cast("char *", p)
+            st.bytes1 = ffi.buffer(st.chars, new)
             st.t.cap = st.cap = new
         else:
             old, st.buf2 = st.buf2, p
@@ -204,9 +273,7 @@ class Transport:
                 inbuf = ffi.NULL
             elif type(inbuf) is not bytes:
                 inbuf = ffi.from_buffer(inbuf)
-            path = self._path_code
-            if wait and path == _RPC:
-                path = _OCALL
+            path = self._wait_code if wait else self._path_code
             if in2 is None and not out2cap and not (a3 or a4 or a5):
                 len2 = 0
                 taken = lib.enclave_submit1(path, st.t, op, a0, a1, a2, inbuf, n_in, len1)
@@ -262,15 +329,16 @@ class Transport:
         except (AttributeError, IndexError):
             st = self._top_staging()
         n = len(data)
-        if n > MAX_TRANSFER:
-            data, n = memoryview(data)[:MAX_TRANSFER], MAX_TRANSFER
-        if n > st.cap:
-            self._grow(st, 1, n)
+        if n > st.cap:          # (a staging buffer is never larger than MAX_TRANSFER)
+            if n > MAX_TRANSFER:
+                data, n = memoryview(data)[:MAX_TRANSFER], MAX_TRANSFER
+            if n > st.cap:
+                self._grow(st, 1, n)
         if type(data) is not bytes:
-            data = ffi.from_buffer(data)
-        ret = lib.enclave_out(self._path_code, st.t, op, fd, flags, data, n)
+            data = bytes(data) if n <= _VIEW_COPY else ffi.from_buffer(data)
+        ret = lib.enclave_out(st.t, op, fd, flags, data, n)
         if ret < _LOWEST_ERRNO:
-            raise IagoError(ffi.string(st.t.why).decode(errors="replace"))
+            raise self._lie(st.t, ret)
         return ret
 
     def data_in(self, op: int, fd: int, n: int) -> tuple[int, bytes]:
@@ -283,18 +351,281 @@ class Transport:
             free = self._free_list()
         st = free.pop() if free else self._new_staging()
         try:
+            if n > st.cap:
+                if n > MAX_TRANSFER:
+                    n = MAX_TRANSFER
+                if n > st.cap:
+                    self._grow(st, 1, n)
+            ret = lib.enclave_in(st.t, op, fd, n)
+            if ret > 0:     # checked in C: ret <= n <= the buffer's size
+                return ret, st.bytes1[:ret]
+            if ret < _LOWEST_ERRNO:
+                raise self._lie(st.t, ret)
+            return ret, b""
+        finally:
+            free.append(st)
+
+    def data_into(self, op: int, fd: int, n: int, dst) -> int:
+        """OP_READ or OP_RECVFROM (no flags) of up to ``n`` bytes into the writable buffer
+        ``dst`` (at least ``n`` bytes), in one checked C crossing: the byte count, or -errno.
+        As ``call(op, fd, n, 0, outcap=n, into=dst).ret``, without its reply."""
+        if n > _VIEW_COPY:
+            # Large: C copies buffer 1 into dst itself (one copy; pinning dst costs ~0.6 us).
+            try:
+                st = self._tls.free[-1]
+            except (AttributeError, IndexError):
+                st = self._top_staging()
             if n > MAX_TRANSFER:
                 n = MAX_TRANSFER
             if n > st.cap:
                 self._grow(st, 1, n)
-            ret = lib.enclave_in(self._path_code, st.t, op, fd, n)
-            if ret > 0:     # checked in C: ret <= n <= the buffer's size
-                return ret, ffi.unpack(st.chars, ret)
+            ret = lib.enclave_in_into(st.t, op, fd, n,
+                                      ffi.from_buffer(dst, require_writable=True), len(dst))
             if ret < _LOWEST_ERRNO:
-                raise IagoError(ffi.string(st.t.why).decode(errors="replace"))
-            return ret, b""
+                raise self._lie(st.t, ret)
+            return ret
+        # Small: copied out of buffer 1 after the crossing, so the area is taken for the call.
+        try:
+            free = self._tls.free
+        except AttributeError:
+            free = self._free_list()
+        st = free.pop() if free else self._new_staging()
+        try:
+            if n > st.cap:
+                self._grow(st, 1, n)
+            ret = lib.enclave_in(st.t, op, fd, n)
+            if ret > 0:     # checked in C: ret <= n <= len(dst)
+                dst[:ret] = st.bytes1[:ret]
+            elif ret < _LOWEST_ERRNO:
+                raise self._lie(st.t, ret)
+            return ret
         finally:
             free.append(st)
+
+    # -- the data path fused into the app's own call ------------------------------------------
+    def fused(self, kind: str, full, after):
+        """The app's ``os.write``/``os.read``/``socket.send``/``socket.recv``/``recv_into``
+        (``kind`` "write", "read", "send", "recv", "recv_into") with the data path's common
+        case done in its own frame: the C crossing that checks the reply (as data_out /
+        data_in), and nothing else.  Writes and sends cross with this thread's area held in
+        C (enclave_bind_out), reads take one from the stack as data_in does.
+        ``full(*args)`` is the LibOS's complete version, called for anything else (an
+        argument that is not a plain bytes/int, a size over the staging buffer, no staging
+        yet); ``after(*args, ret)`` finishes a call whose one attempt came back with ``ret``
+        (an error such as EAGAIN, or a short write).  What the app gets is what ``full``
+        would have given it.  Under ELEOS_PROFILE (data_out/data_in wrapped on this object)
+        the app's calls go through ``full``, so that every crossing passes the probe."""
+        if "data_out" in self.__dict__ or "data_in" in self.__dict__:
+            return full
+        tls, lie, low = self._tls, self._lie, _LOWEST_ERRNO
+
+        unbound, owner, bind = _ENCLAVE_UNBOUND, self._owner, self._bind_out
+        if kind == "write":
+            out = lib.enclave_write1
+
+            # The area is the thread's own, held in C (enclave_bind_out): the first call on a
+            # thread, or after another transport's, binds it and crosses again.
+            def write(fd, data, /):
+                if type(data) is bytes:
+                    n = len(data)
+                    ret = out(owner, fd, data, n)
+                    if ret == n:
+                        return ret
+                    if ret == unbound:
+                        if n > MAX_TRANSFER:
+                            return full(fd, data)
+                        bind(n)
+                        ret = out(owner, fd, data, n)
+                        if ret == n:
+                            return ret
+                    if ret < low:
+                        raise lie(tls.out.t, ret)
+                    return after(fd, data, ret)
+                return full(fd, data)
+            fn = write
+        elif kind == "send":
+            out = lib.enclave_send1
+
+            def send(sock, data, flags=0):
+                if type(data) is bytes and type(flags) is int:
+                    n = len(data)
+                    ret = out(owner, sock._fd, data, n, flags)
+                    if ret == n:
+                        return ret
+                    if ret == unbound:
+                        if n > MAX_TRANSFER:
+                            return full(sock, data, flags)
+                        bind(n)
+                        ret = out(owner, sock._fd, data, n, flags)
+                        if ret == n:
+                            return ret
+                    if ret < low:
+                        raise lie(tls.out.t, ret)
+                    return after(sock, data, flags, ret)
+                return full(sock, data, flags)
+            fn = send
+        elif kind in ("read", "recv"):
+            inn = lib.enclave_read if kind == "read" else lib.enclave_recv
+
+            # The staging area is taken for the call: its bytes are read after the crossing.
+            def read(fd, n, /):
+                if type(n) is int:
+                    try:
+                        free = tls.free
+                    except AttributeError:
+                        return full(fd, n)
+                    if free and 0 <= n <= free[-1].cap:
+                        st = free.pop()
+                        try:
+                            ret = inn(st.t, fd, n)
+                            if ret > 0:
+                                return st.bytes1[:ret]
+                            if ret == 0:
+                                return b""
+                            if ret < low:
+                                raise lie(st.t, ret)
+                        finally:
+                            free.append(st)
+                        return after(fd, n, ret)
+                return full(fd, n)
+
+            def recv(sock, bufsize, flags=0):
+                if type(bufsize) is int and not flags:
+                    try:
+                        free = tls.free
+                    except AttributeError:
+                        return full(sock, bufsize, flags)
+                    if free and 0 <= bufsize <= free[-1].cap:
+                        st = free.pop()
+                        try:
+                            ret = inn(st.t, sock._fd, bufsize)
+                            if ret > 0:
+                                return st.bytes1[:ret]
+                            if ret == 0:
+                                return b""
+                            if ret < low:
+                                raise lie(st.t, ret)
+                        finally:
+                            free.append(st)
+                        return after(sock, bufsize, flags, ret)
+                return full(sock, bufsize, flags)
+            fn = read if kind == "read" else recv
+        elif kind == "recv_into":
+            inn = lib.enclave_recv
+
+            # Into a bytearray (what servers hand it): copied by slice, no buffer pinned.
+            def recv_into(sock, buffer, nbytes=0, flags=0):
+                if type(buffer) is bytearray and type(nbytes) is int and not flags:
+                    size = len(buffer)
+                    n = nbytes or size
+                    try:
+                        free = tls.free
+                    except AttributeError:
+                        return full(sock, buffer, nbytes, flags)
+                    if free and 0 <= nbytes <= size and n <= free[-1].cap:
+                        st = free.pop()
+                        try:
+                            ret = inn(st.t, sock._fd, n)
+                            if ret > 0:
+                                buffer[:ret] = st.bytes1[:ret]
+                                return ret
+                            if ret == 0:
+                                return 0
+                            if ret < low:
+                                raise lie(st.t, ret)
+                        finally:
+                            free.append(st)
+                        return after(sock, n, flags, ret, buffer)
+                return full(sock, buffer, nbytes, flags)
+            fn = recv_into
+        else:
+            raise ValueError(f"no fused data path for {kind!r}")
+        fn.__name__, fn.__qualname__, fn.__doc__ = full.__name__, full.__qualname__, full.__doc__
+        return fn
+
+    # -- waits: the reply checked in C, its records built there ----------------------------
+    def epoll_wait(self, epfd: int, maxevents: int, ms: int) -> tuple[int, list]:
+        """OP_EPOLL_WAIT in one checked C crossing (enclave_epoll_wait): (count, the
+        [(fd, events)] records) or (-errno, []).  A wait (``ms`` not 0) always exits, as
+        ``call(..., wait=True)``.  The staging area is taken for the call: its records are
+        read after the crossing (see the class docstring)."""
+        try:
+            free = self._tls.free
+        except AttributeError:
+            free = self._free_list()
+        st = free.pop() if free else self._new_staging()
+        try:
+            need = maxevents * _EPOLL_EVENT_SIZE
+            if need > st.cap:
+                self._grow(st, 1, need)
+            if need > st.rcap:
+                st.set_records(need)
+            ret = lib.enclave_epoll_wait(st.t, epfd, maxevents, ms)
+            if ret == 1:
+                return 1, [_WAIT_RECORD.unpack_from(st.recs)]
+            return ret, _records(st, ret)
+        finally:
+            free.append(st)
+
+    def poll(self, fds, events, ms: int) -> tuple[int, list]:
+        """OP_POLL of the pollfd table (``fds``, ``events``: parallel lists, events as
+        signed shorts) in one checked C crossing (enclave_poll): (count, the [(fd, revents)]
+        of the ready entries, in table order) or (-errno, []).  A wait (``ms`` not 0)
+        always exits."""
+        try:
+            free = self._tls.free
+        except AttributeError:
+            free = self._free_list()
+        st = free.pop() if free else self._new_staging()
+        try:
+            nfds = len(fds)
+            need = nfds * _POLLFD_SIZE
+            if need > st.cap:
+                self._grow(st, 1, need)
+            if need > st.rcap:
+                st.set_records(need)
+            ret = lib.enclave_poll(st.t, fds, events, nfds, ms)
+            if ret == 1:
+                return 1, [_WAIT_RECORD.unpack_from(st.recs)]
+            return ret, _records(st, ret)
+        finally:
+            free.append(st)
+
+    # The same checks on a reply that reached the enclave as a Reply (the tests' lying host
+    # answers through ``call``): what ``epoll_wait``/``poll`` return for it.
+    @staticmethod
+    def epoll_reply(r: Reply, maxevents: int) -> tuple[int, list]:
+        recs = ffi.new("char[]", maxevents * _EPOLL_EVENT_SIZE)
+        why = ffi.new("char[]", 192)
+        ret = lib.enclave_epoll_events(why, r.ret, len(r.out), len(r.out2), r.out, maxevents,
+                                       recs, maxevents * _EPOLL_EVENT_SIZE)
+        return Transport._reply_records(ret, why, recs)
+
+    @staticmethod
+    def poll_reply(r: Reply, fds, events) -> tuple[int, list]:
+        n = len(fds)
+        recs = ffi.new("char[]", max(1, n * _POLLFD_SIZE))
+        why = ffi.new("char[]", 192)
+        ret = lib.enclave_poll_events(why, r.ret, len(r.out), len(r.out2), r.out, fds, events,
+                                      n, recs, n * _POLLFD_SIZE)
+        return Transport._reply_records(ret, why, recs)
+
+    @staticmethod
+    def _reply_records(ret, why, recs) -> tuple[int, list]:
+        if ret < _LOWEST_ERRNO:
+            msg = ffi.string(why).decode(errors="replace")
+            raise RuntimeError(msg) if ret == _ENCLAVE_BUG else IagoError(msg)
+        if ret <= 0:
+            return ret, []
+        return ret, list(_WAIT_RECORD.iter_unpack(ffi.buffer(recs, ret * 8)))
+
+    @staticmethod
+    def _lie(t, ret) -> Exception:
+        """The exception for a C data path's refusal (``st.why`` says why)."""
+        if ret == _ENCLAVE_UNBOUND:
+            return RuntimeError("enclave staging: no area bound for this thread")
+        msg = ffi.string(t.why).decode(errors="replace")
+        return RuntimeError(f"enclave staging: {msg}") if ret == _ENCLAVE_BUG else IagoError(msg)
 
     @staticmethod
     def _check(op, ret, out_len, out2_len, len1, len2, n_in, a1, a2, a3) -> None:

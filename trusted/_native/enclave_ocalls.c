@@ -20,7 +20,9 @@
  * the host wrote is ever copied to.
  */
 #include <stdint.h>
+#include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include "eleos_abi.h"
@@ -250,6 +252,8 @@ int enclave_submit1(int path, struct enclave_stage *st, uint32_t op,
  * or a corrupted RPC slot.  After enclave_in the bytes are in buffer 1 (st->buf), as many as
  * the result says.  Any other op is refused. */
 #define ENCLAVE_LIE (-((int64_t)1 << 62))
+/* ... or ENCLAVE_BUG when the request does not fit what the caller gave (nothing run). */
+#define ENCLAVE_BUG (ENCLAVE_LIE - 1)
 
 static const char *op_word(uint32_t op)
 {
@@ -300,10 +304,14 @@ static inline int64_t run_checked(int path, struct enclave_stage *st, uint32_t o
     return ret;
 }
 
+/* Each takes its path from the staging (st->path, the transport's): every argument cffi
+ * converts costs the app's call 10-50 ns, and a server makes two of these per request. */
+
 /* op: ELEOS_OP_WRITE (flags unused) or ELEOS_OP_SENDTO. */
-int64_t enclave_out(int path, struct enclave_stage *st, uint32_t op, int64_t fd, int64_t flags,
+int64_t enclave_out(struct enclave_stage *st, uint32_t op, int64_t fd, int64_t flags,
                     const char *in, uint64_t n)
 {
+    const int path = st->path;
     if (op != ELEOS_OP_WRITE && op != ELEOS_OP_SENDTO) {
         snprintf(st->why, sizeof st->why, "op %u is not a write or a send", op);
         return ENCLAVE_LIE;
@@ -313,11 +321,290 @@ int64_t enclave_out(int path, struct enclave_stage *st, uint32_t op, int64_t fd,
 
 /* op: ELEOS_OP_READ or ELEOS_OP_RECVFROM (without flags: MSG_TRUNC would let the result
  * exceed the bytes written, which the general path checks). */
-int64_t enclave_in(int path, struct enclave_stage *st, uint32_t op, int64_t fd, uint64_t n)
+int64_t enclave_in(struct enclave_stage *st, uint32_t op, int64_t fd, uint64_t n)
 {
+    const int path = st->path;
     if (op != ELEOS_OP_READ && op != ELEOS_OP_RECVFROM) {
         snprintf(st->why, sizeof st->why, "op %u is not a read or a recv", op);
         return ENCLAVE_LIE;
     }
     return run_checked(path, st, op, fd, (int64_t)n, NULL, 0, n, 1);
+}
+
+/* recv_into / readinto: as enclave_in, then the bytes go straight from buffer 1 into the
+ * app's buffer `dst` (enclave memory, `dst_len` bytes), read once, by the checked count. */
+int64_t enclave_in_into(struct enclave_stage *st, uint32_t op, int64_t fd, uint64_t n,
+                        char *dst, uint64_t dst_len)
+{
+    const int path = st->path;
+    if ((op != ELEOS_OP_READ && op != ELEOS_OP_RECVFROM) || n > dst_len) {
+        snprintf(st->why, sizeof st->why, "op %u of %llu bytes into %llu is not a read or a "
+                 "recv that fits", op, (unsigned long long)n, (unsigned long long)dst_len);
+        return ENCLAVE_BUG;
+    }
+    int64_t ret = run_checked(path, st, op, fd, (int64_t)n, NULL, 0, n, 1);
+    if (ret > 0)
+        memcpy(dst, (const void *)(uintptr_t)st->buf, (size_t)ret);
+    return ret;
+}
+
+/* -- waits: epoll_wait and poll, checked here ---------------------------------------------
+ * A wait's reply is a table the host fills: what comes back is read once, record by record,
+ * into enclave memory (`out`), and checked on the way.  Each checker takes the reply as the
+ * enclave read it (ret, out_len, out2_len) and the host's records (`raw`), so that the same
+ * checks serve the crossing below and a reply that reached the enclave some other way (the
+ * tests' lying host).  Each returns what the app's call returns (a count, or -errno) or
+ * ENCLAVE_LIE with `why` said. */
+#define EPOLL_EVENT_SIZE 12     /* struct epoll_event, packed on x86_64: u32 events, u64 data */
+#define POLLFD_SIZE 8           /* struct pollfd: int fd, short events, short revents */
+#define WAIT_ALWAYS (0x008 | 0x010 | 0x020)     /* POLLERR | POLLHUP | POLLNVAL */
+#define WHY_SIZE sizeof(((struct enclave_stage *)0)->why)
+
+static int64_t wait_lie(char *why, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int64_t wait_lie(char *why, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(why, WHY_SIZE, fmt, ap);
+    va_end(ap);
+    return ENCLAVE_LIE;
+}
+
+/* The generic reply checks of a wait: an errno, or a count with exactly its records. */
+static int wait_reply_ok(char *why, const char *name, int64_t ret, uint64_t out_len,
+                         uint64_t out2_len)
+{
+    if (ret < -(int64_t)ELEOS_MAX_ERRNO || out2_len || (ret < 0 && out_len)) {
+        wait_lie(why, "host's %s reply cannot be true: result %lld, %llu/%llu bytes written",
+                 name, (long long)ret, (unsigned long long)out_len,
+                 (unsigned long long)out2_len);
+        return 0;
+    }
+    return 1;
+}
+
+static int cmp_i32(const void *a, const void *b)
+{
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* epoll_wait's events: at most `maxevents`, as many records as the count says, each naming a
+ * possible fd (data.u64 carries it) at most once.  `out` receives (int32 fd, uint32 events)
+ * per event, what select.epoll.poll returns, and needs 12 bytes per maxevents (the last 4 are
+ * scratch).  Whether each fd was registered, and for what, is the LibOS's to check. */
+int64_t enclave_epoll_events(char *why, int64_t ret, uint64_t out_len, uint64_t out2_len,
+                             const char *raw, int64_t maxevents, char *out, uint64_t out_cap)
+{
+    if (maxevents <= 0 || maxevents > INT32_MAX ||
+            (uint64_t)maxevents * EPOLL_EVENT_SIZE > out_cap) {
+        snprintf(why, WHY_SIZE, "epoll_wait of %lld events does not fit %llu bytes",
+                 (long long)maxevents, (unsigned long long)out_cap);
+        return ENCLAVE_BUG;
+    }
+    if (!wait_reply_ok(why, "epoll_wait", ret, out_len, out2_len))
+        return ENCLAVE_LIE;
+    if (ret < 0)
+        return ret;
+    if (ret > maxevents || out_len != (uint64_t)ret * EPOLL_EVENT_SIZE)
+        return wait_lie(why, "host's epoll_wait returned %lld events in %llu bytes "
+                        "(maxevents %lld)", (long long)ret, (unsigned long long)out_len,
+                        (long long)maxevents);
+    int32_t *rec = (int32_t *)out;
+    for (int64_t i = 0; i < ret; i++) {
+        uint32_t events;
+        uint64_t data;
+        memcpy(&events, raw + i * EPOLL_EVENT_SIZE, 4);       /* each field read once */
+        memcpy(&data, raw + i * EPOLL_EVENT_SIZE + 4, 8);
+        if (data >= (uint64_t)1 << 31)
+            return wait_lie(why, "host's epoll_wait names an impossible fd %llu",
+                            (unsigned long long)data);
+        rec[2 * i] = (int32_t)data;
+        memcpy(&rec[2 * i + 1], &events, 4);
+    }
+    /* The kernel reports each ready fd once per wait. */
+    int32_t *fds = (int32_t *)(out + 8 * maxevents);
+    for (int64_t i = 0; i < ret; i++)
+        fds[i] = rec[2 * i];
+    if (ret > 1)
+        qsort(fds, (size_t)ret, sizeof *fds, cmp_i32);
+    for (int64_t i = 1; i < ret; i++)
+        if (fds[i] == fds[i - 1])
+            return wait_lie(why, "host's epoll_wait reports fd %d twice", fds[i]);
+    return ret;
+}
+
+/* poll's pollfd table, against the one the enclave sent (`fds`, `events`: nfds entries): the
+ * same fds and events in the same order, revents only of what was asked (ERR/HUP/NVAL always
+ * may be), none on an ignored (negative) fd, and as many ready entries as the count says.
+ * `out` receives (int32 fd, uint32 revents) per ready entry, what select.poll.poll returns
+ * (8 bytes per nfds). */
+int64_t enclave_poll_events(char *why, int64_t ret, uint64_t out_len, uint64_t out2_len,
+                            const char *raw, const int32_t *fds, const int16_t *events,
+                            int64_t nfds, char *out, uint64_t out_cap)
+{
+    if (nfds < 0 || nfds > INT32_MAX || (uint64_t)nfds * POLLFD_SIZE > out_cap) {
+        snprintf(why, WHY_SIZE, "poll of %lld fds does not fit %llu bytes", (long long)nfds,
+                 (unsigned long long)out_cap);
+        return ENCLAVE_BUG;
+    }
+    if (!wait_reply_ok(why, "poll", ret, out_len, out2_len))
+        return ENCLAVE_LIE;
+    if (ret < 0)
+        return ret;
+    if (out_len != (uint64_t)nfds * POLLFD_SIZE || ret > nfds)
+        return wait_lie(why, "host's poll reply holds %llu bytes and %lld ready fds for %lld "
+                        "fds", (unsigned long long)out_len, (long long)ret, (long long)nfds);
+    int32_t *rec = (int32_t *)out;
+    int64_t ready = 0;
+    for (int64_t i = 0; i < nfds; i++) {
+        int32_t rfd;
+        int16_t rev;
+        uint16_t rr;
+        memcpy(&rfd, raw + i * POLLFD_SIZE, 4);               /* each field read once */
+        memcpy(&rev, raw + i * POLLFD_SIZE + 4, 2);
+        memcpy(&rr, raw + i * POLLFD_SIZE + 6, 2);
+        if (rfd != fds[i] || rev != events[i])
+            return wait_lie(why, "host's poll reply rewrote entry %lld (fd %lld -> %lld)",
+                            (long long)i, (long long)fds[i], (long long)rfd);
+        if (!rr)
+            continue;
+        if (fds[i] < 0)
+            return wait_lie(why, "host's poll reports events on ignored entry %lld",
+                            (long long)i);
+        if (rr & ~((uint16_t)events[i] | WAIT_ALWAYS))
+            return wait_lie(why, "host's poll reports events %#x on fd %d, which asked only "
+                            "for %#x", rr, fds[i], (uint16_t)events[i]);
+        rec[2 * ready] = fds[i];       /* at most nfds records: out has room for them all */
+        rec[2 * ready + 1] = (int32_t)rr;
+        ready++;
+    }
+    if (ready != ret)
+        return wait_lie(why, "host's poll says %lld fds are ready but marks %lld",
+                        (long long)ret, (long long)ready);
+    return ret;
+}
+
+/* A corrupted RPC slot, said as the data path says it. */
+static int64_t wait_refused(struct enclave_stage *st, int taken, const char *name)
+{
+    if (taken == ENCLAVE_CORRUPT) {
+        char why[sizeof st->why];
+        memcpy(why, st->why, sizeof why);
+        snprintf(st->why, sizeof st->why, "RPC slot for %s came back corrupted: %.150s",
+                 name, why);
+        return ENCLAVE_LIE;
+    }
+    return ENCLAVE_BUG;
+}
+
+/* The path of a wait: one that may block (ms not 0) always exits, as an OCALL, so that it
+ * never ties up an RPC worker. */
+static inline int wait_path(const struct enclave_stage *st, int64_t ms)
+{
+    return ms && st->path == ELEOS_PATH_RPC ? ELEOS_PATH_OCALL : st->path;
+}
+
+/* epoll_wait(epfd, maxevents, ms) in one crossing, its events checked into st->recs (as
+ * enclave_epoll_events; at least 12 bytes per maxevents). */
+int64_t enclave_epoll_wait(struct enclave_stage *st, int64_t epfd, int64_t maxevents,
+                           int64_t ms)
+{
+    const int path = wait_path(st, ms);
+    char *out = (char *)(uintptr_t)st->recs;
+    const uint64_t out_cap = st->rcap;
+    if (maxevents <= 0 || maxevents > INT32_MAX ||
+            (uint64_t)maxevents * EPOLL_EVENT_SIZE > st->cap ||
+            (uint64_t)maxevents * EPOLL_EVENT_SIZE > out_cap) {
+        snprintf(st->why, sizeof st->why, "epoll_wait of %lld events does not fit its "
+                 "buffers", (long long)maxevents);
+        return ENCLAVE_BUG;
+    }
+    int taken = enclave_submit(path, st, ELEOS_OP_EPOLL_WAIT, epfd, maxevents, ms, 0, 0, 0,
+                               NULL, 0, (uint64_t)maxevents * EPOLL_EVENT_SIZE, NULL, 0, 0);
+    if (taken < 0)
+        return wait_refused(st, taken, "epoll_wait");
+    return enclave_epoll_events(st->why, st->mine.ret, st->mine.out_len, st->mine.out2_len,
+                                (const char *)(uintptr_t)st->buf, maxevents, out, out_cap);
+}
+
+/* poll(fds, events, nfds, ms) in one crossing: the pollfd table is built in buffer 1 from the
+ * enclave's own arrays and the reply checked against them into st->recs (as
+ * enclave_poll_events; at least 8 bytes per nfds). */
+int64_t enclave_poll(struct enclave_stage *st, const int32_t *fds, const int16_t *events,
+                     int64_t nfds, int64_t ms)
+{
+    const int path = wait_path(st, ms);
+    char *out = (char *)(uintptr_t)st->recs;
+    const uint64_t out_cap = st->rcap;
+    if (nfds < 0 || nfds > INT32_MAX || (uint64_t)nfds * POLLFD_SIZE > st->cap ||
+            (uint64_t)nfds * POLLFD_SIZE > out_cap) {
+        snprintf(st->why, sizeof st->why, "poll of %lld fds does not fit its buffers",
+                 (long long)nfds);
+        return ENCLAVE_BUG;
+    }
+    char *table = (char *)(uintptr_t)st->buf;
+    for (int64_t i = 0; i < nfds; i++) {
+        const int16_t zero = 0;
+        memcpy(table + i * POLLFD_SIZE, &fds[i], 4);
+        memcpy(table + i * POLLFD_SIZE + 4, &events[i], 2);
+        memcpy(table + i * POLLFD_SIZE + 6, &zero, 2);
+    }
+    /* the table is already in place: staged as a request of nfds*8 bytes with no input copy */
+    int taken = enclave_submit(path, st, ELEOS_OP_POLL, nfds, ms, 0, 0, 0, 0,
+                               NULL, 0, (uint64_t)nfds * POLLFD_SIZE, NULL, 0, 0);
+    if (taken < 0)
+        return wait_refused(st, taken, "poll");
+    return enclave_poll_events(st->why, st->mine.ret, st->mine.out_len, st->mine.out2_len,
+                               table, fds, events, nfds, out, out_cap);
+}
+
+/* The fused data path's narrowest crossings (trusted/syscall.py, Transport.fused): each
+ * argument cffi converts costs 10-25 ns, so the op, and the flags where they are none, are
+ * in the function's name.  As enclave_out / enclave_in. */
+int64_t enclave_write(struct enclave_stage *st, int64_t fd, const char *in, uint64_t n)
+{
+    return run_checked(st->path, st, ELEOS_OP_WRITE, fd, 0, in, n, n, 0);
+}
+
+int64_t enclave_send(struct enclave_stage *st, int64_t fd, const char *in, uint64_t n,
+                     int64_t flags)
+{
+    return run_checked(st->path, st, ELEOS_OP_SENDTO, fd, flags, in, n, n, 0);
+}
+
+int64_t enclave_read(struct enclave_stage *st, int64_t fd, uint64_t n)
+{
+    return run_checked(st->path, st, ELEOS_OP_READ, fd, (int64_t)n, NULL, 0, n, 1);
+}
+
+int64_t enclave_recv(struct enclave_stage *st, int64_t fd, uint64_t n)
+{
+    return run_checked(st->path, st, ELEOS_OP_RECVFROM, fd, (int64_t)n, NULL, 0, n, 1);
+}
+
+/* The staging area of this thread's fused writes and sends (trusted/syscall.py binds one per
+ * thread, for one transport at a time), so that they cross without the Python lookup of a
+ * thread's area, nor its arguments.  Nothing of it is read after a crossing, so a signal
+ * handler's own write, between two of the app's, may use it too; no call that reads its reply
+ * afterwards ever does (those take an area of their own). */
+static __thread struct enclave_stage *out_stage;
+#define ENCLAVE_UNBOUND (ENCLAVE_LIE - 2)   /* no area bound for this transport, or too small */
+
+void enclave_bind_out(struct enclave_stage *st) { out_stage = st; }
+
+int64_t enclave_write1(uint32_t owner, int64_t fd, const char *in, uint64_t n)
+{
+    struct enclave_stage *st = out_stage;
+    if (!st || st->owner != owner || n > st->cap)
+        return ENCLAVE_UNBOUND;
+    return run_checked(st->path, st, ELEOS_OP_WRITE, fd, 0, in, n, n, 0);
+}
+
+int64_t enclave_send1(uint32_t owner, int64_t fd, const char *in, uint64_t n, int64_t flags)
+{
+    struct enclave_stage *st = out_stage;
+    if (!st || st->owner != owner || n > st->cap)
+        return ENCLAVE_UNBOUND;
+    return run_checked(st->path, st, ELEOS_OP_SENDTO, fd, flags, in, n, n, 0);
 }

@@ -37,7 +37,6 @@ F_GETFL, F_SETFL = 3, 4
 SOL_SOCKET = 1
 
 POLLIN, POLLPRI, POLLOUT, POLLERR, POLLHUP, POLLNVAL = 0x1, 0x2, 0x4, 0x8, 0x10, 0x20
-_POLLFD = struct.Struct("=ihh")
 
 STAT = struct.Struct(abi.STAT_FORMAT)
 # A file type the host may claim (S_IFMT values); anything else is a lie.
@@ -151,6 +150,8 @@ class Kernel:
         self.transport = transport
         self._call = self.call = transport.call   # the transport's own bound method: no layer
         self.data_out, self.data_in = transport.data_out, transport.data_in   # write/read
+        self.data_into = transport.data_into                                   # recv_into
+        self.poll, self.epoll_wait = transport.poll, transport.epoll_wait      # checked waits
         # On the rpc path a wait first asks, without a timeout, through the ring (no exit):
         # a busy server's wait usually finds an fd ready at once (see mux.py).
         self.exitless = transport.path == "rpc"
@@ -161,7 +162,7 @@ class Kernel:
         self.raw_fds: set[int] = set()             # subset of fds: bare ints the app holds
         self.app_blocking: dict[int, bool] = {}   # host-O_NONBLOCK fd -> app sees it blocking
         self.full_write: set[int] = set()          # streams whose blocking write completes
-        self.epoll_sets: dict[int, dict] = {}      # epoll fd -> {fd: events} registered on it
+        self.epoll_sets: dict[int, dict] = {}      # epoll fd -> {fd: events it may report}
 
     # -- the fd table --------------------------------------------------------------------------
     def adopt_fd(self, fd: int, what: str, raw: bool = False) -> int:
@@ -237,26 +238,19 @@ class Kernel:
         """Wait (as an OCALL: it may take long) until ``fd`` has ``events``; False on timeout.
 
         ``deadline`` is a time.monotonic() value, or None for no limit."""
-        pfd = _POLLFD.pack(fd, events, 0)
+        fds, evs = [fd], [events]
         while True:
             ms = self.wait_ms(deadline)
             if ms == 0:
                 return False
-            r = self._call(abi.OP_POLL, 1, ms, inbuf=pfd, outcap=_POLLFD.size, wait=True)
-            if r.ret == -_errno.EINTR:
+            # Checked in C (Transport.poll): the one entry as asked, only its events (or
+            # ERR/HUP/NVAL), and as many ready as marked.
+            n, _ = self.poll(fds, evs, ms)
+            if n == -_errno.EINTR:
                 continue
-            if r.ret < 0:
-                raise oserror(-r.ret)
-            if r.ret > 1 or len(r.out) != _POLLFD.size:
-                raise IagoError(f"host returned {r.ret} ready fds for a poll of one fd")
-            rfd, rev, revents = _POLLFD.unpack(r.out)
-            if rfd != fd or rev != events or revents & ~(events | POLLERR | POLLHUP | POLLNVAL):
-                raise IagoError(f"host's poll reply for fd {fd} names fd {rfd} with "
-                                f"events {revents:#x} (asked {events:#x})")
-            if (r.ret == 1) != (revents != 0):
-                raise IagoError(f"host's poll says {r.ret} ready but reports events "
-                                f"{revents:#x}")
-            if r.ret == 1:
+            if n < 0:
+                raise oserror(-n)
+            if n == 1:
                 return True
             # 0 ready: the time is up (the loop re-checks the clock against the deadline)
 

@@ -600,6 +600,11 @@ class FileSystem:
         self.kernel = kernel
         k = kernel
         self._call, self._check = k.call, k.check
+        # os.read / os.write: the common case in one frame with the C crossing.
+        fused = getattr(k.transport, "fused", None)
+        if fused is not None:
+            self.read = fused("read", self.read, self._read_after)
+            self.write = fused("write", self.write, self._write_after)
         # What the app gets as io.FileIO (and what open() builds on).
         self.FileIO = _FileIOType("FileIO", (FileIO,), {
             "_k": kernel, "_is_io_fileio": True, "__module__": "_io",   # as io.FileIO's
@@ -705,15 +710,20 @@ class FileSystem:
 
     # os.read / os.write: one call on the fast path; EAGAIN on the fd of a socket the app
     # believes blocking waits (the host fd is O_NONBLOCK), as the native call would block.
+    # (The instance's read and write are these fused with the transport's data path: see
+    # __init__ and Transport.fused.)
     def read(self, fd, length, /):
         if length < 0:
             raise oserror(_errno.EINVAL)
         n = length if length <= MAX_IO else MAX_IO
-        k = self.kernel
-        ret, data = k.data_in(abi.OP_READ, fd, n)      # the fast path: one checked crossing
+        ret, data = self.kernel.data_in(abi.OP_READ, fd, n)   # one checked crossing
         if ret >= 0:
             return data
-        call = self._call
+        return self._read_after(fd, n, ret)
+
+    def _read_after(self, fd, n, ret):
+        """os.read of ``n`` bytes (at most MAX_IO) after its first attempt said -errno."""
+        call, k = self._call, self.kernel
         return k.blocking_io(fd, POLLIN, lambda: call(abi.OP_READ, fd, n, outcap=n),
                              k.fd_timeout(fd), Reply(ret, b"", b"", ())).out
 
@@ -722,8 +732,13 @@ class FileSystem:
             data = memoryview(data).cast("B")
         if len(data) > MAX_IO:
             data = data[:MAX_IO]
+        return self._write_after(fd, data, self.kernel.data_out(abi.OP_WRITE, fd, data))
+
+    def _write_after(self, fd, data, ret):
+        """os.write of ``data`` (at most MAX_IO bytes) after its first attempt took ``ret``."""
+        if ret == len(data):
+            return ret
         call, k = self._call, self.kernel
-        ret = k.data_out(abi.OP_WRITE, fd, data)     # the fast path: one checked crossing
         if ret < 0:
             ret = k.blocking_io(fd, POLLOUT, lambda: call(abi.OP_WRITE, fd, inbuf=data),
                                 k.fd_timeout(fd), Reply(ret, b"", b"", ())).ret

@@ -1,15 +1,20 @@
 """TRUSTED side: ``select.select``, ``select.poll`` and ``select.epoll``, routed.
 
-All three wait in the host (OP_POLL / OP_EPOLL_WAIT).  A wait that may last (a timeout other
-than 0) is sent with ``wait=True``: it always leaves the enclave as an OCALL, so it never ties
-up an RPC worker; a zero-timeout check is an ordinary (RPC-able) call.  On the rpc path a wait
-is first such a check, as the sockets' blocking rule does: a busy server's wait finds an fd
-ready at once and leaves no exit behind; only a wait that finds nothing ready exits.  (On the
-ocall path the check would be one more exit, so there the wait goes out at once.)
+All three wait in the host (OP_POLL / OP_EPOLL_WAIT), each in one C crossing that reads the
+reply once into enclave memory and checks it there (Transport.poll / Transport.epoll_wait).
+A wait that may last (a timeout other than 0) always leaves the enclave as an OCALL, so it
+never ties up an RPC worker; a zero-timeout check is an ordinary (RPC-able) call.  On the rpc
+path a wait is first such a check, as the sockets' blocking rule does: a busy server's wait
+finds an fd ready at once and leaves no exit behind; only a wait that finds nothing ready
+exits.  (On the ocall path the check would be one more exit, so there the wait goes out at
+once.)
 
 What comes back is checked as hostile: a ready fd the enclave never asked about, a pollfd
 array reordered or resized, events that were not asked for (beyond ERR/HUP/NVAL, which the
-kernel always may report), more events than ``maxevents``: each raises IagoError.
+kernel always may report), more events than ``maxevents``, an fd reported twice: each raises
+IagoError.  The checks that need only the request are made in C as the reply is read; the
+ones that need the enclave's state (an epoll event on an fd not open, or never registered, or
+for events it did not register) are made here.
 """
 from __future__ import annotations
 
@@ -17,7 +22,6 @@ import errno as _errno
 import math
 import operator
 import select as _select
-import struct
 import threading
 import time
 
@@ -27,8 +31,6 @@ from trusted.libos._kernel import (POLLERR, POLLHUP, POLLIN, POLLNVAL, POLLOUT, 
                                    Kernel, oserror)
 from trusted.libos.fs import _fildes
 
-_POLLFD = struct.Struct("=ihh")
-_EPOLL_EVENT = struct.Struct("=IQ")      # packed on x86_64
 FD_SETSIZE = 1024
 EPOLL_CLOEXEC = 0o2000000
 EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLL_CTL_MOD = 1, 2, 3
@@ -42,6 +44,8 @@ _EXCEPT_SET = POLLPRI
 
 
 _INT_MAX = (1 << 31) - 1
+_EINTR = -_errno.EINTR
+_SEQS = (list, tuple)
 _PYTIME_MAX_NS = (1 << 63) - 1           # CPython's _PyTime_t: int64 nanoseconds
 
 
@@ -89,39 +93,33 @@ def _ushort(value) -> int:
     return value
 
 
-def poll_fds(kernel: Kernel, fds: list[tuple[int, int]], timeout_ms: int):
-    """One OP_POLL over (fd, events) pairs; returns (count, [revents per entry]), checked."""
-    inbuf = b"".join(_POLLFD.pack(fd, ev, 0) for fd, ev in fds)
-    r = None
-    if timeout_ms != 0 and kernel.exitless:
-        r = kernel.call(abi.OP_POLL, len(fds), 0, inbuf=inbuf, outcap=len(inbuf))
-        if r.ret == 0 or r.ret == -_errno.EINTR:
-            r = None        # nothing ready yet: wait, as an OCALL
-    if r is None:
-        r = kernel.call(abi.OP_POLL, len(fds), timeout_ms, inbuf=inbuf, outcap=len(inbuf),
-                        wait=timeout_ms != 0)
-    if r.ret < 0:
-        return r.ret, None
-    if len(r.out) != len(inbuf) or r.ret > len(fds):
-        raise IagoError(f"host's poll reply holds {len(r.out)} bytes and {r.ret} ready fds "
-                        f"for {len(fds)} fds")
-    revents, ready = [], 0
-    for i, (fd, ev) in enumerate(fds):
-        rfd, rev, rr = _POLLFD.unpack_from(r.out, i * _POLLFD.size)
-        if rfd != fd or rev != (ev if ev < 0x8000 else ev - 0x10000):
-            raise IagoError(f"host's poll reply rewrote entry {i} (fd {fd} -> {rfd})")
-        rr &= 0xFFFF
-        if fd < 0:
-            if rr:
-                raise IagoError(f"host's poll reports events on ignored entry {i}")
-        elif rr & ~((ev & 0xFFFF) | POLLERR | POLLHUP | POLLNVAL):
-            raise IagoError(f"host's poll reports events {rr:#x} on fd {fd}, which asked "
-                            f"only for {ev:#x}")
-        ready += rr != 0
-        revents.append(rr)
-    if ready != r.ret:
-        raise IagoError(f"host's poll says {r.ret} fds are ready but marks {ready}")
-    return r.ret, revents
+def wait(kernel: Kernel, call, a, b, ms: int):
+    """The app's wait of ``ms`` milliseconds (0: none, -1: no limit) through ``call(a, b,
+    ms)``, Kernel.poll or Kernel.epoll_wait, whose reply is checked in C: (count or -errno,
+    records).  EINTR is retried (PEP 475) within the time left.  A wait that may last
+    always exits (the transport sees to it); on the rpc path it is first a check without a
+    timeout, through the ring, so that a busy server's wait leaves no exit behind."""
+    if ms == 0:
+        n, records = call(a, b, 0)
+        while n == _EINTR:
+            n, records = call(a, b, 0)
+        return n, records
+    if kernel.exitless:
+        n, records = call(a, b, 0)
+        if n != 0 and n != _EINTR:
+            return n, records
+        # nothing ready yet: wait, as an OCALL
+    if ms < 0:
+        n, records = call(a, b, -1)
+        while n == _EINTR:
+            n, records = call(a, b, -1)
+        return n, records
+    # The first wait is for all of ms; only a wait cut short by a signal needs the clock.
+    deadline = time.monotonic() + ms / 1000
+    n, records = call(a, b, ms)
+    while n == _EINTR:
+        n, records = call(a, b, kernel.wait_ms(deadline))
+    return n, records
 
 
 class Select:
@@ -144,45 +142,60 @@ class Select:
                 raise ValueError("timeout must be non-negative")
             if isinstance(timeout, float) and timeout != timeout:
                 raise ValueError("Invalid value NaN (not a number)")
-        lists = []
-        for seq in (rlist, wlist, xlist):
-            if not isinstance(seq, (list, tuple)):
-                try:
-                    seq = list(seq)
-                except TypeError:
-                    raise TypeError("arguments 1-3 must be sequences") from None
-            entries = []
-            i = 0
-            # By index against the current length, as CPython's seq2set: a fileno() that
-            # changes the list changes what is selected.
-            while i < len(seq):
-                obj = seq[i]
-                fd = _fildes(obj)
-                if fd >= FD_SETSIZE:
-                    raise ValueError("filedescriptor out of range in select()")
-                entries.append((obj, fd))
-                i += 1
-            lists.append(entries)
-        events: dict[int, int] = {}
-        for bit, entries in zip((POLLIN, POLLOUT, POLLPRI), lists):
-            for _, fd in entries:
-                events[fd] = events.get(fd, 0) | bit
-        fds = list(events.items())
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            n, revents = poll_fds(self.kernel, fds, self.kernel.wait_ms(deadline))
-            if n == -_errno.EINTR:
-                continue
-            if n < 0:
-                raise oserror(-n)
-            break
-        got = {fd: rr for (fd, _), rr in zip(fds, revents)}
-        if any(rr & POLLNVAL for rr in got.values()):
-            raise oserror(_errno.EBADF)           # as the kernel's select() on a closed fd
-        out = []
-        for want, entries in zip((_READ_SET, _WRITE_SET, _EXCEPT_SET), lists):
-            out.append([obj for obj, fd in entries if got[fd] & want])
-        return tuple(out)
+        # (An empty list or tuple, the usual write and except lists, has nothing to convert.)
+        r = _select_entries(rlist)
+        w = [] if wlist.__class__ in _SEQS and not wlist else _select_entries(wlist)
+        x = [] if xlist.__class__ in _SEQS and not xlist else _select_entries(xlist)
+        if not w and not x:
+            # Read fds only: one entry each (an fd listed twice is asked about twice, which
+            # poll allows and which comes back the same).
+            fds = [fd for _, fd in r]
+            evs = [POLLIN] * len(fds)
+        else:
+            events: dict[int, int] = {}
+            for _, fd in r:
+                events[fd] = POLLIN
+            for _, fd in w:
+                events[fd] = events.get(fd, 0) | POLLOUT
+            for _, fd in x:
+                events[fd] = events.get(fd, 0) | POLLPRI
+            fds, evs = list(events), list(events.values())
+        k = self.kernel
+        ms = -1 if timeout is None else 0 if timeout == 0 else \
+            k.wait_ms(time.monotonic() + timeout)
+        n, ready = wait(k, k.poll, fds, evs, ms)
+        if n < 0:
+            raise oserror(-n)
+        if not ready:
+            return [], [], []
+        got = dict(ready)
+        for rr in got.values():
+            if rr & POLLNVAL:
+                raise oserror(_errno.EBADF)       # as the kernel's select() on a closed fd
+        return ([obj for obj, fd in r if got.get(fd, 0) & _READ_SET] if r else [],
+                [obj for obj, fd in w if got.get(fd, 0) & _WRITE_SET] if w else [],
+                [obj for obj, fd in x if got.get(fd, 0) & _EXCEPT_SET] if x else [])
+
+
+def _select_entries(seq) -> list:
+    """select()'s (object, fd) pairs of one of its lists, as CPython's seq2set makes them."""
+    if not isinstance(seq, (list, tuple)):
+        try:
+            seq = list(seq)
+        except TypeError:
+            raise TypeError("arguments 1-3 must be sequences") from None
+    entries = []
+    i = 0
+    # By index against the current length, as CPython's seq2set: a fileno() that changes
+    # the list changes what is selected.
+    while i < len(seq):
+        obj = seq[i]
+        fd = _fildes(obj)
+        if fd >= FD_SETSIZE:
+            raise ValueError("filedescriptor out of range in select()")
+        entries.append((obj, fd))
+        i += 1
+    return entries
 
 
 class Poll:
@@ -196,12 +209,14 @@ class Poll:
 
     def _setup(self):
         self._fds: dict[int, int] = {}
+        self._table = None          # ([fd], [events as signed shorts]), made once per change
         self._busy = threading.Lock()
         return self
 
     def register(self, fd, eventmask=POLLIN | POLLPRI | POLLOUT, /):
         fd = _fildes(fd)
         self._fds[fd] = _ushort(eventmask)
+        self._table = None
 
     def modify(self, fd, eventmask, /):
         fd = _fildes(fd)
@@ -209,16 +224,20 @@ class Poll:
         if fd not in self._fds:
             raise oserror(_errno.ENOENT)
         self._fds[fd] = eventmask
+        self._table = None
 
     def unregister(self, fd, /):
         fd = _fildes(fd)
         if fd not in self._fds:
             raise KeyError(fd)
         del self._fds[fd]
+        self._table = None
 
     def poll(self, timeout=None, /):
         if timeout is None:
             ms = -1
+        elif timeout.__class__ is int and 0 <= timeout <= _INT_MAX:
+            ms = timeout
         else:
             try:
                 ms = _timeout_ms(timeout, 1)
@@ -230,15 +249,16 @@ class Poll:
         if not self._busy.acquire(blocking=False):
             raise RuntimeError("concurrent poll() invocation")
         try:
-            fds = [(fd, ev if ev < 0x8000 else ev - 0x10000) for fd, ev in self._fds.items()]
-            deadline = None if ms < 0 else time.monotonic() + ms / 1000
-            while True:
-                n, revents = poll_fds(self._k, fds, self._k.wait_ms(deadline))
-                if n == -_errno.EINTR:
-                    continue
-                if n < 0:
-                    raise oserror(-n)
-                return [(fd, rr) for (fd, _), rr in zip(fds, revents) if rr]
+            table = self._table
+            if table is None:
+                table = self._table = (list(self._fds), [ev if ev < 0x8000 else ev - 0x10000
+                                                         for ev in self._fds.values()])
+            fds, evs = table
+            k = self._k
+            n, ready = wait(k, k.poll, fds, evs, ms)
+            if n < 0:
+                raise oserror(-n)
+            return ready
         finally:
             self._busy.release()
 
@@ -256,7 +276,8 @@ class Epoll:
             raise OSError("invalid flags")
         r = self._k.check(abi.OP_EPOLL_CREATE, EPOLL_CLOEXEC)
         self._epfd = self._k.adopt_fd(r.ret, "epoll_create")
-        # What was registered on this epoll fd, shared by every object on it (fromfd).
+        # What each fd registered on this epoll fd may report (what it asked for, less the
+        # input-only flags, plus ERR/HUP), shared by every object on it (fromfd).
         self._registered: dict[int, int] | None = self._k.epoll_sets.setdefault(self._epfd, {})
 
     @classmethod
@@ -312,12 +333,12 @@ class Epoll:
     def register(self, fd, eventmask=_select.EPOLLIN | _select.EPOLLPRI | _select.EPOLLOUT):
         fd = self._ctl(EPOLL_CTL_ADD, fd, eventmask)
         if self._registered is not None:
-            self._registered[fd] = eventmask & 0xFFFFFFFF
+            self._registered[fd] = _reportable(eventmask)
 
     def modify(self, fd, eventmask):
         fd = self._ctl(EPOLL_CTL_MOD, fd, eventmask)
         if self._registered is not None:
-            self._registered[fd] = eventmask & 0xFFFFFFFF
+            self._registered[fd] = _reportable(eventmask)
 
     def unregister(self, fd):
         fd = self._ctl(EPOLL_CTL_DEL, fd, 0)
@@ -325,8 +346,14 @@ class Epoll:
             self._registered.pop(fd, None)
 
     def poll(self, timeout=None, maxevents=-1):
-        epfd = self._check_open()
-        if timeout is None or timeout < 0:
+        epfd = self._epfd
+        if epfd < 0:
+            raise ValueError("I/O operation on closed epoll object")
+        if timeout is None:
+            ms = -1
+        elif (timeout.__class__ is int or timeout.__class__ is float) and timeout == 0:
+            ms = 0          # selectors' select(0): nothing to convert
+        elif timeout < 0:
             ms = -1
         else:
             ms = _ms_from_seconds(timeout)
@@ -334,46 +361,30 @@ class Epoll:
             maxevents = FD_SETSIZE - 1
         elif maxevents < 1:
             raise ValueError(f"maxevents must be greater than 0, got {maxevents}")
-        deadline = None if ms < 0 else time.monotonic() + ms / 1000
-        cap = maxevents * _EPOLL_EVENT.size
         k = self._k
-        r = None
-        if ms != 0 and k.exitless:
-            r = k.call(abi.OP_EPOLL_WAIT, epfd, maxevents, 0, outcap=cap)
-            if r.ret == 0 or r.ret == -_errno.EINTR:
-                r = None        # nothing ready yet: wait, as an OCALL
-        while r is None:
-            ms = k.wait_ms(deadline)
-            r = k.call(abi.OP_EPOLL_WAIT, epfd, maxevents, ms, outcap=cap, wait=ms != 0)
-            if r.ret == -_errno.EINTR:
-                r = None
-        if r.ret < 0:
-            raise oserror(-r.ret)
-        if r.ret > maxevents or len(r.out) != r.ret * _EPOLL_EVENT.size:
-            raise IagoError(f"host's epoll_wait returned {r.ret} events in {len(r.out)} "
-                            f"bytes (maxevents {maxevents})")
-        out, seen, open_fds = [], set(), k.fds
-        for i in range(r.ret):
-            events, data = _EPOLL_EVENT.unpack_from(r.out, i * _EPOLL_EVENT.size)
-            if data >= 1 << 31:
-                raise IagoError(f"host's epoll_wait names an impossible fd {data}")
-            # The kernel reports each ready fd once per wait, and drops an fd from the set
-            # when it is closed.
-            if data in seen:
-                raise IagoError(f"host's epoll_wait reports fd {data} twice")
-            seen.add(data)
-            if data not in open_fds:
-                raise IagoError(f"host's epoll_wait reports fd {data}, which is not open")
-            if self._registered is not None:
-                mask = self._registered.get(data)
-                if mask is None:
-                    raise IagoError(f"host's epoll_wait reports fd {data}, which was never "
+        n, events = wait(k, k.epoll_wait, epfd, maxevents, ms)
+        if n < 0:
+            raise oserror(-n)
+        # Counted, sized, each fd possible and reported once: checked in C as it was read
+        # (Transport.epoll_wait).  What the enclave knows of each fd is checked here.
+        reg, open_fds = self._registered, k.fds
+        for fd, ev in events:
+            if fd not in open_fds:
+                raise IagoError(f"host's epoll_wait reports fd {fd}, which is not open")
+            if reg is not None:
+                allowed = reg.get(fd)
+                if allowed is None:
+                    raise IagoError(f"host's epoll_wait reports fd {fd}, which was never "
                                     f"registered")
-                if events & ~((mask & ~_EPOLL_INPUT_ONLY) | EPOLLERR | EPOLLHUP):
-                    raise IagoError(f"host's epoll_wait reports events {events:#x} on fd "
-                                    f"{data}, registered for {mask:#x}")
-            out.append((data, events))
-        return out
+                if ev & ~allowed:
+                    raise IagoError(f"host's epoll_wait reports events {ev:#x} on fd {fd}, "
+                                    f"registered for {allowed & ~(EPOLLERR | EPOLLHUP):#x}")
+        return events
+
+def _reportable(eventmask: int) -> int:
+    """The events epoll_wait may report for a registration of ``eventmask``: what it asks
+    for, less the flags that only shape delivery, and ERR/HUP, which the kernel always may."""
+    return (eventmask & 0xFFFFFFFF & ~_EPOLL_INPUT_ONLY) | EPOLLERR | EPOLLHUP
 
 
 def epoll_class(kernel: Kernel):

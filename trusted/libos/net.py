@@ -598,13 +598,21 @@ class EnclaveSocket(_RealSocket):
         err = self._connect(address)
         return _errno.EWOULDBLOCK if err == -1 else err
 
+    # (The class's send and recv are these fused with the transport's data path: see
+    # socket_class and Transport.fused.)
     def send(self, data, flags=0):
         if type(data) is not bytes:
             data = _bytes_like(data)
         if len(data) > MAX_IO:
             data = data[:MAX_IO]
+        return self._send_after(data, flags, self._k.data_out(abi.OP_SENDTO, self._fd, data,
+                                                              flags))
+
+    def _send_after(self, data, flags, ret):
+        """send of ``data`` (at most MAX_IO bytes) after its first attempt took ``ret``."""
+        if ret == len(data):
+            return ret
         fd, k = self._fd, self._k
-        ret = k.data_out(abi.OP_SENDTO, fd, data, flags)    # the fast path: one crossing
         if ret < 0:
             call = k._call
             ret = self._io(POLLOUT, lambda: call(abi.OP_SENDTO, fd, flags, inbuf=data),
@@ -621,22 +629,30 @@ class EnclaveSocket(_RealSocket):
         return ret
 
     def sendall(self, data, flags=0):
-        m = memoryview(_bytes_like(data))
-        fd, call = self._fd, self._k._call
+        fd, k = self._fd, self._k
         # As CPython >= 3.5: the timeout bounds the whole sendall, not each send.
         deadline = None if not self._timeout else time.monotonic() + self._timeout
+        ret = None
+        if type(data) is bytes and len(data) <= MAX_IO:
+            ret = k.data_out(abi.OP_SENDTO, fd, data, flags)     # most often all of it
+            if ret == len(data):
+                return None
+        m = memoryview(_bytes_like(data))
+        call = k._call
         while True:
             chunk = m[:MAX_IO]
-            r = call(abi.OP_SENDTO, fd, flags, inbuf=chunk)
-            if r.ret < 0:
-                r = self._io(POLLOUT, lambda: call(abi.OP_SENDTO, fd, flags, inbuf=chunk),
-                             deadline, r, flags)
-            if r.ret == 0 and len(chunk):
+            if ret is None:
+                ret = k.data_out(abi.OP_SENDTO, fd, chunk, flags)    # one checked crossing
+            if ret < 0:
+                ret = self._io(POLLOUT, lambda: call(abi.OP_SENDTO, fd, flags, inbuf=chunk),
+                               deadline, Reply(ret, b"", b"", ()), flags).ret
+            if ret == 0 and len(chunk):
                 raise IagoError(f"host says a send of {len(chunk)} bytes took none (sendall "
                                 f"would loop for ever)")
-            m = m[r.ret:]
+            m = m[ret:]
             if not len(m):
                 return None
+            ret = None
 
     def sendto(self, data, *args):
         if not 1 <= len(args) <= 2:
@@ -658,17 +674,20 @@ class EnclaveSocket(_RealSocket):
         if bufsize < 0:
             raise ValueError("negative buffersize in recv")
         n = bufsize if bufsize <= MAX_IO else MAX_IO
-        fd = self._fd
         if not flags:
-            ret, data = self._k.data_in(abi.OP_RECVFROM, fd, n)    # the fast path
+            ret, data = self._k.data_in(abi.OP_RECVFROM, self._fd, n)    # one checked crossing
             if ret >= 0:
                 return data
-            first = Reply(ret, b"", b"", ())
-        else:
-            first = None
-        call = self._k._call
+            return self._recv_after(n, flags, ret)
+        return self._recv_after(n, flags, None)
+
+    def _recv_after(self, n, flags, ret):
+        """recv of ``n`` bytes (at most MAX_IO) after its first attempt said -errno (``ret``),
+        or without one (None)."""
+        fd, call = self._fd, self._k._call
         return self._io(POLLIN, lambda: call(abi.OP_RECVFROM, fd, n, flags, outcap=n),
-                        first=first, flags=flags).out
+                        first=None if ret is None else Reply(ret, b"", b"", ()),
+                        flags=flags).out
 
     def recv_into(self, buffer, nbytes=0, flags=0):
         nbytes = operator.index(nbytes)
@@ -680,12 +699,20 @@ class EnclaveSocket(_RealSocket):
         if nbytes > len(m):
             raise ValueError("buffer too small for requested bytes")
         n = min(nbytes, MAX_IO)
+        if not flags:
+            ret = self._k.data_into(abi.OP_RECVFROM, self._fd, n, m)   # one checked crossing
+            if ret >= 0:
+                return ret
+            return self._recv_into_after(n, flags, ret, m)
+        return self._recv_into_after(n, flags, None, m)
+
+    def _recv_into_after(self, n, flags, ret, m):
+        """recv_into ``m`` (a writable buffer of at least ``n`` bytes, n at most MAX_IO)
+        after its first attempt said -errno (``ret``), or without one (None)."""
         fd, call = self._fd, self._k._call
-        r = call(abi.OP_RECVFROM, fd, n, flags, outcap=n, into=m)
-        if r.ret < 0:
-            r = self._io(POLLIN, lambda: call(abi.OP_RECVFROM, fd, n, flags, outcap=n,
-                                              into=m), first=r, flags=flags)
-        return r.ret
+        return self._io(POLLIN, lambda: call(abi.OP_RECVFROM, fd, n, flags, outcap=n, into=m),
+                        first=None if ret is None else Reply(ret, b"", b"", ()),
+                        flags=flags).ret
 
     def _has_sender(self) -> bool:
         """Whether the kernel always reports a received datagram's sender: an Internet
@@ -958,8 +985,15 @@ class SocketModule:
 def socket_class(kernel: Kernel):
     """The class patched in as ``socket.socket`` for this kernel.  Named like the stdlib's so
     that reprs (``<socket.socket fd=...>``) read the same inside and outside the enclave."""
-    cls = type("socket", (EnclaveSocket,), {"__slots__": (), "_k": kernel,
-                                            "_res": Resolver(kernel), "__module__": "socket",
-                                            "__doc__": EnclaveSocket.__doc__})
+    ns = {"__slots__": (), "_k": kernel, "_res": Resolver(kernel), "__module__": "socket",
+          "__doc__": EnclaveSocket.__doc__}
+    # send / recv: the common case in one frame with the C crossing.
+    fused = getattr(kernel.transport, "fused", None)
+    if fused is not None:
+        ns["send"] = fused("send", EnclaveSocket.send, EnclaveSocket._send_after)
+        ns["recv"] = fused("recv", EnclaveSocket.recv, EnclaveSocket._recv_after)
+        ns["recv_into"] = fused("recv_into", EnclaveSocket.recv_into,
+                                EnclaveSocket._recv_into_after)
+    cls = type("socket", (EnclaveSocket,), ns)
     cls._plain = cls       # what accept() and dup() make, also from a subclass (TLS)
     return cls
