@@ -187,7 +187,10 @@ def _direct_fork_exec_report(program: bytes):
             True, False, -1, None, None, None, -1, None, False)
         os.close(w)
         w = -1
-        report = os.read(r, 100)
+        # The child writes its report in pieces ("OSError:", the errno, ":"): read to EOF.
+        report = b""
+        while chunk := os.read(r, 100):
+            report += chunk
         return report, os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
     finally:
         os.close(r)
