@@ -181,7 +181,8 @@ COSTS: tuple[Cost, ...] = (
     Cost("time_scale", 1.0, "x", "every budget (and the window) times this: stands in for an app "
          "that many times faster (time dilation, NSDI'06); benchmarks/kvstore.py measures it"),
     Cost("pollute_kb", 512, "KB", "ELEOS_INDIRECT=pollute only: the buffer touched after each "
-         "exit, its time counted against the indirect budget (512 KB = this VM's L2)"),
+         "exit, its time counted against the indirect budget (512 KB: the L2 of a Zen 2/3 "
+         "core; Zen 4's is 1 MB)"),
 )
 COST_DEFAULTS = {c.field: c.default for c in COSTS}
 
