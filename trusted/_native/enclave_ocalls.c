@@ -561,18 +561,8 @@ int64_t enclave_poll(struct enclave_stage *st, const int32_t *fds, const int16_t
 
 /* The fused data path's narrowest crossings (trusted/syscall.py, Transport.fused): each
  * argument cffi converts costs 10-25 ns, so the op, and the flags where they are none, are
- * in the function's name.  As enclave_out / enclave_in. */
-int64_t enclave_write(struct enclave_stage *st, int64_t fd, const char *in, uint64_t n)
-{
-    return run_checked(st->path, st, ELEOS_OP_WRITE, fd, 0, in, n, n, 0);
-}
-
-int64_t enclave_send(struct enclave_stage *st, int64_t fd, const char *in, uint64_t n,
-                     int64_t flags)
-{
-    return run_checked(st->path, st, ELEOS_OP_SENDTO, fd, flags, in, n, n, 0);
-}
-
+ * in the function's name.  As enclave_in; the writes and sends are enclave_write1/send1
+ * below. */
 int64_t enclave_read(struct enclave_stage *st, int64_t fd, uint64_t n)
 {
     return run_checked(st->path, st, ELEOS_OP_READ, fd, (int64_t)n, NULL, 0, n, 1);
