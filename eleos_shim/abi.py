@@ -82,6 +82,7 @@ def header_cdef() -> str:
     typedef void (*eleos_host_dispatch_fn)(struct eleos_req *req);
     typedef void (*eleos_cpu_charge_fn)(int transition);
     typedef void (*eleos_cpu_pollute_fn)(void);
+    typedef void (*eleos_cpu_shift_fn)(int64_t ticks);
     struct eleos_ring {
         uint64_t magic; uint32_t nslots; uint32_t slot_size; uint32_t workers_live;
         uint32_t wake_pending; uint8_t _pad0[40];

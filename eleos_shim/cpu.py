@@ -59,6 +59,11 @@ class ModeledCPU:
     def pollute_fn(self) -> int:
         return lib.cpu_pollute_fn()
 
+    @property
+    def shift_fn(self) -> int:
+        """The EPC driver's: moves a fault's time done for other faults to them (cpu.c)."""
+        return lib.cpu_fault_shift_fn()
+
     def set_trap_cycles(self, cycles: int, return_cycles: int = 0) -> None:
         """What a trap costs outside the fault handler (measured by the EPC driver): added to
         each fault's real part.  ``return_cycles`` of it come after the handler (the way back

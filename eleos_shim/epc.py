@@ -213,7 +213,8 @@ class EPC:
         try:
             self._driver = EPCDriver(cfg.epc_bytes, ewb_fn=_epcm.epcm_ewb_fn(),
                                      eldu_fn=_epcm.epcm_eldu_fn(), charge_fn=cpu.charge_fn,
-                                     pollute_fn=cpu.pollute_fn, trap=cfg.epc_trap, threads=threads,
+                                     pollute_fn=cpu.pollute_fn, shift_fn=cpu.shift_fn,
+                                     trap=cfg.epc_trap, threads=threads,
                                      reclaim=cfg.epc_reclaim, domain=self.domain,
                                      tick_hz=cpu.tsc_hz)
         except BaseException:
@@ -392,6 +393,10 @@ class EPC:
             "modeled_cycles": int(cfg.epc_fault_cycles * cfg.time_scale),
             "modeled_ns": d["modeled_ns"] / faults,
             "frame_wait_ns": d["frame_wait_ns"] / faults,
+            # direct reclaim's clusters: the time a fault spent EWBing for the faults that take
+            # the other frames it freed, and what those took as paid ahead (cpu_fault_shift)
+            "reclaim_ahead_ns": d["reclaim_ahead_ns"] / faults,
+            "reclaim_prepaid_ns": d["reclaim_prepaid_ns"] / faults,
         }
         return {
             "limit_bytes": d["limit_pages"] * PAGE,

@@ -81,6 +81,42 @@ def test_a_real_part_above_the_budget_is_an_overrun_paid_as_it_was(clock):
     assert ev["budget_cycles"] == 80_000
 
 
+def test_a_clusters_reclaim_time_is_paid_by_the_faults_that_take_its_frames(clock):
+    # Direct reclaim: one fault EWBs 4 victims (80,000 cycles) and keeps one share; the three
+    # faults that take the other frames had theirs done ahead (the EPC driver's shift calls).
+    clock.cpu()
+    lib.cpu_charge(AEX)
+    clock.at(clock.t + 10_000 + 80_000)          # its own 10,000, then the cluster
+    lib.cpu_fault_shift(60_000)                  # 3 shares of 20,000 done for the others
+    lib.cpu_charge(ERESUME)
+    for _ in range(3):
+        lib.cpu_charge(AEX)
+        clock.at(clock.t + 5_000)
+        lib.cpu_fault_shift(-20_000)             # its share, done ahead
+        lib.cpu_charge(ERESUME)
+    ev = ModeledCPU.events()["epc_fault"]
+    # each real part: the reclaimer 10,000 + 20,000, the others 5,000 + 20,000: all below the
+    # budget, so each pays exactly 40,000; what they spin is what the wall clock still owes
+    assert ev == {"count": 4, "budget_cycles": 160_000, "paid_cycles": 160_000,
+                  "real_cycles": 30_000 + 3 * 25_000, "spun_cycles": 10_000 + 3 * 15_000,
+                  "overruns": 0}
+    # and the wall time of the four, spins included, is the four budgets
+    assert (10_000 + 80_000 + 10_000) + 3 * (5_000 + 15_000) == 160_000
+
+
+def test_a_shift_outside_a_fault_is_ignored_and_an_own_share_above_the_budget_overruns(clock):
+    clock.cpu()
+    lib.cpu_fault_shift(1_000_000)               # no fault open: nothing to move
+    fault(clock, 20_000)
+    lib.cpu_charge(AEX)
+    clock.at(clock.t + 30_000)
+    lib.cpu_fault_shift(-25_000)                 # 55,000 of its own: an overrun
+    lib.cpu_charge(ERESUME)
+    ev = ModeledCPU.events()["epc_fault"]
+    assert ev["overruns"] == 1 and ev["real_cycles"] == 20_000 + 55_000
+    assert ev["spun_cycles"] == 20_000 and ev["paid_cycles"] == 40_000 + 55_000
+
+
 def test_an_ocall_whose_budget_is_below_zero_real_cost_overruns(clock):
     clock.cpu(eexit_cycles=0, ocall_cycles=0)
     ocall(clock)

@@ -216,6 +216,29 @@ def test_both_reclaimers_page_a_region_larger_than_the_epc(reclaim):
     assert (st["direct_reclaims"] > 0) == (reclaim == "direct")
 
 
+def test_direct_reclaim_evicts_clusters_and_hands_their_time_to_the_faults_that_take_them():
+    # One victim a fault would cost one TLB shootdown a fault; a cluster costs one (where the
+    # kernel batches the flush).  Its EWBs are the EWB share of the faults that take the
+    # frames it freed: the driver moves that time to them, so each pays its own budget.
+    from eleos_shim.cpu import ModeledCPU
+    cfg = make_cfg("sigbus", epc_reclaim="direct")
+    cpu = ModeledCPU(cfg)
+    with EPC(cfg, cpu) as e:
+        cpu.reset()
+        m = e.map(3 * LIMIT)
+        for off in range(0, len(m), PAGE):
+            m[off] = off // PAGE % 251
+        assert all(m[off] == off // PAGE % 251 for off in range(0, len(m), PAGE))
+        raw = e._driver.raw_stats()
+        st = e.stats()
+        ev = cpu.events()["epc_fault"]
+        m.close()
+    assert st["reclaim_batches"] > 0 and raw["ewb"] > 2 * st["reclaim_batches"]
+    assert 0 < raw["reclaim_prepaid_ns"] <= raw["reclaim_ahead_ns"]
+    assert st["per_fault"]["reclaim_ahead_ns"] > 0
+    assert ev["count"] == raw["faults"] and ev["paid_cycles"] >= ev["budget_cycles"]
+
+
 def test_reclaim_evicts_the_oldest_loaded_pages_first(epc):
     # The driver's approximation of the SGX driver's list: loaded pages join the tail, the
     # reclaimer takes from the head (with one second chance each).

@@ -39,6 +39,7 @@ STAT_FIELDS = (
     "faults", "zero_fills", "eldu", "ewb", "frame_waits", "reclaim_batches", "scanned",
     "second_chances", "integrity_errors", "ewb_failures", "peak_resident_pages", "spurious",
     "fault_ns", "eldu_ns", "ewb_ns", "install_ns", "modeled_ns", "frame_wait_ns", "eblock_ns",
+    "reclaim_ahead_ns", "reclaim_prepaid_ns",
     "limit_pages", "resident_pages", "free_pages", "low_watermark", "high_watermark", "trap",
     "dead",
 )
@@ -60,7 +61,8 @@ class EPCDriver:
     ``trap`` is ``auto`` (the first of sigbus, userfaultfd, sigsegv the kernel allows),
     ``sigbus``, ``userfaultfd`` or ``sigsegv``; ``threads`` native fault-handling threads serve
     traps concurrently (userfaultfd and sigsegv; under sigbus each faulting thread serves its
-    own).  ``reclaim``: ``direct`` (a fault with no free frame EWBs one page itself) or
+    own).  ``reclaim``: ``direct`` (a fault with no free frame reclaims a cluster itself, its
+    time the EWB share of the faults that take the frames: ``shift_fn``, the CPU's) or
     ``background`` (ksgxswapd keeps frames free; a fault that finds none waits for it); in a
     domain the domain's reclaimers always do it.  ``trap_cycles`` is what a trap costs outside
     its handler, measured at start (TSC cycles; 0 in a domain), ``trap_return_cycles`` the part
@@ -69,7 +71,7 @@ class EPCDriver:
     """
 
     def __init__(self, limit_bytes: int, *, ewb_fn: int, eldu_fn: int, charge_fn: int = 0,
-                 pollute_fn: int = 0, trap: str = "auto", threads: int = 4,
+                 pollute_fn: int = 0, shift_fn: int = 0, trap: str = "auto", threads: int = 4,
                  reclaim: str = "direct", domain=None, tick_hz: float = 0.0):
         if trap not in TRAPS:
             raise ValueError(f"trap must be one of {', '.join(TRAPS)}, not {trap!r}")
@@ -83,7 +85,8 @@ class EPCDriver:
         # enclaves share, and this driver's reclaimer is one of the domain's.
         self.domain = domain
         _check(lib.epc_driver_use_domain(domain.address if domain is not None else 0), "joining the domain")
-        rc = lib.epc_driver_start(pages, TRAPS[trap], threads, ewb_fn, eldu_fn, charge_fn, pollute_fn)
+        rc = lib.epc_driver_start(pages, TRAPS[trap], threads, ewb_fn, eldu_fn, charge_fn, pollute_fn,
+                                  shift_fn)
         if rc < 0:
             lib.epc_driver_use_domain(0)
         if rc == -1:  # -EPERM: userfaultfd explicitly asked for and refused
@@ -145,7 +148,7 @@ class EPCDriver:
         return [PAGE_STATES[out[i]] for i in range(npages)]
 
     def raw_stats(self) -> dict:
-        out = ffi.new("uint64_t[26]")
+        out = ffi.new("uint64_t[28]")
         lib.epc_driver_stats(out)
         d = dict(zip(STAT_FIELDS, (int(out[i]) for i in range(len(STAT_FIELDS)))))
         d["trap"] = TRAP_NAMES.get(d["trap"], "none")

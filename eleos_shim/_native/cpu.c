@@ -5,7 +5,9 @@
  * cycles taken from the sourced constants of eleos_shim/config.py (COSTS):
  *   ocall     EEXIT ... EENTER around the host's handler: the whole OCALL's budget, the host
  *             call itself excluded (the syscall's work is real in both worlds);
- *   epc_fault AEX ... ERESUME: the whole page fault (trap, ELDU, the EWB share, install);
+ *   epc_fault AEX ... ERESUME: the whole page fault (trap, ELDU, the EWB share, install; a
+ *             fault whose direct reclaim EWBs a cluster passes the others' shares on to the
+ *             faults that take those frames: cpu_fault_shift);
  *   indirect  after an exit the app's code runs slower by a factor s for a window of W
  *             cycles (FlexSC, OSDI'10): charged at the thread's next event as
  *             (s - 1) x min(W, time since the exit).
@@ -78,6 +80,7 @@ static inline uint64_t now_ticks(void) { return fake_clock ? fake_now : tsc(); }
 struct tstate {
     uint64_t o_real, o_spun, o_mid;
     uint64_t f_start, f_return;         /* f_return: the trap's return still ahead (cycles) */
+    int64_t f_shift;                    /* of the open fault's time, done for other faults */
     uint64_t w_start, w_real;
     int o_open, f_open, w_open;
 };
@@ -188,7 +191,20 @@ static void fault_begin(void)
     uint64_t back = __atomic_load_n(&trap_return_cycles, __ATOMIC_RELAXED);
     settle_window(trap > back ? trap - back : 0);
     T.f_start = now_ticks();
+    T.f_shift = 0;
     T.f_open = 1;
+}
+
+/* The EPC driver's direct reclaim EWBs a cluster of victims in one fault (one EBLOCK, one TLB
+ * shootdown, as the SGX driver's reclaimer does): the EWB share of the faults that will take
+ * those frames.  The fault open on this thread did `ticks` of its time for them (> 0), or had
+ * `-ticks` of its own share done earlier by another fault (< 0: it took such a frame).  Its
+ * real part is its time minus the first plus the second, so each fault of a cluster pays the
+ * budget (the one that reclaimed spends its own budget and the others' share on top; they
+ * spin that much less), and an overrun is a fault whose own share exceeded the budget. */
+void cpu_fault_shift(int64_t ticks)
+{
+    if (T.f_open) T.f_shift += ticks;
 }
 
 static void fault_end(void)
@@ -197,7 +213,10 @@ static void fault_end(void)
     T.f_open = 0;
     uint64_t t0 = now_ticks();
     uint64_t budget = scaled(C.epc_fault);
-    uint64_t real = (t0 - T.f_start) + __atomic_load_n(&trap_cycles, __ATOMIC_RELAXED);
+    int64_t own = (int64_t)((t0 - T.f_start) + __atomic_load_n(&trap_cycles, __ATOMIC_RELAXED))
+                  - T.f_shift;
+    uint64_t real = own > 0 ? (uint64_t)own : 0;
+    T.f_shift = 0;
     uint64_t spun = top_up(budget > real ? budget - real : 0);
     record(EV_FAULT, budget, real, spun);
     /* The app resumes only after the trap's return, which the fault has paid for: the window
@@ -309,6 +328,7 @@ void cpu_reset_counters(void)
     }
     T.o_open = T.f_open = T.w_open = 0;
     T.f_return = 0;
+    T.f_shift = 0;
 }
 
 /* Tests: a clock that moves only when told (account mode), so the arithmetic is exact. */
@@ -321,3 +341,4 @@ void cpu_test_clock(int on, uint64_t value)
 /* The function pointers handed to the other halves by the loader. */
 uintptr_t cpu_charge_fn(void) { return (uintptr_t)&cpu_charge; }
 uintptr_t cpu_pollute_fn(void) { return (uintptr_t)&cpu_pollute; }
+uintptr_t cpu_fault_shift_fn(void) { return (uintptr_t)&cpu_fault_shift; }

@@ -36,6 +36,8 @@ ffi.cdef("""
     void cpu_test_clock(int on, uint64_t value);
     uintptr_t cpu_charge_fn(void);
     uintptr_t cpu_pollute_fn(void);
+    void cpu_fault_shift(int64_t ticks);
+    uintptr_t cpu_fault_shift_fn(void);
 """)
 with open(os.path.join(HERE, "cpu.c")) as f:
     ffi.set_source("eleos_shim._native._cpu", f.read(),

@@ -145,6 +145,9 @@ typedef void (*eleos_host_dispatch_fn)(struct eleos_req *req);
 #define ELEOS_T_ERESUME 3
 typedef void (*eleos_cpu_charge_fn)(int transition);   /* count it and spend its cycles */
 typedef void (*eleos_cpu_pollute_fn)(void);             /* the indirect cost after an exit */
+/* The fault open on the calling thread did `ticks` of its time for other faults (> 0), or
+ * had that much of its own done by another (< 0): the EPC driver's clustered reclaim. */
+typedef void (*eleos_cpu_shift_fn)(int64_t ticks);
 
 /* The paths a call can take (trusted/_native/enclave_ocalls.c counts each). */
 #define ELEOS_PATH_DIRECT   0

@@ -10,11 +10,11 @@
 #define TRAP_USERFAULTFD 1
 #define TRAP_SIGSEGV 2
 #define TRAP_SIGBUS 3               /* userfaultfd's SIGBUS: the faulting thread handles it */
-#define RECLAIM_DIRECT 0            /* a fault with no free frame EWBs one page itself */
+#define RECLAIM_DIRECT 0            /* a fault with no free frame reclaims a cluster itself */
 #define RECLAIM_BACKGROUND 1        /* it waits for ksgxswapd */
 
 int epc_driver_start(uint64_t limit_pages, int trap, int nthreads, uintptr_t ewb,
-                     uintptr_t eldu, uintptr_t charge, uintptr_t pollute);
+                     uintptr_t eldu, uintptr_t charge, uintptr_t pollute, uintptr_t shift);
 void epc_driver_stop(void);
 int epc_region_create(uint64_t npages, uint64_t nbytes, uint64_t va_first, int *memfd);
 int epc_region_attach(int id, uintptr_t app);
@@ -23,7 +23,7 @@ int epc_evict(int id, uint64_t index);
 int epc_host_load(int id, uint64_t sealed, uint64_t slot_of, uint64_t at);
 int epc_region_info(int id, uint64_t out[4]);
 int epc_region_states(int id, uint8_t *out, uint64_t n);
-void epc_driver_stats(uint64_t out[26]);
+void epc_driver_stats(uint64_t out[28]);
 void epc_driver_failure(uint64_t out[3]);
 void epc_driver_set_spin(uint64_t ns);
 void epc_driver_set_tick_hz(double hz);

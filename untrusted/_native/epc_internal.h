@@ -67,6 +67,7 @@ struct fault_req {                  /* a SIGSEGV-mode fault, on the faulting thr
     uintptr_t addr;
     int tid;
     uint32_t done;
+    int64_t shift;                  /* the fault's time moved to or from others (handle_fault) */
 };
 
 struct epc_stats {
@@ -74,6 +75,7 @@ struct epc_stats {
     uint64_t integrity_failures, ewb_failures, peak_resident, spurious;
     /* TSC ticks (the fault path reads no other clock); epc_driver_stats gives them in ns */
     uint64_t fault_tk, eldu_tk, ewb_tk, install_tk, modeled_tk, wait_tk, eblock_tk;
+    uint64_t ahead_tk, prepaid_tk;  /* direct reclaim: done for other faults; of it, taken */
 };
 #define EPC_FIRST_TK_FIELD 12       /* fault_tk's index in struct epc_stats */
 _Static_assert(offsetof(struct epc_stats, fault_tk) == EPC_FIRST_TK_FIELD * sizeof(uint64_t),
@@ -100,6 +102,10 @@ struct epc_state {
     epc_eldu_fn eldu;
     eleos_cpu_charge_fn charge;
     eleos_cpu_pollute_fn pollute;
+    eleos_cpu_shift_fn shift;
+    /* Direct reclaim's clusters: the EWB share, in ticks, done ahead for faults that will take
+     * the frames freed (prepaid_n of them); each such fault takes prepaid_tk / prepaid_n. */
+    uint64_t prepaid_tk, prepaid_n;
     struct epc_stats st;
     epc_domain_t *dom;              /* a shared EPC (epc_domain.c), or NULL: a private one */
     int dead;
@@ -155,6 +161,12 @@ static inline void spend(int t)
     if (D.charge && !D.calibrating) D.charge(t);
 }
 
+/* The fault open on this thread did `t` ticks for other faults (or they for it: < 0). */
+static inline void shift(int64_t t)
+{
+    if (D.shift && !D.calibrating && t) D.shift(t);
+}
+
 /* The exit is over: open the indirect window (on the thread that pays it). */
 static inline void after_exit(void)
 {
@@ -163,7 +175,7 @@ static inline void after_exit(void)
 
 /* epc_driver.c: the fault path the traps call. */
 struct epc_region *region_of(uintptr_t addr, uint64_t *index);
-void handle_fault(struct epc_region *r, uint64_t i, uintptr_t fault_addr, int tid, int charge_here);
+int64_t handle_fault(struct epc_region *r, uint64_t i, uintptr_t fault_addr, int tid, int charge_here);
 
 /* epc_trap.c: choose and open the trap (TRAP_*, 0: the first the kernel allows; returns the
  * one in use, or -errno), start its handler or threads once the driver's state is set, stop

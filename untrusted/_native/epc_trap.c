@@ -136,7 +136,7 @@ static void segv_handler(int sig, siginfo_t *info, void *uctx)
     int saved = errno;
     uint64_t k0 = ticks();
     spend(ELEOS_T_AEX);                     /* the faulting thread pays its own exit */
-    struct fault_req req = { .addr = addr, .tid = (int)syscall(SYS_gettid), .done = 0 };
+    struct fault_req req = { .addr = addr, .tid = (int)syscall(SYS_gettid), .done = 0, .shift = 0 };
     struct fault_req *head = __atomic_load_n(&D.req_stack, __ATOMIC_RELAXED);
     do {
         req.next = head;
@@ -145,6 +145,7 @@ static void segv_handler(int sig, siginfo_t *info, void *uctx)
     futex(&D.req_seq, FUTEX_WAKE_PRIVATE, 1);
     while (!__atomic_load_n(&req.done, __ATOMIC_ACQUIRE))
         futex(&req.done, FUTEX_WAIT_PRIVATE, 0);
+    shift(req.shift);
     __atomic_store_n(&D.cal_inner, ticks() - k0, __ATOMIC_RELAXED);
     __atomic_store_n(&D.cal_entry, k0, __ATOMIC_RELAXED);
     spend(ELEOS_T_ERESUME);
@@ -181,7 +182,7 @@ static void bus_handler(int sig, siginfo_t *info, void *uctx)
     uint64_t k0 = ticks();
     spend(ELEOS_T_AEX);
     __atomic_add_fetch(&D.sigbus_faults, 1, __ATOMIC_RELAXED);
-    handle_fault(r, i, addr, (int)syscall(SYS_gettid), 0);
+    shift(handle_fault(r, i, addr, (int)syscall(SYS_gettid), 0));
     __atomic_store_n(&D.cal_inner, ticks() - k0, __ATOMIC_RELAXED);
     __atomic_store_n(&D.cal_entry, k0, __ATOMIC_RELAXED);
     spend(ELEOS_T_ERESUME);
@@ -229,7 +230,7 @@ static void *segv_thread(void *arg)
         }
         uint64_t i;
         struct epc_region *r = region_of(q->addr, &i);
-        if (r) handle_fault(r, i, q->addr, q->tid, 0);
+        if (r) q->shift = handle_fault(r, i, q->addr, q->tid, 0);
         __atomic_store_n(&q->done, 1, __ATOMIC_RELEASE);
         futex(&q->done, FUTEX_WAKE_PRIVATE, 1);
         spin_until = D.spin_ns ? now_ns() + D.spin_ns : 0;
