@@ -274,7 +274,8 @@ OPTIONS: tuple[Option, ...] = (
            "sigsegv = mprotect + SIGSEGV, handed to a driver thread; auto (default) = the first "
            "of those the kernel allows"),
     Option("epc_reclaim", _choice(EPC_RECLAIMS), "who EWBs: direct = a fault that finds no free "
-           "frame EWBs one victim itself, in its own budget (default); background = a ksgxswapd "
+           "frame reclaims a cluster (up to 16) itself, the EWB share of the faults that take "
+           "its frames (default); background = a ksgxswapd "
            "thread keeps frames free between watermarks and a fault that finds none waits for it"),
     Option("stats", _stats, "at exit write stats as JSON to this path, or '-' for a report on stderr",
            "PATH"),

@@ -25,10 +25,11 @@
  *                   default: a never-touched page is a MISSING fault, an evicted one a MINOR
  *                   one, both raise SIGBUS), userfaultfd served by driver threads, or
  *                   mprotect+SIGSEGV; each calls handle_fault below.
- *   EBLOCK/ETRACK   before EWB the victims are unmapped from the app's view (MADV_DONTNEED: a
- *                   direct reclaim's one victim, or ksgxswapd's batch in one process_madvise
- *                   call where the kernel has it, which still zaps and flushes range by range;
- *                   or mprotect PROT_NONE), so no write can slip in after EWB read the page.
+ *   EBLOCK/ETRACK   before EWB the victims are unmapped from the app's view (MADV_DONTNEED:
+ *                   a reclaim pass's batch in one process_madvise call where the kernel has
+ *                   it, which batches the TLB flush except for dirty pages of a shared
+ *                   mapping; or mprotect PROT_NONE page by page), so no write can slip in
+ *                   after EWB read the page.
  *   EWB/ELDU        function pointers into the modeled CPU (eleos_shim/_native/epcm.c): the
  *                   driver names the page and its VA slot and gives the backing store to write
  *                   to or read from; it never sees the key, the versions or a page's plaintext,
