@@ -70,6 +70,7 @@ _NSIG = 65                         # Linux: signals 1..64
 # What glibc's posix_spawnattr_setschedpolicy accepts.
 _SCHED_POLICIES = tuple(getattr(_os, n) for n in ("SCHED_OTHER", "SCHED_FIFO", "SCHED_RR")
                         if hasattr(_os, n))
+F_DUPFD_CLOEXEC = 1030            # Linux's fcntl: the lowest free fd at or above the argument
 
 
 def _env_list(env) -> list[bytes]:
@@ -349,6 +350,8 @@ class Spawner:
         errpipe_read, errpipe_write = fs.pipe2(_os.O_CLOEXEC)
         try:
             try:
+                errpipe_write = self._clear_of_child_fds(errpipe_write,
+                                                         spawn_kwargs.get("spawn_attrs"))
                 pid = self.spawn(argv, executables, env, cwd,
                                  tuple(stdio_fds) + (errpipe_read, errpipe_write), close_fds,
                                  list(keep) + [errpipe_write], *spawn_args, **spawn_kwargs)
@@ -365,6 +368,35 @@ class Spawner:
         finally:
             fs.close(errpipe_read)
         return pid, report
+
+    def _clear_of_child_fds(self, fd: int, attrs) -> int:
+        """``fd`` (the error pipe's write end), or a copy of it, closed on exec, numbered
+        clear of every fd the child changes before its exec: 0-2 (its stdio) and what
+        posix_spawn's file actions open, close or dup2 onto.  Natively the error pipe is
+        never there (subprocess moves its own above 2; glibc's posix_spawn has none), but a
+        pipe made when the app has closed fds 0-2, or one that an action names, would be
+        clobbered in the child and its failure reported to whatever took the fd.  Nothing
+        is asked of the host in the common case (an fd above 2 that no action names)."""
+        targets = {0, 1, 2}
+        for kind, a, b, _ in (attrs.actions if attrs is not None else ()):
+            targets.add(b if kind == abi.SPAWN_DUP2 else a)
+        if fd not in targets:
+            return fd
+        k, floor = self.kernel, 3
+        while True:
+            new = k.check(abi.OP_FCNTL, fd, F_DUPFD_CLOEXEC, floor).ret
+            if not floor <= new < 1 << 31:
+                raise IagoError(f"host returned fd {new} for fcntl(F_DUPFD_CLOEXEC, {floor})")
+            k.adopt_fd(new, "fcntl(F_DUPFD_CLOEXEC)", raw=True)
+            if new not in targets:
+                break
+            k.close(new)          # free again, but an action names it: look above it
+            floor = new + 1
+        try:
+            k.close(fd)
+        except OSError:
+            pass                  # forgotten by the enclave all the same
+        return new
 
     def spawnvef(self, mode, file, args, env, func):
         """``os.spawnv*``'s helper (``os._spawnvef``, which forks natively): the program as a
