@@ -185,7 +185,9 @@ class FileIO(_io.RawIOBase, metaclass=_FileIOType):
     Writer/Random and TextIOWrapper sit on top of it unchanged, so buffering, iteration,
     encodings and newlines are CPython's own."""
 
-    _k: Kernel = None             # set in each enclave's class (FileSystem.FileIO)
+    # The enclave's Kernel, set in each enclave's class (FileSystem.FileIO).  Not an
+    # annotation: the class would then have __annotations__, which _io.FileIO has not.
+    _k = None
     # What a FileIO that was never opened (or failed to open) reports: closed.
     _fd = -1
     _closed = True                # kept with _fd: what ``closed`` reads (see there)
@@ -474,8 +476,15 @@ class FileIO(_io.RawIOBase, metaclass=_FileIOType):
             return "<_io.FileIO [closed]>"
         return f"<_io.FileIO name={self.name!r} mode={self._mode!r} closefd={self._closefd}>"
 
-    def __getstate__(self):
-        raise TypeError(f"cannot pickle {type(self).__name__!r} object")
+    # As _io.FileIO: pickle and copy refuse it (a copy would close the fd twice), with its
+    # messages (protocols 0 and 1 go through copyreg, which names the class by __name__);
+    # __getstate__ itself answers, as object's does for _io.FileIO.
+    def __reduce_ex__(self, protocol):
+        raise TypeError("cannot pickle 'FileIO' object" if protocol < 2 else
+                        "cannot pickle '_io.FileIO' object")
+
+    def __reduce__(self):
+        return self.__reduce_ex__(0)
 
 
 _RealDirEntry = _os.DirEntry
