@@ -6,6 +6,12 @@ there is an AttributeError, as natively (getattr, hasattr, ``__fspath__``, ``__w
 pickle and copy refuse the objects with CPython's TypeError and its message, whichever way
 they ask; ``__getstate__`` answers (it was a TypeError); and the raw file's class has no
 ``__annotations__`` (its ``_k: Kernel`` made typing.get_type_hints on it a NameError).
+
+subprocess's ``builtins`` (the guard on its error pipe, which only a lying host writes)
+answers anyone but subprocess's report parsing as the builtins module does: an
+AttributeError, not the IagoError, for a name it has not (asyncio's and unittest.mock's
+checks ask for such names); and a report naming a dunder is the IagoError too, not the
+TypeError subprocess raised when the guard's ``__class__`` became the "exception".
 """
 from __future__ import annotations
 
@@ -16,7 +22,9 @@ import typing
 
 import pytest
 
+from eleos_shim.errors import IagoError
 from tests.libos_helpers import installed, make_transport
+from tests.test_attack_spawn import liar  # noqa: F401  (the lying-host fixture for spawns)
 
 
 def _outcome(fn, message: bool):
@@ -84,3 +92,27 @@ def test_a_raw_file_is_still_never_copied(tmp_path, how):
             with pytest.raises(TypeError, match="cannot pickle"):
                 how(f)
             assert f.read() == b"x"
+
+
+def test_subprocesss_guarded_builtins_answer_everyone_else_as_the_builtins_module(liar):
+    from unittest import mock
+    guard = subprocess.builtins
+    assert type(guard).__name__ == "_NoReportExpected"
+    assert getattr(guard, "print") is print and getattr(guard, "OSError") is OSError
+    assert not hasattr(guard, "_is_coroutine") and getattr(guard, "eleos_x", None) is None
+    with pytest.raises(AttributeError):
+        guard.eleos_x
+    with mock.patch.object(subprocess, "builtins"):
+        pass
+    assert subprocess.builtins is guard
+    mock.create_autospec(subprocess)
+
+
+@pytest.mark.parametrize("report", [b"__class__:0:x", b"__init__:0:", b"__foo__:0:",
+                                    b"print:0:", b"SystemExit:0:bye"])
+def test_any_name_a_report_on_subprocesss_own_pipe_gives_is_caught(liar, report):
+    t, _libos = liar
+    t.report, t.report_pipe = report, 0
+    with pytest.raises(IagoError, match="subprocess's error pipe"):
+        subprocess.Popen(["/bin/true"])
+    assert not t.report, "the lie was never told"

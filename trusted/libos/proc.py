@@ -490,27 +490,31 @@ class Spawner:
 
 class _NoReportExpected:
     """subprocess's ``builtins`` under the shim, which it consults only to name the exception
-    of a child's error report (``getattr(builtins, name, SubprocessError)``).  The child
-    reports on the enclave's own pipe (:meth:`Spawner.fork_exec`), so subprocess's pipe reads
-    empty from an honest host; data there is the host's answer to the read, and subprocess
-    would raise the builtin it names (SystemExit, KeyboardInterrupt, ...).  Only while
+    of a child's error report (``getattr(builtins, name, SubprocessError)`` in
+    ``Popen._execute_child``).  The child reports on the enclave's own pipe
+    (:meth:`Spawner.fork_exec`), so subprocess's pipe reads empty from an honest host; data
+    there is the host's answer to the read, and subprocess would raise the builtin it names
+    (SystemExit, KeyboardInterrupt, ...): any lookup from there is the IagoError, a dunder
+    name's too (``__class__`` made subprocess raise a TypeError).  Only while
     ``subprocess._fork_exec`` is the shim's: an app that puts its own there (CPython's tests
     of the report's parsing do) writes the pipe itself, and gets subprocess's parsing.
-    Dunder names are the object's own (what introspection asks for); a report naming one
-    makes subprocess fail with TypeError or SubprocessError, never a builtin of its choice."""
+    Anyone else (introspection: inspect, pydoc, unittest.mock, asyncio's checks) gets what
+    the builtins module answers for a name (AttributeError for one it has not), and dunder
+    names are the object's own."""
 
     def __init__(self, fork_exec):
         self.__fork_exec__ = fork_exec
 
     def __getattribute__(self, name):
+        import subprocess
+        if subprocess._fork_exec is object.__getattribute__(self, "__fork_exec__") and \
+                sys._getframe(1).f_code is subprocess.Popen._execute_child.__code__:
+            raise IagoError(f"host answered a read of subprocess's error pipe, which no "
+                            f"child writes, with a report naming {name!r}")
         if name.startswith("__") and name.endswith("__"):
             return object.__getattribute__(self, name)
         import builtins
-        import subprocess
-        if subprocess._fork_exec is not object.__getattribute__(self, "__fork_exec__"):
-            return getattr(builtins, name)
-        raise IagoError(f"host answered a read of subprocess's error pipe, which no child "
-                        f"writes, with a report naming {name!r}")
+        return getattr(builtins, name)
 
 
 def patches(kernel, fs) -> list[tuple[object, str, object]]:
