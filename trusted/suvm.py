@@ -104,6 +104,7 @@ class Suvm:
             lib.suvm_destroy(h)
             raise MemoryError("could not create the SUVM allocator")
         self._heap = ffi.gc(heap, lib.suvm_heap_free_struct)   # the struct outlives close()
+        self._heap_addr = int(ffi.cast("uintptr_t", heap))     # for Region's own calls
         self._regions: weakref.WeakSet = weakref.WeakSet()   # closed with the instance
         self.on_close: list[Callable[[], None]] = []   # e.g. the host releasing the store
         self.closed = False
@@ -113,28 +114,35 @@ class Suvm:
     def malloc(self, n: int) -> "SPointer":
         """A zeroed allocation of n bytes as a secure pointer.  MemoryError when the backing
         store cannot hold it."""
-        addr, size = self._alloc(n)
         p = SPointer.__new__(SPointer)
-        p._bind(self.addr, addr, addr, addr + n)
         p._suvm = self
         self._regions.add(p)
+        try:
+            self._alloc_into(p, n)
+        except BaseException:
+            # A signal handler's exception right after the allocation: a pointer has no
+            # finalizer, so this one frees it (nothing, if the allocation itself failed).
+            # Once returned, the pointer is the app's to free, as a C pointer is.
+            p._release(self._heap_addr)
+            raise
         return p
 
-    def _alloc(self, n: int) -> tuple[int, int]:
-        # One C call: no Python code runs while the allocator holds its lock, so a signal
-        # handler or a finalizer that allocates or frees can never re-enter it (suvm_heap.c).
+    def _alloc_into(self, region: Region, n: int, owns: bool = False) -> None:
+        """Allocate ``n`` bytes for the unbound ``region``, which holds them from the moment
+        they exist: allocation and binding are one C call (Region._bind_new), so no signal
+        handler or finalizer can run between them, and the allocator itself is C under a
+        mutex no Python runs inside (suvm_heap.c), so neither can re-enter it.  ``owns``:
+        the region's (C) finalizer frees them if it is dropped still open."""
         if not isinstance(n, int) or n < 0:
             raise ValueError(f"SUVM allocation size must be a non-negative int, not {n!r}")
         if n > self.capacity:
             self._full(n, (1 << 64) - 1)
-        out = ffi.new("uint64_t[2]")
-        rc = lib.suvm_heap_alloc(self._heap, n, out, out + 1)
+        rc, got = region._bind_new(self.addr, self._heap_addr, n, owns)
         if rc == lib.SUVM_EINVAL:
             raise ValueError("this SUVM instance is closed")
         if rc == lib.SUVM_ENOMEM:
-            self._full(n, out[0])
+            self._full(n, got)
         _check(rc)
-        return out[0], out[1]
 
     def _full(self, n: int, need: int):
         if need > self.capacity:
@@ -147,7 +155,11 @@ class Suvm:
         """Free the allocation that starts at SUVM address ``addr``."""
         rc = lib.suvm_heap_free(self._heap, addr) if isinstance(addr, int) and addr >= 0 \
             else lib.SUVM_EINVAL
-        if rc == lib.SUVM_EINVAL:
+        self._freed(rc, addr)
+
+    def _freed(self, rc, addr: int) -> None:
+        """Raise for a free of ``addr`` that answered ``rc`` (None: the region held nothing)."""
+        if rc is None or rc == lib.SUVM_EINVAL:
             if self.closed:
                 raise ValueError("this SUVM instance is closed")
             raise ValueError(f"SUVM free of {addr:#x}: not the start of a live allocation")
@@ -237,7 +249,7 @@ class SPointer(Region):
     against the allocation, translated by the software page table, and faulted in by the
     enclave's own handler if needed."""
 
-    _suvm: Suvm
+    _suvm = None      # its Suvm (not an annotation: mmap.mmap and pointers have none)
 
     def __init__(self, *args, **kwargs):
         raise TypeError("use suvm_malloc(n) to get an SPointer")
@@ -360,8 +372,10 @@ class SPointer(Region):
         """suvm_free(p): p must point at the start of its allocation."""
         if self._cur != self._lo:
             raise ValueError("suvm_free of a pointer that is not the start of its allocation")
-        self._suvm.free(self._lo)
-        self._mark_closed()
+        s = self._suvm
+        # Closed and freed in one C call: never freed but still open (its memory reused
+        # under it), nor closed but never freed (leaked), whatever runs in between.
+        s._freed(self._release(s._heap_addr), self._lo)
 
 
 class SecureMemory(Region):
@@ -370,7 +384,7 @@ class SecureMemory(Region):
     manager), no buffer protocol.  The memory is zero at first, like a fresh anonymous map;
     ``close()`` frees it."""
 
-    _suvm: Suvm
+    _suvm = None      # its Suvm (not an annotation: mmap.mmap and pointers have none)
 
     def __init__(self, length: int, *args, suvm: Suvm | None = None, **kwargs):
         if not isinstance(length, int):
@@ -380,10 +394,12 @@ class SecureMemory(Region):
         if length == 0:
             raise OSError(errno.EINVAL, "Invalid argument")   # as mmap.mmap(-1, 0)
         s = suvm if suvm is not None else default()
-        addr, _ = s._alloc(length)
-        self._bind(s.addr, addr, addr, addr + length)
+        # Known to its instance before it holds memory, and holding it from the moment the
+        # memory exists (Suvm._alloc_into): a KeyboardInterrupt at any point of this leaves
+        # either nothing allocated or a map whose finalizer frees it.
         self._suvm = s
         s._regions.add(self)
+        s._alloc_into(self, length, owns=True)
 
     def size(self) -> int:
         return len(self)
@@ -428,13 +444,18 @@ class SecureMemory(Region):
         if newsize == 0:
             raise OSError(errno.EINVAL, "Invalid argument")   # as mremap to 0 bytes
         s = self._suvm
-        addr, _ = s._alloc(newsize)
+        # The new allocation is built in a map of its own, then the two swap allocations
+        # (one C call) and the other map, now holding the old one, is closed: at every
+        # point each allocation has one owner whose finalizer frees it.
+        new = SecureMemory.__new__(SecureMemory)
+        new._suvm = s
+        s._regions.add(new)
+        s._alloc_into(new, newsize, owns=True)
         keep = min(len(self), newsize)
         if keep:
-            _check(lib.suvm_move(s._h, addr, self._cur, keep))
-        old = self._lo
-        self._bind(s.addr, addr, addr, addr + newsize, self.tell())
-        s.free(old)
+            _check(lib.suvm_move(s._h, new._lo, self._cur, keep))
+        self._swap(new)               # the position stays, even past the end (as mmap)
+        new.close()
 
     def move(self, dest: int, src: int, count: int) -> None:
         n = len(self)
@@ -490,9 +511,10 @@ class SecureMemory(Region):
     def close(self) -> None:
         if self.closed:
             return
-        self._mark_closed()
-        if not self._suvm.closed:
-            self._suvm.free(self._lo)
+        s = self._suvm
+        rc = self._release(s._heap_addr)      # closed and freed in one C call
+        if rc is not None and not s.closed:   # (a closed instance freed everything)
+            s._freed(rc, self._lo)
 
     def __enter__(self):
         return self
@@ -500,12 +522,8 @@ class SecureMemory(Region):
     def __exit__(self, *exc):
         self.close()
 
-    def __del__(self):
-        # Return the memory when the app drops the map without closing it, as mmap does.
-        try:
-            self.close()
-        except Exception:
-            pass
+    # No __del__: a map dropped without close() gives its memory back in Region's C
+    # finalizer (suvm_region.c), where no KeyboardInterrupt can cut the free short.
 
     def __repr__(self):
         state = "closed" if self.closed else f"length={len(self)} pos={self.tell()}"

@@ -30,9 +30,12 @@ typedef struct {
     uint64_t lo, cur, hi;   /* allocation [lo, hi), this window starts at cur */
     Py_ssize_t pos;         /* mmap file position, relative to cur */
     int closed;
+    int owns;               /* the finalizer frees [lo, hi) from heap (SecureMemory's) */
+    suvm_heap_t *heap;      /* the allocator it came from (_bind_new), else NULL */
 } Region;
 
 static PyObject *integrity_error;   /* eleos_shim.errors.IntegrityError */
+static PyTypeObject *region_type;   /* Region itself, for _swap's check (kept for good) */
 
 static int raise_rc(int rc)
 {
@@ -240,6 +243,84 @@ static PyObject *region_mark_closed(Region *r, PyObject *unused)
     Py_RETURN_NONE;
 }
 
+/* Owning an allocation and making or giving one up are one C call each, never a Python call
+ * and a bind: a signal handler (KeyboardInterrupt) or a finalizer runs between any two
+ * bytecodes, and one that raised after the allocator returned and before the region held
+ * the result leaked it (no object would ever free it).  From the moment suvm_heap_alloc
+ * succeeds the region owns the allocation, and SecureMemory's finalizer frees what a region
+ * owns.  `heap` is the Suvm's suvm_heap_t, which outlives the instance (suvm.py). */
+
+/* _bind_new(handle, heap, n, owns) -> (rc, addr): allocate n bytes and bind [addr, addr + n)
+ * at position 0; `owns`: the region's finalizer frees them if nothing else has (a map: no
+ * Python __del__, whose first bytecodes a KeyboardInterrupt could cut short, and which runs
+ * while the instance's __dict__, and so the Suvm and its heap, are still alive).  On an
+ * error nothing is bound and addr is what suvm_heap_alloc left (the end it needed, for
+ * SUVM_ENOMEM). */
+static PyObject *region_bind_new(Region *r, PyObject *args)
+{
+    unsigned long long h, heap, n;
+    int owns;
+    if (!PyArg_ParseTuple(args, "KKKp", &h, &heap, &n, &owns))
+        return NULL;
+    if (!h || !heap) {
+        PyErr_SetString(PyExc_ValueError, "bad SUVM handle");
+        return NULL;
+    }
+    if (r->s && !r->closed) {
+        PyErr_SetString(PyExc_ValueError, "SUVM region already holds an allocation");
+        return NULL;
+    }
+    uint64_t addr = 0, size = 0;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS          /* the allocator may grow the store: an OCALL */
+    rc = suvm_heap_alloc((suvm_heap_t *)(uintptr_t)heap, n, &addr, &size);
+    Py_END_ALLOW_THREADS
+    if (rc == 0) {
+        r->s = (suvm_t *)(uintptr_t)h;
+        r->lo = r->cur = addr;
+        r->hi = addr + n;
+        r->pos = 0;
+        r->closed = 0;
+        r->heap = (suvm_heap_t *)(uintptr_t)heap;
+        r->owns = owns;
+    }
+    return Py_BuildValue("iK", rc, (unsigned long long)addr);
+}
+
+/* _swap(other): exchange the allocations (and open state) of two regions; each keeps its
+ * position.  A resize builds the new allocation in a region of its own, then swaps. */
+static PyObject *region_swap(Region *r, PyObject *other)
+{
+    if (!PyObject_TypeCheck(other, region_type)) {
+        PyErr_SetString(PyExc_TypeError, "_swap needs another SUVM region");
+        return NULL;
+    }
+    Region *o = (Region *)other, t = *r;
+    r->s = o->s; r->lo = o->lo; r->cur = o->cur; r->hi = o->hi; r->closed = o->closed;
+    r->owns = o->owns; r->heap = o->heap;
+    o->s = t.s; o->lo = t.lo; o->cur = t.cur; o->hi = t.hi; o->closed = t.closed;
+    o->owns = t.owns; o->heap = t.heap;
+    Py_RETURN_NONE;
+}
+
+/* _release(heap) -> rc, or None if the region held nothing: mark it closed and free its
+ * allocation [lo, hi) in one call, so that neither happens without the other. */
+static PyObject *region_release(Region *r, PyObject *arg)
+{
+    unsigned long long heap = PyLong_AsUnsignedLongLong(arg);
+    if (heap == (unsigned long long)-1 && PyErr_Occurred())
+        return NULL;
+    if (!r->s || r->closed)
+        Py_RETURN_NONE;
+    r->closed = 1;
+    uint64_t lo = r->lo;
+    int rc;
+    Py_BEGIN_ALLOW_THREADS          /* freeing pages discards them from the store */
+    rc = suvm_heap_free((suvm_heap_t *)(uintptr_t)heap, lo);
+    Py_END_ALLOW_THREADS
+    return PyLong_FromLong(rc);
+}
+
 static PyObject *region_read(Region *r, PyObject *args)
 {
     PyObject *arg = Py_None;
@@ -372,6 +453,9 @@ static PyObject *get_closed(Region *r, void *unused)
 static PyMethodDef region_methods[] = {
     {"_bind", (PyCFunction)region_bind, METH_VARARGS, "_bind(handle, lo, cur, hi[, pos]): attach to SUVM space"},
     {"_mark_closed", (PyCFunction)region_mark_closed, METH_NOARGS, "refuse every later access"},
+    {"_bind_new", (PyCFunction)region_bind_new, METH_VARARGS, "_bind_new(handle, heap, n) -> (rc, addr): allocate and bind, one call"},
+    {"_swap", (PyCFunction)region_swap, METH_O, "_swap(other): exchange the two regions' allocations"},
+    {"_release", (PyCFunction)region_release, METH_O, "_release(heap) -> rc or None: close and free, one call"},
     {"read", (PyCFunction)region_read, METH_VARARGS, "read([n]) -> bytes from the position, as mmap.read"},
     {"write", (PyCFunction)region_write, METH_O, "write(data) -> n, at the position, as mmap.write"},
     {"read_byte", (PyCFunction)region_read_byte, METH_NOARGS, "read_byte() -> int, as mmap"},
@@ -389,6 +473,16 @@ static PyGetSetDef region_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
+/* A map dropped without close(): its memory goes back, as an unclosed mmap's does. */
+static void region_finalize(PyObject *self)
+{
+    Region *r = (Region *)self;
+    if (r->owns && r->s && !r->closed && r->heap) {
+        r->closed = 1;
+        suvm_heap_free(r->heap, r->lo);    /* EINVAL if the instance was closed: all freed */
+    }
+}
+
 static void region_dealloc(PyObject *self)
 {
     PyTypeObject *tp = Py_TYPE(self);
@@ -398,6 +492,7 @@ static void region_dealloc(PyObject *self)
 
 static PyType_Slot region_slots[] = {
     {Py_tp_dealloc, region_dealloc},
+    {Py_tp_finalize, region_finalize},
     {Py_tp_new, PyType_GenericNew},
     {Py_tp_methods, region_methods},
     {Py_tp_getset, region_getset},
@@ -439,6 +534,8 @@ int suvm_region_register(void)
         goto out;
     if (PyObject_SetAttrString(mod, "Region", tp) < 0)
         goto out;
+    Py_INCREF(tp);
+    region_type = (PyTypeObject *)tp;
     rc = 0;
 out:
     if (rc < 0)

@@ -29,6 +29,27 @@ TIOCOUTQ = 0x5411          # a tty-only ioctl with an int result: how isatty() a
 GETDENTS_BUF = 32768       # glibc's readdir buffer size
 _DIRENT = struct.Struct("=QqHB")   # linux_dirent64 head: ino, off, reclen, type; name follows
 DT_UNKNOWN, DT_DIR, DT_REG, DT_LNK = 0, 4, 8, 10
+SEEK_DATA, SEEK_HOLE = getattr(_os, "SEEK_DATA", 3), getattr(_os, "SEEK_HOLE", 4)
+# The whences Linux's lseek knows: with one of them, landing at the offset itself is always
+# a possible answer (the fast path below); with any other, no answer is a regular file's.
+_WHENCES = frozenset({_os.SEEK_SET, _os.SEEK_CUR, _os.SEEK_END, SEEK_DATA, SEEK_HOLE})
+
+
+def _seek_possible(pos: int, whence: int, ret: int) -> bool:
+    """Whether a successful lseek(pos, whence) of a *regular file* can answer ``ret`` (>= 0).
+
+    It lands where it is told (SEEK_SET); at a non-negative offset from a non-negative base,
+    the position or the size, so at or past the offset (SEEK_CUR, SEEK_END); at the next data
+    or hole at or past the offset (SEEK_DATA, SEEK_HOLE, ENXIO for a negative one); any other
+    whence is EINVAL.  A device's lseek may answer what it likes (/dev/null and /dev/zero
+    answer 0), so this says nothing of one."""
+    if whence == _os.SEEK_SET:
+        return ret == pos
+    if whence == _os.SEEK_CUR or whence == _os.SEEK_END:
+        return pos < 0 or ret >= pos
+    if whence == SEEK_DATA or whence == SEEK_HOLE:
+        return 0 <= pos <= ret
+    return False
 
 
 # -- argument conversion, as CPython's path_t / fildes converters -------------------------------
@@ -164,7 +185,9 @@ class FileIO(_io.RawIOBase, metaclass=_FileIOType):
     Writer/Random and TextIOWrapper sit on top of it unchanged, so buffering, iteration,
     encodings and newlines are CPython's own."""
 
-    _k: Kernel = None             # set in each enclave's class (FileSystem.FileIO)
+    # The enclave's Kernel, set in each enclave's class (FileSystem.FileIO).  Not an
+    # annotation: the class would then have __annotations__, which _io.FileIO has not.
+    _k = None
     # What a FileIO that was never opened (or failed to open) reports: closed.
     _fd = -1
     _closed = True                # kept with _fd: what ``closed`` reads (see there)
@@ -410,10 +433,11 @@ class FileIO(_io.RawIOBase, metaclass=_FileIOType):
             raise TypeError("an integer is required")
         pos = pos.__index__()
         r = self._k.check(abi.OP_LSEEK, fd, pos, whence)
-        if r.ret != pos and whence == _os.SEEK_SET and _stat.S_ISREG(self._st_mode):
-            # A regular file's lseek to an absolute offset lands there (or fails): the
-            # buffered layers above take the result as the file's position.
-            raise IagoError(f"host says a seek of {self.name!r} to {pos} landed at {r.ret}")
+        if (r.ret != pos or whence not in _WHENCES) and _stat.S_ISREG(self._st_mode) and \
+                not _seek_possible(pos, whence, r.ret):
+            # The buffered layers above take the result as the file's position.
+            raise IagoError(f"host says a seek of {self.name!r} to {pos} (whence {whence}) "
+                            f"landed at {r.ret}")
         return r.ret
 
     def tell(self):
@@ -452,8 +476,15 @@ class FileIO(_io.RawIOBase, metaclass=_FileIOType):
             return "<_io.FileIO [closed]>"
         return f"<_io.FileIO name={self.name!r} mode={self._mode!r} closefd={self._closefd}>"
 
-    def __getstate__(self):
-        raise TypeError(f"cannot pickle {type(self).__name__!r} object")
+    # As _io.FileIO: pickle and copy refuse it (a copy would close the fd twice), with its
+    # messages (protocols 0 and 1 go through copyreg, which names the class by __name__);
+    # __getstate__ itself answers, as object's does for _io.FileIO.
+    def __reduce_ex__(self, protocol):
+        raise TypeError("cannot pickle 'FileIO' object" if protocol < 2 else
+                        "cannot pickle '_io.FileIO' object")
+
+    def __reduce__(self):
+        return self.__reduce_ex__(0)
 
 
 _RealDirEntry = _os.DirEntry
@@ -759,7 +790,26 @@ class FileSystem:
         return self._check(abi.OP_PWRITE, fd, 0, offset, inbuf=m).ret
 
     def lseek(self, fd, position, whence, /):
-        return self._check(abi.OP_LSEEK, fd, position, whence).ret
+        ret = self._check(abi.OP_LSEEK, fd, position, whence).ret
+        # The common answers (an absolute seek landing where told, a relative one at or past
+        # its offset) need nothing more; any other is a regular file's lie or a device's
+        # right, and only then is the fd's type asked for (a raw fd's is not kept).
+        if (ret != position or whence not in _WHENCES) and \
+                not _seek_possible(position, whence, ret):
+            self._lseek_unusual(fd, position, whence, ret)
+        return ret
+
+    def _lseek_unusual(self, fd, position, whence, ret) -> None:
+        """An lseek answer no regular file gives: an IagoError unless ``fd`` is not one."""
+        r = self._call(abi.OP_FSTAT, fd, outcap=STAT.size)
+        if r.ret != 0:
+            # The seek just succeeded on this fd; a host that now cannot say what it is
+            # would have its answer taken unchecked.
+            raise IagoError(f"host says lseek(fd {fd}, {position}, whence {whence}) landed at "
+                            f"{ret}, then fails fstat of the fd ({r.ret})")
+        if _stat.S_ISREG(stat_result(r.out, f"fstat({fd})").st_mode):
+            raise IagoError(f"host says lseek(fd {fd}, {position}, whence {whence}) of a "
+                            f"regular file landed at {ret}")
 
     def fstat(self, fd):
         return self.kernel.fstat(fd)

@@ -70,6 +70,7 @@ _NSIG = 65                         # Linux: signals 1..64
 # What glibc's posix_spawnattr_setschedpolicy accepts.
 _SCHED_POLICIES = tuple(getattr(_os, n) for n in ("SCHED_OTHER", "SCHED_FIFO", "SCHED_RR")
                         if hasattr(_os, n))
+F_DUPFD_CLOEXEC = 1030            # Linux's fcntl: the lowest free fd at or above the argument
 
 
 def _env_list(env) -> list[bytes]:
@@ -349,6 +350,8 @@ class Spawner:
         errpipe_read, errpipe_write = fs.pipe2(_os.O_CLOEXEC)
         try:
             try:
+                errpipe_write = self._clear_of_child_fds(errpipe_write,
+                                                         spawn_kwargs.get("spawn_attrs"))
                 pid = self.spawn(argv, executables, env, cwd,
                                  tuple(stdio_fds) + (errpipe_read, errpipe_write), close_fds,
                                  list(keep) + [errpipe_write], *spawn_args, **spawn_kwargs)
@@ -365,6 +368,35 @@ class Spawner:
         finally:
             fs.close(errpipe_read)
         return pid, report
+
+    def _clear_of_child_fds(self, fd: int, attrs) -> int:
+        """``fd`` (the error pipe's write end), or a copy of it, closed on exec, numbered
+        clear of every fd the child changes before its exec: 0-2 (its stdio) and what
+        posix_spawn's file actions open, close or dup2 onto.  Natively the error pipe is
+        never there (subprocess moves its own above 2; glibc's posix_spawn has none), but a
+        pipe made when the app has closed fds 0-2, or one that an action names, would be
+        clobbered in the child and its failure reported to whatever took the fd.  Nothing
+        is asked of the host in the common case (an fd above 2 that no action names)."""
+        targets = {0, 1, 2}
+        for kind, a, b, _ in (attrs.actions if attrs is not None else ()):
+            targets.add(b if kind == abi.SPAWN_DUP2 else a)
+        if fd not in targets:
+            return fd
+        k, floor = self.kernel, 3
+        while True:
+            new = k.check(abi.OP_FCNTL, fd, F_DUPFD_CLOEXEC, floor).ret
+            if not floor <= new < 1 << 31:
+                raise IagoError(f"host returned fd {new} for fcntl(F_DUPFD_CLOEXEC, {floor})")
+            k.adopt_fd(new, "fcntl(F_DUPFD_CLOEXEC)", raw=True)
+            if new not in targets:
+                break
+            k.close(new)          # free again, but an action names it: look above it
+            floor = new + 1
+        try:
+            k.close(fd)
+        except OSError:
+            pass                  # forgotten by the enclave all the same
+        return new
 
     def spawnvef(self, mode, file, args, env, func):
         """``os.spawnv*``'s helper (``os._spawnvef``, which forks natively): the program as a
@@ -458,27 +490,31 @@ class Spawner:
 
 class _NoReportExpected:
     """subprocess's ``builtins`` under the shim, which it consults only to name the exception
-    of a child's error report (``getattr(builtins, name, SubprocessError)``).  The child
-    reports on the enclave's own pipe (:meth:`Spawner.fork_exec`), so subprocess's pipe reads
-    empty from an honest host; data there is the host's answer to the read, and subprocess
-    would raise the builtin it names (SystemExit, KeyboardInterrupt, ...).  Only while
+    of a child's error report (``getattr(builtins, name, SubprocessError)`` in
+    ``Popen._execute_child``).  The child reports on the enclave's own pipe
+    (:meth:`Spawner.fork_exec`), so subprocess's pipe reads empty from an honest host; data
+    there is the host's answer to the read, and subprocess would raise the builtin it names
+    (SystemExit, KeyboardInterrupt, ...): any lookup from there is the IagoError, a dunder
+    name's too (``__class__`` made subprocess raise a TypeError).  Only while
     ``subprocess._fork_exec`` is the shim's: an app that puts its own there (CPython's tests
     of the report's parsing do) writes the pipe itself, and gets subprocess's parsing.
-    Dunder names are the object's own (what introspection asks for); a report naming one
-    makes subprocess fail with TypeError or SubprocessError, never a builtin of its choice."""
+    Anyone else (introspection: inspect, pydoc, unittest.mock, asyncio's checks) gets what
+    the builtins module answers for a name (AttributeError for one it has not), and dunder
+    names are the object's own."""
 
     def __init__(self, fork_exec):
         self.__fork_exec__ = fork_exec
 
     def __getattribute__(self, name):
+        import subprocess
+        if subprocess._fork_exec is object.__getattribute__(self, "__fork_exec__") and \
+                sys._getframe(1).f_code is subprocess.Popen._execute_child.__code__:
+            raise IagoError(f"host answered a read of subprocess's error pipe, which no "
+                            f"child writes, with a report naming {name!r}")
         if name.startswith("__") and name.endswith("__"):
             return object.__getattribute__(self, name)
         import builtins
-        import subprocess
-        if subprocess._fork_exec is not object.__getattribute__(self, "__fork_exec__"):
-            return getattr(builtins, name)
-        raise IagoError(f"host answered a read of subprocess's error pipe, which no child "
-                        f"writes, with a report naming {name!r}")
+        return getattr(builtins, name)
 
 
 def patches(kernel, fs) -> list[tuple[object, str, object]]:
