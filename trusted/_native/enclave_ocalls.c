@@ -358,6 +358,7 @@ int64_t enclave_in_into(struct enclave_stage *st, uint32_t op, int64_t fd, uint6
 #define EPOLL_EVENT_SIZE 12     /* struct epoll_event, packed on x86_64: u32 events, u64 data */
 #define POLLFD_SIZE 8           /* struct pollfd: int fd, short events, short revents */
 #define WAIT_ALWAYS (0x008 | 0x010 | 0x020)     /* POLLERR | POLLHUP | POLLNVAL */
+#define WAIT_NVAL 0x020
 #define WHY_SIZE sizeof(((struct enclave_stage *)0)->why)
 
 static int64_t wait_lie(char *why, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -392,7 +393,8 @@ static int cmp_i32(const void *a, const void *b)
 /* epoll_wait's events: at most `maxevents`, as many records as the count says, each naming a
  * possible fd (data.u64 carries it) at most once.  `out` receives (int32 fd, uint32 events)
  * per event, what select.epoll.poll returns, and needs 12 bytes per maxevents (the last 4 are
- * scratch).  Whether each fd was registered, and for what, is the LibOS's to check. */
+ * scratch).  Each has some event.  Whether each fd was registered, and for what, is the
+ * LibOS's to check. */
 int64_t enclave_epoll_events(char *why, int64_t ret, uint64_t out_len, uint64_t out2_len,
                              const char *raw, int64_t maxevents, char *out, uint64_t out_cap)
 {
@@ -419,6 +421,11 @@ int64_t enclave_epoll_events(char *why, int64_t ret, uint64_t out_len, uint64_t 
         if (data >= (uint64_t)1 << 31)
             return wait_lie(why, "host's epoll_wait names an impossible fd %llu",
                             (unsigned long long)data);
+        /* The kernel reports an fd only for an event that is ready (ep_send_events skips an
+         * item whose poll gives none). */
+        if (!events)
+            return wait_lie(why, "host's epoll_wait reports fd %llu with no events",
+                            (unsigned long long)data);
         rec[2 * i] = (int32_t)data;
         memcpy(&rec[2 * i + 1], &events, 4);
     }
@@ -435,8 +442,9 @@ int64_t enclave_epoll_events(char *why, int64_t ret, uint64_t out_len, uint64_t 
 }
 
 /* poll's pollfd table, against the one the enclave sent (`fds`, `events`: nfds entries): the
- * same fds and events in the same order, revents only of what was asked (ERR/HUP/NVAL always
- * may be), none on an ignored (negative) fd, and as many ready entries as the count says.
+ * same fds and events in the same order, revents only of what was asked (ERR/HUP always may
+ * be; NVAL may, alone), none on an ignored (negative) fd, and as many ready entries as the
+ * count says.
  * `out` receives (int32 fd, uint32 revents) per ready entry, what select.poll.poll returns
  * (8 bytes per nfds). */
 int64_t enclave_poll_events(char *why, int64_t ret, uint64_t out_len, uint64_t out2_len,
@@ -475,6 +483,11 @@ int64_t enclave_poll_events(char *why, int64_t ret, uint64_t out_len, uint64_t o
         if (rr & ~((uint16_t)events[i] | WAIT_ALWAYS))
             return wait_lie(why, "host's poll reports events %#x on fd %d, which asked only "
                             "for %#x", rr, fds[i], (uint16_t)events[i]);
+        /* NVAL is the kernel's answer for an fd that is not open, and then its only one (an
+         * open fd's mask is its events as asked and ERR/HUP: do_pollfd). */
+        if ((rr & WAIT_NVAL) && rr != WAIT_NVAL)
+            return wait_lie(why, "host's poll reports NVAL with events %#x on fd %d", rr,
+                            fds[i]);
         rec[2 * ready] = fds[i];       /* at most nfds records: out has room for them all */
         rec[2 * ready + 1] = (int32_t)rr;
         ready++;

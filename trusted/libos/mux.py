@@ -325,25 +325,39 @@ class Epoll:
                 pass
 
     def _ctl(self, op, fd, eventmask):
+        """EPOLL_CTL ``op`` of ``fd``, and the record of what it may report kept in step with
+        the kernel's: another thread's wait may report ``fd`` as soon as the kernel has taken
+        the ctl, before this thread runs again, so an ADD or MOD is recorded before the
+        crossing (during it, what was registered before may still come too) and undone if
+        the kernel refuses; a DEL is recorded after it (until then events may still come)."""
         epfd = self._check_open()
         fd = _fildes(fd)
-        self._k.check(abi.OP_EPOLL_CTL, epfd, op, fd, eventmask & 0xFFFFFFFF)
-        return fd
+        reg = self._registered
+        if reg is None or op == EPOLL_CTL_DEL:
+            self._k.check(abi.OP_EPOLL_CTL, epfd, op, fd, eventmask & 0xFFFFFFFF)
+            if reg is not None:
+                reg.pop(fd, None)
+            return
+        old, new = reg.get(fd), _reportable(eventmask)
+        reg[fd] = new if old is None else old | new
+        try:
+            self._k.check(abi.OP_EPOLL_CTL, epfd, op, fd, eventmask & 0xFFFFFFFF)
+        except BaseException:
+            if old is None:
+                reg.pop(fd, None)
+            else:
+                reg[fd] = old
+            raise
+        reg[fd] = new
 
     def register(self, fd, eventmask=_select.EPOLLIN | _select.EPOLLPRI | _select.EPOLLOUT):
-        fd = self._ctl(EPOLL_CTL_ADD, fd, eventmask)
-        if self._registered is not None:
-            self._registered[fd] = _reportable(eventmask)
+        self._ctl(EPOLL_CTL_ADD, fd, eventmask)
 
     def modify(self, fd, eventmask):
-        fd = self._ctl(EPOLL_CTL_MOD, fd, eventmask)
-        if self._registered is not None:
-            self._registered[fd] = _reportable(eventmask)
+        self._ctl(EPOLL_CTL_MOD, fd, eventmask)
 
     def unregister(self, fd):
-        fd = self._ctl(EPOLL_CTL_DEL, fd, 0)
-        if self._registered is not None:
-            self._registered.pop(fd, None)
+        self._ctl(EPOLL_CTL_DEL, fd, 0)
 
     def poll(self, timeout=None, maxevents=-1):
         epfd = self._epfd

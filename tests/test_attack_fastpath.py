@@ -1,0 +1,212 @@
+"""A hostile host against the LibOS's fast paths (the checked C waits, the fused data path):
+what the host may say in a wait's reply that no kernel could, and the moments in which the
+enclave's own record of what it asked for is out of step with what it asked the kernel.
+
+Each lie is told by the lying transport (its reply goes through the same C checker the real
+crossing uses), by the real C host, or by the RPC ring's workers; an honest answer must be
+what CPython gives."""
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import struct
+import sys
+
+import pytest
+
+from eleos_shim import abi
+from eleos_shim.errors import IagoError
+from tests.libos_helpers import installed, lying_libos, make_transport
+from tests.test_transport_hostile import built
+from trusted.libos._kernel import Kernel
+from trusted.syscall import Reply, Transport
+
+POLLIN, POLLOUT, POLLNVAL = select.POLLIN, select.POLLOUT, select.POLLNVAL
+EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
+
+
+@pytest.fixture
+def liar():
+    with lying_libos() as pair:
+        yield pair
+
+
+@contextlib.contextmanager
+def _libos_on(path):
+    if path == "rpc":
+        with built("rpc") as t, installed(t) as lo:
+            yield lo
+    else:
+        with installed(make_transport(path)) as lo:
+            yield lo
+
+
+@pytest.fixture(params=["direct", "ocall", "rpc"])
+def libos(request):
+    with _libos_on(request.param) as lo:
+        yield lo
+
+
+@pytest.fixture
+def pair():
+    a, b = socket.socketpair()
+    yield a, b
+    a.close(), b.close()
+
+
+def epoll_reply(ret, records, maxevents):
+    raw = b"".join(struct.pack("=IQ", ev, data) for ev, data in records)
+    return Transport.epoll_reply(Reply(ret, raw, b"", ()), maxevents)
+
+
+def poll_reply(ret, table, fds, events):
+    raw = b"".join(struct.pack("=ihh", *entry) for entry in table)
+    return Transport.poll_reply(Reply(ret, raw, b"", ()), fds, events)
+
+
+# -- epoll: an event with no events ------------------------------------------------------------
+
+def test_an_epoll_event_that_reports_no_events_is_caught():
+    """The kernel reports an fd only when one of its events is ready (ep_send_events skips an
+    item whose poll gives nothing): a record with events 0 cannot be.  The app would get
+    (fd, 0), and selectors a ready key with no events."""
+    assert epoll_reply(1, [(EPOLLIN, 5)], 4) == (1, [(5, EPOLLIN)])
+    with pytest.raises(IagoError, match="no events"):
+        epoll_reply(1, [(0, 5)], 4)
+    with pytest.raises(IagoError, match="no events"):
+        epoll_reply(2, [(EPOLLIN, 5), (0, 6)], 4)
+
+
+def test_an_epoll_event_with_no_events_never_reaches_the_app(liar, pair):
+    t, _ = liar
+    a, b = pair
+    with select.epoll() as ep:
+        ep.register(a.fileno(), EPOLLIN)
+        t.lie(abi.OP_EPOLL_WAIT, lambda r, args, kw: r._replace(
+            ret=1, out=struct.pack("=IQ", 0, a.fileno())))
+        with pytest.raises(IagoError, match="no events"):
+            ep.poll(0)
+        assert ep.poll(0) == []
+
+
+# -- poll: POLLNVAL is alone -------------------------------------------------------------------
+
+def test_poll_nval_with_other_bits_is_caught():
+    """The kernel's do_pollfd says POLLNVAL only for an fd that is not open, and then alone:
+    for an open one the mask is filtered by the events asked and ERR/HUP, never NVAL."""
+    fds, evs = [5], [POLLIN]
+    assert poll_reply(1, [(5, POLLIN, POLLNVAL)], fds, evs) == (1, [(5, POLLNVAL)])
+    for bits in (POLLIN, select.POLLHUP, select.POLLERR):
+        with pytest.raises(IagoError, match="NVAL"):
+            poll_reply(1, [(5, POLLIN, POLLNVAL | bits)], fds, evs)
+
+
+def test_poll_nval_with_other_bits_never_reaches_the_app(liar, pair):
+    t, _ = liar
+    a, _b = pair
+    p = select.poll()
+    p.register(a, POLLIN)
+    t.lie(abi.OP_POLL, lambda r, args, kw: r._replace(
+        ret=1, out=struct.pack("=ihh", a.fileno(), POLLIN, POLLNVAL | POLLIN)))
+    with pytest.raises(IagoError, match="NVAL"):
+        p.poll(0)
+    assert p.poll(0) == []
+
+
+def test_an_honest_nval_still_comes_back_as_natively(libos):
+    """An fd that is not open: the kernel's own POLLNVAL, alone, as CPython gives it."""
+    s = socket.socket()
+    fd = s.fileno()
+    s.close()
+    p = select.poll()
+    p.register(fd, POLLIN)
+    assert p.poll(0) == [(fd, POLLNVAL)]
+
+
+# -- epoll: what the enclave records against what the kernel has --------------------------------
+
+@contextlib.contextmanager
+def _after_each_epoll_ctl(fn):
+    """Run ``fn()`` the moment each EPOLL_CTL the LibOS makes has come back from the host,
+    before the LibOS's own code goes on: where another app thread's wait, holding the GIL
+    next, would have its reply checked.  (Injected with a trace, deterministically, where a
+    thread switch lands by chance.)"""
+    code = Kernel.check.__code__
+
+    def trace(frame, event, arg):
+        if frame.f_code is not code or frame.f_locals.get("op") != abi.OP_EPOLL_CTL:
+            return None
+
+        def on_return(frame, event, arg):
+            if event == "return" and arg is not None:
+                fn()
+            return on_return
+        return on_return
+    sys.settrace(trace)
+    try:
+        yield
+    finally:
+        sys.settrace(None)
+
+
+def test_a_wait_checked_right_after_a_register_took_effect_accepts_its_event(libos, pair):
+    """Another thread's wait may report an fd as soon as the kernel has it registered, which
+    can be before the registering thread runs again: the enclave's record of it must already
+    be there, or a true event is taken for a lie (IagoError in a correct app)."""
+    a, b = pair
+    a.send(b"x")
+    with select.epoll() as ep:
+        seen = []
+        with _after_each_epoll_ctl(lambda: seen.append(ep.poll(0))):
+            ep.register(b.fileno(), EPOLLIN)
+        assert seen == [[(b.fileno(), EPOLLIN)]]
+        seen.clear()
+        with _after_each_epoll_ctl(lambda: seen.append(ep.poll(0))):
+            ep.modify(b.fileno(), EPOLLIN | EPOLLOUT)
+        assert seen == [[(b.fileno(), EPOLLIN | EPOLLOUT)]]
+        seen.clear()
+        with _after_each_epoll_ctl(lambda: seen.append(ep.poll(0))):
+            ep.unregister(b.fileno())
+        assert seen == [[]]
+
+
+def test_a_refused_register_leaves_nothing_the_host_may_report(liar, pair):
+    """A register the kernel refuses (EEXIST, ENOENT) leaves the record as it was."""
+    t, _ = liar
+    a, b = pair
+    with select.epoll() as ep:
+        ep.register(a.fileno(), EPOLLOUT)
+        with pytest.raises(FileExistsError):
+            ep.register(a.fileno(), EPOLLIN)
+        with pytest.raises(FileNotFoundError):
+            ep.modify(b.fileno(), EPOLLIN)
+        t.lie(abi.OP_EPOLL_WAIT, lambda r, args, kw: r._replace(
+            ret=1, out=struct.pack("=IQ", EPOLLIN, a.fileno())))
+        with pytest.raises(IagoError, match="registered for"):
+            ep.poll(0)
+        t.lie(abi.OP_EPOLL_WAIT, lambda r, args, kw: r._replace(
+            ret=1, out=struct.pack("=IQ", EPOLLIN, b.fileno())))
+        with pytest.raises(IagoError, match="never registered"):
+            ep.poll(0)
+
+
+def test_an_fd_closed_while_registered_is_no_longer_reportable(liar):
+    """Closing an fd takes it out of every epoll set (the kernel drops the registration with
+    the file): a new socket that gets the same number was never registered, and an event the
+    host reports for it is a lie, not one for the socket the app closed."""
+    t, _ = liar
+    with select.epoll() as ep:
+        old = socket.socket()
+        fd = old.fileno()
+        ep.register(fd, EPOLLIN)
+        old.close()                            # no unregister: the kernel forgets it itself
+        new = socket.socket()
+        try:
+            assert new.fileno() == fd          # the lowest free number
+            t.lie(abi.OP_EPOLL_WAIT, lambda r, args, kw: r._replace(
+                ret=1, out=struct.pack("=IQ", EPOLLIN, fd)))
+            with pytest.raises(IagoError, match="never registered"):
+                ep.poll(0)
+        finally:
+            new.close()
