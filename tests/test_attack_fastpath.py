@@ -210,3 +210,93 @@ def test_an_fd_closed_while_registered_is_no_longer_reportable(liar):
                 ep.poll(0)
         finally:
             new.close()
+
+
+# -- epoll: EPOLLONESHOT ------------------------------------------------------------------------
+
+ONESHOT = select.EPOLLONESHOT
+
+
+def test_a_oneshot_fd_reported_again_before_it_is_rearmed_is_caught(liar, pair):
+    """After a oneshot registration's event the kernel disarms it (not even ERR/HUP come)
+    until EPOLL_CTL_MOD: a host that reports it again would hand one connection to two of the
+    app's threads at once, which EPOLLONESHOT is there to prevent."""
+    t, _ = liar
+    a, b = pair
+    b.send(b"x")
+    again = struct.pack("=IQ", EPOLLIN, a.fileno())
+    with select.epoll() as ep:
+        ep.register(a.fileno(), EPOLLIN | ONESHOT)
+        assert ep.poll(0) == [(a.fileno(), EPOLLIN)]
+        assert ep.poll(0) == []                            # the kernel disarmed it
+        t.lie(abi.OP_EPOLL_WAIT, lambda r, args, kw: r._replace(ret=1, out=again))
+        with pytest.raises(IagoError, match="disarmed"):
+            ep.poll(0)
+        t.lie(abi.OP_EPOLL_WAIT, lambda r, args, kw: r._replace(
+            ret=1, out=struct.pack("=IQ", select.EPOLLHUP, a.fileno())))
+        with pytest.raises(IagoError, match="disarmed"):
+            ep.poll(0)
+        ep.modify(a.fileno(), EPOLLIN | ONESHOT)            # rearmed
+        assert ep.poll(0) == [(a.fileno(), EPOLLIN)]
+        t.lie(abi.OP_EPOLL_WAIT, lambda r, args, kw: r._replace(ret=1, out=again))
+        with pytest.raises(IagoError, match="disarmed"):
+            ep.poll(0)
+        t.lie(abi.OP_EPOLL_WAIT, lambda r, args, kw: r._replace(
+            ret=1, out=struct.pack("=IQ", EPOLLIN | ONESHOT, a.fileno())))
+        ep.modify(a.fileno(), EPOLLIN | ONESHOT)
+        with pytest.raises(IagoError, match="registered for"):  # an input-only flag
+            ep.poll(0)
+
+
+def test_oneshot_events_as_natively(libos, pair):
+    a, b = pair
+    b.send(b"x")
+    with select.epoll() as ep:
+        ep.register(a.fileno(), EPOLLIN | ONESHOT)
+        ep.register(b.fileno(), EPOLLOUT)
+        assert sorted(ep.poll(0)) == sorted([(a.fileno(), EPOLLIN), (b.fileno(), EPOLLOUT)])
+        assert ep.poll(0) == [(b.fileno(), EPOLLOUT)]
+        ep.modify(a.fileno(), EPOLLIN | ONESHOT)
+        assert sorted(ep.poll(0)) == sorted([(a.fileno(), EPOLLIN), (b.fileno(), EPOLLOUT)])
+        ep.unregister(a.fileno())
+        ep.register(a.fileno(), EPOLLIN | ONESHOT)         # a new registration is armed
+        assert sorted(ep.poll(0)) == sorted([(a.fileno(), EPOLLIN), (b.fileno(), EPOLLOUT)])
+        ep.modify(a.fileno(), EPOLLIN)                     # no longer oneshot
+        for _ in range(3):
+            assert sorted(ep.poll(0)) == sorted([(a.fileno(), EPOLLIN),
+                                                 (b.fileno(), EPOLLOUT)])
+        with select.epoll.fromfd(ep.fileno()) as other:    # one record for the fd
+            ep.modify(a.fileno(), EPOLLIN | ONESHOT)
+            assert other.poll(0, 1) in ([(a.fileno(), EPOLLIN)], [(b.fileno(), EPOLLOUT)])
+            got = ep.poll(0) + other.poll(0)
+            assert got.count((a.fileno(), EPOLLIN)) <= 1
+
+
+def test_a_rearm_between_a_oneshot_event_and_its_check_is_not_lost(libos, pair):
+    """Another thread may rearm the fd after the kernel delivered its event and before this
+    thread's reply is checked (injected here at the crossing's return): the kernel then has it
+    armed, so the next event is true and must not be taken for a lie."""
+    a, b = pair
+    b.send(b"x")
+    code = type(libos.kernel.transport).epoll_wait.__code__
+    with select.epoll() as ep:
+        ep.register(a.fileno(), EPOLLIN | ONESHOT)
+        rearmed = []
+
+        def trace(frame, event, arg):
+            if frame.f_code is not code:
+                return None
+
+            def on_return(frame, event, arg):
+                if event == "return" and not rearmed:
+                    rearmed.append(ep.modify(a.fileno(), EPOLLIN | ONESHOT))
+                return on_return
+            return on_return
+        sys.settrace(trace)
+        try:
+            assert ep.poll(0) == [(a.fileno(), EPOLLIN)]
+        finally:
+            sys.settrace(None)
+        assert rearmed == [None]
+        assert ep.poll(0) == [(a.fileno(), EPOLLIN)]       # armed by the rearm: true
+        assert ep.poll(0) == []

@@ -38,6 +38,16 @@ EPOLLERR, EPOLLHUP = _select.EPOLLERR, _select.EPOLLHUP
 # Input-only epoll flags: they shape delivery and are never reported back.
 _EPOLL_INPUT_ONLY = (_select.EPOLLET | _select.EPOLLONESHOT | getattr(_select, "EPOLLEXCLUSIVE", 0)
                      | (1 << 29))   # EPOLLWAKEUP
+# The record of an epoll registration (``_reportable``, see Epoll._ctl): the events it may
+# report in the low 32 bits (with EPOLLONESHOT, which is never reported, marking a oneshot
+# one; 0 once a oneshot one is disarmed by its event) and above them the number of the
+# EPOLL_CTL that made it, in the order they came back (``_ctls``: the last one; a wait notes
+# it before it crosses), or _IN_FLIGHT while its EPOLL_CTL is out.  Changed under _records.
+_ONESHOT = _select.EPOLLONESHOT
+_LOW = 0xFFFFFFFF
+_IN_FLIGHT = 1 << 64
+_ctls = [0]
+_records = threading.RLock()      # re-entrant: a signal handler may register on its thread
 _READ_SET = POLLIN | POLLHUP | POLLERR      # the kernel's select(): what makes an fd readable
 _WRITE_SET = POLLOUT | POLLERR
 _EXCEPT_SET = POLLPRI
@@ -325,30 +335,36 @@ class Epoll:
                 pass
 
     def _ctl(self, op, fd, eventmask):
-        """EPOLL_CTL ``op`` of ``fd``, and the record of what it may report kept in step with
-        the kernel's: another thread's wait may report ``fd`` as soon as the kernel has taken
-        the ctl, before this thread runs again, so an ADD or MOD is recorded before the
-        crossing (during it, what was registered before may still come too) and undone if
-        the kernel refuses; a DEL is recorded after it (until then events may still come)."""
+        """EPOLL_CTL ``op`` of ``fd``, and its record kept in step with the kernel: another
+        thread's wait may report ``fd`` as soon as the kernel has taken the ctl, before this
+        thread runs again, so an ADD or MOD is recorded before the crossing (while it is out,
+        what was registered before may still come too) and undone if the kernel refuses; a
+        DEL is recorded after it (until then events may still come)."""
         epfd = self._check_open()
         fd = _fildes(fd)
         reg = self._registered
         if reg is None or op == EPOLL_CTL_DEL:
-            self._k.check(abi.OP_EPOLL_CTL, epfd, op, fd, eventmask & 0xFFFFFFFF)
+            self._k.check(abi.OP_EPOLL_CTL, epfd, op, fd, eventmask & _LOW)
             if reg is not None:
-                reg.pop(fd, None)
+                with _records:
+                    reg.pop(fd, None)
             return
-        old, new = reg.get(fd), _reportable(eventmask)
-        reg[fd] = new if old is None else old | new
+        new = _reportable(eventmask)
+        with _records:
+            old = reg.get(fd)
+            reg[fd] = (new if old is None else (old | new) & _LOW) | _IN_FLIGHT << 32
         try:
-            self._k.check(abi.OP_EPOLL_CTL, epfd, op, fd, eventmask & 0xFFFFFFFF)
+            self._k.check(abi.OP_EPOLL_CTL, epfd, op, fd, eventmask & _LOW)
         except BaseException:
-            if old is None:
-                reg.pop(fd, None)
-            else:
-                reg[fd] = old
+            with _records:
+                if old is None:
+                    reg.pop(fd, None)
+                else:
+                    reg[fd] = old
             raise
-        reg[fd] = new
+        with _records:
+            _ctls[0] = n = _ctls[0] + 1
+            reg[fd] = new | n << 32
 
     def register(self, fd, eventmask=_select.EPOLLIN | _select.EPOLLPRI | _select.EPOLLOUT):
         self._ctl(EPOLL_CTL_ADD, fd, eventmask)
@@ -376,11 +392,13 @@ class Epoll:
         elif maxevents < 1:
             raise ValueError(f"maxevents must be greater than 0, got {maxevents}")
         k = self._k
+        since = _ctls[0]
         n, events = wait(k, k.epoll_wait, epfd, maxevents, ms)
         if n < 0:
             raise oserror(-n)
-        # Counted, sized, each fd possible and reported once: checked in C as it was read
-        # (Transport.epoll_wait).  What the enclave knows of each fd is checked here.
+        # Counted, sized, each fd possible and reported once, each with some event: checked
+        # in C as it was read (Transport.epoll_wait).  What the enclave knows of each fd is
+        # checked here.
         reg, open_fds = self._registered, k.fds
         for fd, ev in events:
             if fd not in open_fds:
@@ -390,15 +408,50 @@ class Epoll:
                 if allowed is None:
                     raise IagoError(f"host's epoll_wait reports fd {fd}, which was never "
                                     f"registered")
-                if ev & ~allowed:
-                    raise IagoError(f"host's epoll_wait reports events {ev:#x} on fd {fd}, "
-                                    f"registered for {allowed & ~(EPOLLERR | EPOLLHUP):#x}")
+                if ev & ~allowed & _LOW:
+                    _refuse(fd, ev, allowed, since)
+                elif allowed & _ONESHOT:
+                    _disarm(reg, fd, ev, allowed, since)
         return events
 
 def _reportable(eventmask: int) -> int:
     """The events epoll_wait may report for a registration of ``eventmask``: what it asks
-    for, less the flags that only shape delivery, and ERR/HUP, which the kernel always may."""
-    return (eventmask & 0xFFFFFFFF & ~_EPOLL_INPUT_ONLY) | EPOLLERR | EPOLLHUP
+    for, less the flags that only shape delivery, and ERR/HUP, which the kernel always may;
+    EPOLLONESHOT kept, to mark a oneshot registration."""
+    return (eventmask & _LOW & ~_EPOLL_INPUT_ONLY) | EPOLLERR | EPOLLHUP | eventmask & _ONESHOT
+
+
+def _refuse(fd: int, ev: int, allowed: int, since: int) -> None:
+    """Events ``ev`` on ``fd`` that its record ``allowed`` does not allow: a lie, unless the
+    record is a oneshot registration disarmed by the event of an arm made while this wait was
+    out (``since``): then this event may be of the arm before, whose events are not known."""
+    if not allowed & _LOW:
+        if allowed >> 32 > since:
+            return
+        raise IagoError(f"host's epoll_wait reports events {ev:#x} on fd {fd}, which its "
+                        f"oneshot registration disarmed at its one event")
+    raise IagoError(f"host's epoll_wait reports events {ev:#x} on fd {fd}, registered for "
+                    f"{allowed & _LOW & ~(EPOLLERR | EPOLLHUP | _ONESHOT):#x}")
+
+
+def _disarm(reg: dict, fd: int, ev: int, allowed: int, since: int) -> None:
+    """The event of a oneshot registration, as the kernel takes it: none at all comes for it
+    after this one until EPOLL_CTL_MOD.  Its one event goes to one wait, so if another wait
+    has had it this one is a lie.  A record made while this wait was out (or still out) may
+    have been armed after this event: it stays as it is."""
+    if ev & _ONESHOT:
+        _refuse(fd, ev, allowed & ~_ONESHOT, since)
+    made = allowed >> 32
+    if made > since:
+        return
+    with _records:
+        now = reg.get(fd)
+        if now == allowed:
+            reg[fd] = made << 32
+            return
+    if now is not None and now >> 32 == made:           # this arm, disarmed by another wait
+        _refuse(fd, ev, now, since)
+    # unregistered or remade since it was read: as it is now
 
 
 def epoll_class(kernel: Kernel):
