@@ -12,12 +12,14 @@ import select
 import socket
 import struct
 import sys
+import time
 
 import pytest
 
 from eleos_shim import abi
 from eleos_shim.errors import IagoError
 from tests.libos_helpers import installed, lying_libos, make_transport
+from tests.racing import racing
 from tests.test_transport_hostile import built
 from trusted.libos._kernel import Kernel
 from trusted.syscall import Reply, Transport
@@ -300,3 +302,74 @@ def test_a_rearm_between_a_oneshot_event_and_its_check_is_not_lost(libos, pair):
         assert rearmed == [None]
         assert ep.poll(0) == [(a.fileno(), EPOLLIN)]       # armed by the rearm: true
         assert ep.poll(0) == []
+
+
+# -- a host thread racing the records a wait reads ----------------------------------------------
+
+def _raced(racer, call, ok, lie, addr, value, count, seconds=10.0):
+    """``call()`` while the host thread ``racer`` keeps storing the byte ``value`` at the
+    ``count`` bytes from ``addr`` (in the wait's staging buffer, where the host leaves its
+    records): each answer is either ``ok`` or the IagoError matching ``lie``, never another
+    value.  The race must have been seen (it is, most of the time the racer has its CPU: the
+    stores land between the host's writing of the records and the enclave's reading of
+    them), or the test proved nothing; on a busy machine that may take a while."""
+    caught = honest = 0
+    deadline = time.monotonic() + seconds
+    racer.arm(addr, value=value, count=count, stride=1)
+    try:
+        while caught < 10 and time.monotonic() < deadline:
+            try:
+                got = call()
+            except IagoError as e:
+                assert lie in str(e)
+                caught += 1
+            else:
+                assert got == ok
+                honest += 1
+    finally:
+        racer.disarm()
+    assert caught, f"the racing host thread never landed in {honest} calls ({seconds} s)"
+
+
+@contextlib.contextmanager
+def _raced_libos(path):
+    """A LibOS on ``path`` and a racing host thread on another CPU than the app's thread,
+    which the RPC worker shares (made after the pinning): on the ring the worker's reply is
+    then read only after a switch back to the app's thread, while the racer runs on."""
+    with racing() as racer, _libos_on(path) as lo:
+        a, b = socket.socketpair()
+        try:
+            b.send(b"x")
+            yield lo, racer, a
+        finally:
+            a.close(), b.close()
+
+
+def _wait_area(libos):
+    """The staging area this thread's next wait crosses with (the top of its stack)."""
+    t = libos.kernel.transport
+    t._top_staging()
+    return t._tls.free[-1]
+
+
+@pytest.mark.parametrize("path", ["ocall", "rpc"])
+def test_a_host_racing_an_epoll_record_never_hands_the_app_a_wrong_event(path):
+    with _raced_libos(path) as (lo, racer, a), select.epoll() as ep:
+        ep.register(a.fileno(), EPOLLIN)
+        assert ep.poll(0) == [(a.fileno(), EPOLLIN)]
+        # record 0's events, zeroed: the fd in its data stays the kernel's
+        _raced(racer, lambda: ep.poll(0), [(a.fileno(), EPOLLIN)], "no events",
+               _wait_area(lo).t.buf, 0, 4)
+        assert ep.poll(0) == [(a.fileno(), EPOLLIN)]
+
+
+@pytest.mark.parametrize("path", ["ocall", "rpc"])
+def test_a_host_racing_a_pollfd_never_hands_the_app_impossible_revents(path):
+    with _raced_libos(path) as (lo, racer, a):
+        p = select.poll()
+        p.register(a, POLLIN)
+        assert p.poll(0) == [(a.fileno(), POLLIN)]
+        # the low byte of entry 0's revents: NVAL beside the kernel's POLLIN
+        _raced(racer, lambda: p.poll(0), [(a.fileno(), POLLIN)], "NVAL",
+               _wait_area(lo).t.buf + 6, POLLNVAL | POLLIN, 1)
+        assert p.poll(0) == [(a.fileno(), POLLIN)]
