@@ -592,14 +592,23 @@ int64_t enclave_recv(struct enclave_stage *st, int64_t fd, uint64_t n)
  * handler's own write, between two of the app's, may use it too; no call that reads its reply
  * afterwards ever does (those take an area of their own). */
 static __thread struct enclave_stage *out_stage;
+/* Whose it is, kept beside the address: the area is looked at only for the transport that
+ * bound it, which is alive while its fused calls run (and keeps its areas).  Another's may be
+ * gone, its area freed and the memory reused (a transport's number is never reused). */
+static __thread uint32_t out_owner;
 #define ENCLAVE_UNBOUND (ENCLAVE_LIE - 2)   /* no area bound for this transport, or too small */
 
-void enclave_bind_out(struct enclave_stage *st) { out_stage = st; }
+void enclave_bind_out(struct enclave_stage *st)
+{
+    out_owner = 0;
+    out_stage = st;
+    out_owner = st ? st->owner : 0;
+}
 
 int64_t enclave_write1(uint32_t owner, int64_t fd, const char *in, uint64_t n)
 {
     struct enclave_stage *st = out_stage;
-    if (!st || st->owner != owner || n > st->cap)
+    if (!st || out_owner != owner || n > st->cap)
         return ENCLAVE_UNBOUND;
     return run_checked(st->path, st, ELEOS_OP_WRITE, fd, 0, in, n, n, 0);
 }
@@ -607,7 +616,7 @@ int64_t enclave_write1(uint32_t owner, int64_t fd, const char *in, uint64_t n)
 int64_t enclave_send1(uint32_t owner, int64_t fd, const char *in, uint64_t n, int64_t flags)
 {
     struct enclave_stage *st = out_stage;
-    if (!st || st->owner != owner || n > st->cap)
+    if (!st || out_owner != owner || n > st->cap)
         return ENCLAVE_UNBOUND;
     return run_checked(st->path, st, ELEOS_OP_SENDTO, fd, flags, in, n, n, 0);
 }
