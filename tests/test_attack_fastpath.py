@@ -373,3 +373,72 @@ def test_a_host_racing_a_pollfd_never_hands_the_app_impossible_revents(path):
         _raced(racer, lambda: p.poll(0), [(a.fileno(), POLLIN)], "NVAL",
                _wait_area(lo).t.buf + 6, POLLNVAL | POLLIN, 1)
         assert p.poll(0) == [(a.fileno(), POLLIN)]
+
+
+# -- recv_into with MSG_TRUNC -------------------------------------------------------------------
+
+@pytest.fixture(params=["direct", "ocall"])
+def c_libos(request):
+    """A LibOS whose replies the real C host can be told to lie in (Host.lie_next)."""
+    from untrusted.host import Host
+    with installed(make_transport(request.param)) as lo:
+        try:
+            yield lo
+        finally:
+            Host.lie_next("ret", 0, 0)
+
+
+def test_a_stream_recv_into_with_msg_trunc_never_counts_more_than_asked(c_libos, pair):
+    """MSG_TRUNC lets a datagram's length exceed the buffer; a stream's count never does (TCP
+    and Unix streams move at most what was asked)."""
+    from untrusted.host import Host
+    a, b = pair
+    a.sendall(b"0123456789")
+    buf = bytearray(8)
+    Host.lie_next("ret", 1000, 1)
+    with pytest.raises(IagoError, match="recvfrom of 4 bytes"):
+        b.recv_into(buf, 4, socket.MSG_TRUNC)
+    assert b.recv_into(buf, 4, socket.MSG_TRUNC) == 4     # (the lie's call took 0123)
+    assert b.recv_into(memoryview(buf)[4:], 4, socket.MSG_TRUNC) == 2
+    assert buf == bytearray(b"456789\0\0")
+
+
+def test_a_datagram_recv_into_with_msg_trunc_counts_as_natively_within_an_int(c_libos):
+    from untrusted.host import Host
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        a.send(b"0123456789")
+        buf = bytearray(8)
+        assert b.recv_into(buf, 4, socket.MSG_TRUNC) == 10        # the datagram's length
+        assert buf[:4] == b"0123"
+        a.send(b"0123456789")
+        Host.lie_next("ret", 1 << 40, 1)          # the kernel's recvmsg returns an int
+        with pytest.raises(IagoError, match="recvfrom of 4 bytes"):
+            b.recv_into(buf, 4, socket.MSG_TRUNC)
+
+
+# -- the fused writes' area of a transport that is gone -----------------------------------------
+
+def test_a_fused_write_never_crosses_with_an_area_its_transport_did_not_bind():
+    """C holds the thread's fused-write area by address (enclave_bind_out).  When the
+    transport that bound it is gone, its memory is freed and may be reused (a transport made
+    next gets its staging area there, with its own number in it: seen by hand with gc and
+    pymalloc): a fused write must then still bind an area of its own, never cross with what
+    lies at the old address.  The reuse is stood in for here by writing the next transport's
+    number into the bound area's record (deterministic, where reuse happens by chance)."""
+    import os
+
+    def unexpected(*args):
+        raise AssertionError(f"the fused path handed over: {args}")
+    r, w = os.pipe()
+    first, second = make_transport("direct"), make_transport("direct")
+    try:
+        assert first.fused("write", unexpected, unexpected)(w, b"a") == 1
+        bound = first._tls.out
+        bound.t.owner = second._owner        # what the reused memory would say
+        assert second.fused("write", unexpected, unexpected)(w, b"b") == 1
+        assert getattr(second._tls, "out", None) is not None, \
+            "the second transport's write crossed with an area it never bound"
+        assert os.read(r, 10) == b"ab"
+    finally:
+        os.close(r), os.close(w)

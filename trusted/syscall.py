@@ -59,6 +59,7 @@ _INITIAL_RECORDS = 16 << 10
 _VIEW_COPY = 64 << 10
 # recvfrom's flag that lets the result (a datagram's length) exceed the bytes written.
 _MSG_TRUNC = 0x20
+_INT_MAX = (1 << 31) - 1
 # enclave_submit's answer when a request does not fit its staging (a bug, never the host).
 _MISUSE = -2
 # Ops that return values in the arguments.
@@ -645,9 +646,10 @@ class Transport:
                 raise IagoError(f"host returned {ret} for {name} of {asked} bytes "
                                 f"({out_len} written)")
         elif op == abi.OP_RECVFROM or op == abi.OP_RECVMSG:
-            # Only MSG_TRUNC (a2: flags) lets the result exceed the bytes written.
-            if out_len > min(a1, len1) or ret < out_len or (ret > out_len and
-                                                           not a2 & _MSG_TRUNC):
+            # Only MSG_TRUNC (a2: flags) lets the result exceed the bytes written, and never
+            # past an int (the kernel's recvmsg returns one).
+            if out_len > min(a1, len1) or ret < out_len or (ret > out_len and (
+                    not a2 & _MSG_TRUNC or ret > _INT_MAX)):
                 raise IagoError(f"host returned {ret} for recvfrom of {a1} bytes ({out_len} written)")
         elif op in _WRITE_LIKE:
             if ret > n_in:
