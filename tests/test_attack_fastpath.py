@@ -442,3 +442,81 @@ def test_a_fused_write_never_crosses_with_an_area_its_transport_did_not_bind():
         assert os.read(r, 10) == b"ab"
     finally:
         os.close(r), os.close(w)
+
+
+# -- a wait without a timeout that comes back with nothing ---------------------------------------
+
+def test_a_wait_without_a_timeout_that_finds_nothing_ready_is_caught():
+    """poll and epoll_wait with no timeout return only when something is ready, or with an
+    error (EINTR): a count of 0 cannot be.  The app's select(..., None) would get three empty
+    lists, its socket's blocking wait would ask again and again for ever."""
+    assert epoll_reply(0, [], 4) == (0, [])                       # a zero timeout may
+    with pytest.raises(IagoError, match="without a timeout"):
+        Transport.epoll_reply(Reply(0, b"", b"", ()), 4, -1)
+    assert Transport.epoll_reply(Reply(-4, b"", b"", ()), 4, -1) == (-4, [])   # EINTR
+    table = struct.pack("=ihh", 5, POLLIN, 0)
+    assert Transport.poll_reply(Reply(0, table, b"", ()), [5], [POLLIN], 1) == (0, [])
+    with pytest.raises(IagoError, match="without a timeout"):
+        Transport.poll_reply(Reply(0, table, b"", ()), [5], [POLLIN], -1)
+
+
+class _NothingReady:
+    """A lie for the lying transport: the wait's reply says nothing is ready (the real call,
+    made first, found the fd ready, so it did not block)."""
+
+    @staticmethod
+    def poll(r, args, kw):
+        table = bytearray(r.out)
+        for i in range(0, len(table), 8):
+            table[i + 6:i + 8] = b"\0\0"
+        return r._replace(ret=0, out=bytes(table))
+
+    @staticmethod
+    def epoll(r, args, kw):
+        return r._replace(ret=0, out=b"")
+
+
+def test_the_apps_waits_without_a_timeout_never_come_back_empty(liar, pair):
+    t, _ = liar
+    a, b = pair
+    b.send(b"x")
+    t.lie(abi.OP_POLL, _NothingReady.poll)
+    with pytest.raises(IagoError, match="without a timeout"):
+        select.select([a], [], [])
+    p = select.poll()
+    p.register(a, POLLIN)
+    t.lie(abi.OP_POLL, _NothingReady.poll)
+    with pytest.raises(IagoError, match="without a timeout"):
+        p.poll()
+    with select.epoll() as ep:
+        ep.register(a.fileno(), EPOLLIN)
+        t.lie(abi.OP_EPOLL_WAIT, _NothingReady.epoll)
+        with pytest.raises(IagoError, match="without a timeout"):
+            ep.poll()
+        assert ep.poll() == [(a.fileno(), EPOLLIN)]
+    assert select.select([a], [], []) == ([a], [], [])
+
+
+def test_a_blocking_recv_whose_wait_keeps_finding_nothing_is_caught(liar, pair):
+    """A blocking socket's recv waits (poll, no timeout) while the host says EAGAIN: a wait
+    that comes back with nothing ready would have it ask again, for as long as the host
+    likes, a busy loop where the native call sleeps."""
+    t, _ = liar
+    a, b = pair
+    b.send(b"xy")              # (the real recv under the EAGAIN lie takes the x)
+    lies = []
+
+    def nothing_ready_then_honest(r, args, kw):
+        lies.append(1)
+        if len(lies) < 5:
+            t.lie(abi.OP_POLL, nothing_ready_then_honest)
+        return _NothingReady.poll(r, args, kw)
+    t.lie(abi.OP_RECVFROM, lambda r, args, kw: Reply(-11, b"", b"", r.args))   # EAGAIN
+    t.lie(abi.OP_POLL, nothing_ready_then_honest)
+    try:
+        with pytest.raises(IagoError, match="without a timeout"):
+            a.recv(1)
+        assert lies == [1]
+    finally:
+        t._lies.pop(abi.OP_POLL, None)
+    assert a.recv(1) == b"y"

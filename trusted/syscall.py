@@ -593,22 +593,23 @@ class Transport:
             free.append(st)
 
     # The same checks on a reply that reached the enclave as a Reply (the tests' lying host
-    # answers through ``call``): what ``epoll_wait``/``poll`` return for it.
+    # answers through ``call``): what ``epoll_wait``/``poll`` return for it (``ms``: the
+    # wait's timeout as asked, -1 for none).
     @staticmethod
-    def epoll_reply(r: Reply, maxevents: int) -> tuple[int, list]:
+    def epoll_reply(r: Reply, maxevents: int, ms: int = 0) -> tuple[int, list]:
         recs = ffi.new("char[]", maxevents * _EPOLL_EVENT_SIZE)
         why = ffi.new("char[]", 192)
         ret = lib.enclave_epoll_events(why, r.ret, len(r.out), len(r.out2), r.out, maxevents,
-                                       recs, maxevents * _EPOLL_EVENT_SIZE)
+                                       ms, recs, maxevents * _EPOLL_EVENT_SIZE)
         return Transport._reply_records(ret, why, recs)
 
     @staticmethod
-    def poll_reply(r: Reply, fds, events) -> tuple[int, list]:
+    def poll_reply(r: Reply, fds, events, ms: int = 0) -> tuple[int, list]:
         n = len(fds)
         recs = ffi.new("char[]", max(1, n * _POLLFD_SIZE))
         why = ffi.new("char[]", 192)
         ret = lib.enclave_poll_events(why, r.ret, len(r.out), len(r.out2), r.out, fds, events,
-                                      n, recs, n * _POLLFD_SIZE)
+                                      n, ms, recs, n * _POLLFD_SIZE)
         return Transport._reply_records(ret, why, recs)
 
     @staticmethod

@@ -393,10 +393,11 @@ static int cmp_i32(const void *a, const void *b)
 /* epoll_wait's events: at most `maxevents`, as many records as the count says, each naming a
  * possible fd (data.u64 carries it) at most once.  `out` receives (int32 fd, uint32 events)
  * per event, what select.epoll.poll returns, and needs 12 bytes per maxevents (the last 4 are
- * scratch).  Each has some event.  Whether each fd was registered, and for what, is the
- * LibOS's to check. */
+ * scratch).  Each has some event, and a wait without a timeout (`ms` < 0) has some.  Whether
+ * each fd was registered, and for what, is the LibOS's to check. */
 int64_t enclave_epoll_events(char *why, int64_t ret, uint64_t out_len, uint64_t out2_len,
-                             const char *raw, int64_t maxevents, char *out, uint64_t out_cap)
+                             const char *raw, int64_t maxevents, int64_t ms, char *out,
+                             uint64_t out_cap)
 {
     if (maxevents <= 0 || maxevents > INT32_MAX ||
             (uint64_t)maxevents * EPOLL_EVENT_SIZE > out_cap) {
@@ -412,6 +413,9 @@ int64_t enclave_epoll_events(char *why, int64_t ret, uint64_t out_len, uint64_t 
         return wait_lie(why, "host's epoll_wait returned %lld events in %llu bytes "
                         "(maxevents %lld)", (long long)ret, (unsigned long long)out_len,
                         (long long)maxevents);
+    if (!ret && ms < 0)
+        return wait_lie(why, "host's epoll_wait without a timeout came back with nothing "
+                        "ready");
     int32_t *rec = (int32_t *)out;
     for (int64_t i = 0; i < ret; i++) {
         uint32_t events;
@@ -443,13 +447,13 @@ int64_t enclave_epoll_events(char *why, int64_t ret, uint64_t out_len, uint64_t 
 
 /* poll's pollfd table, against the one the enclave sent (`fds`, `events`: nfds entries): the
  * same fds and events in the same order, revents only of what was asked (ERR/HUP always may
- * be; NVAL may, alone), none on an ignored (negative) fd, and as many ready entries as the
- * count says.
+ * be; NVAL may, alone), none on an ignored (negative) fd, as many ready entries as the count
+ * says, and some if the wait had no timeout (`ms` < 0).
  * `out` receives (int32 fd, uint32 revents) per ready entry, what select.poll.poll returns
  * (8 bytes per nfds). */
 int64_t enclave_poll_events(char *why, int64_t ret, uint64_t out_len, uint64_t out2_len,
                             const char *raw, const int32_t *fds, const int16_t *events,
-                            int64_t nfds, char *out, uint64_t out_cap)
+                            int64_t nfds, int64_t ms, char *out, uint64_t out_cap)
 {
     if (nfds < 0 || nfds > INT32_MAX || (uint64_t)nfds * POLLFD_SIZE > out_cap) {
         snprintf(why, WHY_SIZE, "poll of %lld fds does not fit %llu bytes", (long long)nfds,
@@ -463,6 +467,8 @@ int64_t enclave_poll_events(char *why, int64_t ret, uint64_t out_len, uint64_t o
     if (out_len != (uint64_t)nfds * POLLFD_SIZE || ret > nfds)
         return wait_lie(why, "host's poll reply holds %llu bytes and %lld ready fds for %lld "
                         "fds", (unsigned long long)out_len, (long long)ret, (long long)nfds);
+    if (!ret && ms < 0)
+        return wait_lie(why, "host's poll without a timeout came back with nothing ready");
     int32_t *rec = (int32_t *)out;
     int64_t ready = 0;
     for (int64_t i = 0; i < nfds; i++) {
@@ -538,7 +544,8 @@ int64_t enclave_epoll_wait(struct enclave_stage *st, int64_t epfd, int64_t maxev
     if (taken < 0)
         return wait_refused(st, taken, "epoll_wait");
     return enclave_epoll_events(st->why, st->mine.ret, st->mine.out_len, st->mine.out2_len,
-                                (const char *)(uintptr_t)st->buf, maxevents, out, out_cap);
+                                (const char *)(uintptr_t)st->buf, maxevents, ms, out,
+                                out_cap);
 }
 
 /* poll(fds, events, nfds, ms) in one crossing: the pollfd table is built in buffer 1 from the
@@ -569,7 +576,7 @@ int64_t enclave_poll(struct enclave_stage *st, const int32_t *fds, const int16_t
     if (taken < 0)
         return wait_refused(st, taken, "poll");
     return enclave_poll_events(st->why, st->mine.ret, st->mine.out_len, st->mine.out2_len,
-                               table, fds, events, nfds, out, out_cap);
+                               table, fds, events, nfds, ms, out, out_cap);
 }
 
 /* The fused data path's narrowest crossings (trusted/syscall.py, Transport.fused): each
