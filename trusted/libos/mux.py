@@ -39,13 +39,12 @@ EPOLLERR, EPOLLHUP = _select.EPOLLERR, _select.EPOLLHUP
 _EPOLL_INPUT_ONLY = (_select.EPOLLET | _select.EPOLLONESHOT | getattr(_select, "EPOLLEXCLUSIVE", 0)
                      | (1 << 29))   # EPOLLWAKEUP
 # The record of an epoll registration (``_reportable``, see Epoll._ctl): the events it may
-# report in the low 32 bits (with EPOLLONESHOT, which is never reported, marking a oneshot
-# one; 0 once a oneshot one is disarmed by its event) and above them the number of the
-# EPOLL_CTL that made it, in the order they came back (``_ctls``: the last one; a wait notes
-# it before it crosses), or _IN_FLIGHT while its EPOLL_CTL is out.  Changed under _records.
+# report, in bits 0-31, or for a oneshot one in bits 32-63 (so that each of its events takes
+# the slow way, _oneshot; 0 there once its event has disarmed it) and from bit 64 the number
+# of the EPOLL_CTL that made it, oneshot ones numbered in the order they came back (``_ctls``:
+# the last number; a wait notes it before it crosses).  Changed under _records.
 _ONESHOT = _select.EPOLLONESHOT
 _LOW = 0xFFFFFFFF
-_IN_FLIGHT = 1 << 64
 _ctls = [0]
 _records = threading.RLock()      # re-entrant: a signal handler may register on its thread
 _READ_SET = POLLIN | POLLHUP | POLLERR      # the kernel's select(): what makes an fd readable
@@ -352,7 +351,8 @@ class Epoll:
         new = _reportable(eventmask)
         with _records:
             old = reg.get(fd)
-            reg[fd] = (new if old is None else (old | new) & _LOW) | _IN_FLIGHT << 32
+            # while it is out: what either allows, never disarmed by an event
+            reg[fd] = _allows(new) if old is None else _allows(old) | _allows(new)
         try:
             self._k.check(abi.OP_EPOLL_CTL, epfd, op, fd, eventmask & _LOW)
         except BaseException:
@@ -363,8 +363,10 @@ class Epoll:
                     reg[fd] = old
             raise
         with _records:
-            _ctls[0] = n = _ctls[0] + 1
-            reg[fd] = new | n << 32
+            if new > _LOW:                  # oneshot: numbered
+                _ctls[0] = n = _ctls[0] + 1
+                new |= n << 64
+            reg[fd] = new
 
     def register(self, fd, eventmask=_select.EPOLLIN | _select.EPOLLPRI | _select.EPOLLOUT):
         self._ctl(EPOLL_CTL_ADD, fd, eventmask)
@@ -408,50 +410,46 @@ class Epoll:
                 if allowed is None:
                     raise IagoError(f"host's epoll_wait reports fd {fd}, which was never "
                                     f"registered")
-                if ev & ~allowed & _LOW:
-                    _refuse(fd, ev, allowed, since)
-                elif allowed & _ONESHOT:
-                    _disarm(reg, fd, ev, allowed, since)
+                if ev & ~allowed:
+                    _oneshot(reg, fd, ev, allowed, since)
         return events
 
 def _reportable(eventmask: int) -> int:
-    """The events epoll_wait may report for a registration of ``eventmask``: what it asks
-    for, less the flags that only shape delivery, and ERR/HUP, which the kernel always may;
-    EPOLLONESHOT kept, to mark a oneshot registration."""
-    return (eventmask & _LOW & ~_EPOLL_INPUT_ONLY) | EPOLLERR | EPOLLHUP | eventmask & _ONESHOT
+    """The record of a registration of ``eventmask`` (without its number): the events
+    epoll_wait may report for it, what it asks for less the flags that only shape delivery,
+    and ERR/HUP, which the kernel always may; for a oneshot one, above bit 32."""
+    allowed = (eventmask & _LOW & ~_EPOLL_INPUT_ONLY) | EPOLLERR | EPOLLHUP
+    return allowed << 32 if eventmask & _ONESHOT else allowed
 
 
-def _refuse(fd: int, ev: int, allowed: int, since: int) -> None:
-    """Events ``ev`` on ``fd`` that its record ``allowed`` does not allow: a lie, unless the
-    record is a oneshot registration disarmed by the event of an arm made while this wait was
-    out (``since``): then this event may be of the arm before, whose events are not known."""
-    if not allowed & _LOW:
-        if allowed >> 32 > since:
-            return
-        raise IagoError(f"host's epoll_wait reports events {ev:#x} on fd {fd}, which its "
-                        f"oneshot registration disarmed at its one event")
-    raise IagoError(f"host's epoll_wait reports events {ev:#x} on fd {fd}, registered for "
-                    f"{allowed & _LOW & ~(EPOLLERR | EPOLLHUP | _ONESHOT):#x}")
+def _allows(record: int) -> int:
+    """The events a record allows (a oneshot one's, armed or not, as a plain one's)."""
+    return (record | record >> 32) & _LOW
 
 
-def _disarm(reg: dict, fd: int, ev: int, allowed: int, since: int) -> None:
-    """The event of a oneshot registration, as the kernel takes it: none at all comes for it
-    after this one until EPOLL_CTL_MOD.  Its one event goes to one wait, so if another wait
-    has had it this one is a lie.  A record made while this wait was out (or still out) may
-    have been armed after this event: it stays as it is."""
-    if ev & _ONESHOT:
-        _refuse(fd, ev, allowed & ~_ONESHOT, since)
-    made = allowed >> 32
+def _oneshot(reg: dict, fd: int, ev: int, allowed: int, since: int) -> None:
+    """Events ``ev`` on ``fd`` beyond its record's plain events: a lie, unless ``allowed`` is a
+    oneshot registration's.  Its one event is taken as the kernel takes it: none at all
+    comes after it until EPOLL_CTL_MOD, and it goes to one wait, so if another wait has had it
+    this one is a lie.  A record made while this wait was out (numbered above ``since``, the
+    last number before it) may have been armed after this event, and one disarmed since by
+    another wait's event this one may be from the arm before: such a record stays as it is."""
+    mask, made = allowed >> 32 & _LOW, allowed >> 64
+    if allowed & _LOW or ev & ~mask and mask:
+        raise IagoError(f"host's epoll_wait reports events {ev:#x} on fd {fd}, registered "
+                        f"for {_allows(allowed) & ~(EPOLLERR | EPOLLHUP):#x}")
     if made > since:
         return
-    with _records:
-        now = reg.get(fd)
-        if now == allowed:
-            reg[fd] = made << 32
-            return
-    if now is not None and now >> 32 == made:           # this arm, disarmed by another wait
-        _refuse(fd, ev, now, since)
-    # unregistered or remade since it was read: as it is now
+    if mask:
+        with _records:
+            now = reg.get(fd)
+            if now == allowed:
+                reg[fd] = made << 64                  # disarmed
+                return
+        if now is None or now >> 64 != made or _allows(now):
+            return                                    # unregistered or remade since
+    raise IagoError(f"host's epoll_wait reports events {ev:#x} on fd {fd}, which its oneshot "
+                    f"registration disarmed at its one event")
 
 
 def epoll_class(kernel: Kernel):
