@@ -23,6 +23,7 @@ from tests.racing import racing
 from tests.test_transport_hostile import built
 from trusted.libos._kernel import Kernel
 from trusted.syscall import Reply, Transport
+from untrusted.host import Host
 
 POLLIN, POLLOUT, POLLNVAL = select.POLLIN, select.POLLOUT, select.POLLNVAL
 EPOLLIN, EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
@@ -377,11 +378,16 @@ def test_a_host_racing_a_pollfd_never_hands_the_app_impossible_revents(path):
 
 # -- recv_into with MSG_TRUNC -------------------------------------------------------------------
 
-@pytest.fixture(params=["direct", "ocall"])
+@pytest.fixture(params=["direct", "ocall", "rpc"])
 def c_libos(request):
-    """A LibOS whose replies the real C host can be told to lie in (Host.lie_next)."""
-    from untrusted.host import Host
-    with installed(make_transport(request.param)) as lo:
+    """A LibOS whose next reply the real host can be told to lie in: ``lie(value)`` makes
+    its result ``value`` (Host.lie_next; on the ring, the worker's completion)."""
+    with _libos_on(request.param) as lo:
+        t = lo.kernel.transport
+        if request.param == "rpc":
+            lo.lie = lambda value: t.host.rpc.corrupt_next("ret", value)
+        else:
+            lo.lie = lambda value: Host.lie_next("ret", value, 1)
         try:
             yield lo
         finally:
@@ -391,11 +397,10 @@ def c_libos(request):
 def test_a_stream_recv_into_with_msg_trunc_never_counts_more_than_asked(c_libos, pair):
     """MSG_TRUNC lets a datagram's length exceed the buffer; a stream's count never does (TCP
     and Unix streams move at most what was asked)."""
-    from untrusted.host import Host
     a, b = pair
     a.sendall(b"0123456789")
     buf = bytearray(8)
-    Host.lie_next("ret", 1000, 1)
+    c_libos.lie(1000)
     with pytest.raises(IagoError, match="recvfrom of 4 bytes"):
         b.recv_into(buf, 4, socket.MSG_TRUNC)
     assert b.recv_into(buf, 4, socket.MSG_TRUNC) == 4     # (the lie's call took 0123)
@@ -404,7 +409,6 @@ def test_a_stream_recv_into_with_msg_trunc_never_counts_more_than_asked(c_libos,
 
 
 def test_a_datagram_recv_into_with_msg_trunc_counts_as_natively_within_an_int(c_libos):
-    from untrusted.host import Host
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     with a, b:
         a.send(b"0123456789")
@@ -412,7 +416,7 @@ def test_a_datagram_recv_into_with_msg_trunc_counts_as_natively_within_an_int(c_
         assert b.recv_into(buf, 4, socket.MSG_TRUNC) == 10        # the datagram's length
         assert buf[:4] == b"0123"
         a.send(b"0123456789")
-        Host.lie_next("ret", 1 << 40, 1)          # the kernel's recvmsg returns an int
+        c_libos.lie(1 << 40)                       # the kernel's recvmsg returns an int
         with pytest.raises(IagoError, match="recvfrom of 4 bytes"):
             b.recv_into(buf, 4, socket.MSG_TRUNC)
 
