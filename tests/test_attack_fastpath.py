@@ -8,6 +8,7 @@ what CPython gives."""
 from __future__ import annotations
 
 import contextlib
+import os
 import select
 import socket
 import struct
@@ -524,3 +525,41 @@ def test_a_blocking_recv_whose_wait_keeps_finding_nothing_is_caught(liar, pair):
     finally:
         t._lies.pop(abi.OP_POLL, None)
     assert a.recv(1) == b"y"
+
+
+# -- the fused data path, on every path ---------------------------------------------------------
+
+_BIG = 100 << 10                         # a recv_into past the size copied by slice
+
+
+@pytest.mark.parametrize("call, value", [
+    ("read", 5), ("recv", 5), ("recv_into", 5), ("recv_into_view", 5),
+    ("recv_into_big", _BIG + 1),         # more bytes than asked
+    ("write", 4), ("send", 4),           # more taken than given
+    ("send", 0),                         # a socket takes a byte or says EAGAIN
+    ("read", -5000), ("send", -5000),    # neither a count nor an errno
+])
+def test_the_fused_data_path_rejects_a_count_that_cannot_be(c_libos, call, value):
+    """What the app's os.read/os.write and socket calls (the fused crossings, the C data path
+    behind them) do with a result the host cannot have: IagoError, nothing of it in the
+    app's buffer, and the next call honest."""
+    a, b = socket.socketpair()
+    r, w = os.pipe()
+    try:
+        a.sendall(b"0123456789")
+        os.write(w, b"0123456789")
+        buf = bytearray(b"-" * (_BIG + 8))
+        do = {"read": lambda: os.read(r, 4), "recv": lambda: b.recv(4),
+              "recv_into": lambda: b.recv_into(buf, 4),
+              "recv_into_view": lambda: b.recv_into(memoryview(buf)[:8], 4),
+              "recv_into_big": lambda: b.recv_into(memoryview(buf), _BIG),
+              "write": lambda: os.write(w, b"abc"), "send": lambda: a.send(b"abc")}[call]
+        c_libos.lie(value)
+        with pytest.raises(IagoError):
+            do()
+        assert buf == bytearray(b"-" * (_BIG + 8))
+        a.sendall(b"0123456789")                # (the big recv's lie took all there was)
+        assert b.recv(4) in (b"0123", b"4567") and os.read(r, 4) in (b"0123", b"4567")
+        assert a.send(b"xyz") == 3 and os.write(w, b"xyz") == 3
+    finally:
+        a.close(), b.close(), os.close(r), os.close(w)
