@@ -11,10 +11,13 @@ once.)
 
 What comes back is checked as hostile: a ready fd the enclave never asked about, a pollfd
 array reordered or resized, events that were not asked for (beyond ERR/HUP/NVAL, which the
-kernel always may report), more events than ``maxevents``, an fd reported twice: each raises
-IagoError.  The checks that need only the request are made in C as the reply is read; the
-ones that need the enclave's state (an epoll event on an fd not open, or never registered, or
-for events it did not register) are made here.
+kernel always may report, NVAL alone), an epoll event with no events, more events than
+``maxevents``, an fd reported twice, nothing ready after a wait without a timeout: each
+raises IagoError.  The checks that need only the request are made in C as the reply is read;
+the ones that need the enclave's state (an epoll event on an fd not open, or never
+registered, or for events it did not register, or for a oneshot registration its last event
+disarmed) are made here, against a record of each registration kept in step with the
+kernel's (Epoll._ctl; a closed fd leaves every set, Kernel.forget_fd).
 """
 from __future__ import annotations
 
