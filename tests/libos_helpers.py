@@ -84,12 +84,12 @@ class LyingTransport:
     def epoll_wait(self, epfd, maxevents, ms):
         r = self.call(abi.OP_EPOLL_WAIT, epfd, maxevents, ms, outcap=maxevents * 12,
                       wait=ms != 0)
-        return Transport.epoll_reply(r, maxevents)
+        return Transport.epoll_reply(r, maxevents, ms)
 
     def poll(self, fds, events, ms):
         table = b"".join(struct.pack("=ihh", fd, ev, 0) for fd, ev in zip(fds, events))
         r = self.call(abi.OP_POLL, len(fds), ms, inbuf=table, outcap=len(table), wait=ms != 0)
-        return Transport.poll_reply(r, fds, events)
+        return Transport.poll_reply(r, fds, events, ms)
 
     def close_hidden(self) -> None:
         """Close (directly, after uninstall) the real fds that lies hid from the enclave."""

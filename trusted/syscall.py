@@ -59,6 +59,7 @@ _INITIAL_RECORDS = 16 << 10
 _VIEW_COPY = 64 << 10
 # recvfrom's flag that lets the result (a datagram's length) exceed the bytes written.
 _MSG_TRUNC = 0x20
+_INT_MAX = (1 << 31) - 1
 # enclave_submit's answer when a request does not fit its staging (a bug, never the host).
 _MISUSE = -2
 # Ops that return values in the arguments.
@@ -592,22 +593,23 @@ class Transport:
             free.append(st)
 
     # The same checks on a reply that reached the enclave as a Reply (the tests' lying host
-    # answers through ``call``): what ``epoll_wait``/``poll`` return for it.
+    # answers through ``call``): what ``epoll_wait``/``poll`` return for it (``ms``: the
+    # wait's timeout as asked, -1 for none).
     @staticmethod
-    def epoll_reply(r: Reply, maxevents: int) -> tuple[int, list]:
+    def epoll_reply(r: Reply, maxevents: int, ms: int = 0) -> tuple[int, list]:
         recs = ffi.new("char[]", maxevents * _EPOLL_EVENT_SIZE)
         why = ffi.new("char[]", 192)
         ret = lib.enclave_epoll_events(why, r.ret, len(r.out), len(r.out2), r.out, maxevents,
-                                       recs, maxevents * _EPOLL_EVENT_SIZE)
+                                       ms, recs, maxevents * _EPOLL_EVENT_SIZE)
         return Transport._reply_records(ret, why, recs)
 
     @staticmethod
-    def poll_reply(r: Reply, fds, events) -> tuple[int, list]:
+    def poll_reply(r: Reply, fds, events, ms: int = 0) -> tuple[int, list]:
         n = len(fds)
         recs = ffi.new("char[]", max(1, n * _POLLFD_SIZE))
         why = ffi.new("char[]", 192)
         ret = lib.enclave_poll_events(why, r.ret, len(r.out), len(r.out2), r.out, fds, events,
-                                      n, recs, n * _POLLFD_SIZE)
+                                      n, ms, recs, n * _POLLFD_SIZE)
         return Transport._reply_records(ret, why, recs)
 
     @staticmethod
@@ -645,9 +647,10 @@ class Transport:
                 raise IagoError(f"host returned {ret} for {name} of {asked} bytes "
                                 f"({out_len} written)")
         elif op == abi.OP_RECVFROM or op == abi.OP_RECVMSG:
-            # Only MSG_TRUNC (a2: flags) lets the result exceed the bytes written.
-            if out_len > min(a1, len1) or ret < out_len or (ret > out_len and
-                                                           not a2 & _MSG_TRUNC):
+            # Only MSG_TRUNC (a2: flags) lets the result exceed the bytes written, and never
+            # past an int (the kernel's recvmsg returns one).
+            if out_len > min(a1, len1) or ret < out_len or (ret > out_len and (
+                    not a2 & _MSG_TRUNC or ret > _INT_MAX)):
                 raise IagoError(f"host returned {ret} for recvfrom of {a1} bytes ({out_len} written)")
         elif op in _WRITE_LIKE:
             if ret > n_in:

@@ -358,6 +358,7 @@ int64_t enclave_in_into(struct enclave_stage *st, uint32_t op, int64_t fd, uint6
 #define EPOLL_EVENT_SIZE 12     /* struct epoll_event, packed on x86_64: u32 events, u64 data */
 #define POLLFD_SIZE 8           /* struct pollfd: int fd, short events, short revents */
 #define WAIT_ALWAYS (0x008 | 0x010 | 0x020)     /* POLLERR | POLLHUP | POLLNVAL */
+#define WAIT_NVAL 0x020
 #define WHY_SIZE sizeof(((struct enclave_stage *)0)->why)
 
 static int64_t wait_lie(char *why, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -392,9 +393,11 @@ static int cmp_i32(const void *a, const void *b)
 /* epoll_wait's events: at most `maxevents`, as many records as the count says, each naming a
  * possible fd (data.u64 carries it) at most once.  `out` receives (int32 fd, uint32 events)
  * per event, what select.epoll.poll returns, and needs 12 bytes per maxevents (the last 4 are
- * scratch).  Whether each fd was registered, and for what, is the LibOS's to check. */
+ * scratch).  Each has some event, and a wait without a timeout (`ms` < 0) has some.  Whether
+ * each fd was registered, and for what, is the LibOS's to check. */
 int64_t enclave_epoll_events(char *why, int64_t ret, uint64_t out_len, uint64_t out2_len,
-                             const char *raw, int64_t maxevents, char *out, uint64_t out_cap)
+                             const char *raw, int64_t maxevents, int64_t ms, char *out,
+                             uint64_t out_cap)
 {
     if (maxevents <= 0 || maxevents > INT32_MAX ||
             (uint64_t)maxevents * EPOLL_EVENT_SIZE > out_cap) {
@@ -410,6 +413,9 @@ int64_t enclave_epoll_events(char *why, int64_t ret, uint64_t out_len, uint64_t 
         return wait_lie(why, "host's epoll_wait returned %lld events in %llu bytes "
                         "(maxevents %lld)", (long long)ret, (unsigned long long)out_len,
                         (long long)maxevents);
+    if (!ret && ms < 0)
+        return wait_lie(why, "host's epoll_wait without a timeout came back with nothing "
+                        "ready");
     int32_t *rec = (int32_t *)out;
     for (int64_t i = 0; i < ret; i++) {
         uint32_t events;
@@ -418,6 +424,11 @@ int64_t enclave_epoll_events(char *why, int64_t ret, uint64_t out_len, uint64_t 
         memcpy(&data, raw + i * EPOLL_EVENT_SIZE + 4, 8);
         if (data >= (uint64_t)1 << 31)
             return wait_lie(why, "host's epoll_wait names an impossible fd %llu",
+                            (unsigned long long)data);
+        /* The kernel reports an fd only for an event that is ready (ep_send_events skips an
+         * item whose poll gives none). */
+        if (!events)
+            return wait_lie(why, "host's epoll_wait reports fd %llu with no events",
                             (unsigned long long)data);
         rec[2 * i] = (int32_t)data;
         memcpy(&rec[2 * i + 1], &events, 4);
@@ -435,13 +446,14 @@ int64_t enclave_epoll_events(char *why, int64_t ret, uint64_t out_len, uint64_t 
 }
 
 /* poll's pollfd table, against the one the enclave sent (`fds`, `events`: nfds entries): the
- * same fds and events in the same order, revents only of what was asked (ERR/HUP/NVAL always
- * may be), none on an ignored (negative) fd, and as many ready entries as the count says.
+ * same fds and events in the same order, revents only of what was asked (ERR/HUP always may
+ * be; NVAL may, alone), none on an ignored (negative) fd, as many ready entries as the count
+ * says, and some if the wait had no timeout (`ms` < 0).
  * `out` receives (int32 fd, uint32 revents) per ready entry, what select.poll.poll returns
  * (8 bytes per nfds). */
 int64_t enclave_poll_events(char *why, int64_t ret, uint64_t out_len, uint64_t out2_len,
                             const char *raw, const int32_t *fds, const int16_t *events,
-                            int64_t nfds, char *out, uint64_t out_cap)
+                            int64_t nfds, int64_t ms, char *out, uint64_t out_cap)
 {
     if (nfds < 0 || nfds > INT32_MAX || (uint64_t)nfds * POLLFD_SIZE > out_cap) {
         snprintf(why, WHY_SIZE, "poll of %lld fds does not fit %llu bytes", (long long)nfds,
@@ -455,6 +467,8 @@ int64_t enclave_poll_events(char *why, int64_t ret, uint64_t out_len, uint64_t o
     if (out_len != (uint64_t)nfds * POLLFD_SIZE || ret > nfds)
         return wait_lie(why, "host's poll reply holds %llu bytes and %lld ready fds for %lld "
                         "fds", (unsigned long long)out_len, (long long)ret, (long long)nfds);
+    if (!ret && ms < 0)
+        return wait_lie(why, "host's poll without a timeout came back with nothing ready");
     int32_t *rec = (int32_t *)out;
     int64_t ready = 0;
     for (int64_t i = 0; i < nfds; i++) {
@@ -475,6 +489,11 @@ int64_t enclave_poll_events(char *why, int64_t ret, uint64_t out_len, uint64_t o
         if (rr & ~((uint16_t)events[i] | WAIT_ALWAYS))
             return wait_lie(why, "host's poll reports events %#x on fd %d, which asked only "
                             "for %#x", rr, fds[i], (uint16_t)events[i]);
+        /* NVAL is the kernel's answer for an fd that is not open, and then its only one (an
+         * open fd's mask is its events as asked and ERR/HUP: do_pollfd). */
+        if ((rr & WAIT_NVAL) && rr != WAIT_NVAL)
+            return wait_lie(why, "host's poll reports NVAL with events %#x on fd %d", rr,
+                            fds[i]);
         rec[2 * ready] = fds[i];       /* at most nfds records: out has room for them all */
         rec[2 * ready + 1] = (int32_t)rr;
         ready++;
@@ -525,7 +544,8 @@ int64_t enclave_epoll_wait(struct enclave_stage *st, int64_t epfd, int64_t maxev
     if (taken < 0)
         return wait_refused(st, taken, "epoll_wait");
     return enclave_epoll_events(st->why, st->mine.ret, st->mine.out_len, st->mine.out2_len,
-                                (const char *)(uintptr_t)st->buf, maxevents, out, out_cap);
+                                (const char *)(uintptr_t)st->buf, maxevents, ms, out,
+                                out_cap);
 }
 
 /* poll(fds, events, nfds, ms) in one crossing: the pollfd table is built in buffer 1 from the
@@ -556,7 +576,7 @@ int64_t enclave_poll(struct enclave_stage *st, const int32_t *fds, const int16_t
     if (taken < 0)
         return wait_refused(st, taken, "poll");
     return enclave_poll_events(st->why, st->mine.ret, st->mine.out_len, st->mine.out2_len,
-                               table, fds, events, nfds, out, out_cap);
+                               table, fds, events, nfds, ms, out, out_cap);
 }
 
 /* The fused data path's narrowest crossings (trusted/syscall.py, Transport.fused): each
@@ -579,14 +599,23 @@ int64_t enclave_recv(struct enclave_stage *st, int64_t fd, uint64_t n)
  * handler's own write, between two of the app's, may use it too; no call that reads its reply
  * afterwards ever does (those take an area of their own). */
 static __thread struct enclave_stage *out_stage;
+/* Whose it is, kept beside the address: the area is looked at only for the transport that
+ * bound it, which is alive while its fused calls run (and keeps its areas).  Another's may be
+ * gone, its area freed and the memory reused (a transport's number is never reused). */
+static __thread uint32_t out_owner;
 #define ENCLAVE_UNBOUND (ENCLAVE_LIE - 2)   /* no area bound for this transport, or too small */
 
-void enclave_bind_out(struct enclave_stage *st) { out_stage = st; }
+void enclave_bind_out(struct enclave_stage *st)
+{
+    out_owner = 0;
+    out_stage = st;
+    out_owner = st ? st->owner : 0;
+}
 
 int64_t enclave_write1(uint32_t owner, int64_t fd, const char *in, uint64_t n)
 {
     struct enclave_stage *st = out_stage;
-    if (!st || st->owner != owner || n > st->cap)
+    if (!st || out_owner != owner || n > st->cap)
         return ENCLAVE_UNBOUND;
     return run_checked(st->path, st, ELEOS_OP_WRITE, fd, 0, in, n, n, 0);
 }
@@ -594,7 +623,7 @@ int64_t enclave_write1(uint32_t owner, int64_t fd, const char *in, uint64_t n)
 int64_t enclave_send1(uint32_t owner, int64_t fd, const char *in, uint64_t n, int64_t flags)
 {
     struct enclave_stage *st = out_stage;
-    if (!st || st->owner != owner || n > st->cap)
+    if (!st || out_owner != owner || n > st->cap)
         return ENCLAVE_UNBOUND;
     return run_checked(st->path, st, ELEOS_OP_SENDTO, fd, flags, in, n, n, 0);
 }

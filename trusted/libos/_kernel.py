@@ -177,6 +177,7 @@ class Kernel:
                                     f"already has fd {fd} open")
                 self.app_blocking.pop(fd, None)   # closed unseen (see above): a new file
                 self.full_write.discard(fd)
+                self._unregister(fd)
             self.fds.add(fd)
             if raw:
                 self.raw_fds.add(fd)
@@ -197,6 +198,13 @@ class Kernel:
             self.app_blocking.pop(fd, None)
             self.full_write.discard(fd)
             self.epoll_sets.pop(fd, None)
+            self._unregister(fd)
+
+    def _unregister(self, fd: int) -> None:
+        """A closed fd leaves every epoll set: the kernel drops a registration with its file,
+        so a new file that gets the number was never registered (mux.py checks that)."""
+        for registered in list(self.epoll_sets.values()):   # (one made meanwhile: empty)
+            registered.pop(fd, None)
 
     # -- calls ----------------------------------------------------------------------------------
     def check(self, op, *args, filename=None, filename2=None, **kw):

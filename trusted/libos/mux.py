@@ -11,10 +11,13 @@ once.)
 
 What comes back is checked as hostile: a ready fd the enclave never asked about, a pollfd
 array reordered or resized, events that were not asked for (beyond ERR/HUP/NVAL, which the
-kernel always may report), more events than ``maxevents``, an fd reported twice: each raises
-IagoError.  The checks that need only the request are made in C as the reply is read; the
-ones that need the enclave's state (an epoll event on an fd not open, or never registered, or
-for events it did not register) are made here.
+kernel always may report, NVAL alone), an epoll event with no events, more events than
+``maxevents``, an fd reported twice, nothing ready after a wait without a timeout: each
+raises IagoError.  The checks that need only the request are made in C as the reply is read;
+the ones that need the enclave's state (an epoll event on an fd not open, or never
+registered, or for events it did not register, or for a oneshot registration its last event
+disarmed) are made here, against a record of each registration kept in step with the
+kernel's (Epoll._ctl; a closed fd leaves every set, Kernel.forget_fd).
 """
 from __future__ import annotations
 
@@ -38,6 +41,15 @@ EPOLLERR, EPOLLHUP = _select.EPOLLERR, _select.EPOLLHUP
 # Input-only epoll flags: they shape delivery and are never reported back.
 _EPOLL_INPUT_ONLY = (_select.EPOLLET | _select.EPOLLONESHOT | getattr(_select, "EPOLLEXCLUSIVE", 0)
                      | (1 << 29))   # EPOLLWAKEUP
+# The record of an epoll registration (``_reportable``, see Epoll._ctl): the events it may
+# report, in bits 0-31, or for a oneshot one in bits 32-63 (so that each of its events takes
+# the slow way, _oneshot; 0 there once its event has disarmed it) and from bit 64 the number
+# of the EPOLL_CTL that made it, oneshot ones numbered in the order they came back (``_ctls``:
+# the last number; a wait notes it before it crosses).  Changed under _records.
+_ONESHOT = _select.EPOLLONESHOT
+_LOW = 0xFFFFFFFF
+_ctls = [0]
+_records = threading.RLock()      # re-entrant: a signal handler may register on its thread
 _READ_SET = POLLIN | POLLHUP | POLLERR      # the kernel's select(): what makes an fd readable
 _WRITE_SET = POLLOUT | POLLERR
 _EXCEPT_SET = POLLPRI
@@ -325,25 +337,48 @@ class Epoll:
                 pass
 
     def _ctl(self, op, fd, eventmask):
+        """EPOLL_CTL ``op`` of ``fd``, and its record kept in step with the kernel: another
+        thread's wait may report ``fd`` as soon as the kernel has taken the ctl, before this
+        thread runs again, so an ADD or MOD is recorded before the crossing (while it is out,
+        what was registered before may still come too) and undone if the kernel refuses; a
+        DEL is recorded after it (until then events may still come)."""
         epfd = self._check_open()
         fd = _fildes(fd)
-        self._k.check(abi.OP_EPOLL_CTL, epfd, op, fd, eventmask & 0xFFFFFFFF)
-        return fd
+        reg = self._registered
+        if reg is None or op == EPOLL_CTL_DEL:
+            self._k.check(abi.OP_EPOLL_CTL, epfd, op, fd, eventmask & _LOW)
+            if reg is not None:
+                with _records:
+                    reg.pop(fd, None)
+            return
+        new = _reportable(eventmask)
+        with _records:
+            old = reg.get(fd)
+            # while it is out: what either allows, never disarmed by an event
+            reg[fd] = _allows(new) if old is None else _allows(old) | _allows(new)
+        try:
+            self._k.check(abi.OP_EPOLL_CTL, epfd, op, fd, eventmask & _LOW)
+        except BaseException:
+            with _records:
+                if old is None:
+                    reg.pop(fd, None)
+                else:
+                    reg[fd] = old
+            raise
+        with _records:
+            if new > _LOW:                  # oneshot: numbered
+                _ctls[0] = n = _ctls[0] + 1
+                new |= n << 64
+            reg[fd] = new
 
     def register(self, fd, eventmask=_select.EPOLLIN | _select.EPOLLPRI | _select.EPOLLOUT):
-        fd = self._ctl(EPOLL_CTL_ADD, fd, eventmask)
-        if self._registered is not None:
-            self._registered[fd] = _reportable(eventmask)
+        self._ctl(EPOLL_CTL_ADD, fd, eventmask)
 
     def modify(self, fd, eventmask):
-        fd = self._ctl(EPOLL_CTL_MOD, fd, eventmask)
-        if self._registered is not None:
-            self._registered[fd] = _reportable(eventmask)
+        self._ctl(EPOLL_CTL_MOD, fd, eventmask)
 
     def unregister(self, fd):
-        fd = self._ctl(EPOLL_CTL_DEL, fd, 0)
-        if self._registered is not None:
-            self._registered.pop(fd, None)
+        self._ctl(EPOLL_CTL_DEL, fd, 0)
 
     def poll(self, timeout=None, maxevents=-1):
         epfd = self._epfd
@@ -362,11 +397,13 @@ class Epoll:
         elif maxevents < 1:
             raise ValueError(f"maxevents must be greater than 0, got {maxevents}")
         k = self._k
+        since = _ctls[0]
         n, events = wait(k, k.epoll_wait, epfd, maxevents, ms)
         if n < 0:
             raise oserror(-n)
-        # Counted, sized, each fd possible and reported once: checked in C as it was read
-        # (Transport.epoll_wait).  What the enclave knows of each fd is checked here.
+        # Counted, sized, each fd possible and reported once, each with some event: checked
+        # in C as it was read (Transport.epoll_wait).  What the enclave knows of each fd is
+        # checked here.
         reg, open_fds = self._registered, k.fds
         for fd, ev in events:
             if fd not in open_fds:
@@ -377,14 +414,45 @@ class Epoll:
                     raise IagoError(f"host's epoll_wait reports fd {fd}, which was never "
                                     f"registered")
                 if ev & ~allowed:
-                    raise IagoError(f"host's epoll_wait reports events {ev:#x} on fd {fd}, "
-                                    f"registered for {allowed & ~(EPOLLERR | EPOLLHUP):#x}")
+                    _oneshot(reg, fd, ev, allowed, since)
         return events
 
 def _reportable(eventmask: int) -> int:
-    """The events epoll_wait may report for a registration of ``eventmask``: what it asks
-    for, less the flags that only shape delivery, and ERR/HUP, which the kernel always may."""
-    return (eventmask & 0xFFFFFFFF & ~_EPOLL_INPUT_ONLY) | EPOLLERR | EPOLLHUP
+    """The record of a registration of ``eventmask`` (without its number): the events
+    epoll_wait may report for it, what it asks for less the flags that only shape delivery,
+    and ERR/HUP, which the kernel always may; for a oneshot one, above bit 32."""
+    allowed = (eventmask & _LOW & ~_EPOLL_INPUT_ONLY) | EPOLLERR | EPOLLHUP
+    return allowed << 32 if eventmask & _ONESHOT else allowed
+
+
+def _allows(record: int) -> int:
+    """The events a record allows (a oneshot one's, armed or not, as a plain one's)."""
+    return (record | record >> 32) & _LOW
+
+
+def _oneshot(reg: dict, fd: int, ev: int, allowed: int, since: int) -> None:
+    """Events ``ev`` on ``fd`` beyond its record's plain events: a lie, unless ``allowed`` is a
+    oneshot registration's.  Its one event is taken as the kernel takes it: none at all
+    comes after it until EPOLL_CTL_MOD, and it goes to one wait, so if another wait has had it
+    this one is a lie.  A record made while this wait was out (numbered above ``since``, the
+    last number before it) may have been armed after this event, and one disarmed since by
+    another wait's event this one may be from the arm before: such a record stays as it is."""
+    mask, made = allowed >> 32 & _LOW, allowed >> 64
+    if allowed & _LOW or ev & ~mask and mask:
+        raise IagoError(f"host's epoll_wait reports events {ev:#x} on fd {fd}, registered "
+                        f"for {_allows(allowed) & ~(EPOLLERR | EPOLLHUP):#x}")
+    if made > since:
+        return
+    if mask:
+        with _records:
+            now = reg.get(fd)
+            if now == allowed:
+                reg[fd] = made << 64                  # disarmed
+                return
+        if now is None or now >> 64 != made or _allows(now):
+            return                                    # unregistered or remade since
+    raise IagoError(f"host's epoll_wait reports events {ev:#x} on fd {fd}, which its oneshot "
+                    f"registration disarmed at its one event")
 
 
 def epoll_class(kernel: Kernel):

@@ -710,9 +710,17 @@ class EnclaveSocket(_RealSocket):
         """recv_into ``m`` (a writable buffer of at least ``n`` bytes, n at most MAX_IO)
         after its first attempt said -errno (``ret``), or without one (None)."""
         fd, call = self._fd, self._k._call
-        return self._io(POLLIN, lambda: call(abi.OP_RECVFROM, fd, n, flags, outcap=n, into=m),
-                        first=None if ret is None else Reply(ret, b"", b"", ()),
-                        flags=flags).ret
+        ret = self._io(POLLIN, lambda: call(abi.OP_RECVFROM, fd, n, flags, outcap=n, into=m),
+                       first=None if ret is None else Reply(ret, b"", b"", ()),
+                       flags=flags).ret
+        return self._stream_count(ret, n)
+
+    def _stream_count(self, ret: int, n: int) -> int:
+        """A count of received bytes: with MSG_TRUNC a datagram's length may exceed the ``n``
+        asked for (the transport allows it), a stream's never does."""
+        if ret > n and self._stype == SOCK_STREAM:
+            raise IagoError(f"host returned {ret} for recvfrom of {n} bytes on a stream")
+        return ret
 
     def _has_sender(self) -> bool:
         """Whether the kernel always reports a received datagram's sender: an Internet
@@ -743,8 +751,9 @@ class EnclaveSocket(_RealSocket):
         fd, call = self._fd, self._k.call
         r = self._io(POLLIN, lambda: call(abi.OP_RECVFROM, fd, n, flags, outcap=n,
                                           out2cap=SOCKADDR_MAX, into=m), flags=flags)
-        return r.ret, decode_sockaddr(self._family, r.out2, "recvfrom_into",
-                                      self._has_sender())
+        return self._stream_count(r.ret, n), decode_sockaddr(self._family, r.out2,
+                                                             "recvfrom_into",
+                                                             self._has_sender())
 
     def sendmsg(self, buffers, ancdata=(), flags=0, address=None, /):
         """One OP_SENDMSG: the buffers gathered in the enclave, the control messages built
