@@ -60,15 +60,20 @@ def listener():
     lst.close()
 
 
-# sgx: an EPC of 2 MB under a 6 MB map (evicted pages at the fork, paging in both);
+# sgx: an EPC of 2 MB under a 6 MB map (evicted pages at the fork, paging in both), with
+# each of the driver's traps (the userfaultfd threads' leader lock once hung the child);
 # eleos: a 1 MB SUVM cache under it (pages in the sealed store at the fork).
-HEAP_ENV = {"sgx": {"ELEOS_EPC_MB": "2"}, "eleos": {"ELEOS_SUVM_CACHE_MB": "1"}}
+HEAP_ENV = {"sgx": {"ELEOS_EPC_MB": "2"}, "eleos": {"ELEOS_SUVM_CACHE_MB": "1"},
+            "sgx-userfaultfd": {"ELEOS_EPC_MB": "2", "ELEOS_EPC_TRAP": "userfaultfd"},
+            "sgx-sigsegv": {"ELEOS_EPC_MB": "2", "ELEOS_EPC_TRAP": "sigsegv",
+                            "ELEOS_EPC_RECLAIM": "background"}}
 
 
-@pytest.mark.parametrize("mode", ["sgx", "eleos"])
-def test_the_child_has_a_private_copy_of_the_heap_and_its_calls_work(mode, tmp_path, listener):
+@pytest.mark.parametrize("config", list(HEAP_ENV))
+def test_the_child_has_a_private_copy_of_the_heap_and_its_calls_work(config, tmp_path, listener):
+    mode = config.split("-")[0]
     run = run_shim(mode, SCRIPTS / "libos_fork_heap.py", 6, tmp_path, listener.port,
-                   env=HEAP_ENV[mode])
+                   env=HEAP_ENV[config], timeout=40)
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
     assert lines[:7] == [
@@ -214,3 +219,21 @@ def test_a_refused_fork_is_an_enclave_fork_error_with_the_hosts_reason(forking_l
     with pytest.raises(EnclaveForkError, match="cannot fork: a reason of the host's") as e:
         os.fork()
     assert e.value.errno == errno.ENOSYS
+
+
+def test_the_suvm_child_seals_under_a_key_of_its_own():
+    # The parent's and the child's stores are both the host's: sealed under one key, a page of
+    # one could be put in the other's.  The child re-seals its copy of the store under its own.
+    run = run_shim("eleos", SCRIPTS / "libos_fork_suvm_keys.py", "honest",
+                   env={"ELEOS_SUVM_CACHE_MB": "1"})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == ["child status 0", "keys differ True child read all True",
+                                       "parent key kept True"]
+
+
+def test_a_store_page_tampered_with_before_the_fork_stops_the_child_before_the_app_runs():
+    run = run_shim("eleos", SCRIPTS / "libos_fork_suvm_keys.py", "tamper",
+                   env={"ELEOS_SUVM_CACHE_MB": "1"})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == ["child status 70", "parent key kept True"]
+    assert "forked child enclave could not be built: IntegrityError" in run.stderr

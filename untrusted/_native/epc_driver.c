@@ -666,6 +666,7 @@ void epc_driver_forget(void)
         sigaction(SIGSEGV, &D.old_segv, NULL);
         D.segv_installed = 0;
     }
+    trap_forget();
     trap_close();                    /* the uffd and stop fd, the SIGBUS handler */
     if (pidfd_self >= 0) close(pidfd_self);
     pidfd_self = -1;
