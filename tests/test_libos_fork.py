@@ -12,19 +12,57 @@ scripts wait for theirs; the in-process tests reap what they fork).
 from __future__ import annotations
 
 import errno
+import json
 import os
 import posix
+import signal
 import socket
+import subprocess
+import sys
+import tempfile
 import threading
 
 import pytest
 
 from eleos_shim.errors import IagoError
-from tests.conftest import ROOT, run_shim
+from tests.conftest import ROOT, ShimRun, shim_env
 from tests.libos_helpers import make_transport
 from trusted.libos import LibOS
 
 SCRIPTS = ROOT / "tests" / "scripts"
+
+
+def run_shim(mode, script, *args, env=None, stats=True, timeout=60) -> ShimRun:
+    """conftest's run_shim, in a session of its own: the forked children are in its process
+    group, which is killed whatever happens; one still there once the app has exited (its
+    scripts reap every child) fails the test."""
+    env = shim_env(mode, **(env or {}))
+    stats_path = None
+    if stats:
+        fd, stats_path = tempfile.mkstemp(suffix=".json", prefix="eleos-stats-")
+        os.close(fd)
+        os.unlink(stats_path)
+        env["ELEOS_STATS"] = stats_path
+    cmd = [sys.executable, "-m", "eleos_shim", str(script), *map(str, args)]
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    stray = False
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+            stray = proc.returncode is not None
+        except ProcessLookupError:
+            pass
+        proc.wait()
+    assert not stray, f"a process of the run was left running: {err}"
+    data = None
+    if stats_path and os.path.exists(stats_path):
+        with open(stats_path) as f:
+            data = json.load(f)
+        os.unlink(stats_path)
+    return ShimRun(proc.returncode, out, err, data)
 
 
 class _Listener:

@@ -28,3 +28,6 @@ for how in ("return", "exit3", "_exit7", "raise", "sigterm", "sigkill"):
     wpid, status = os.waitpid(pid, 0)
     print(how, wpid == pid, os.WIFEXITED(status) and os.WEXITSTATUS(status),
           os.WIFSIGNALED(status) and os.WTERMSIG(status), flush=True)
+# Before this process exits, nobody has written its stats: a child must not (it would write
+# the parent's file, which the parent then writes over, or not, if it dies).
+print("stats written by a child:", os.path.exists(os.environ.get("ELEOS_STATS", "")))
