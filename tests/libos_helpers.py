@@ -114,3 +114,15 @@ def lying_libos(liar_class=LyingTransport):
         yield t, libos
     t.close_hidden()
     assert t._lies == {}, "a lie was set up but never told"
+
+
+def epoll_reply(ret, records, maxevents):
+    """Transport.epoll_reply on a host answer of ``ret`` and ``(events, data)`` records."""
+    raw = b"".join(struct.pack("=IQ", ev, data) for ev, data in records)
+    return Transport.epoll_reply(Reply(ret, raw, b"", ()), maxevents)
+
+
+def poll_reply(ret, table, fds, events, out2=b""):
+    """Transport.poll_reply on a host answer of ``ret`` and ``(fd, events, revents)`` rows."""
+    raw = b"".join(struct.pack("=ihh", *entry) for entry in table)
+    return Transport.poll_reply(Reply(ret, raw, out2, ()), fds, events)

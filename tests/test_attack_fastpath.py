@@ -19,9 +19,10 @@ import pytest
 
 from eleos_shim import abi
 from eleos_shim.errors import IagoError
-from tests.libos_helpers import installed, lying_libos, make_transport
+from tests.libos_helpers import installed, lying_libos, make_transport, epoll_reply, poll_reply
 from tests.racing import racing
 from tests.test_transport_hostile import built
+from tests.test_transport_waits import pair  # noqa: F401 - a fixture
 from trusted.libos._kernel import Kernel
 from trusted.syscall import Reply, Transport
 from untrusted.host import Host
@@ -52,21 +53,8 @@ def libos(request):
         yield lo
 
 
-@pytest.fixture
-def pair():
-    a, b = socket.socketpair()
-    yield a, b
-    a.close(), b.close()
 
 
-def epoll_reply(ret, records, maxevents):
-    raw = b"".join(struct.pack("=IQ", ev, data) for ev, data in records)
-    return Transport.epoll_reply(Reply(ret, raw, b"", ()), maxevents)
-
-
-def poll_reply(ret, table, fds, events):
-    raw = b"".join(struct.pack("=ihh", *entry) for entry in table)
-    return Transport.poll_reply(Reply(ret, raw, b"", ()), fds, events)
 
 
 # -- epoll: an event with no events ------------------------------------------------------------

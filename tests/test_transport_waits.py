@@ -15,7 +15,7 @@ import pytest
 
 from eleos_shim import abi
 from eleos_shim.errors import IagoError
-from tests.libos_helpers import installed, make_transport
+from tests.libos_helpers import installed, make_transport, epoll_reply, poll_reply
 from trusted.syscall import Reply, Transport
 from untrusted.host import Host
 
@@ -38,14 +38,6 @@ def pair():
     a.close(), b.close()
 
 
-def epoll_reply(ret, records, maxevents):
-    raw = b"".join(struct.pack("=IQ", ev, data) for ev, data in records)
-    return Transport.epoll_reply(Reply(ret, raw, b"", ()), maxevents)
-
-
-def poll_reply(ret, table, fds, events, out2=b""):
-    raw = b"".join(struct.pack("=ihh", *entry) for entry in table)
-    return Transport.poll_reply(Reply(ret, raw, out2, ()), fds, events)
 
 
 # -- honest answers ---------------------------------------------------------------------------
