@@ -138,6 +138,8 @@ def run(cfg, module: str | None, script: str | None, args: list[str]) -> int:
         written.append(True)
         enclave.close()
         where = cfg.stats or ("-" if cfg.profile else None)   # exit sites asked for: shown
+        if enclave.forked_child:
+            where = None      # the stats are the parent's: a forked child writes none
         if where:
             try:
                 stats_mod.write(enclave.stats(), where)

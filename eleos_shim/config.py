@@ -173,6 +173,10 @@ COSTS: tuple[Cost, ...] = (
          "fault's budget"),
     Cost("epc_fault_cycles", 40000, "cycles", "a whole EPC page fault (AEX, driver, ELDU, the EWB "
          "share, ERESUME); VAULT (ASPLOS'18): ~40,000 cycles a page swap"),
+    Cost("fork_cycles", 20000000, "cycles", "a whole fork of the enclave (a new enclave, local "
+         "attestation, the checkpoint sent and restored), charged to the parent; a PLACEHOLDER: "
+         "no sourced figure was found (Graphene-SGX, ATC'17, and Gramine fork this way; Gramine's "
+         "maintainers call it slow, gramineproject/gramine#2127, without a number)"),
     Cost("indirect_slowdown", 1.5, "x", "the app's code after an exit runs this much slower; the "
          "Eleos talk after FlexSC (OSDI'10): 1.5x-5x, its lower bound (with it an OCALL and a "
          "full window, 8,200 + 7,000, stay under HotCalls' cold 17,000)"),
@@ -256,6 +260,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("aex_cycles", _int(0), "modeled AEX cost in cycles (default = EEXIT)"),
     Option("eresume_cycles", _int(0), "modeled ERESUME cost in cycles (default = EENTER)"),
     Option("epc_fault_cycles", _int(0), "budget of a whole EPC page fault in cycles (default 40000)"),
+    Option("fork_cycles", _int(0), "budget of a whole fork of the enclave in cycles, charged to "
+           "the parent (default 20000000, a placeholder)"),
     Option("indirect", _choice(INDIRECT_MODES), "the indirect cost of an exit: model = the app's "
            "code in a window after it is charged as slower (default); pollute = also touch a "
            "buffer of ELEOS_POLLUTE_KB for real, its time counted against that charge; off"),
@@ -312,6 +318,7 @@ class Config:
     aex_cycles: int = COST_DEFAULTS["aex_cycles"]
     eresume_cycles: int = COST_DEFAULTS["eresume_cycles"]
     epc_fault_cycles: int = COST_DEFAULTS["epc_fault_cycles"]
+    fork_cycles: int = COST_DEFAULTS["fork_cycles"]
     indirect: str = "model"
     indirect_slowdown: float = COST_DEFAULTS["indirect_slowdown"]
     indirect_window_cycles: int = COST_DEFAULTS["indirect_window_cycles"]

@@ -15,7 +15,7 @@ from eleos_shim._native._cpu import ffi, lib
 from eleos_shim.config import Config
 
 # The events of cpu.c, in its order, and the totals kept for each (the stats JSON's keys).
-EVENTS = ("ocall", "epc_fault", "indirect")
+EVENTS = ("ocall", "epc_fault", "indirect", "fork")
 EVENT_FIELDS = ("count", "budget_cycles", "paid_cycles", "real_cycles", "spun_cycles", "overruns")
 INDIRECT_MODES = {"off": 0, "model": 1, "pollute": 2}
 
@@ -38,6 +38,7 @@ def costs_struct(cfg: Config, spin: bool | None = None):
     c.spin = int(cfg.cost == "spin" if spin is None else spin)
     c.indirect = INDIRECT_MODES[cfg.indirect]
     c.pollute_bytes = cfg.pollute_kb * 1024
+    c.fork = cfg.fork_cycles
     return c
 
 
@@ -64,6 +65,16 @@ class ModeledCPU:
         """The EPC driver's: moves a fault's time done for other faults to them (cpu.c)."""
         return lib.cpu_fault_shift_fn()
 
+    @staticmethod
+    def charge_fork(real_ticks: int) -> None:
+        """A fork of the enclave (eleos_shim/fork.py), in the parent: its budget
+        (ELEOS_FORK_CYCLES), ``real_ticks`` of which were really run."""
+        lib.cpu_charge_fork(max(0, int(real_ticks)))
+
+    @staticmethod
+    def ticks() -> int:
+        return lib.cpu_ticks()
+
     def set_trap_cycles(self, cycles: int, return_cycles: int = 0) -> None:
         """What a trap costs outside the fault handler (measured by the EPC driver): added to
         each fault's real part.  ``return_cycles`` of it come after the handler (the way back
@@ -81,7 +92,7 @@ class ModeledCPU:
     @staticmethod
     def events() -> dict:
         """Per event: count, budget, paid, real and spun cycles (totals), overruns."""
-        raw = ffi.new("uint64_t[18]")
+        raw = ffi.new(f"uint64_t[{len(EVENTS) * len(EVENT_FIELDS)}]")
         lib.cpu_events(raw)
         n = len(EVENT_FIELDS)
         return {name: {f: int(raw[e * n + k]) for k, f in enumerate(EVENT_FIELDS)}

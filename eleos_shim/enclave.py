@@ -30,6 +30,7 @@ class Enclave:
         self.syscw0 = None          # write syscalls before the app: the unrouted ones are the rest
         self._t0 = time.perf_counter()
         self._closed = False
+        self.forked_child = False   # this process is a forked child's enclave (eleos_shim/fork.py)
         self._affinity_before = None
         self._lock = threading.Lock()
 
@@ -66,30 +67,41 @@ class Enclave:
         from eleos_shim import profile
         self.syscw0 = profile.start_counters()
         self.probe = profile.install(self)   # before the LibOS binds the transport's methods
+        from eleos_shim.fork import EnclaveForker
         from trusted.libos import LibOS
-        self.libos = LibOS(self.transport, heap_factory=heap_factory)
+        self.libos = LibOS(self.transport, heap_factory=heap_factory,
+                           fork=EnclaveForker(self))
         self.libos.install()
         return self
 
-    def _start_host(self) -> None:
+    def restart_host_in_child(self) -> None:
+        """In the child of a fork (eleos_shim/fork.py): the host's workers anew, placed as at
+        start."""
+        self._start_host(self.host.after_fork)
+
+    def _start_host(self, start=None) -> None:
         """Start the host's workers; with ELEOS_RPC_CPUS they run on those CPUs and the app's
         threads on the others (threads inherit their creator's CPU mask)."""
+        start = start or self.host.start
         workers = self.cfg.rpc_cpus if self.cfg.syscalls == "rpc" else ()
         if workers == "auto":
             # Eleos gives its workers dedicated cores: the last ones, if the app keeps one.
-            mine = sorted(os.sched_getaffinity(0))
+            # (A forked child starts from the CPUs the app had before its workers were placed.)
+            mine = sorted(self._affinity_before or os.sched_getaffinity(0))
             n = self.cfg.rpc_workers
             workers = mine[-n:] if 0 < n < len(mine) else ()
         workers = set(workers)
         if not workers:
-            self.host.start()
+            start()
             return
         mine = os.sched_getaffinity(0)
+        if self._affinity_before is not None:
+            mine = self._affinity_before   # a forked child: the app's CPUs and the workers'
         app = (mine - workers) or mine
         self._affinity_before = mine
         os.sched_setaffinity(0, workers)
         try:
-            self.host.start()
+            start()
         finally:
             os.sched_setaffinity(0, app)
 

@@ -57,6 +57,7 @@ _REASONS = {1: "its version slot is occupied", 2: "no sealed copy may be loaded 
             9: "the driver's sealed page or tag buffer lies in enclave memory"}
 
 _current: "EPC | None" = None
+_ZERO_PAGE = bytes(PAGE)
 
 
 def _integrity_message() -> str:
@@ -200,6 +201,8 @@ class EPC:
             raise OSError("the CPU could not draw its paging key")
         _epcm.epcm_reset()
         self._regions: dict[int, tuple[int, int]] = {}
+        self._maps: dict[int, weakref.ref] = {}      # region id -> its map (fork's checkpoint)
+        self._threads = threads
         self._lock = threading.Lock()
         self.domain = None
         if cfg.epc_domain:
@@ -297,6 +300,7 @@ class EPC:
         m._epc_release = weakref.finalize(m, self._release, rid, va_first, npages, address)
         with self._lock:
             self._regions[rid] = (address, npages)
+            self._maps[rid] = weakref.ref(m)
         try:
             self._driver.attach(rid, address)
         except BaseException:
@@ -344,6 +348,58 @@ class EPC:
             super(EPCMap, m).close()
             raise
         m[:min(len(m), old_size)] = content[:len(m)]
+
+    # -- fork (eleos_shim/fork.py) -------------------------------------------------------------
+
+    def checkpoint(self) -> list[tuple["EPCMap", list[tuple[int, bytes]]]]:
+        """In the parent, before fork(2): the contents of every live map, as Graphene-SGX's
+        checkpoint has them, read through the app's view (an evicted page is faulted in, ELDU
+        under this enclave's key, as any access does): ``[(map, [(offset, page bytes)])]``.
+        Pages never touched and pages that read as zero are left out (the child's fresh region
+        reads zero there).  The copy is in enclave memory (the interpreter's), never in the
+        host's: the child restores it into regions of its own (:meth:`restore_in_child`)."""
+        self.check()
+        with self._lock:
+            live = [(rid, ref()) for rid, ref in self._maps.items()]
+        out = []
+        for rid, m in live:
+            if m is None or m.closed:
+                continue
+            n = len(m)
+            pages = []
+            for i, state in enumerate(self._driver.page_states(rid, m._epc_pages)):
+                if state == "new":
+                    continue
+                lo = i * PAGE
+                data = m[lo:min(lo + PAGE, n)]
+                if data != _ZERO_PAGE[:len(data)]:
+                    pages.append((lo, data))
+            out.append((m, pages))
+        self.check()              # an ELDU that failed while reading: no checkpoint of a lie
+        return out
+
+    def restore_in_child(self, checkpoint) -> None:
+        """In the child of fork(2), before anything else runs: this process is a new enclave.
+        The parent's driver (its threads gone, its userfaultfd and memfds the parent's) and the
+        CPU's state for it (views, VA slots, paging key) are forgotten, a driver of the child's
+        own starts, with its own EPC limit (the private EPC of a new process) and the CPU's new
+        key, and each map of ``checkpoint`` gets a region of its own at the same address (the
+        parent's shared mapping replaced), holding the parent's pages: written through the
+        child's view, so the child pages as it fills them."""
+        global _current
+        from untrusted.epc import EPCDriver
+        EPCDriver.forget_after_fork()
+        _epcm.epcm_fork_child()
+        for m, _pages in checkpoint:
+            m._epc_release.detach()          # the parent's region: nothing of it is the child's
+        self._driver = None
+        _current = None
+        EPC.__init__(self, self.cfg, self.cpu, threads=self._threads)
+        for m, pages in checkpoint:
+            length = len(m)
+            self._region_place(m, self._region_new(length), m._epc_address, length)
+            for off, data in pages:
+                m[off:off + len(data)] = data
 
     def check(self) -> None:
         """Raise IntegrityError if a page failed to load: the enclave is dead."""
@@ -445,6 +501,7 @@ class EPC:
         _epcm.epcm_eremove(va_first, npages)
         with self._lock:
             known = self._regions.pop(rid, None)
+            self._maps.pop(rid, None)
         if known is not None and self._driver is not None:
             try:
                 self._driver.destroy(rid)

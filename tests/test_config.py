@@ -82,6 +82,7 @@ BAD = [
     ("ELEOS_OCALL_CYCLES", "-1", "integer >= 0"),
     ("ELEOS_OCALL_CYCLES", "100", "at least its EEXIT part"),
     ("ELEOS_EPC_FAULT_CYCLES", "4e4", "integer"),
+    ("ELEOS_FORK_CYCLES", "-1", "integer"),
     ("ELEOS_INDIRECT", "cache", "one of model, pollute, off"),
     ("ELEOS_INDIRECT_SLOWDOWN", "0.5", "number >= 1"),
     ("ELEOS_INDIRECT_WINDOW_CYCLES", "-3", "integer >= 0"),

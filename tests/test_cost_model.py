@@ -221,7 +221,8 @@ def test_stats_json_has_every_event_with_its_budget_and_the_modeled_share(tmp_pa
                                        "ELEOS_TIME_SCALE": "2"})
     assert run.returncode == 0, run.stderr
     st = run.stats
-    assert set(st["events"]) == {"ocall", "epc_fault", "indirect"}
+    assert set(st["events"]) == {"ocall", "epc_fault", "indirect", "fork"}
+    assert st["events"]["fork"]["count"] == 0          # (tests/test_libos_fork.py forks)
     for ev in st["events"].values():
         assert set(ev) == {"count", "budget_cycles", "paid_cycles", "real_cycles", "spun_cycles",
                            "overruns"}

@@ -191,6 +191,22 @@ class Suvm:
         lib.suvm_reset_stats(self._h)
 
     # Raw access by SUVM address, for bulk helpers and tests.
+    # ---- fork (eleos_shim/fork.py; suvm.c, "fork") ----
+
+    def fork_prepare(self) -> None:
+        """Before fork(2): wait until no SUVM operation is half done and hold it so (every
+        lock a page changes under), until :meth:`fork_parent` or :meth:`fork_child`."""
+        lib.suvm_heap_fork_prepare(self._heap)
+
+    def fork_parent(self) -> None:
+        lib.suvm_heap_fork_parent(self._heap)
+
+    def fork_child(self) -> None:
+        """In the child: its locks anew, and a key of its own: every stored page opened under
+        the parent's key and sealed again under the child's (IntegrityError: the host
+        tampered with one)."""
+        _check(lib.suvm_heap_fork_child(self._heap))
+
     def read(self, addr: int, n: int) -> bytes:
         buf = ffi.new("uint8_t[]", n)
         _check(lib.suvm_read(self._h, addr, buf, n))

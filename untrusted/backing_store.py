@@ -48,6 +48,12 @@ class BackingStore:
     def stats(self) -> dict:
         return {"store_committed_bytes": self.committed, "store_limit_bytes": self.capacity}
 
+    def after_fork(self) -> None:
+        """In the child of fork(2): the store (private memory) is the child's copy; its lock
+        is made anew (a thread of the parent's may have held it at the fork)."""
+        if self._h:
+            lib.store_after_fork(self._h)
+
     def close(self) -> None:
         """Unmap the store.  Only once the enclave that used it is gone."""
         if self._h:

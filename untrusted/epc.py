@@ -176,6 +176,13 @@ class EPCDriver:
             self._stopped = True
             lib.epc_driver_stop()
 
+    @staticmethod
+    def forget_after_fork() -> None:
+        """In the child of fork(2): forget the parent's driver (epc_driver.c,
+        epc_driver_forget): its threads, locks, userfaultfd, regions and handlers; a new
+        driver may then start."""
+        lib.epc_driver_forget()
+
     def release_domain(self) -> None:
         """After :meth:`stop` and the regions' destruction: the frames are back, detach from
         the domain (the caller leaves it)."""

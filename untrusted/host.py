@@ -35,6 +35,11 @@ class Host:
         if self.rpc is not None:
             self.rpc.stop()
 
+    def after_fork(self) -> None:
+        """In the child of fork(2): this process's own RPC workers, on its copy of the ring."""
+        if self.rpc is not None:
+            self.rpc.after_fork()
+
     def bridge_addresses(self) -> dict[str, int]:
         out = {"dispatch": lib.host_dispatch_fn(), "alloc": lib.host_alloc_fn(),
                "free": lib.host_free_fn()}

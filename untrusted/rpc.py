@@ -63,6 +63,16 @@ class RpcHost:
         self._leaked = lib.rpc_host_stop(self._h, timeout)
         return self._leaked
 
+    def after_fork(self) -> None:
+        """In the child of fork(2): the parent's workers are gone and the ring (private
+        memory) is the child's copy; empty it and start this process's own workers on it, at
+        the same address, which the enclave has attached (rpc_workers.c)."""
+        rc = lib.rpc_host_after_fork(self._h)
+        self._started, self._stopped, self._leaked = True, False, 0
+        if rc < 0:
+            self.stop()
+            raise OSError(-rc, "could not start the RPC worker threads in the forked child")
+
     def close(self) -> None:
         """Stop the workers and unmap the ring (no enclave call may be in flight, and the
         enclave must have detached it)."""

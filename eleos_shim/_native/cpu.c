@@ -41,7 +41,7 @@ static inline void relax(void) { __asm__ __volatile__("" ::: "memory"); }
 #endif
 
 /* The events, in the order of cpu_events()'s output (eleos_shim/cpu.py EVENTS). */
-enum { EV_OCALL, EV_FAULT, EV_INDIRECT, EV_N };
+enum { EV_OCALL, EV_FAULT, EV_INDIRECT, EV_FORK, EV_N };
 /* The totals per event, in this order (cpu.py EVENT_FIELDS). */
 enum { F_COUNT, F_BUDGET, F_PAID, F_REAL, F_SPUN, F_OVERRUNS, F_N };
 #define NSAMPLES 4096                   /* recent events kept for medians (a ring) */
@@ -55,9 +55,11 @@ struct cpu_costs {
     int spin;                               /* 1: spend; 0: account only */
     int indirect;                           /* 0 off, 1 model, 2 pollute (+ the window) */
     uint64_t pollute_bytes;
+    uint64_t fork;                          /* a whole fork (eleos_shim/fork.py) */
 };
 
-static struct cpu_costs C = { 3300, 3800, 3800, 3300, 8200, 40000, 14000, 1.5, 1.0, 1, 1, 0 };
+static struct cpu_costs C = { 3300, 3800, 3800, 3300, 8200, 40000, 14000, 1.5, 1.0, 1, 1, 0,
+                              20000000 };
 static uint64_t trap_cycles;            /* a trap's delivery and return, outside the handler */
 static uint64_t trap_return_cycles;     /* of which the return (after the handler) */
 static volatile unsigned char *pollute_buf;
@@ -222,6 +224,23 @@ static void fault_end(void)
     /* The app resumes only after the trap's return, which the fault has paid for: the window
      * its exit opens starts then. */
     T.f_return = __atomic_load_n(&trap_return_cycles, __ATOMIC_RELAXED);
+}
+
+/* A fork of the enclave (eleos_shim/fork.py): one OCALL-like event in the parent, EEXIT ...
+ * EENTER around the host's fork, whose budget is C.fork; `real` ticks of it were really run
+ * (the checkpoint of the enclave's memory and the fork itself), the rest is spun.  Then the
+ * indirect window opens, as after every exit. */
+void cpu_pollute(void);
+
+void cpu_charge_fork(uint64_t real)
+{
+    settle_window(0);
+    count(ELEOS_T_EEXIT);
+    count(ELEOS_T_EENTER);
+    uint64_t budget = scaled(C.fork);
+    uint64_t spun = top_up(budget > real ? budget - real : 0);
+    record(EV_FORK, budget, real, spun);
+    cpu_pollute();
 }
 
 void cpu_charge(int t)

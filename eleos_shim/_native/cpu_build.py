@@ -18,6 +18,7 @@ ffi.cdef("""
         int spin;
         int indirect;
         uint64_t pollute_bytes;
+        uint64_t fork;
     };
     uint64_t cpu_ticks(void);
     double cpu_measure_tick_hz(double seconds);
@@ -30,7 +31,8 @@ ffi.cdef("""
     void cpu_charge(int t);
     void cpu_pollute(void);
     void cpu_counters(uint64_t out[6]);
-    void cpu_events(uint64_t out[18]);
+    void cpu_events(uint64_t out[24]);
+    void cpu_charge_fork(uint64_t real);
     uint64_t cpu_samples(int e, uint64_t *paid, uint64_t *real, uint64_t n);
     void cpu_reset_counters(void);
     void cpu_test_clock(int on, uint64_t value);

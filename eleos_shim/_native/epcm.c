@@ -545,6 +545,30 @@ void epcm_reset(void)
     __atomic_store_n(&eldu_ticks, 0, __ATOMIC_RELAXED);
 }
 
+/* In the child of a fork(2) (eleos_shim/fork.py): this process is a new enclave on the CPU.
+ * Its views of the parent's regions were not inherited (MADV_DONTFORK), so the CPU has no
+ * region; the parent's VA slots and versions are not the child's (nothing sealed for the
+ * parent may ever load here), nor is its paging key: the next epcm_init draws the child's own,
+ * so a page the parent seals can never pass for one of the child's, nor the reverse.  Locks
+ * made anew (a thread of the parent's may have held one at the fork). */
+void epcm_fork_child(void)
+{
+    pthread_mutex_init(&va_lock, NULL);
+    pthread_rwlock_init(&regions_lock, NULL);
+    memset(regions, 0, sizeof regions);
+    nregions = 0;
+    for (int p = 0; p < EPCM_VA_DIR; p++) {
+        free(va_dir[p]);
+        va_dir[p] = NULL;
+    }
+    va_next_slot = 1;
+    explicit_bzero(cpu_paging_key, sizeof cpu_paging_key);
+    key_ready = 0;
+    trip_signum = 0;
+    trip_tid = 0;
+    epcm_reset();
+}
+
 /* The function pointers handed to the driver by the loader. */
 uintptr_t epcm_ewb_fn(void) { return (uintptr_t)&epcm_ewb; }
 uintptr_t epcm_eldu_fn(void) { return (uintptr_t)&epcm_eldu; }

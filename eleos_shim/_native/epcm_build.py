@@ -32,6 +32,7 @@ ffi.cdef("""
     void epcm_status(uint64_t out[8]);
     int epcm_dead(void);
     void epcm_reset(void);
+    void epcm_fork_child(void);
     uintptr_t epcm_ewb_fn(void);
     uintptr_t epcm_eldu_fn(void);
 """)

@@ -938,6 +938,94 @@ void suvm_destroy(suvm_t *s)
     free(s);
 }
 
+/* ---- fork (eleos_shim/fork.py) ----
+ *
+ * SUVM's memory is all private (the page cache and page table in enclave memory, the sealed
+ * pages in a MAP_PRIVATE store), so a fork(2) gives the child a copy of it all.  What must not
+ * be copied is an operation half done: prepare takes every lock a page's state changes under,
+ * in the order the code takes them (resize, page table, every stripe, the cache), so at the
+ * fork no fault, eviction, write-back or resize is in progress; the parent then just lets go.
+ * The child is a new enclave: a page it seals must never pass for one of the parent's in the
+ * same store slot (the host holds both stores), so it draws a key of its own and re-seals
+ * every stored page under it, opening each with the parent's key first (a page the host
+ * tampered with before the fork fails here); resident pages are marked dirty, so that their
+ * eviction seals them under the new key too.  Pins and hazards of the parent's other threads
+ * (gone in the child) are dropped. */
+void suvm_fork_prepare(suvm_t *s)
+{
+    pthread_mutex_lock(&s->resize_lock);
+    pthread_mutex_lock(&s->pt_lock);
+    for (int i = 0; i < NSTRIPES; i++)
+        pthread_mutex_lock(&s->stripes[i]);
+    pthread_mutex_lock(&s->cache_lock);
+    pthread_mutex_lock(&slot_lock);
+}
+
+void suvm_fork_parent(suvm_t *s)
+{
+    pthread_mutex_unlock(&slot_lock);
+    pthread_mutex_unlock(&s->cache_lock);
+    for (int i = NSTRIPES - 1; i >= 0; i--)
+        pthread_mutex_unlock(&s->stripes[i]);
+    pthread_mutex_unlock(&s->pt_lock);
+    pthread_mutex_unlock(&s->resize_lock);
+}
+
+int suvm_fork_child(suvm_t *s)
+{
+    pthread_mutex_init(&slot_lock, NULL);
+    pthread_mutex_init(&s->cache_lock, NULL);
+    for (int i = 0; i < NSTRIPES; i++)
+        pthread_mutex_init(&s->stripes[i], NULL);
+    pthread_mutex_init(&s->pt_lock, NULL);
+    pthread_mutex_init(&s->resize_lock, NULL);
+    /* Thread slots: only this thread's survives. */
+    int mine = thread_slot, top = atomic_load(&next_thread_slot);
+    nfree_slots = 0;
+    for (int t = 1; t < top && t < HIT_SLOTS; t++)
+        if (t != mine)
+            free_slots[nfree_slots++] = t;
+    for (int t = 0; t < HIT_SLOTS; t++)
+        atomic_store(&s->hit_slot[t].hazard, -1);
+    for (uint32_t f = 0; f < s->nframes; f++) {
+        if (atomic_load(&s->fm[f].pins) > 0)
+            atomic_store(&s->fm[f].pins, 0);
+        if (atomic_load(&s->fm[f].vpn) >= 0)
+            atomic_store(&s->fm[f].dirty, 1);
+    }
+    uint8_t old[16], fresh[16];
+    memcpy(old, s->key, sizeof old);
+    if (RAND_bytes(fresh, sizeof fresh) != 1)
+        return SUVM_ECRYPTO;
+    uint8_t *buf = aligned_alloc(64, s->page_size);
+    if (!buf)
+        return SUVM_ENOMEM;
+    int rc = SUVM_OK;
+    for (uint64_t c = 0; c < s->dir_len && rc == SUVM_OK; c++) {
+        struct pte *chunk = s->dir[c];
+        if (!chunk)
+            continue;
+        for (uint32_t i = 0; i < PT_CHUNK; i++) {
+            struct pte *p = &chunk[i];
+            if (!p->sealed || atomic_load(&p->frame) >= 0)
+                continue;             /* nothing stored, or resident (dirty: sealed anew) */
+            uint64_t vpn = (c << PT_CHUNK_SHIFT) | i;
+            memcpy(s->key, old, sizeof old);
+            rc = open_subpages(s, vpn, p, 0, s->nsub, buf);
+            memcpy(s->key, fresh, sizeof fresh);
+            if (rc != SUVM_OK)
+                break;
+            seal_page(s, vpn, p, buf, 0);
+        }
+    }
+    memcpy(s->key, fresh, sizeof fresh);
+    OPENSSL_cleanse(old, sizeof old);
+    OPENSSL_cleanse(fresh, sizeof fresh);
+    OPENSSL_cleanse(buf, s->page_size);
+    free(buf);
+    return rc;
+}
+
 /* ---- ballooning (trusted/balloon.py) ----
  *
  * The page cache is a balloon in an EPC that several enclaves share: the cache uses frames

@@ -116,5 +116,12 @@ void suvm_heap_free_struct(suvm_heap_t *h);   /* the struct itself (after close)
 uint32_t suvm_heap_resize(suvm_heap_t *h, uint32_t frames);
 uint32_t suvm_heap_cache_frames(suvm_heap_t *h);
 int suvm_heap_stats(suvm_heap_t *h, uint64_t out[SUVM_ST_COUNT]);
+/* fork (suvm.c, "fork"): quiesce before fork(2), let go in the parent, re-key in the child */
+void suvm_fork_prepare(suvm_t *s);
+void suvm_fork_parent(suvm_t *s);
+int suvm_fork_child(suvm_t *s);
+void suvm_heap_fork_prepare(suvm_heap_t *h);
+void suvm_heap_fork_parent(suvm_heap_t *h);
+int suvm_heap_fork_child(suvm_heap_t *h);
 
 #endif

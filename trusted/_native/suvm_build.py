@@ -47,6 +47,9 @@ CDEF = """
     void suvm_heap_free_struct(suvm_heap_t *h);
     uint32_t suvm_heap_resize(suvm_heap_t *h, uint32_t frames);
     uint32_t suvm_heap_cache_frames(suvm_heap_t *h);
+    void suvm_heap_fork_prepare(suvm_heap_t *h);
+    void suvm_heap_fork_parent(suvm_heap_t *h);
+    int suvm_heap_fork_child(suvm_heap_t *h);
     int suvm_heap_stats(suvm_heap_t *h, uint64_t out[]);
     int suvm_region_register(void);
     uintptr_t suvm_bench_access_fn(void);

@@ -427,3 +427,24 @@ int suvm_heap_free(suvm_heap_t *h, uint64_t addr)
     pthread_mutex_unlock(&h->lock);
     return rc;
 }
+
+/* fork (eleos_shim/fork.py): the allocator's lock first (its calls take the core's locks
+ * under it), then the core's (suvm.c, "fork").  The child's locks are made anew. */
+void suvm_heap_fork_prepare(suvm_heap_t *h)
+{
+    pthread_mutex_lock(&h->lock);
+    suvm_fork_prepare(h->s);
+}
+
+void suvm_heap_fork_parent(suvm_heap_t *h)
+{
+    suvm_fork_parent(h->s);
+    pthread_mutex_unlock(&h->lock);
+}
+
+int suvm_heap_fork_child(suvm_heap_t *h)
+{
+    pthread_mutex_init(&h->lock, NULL);
+    pthread_rwlock_init(&h->life, NULL);
+    return suvm_fork_child(h->s);
+}

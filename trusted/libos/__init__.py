@@ -8,7 +8,8 @@ they do natively: same return values, same exceptions with the same errno and fi
 do ``fcntl.fcntl/ioctl`` (answering as the app's view of blocking), ``print`` to
 stdout/stderr, and ``subprocess`` / ``os.system`` / ``os.posix_spawn`` (a host program started
 by a spawn OCALL).  Anonymous ``mmap`` goes to the enclave heap when there is one; ``os.fork``
-fails with a clear error.
+makes a child enclave when the loader gives the LibOS a host fork (eleos_shim/fork.py), and
+fails with a clear error otherwise.
 
 What is patched is module *attributes* (``os.open``, ``socket.socket``, ...).  The import
 system uses ``posix`` and ``_io`` directly, and the shim itself uses only the transport, so
@@ -65,8 +66,9 @@ _FEATURE_SETS = ("supports_dir_fd", "supports_fd", "supports_follow_symlinks",
 class LibOS:
     """The interposition layer of one enclave over one transport."""
 
-    def __init__(self, transport, heap_factory=None, route_stdio=True):
+    def __init__(self, transport, heap_factory=None, route_stdio=True, fork=None):
         self.transport = transport
+        self.fork = fork            # the host's fork of this enclave (trusted/libos/proc.py)
         self.route_stdio = route_stdio
         self.heap_factory = heap_factory
         self.kernel = Kernel(transport)
@@ -93,7 +95,7 @@ class LibOS:
         fs, sm = self.fs, self.sockets
         # First: importing subprocess imports selectors, which must happen before the
         # selectors check below (else its classes would keep the real select functions).
-        refused = proc.patches(self.kernel, fs)
+        refused = proc.patches(self.kernel, fs, self.fork)
         opener = io_open(fs)
         out = [(builtins, "open", opener), (io, "open", opener), (io, "FileIO", fs.FileIO)]
         out += [(os, name, getattr(fs, meth)) for name, meth in _OS_FUNCS if hasattr(os, name)]

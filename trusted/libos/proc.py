@@ -1,13 +1,19 @@
-"""TRUSTED side: child processes.  The enclave cannot fork; it can ask the host to start a program.
+"""TRUSTED side: child processes.  A fork is a new enclave; a spawn is a host program.
 
-An SGX enclave cannot fork: its memory is encrypted with keys bound to this enclave instance,
-so a child that is a copy of the enclave would have to be a new enclave, attested and handed
-the parent's state sealed (Graphene-SGX's checkpoint-and-restore).  eleos-shim does not model
-that, so ``os.fork``/``os.forkpty`` (and ``preexec_fn``, which would run Python code of the
-enclave in the child) raise :class:`EnclaveForkError`.
+An SGX enclave's memory is encrypted with keys bound to that enclave instance, so a child that
+is a copy of the enclave must be a new enclave, handed the parent's state (Graphene-SGX's
+checkpoint-and-restore, which Eleos ran on).  ``os.fork`` does that when the loader gives the
+LibOS a host fork (eleos_shim/fork.py builds the child enclave before it returns there): the
+child gets a private copy of the enclave's state, 0 in the child, the child's pid in the parent,
+as natively.  What the host answers is hostile input: the pid is checked as spawn's is, and a
+0 ("you are the child") must come in a process other than the one that asked.  The host fork
+may refuse (an EPC domain): then, as without one, :class:`EnclaveForkError`.  ``os.forkpty``
+and subprocess's ``preexec_fn`` stay refused: forkpty's terminal would be the host's fds, not
+the enclave's, and preexec_fn runs enclave code in a child that then execs a host program,
+which no spawn OCALL can carry.
 
-What an enclave *can* do is what SDK enclaves do: ask the host, with an OCALL, to start a host
-program.  ``subprocess`` (through ``_posixsubprocess.fork_exec``, which it calls for every
+What an enclave *can* also do is what SDK enclaves do: ask the host, with an OCALL, to start a
+host program.  ``subprocess`` (through ``_posixsubprocess.fork_exec``, which it calls for every
 child), ``os.spawn*``, ``os.system`` and ``os.posix_spawn``/``posix_spawnp`` (file actions,
 process group, session, reset ids, signal mask and defaults, scheduler: all of them) are
 routed that way (OP_SPAWN, always an OCALL: it is slow and the host's fork must not run on an
@@ -31,16 +37,17 @@ from trusted.cargs import as_int, c_int, id_t
 
 
 class EnclaveForkError(OSError):
-    """Raised by os.fork, os.forkpty and preexec_fn inside the enclave (errno ENOSYS)."""
+    """Raised by os.forkpty and preexec_fn inside the enclave, and by os.fork where the
+    enclave cannot fork (errno ENOSYS)."""
 
 
-def _refuse(what: str):
+def _refuse(what: str, why: str | None = None):
     def refused(*args, **kwargs):
         raise EnclaveForkError(
             _errno.ENOSYS,
-            f"{what} is not possible inside the enclave: an SGX enclave cannot fork (its "
-            f"memory is bound to this enclave instance); subprocess, os.system and "
-            f"os.posix_spawn start host programs instead")
+            f"{what} is not possible inside the enclave: "
+            f"{why or 'an SGX enclave cannot fork (its memory is bound to this enclave instance)'}"
+            f"; subprocess, os.system and os.posix_spawn start host programs instead")
     refused.__name__ = what.rsplit(".", 1)[-1].rstrip("()")
     refused.__qualname__ = refused.__name__
     return refused
@@ -317,7 +324,9 @@ class Spawner:
             except OverflowError:
                 raise ValueError("invalid group id") from None
         if preexec_fn is not None:
-            _refuse("subprocess preexec_fn")()
+            _refuse("subprocess preexec_fn", "the enclave cannot fork a child that runs "
+                    "enclave code (preexec_fn) and then execs a host program: no spawn OCALL "
+                    "carries code")()
         # The child reports on an error pipe of the enclave's own, read and checked here, not
         # on subprocess's: subprocess raises whatever builtin the report names (SystemExit,
         # KeyboardInterrupt, ...), and the report is the host's.  Its own pipe then reads
@@ -488,6 +497,40 @@ class Spawner:
                 continue
 
 
+class Forker:
+    """``os.fork()`` of the enclave: the host's fork (``host_fork``, eleos_shim/fork.py) makes
+    the child enclave; what it answers is checked here."""
+
+    def __init__(self, kernel, host_fork):
+        self.kernel = kernel
+        self.host_fork = host_fork
+
+    def fork(self):
+        why = self.host_fork.refused()
+        if why is not None:
+            _refuse("os.fork()", f"this enclave cannot fork: {why}")()
+        sys.audit("os.fork")
+        me, parent = _os.getpid(), _os.getppid()
+        # No other thread of the enclave may hold the fd table's lock at the fork: the child
+        # would find it held for ever.
+        with self.kernel._lock:
+            pid = self.host_fork()
+        if type(pid) is not int:
+            raise IagoError(f"host returned {type(pid).__name__} for fork, not a pid")
+        if pid == 0:
+            if _os.getpid() == me:
+                # The parent told it is the child would run the child's code on the
+                # parent's state (and the app would lose its child).
+                raise IagoError("host answered the parent's fork with 0, the child's answer")
+            return 0
+        if pid < 0 or pid >= 1 << 31:
+            raise IagoError(f"host returned an impossible pid {pid} for fork")
+        if pid in (me, parent):
+            raise IagoError(f"host returned pid {pid} for fork: the enclave's own or its "
+                            f"parent's, not a new child's")
+        return pid
+
+
 class _NoReportExpected:
     """subprocess's ``builtins`` under the shim, which it consults only to name the exception
     of a child's error report (``getattr(builtins, name, SubprocessError)`` in
@@ -517,14 +560,19 @@ class _NoReportExpected:
         return getattr(builtins, name)
 
 
-def patches(kernel, fs) -> list[tuple[object, str, object]]:
-    """(owner, attribute, replacement) for every fork/spawn entry point that exists."""
+def patches(kernel, fs, host_fork=None) -> list[tuple[object, str, object]]:
+    """(owner, attribute, replacement) for every fork/spawn entry point that exists.
+    ``host_fork``: the loader's fork of this enclave (eleos_shim/fork.py), or None (refused)."""
     import subprocess
     spawner = Spawner(kernel, fs)
     out = []
-    for name in ("fork", "forkpty"):
-        if hasattr(_os, name):
-            out.append((_os, name, _refuse(f"os.{name}()")))
+    if hasattr(_os, "fork"):
+        out.append((_os, "fork", Forker(kernel, host_fork).fork if host_fork is not None
+                    else _refuse("os.fork()")))
+    if hasattr(_os, "forkpty"):
+        out.append((_os, "forkpty", _refuse(
+            "os.forkpty()", "the enclave cannot fork onto a pseudo-terminal (its fds would be "
+            "the host's, not the enclave's); os.fork works")))
     for name in ("posix_spawn", "posix_spawnp"):
         if hasattr(_os, name):
             out.append((_os, name, getattr(spawner, name)))

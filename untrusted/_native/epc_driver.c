@@ -635,6 +635,46 @@ void epc_driver_stop(void)
     D.created = 0;
 }
 
+/* In the child of a fork(2) (eleos_shim/fork.py), before anything else uses the driver: the
+ * parent's driver is not this process's.  Its threads did not survive the fork, a lock one of
+ * them held is held for ever here, its userfaultfd (an fd the child shares with the parent)
+ * traps the parent's views, not the child's (a registration is not inherited), and every
+ * region's memfd is the parent's EPC.  Forget all of it without touching what the parent
+ * still uses: locks made anew, the child's copies of the fds closed, the regions' bookkeeping
+ * and their backing stores (private copies) freed, the trap handlers put back; the app's
+ * views stay mapped (the caller maps the child's own regions over them).  The driver is then
+ * as never started, and epc_driver_start makes the child's own. */
+void epc_driver_forget(void)
+{
+    pthread_mutex_init(&D.lk, NULL);
+    pthread_mutex_init(&D.qlock, NULL);
+    pthread_cond_init(&D.changed, NULL);
+    pthread_cond_init(&D.swapd_cv, NULL);
+    for (int k = 0; k < EPC_MAX_REGIONS; k++) {
+        struct epc_region *r = &D.regions[k];
+        if (!r->pages) continue;
+        if (r->store) munmap(r->store, r->npages * (EPC_PAGE + EPC_PCMD));
+        if (r->memfd >= 0) close(r->memfd);
+        free(r->pages);
+        memset(r, 0, sizeof *r);
+    }
+    D.regions_used = 0;
+    D.head.next = D.head.prev = &D.head;
+    D.resident = 0;
+    D.req_stack = D.req_local = NULL;
+    if (D.segv_installed) {
+        sigaction(SIGSEGV, &D.old_segv, NULL);
+        D.segv_installed = 0;
+    }
+    trap_forget();
+    trap_close();                    /* the uffd and stop fd, the SIGBUS handler */
+    if (pidfd_self >= 0) close(pidfd_self);
+    pidfd_self = -1;
+    D.dom = NULL;
+    D.running = 0;
+    D.created = 0;
+}
+
 /* Create a region of `npages` pages whose VA slots start at `va_first`.  Returns its id, and its
  * memfd in *memfd (the app maps it), or -errno. */
 int epc_region_create(uint64_t npages, uint64_t nbytes, uint64_t va_first, int *memfd)

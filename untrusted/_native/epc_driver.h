@@ -31,5 +31,6 @@ void epc_driver_set_reclaim(int how);
 int64_t epc_driver_measure_trap(int n);
 void epc_driver_trap_stats(uint64_t out[5]);
 int epc_driver_use_domain(uintptr_t dom);
+void epc_driver_forget(void);
 
 #endif

@@ -184,5 +184,6 @@ int trap_open(int trap);
 int trap_start(int nthreads);
 void trap_stop(void);
 void trap_close(void);
+void trap_forget(void);     /* in a forked child: the threads' lock and condition anew */
 
 #endif

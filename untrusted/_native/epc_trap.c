@@ -46,6 +46,16 @@ static int leader_taken;
 static pthread_mutex_t lf_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t lf_cv = PTHREAD_COND_INITIALIZER;
 
+/* In the child of a fork(2) (epc_driver_forget): the parent's fault threads are gone, and the
+ * leader lock or its condition variable may hold state of theirs (a waiter count, a holder). */
+void trap_forget(void)
+{
+    pthread_mutex_init(&lf_lock, NULL);
+    pthread_cond_init(&lf_cv, NULL);
+    leader_taken = 0;
+    D.nthreads = 0;
+}
+
 /* 1: a message in *msg; 0: stop. */
 static int next_trap(struct uffd_msg *msg)
 {

@@ -314,6 +314,30 @@ int rpc_host_stop(struct rpc_host *h, double timeout_s)
 
 /* Release the ring and the host, unless a worker could not be joined (then the ring stays
  * mapped: that worker may still touch it). */
+/* In the child of a fork(2) (eleos_shim/fork.py), before any enclave call: the parent's
+ * workers did not survive the fork, and the ring (MAP_PRIVATE) is the child's own copy, at the
+ * same address, with whatever the parent's threads had in flight in it, threads the child does
+ * not have.  Empty it (every slot FREE, nothing posted, no sleeper, no worker) and start this
+ * host's own workers on it.  Only the forking thread runs in the child, and it is in no enclave
+ * call, so no slot is owned by a live producer.  0, or -errno from rpc_host_start. */
+int rpc_host_after_fork(struct rpc_host *h)
+{
+    struct eleos_ring *r = h->ring;
+    memset(r, 0, h->map_len);
+    r->magic = ELEOS_RING_MAGIC;
+    r->nslots = h->nslots;
+    r->slot_size = ELEOS_RING_SLOT_SIZE;
+    if (h->nworkers)
+        memset(h->workers, 0, sizeof(struct rpc_worker) * h->nworkers);
+    h->started = 0;
+    h->stop = 0;
+    h->leaked = 0;
+    h->hostile_kind = HOSTILE_NONE;
+    h->hostile_left = 0;
+    __atomic_thread_fence(__ATOMIC_SEQ_CST);
+    return rpc_host_start(h);
+}
+
 void rpc_host_free(struct rpc_host *h)
 {
     if (!h) return;

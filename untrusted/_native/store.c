@@ -96,6 +96,13 @@ void store_discard(void *handle, uint64_t off, uint64_t len)
         madvise(st->base + lo, hi - lo, MADV_DONTNEED);
 }
 
+/* In the child of a fork(2): the store (MAP_PRIVATE) is the child's own copy; a thread of the
+ * parent's may have held its lock at the fork. */
+void store_after_fork(uintptr_t handle)
+{
+    pthread_mutex_init(&((struct store *)handle)->lock, NULL);
+}
+
 uintptr_t store_base(uintptr_t handle) { return (uintptr_t)((struct store *)handle)->base; }
 uint64_t store_capacity(uintptr_t handle) { return ((struct store *)handle)->capacity; }
 

@@ -14,6 +14,7 @@ DECLS = """
     uintptr_t store_base(uintptr_t handle);
     uint64_t store_capacity(uintptr_t handle);
     uint64_t store_committed(uintptr_t handle);
+    void store_after_fork(uintptr_t handle);
     int64_t store_grow(void *handle, uint64_t bytes);
     void store_discard(void *handle, uint64_t off, uint64_t len);
     uintptr_t store_grow_fn(void);
