@@ -84,6 +84,13 @@ def scan_sites() -> set[tuple[str, str, str]]:
 
 
 REVIEWED: dict[tuple[str, str, str], str] = {
+    ('trusted/_native/suvm.c', 'suvm_fork_child', 'memcpy(old, s->key, sizeof old)'):
+        "the fork's re-seal: the enclave's own 16-byte key into a stack buffer of its size",
+    ('trusted/_native/suvm.c', 'suvm_fork_child', 'memcpy(s->key, old, sizeof old)'):
+        "the fork's re-seal: the old key back, enclave to enclave, fixed size (the page is then "
+        "opened by open_subpages, which copies the store in before opening)",
+    ('trusted/_native/suvm.c', 'suvm_fork_child', 'memcpy(s->key, fresh, sizeof fresh)'):
+        "the fork's re-seal: the child's fresh key from RAND_bytes, enclave to enclave, fixed size",
     ('eleos_shim/_native/epcm.c', 'epcm_eldu',
      'memcpy(tag, pcmd, sizeof tag)'):
         'copy-in of the 16-byte tag from host memory into a local before it is used',
