@@ -16,9 +16,12 @@ the app's code runs there.  Here the child is a real ``fork(2)`` of the process,
   keeps using, so the parent checkpoints the maps' contents (read through its own view, which
   faults evicted pages in) and the child maps regions of its own at the same addresses and
   writes the pages back in (paging as it goes, against its own EPC);
-* locks another thread held at the fork: SUVM's are all taken before the fork (no fault,
-  eviction or resize is half done in the copy) and made anew in the child, as are the EPC
-  driver's, the CPU's and the store's; the LibOS holds its fd table's lock across the fork;
+* locks another thread held at the fork are made anew in the child: SUVM's, the EPC
+  driver's, the CPU's and the store's; the LibOS holds its fd table's lock across the fork.
+  SUVM is NOT quiesced at the fork (holding its locks until the fork deadlocked: a thread
+  touching SUVM memory waits on a page lock holding the GIL), so a fault or eviction another
+  thread has half done at that instant can leave that one page wrong in the child (an
+  IntegrityError there) or a cache frame lost to it;
 * keys: the child is a new enclave, so it draws its own.  The EPC's paging key and version
   array start afresh (no page of the parent's can be loaded in the child: the child's
   regions are filled from the checkpoint, not from the parent's sealed pages); SUVM's store is
@@ -66,17 +69,11 @@ class EnclaveForker:
         t0 = cpu.ticks()
         checkpoint = memory.checkpoint() if cfg.memory == "epc" else None
         suvm = memory if cfg.memory == "suvm" else None
-        if suvm is not None:
-            suvm.fork_prepare()
-        try:
-            pid = posix.fork()
-        except BaseException:
-            if suvm is not None:
-                suvm.fork_parent()
-            raise
+        # SUVM is not quiesced across the fork (Suvm.fork_prepare): another thread that
+        # touches SUVM memory waits for a page's lock holding the GIL, so holding those locks
+        # until posix.fork() deadlocked the parent (tests/test_libos_fork.py).
+        pid = posix.fork()
         if pid:
-            if suvm is not None:
-                suvm.fork_parent()
             del checkpoint
             cpu.charge_fork(cpu.ticks() - t0)
             return pid

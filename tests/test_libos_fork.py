@@ -287,27 +287,3 @@ def test_the_fd_tables_lock_is_held_across_the_hosts_fork(forking_libos):
     assert os.fork() > 0
     assert held == [True] and not libos.kernel._lock._is_owned()
 
-
-def test_suvm_is_quiesced_across_the_fork():
-    # fork_prepare holds every lock a page changes under: a fault of another thread waits
-    # until the parent lets go (in the child, no fault or eviction is half done).
-    from eleos_shim import suvm
-    inst = suvm.create(suvm_cache_mb=16 * 4096 / (1 << 20))
-    try:
-        p = inst.malloc(64 * 4096)
-        for i in range(64):
-            p[i * 4096] = 1              # 48 of the pages are now in the store, not resident
-        done = threading.Event()
-        t = threading.Thread(target=lambda: (p.read(64 * 4096), done.set()))
-        inst.fork_prepare()
-        try:
-            t.start()
-            t.join(0.3)
-            assert not done.is_set(), "a fault ran while the fork held SUVM"
-        finally:
-            inst.fork_parent()
-        t.join(10)
-        assert done.is_set()
-        p.free()
-    finally:
-        inst.close()
