@@ -71,6 +71,11 @@ class Fcntl:
         if cmd == F_GETFL and fd in k.app_blocking:
             ret = (ret & ~O_NONBLOCK) | (0 if k.app_blocking[fd] else O_NONBLOCK)
         elif cmd in _DUPS:
+            # Linux gives the lowest free fd at or above the argument; the source fd is open,
+            # so it is never the answer.  Anything else would alias an fd the enclave holds.
+            if ret < arg or ret == fd:
+                raise IagoError(f"host returned fd {ret} for fcntl(F_DUPFD) of fd {fd} at or "
+                                f"above {arg}")
             newfd = k.adopt_fd(ret, "fcntl(F_DUPFD)", raw=True)
             if fd in k.app_blocking:
                 k.app_blocking[newfd] = k.app_blocking[fd]
