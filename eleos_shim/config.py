@@ -174,9 +174,11 @@ COSTS: tuple[Cost, ...] = (
     Cost("epc_fault_cycles", 40000, "cycles", "a whole EPC page fault (AEX, driver, ELDU, the EWB "
          "share, ERESUME); VAULT (ASPLOS'18): ~40,000 cycles a page swap"),
     Cost("fork_cycles", 20000000, "cycles", "a whole fork of the enclave (a new enclave, local "
-         "attestation, the checkpoint sent and restored), charged to the parent; a PLACEHOLDER: "
-         "no sourced figure was found (Graphene-SGX, ATC'17, and Gramine fork this way; Gramine's "
-         "maintainers call it slow, gramineproject/gramine#2127, without a number)"),
+         "attestation, the checkpoint sent and restored), charged to the parent; a PLACEHOLDER, "
+         "far below what Gramine pays: its child enclave is built page by page, so the cost grows "
+         "with the enclave's size, ~20 s a fork for a large one (gramineproject/graphene#1993: "
+         "~500 forks took 3 h instead of 5 min) and 30 s to minutes (gramineproject/gramine#2127); "
+         "no per-fork figure for a given size was found"),
     Cost("indirect_slowdown", 1.5, "x", "the app's code after an exit runs this much slower; the "
          "Eleos talk after FlexSC (OSDI'10): 1.5x-5x, its lower bound (with it an OCALL and a "
          "full window, 8,200 + 7,000, stay under HotCalls' cold 17,000)"),
