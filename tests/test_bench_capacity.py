@@ -164,8 +164,32 @@ def test_kv_breakdown_splits_a_request_into_the_libos_and_the_exits_or_the_rpc()
     assert (two["scale"], two["libos"], two["sgx_over_no_exits"]) == (2, 3.5, 18.5)
     assert two["eleos_over_no_exits"] == 1.0
     assert "LibOS routing +3.0" in kvstore._breakdown_text("fits", [one, two])
+    assert one["eleos_blocked_waits"] == 0.0 and one["eleos_vs_sgx_waits_spun"] == 26.0 / 16.0
     # without the no-exits runs there is nothing to split
     assert kvstore.breakdown([s for s in summary if "no-exits" not in s["config"]], "fits", 2) == []
+
+
+def test_kv_blocked_waits_are_the_rpc_modes_ocalls_share_of_the_exit_and_window_cycles():
+    # 2 waits and 2 fallbacks (both OCALLs), 4 AEXs; 1,000 MHz: cycles / 1000 = us
+    shim = {"syscalls": "rpc", "tsc_mhz": 1000.0, "transitions": {"aex": 4},
+            "calls": {"epoll_wait": {"ocall": 2, "fallback": 0}, "recvfrom": {"ocall": 0, "fallback": 2}},
+            "events": {"ocall": {"paid_cycles": 40_000}, "indirect": {"paid_cycles": 80_000}}}
+    # ocall: 40,000 x 2/4 = 20,000; indirect: 80,000 x 2/8 = 20,000; 40 us over 10 ops
+    assert kvstore.blocked_wait_us(shim, 10) == pytest.approx(4.0)
+    assert kvstore.blocked_wait_us({**shim, "syscalls": "ocall"}, 10) == 0.0
+    assert kvstore.blocked_wait_us({**shim, "calls": {}}, 10) == 0.0
+
+    def row(config, app_us, waits):
+        r = kv_row(0, config, 100, 100)
+        r["app_cpu_us_per_op"], r["blocked_wait_us_per_op"] = app_us, waits
+        return r
+    runs = [row("native", 10.0, 0), row("no-exits", 12.0, 0), row("sgx", 25.0, 0),
+            row("eleos", 13.0, 0.5)]
+    summary = [kvstore.summarise(runs, "fits", 8, c) for c in ("native", "no-exits", "sgx", "eleos")]
+    (one,) = kvstore.breakdown(summary, "fits", None)
+    assert one["eleos_blocked_waits"] == 0.5 and one["eleos_vs_sgx_waits_spun"] == 25.0 / 12.5
+    text = kvstore._breakdown_text("fits", [one])
+    assert "of it blocked waits +0.5" in text and "scale 1 2.00x" in text
 
 
 def test_a_run_without_a_capacity_is_left_out_of_the_ratio():
