@@ -390,6 +390,24 @@ static int cmp_i32(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+/* fds[0:n] in ascending order: a server's wait reports a few dozen fds at most, which an
+ * insertion sort orders without qsort's calls through a comparator (and its temporary). */
+#define SORT_SMALL 32
+static void sort_fds(int32_t *fds, int64_t n)
+{
+    if (n > SORT_SMALL) {
+        qsort(fds, (size_t)n, sizeof *fds, cmp_i32);
+        return;
+    }
+    for (int64_t i = 1; i < n; i++) {
+        const int32_t v = fds[i];
+        int64_t j = i;
+        for (; j > 0 && fds[j - 1] > v; j--)
+            fds[j] = fds[j - 1];
+        fds[j] = v;
+    }
+}
+
 /* epoll_wait's events: at most `maxevents`, as many records as the count says, each naming a
  * possible fd (data.u64 carries it) at most once.  `out` receives (int32 fd, uint32 events)
  * per event, what select.epoll.poll returns, and needs 12 bytes per maxevents (the last 4 are
@@ -437,8 +455,7 @@ int64_t enclave_epoll_events(char *why, int64_t ret, uint64_t out_len, uint64_t 
     int32_t *fds = (int32_t *)(out + 8 * maxevents);
     for (int64_t i = 0; i < ret; i++)
         fds[i] = rec[2 * i];
-    if (ret > 1)
-        qsort(fds, (size_t)ret, sizeof *fds, cmp_i32);
+    sort_fds(fds, ret);
     for (int64_t i = 1; i < ret; i++)
         if (fds[i] == fds[i - 1])
             return wait_lie(why, "host's epoll_wait reports fd %d twice", fds[i]);

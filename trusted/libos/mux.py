@@ -66,10 +66,27 @@ def _ms_from_seconds(timeout) -> int:
     CPython's errors: OverflowError when it does not fit an int of milliseconds."""
     if timeout is None:
         return -1
+    # A server's loop passes the same float every time (selectors' select(1.0)): its
+    # conversion, a pure function of the value, is remembered.  Only floats that converted
+    # are kept, and only a float is looked up (1 and True hash as 1.0 and must fail or
+    # convert on their own; a NaN raises and is never kept).
+    if timeout.__class__ is float:
+        ms = _MS_OF_SECONDS.get(timeout)
+        if ms is not None:
+            return ms
     ms = _timeout_ms(timeout, 1000)
     if ms > _INT_MAX:
         raise OverflowError("timeout is too large")
+    if timeout.__class__ is float:
+        if len(_MS_OF_SECONDS) >= _MS_CACHE_MAX:
+            _MS_OF_SECONDS.clear()
+        _MS_OF_SECONDS[timeout] = ms
     return ms
+
+
+# _ms_from_seconds' remembered conversions (float seconds -> ms), at most this many.
+_MS_OF_SECONDS: dict = {}
+_MS_CACHE_MAX = 64
 
 
 def _timeout_ms(value, per_unit: int) -> int:
@@ -405,6 +422,17 @@ class Epoll:
         # in C as it was read (Transport.epoll_wait).  What the enclave knows of each fd is
         # checked here.
         reg, open_fds = self._registered, k.fds
+        if reg is not None:
+            # The common case in one test per event: an open fd, registered without
+            # EPOLLONESHOT, for (at least) these events.  An unregistered fd (0) or a oneshot
+            # record (nothing below bit 32) fails it, as any event is nonzero (checked in C);
+            # whatever fails it gets the full checks below, in their order.
+            get = reg.get
+            for fd, ev in events:
+                if ev & ~get(fd, 0) or fd not in open_fds:
+                    break
+            else:
+                return events
         for fd, ev in events:
             if fd not in open_fds:
                 raise IagoError(f"host's epoll_wait reports fd {fd}, which is not open")
