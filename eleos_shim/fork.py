@@ -72,8 +72,13 @@ class EnclaveForker:
         # SUVM is not quiesced across the fork (Suvm.fork_prepare): another thread that
         # touches SUVM memory waits for a page's lock holding the GIL, so holding those locks
         # until posix.fork() deadlocked the parent (tests/test_libos_fork.py).
+        me = os.getpid()
         pid = posix.fork()
-        if pid:
+        # Which process this is, is not the host's answer: the one that asked is the parent,
+        # any other the child, rebuilt whatever it was told (a child told a pid ran on the
+        # parent's EPC regions and SUVM key; a parent told 0 was "rebuilt").  The answer goes
+        # to the trusted side as given, which checks it (trusted/libos/proc.py, Forker).
+        if os.getpid() == me:
             del checkpoint
             cpu.charge_fork(cpu.ticks() - t0)
             return pid
@@ -88,7 +93,7 @@ class EnclaveForker:
                 sys.stderr.flush()
             finally:
                 os._exit(70)
-        return 0
+        return pid
 
     def _rebuild_child(self, checkpoint, suvm) -> None:
         enc = self.enclave

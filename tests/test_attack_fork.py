@@ -1,0 +1,82 @@
+"""A hostile host against the enclave's fork (eleos_shim/fork.py, trusted/libos/proc.py).
+
+The host answers fork(2).  Swapping its answers between the two processes must not make
+either run on state that is not its enclave's: the child told a pid (as if it were the
+parent) was not rebuilt at all (under sgx it wrote the parent's EPC pages, its regions being
+the parent's shared memfds; under eleos it kept the parent's SUVM key and seal counter, so the
+two sealed under one key with the same nonces), and os.fork() returned the host's pid there;
+the parent told 0 was "rebuilt" as a child (its key drawn anew, its host restarted, its stats
+never written).  Now the process that asked is the parent and any other the child, whatever
+the host answers, and os.fork() in the child checks that its answer is 0.
+"""
+from __future__ import annotations
+
+import os
+import posix
+
+import pytest
+
+from eleos_shim.errors import IagoError
+from tests.test_libos_fork import SCRIPTS, _HostFork, forking_libos, run_shim  # noqa: F401
+
+SCRIPT = SCRIPTS / "attack_fork_child_told_parent.py"
+
+
+@pytest.mark.parametrize("mode", ["sgx", "eleos"])
+def test_a_child_told_it_is_the_parent_is_a_new_enclave_and_gets_an_iago_error(mode, tmp_path):
+    run = run_shim(mode, SCRIPT, mode, "child", tmp_path / "out", timeout=40)
+    assert run.returncode == 0, run.stderr
+    want = ["child os.fork IagoError", "parent os.fork a pid"]
+    if mode == "eleos":
+        want += ["child key is the parent's False", "parent key kept True"]
+    want += ["parent map b'first'"]               # the child's write is its own
+    assert run.stdout.splitlines() == want, run.stdout + run.stderr
+    assert run.stats["events"]["fork"]["count"] == 1
+
+
+@pytest.mark.parametrize("mode", ["sgx", "eleos"])
+def test_a_parent_told_it_is_the_child_stays_the_parent(mode, tmp_path):
+    run = run_shim(mode, SCRIPT, mode, "parent", tmp_path / "out", timeout=40)
+    assert run.returncode == 0, run.stderr
+    want = ["child os.fork returned 0", "parent os.fork IagoError"]
+    if mode == "eleos":
+        want += ["child key is the parent's False", "parent key kept True"]
+    want += ["parent map b'first'"]
+    assert run.stdout.splitlines() == want, run.stdout + run.stderr
+    assert (tmp_path / "out").read_text() == "parent still runs\n"
+    # The parent is still the parent: its stats are written, its fork charged.
+    assert run.stats is not None and run.stats["events"]["fork"]["count"] == 1
+
+
+class _ChildToldAPid(_HostFork):
+    """A real fork(2) whose child is answered a pid, as if it were the parent."""
+
+    def __init__(self):
+        super().__init__(None)
+
+    def __call__(self):
+        child = posix.fork()
+        if child:
+            self.children.append(child)
+            return child
+        return 4242
+
+
+def test_the_libos_refuses_a_pid_answered_in_the_child(forking_libos):
+    # In-process (the ocall transport): what the child's os.fork() does, reported on a pipe.
+    host_fork = _ChildToldAPid()
+    forking_libos(host_fork)
+    r, w = posix.pipe()
+    me = os.getpid()
+    try:
+        got, what = os.fork(), b"pid"
+    except IagoError as e:
+        got, what = None, b"iago" if "child" in str(e) else b"other"
+    if os.getpid() != me:
+        posix.write(w, what)
+        os._exit(0)
+    posix.close(w)
+    report = posix.read(r, 10)
+    posix.close(r)
+    assert got == host_fork.children[0]
+    assert report == b"iago"
