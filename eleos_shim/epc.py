@@ -355,21 +355,22 @@ class EPC:
         """In the parent, before fork(2): the contents of every live map, as Graphene-SGX's
         checkpoint has them, read through the app's view (an evicted page is faulted in, ELDU
         under this enclave's key, as any access does): ``[(map, [(offset, page bytes)])]``.
-        Pages never touched and pages that read as zero are left out (the child's fresh region
-        reads zero there).  The copy is in enclave memory (the interpreter's), never in the
-        host's: the child restores it into regions of its own (:meth:`restore_in_child`)."""
+        Pages that read as zero are left out (the child's fresh region reads zero there).
+        Every page is read, those never touched too (each faults in a zero page): which pages
+        were never touched is the driver's word, and a host that called a written page "new"
+        gave the child zeros there (tests/test_attack_fork.py).  The copy is in enclave memory
+        (the interpreter's), never in the host's: the child restores it into regions of its
+        own (:meth:`restore_in_child`)."""
         self.check()
         with self._lock:
             live = [(rid, ref()) for rid, ref in self._maps.items()]
         out = []
-        for rid, m in live:
+        for _rid, m in live:
             if m is None or m.closed:
                 continue
             n = len(m)
             pages = []
-            for i, state in enumerate(self._driver.page_states(rid, m._epc_pages)):
-                if state == "new":
-                    continue
+            for i in range(m._epc_pages):
                 lo = i * PAGE
                 data = m[lo:min(lo + PAGE, n)]
                 if data != _ZERO_PAGE[:len(data)]:

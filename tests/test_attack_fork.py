@@ -8,6 +8,10 @@ two sealed under one key with the same nonces), and os.fork() returned the host'
 the parent told 0 was "rebuilt" as a child (its key drawn anew, its host restarted, its stats
 never written).  Now the process that asked is the parent and any other the child, whatever
 the host answers, and os.fork() in the child checks that its answer is 0.
+
+Under sgx the parent's checkpoint skipped the pages its EPC driver called "new" (never
+touched): a host that called every page so gave the child zeros for the parent's data, with
+no error.  Now every page is read.
 """
 from __future__ import annotations
 
@@ -80,3 +84,11 @@ def test_the_libos_refuses_a_pid_answered_in_the_child(forking_libos):
     posix.close(r)
     assert got == host_fork.children[0]
     assert report == b"iago"
+
+
+def test_the_drivers_word_on_which_pages_are_new_does_not_decide_the_childs_pages():
+    # A 6 MB map in a 2 MB EPC: evicted and resident pages, every one written by the parent.
+    run = run_shim("sgx", SCRIPTS / "attack_fork_page_states.py", 6,
+                   env={"ELEOS_EPC_MB": "2"}, timeout=40)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == ["child bad pages 0", "child status 0"], run.stdout
