@@ -26,9 +26,16 @@ from tests.test_libos_fork import SCRIPTS, _HostFork, forking_libos, run_shim  #
 SCRIPT = SCRIPTS / "attack_fork_child_told_parent.py"
 
 
-@pytest.mark.parametrize("mode", ["sgx", "eleos"])
-def test_a_child_told_it_is_the_parent_is_a_new_enclave_and_gets_an_iago_error(mode, tmp_path):
-    run = run_shim(mode, SCRIPT, mode, "child", tmp_path / "out", timeout=40)
+# Both memories (sgx: epc, eleos: suvm), each on both syscall paths.
+CONFIGS = {"sgx": ("sgx", {}), "sgx-rpc": ("sgx", {"ELEOS_SYSCALLS": "rpc"}),
+           "eleos": ("eleos", {}), "eleos-ocall": ("eleos", {"ELEOS_SYSCALLS": "ocall"})}
+MEMORY = {"sgx": "epc", "eleos": "suvm"}
+
+
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_a_child_told_it_is_the_parent_is_a_new_enclave_and_gets_an_iago_error(config, tmp_path):
+    mode, env = CONFIGS[config]
+    run = run_shim(mode, SCRIPT, MEMORY[mode], "child", tmp_path / "out", env=env, timeout=40)
     assert run.returncode == 0, run.stderr
     want = ["child os.fork IagoError", "parent os.fork a pid"]
     if mode == "eleos":
@@ -36,11 +43,14 @@ def test_a_child_told_it_is_the_parent_is_a_new_enclave_and_gets_an_iago_error(m
     want += ["parent map b'first'"]               # the child's write is its own
     assert run.stdout.splitlines() == want, run.stdout + run.stderr
     assert run.stats["events"]["fork"]["count"] == 1
+    assert (run.stats["syscalls"], run.stats["memory"]) == (
+        env.get("ELEOS_SYSCALLS", "ocall" if mode == "sgx" else "rpc"), MEMORY[mode])
 
 
-@pytest.mark.parametrize("mode", ["sgx", "eleos"])
-def test_a_parent_told_it_is_the_child_stays_the_parent(mode, tmp_path):
-    run = run_shim(mode, SCRIPT, mode, "parent", tmp_path / "out", timeout=40)
+@pytest.mark.parametrize("config", list(CONFIGS))
+def test_a_parent_told_it_is_the_child_stays_the_parent(config, tmp_path):
+    mode, env = CONFIGS[config]
+    run = run_shim(mode, SCRIPT, MEMORY[mode], "parent", tmp_path / "out", env=env, timeout=40)
     assert run.returncode == 0, run.stderr
     want = ["child os.fork returned 0", "parent os.fork IagoError"]
     if mode == "eleos":
