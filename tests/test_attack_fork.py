@@ -11,7 +11,9 @@ the host answers, and os.fork() in the child checks that its answer is 0.
 
 Under sgx the parent's checkpoint skipped the pages its EPC driver called "new" (never
 touched): a host that called every page so gave the child zeros for the parent's data, with
-no error.  Now every page is read.
+no error.  Now every page is read.  A map made between the checkpoint and the fork (the host
+holding the fork back while another thread runs) stayed the parent's memfd in the child: the
+two enclaves wrote one memory.  Now such a child is not built.
 """
 from __future__ import annotations
 
@@ -102,3 +104,12 @@ def test_the_drivers_word_on_which_pages_are_new_does_not_decide_the_childs_page
                    env={"ELEOS_EPC_MB": "2"}, timeout=40)
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines() == ["child bad pages 0", "child status 0"], run.stdout
+
+
+def test_a_map_made_between_the_checkpoint_and_the_fork_is_not_shared_with_the_child():
+    # It was: the child kept the parent's memfd there, and its write reached the parent.
+    run = run_shim("sgx", SCRIPTS / "attack_fork_late_map.py", timeout=40)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == ["parent sees b'late'", "child status 70"], run.stdout
+    assert "could not be built: RuntimeError: 1 EPC map(s) made by another thread during " \
+           "the fork are not in its checkpoint" in run.stderr
