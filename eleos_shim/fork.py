@@ -21,7 +21,8 @@ the app's code runs there.  Here the child is a real ``fork(2)`` of the process,
   SUVM is NOT quiesced at the fork (holding its locks until the fork deadlocked: a thread
   touching SUVM memory waits on a page lock holding the GIL), so a fault or eviction another
   thread has half done at that instant can leave that one page wrong in the child (an
-  IntegrityError there) or a cache frame lost to it.  Nor is the EPC: the checkpoint is read
+  IntegrityError there; a dirty page whose eviction was cut stops the child, which would
+  have read the copy from before: suvm.c, suvm_fork_child) or a cache frame lost to it.  Nor is the EPC: the checkpoint is read
   while the app's other threads run (the GIL changes hands in it), so a write another thread
   makes meanwhile may be in the child's copy of one page and not of another; a map made
   between the checkpoint and the fork is in none, and that child is not built (it would keep

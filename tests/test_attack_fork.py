@@ -14,6 +14,10 @@ touched): a host that called every page so gave the child zeros for the parent's
 no error.  Now every page is read.  A map made between the checkpoint and the fork (the host
 holding the fork back while another thread runs) stayed the parent's memfd in the child: the
 two enclaves wrote one memory.  Now such a child is not built.
+
+Under eleos SUVM is not quiesced at the fork: a dirty page another thread was evicting at
+that instant (unpublished, not yet sealed) read in the child as its stored copy from before
+(zero, or stale data), with no error.  Now that child is not built (IntegrityError).
 """
 from __future__ import annotations
 
@@ -113,3 +117,11 @@ def test_a_map_made_between_the_checkpoint_and_the_fork_is_not_shared_with_the_c
     assert run.stdout.splitlines() == ["parent sees b'late'", "child status 70"], run.stdout
     assert "could not be built: RuntimeError: 1 EPC map(s) made by another thread during " \
            "the fork are not in its checkpoint" in run.stderr
+
+
+def test_a_dirty_page_whose_eviction_the_fork_cut_stops_the_child():
+    # It read as the stored copy from before (zero: never written back), with no error.
+    run = run_shim("eleos", SCRIPTS / "attack_fork_half_evict.py", timeout=40)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines() == ["child status 70"], run.stdout
+    assert "forked child enclave could not be built: IntegrityError" in run.stderr
