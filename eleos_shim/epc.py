@@ -355,21 +355,22 @@ class EPC:
         """In the parent, before fork(2): the contents of every live map, as Graphene-SGX's
         checkpoint has them, read through the app's view (an evicted page is faulted in, ELDU
         under this enclave's key, as any access does): ``[(map, [(offset, page bytes)])]``.
-        Pages never touched and pages that read as zero are left out (the child's fresh region
-        reads zero there).  The copy is in enclave memory (the interpreter's), never in the
-        host's: the child restores it into regions of its own (:meth:`restore_in_child`)."""
+        Pages that read as zero are left out (the child's fresh region reads zero there).
+        Every page is read, those never touched too (each faults in a zero page): which pages
+        were never touched is the driver's word, and a host that called a written page "new"
+        gave the child zeros there (tests/test_attack_fork.py).  The copy is in enclave memory
+        (the interpreter's), never in the host's: the child restores it into regions of its
+        own (:meth:`restore_in_child`)."""
         self.check()
         with self._lock:
             live = [(rid, ref()) for rid, ref in self._maps.items()]
         out = []
-        for rid, m in live:
+        for _rid, m in live:
             if m is None or m.closed:
                 continue
             n = len(m)
             pages = []
-            for i, state in enumerate(self._driver.page_states(rid, m._epc_pages)):
-                if state == "new":
-                    continue
+            for i in range(m._epc_pages):
                 lo = i * PAGE
                 data = m[lo:min(lo + PAGE, n)]
                 if data != _ZERO_PAGE[:len(data)]:
@@ -388,6 +389,16 @@ class EPC:
         child's view, so the child pages as it fills them."""
         global _current
         from untrusted.epc import EPCDriver
+        # A map another thread made after the checkpoint listed the maps is in no checkpoint:
+        # kept, it would stay the parent's memfd (the two enclaves writing one memory), and
+        # its contents at the fork are not the child's to read (the parent runs on).  The
+        # child is not built (tests/test_attack_fork.py).
+        listed = {id(m) for m, _pages in checkpoint}
+        late = [m for ref in self._maps.values()
+                if (m := ref()) is not None and not m.closed and id(m) not in listed]
+        if late:
+            raise RuntimeError(f"{len(late)} EPC map(s) made by another thread during the fork "
+                               f"are not in its checkpoint")
         EPCDriver.forget_after_fork()
         _epcm.epcm_fork_child()
         for m, _pages in checkpoint:

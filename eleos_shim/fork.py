@@ -21,7 +21,12 @@ the app's code runs there.  Here the child is a real ``fork(2)`` of the process,
   SUVM is NOT quiesced at the fork (holding its locks until the fork deadlocked: a thread
   touching SUVM memory waits on a page lock holding the GIL), so a fault or eviction another
   thread has half done at that instant can leave that one page wrong in the child (an
-  IntegrityError there) or a cache frame lost to it;
+  IntegrityError there; a dirty page whose eviction was cut stops the child, which would
+  have read the copy from before: suvm.c, suvm_fork_child) or a cache frame lost to it.  Nor is the EPC: the checkpoint is read
+  while the app's other threads run (the GIL changes hands in it), so a write another thread
+  makes meanwhile may be in the child's copy of one page and not of another; a map made
+  between the checkpoint and the fork is in none, and that child is not built (it would keep
+  the parent's memfd there: EPC.restore_in_child);
 * keys: the child is a new enclave, so it draws its own.  The EPC's paging key and version
   array start afresh (no page of the parent's can be loaded in the child: the child's
   regions are filled from the checkpoint, not from the parent's sealed pages); SUVM's store is
@@ -72,8 +77,13 @@ class EnclaveForker:
         # SUVM is not quiesced across the fork (Suvm.fork_prepare): another thread that
         # touches SUVM memory waits for a page's lock holding the GIL, so holding those locks
         # until posix.fork() deadlocked the parent (tests/test_libos_fork.py).
+        me = os.getpid()
         pid = posix.fork()
-        if pid:
+        # Which process this is, is not the host's answer: the one that asked is the parent,
+        # any other the child, rebuilt whatever it was told (a child told a pid ran on the
+        # parent's EPC regions and SUVM key; a parent told 0 was "rebuilt").  The answer goes
+        # to the trusted side as given, which checks it (trusted/libos/proc.py, Forker).
+        if os.getpid() == me:
             del checkpoint
             cpu.charge_fork(cpu.ticks() - t0)
             return pid
@@ -88,7 +98,7 @@ class EnclaveForker:
                 sys.stderr.flush()
             finally:
                 os._exit(70)
-        return 0
+        return pid
 
     def _rebuild_child(self, checkpoint, suvm) -> None:
         enc = self.enclave

@@ -93,6 +93,7 @@ int suvm_bench_raw_open(uint32_t page_size, uint64_t iters);
 /* Test hooks: the enclave's key, and what it needs to open the stored copy of (vpn, sub)
  * (nonce 12 bytes, AAD 24 bytes, tag 16 bytes).  Return -2 if the page has no stored copy. */
 void suvm_test_key(suvm_t *s, uint8_t out[16]);
+int suvm_test_half_evict(suvm_t *s, uint64_t addr);
 int suvm_test_sealed(suvm_t *s, uint64_t vpn, uint32_t sub, uint8_t nonce[12], uint8_t aad[24],
                      uint8_t tag[16]);
 

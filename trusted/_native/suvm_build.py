@@ -35,6 +35,7 @@ CDEF = """
     int suvm_bench_access(suvm_t *s, const uint64_t *offsets, size_t n, size_t item, int write);
     int suvm_bench_mix(suvm_t *s, const uint64_t *offsets, const uint8_t *writes, size_t n, size_t item);
     void suvm_test_key(suvm_t *s, uint8_t out[16]);
+    int suvm_test_half_evict(suvm_t *s, uint64_t addr);
     int suvm_test_sealed(suvm_t *s, uint64_t vpn, uint32_t sub, uint8_t nonce[12], uint8_t aad[24],
                          uint8_t tag[16]);
     int suvm_bench_raw_open(uint32_t page_size, uint64_t iters);

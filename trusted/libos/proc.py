@@ -517,6 +517,11 @@ class Forker:
             pid = self.host_fork()
         if type(pid) is not int:
             raise IagoError(f"host returned {type(pid).__name__} for fork, not a pid")
+        if pid != 0 and _os.getpid() != me:
+            # The child told it is the parent would run the parent's code (and wait for a
+            # child it does not have).
+            raise IagoError(f"host answered the child's fork with pid {pid}, the parent's "
+                            f"answer")
         if pid == 0:
             if _os.getpid() == me:
                 # The parent told it is the child would run the child's code on the
