@@ -38,34 +38,33 @@ CONFIGS = {"sgx": ("sgx", {}), "sgx-rpc": ("sgx", {"ELEOS_SYSCALLS": "rpc"}),
 MEMORY = {"sgx": "epc", "eleos": "suvm"}
 
 
+# Which process the host tells what, and what each then says (the script's lines).
+SWAPPED = {"child": ["child os.fork IagoError", "parent os.fork a pid"],
+           "parent": ["child os.fork returned 0", "parent os.fork IagoError"]}
+
+
 @pytest.mark.parametrize("config", list(CONFIGS))
-def test_a_child_told_it_is_the_parent_is_a_new_enclave_and_gets_an_iago_error(config, tmp_path):
+@pytest.mark.parametrize("told", list(SWAPPED))
+def test_a_swapped_fork_answer_leaves_the_parent_the_parent_and_the_child_a_new_enclave(
+        told, config, tmp_path):
+    """told=child: the child told it is the parent is a new enclave and gets an IagoError;
+    told=parent: the parent told it is the child stays the parent."""
     mode, env = CONFIGS[config]
-    run = run_shim(mode, SCRIPT, MEMORY[mode], "child", tmp_path / "out", env=env, timeout=40)
+    run = run_shim(mode, SCRIPT, MEMORY[mode], told, tmp_path / "out", env=env, timeout=40)
     assert run.returncode == 0, run.stderr
-    want = ["child os.fork IagoError", "parent os.fork a pid"]
+    want = list(SWAPPED[told])
     if mode == "eleos":
         want += ["child key is the parent's False", "parent key kept True"]
     want += ["parent map b'first'"]               # the child's write is its own
     assert run.stdout.splitlines() == want, run.stdout + run.stderr
-    assert run.stats["events"]["fork"]["count"] == 1
-    assert (run.stats["syscalls"], run.stats["memory"]) == (
-        env.get("ELEOS_SYSCALLS", "ocall" if mode == "sgx" else "rpc"), MEMORY[mode])
-
-
-@pytest.mark.parametrize("config", list(CONFIGS))
-def test_a_parent_told_it_is_the_child_stays_the_parent(config, tmp_path):
-    mode, env = CONFIGS[config]
-    run = run_shim(mode, SCRIPT, MEMORY[mode], "parent", tmp_path / "out", env=env, timeout=40)
-    assert run.returncode == 0, run.stderr
-    want = ["child os.fork returned 0", "parent os.fork IagoError"]
-    if mode == "eleos":
-        want += ["child key is the parent's False", "parent key kept True"]
-    want += ["parent map b'first'"]
-    assert run.stdout.splitlines() == want, run.stdout + run.stderr
-    assert (tmp_path / "out").read_text() == "parent still runs\n"
-    # The parent is still the parent: its stats are written, its fork charged.
-    assert run.stats is not None and run.stats["events"]["fork"]["count"] == 1
+    if told == "child":
+        assert run.stats["events"]["fork"]["count"] == 1
+        assert (run.stats["syscalls"], run.stats["memory"]) == (
+            env.get("ELEOS_SYSCALLS", "ocall" if mode == "sgx" else "rpc"), MEMORY[mode])
+    else:
+        assert (tmp_path / "out").read_text() == "parent still runs\n"
+        # The parent is still the parent: its stats are written, its fork charged.
+        assert run.stats is not None and run.stats["events"]["fork"]["count"] == 1
 
 
 class _ChildToldAPid(_HostFork):
