@@ -340,14 +340,13 @@ def _modeled_share(shim: dict) -> float:
 
 
 def blocked_wait_us(shim: dict, life: int) -> float:
-    """Under RPC, what the app paid per operation (us, over the server's life) for the waits
-    that blocked: a call that would block (an epoll wait with nothing ready: the server idle)
-    leaves through an OCALL (trusted/syscall.py, wait=True), paying its budget and the
-    indirect window after it.  Eleos's own RPC spins on every call instead (rpc_ocall.cpp in
-    acsl-technion/eleos) and its saturated server never idled, so this part of eleos's time is
-    the load generator sharing the server's core here, not Eleos.  The OCALLs' share of the
-    ocall events is taken from the call counts (fallbacks are OCALLs too); the indirect
-    window's share from all exits (page faults' AEXs included).  0 off RPC."""
+    """Under RPC with ELEOS_RPC_WAIT=ocall, what the app paid per operation (us, over the
+    server's life) for the waits that exited: a wait that may block (an epoll wait with
+    nothing ready: the server idle, its client on the same core) leaves through an OCALL,
+    paying its budget and the indirect window after it.  With the default (spin) such a wait
+    blocks in place of Eleos's spin (enclave_ocalls.c: rpc_wait) and this is 0.  The OCALLs'
+    share of the ocall events is taken from the call counts (fallbacks are OCALLs too); the
+    indirect window's share from all exits (page faults' AEXs included).  0 off RPC."""
     if shim.get("syscalls") != "rpc" or not shim.get("tsc_mhz"):
         return 0.0
     calls = shim.get("calls", {}).values()
@@ -618,8 +617,9 @@ CAPACITY_NOTE = (
     "runs on the server's core (the RPC worker alone on CPU 1), so a closed loop measures "
     "1 / (server time + client time) per operation: the client's share, the same in every "
     "configuration, compresses every ratio towards 1.  The capacity counts the app threads' "
-    "CPU alone: an app thread that waits for the client blocks in the kernel (an OCALL under "
-    "sgx and eleos alike: trusted/syscall.py wait=True) and spends nothing, while the "
+    "CPU alone: an app thread that waits for the client blocks in the kernel and spends "
+    "nothing but the wait's crossing (an OCALL under sgx; under eleos none: the wait blocks "
+    "in place of Eleos's spin, ELEOS_RPC_WAIT), while the "
     "modeled costs (an OCALL's budget, the indirect cost, an EPC fault's) are spun on it and "
     "count.  The closed loop stays in the tables: it is what this machine delivers.")
 
@@ -662,11 +662,6 @@ def breakdown(summary: list[dict], db: str, scale: float | None) -> list[dict]:
         if "eleos" + suffix in app:
             row["eleos_over_no_exits"] = app["eleos" + suffix] - free
             row["eleos_blocked_waits"] = waits.get("eleos" + suffix, 0.0)
-            if "sgx" + suffix in app and app["eleos" + suffix] > row["eleos_blocked_waits"]:
-                # An estimate, not the measure: eleos's blocked waits spun as Eleos's do.
-                row["eleos_vs_sgx_waits_spun"] = (app["sgx" + suffix]
-                                                  / (app["eleos" + suffix]
-                                                     - row["eleos_blocked_waits"]))
         rows.append(row)
     return rows
 
@@ -683,18 +678,12 @@ def _breakdown_text(db: str, rows: list[dict]) -> str:
         if "sgx_over_no_exits" in r:
             parts.append(f"sgx: + exits {r['sgx_over_no_exits']:+.1f}")
         if "eleos_over_no_exits" in r:
+            waits = r.get("eleos_blocked_waits", 0.0)
             parts.append(f"eleos: + RPC{' and SUVM, less SGX paging' if big else ''} "
-                         f"{r['eleos_over_no_exits']:+.1f}, of it blocked waits "
-                         f"{r.get('eleos_blocked_waits', 0.0):+.1f}")
+                         f"{r['eleos_over_no_exits']:+.1f}"
+                         + (f", of it waits that exited (ELEOS_RPC_WAIT=ocall) {waits:+.1f}"
+                            if waits else ""))
         lines.append(f"  scale {r['scale']:g}: " + "; ".join(parts))
-    spun = [r for r in rows if "eleos_vs_sgx_waits_spun" in r]
-    if spun:
-        lines.append("  blocked waits = eleos's OCALLs for calls that would block (the server idle, "
-                     "its client on the same core), each an OCALL's budget and the indirect "
-                     "window; Eleos's RPC spins there and its saturated server never idled. "
-                     "Estimate, with them spun (app CPU of sgx over eleos's less them): "
-                     + ", ".join(f"scale {r['scale']:g} {r['eleos_vs_sgx_waits_spun']:.2f}x"
-                                 for r in spun))
     lines.append("  the LibOS's routing is this Python shim's own cost, paid alike in every "
                  "enclave mode; it is not time dilated and so narrows eleos/sgx")
     return "\n".join(lines)

@@ -24,6 +24,7 @@ COST_MODES = ("spin", "account")
 EPC_TRAPS = ("auto", "sigbus", "userfaultfd", "sigsegv")
 EPC_RECLAIMS = ("direct", "background")
 INDIRECT_MODES = ("model", "pollute", "off")
+RPC_WAITS = ("spin", "ocall")
 BALLOON_POLICIES = ("demand", "fair", "static")
 
 # The presets of ELEOS_MODE: (syscall path, heap).
@@ -252,6 +253,12 @@ OPTIONS: tuple[Option, ...] = (
            "an OCALL (default 20000, as Intel's switchless calls)"),
     Option("rpc_sleep", _int(0), "idle spins before a worker sleeps on a futex (default 20000)"),
     Option("rpc_slots", _int(2, 1 << 16), "request slots in the RPC ring (default 1024)"),
+    Option("rpc_wait", _choice(RPC_WAITS), "a wait that may block (poll, select, epoll with a "
+           "timeout) on the rpc path: spin (default) = as Eleos, no exit: Eleos's enclave thread "
+           "spins for every call's answer, blocking ones included (its rpc_ocall); the shim tries "
+           "it through the ring with a timeout of 0 and, if nothing is ready, blocks the thread in "
+           "the host's wait in place of that spin, charging nothing; ocall = it exits (an OCALL), "
+           "as Gramine's exitless calls do once their spin gives up (a futex OCALL)"),
     Option("rpc_cpus", _cpus, "CPUs the RPC workers run on, e.g. 1 or 2-3; the app's threads keep "
            "the others (Eleos's dedicated cores). auto (default): the last CPUs, one per worker, "
            "when the app keeps at least one; none: not pinned", "CPUS"),
@@ -313,6 +320,7 @@ class Config:
     rpc_spin: int = 20000
     rpc_sleep: int = 20000
     rpc_slots: int = 1024
+    rpc_wait: str = "spin"
     rpc_cpus: tuple[int, ...] | str = "auto"
     eenter_cycles: int = COST_DEFAULTS["eenter_cycles"]
     eexit_cycles: int = COST_DEFAULTS["eexit_cycles"]

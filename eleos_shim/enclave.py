@@ -62,7 +62,8 @@ class Enclave:
                         charge=self.cpu.charge_fn, pollute=self.cpu.pollute_fn,
                         rpc_submit=rpc_submit, rpc_ring=addrs.get("rpc_ring", 0))
         # direct syscalls with an enclave heap still route (and count) the calls, without exits
-        self.transport = Transport(self.cfg.syscalls, bridge, rpc_spin=self.cfg.rpc_spin)
+        self.transport = Transport(self.cfg.syscalls, bridge, rpc_spin=self.cfg.rpc_spin,
+                                   rpc_wait=self.cfg.rpc_wait)
         heap_factory = self._heap_factory()
         from eleos_shim import profile
         self.syscw0 = profile.start_counters()

@@ -34,6 +34,8 @@ CONFIGS: dict[str, dict[str, str]] = {
     "suvm-only": {"ELEOS_MODE": "eleos", "ELEOS_SYSCALLS": "ocall"},
     "rpc-only": {"ELEOS_MODE": "sgx", "ELEOS_SYSCALLS": "rpc"},
     "no-exits": {"ELEOS_MODE": "sgx", "ELEOS_SYSCALLS": "direct"},
+    # eleos whose waits that may block exit (as before ELEOS_RPC_WAIT, and as Gramine's do).
+    "eleos-exit-waits": {"ELEOS_MODE": "eleos", "ELEOS_RPC_WAIT": "ocall"},
 }
 
 

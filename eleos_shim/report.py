@@ -196,7 +196,9 @@ def report(stats: dict) -> str:
     if stats["syscalls"] == "rpc":
         r = stats["rpc"]
         lines.append(f"rpc: processed={r['processed']:,} fallbacks={r['fallbacks']:,} "
-                     f"workers={r.get('workers', 0)} worker_cpu={r['worker_cpu_s']:.3f}s")
+                     f"workers={r.get('workers', 0)} worker_cpu={r['worker_cpu_s']:.3f}s"
+                     + (f" waits={r['wait']} blocked_in_place={r.get('waits_blocked', 0):,}"
+                        if "wait" in r else ""))
         why = {k: v for k, v in (r.get("fallback_why") or {}).items() if v}
         if why:
             lines.append("  fallbacks by reason: " + " ".join(f"{k}={v}" for k, v in why.items()))

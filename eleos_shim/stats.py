@@ -45,6 +45,10 @@ def collect(enclave, wall_s: float) -> dict:
         out["calls"] = enclave.transport.counts()
     if enclave.host is not None:
         out.update(enclave.host.stats())
+    if cfg.syscalls == "rpc":
+        out["rpc"]["wait"] = cfg.rpc_wait
+        out["rpc"]["waits_blocked"] = (enclave.transport.waits_blocked()
+                                       if enclave.transport is not None else 0)
     memory = enclave.memory
     if memory is not None and hasattr(memory, "stats"):
         part = memory.stats()
@@ -63,7 +67,7 @@ def exits_summary(stats: dict) -> dict:
     fallback = sum(c.get("fallback", 0) for c in calls.values())
     why = {}
     if stats["syscalls"] == "rpc":
-        why["blocking waits (poll/accept/... that would block go through an OCALL)"] = ocall
+        why["calls that may block, exited (program starts; waits with ELEOS_RPC_WAIT=ocall)"] = ocall
         why["fallbacks (no RPC worker took the call in time, the ring was full, "
             "or every worker slept)"] = fallback
     else:

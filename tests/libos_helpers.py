@@ -50,6 +50,7 @@ class LyingTransport:
     def __init__(self, inner):
         self.inner = inner
         self.path = inner.path
+        self.rpc_wait = inner.rpc_wait
         self._lies: dict[int, object] = {}
         self.told = 0
         self.hidden_fds: list[int] = []

@@ -67,6 +67,7 @@ BAD = [
     ("ELEOS_RPC_SPIN", "1.5", "integer"),
     ("ELEOS_RPC_SLEEP", "x", "integer"),
     ("ELEOS_RPC_SLOTS", "1000", "power of two"),
+    ("ELEOS_RPC_WAIT", "sleep", "one of spin, ocall"),
     ("ELEOS_RPC_CPUS", "1-x", "CPU list"),
     ("ELEOS_RPC_CPUS", "some", "auto, none, or a CPU list"),
     ("ELEOS_RPC_CPUS", "4096", "expected CPUs from 0"),

@@ -153,17 +153,51 @@ def test_a_corrupted_rpc_slot_raises_iago_error_in_the_transport(rpc_transport, 
     assert counts["read"]["rpc"] == 1 and counts["write"]["rpc"] == 1
 
 
-def test_a_wait_that_finds_an_fd_ready_makes_no_exit(native_output):
+def test_a_wait_that_finds_an_fd_ready_makes_no_exit_nor_does_one_that_blocks(native_output):
     run = run_shim(None, SCRIPTS / "libos_waits.py", env=rpc_env(1, **ALWAYS_RPC))
     assert run.returncode == 0, run.stderr
     assert run.stdout == native_output("libos_waits")
     calls = run.stats["calls"]
-    # the ready selector wait is one ring call; the idle one a ring check, then the OCALL wait
-    assert (calls["epoll_wait"]["rpc"], calls["epoll_wait"]["ocall"]) == (2, 1)
+    # ELEOS_RPC_WAIT=spin (default): the ready selector wait is one ring call; the idle one
+    # a ring check that found nothing, then the wait in place of Eleos's spin, no exit
+    assert (calls["epoll_wait"]["rpc"], calls["epoll_wait"]["ocall"]) == (2, 0)
     # select and poll each found the fd ready through the ring
     assert (calls["poll"]["rpc"], calls["poll"]["ocall"]) == (2, 0)
+    assert run.stats["rpc"]["waits_blocked"] == 1
+    assert run.stats["rpc"]["processed"] == 4 + sum(c["rpc"] for n, c in calls.items()
+                                                     if n not in ("epoll_wait", "poll"))
     assert run.stats["transitions"]["eexit"] == sum(c["fallback"] + c["ocall"]
                                                     for c in calls.values())
+
+
+def test_with_rpc_wait_ocall_a_wait_that_blocks_exits(native_output):
+    run = run_shim(None, SCRIPTS / "libos_waits.py",
+                   env=rpc_env(1, ELEOS_RPC_WAIT="ocall", **ALWAYS_RPC))
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == native_output("libos_waits")
+    calls = run.stats["calls"]
+    # the idle wait: the LibOS's ring check, then the OCALL wait
+    assert (calls["epoll_wait"]["rpc"], calls["epoll_wait"]["ocall"]) == (2, 1)
+    assert (calls["poll"]["rpc"], calls["poll"]["ocall"]) == (2, 0)
+    assert run.stats["rpc"]["waits_blocked"] == 0
+
+
+def test_a_blocked_wait_leaves_the_worker_to_other_threads_and_a_signal_cuts_it_short(
+        native_output):
+    rounds = 100
+    run = run_shim(None, SCRIPTS / "rpc_wait_inplace.py", rounds,
+                   env=rpc_env(1, **ALWAYS_RPC), timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout == native_output("rpc_wait_inplace", rounds)
+    assert run.stdout == "woken by the byte True\ninterrupted by the signal\n"
+    calls = run.stats["calls"]
+    # the main thread's sends and receives all went through the one worker while the other
+    # thread's select blocked; neither wait exited
+    assert calls["sendto"]["rpc"] == calls["sendto"]["count"] >= rounds + 1
+    assert calls["recvfrom"]["rpc"] == calls["recvfrom"]["count"] >= rounds
+    assert calls["poll"]["ocall"] == calls["poll"]["fallback"] == 0
+    # the select the signal ended blocked (the waiter's may have found its byte at once)
+    assert run.stats["rpc"]["waits_blocked"] >= 1
 
 
 def test_on_the_ocall_path_a_wait_is_one_exit(native_output):

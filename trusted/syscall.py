@@ -145,13 +145,19 @@ class Transport:
     own routed calls then get another area instead of overwriting this one.  ``data_out``
     uses the top one without taking it, since nothing of it is read after its one crossing."""
 
-    def __init__(self, path: str, bridge: Bridge, rpc_spin: int = 20000):
+    def __init__(self, path: str, bridge: Bridge, rpc_spin: int = 20000, rpc_wait: str = "spin"):
         if path not in abi.PATH_NAMES[:3]:
             raise ValueError(f"unknown syscall path {path!r}")
         self.path = path
         self._path_code = abi.PATH_NAMES.index(path)
-        # What a call that may block for long takes: it always exits (never ties up a worker).
+        # What ``call(..., wait=True)`` takes (a host program's start): it always exits, never
+        # ties up a worker.  The waits (poll, epoll_wait) choose their path in C by ``rpc_wait``
+        # (ELEOS_RPC_WAIT, enclave_ocalls.c: rpc_wait).
         self._wait_code = _OCALL if self._path_code == _RPC else self._path_code
+        self.rpc_wait = rpc_wait
+        if rpc_wait not in ("spin", "ocall"):
+            raise ValueError(f"unknown rpc_wait {rpc_wait!r}")
+        lib.enclave_rpc_wait_mode(rpc_wait == "spin")
         self._owner = next(_OWNERS)
         self._alloc = ffi.cast("void *(*)(uint64_t)", bridge.alloc)
         self._free = ffi.cast("void (*)(void *)", bridge.free)
@@ -547,8 +553,8 @@ class Transport:
     # -- waits: the reply checked in C, its records built there ----------------------------
     def epoll_wait(self, epfd: int, maxevents: int, ms: int) -> tuple[int, list]:
         """OP_EPOLL_WAIT in one checked C crossing (enclave_epoll_wait): (count, the
-        [(fd, events)] records) or (-errno, []).  A wait (``ms`` not 0) always exits, as
-        ``call(..., wait=True)``.  The staging area is taken for the call: its records are
+        [(fd, events)] records) or (-errno, []).  A wait (``ms`` not 0) on the rpc path is
+        exit-less with ``rpc_wait`` spin, an OCALL with ocall (enclave_ocalls.c: rpc_wait).  The staging area is taken for the call: its records are
         read after the crossing (see the class docstring)."""
         try:
             free = self._tls.free
@@ -571,8 +577,8 @@ class Transport:
     def poll(self, fds, events, ms: int) -> tuple[int, list]:
         """OP_POLL of the pollfd table (``fds``, ``events``: parallel lists, events as
         signed shorts) in one checked C crossing (enclave_poll): (count, the [(fd, revents)]
-        of the ready entries, in table order) or (-errno, []).  A wait (``ms`` not 0)
-        always exits."""
+        of the ready entries, in table order) or (-errno, []).  A wait (``ms`` not 0) takes
+        the path ``epoll_wait``'s does."""
         try:
             free = self._tls.free
         except AttributeError:
@@ -686,6 +692,12 @@ class Transport:
                 entry["count"] = sum(row)
                 out[name.lower()] = entry
         return out
+
+    @staticmethod
+    def waits_blocked() -> int:
+        """Waits on the rpc path that found nothing ready through the ring and blocked in
+        place of Eleos's spin (ELEOS_RPC_WAIT=spin)."""
+        return lib.enclave_waits_blocked()
 
     @staticmethod
     def reset_counts() -> None:

@@ -34,6 +34,11 @@ static eleos_cpu_pollute_fn cpu_pollute;
 static eleos_enclave_rpc_fn rpc_submit;
 static uintptr_t rpc_ring;
 static uint64_t rpc_spin;
+/* How a wait that may block runs on the rpc path (ELEOS_RPC_WAIT, see rpc_wait below):
+ * 1 = spin (Eleos), 0 = ocall (it exits). */
+static int rpc_wait_spin = 1;
+/* Waits on the rpc path that found nothing ready through the ring and blocked in place. */
+static uint64_t waits_blocked;
 
 /* counts[op][path]: path 0 direct, 1 ocall, 2 rpc, 3 fallback */
 static uint64_t counts[ELEOS_OP_COUNT][4];
@@ -82,6 +87,9 @@ void enclave_bind_rpc(uintptr_t submit, uintptr_t ring, uint64_t spin)
     rpc_spin = spin;
 }
 
+void enclave_rpc_wait_mode(int spin) { rpc_wait_spin = spin; }
+uint64_t enclave_waits_blocked(void) { return __atomic_load_n(&waits_blocked, __ATOMIC_RELAXED); }
+
 static inline void count(uint32_t op, int path)
 {
     last_path = path;
@@ -128,6 +136,64 @@ const char *enclave_rpc_last_error(void);
 
 static int call_path(int path, struct enclave_stage *st);
 
+/* A path of the enclave's own, never counted as such: a wait (poll or epoll_wait with a
+ * timeout) on the rpc path, with ELEOS_RPC_WAIT=spin (wait_path below). */
+#define PATH_RPC_WAIT 4
+
+/* Hand a request to the ring.  ELEOS_RPC_DONE: the reply is in st->mine (read once);
+ * ENCLAVE_CORRUPT: st->why says why; ELEOS_RPC_FALLBACK: not run, st->mine untouched. */
+static int rpc_try(struct enclave_stage *st)
+{
+    if (!rpc_submit)
+        return ELEOS_RPC_FALLBACK;
+    int rc = rpc_submit(rpc_ring, &st->mine, rpc_spin);
+    if (rc == ELEOS_RPC_CORRUPT) {
+        snprintf(st->why, sizeof st->why, "%s", enclave_rpc_last_error());
+        return ENCLAVE_CORRUPT;
+    }
+    return rc;
+}
+
+/* A wait that may block, exit-less, as Eleos makes it.  Eleos's enclave thread hands every
+ * call to a worker and spins for the answer, blocking calls included (acsl-technion/eleos,
+ * rpc_ocall.cpp): it never exits, and its spin has a core of its own.  The shim has no core to
+ * spare (the paper's server had one per thread, and was saturated, so its waits found events
+ * ready), and a spinning thread would take the core its own clients need.  So the wait goes
+ * through the ring first with a timeout of 0: real hand-off, real worker, and what a busy
+ * server gets is its events.  Only if nothing is ready does the thread block in the host's
+ * wait itself, for the timeout it asked for, in place of Eleos's spin: no exit is charged,
+ * as none is made in Eleos, and the worker is never tied up by a blocking call, so other
+ * threads keep it.  A signal interrupts that wait as it interrupts an OCALL's (EINTR).
+ * If the ring does not take the first try (no worker, all asleep, full), the wait is an OCALL,
+ * as any call that falls back. */
+static int rpc_wait(struct enclave_stage *st)
+{
+    struct eleos_req *m = &st->mine;
+    const uint32_t op = m->op;
+    const int at = op == ELEOS_OP_POLL ? 1 : 2;         /* the timeout's argument */
+    int64_t args[6];
+    memcpy(args, m->args, sizeof args);
+    m->args[at] = 0;
+    int rc = rpc_try(st);
+    if (rc == ENCLAVE_CORRUPT)
+        return rc;
+    /* The request as the enclave made it (the ring copied the host's args back into m). */
+    memcpy(m->args, args, sizeof args);
+    if (rc == ELEOS_RPC_DONE) {
+        if (m->ret == 0) {
+            /* Nothing ready: the rest of the wait, in place of the spin. */
+            m->out_len = m->out2_len = 0;
+            run_direct(st);
+            __atomic_add_fetch(&waits_blocked, 1, __ATOMIC_RELAXED);
+        }
+        count(op, ELEOS_PATH_RPC);
+        return ELEOS_PATH_RPC;
+    }
+    ocall(st);
+    count(op, ELEOS_PATH_FALLBACK);
+    return ELEOS_PATH_FALLBACK;
+}
+
 /* Run st->mine on `path`.  Returns the path taken (0..3), or ENCLAVE_CORRUPT if the RPC slot
  * came back impossible (st->why says why).  With stats asked for, the TSC cycles of each call
  * are added to its op's total (the report's mean latency). */
@@ -151,23 +217,22 @@ static int call_path(int path, struct enclave_stage *st)
         run_direct(st);
         count(op, ELEOS_PATH_DIRECT);
         return ELEOS_PATH_DIRECT;
-    case ELEOS_PATH_RPC:
-        if (rpc_submit) {
-            /* The producer builds the slot from the enclave's copy and reads the reply back
-             * into it, once (enclave_rpc.c). */
-            int rc = rpc_submit(rpc_ring, &st->mine, rpc_spin);
-            if (rc == ELEOS_RPC_DONE) {
-                count(op, ELEOS_PATH_RPC);
-                return ELEOS_PATH_RPC;
-            }
-            if (rc != ELEOS_RPC_FALLBACK) {
-                snprintf(st->why, sizeof st->why, "%s", enclave_rpc_last_error());
-                return ENCLAVE_CORRUPT;
-            }
+    case ELEOS_PATH_RPC: {
+        /* The producer builds the slot from the enclave's copy and reads the reply back
+         * into it, once (enclave_rpc.c). */
+        int rc = rpc_try(st);
+        if (rc == ELEOS_RPC_DONE) {
+            count(op, ELEOS_PATH_RPC);
+            return ELEOS_PATH_RPC;
         }
+        if (rc == ENCLAVE_CORRUPT)
+            return rc;
         ocall(st);
         count(op, ELEOS_PATH_FALLBACK);
         return ELEOS_PATH_FALLBACK;
+    }
+    case PATH_RPC_WAIT:
+        return rpc_wait(st);
     default:
         ocall(st);
         count(op, ELEOS_PATH_OCALL);
@@ -186,6 +251,7 @@ void enclave_reset_counts(void)
 {
     memset(counts, 0, sizeof counts);
     memset(call_cycles, 0, sizeof call_cycles);
+    __atomic_store_n(&waits_blocked, 0, __ATOMIC_RELAXED);
 }
 
 /* Stage and run in one crossing from Python: build the request in the enclave's copy, copy
@@ -534,11 +600,14 @@ static int64_t wait_refused(struct enclave_stage *st, int taken, const char *nam
     return ENCLAVE_BUG;
 }
 
-/* The path of a wait: one that may block (ms not 0) always exits, as an OCALL, so that it
- * never ties up an RPC worker. */
+/* The path of a wait.  One that may block (ms not 0) on the rpc path never ties up an RPC
+ * worker: with ELEOS_RPC_WAIT=spin it is rpc_wait's (a try through the ring, then in place
+ * of Eleos's spin), with ocall it exits. */
 static inline int wait_path(const struct enclave_stage *st, int64_t ms)
 {
-    return ms && st->path == ELEOS_PATH_RPC ? ELEOS_PATH_OCALL : st->path;
+    if (!ms || st->path != ELEOS_PATH_RPC)
+        return st->path;
+    return rpc_wait_spin ? PATH_RPC_WAIT : ELEOS_PATH_OCALL;
 }
 
 /* epoll_wait(epfd, maxevents, ms) in one crossing, its events checked into st->recs (as

@@ -153,8 +153,10 @@ class Kernel:
         self.data_into = transport.data_into                                   # recv_into
         self.poll, self.epoll_wait = transport.poll, transport.epoll_wait      # checked waits
         # On the rpc path a wait first asks, without a timeout, through the ring (no exit):
-        # a busy server's wait usually finds an fd ready at once (see mux.py).
-        self.exitless = transport.path == "rpc"
+        # a busy server's wait usually finds an fd ready at once (see mux.py).  With
+        # ELEOS_RPC_WAIT=spin the C wait makes that check itself (enclave_ocalls.c: rpc_wait);
+        # with ocall the LibOS makes it, before the wait's OCALL.
+        self.wait_precheck = transport.path == "rpc" and transport.rpc_wait == "ocall"
         # Re-entrant: a signal handler's routed open or close runs on the thread that may be
         # holding it (each update below is one set or dict operation, safe to interleave).
         self._lock = threading.RLock()

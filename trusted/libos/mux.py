@@ -2,12 +2,13 @@
 
 All three wait in the host (OP_POLL / OP_EPOLL_WAIT), each in one C crossing that reads the
 reply once into enclave memory and checks it there (Transport.poll / Transport.epoll_wait).
-A wait that may last (a timeout other than 0) always leaves the enclave as an OCALL, so it
-never ties up an RPC worker; a zero-timeout check is an ordinary (RPC-able) call.  On the rpc
-path a wait is first such a check, as the sockets' blocking rule does: a busy server's wait
-finds an fd ready at once and leaves no exit behind; only a wait that finds nothing ready
-exits.  (On the ocall path the check would be one more exit, so there the wait goes out at
-once.)
+A wait that may last (a timeout other than 0) never ties up an RPC worker.  On the rpc path it
+is first a zero-timeout check through the ring, an ordinary RPC call: a busy server's wait
+finds an fd ready at once and leaves no exit behind.  If nothing is ready, with
+ELEOS_RPC_WAIT=spin (the default, as Eleos) the thread blocks in the host's wait in place of
+Eleos's spin and makes no exit; both steps are in the C wait (enclave_ocalls.c: rpc_wait).
+With ELEOS_RPC_WAIT=ocall the LibOS makes the check and the wait then exits.  (On the ocall
+path the check would be one more exit, so there the wait goes out at once.)
 
 What comes back is checked as hostile: a ready fd the enclave never asked about, a pollfd
 array reordered or resized, events that were not asked for (beyond ERR/HUP/NVAL, which the
@@ -125,15 +126,16 @@ def _ushort(value) -> int:
 def wait(kernel: Kernel, call, a, b, ms: int):
     """The app's wait of ``ms`` milliseconds (0: none, -1: no limit) through ``call(a, b,
     ms)``, Kernel.poll or Kernel.epoll_wait, whose reply is checked in C: (count or -errno,
-    records).  EINTR is retried (PEP 475) within the time left.  A wait that may last
-    always exits (the transport sees to it); on the rpc path it is first a check without a
-    timeout, through the ring, so that a busy server's wait leaves no exit behind."""
+    records).  EINTR is retried (PEP 475) within the time left.  On the rpc path a wait
+    that may last is first a check without a timeout, through the ring, so that a busy
+    server's wait leaves no exit behind: made in C with ELEOS_RPC_WAIT=spin, here before the
+    wait's OCALL with ocall (see the module docstring)."""
     if ms == 0:
         n, records = call(a, b, 0)
         while n == _EINTR:
             n, records = call(a, b, 0)
         return n, records
-    if kernel.exitless:
+    if kernel.wait_precheck:
         n, records = call(a, b, 0)
         if n != 0 and n != _EINTR:
             return n, records
