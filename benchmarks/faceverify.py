@@ -280,8 +280,10 @@ CAPACITY_NOTE = (
     "workers on cores of their own.  Here the client's threads run on the server's core, so "
     "a closed loop measures 1 / (server time + client time) per request, which compresses "
     "every ratio towards 1; the capacity counts the server's app thread alone (an idle app "
-    "thread blocks in the kernel, through an OCALL in sgx and eleos alike, and spends "
-    "nothing; the modeled costs are spun on it and count).")
+    "thread blocks in the kernel and spends nothing but the wait's crossing: an OCALL in sgx, "
+    "none in eleos, where it blocks in place of Eleos's spin (ELEOS_RPC_WAIT; "
+    "eleos-exit-waits is eleos whose waits exit); the modeled costs are spun on it and "
+    "count).")
 
 
 def summarise(runs: list[dict], name: str, mb: float, mode: str) -> dict:
