@@ -75,9 +75,9 @@ def header_cdef() -> str:
         int64_t  atime_ns, mtime_ns, ctime_ns;
     };
     struct eleos_req {
-        uint32_t state; uint32_t op; int64_t args[6];
-        uint64_t buf; uint64_t buf_len; uint64_t buf2; uint64_t buf2_len;
-        int64_t ret; uint64_t out_len; uint64_t out2_len; uint64_t seq;
+        uint32_t state; uint32_t op; int64_t ret; uint64_t out_len; uint64_t out2_len;
+        int64_t args[6]; uint64_t buf; uint64_t buf_len; uint64_t buf2; uint64_t buf2_len;
+        uint64_t seq;
     };
     typedef void (*eleos_host_dispatch_fn)(struct eleos_req *req);
     typedef void (*eleos_cpu_charge_fn)(int transition);

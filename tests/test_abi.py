@@ -10,11 +10,26 @@ def test_ocall_numbers_match_the_header():
     assert abi.header_ops() == abi.OP
 
 
+REQ_FIELDS = ("state", "op", "ret", "out_len", "out2_len", "args", "buf", "buf_len", "buf2",
+              "buf2_len", "seq")
+
+
 def test_request_layout_is_the_same_for_both_halves():
+    layouts = [[ffi.offsetof("struct eleos_req", f) for f in REQ_FIELDS]
+               for ffi in (enclave_ffi, host_ffi)]
+    assert layouts[0] == layouts[1]
     for ffi in (enclave_ffi, host_ffi):
         assert ffi.sizeof("struct eleos_req") == 8 + 6 * 8 + 4 * 8 + 3 * 8 + 8
-        assert ffi.offsetof("struct eleos_req", "args") == 8
         assert ffi.sizeof("struct eleos_stat") == __import__("struct").calcsize(abi.STAT_FORMAT)
+
+
+def test_a_reply_is_in_the_cache_line_of_the_slot_state():
+    # A worker publishing DONE then hands the producer one line back (a ring slot is 128-byte
+    # aligned: ELEOS_RING_SLOT_SIZE), not two.
+    for ffi in (enclave_ffi, host_ffi):
+        assert ffi.offsetof("struct eleos_req", "state") == 0
+        assert ffi.offsetof("struct eleos_req", "out2_len") + 8 <= 64
+        assert ffi.offsetof("struct eleos_req", "ret") + 8 <= 64
 
 
 def test_header_constants_match_python():

@@ -129,7 +129,10 @@ def test_every_write_from_many_producers_completes_exactly_once(make_ring, pipe,
         for i in range(per):
             tffi.memmove(buf, p.to_bytes(4, "little") + i.to_bytes(4, "little"), 8)
             req = request(abi.OP_WRITE, wfd, buf=buf, buf_len=8)
-            rc = tlib.enclave_rpc(ring.addr, req, SPIN)
+            # Every other call waits as long as it takes, so that some go through the ring
+            # whatever the load (a loaded machine may not run the worker for the whole
+            # test); the others may fall back, racing the worker for their slot.
+            rc = tlib.enclave_rpc(ring.addr, req, PATIENT if i % 2 else SPIN)
             if rc == abi.RPC_FALLBACK:
                 ocall(req)
             results[p].append((rc, req.ret))
@@ -146,7 +149,7 @@ def test_every_write_from_many_producers_completes_exactly_once(make_ring, pipe,
     stats = ring.host.stats()
     assert stats["processed"] == outcomes.count(abi.RPC_DONE)
     assert stats["fallbacks"] == outcomes.count(abi.RPC_FALLBACK)
-    assert outcomes.count(abi.RPC_DONE) > 0
+    assert outcomes.count(abi.RPC_DONE) >= producers * per // 2
 
 
 def test_nop_loops_from_many_threads_are_each_processed_once(make_ring):

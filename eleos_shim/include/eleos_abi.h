@@ -116,14 +116,16 @@ struct eleos_stat {
 struct eleos_req {
     uint32_t state;         /* ring only: ELEOS_SLOT_*; accessed with __atomic builtins */
     uint32_t op;            /* ELEOS_OP_* */
+    /* The reply shares the state's cache line: a worker that publishes DONE hands the
+     * producer one line back, not two (a ring round trip is a few line transfers). */
+    int64_t  ret;           /* out: result >= 0, or -errno */
+    uint64_t out_len;       /* out: bytes the host wrote to buf */
+    uint64_t out2_len;      /* out: bytes the host wrote to buf2 */
     int64_t  args[6];
     uint64_t buf;           /* address of buffer 1 in untrusted memory */
     uint64_t buf_len;       /* in: bytes valid (input) or capacity (output) */
     uint64_t buf2;          /* address of buffer 2 in untrusted memory */
     uint64_t buf2_len;
-    int64_t  ret;           /* out: result >= 0, or -errno */
-    uint64_t out_len;       /* out: bytes the host wrote to buf */
-    uint64_t out2_len;      /* out: bytes the host wrote to buf2 */
     uint64_t seq;           /* ring only: ticket of the producer that owns the slot */
 };
 
