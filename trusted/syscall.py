@@ -48,6 +48,9 @@ _LOWEST_ERRNO = -abi.MAX_ERRNO
 _ENCLAVE_BUG = -(1 << 62) - 1
 # enclave_write1/enclave_send1's answer when this thread has no area bound for the transport.
 _ENCLAVE_UNBOUND = _ENCLAVE_BUG - 1
+# A wait's answer after its first step (enclave_ocalls.c: rpc_wait): cross again for the
+# second, after Python has run the handler of a signal that came meanwhile.
+_WAIT_AGAIN = _ENCLAVE_BUG - 2
 _OWNERS = itertools.count(1)        # each transport's number, for the areas C holds per thread
 # What the C waits leave in enclave memory per ready fd: (fd, events), the tuples
 # select.epoll.poll and select.poll.poll return; epoll needs 4 more bytes per maxevents.
@@ -567,7 +570,13 @@ class Transport:
                 self._grow(st, 1, need)
             if need > st.rcap:
                 st.set_records(need)
-            ret = lib.enclave_epoll_wait(st.t, epfd, maxevents, ms)
+            try:
+                ret = lib.enclave_epoll_wait(st.t, epfd, maxevents, ms)
+                if ret == _WAIT_AGAIN:
+                    ret = lib.enclave_epoll_wait(st.t, epfd, maxevents, ms)
+            except BaseException:       # a signal handler's, between the two crossings
+                st.t.wait_next = 0
+                raise
             if ret == 1:
                 return 1, [_WAIT_RECORD.unpack_from(st.recs)]
             return ret, _records(st, ret)
@@ -591,7 +600,13 @@ class Transport:
                 self._grow(st, 1, need)
             if need > st.rcap:
                 st.set_records(need)
-            ret = lib.enclave_poll(st.t, fds, events, nfds, ms)
+            try:
+                ret = lib.enclave_poll(st.t, fds, events, nfds, ms)
+                if ret == _WAIT_AGAIN:
+                    ret = lib.enclave_poll(st.t, fds, events, nfds, ms)
+            except BaseException:       # a signal handler's, between the two crossings
+                st.t.wait_next = 0
+                raise
             if ret == 1:
                 return 1, [_WAIT_RECORD.unpack_from(st.recs)]
             return ret, _records(st, ret)

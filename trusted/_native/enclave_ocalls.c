@@ -134,8 +134,6 @@ static inline void ocall(struct enclave_stage *st)
 
 const char *enclave_rpc_last_error(void);
 
-static int call_path(int path, struct enclave_stage *st);
-
 /* A path of the enclave's own, never counted as such: a wait (poll or epoll_wait with a
  * timeout) on the rpc path, with ELEOS_RPC_WAIT=spin (wait_path below). */
 #define PATH_RPC_WAIT 4
@@ -165,11 +163,33 @@ static int rpc_try(struct enclave_stage *st)
  * as none is made in Eleos, and the worker is never tied up by a blocking call, so other
  * threads keep it.  A signal interrupts that wait as it interrupts an OCALL's (EINTR).
  * If the ring does not take the first try (no worker, all asleep, full), the wait is an OCALL,
- * as any call that falls back. */
+ * as any call that falls back.
+ * The two steps are two crossings from Python: after a first step that found nothing ready
+ * (or fell back) this returns PATH_WAIT_AGAIN with st->wait_next set, the caller returns to
+ * Python, where a signal that came during the first step has its handler run (the eval loop
+ * checks after each C call), and calls again for the second step.  In one crossing such a
+ * signal would wait for the end of the wait, for ever for a wait without a timeout. */
+#define PATH_WAIT_AGAIN 5
+#define WAIT_IN_PLACE 1
+#define WAIT_OCALL 2
 static int rpc_wait(struct enclave_stage *st)
 {
     struct eleos_req *m = &st->mine;
     const uint32_t op = m->op;
+    const int next = st->wait_next;
+    st->wait_next = 0;
+    if (next == WAIT_IN_PLACE) {
+        /* Nothing was ready: the wait, in place of the spin. */
+        run_direct(st);
+        __atomic_add_fetch(&waits_blocked, 1, __ATOMIC_RELAXED);
+        count(op, ELEOS_PATH_RPC);
+        return ELEOS_PATH_RPC;
+    }
+    if (next == WAIT_OCALL) {
+        ocall(st);
+        count(op, ELEOS_PATH_FALLBACK);
+        return ELEOS_PATH_FALLBACK;
+    }
     const int at = op == ELEOS_OP_POLL ? 1 : 2;         /* the timeout's argument */
     int64_t args[6];
     memcpy(args, m->args, sizeof args);
@@ -180,19 +200,19 @@ static int rpc_wait(struct enclave_stage *st)
     /* The request as the enclave made it (the ring copied the host's args back into m). */
     memcpy(m->args, args, sizeof args);
     if (rc == ELEOS_RPC_DONE) {
-        if (m->ret == 0) {
-            /* Nothing ready: the rest of the wait, in place of the spin. */
-            m->out_len = m->out2_len = 0;
-            run_direct(st);
-            __atomic_add_fetch(&waits_blocked, 1, __ATOMIC_RELAXED);
-        }
         count(op, ELEOS_PATH_RPC);
-        return ELEOS_PATH_RPC;
+        if (m->ret != 0)
+            return ELEOS_PATH_RPC;                      /* ready (or an error): done */
+        st->wait_next = WAIT_IN_PLACE;
+    } else {
+        st->wait_next = WAIT_OCALL;
     }
-    ocall(st);
-    count(op, ELEOS_PATH_FALLBACK);
-    return ELEOS_PATH_FALLBACK;
+    m->ret = 0;
+    m->out_len = m->out2_len = 0;
+    return PATH_WAIT_AGAIN;
 }
+
+static int call_path(int path, struct enclave_stage *st);
 
 /* Run st->mine on `path`.  Returns the path taken (0..3), or ENCLAVE_CORRUPT if the RPC slot
  * came back impossible (st->why says why).  With stats asked for, the TSC cycles of each call
@@ -320,6 +340,8 @@ int enclave_submit1(int path, struct enclave_stage *st, uint32_t op,
 #define ENCLAVE_LIE (-((int64_t)1 << 62))
 /* ... or ENCLAVE_BUG when the request does not fit what the caller gave (nothing run). */
 #define ENCLAVE_BUG (ENCLAVE_LIE - 1)
+/* A wait's answer after its first step (rpc_wait): call again, for the second. */
+#define ENCLAVE_WAIT_AGAIN (ENCLAVE_LIE - 3)
 
 static const char *op_word(uint32_t op)
 {
@@ -629,6 +651,8 @@ int64_t enclave_epoll_wait(struct enclave_stage *st, int64_t epfd, int64_t maxev
                                NULL, 0, (uint64_t)maxevents * EPOLL_EVENT_SIZE, NULL, 0, 0);
     if (taken < 0)
         return wait_refused(st, taken, "epoll_wait");
+    if (taken == PATH_WAIT_AGAIN)
+        return ENCLAVE_WAIT_AGAIN;
     return enclave_epoll_events(st->why, st->mine.ret, st->mine.out_len, st->mine.out2_len,
                                 (const char *)(uintptr_t)st->buf, maxevents, ms, out,
                                 out_cap);
@@ -661,6 +685,8 @@ int64_t enclave_poll(struct enclave_stage *st, const int32_t *fds, const int16_t
                                NULL, 0, (uint64_t)nfds * POLLFD_SIZE, NULL, 0, 0);
     if (taken < 0)
         return wait_refused(st, taken, "poll");
+    if (taken == PATH_WAIT_AGAIN)
+        return ENCLAVE_WAIT_AGAIN;
     return enclave_poll_events(st->why, st->mine.ret, st->mine.out_len, st->mine.out2_len,
                                table, fds, events, nfds, ms, out, out_cap);
 }
