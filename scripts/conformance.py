@@ -32,6 +32,7 @@ MODULES = (
     "test.test_io", "test.test_os", "test.test_socket", "test.test_select", "test.test_poll",
     "test.test_epoll", "test.test_socketserver", "test.test_mmap", "test.test_shutil",
     "test.test_tempfile", "test.test_asyncio.test_events", "test.test_ssl",
+    "test.test_selectors", "test.test_signal",
 )
 MODES = ("plain", "sgx", "eleos")
 HERE = os.path.abspath(__file__)

@@ -4,6 +4,7 @@ paths, fds or ports in it: the output must not change inside the enclave."""
 import os
 import select
 import shutil
+import signal
 import socket
 import tempfile
 import threading
@@ -199,5 +200,26 @@ show("default timeout", lambda: (socket.socket().timeout, socket.setdefaulttimeo
                                  socket.socket().timeout, socket.setdefaulttimeout(None)))
 show("socket(fileno=-5)", lambda: socket.socket(fileno=-5))
 show("socket(fileno=file)", lambda: socket.socket(fileno=os.open("/dev/null", os.O_RDONLY)))
+
+
+def wakeup(fd, blocking, set_blocking):
+    """signal.set_wakeup_fd refuses an fd the app made blocking (CPython's test_signal)."""
+    set_blocking(blocking)
+    try:
+        return signal.set_wakeup_fd(fd) == -1 and "set"
+    except ValueError as e:
+        return f"ValueError: {str(e).replace(str(fd), 'FD')}"
+    finally:
+        signal.set_wakeup_fd(-1)
+
+
+pr, pw = os.pipe()
+print("wakeup fd, blocking pipe", wakeup(pw, True, lambda b: os.set_blocking(pw, b)))
+print("wakeup fd, non-blocking pipe", wakeup(pw, False, lambda b: os.set_blocking(pw, b)))
+os.close(pr), os.close(pw)
+sa, sb = socket.socketpair()
+print("wakeup fd, blocking socket", wakeup(sa.fileno(), True, sa.setblocking))
+print("wakeup fd, non-blocking socket", wakeup(sa.fileno(), False, sa.setblocking))
+sa.close(), sb.close()
 os.chdir("/")
 shutil.rmtree(top)

@@ -28,6 +28,7 @@ import io
 import mmap
 import os
 import select
+import signal
 import socket
 import sys
 import threading
@@ -110,7 +111,8 @@ class LibOS:
                 (select, "epoll", self.epoll_class)]
         out += self._selector_patches()
         out += [(mmap, "mmap", self.mmap_class)]
-        out += [(fcntl, "fcntl", self.fcntl.fcntl), (fcntl, "ioctl", self.fcntl.ioctl)]
+        out += [(fcntl, "fcntl", self.fcntl.fcntl), (fcntl, "ioctl", self.fcntl.ioctl),
+                (signal, "set_wakeup_fd", self.fcntl.set_wakeup_fd)]
         if tls is not None:
             out += tls.patches(self.socket_class)
         if self.route_stdio:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import fcntl as _fcntl
 import operator
+import signal as _signal
 import struct
 import termios as _termios
+import threading
 
 from eleos_shim import abi
 from eleos_shim.errors import IagoError
@@ -23,6 +25,7 @@ ARG_MAX = 1024                       # CPython's fcntl/ioctl buffer (IOCTL_BUFSZ
 FIONBIO = _termios.FIONBIO
 _DUPS = (_fcntl.F_DUPFD, getattr(_fcntl, "F_DUPFD_CLOEXEC", 1030))
 _INT = struct.Struct("=i")
+_SET_WAKEUP_FD = _signal.set_wakeup_fd      # CPython's own, saved before the LibOS patches it
 
 
 def _int_arg(value, what: str) -> int:
@@ -37,7 +40,8 @@ def _int_arg(value, what: str) -> int:
 
 
 class Fcntl:
-    """The routed ``fcntl`` functions of one enclave."""
+    """The routed ``fcntl`` functions of one enclave (and ``signal.set_wakeup_fd``, whose one
+    question to the fd is its blocking mode)."""
 
     def __init__(self, kernel: Kernel):
         self.kernel = kernel
@@ -82,6 +86,19 @@ class Fcntl:
             if fd in k.full_write:
                 k.full_write.add(newfd)
         return ret
+
+    def set_wakeup_fd(self, fd, /, *, warn_on_full_buffer=True):
+        """``signal.set_wakeup_fd``: CPython's own (its C signal handler writes the byte to
+        the fd, as natively), after the one check it makes of the fd answered by the app's
+        view: a socket or pipe is always O_NONBLOCK in the host, so CPython would never see
+        one the app made blocking, which it refuses."""
+        if (type(fd) is int and fd != -1 and self.kernel.app_blocking.get(fd)
+                and threading.current_thread() is threading.main_thread()):
+            raise ValueError(f"the fd {fd} must be in non-blocking mode")
+        return _SET_WAKEUP_FD(fd, warn_on_full_buffer=warn_on_full_buffer)
+
+    # As the function it stands for (CPython's test_signal checks each one's module).
+    set_wakeup_fd.__module__, set_wakeup_fd.__qualname__ = "signal", "set_wakeup_fd"
 
     def ioctl(self, fd, request, arg=0, mutate_flag=True, /):
         fd, k = _fildes(fd), self.kernel
