@@ -145,12 +145,6 @@ REVIEWED: dict[tuple[str, str, str], str] = {
     ('trusted/_native/enclave_ocalls.c', 'publish',
      'memcpy(h, &st->mine, sizeof *h)'):
         "the enclave's request over the untrusted one at the address it allocated (st->host_req)",
-    ('trusted/_native/enclave_ocalls.c', 'rpc_wait',
-     'memcpy(args, m->args, sizeof args)'):
-        "the enclave's own request arguments (st->mine) to a local, constant size",
-    ('trusted/_native/enclave_ocalls.c', 'rpc_wait',
-     'memcpy(m->args, args, sizeof args)'):
-        "the enclave's arguments back over the ones the ring copied back, a local, constant size",
     ('trusted/_native/enclave_ocalls.c', 'run_checked',
      'memcpy(why, st->why, sizeof why)'):
         'enclave memory to a local, constant size',

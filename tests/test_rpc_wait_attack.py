@@ -181,6 +181,15 @@ def waits_blocked():
     return Transport.waits_blocked()
 
 
+def wait_for(t, which, fd, ep):
+    """A ``which`` ("poll" or "epoll") wait for ``fd`` through transport ``t`` (for epoll, on
+    ``ep``, which holds fd): a function of the timeout, and its honest answer once fd is
+    ready."""
+    if which == "poll":
+        return (lambda ms: t.poll([fd], [POLLIN], ms)), (1, [(fd, POLLIN)])
+    return (lambda ms: t.epoll_wait(ep.fileno(), 4, ms)), (1, [(fd, EPOLLIN)])
+
+
 # -- the ring step lies ------------------------------------------------------------------------
 
 @pytest.mark.parametrize("ms", [-1, NEVER])
@@ -255,9 +264,7 @@ def test_ring_eintr_is_only_an_errno_and_the_libos_retries_it(ring, pair, which)
     a.send(b"x")
     t = ring.transport
     with Epoll(b.fileno()) as ep:
-        call = (lambda ms: t.poll([b.fileno()], [POLLIN], ms)) if which == "poll" else \
-            (lambda ms: t.epoll_wait(ep.fileno(), 4, ms))
-        honest = (1, [(b.fileno(), POLLIN if which == "poll" else EPOLLIN)])
+        call, honest = wait_for(t, which, b.fileno(), ep)
         for ms in (NEVER, -1):
             eintr(ring, 1)
             got = call(ms)
@@ -294,12 +301,10 @@ def test_ring_says_nothing_ready_for_a_ready_fd_the_wait_in_place_answers(ring, 
     a.send(b"x")
     t = ring.transport
     with Epoll(b.fileno()) as ep:
+        call, honest = wait_for(t, which, b.fileno(), ep)
         before = waits_blocked()
         ring.host.rpc.corrupt_next("ret", 0)
-        if which == "poll":
-            assert t.poll([b.fileno()], [POLLIN], -1) == (1, [(b.fileno(), POLLIN)])
-        else:
-            assert t.epoll_wait(ep.fileno(), 4, -1) == (1, [(b.fileno(), EPOLLIN)])
+        assert call(-1) == honest
         assert waits_blocked() == before + 1
 
 
@@ -380,12 +385,10 @@ def test_in_place_lies_are_iago_errors(ring, pair, which, kind, value):
         Host.lie_next(kind, value)
         a.send(b"x")                                 # the honest in-place wait ends at once
     with Epoll(b.fileno()) as ep:
+        call, _ = wait_for(ring.transport, which, b.fileno(), ep)
         ring.after_ring = arm
         with pytest.raises(IagoError):
-            if which == "poll":
-                ring.transport.poll([b.fileno()], [POLLIN], -1)
-            else:
-                ring.transport.epoll_wait(ep.fileno(), 4, -1)
+            call(-1)
         assert ring.after_ring is None
 
 
@@ -402,19 +405,13 @@ def test_in_place_nothing_ready_without_a_timeout_is_an_iago_error(liar, pair, w
         req.out_len = 8 if which == "poll" else 0
     liar.in_place = nothing
     with Epoll(b.fileno()) as ep:
+        call, _ = wait_for(liar.transport, which, b.fileno(), ep)
         with pytest.raises(IagoError, match="without a timeout"):
-            if which == "poll":
-                liar.transport.poll([b.fileno()], [POLLIN], -1)
-            else:
-                liar.transport.epoll_wait(ep.fileno(), 4, -1)
-    assert liar.in_place is None                       # the in-place step was the host's lie
-    # the same reply to a wait with a timeout is the honest "timed out"
-    liar.in_place = nothing
-    with Epoll(b.fileno()) as ep:
-        if which == "poll":
-            assert liar.transport.poll([b.fileno()], [POLLIN], NEVER) == (0, [])
-        else:
-            assert liar.transport.epoll_wait(ep.fileno(), 4, NEVER) == (0, [])
+            call(-1)
+        assert liar.in_place is None                   # the in-place step was the host's lie
+        # the same reply to a wait with a timeout is the honest "timed out"
+        liar.in_place = nothing
+        assert call(NEVER) == (0, [])
     assert liar.in_place is None
 
 

@@ -557,8 +557,10 @@ class Transport:
     def epoll_wait(self, epfd: int, maxevents: int, ms: int) -> tuple[int, list]:
         """OP_EPOLL_WAIT in one checked C crossing (enclave_epoll_wait): (count, the
         [(fd, events)] records) or (-errno, []).  A wait (``ms`` not 0) on the rpc path is
-        exit-less with ``rpc_wait`` spin, an OCALL with ocall (enclave_ocalls.c: rpc_wait).  The staging area is taken for the call: its records are
-        read after the crossing (see the class docstring)."""
+        exit-less with ``rpc_wait`` spin (a ring check, then the wait in place: two
+        crossings), an OCALL with ocall (enclave_ocalls.c: rpc_wait).  The staging area is
+        taken for the call: its records are read after the crossing (see the class
+        docstring)."""
         try:
             free = self._tls.free
         except AttributeError:

@@ -190,15 +190,12 @@ static int rpc_wait(struct enclave_stage *st)
         count(op, ELEOS_PATH_FALLBACK);
         return ELEOS_PATH_FALLBACK;
     }
-    const int at = op == ELEOS_OP_POLL ? 1 : 2;         /* the timeout's argument */
-    int64_t args[6];
-    memcpy(args, m->args, sizeof args);
-    m->args[at] = 0;
+    /* The first step, with a timeout of 0.  Nothing of this request (the ring copied the
+     * host's args back into m) reaches the second step: its crossing builds it anew. */
+    m->args[op == ELEOS_OP_POLL ? 1 : 2] = 0;
     int rc = rpc_try(st);
     if (rc == ENCLAVE_CORRUPT)
         return rc;
-    /* The request as the enclave made it (the ring copied the host's args back into m). */
-    memcpy(m->args, args, sizeof args);
     if (rc == ELEOS_RPC_DONE) {
         count(op, ELEOS_PATH_RPC);
         if (m->ret != 0)
@@ -207,8 +204,6 @@ static int rpc_wait(struct enclave_stage *st)
     } else {
         st->wait_next = WAIT_OCALL;
     }
-    m->ret = 0;
-    m->out_len = m->out2_len = 0;
     return PATH_WAIT_AGAIN;
 }
 

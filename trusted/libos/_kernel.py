@@ -154,7 +154,7 @@ class Kernel:
         self.poll, self.epoll_wait = transport.poll, transport.epoll_wait      # checked waits
         # On the rpc path a wait first asks, without a timeout, through the ring (no exit):
         # a busy server's wait usually finds an fd ready at once (see mux.py).  With
-        # ELEOS_RPC_WAIT=spin the C wait makes that check itself (enclave_ocalls.c: rpc_wait);
+        # ELEOS_RPC_WAIT=spin the transport's wait makes that check (enclave_ocalls.c: rpc_wait);
         # with ocall the LibOS makes it, before the wait's OCALL.
         self.wait_precheck = transport.path == "rpc" and transport.rpc_wait == "ocall"
         # Re-entrant: a signal handler's routed open or close runs on the thread that may be

@@ -6,7 +6,8 @@ A wait that may last (a timeout other than 0) never ties up an RPC worker.  On t
 is first a zero-timeout check through the ring, an ordinary RPC call: a busy server's wait
 finds an fd ready at once and leaves no exit behind.  If nothing is ready, with
 ELEOS_RPC_WAIT=spin (the default, as Eleos) the thread blocks in the host's wait in place of
-Eleos's spin and makes no exit; both steps are in the C wait (enclave_ocalls.c: rpc_wait).
+Eleos's spin and makes no exit; the transport's wait makes both steps, two C crossings
+(enclave_ocalls.c: rpc_wait).
 With ELEOS_RPC_WAIT=ocall the LibOS makes the check and the wait then exits.  (On the ocall
 path the check would be one more exit, so there the wait goes out at once.)
 
@@ -128,8 +129,8 @@ def wait(kernel: Kernel, call, a, b, ms: int):
     ms)``, Kernel.poll or Kernel.epoll_wait, whose reply is checked in C: (count or -errno,
     records).  EINTR is retried (PEP 475) within the time left.  On the rpc path a wait
     that may last is first a check without a timeout, through the ring, so that a busy
-    server's wait leaves no exit behind: made in C with ELEOS_RPC_WAIT=spin, here before the
-    wait's OCALL with ocall (see the module docstring)."""
+    server's wait leaves no exit behind: made by the transport with ELEOS_RPC_WAIT=spin, here
+    before the wait's OCALL with ocall (see the module docstring)."""
     if ms == 0:
         n, records = call(a, b, 0)
         while n == _EINTR:
